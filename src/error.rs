@@ -1,0 +1,148 @@
+//! The one error type of the registry and its one mapping to OCI error codes and HTTP statuses.
+//!
+//! Every layer returns [`RegistryError`]; the HTTP layer turns it into the spec's envelope
+//! `{"errors":[{"code","message","detail"}]}` here and nowhere else.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use stowage_actors::digest::Digest;
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry")]
+    BlobUnknown(Digest),
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references a blob unknown to this repository: {0}")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to registry")]
+    ManifestUnknown(String),
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry")]
+    NameUnknown(String),
+    #[error("invalid tag {0:?}: tags match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
+    TagInvalid(String),
+    #[error("provided length did not match content length: {0}")]
+    SizeInvalid(String),
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge { what: &'static str, limit: u64 },
+    #[error("requested range not satisfiable: {0}")]
+    RangeNotSatisfiable(String),
+    #[error("chunk out of order: {message}")]
+    ChunkOutOfOrder { message: String, offset: u64 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the operation is unsupported: {0}")]
+    Unsupported(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RegistryError {
+    /// The OCI distribution-spec error code.
+    pub fn code(&self) -> &'static str {
+        use RegistryError::*;
+        match self {
+            BlobUnknown(_) => "BLOB_UNKNOWN",
+            BlobUploadInvalid(_) | ChunkOutOfOrder { .. } => "BLOB_UPLOAD_INVALID",
+            BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            DigestInvalid(_) => "DIGEST_INVALID",
+            ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            ManifestInvalid(_) => "MANIFEST_INVALID",
+            ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            NameInvalid(_) => "NAME_INVALID",
+            NameUnknown(_) => "NAME_UNKNOWN",
+            TagInvalid(_) => "MANIFEST_INVALID",
+            SizeInvalid(_) | TooLarge { .. } => "SIZE_INVALID",
+            RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
+            Unsupported(_) | NotFound(_) => "UNSUPPORTED",
+            Internal(_) => "UNKNOWN",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use RegistryError::*;
+        match self {
+            BlobUnknown(_) | BlobUploadUnknown | ManifestUnknown(_) | NameUnknown(_)
+            | NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            BlobUploadInvalid(_)
+            | DigestInvalid(_)
+            | ManifestBlobUnknown(_)
+            | ManifestInvalid(_)
+            | NameInvalid(_)
+            | TagInvalid(_)
+            | SizeInvalid(_) => StatusCode::BAD_REQUEST,
+            TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => {
+                StatusCode::RANGE_NOT_SATISFIABLE
+            }
+            Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Machine-readable detail for the envelope's `detail` field.
+    fn detail(&self) -> serde_json::Value {
+        use RegistryError::*;
+        match self {
+            BlobUnknown(d) | ManifestBlobUnknown(d) => json!({ "digest": d.to_string() }),
+            ManifestUnknown(r) => json!({ "reference": r }),
+            NameUnknown(n) => json!({ "name": n }),
+            TooLarge { limit, .. } => json!({ "limit": limit }),
+            _ => serde_json::Value::Null,
+        }
+    }
+}
+
+impl From<std::io::Error> for RegistryError {
+    fn from(e: std::io::Error) -> Self {
+        RegistryError::Internal(format!("i/o: {e}"))
+    }
+}
+
+impl From<heed::Error> for RegistryError {
+    fn from(e: heed::Error) -> Self {
+        RegistryError::Internal(format!("metadata store: {e}"))
+    }
+}
+
+impl ResponseError for RegistryError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, code = self.code(), "request refused");
+        }
+        let mut resp = HttpResponse::build(status);
+        if let RegistryError::ChunkOutOfOrder { offset, .. } = self {
+            // Tell the client where the upload stands so it can resume from there.
+            let end = offset.saturating_sub(1);
+            resp.insert_header(("Range", format!("0-{end}")));
+        }
+        resp.json(json!({
+            "errors": [{
+                "code": self.code(),
+                "message": self.to_string(),
+                "detail": self.detail(),
+            }]
+        }))
+    }
+}

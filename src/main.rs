@@ -1,0 +1,99 @@
+//! `stowage`: a deduplicating OCI container registry.
+
+mod config;
+mod error;
+mod http;
+mod meta;
+mod names;
+mod registry;
+mod store;
+
+use std::io::Write;
+
+use actix_web::{web, App, HttpServer};
+use clap::{Parser, Subcommand};
+
+use config::{Config, LogFormat, ServeArgs};
+use registry::Registry;
+
+#[derive(Parser)]
+#[command(name = "stowage", version, about = "A deduplicating OCI container registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve(ServeArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STOWAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = Config::resolve(&args)?;
+            init_logging(cfg.log_format);
+            actix_web::rt::System::new().block_on(serve(cfg))
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let reg = Registry::open(cfg.clone())
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", cfg.root.display()))?;
+    tracing::info!(root = %cfg.root.display(), "store opened");
+
+    let sweeper = {
+        let reg = reg.clone();
+        let every = cfg.upload_sweep_interval;
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = reg.expire_uploads().await {
+                    tracing::error!(error = %e, "upload expiry failed");
+                }
+            }
+        })
+    };
+
+    let data = web::Data::new(reg.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap_fn(http::middleware)
+            .configure(http::configure)
+    })
+    .workers(cfg.workers)
+    .shutdown_timeout(cfg.shutdown_timeout)
+    .bind(cfg.addr)
+    .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.addr))?;
+    for addr in server.addrs() {
+        // Tests and scripts read this line to learn the port when --addr ends in :0.
+        println!("stowage listening on http://{addr}");
+        tracing::info!(%addr, "listening");
+    }
+    std::io::stdout().flush()?;
+    // actix-web stops gracefully on SIGTERM and SIGINT: in-flight requests get
+    // `shutdown_timeout` seconds to finish.
+    server.run().await?;
+    sweeper.abort();
+    let _ = sweeper.await;
+    tracing::info!("shutting down");
+    reg.close();
+    Ok(())
+}

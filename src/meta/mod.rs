@@ -1,0 +1,586 @@
+//! The metadata store: one LMDB environment (heed) under `<root>/meta/`.
+//!
+//! # On-disk format (magic `stowage-meta`, version 1)
+//!
+//! The named database `info` holds the key `format` whose value is the JSON
+//! `{"magic":"stowage-meta","version":1}`; opening an environment with another magic or a newer
+//! version is refused. Keys below are byte strings; `\0` separates parts (repository names,
+//! tags and digests never contain it). Values are JSON documents of the record types in this
+//! module.
+//!
+//! | database         | key                              | value                         |
+//! |------------------|----------------------------------|-------------------------------|
+//! | `repos`          | repository name                  | [`RepoRecord`]                |
+//! | `blobs`          | digest                           | [`BlobRecord`]                |
+//! | `blob_links`     | repo `\0` digest                 | [`LinkRecord`]                |
+//! | `manifests`      | digest                           | [`ManifestRecord`]            |
+//! | `manifest_bodies`| digest                           | the manifest bytes as pushed  |
+//! | `manifest_links` | repo `\0` digest                 | [`ManifestLink`]              |
+//! | `tags`           | repo `\0` tag                    | digest (UTF-8)                |
+//! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
+//! | `uploads`        | upload id                        | [`UploadRecord`]              |
+//!
+//! Reference counts (`BlobRecord::links`, `ManifestRecord::links`) count the repositories that
+//! link the object and change in the same transaction as the link (invariant 7).
+//!
+//! Durability: the environment is opened without `NO_SYNC`/`NO_META_SYNC`, so a returned
+//! commit is on disk (invariant 2).
+
+use std::ops::Bound;
+use std::path::Path;
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RegistryError, Result};
+use crate::names::{Digest, RepoName, Tag, UploadId};
+
+const MAGIC: &str = "stowage-meta";
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct FormatRecord {
+    magic: String,
+    version: u32,
+}
+
+/// A repository: created by its first blob link or manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RepoRecord {
+    pub created: u64,
+}
+
+/// Where a blob stands in the storage pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobState {
+    /// Whole in `staging/`, as pushed.
+    Staged,
+}
+
+/// A content-addressed blob, stored once for all repositories.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub size: u64,
+    pub created: u64,
+    /// Number of repositories linking this blob.
+    pub links: u64,
+    pub state: BlobState,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub created: u64,
+}
+
+/// A manifest, stored once for all repositories.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+    /// Number of repositories linking this manifest.
+    pub links: u64,
+}
+
+/// A manifest as linked into one repository, with what the referrers API needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestLink {
+    pub created: u64,
+    pub subject: Option<Digest>,
+}
+
+/// An OCI content descriptor as the referrers API returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An upload session. `offset` is the number of bytes acknowledged (fsynced) so far; bytes in
+/// the upload file past it were never acknowledged and are discarded on the next write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub repo: RepoName,
+    pub created: u64,
+    pub updated: u64,
+    pub offset: u64,
+}
+
+/// Counts and sizes for `/_stats`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MetaCounts {
+    pub repositories: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub blobs: u64,
+    pub uploads: u64,
+    pub logical_bytes: u64,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("metadata records serialize")
+}
+
+fn dec<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| RegistryError::Internal(format!("corrupt {what} record: {e}")))
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| RegistryError::Internal("non-UTF-8 key".into()))
+}
+
+type Db = Database<Bytes, Bytes>;
+
+/// The LMDB environment and its databases.
+pub struct Meta {
+    env: Env<WithoutTls>,
+    repos: Db,
+    blobs: Db,
+    blob_links: Db,
+    manifests: Db,
+    manifest_bodies: Db,
+    manifest_links: Db,
+    tags: Db,
+    referrers: Db,
+    uploads: Db,
+}
+
+impl Meta {
+    pub fn open(dir: &Path, map_size: usize) -> Result<Meta> {
+        std::fs::create_dir_all(dir)?;
+        // SAFETY: the environment is opened once per process (the registry holds the only
+        // handle) and the directory is ours alone.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(map_size)
+                .max_dbs(16)
+                .max_readers(512)
+                .open(dir)?
+        };
+        let mut w = env.write_txn()?;
+        let info: Db = env.create_database(&mut w, Some("info"))?;
+        match info.get(&w, b"format")? {
+            Some(v) => {
+                let f: FormatRecord = dec("format", v)?;
+                if f.magic != MAGIC || f.version > VERSION {
+                    return Err(RegistryError::Internal(format!(
+                        "{} holds {} version {}, this stowage reads {MAGIC} up to version {VERSION}",
+                        dir.display(),
+                        f.magic,
+                        f.version
+                    )));
+                }
+            }
+            None => info.put(
+                &mut w,
+                b"format",
+                &enc(&FormatRecord {
+                    magic: MAGIC.into(),
+                    version: VERSION,
+                }),
+            )?,
+        }
+        let meta = Meta {
+            repos: env.create_database(&mut w, Some("repos"))?,
+            blobs: env.create_database(&mut w, Some("blobs"))?,
+            blob_links: env.create_database(&mut w, Some("blob_links"))?,
+            manifests: env.create_database(&mut w, Some("manifests"))?,
+            manifest_bodies: env.create_database(&mut w, Some("manifest_bodies"))?,
+            manifest_links: env.create_database(&mut w, Some("manifest_links"))?,
+            tags: env.create_database(&mut w, Some("tags"))?,
+            referrers: env.create_database(&mut w, Some("referrers"))?,
+            uploads: env.create_database(&mut w, Some("uploads"))?,
+            env: env.clone(),
+        };
+        w.commit()?;
+        Ok(meta)
+    }
+
+    pub fn read(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        Ok(self.env.read_txn()?)
+    }
+
+    pub fn write(&self) -> Result<RwTxn<'_>> {
+        Ok(self.env.write_txn()?)
+    }
+
+    /// Flush and close the environment (on shutdown).
+    pub fn close(self) {
+        let _ = self.env.force_sync();
+        self.env.prepare_for_closing().wait();
+    }
+
+    // ---- repositories -------------------------------------------------------------------
+
+    pub fn repo_exists(&self, t: &RoTxn<'_>, repo: &RepoName) -> Result<bool> {
+        Ok(self.repos.get(t, repo.as_str().as_bytes())?.is_some())
+    }
+
+    fn ensure_repo(&self, w: &mut RwTxn<'_>, repo: &RepoName) -> Result<()> {
+        let k = repo.as_str().as_bytes();
+        if self.repos.get(w, k)?.is_none() {
+            self.repos
+                .put(w, k, &enc(&RepoRecord { created: now() }))?;
+        }
+        Ok(())
+    }
+
+    /// Repository names in lexical order, after `last`, at most `n`; and whether more follow.
+    pub fn list_repos(
+        &self,
+        t: &RoTxn<'_>,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        let lower = match last {
+            Some(l) => Bound::Excluded(l.as_bytes()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in self.repos.range(t, &(lower, Bound::Unbounded))? {
+            let (k, _) = item?;
+            if out.len() == n {
+                more = true;
+                break;
+            }
+            out.push(utf8(k)?.to_string());
+        }
+        Ok((out, more))
+    }
+
+    // ---- blobs --------------------------------------------------------------------------
+
+    pub fn blob(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<BlobRecord>> {
+        self.blobs
+            .get(t, d.to_string().as_bytes())?
+            .map(|v| dec("blob", v))
+            .transpose()
+    }
+
+    pub fn blob_linked(
+        &self,
+        t: &RoTxn<'_>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<bool> {
+        Ok(self
+            .blob_links
+            .get(t, &key2(repo.as_str(), &d.to_string()))?
+            .is_some())
+    }
+
+    /// Record a blob (if new) and link it into `repo` (if not yet linked).
+    pub fn link_blob(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest, size: u64) -> Result<()> {
+        self.ensure_repo(w, repo)?;
+        let dk = d.to_string();
+        let mut rec = match self.blobs.get(w, dk.as_bytes())? {
+            Some(v) => dec::<BlobRecord>("blob", v)?,
+            None => BlobRecord {
+                size,
+                created: now(),
+                links: 0,
+                state: BlobState::Staged,
+            },
+        };
+        let lk = key2(repo.as_str(), &dk);
+        if self.blob_links.get(w, &lk)?.is_none() {
+            self.blob_links
+                .put(w, &lk, &enc(&LinkRecord { created: now() }))?;
+            rec.links += 1;
+        }
+        self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
+        Ok(())
+    }
+
+    /// Remove `repo`'s link to a blob. Returns false if it was not linked. The blob record
+    /// stays (with its count lowered) until garbage collection.
+    pub fn unlink_blob(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
+        let dk = d.to_string();
+        if !self.blob_links.delete(w, &key2(repo.as_str(), &dk))? {
+            return Ok(false);
+        }
+        if let Some(v) = self.blobs.get(w, dk.as_bytes())? {
+            let mut rec: BlobRecord = dec("blob", v)?;
+            rec.links = rec.links.saturating_sub(1);
+            self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
+        }
+        Ok(true)
+    }
+
+    // ---- manifests ----------------------------------------------------------------------
+
+    pub fn manifest_link(
+        &self,
+        t: &RoTxn<'_>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<ManifestLink>> {
+        self.manifest_links
+            .get(t, &key2(repo.as_str(), &d.to_string()))?
+            .map(|v| dec("manifest link", v))
+            .transpose()
+    }
+
+    pub fn manifest(
+        &self,
+        t: &RoTxn<'_>,
+        d: &Digest,
+    ) -> Result<Option<(ManifestRecord, Vec<u8>)>> {
+        let k = d.to_string();
+        let Some(rec) = self.manifests.get(t, k.as_bytes())? else {
+            return Ok(None);
+        };
+        let rec: ManifestRecord = dec("manifest", rec)?;
+        let body = self
+            .manifest_bodies
+            .get(t, k.as_bytes())?
+            .ok_or_else(|| RegistryError::Internal(format!("manifest {k} has no body")))?;
+        Ok(Some((rec, body.to_vec())))
+    }
+
+    /// Store a manifest (if new), link it into `repo`, and register it as a referrer of its
+    /// subject.
+    pub fn put_manifest(
+        &self,
+        w: &mut RwTxn<'_>,
+        repo: &RepoName,
+        desc: &Descriptor,
+        body: &[u8],
+        subject: Option<&Digest>,
+    ) -> Result<()> {
+        self.ensure_repo(w, repo)?;
+        let dk = desc.digest.to_string();
+        let mut rec = match self.manifests.get(w, dk.as_bytes())? {
+            Some(v) => dec::<ManifestRecord>("manifest", v)?,
+            None => {
+                self.manifest_bodies.put(w, dk.as_bytes(), body)?;
+                ManifestRecord {
+                    media_type: desc.media_type.clone(),
+                    size: body.len() as u64,
+                    links: 0,
+                }
+            }
+        };
+        let lk = key2(repo.as_str(), &dk);
+        if self.manifest_links.get(w, &lk)?.is_none() {
+            rec.links += 1;
+            self.manifest_links.put(
+                w,
+                &lk,
+                &enc(&ManifestLink {
+                    created: now(),
+                    subject: subject.cloned(),
+                }),
+            )?;
+        }
+        self.manifests.put(w, dk.as_bytes(), &enc(&rec))?;
+        if let Some(s) = subject {
+            let rk = key2(&key2_str(repo.as_str(), &s.to_string()), &dk);
+            self.referrers.put(w, &rk, &enc(desc))?;
+        }
+        Ok(())
+    }
+
+    /// Unlink a manifest from `repo`: its tags there and its referrer entry go with it.
+    /// Returns false if it was not linked.
+    pub fn unlink_manifest(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
+        let dk = d.to_string();
+        let lk = key2(repo.as_str(), &dk);
+        let Some(link) = self.manifest_links.get(w, &lk)? else {
+            return Ok(false);
+        };
+        let link: ManifestLink = dec("manifest link", link)?;
+        self.manifest_links.delete(w, &lk)?;
+        if let Some(s) = link.subject {
+            let rk = key2(&key2_str(repo.as_str(), &s.to_string()), &dk);
+            self.referrers.delete(w, &rk)?;
+        }
+        for tag in self.tags_pointing_to(w, repo, d)? {
+            self.tags.delete(w, &key2(repo.as_str(), &tag))?;
+        }
+        if let Some(v) = self.manifests.get(w, dk.as_bytes())? {
+            let mut rec: ManifestRecord = dec("manifest", v)?;
+            rec.links = rec.links.saturating_sub(1);
+            self.manifests.put(w, dk.as_bytes(), &enc(&rec))?;
+        }
+        Ok(true)
+    }
+
+    fn tags_pointing_to(
+        &self,
+        t: &RoTxn<'_>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Vec<String>> {
+        let prefix = key2(repo.as_str(), "");
+        let target = d.to_string();
+        let mut out = Vec::new();
+        for item in self.tags.prefix_iter(t, &prefix)? {
+            let (k, v) = item?;
+            if v == target.as_bytes() {
+                out.push(utf8(&k[prefix.len()..])?.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Referrer descriptors of `subject` in `repo`, in digest order.
+    pub fn referrers(
+        &self,
+        t: &RoTxn<'_>,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>> {
+        let prefix = key2(&key2_str(repo.as_str(), &subject.to_string()), "");
+        let mut out = Vec::new();
+        for item in self.referrers.prefix_iter(t, &prefix)? {
+            let (_, v) = item?;
+            out.push(dec("referrer", v)?);
+        }
+        Ok(out)
+    }
+
+    // ---- tags ---------------------------------------------------------------------------
+
+    pub fn tag(&self, t: &RoTxn<'_>, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        match self.tags.get(t, &key2(repo.as_str(), tag.as_str()))? {
+            Some(v) => utf8(v)?
+                .parse()
+                .map(Some)
+                .map_err(|e| RegistryError::Internal(format!("corrupt tag record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_tag(&self, w: &mut RwTxn<'_>, repo: &RepoName, tag: &Tag, d: &Digest) -> Result<()> {
+        self.tags.put(
+            w,
+            &key2(repo.as_str(), tag.as_str()),
+            d.to_string().as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_tag(&self, w: &mut RwTxn<'_>, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        Ok(self.tags.delete(w, &key2(repo.as_str(), tag.as_str()))?)
+    }
+
+    /// Tags of `repo` in lexical order, after `last`, at most `n`; and whether more follow.
+    pub fn list_tags(
+        &self,
+        t: &RoTxn<'_>,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        let prefix = key2(repo.as_str(), "");
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in self.tags.prefix_iter(t, &prefix)? {
+            let (k, _) = item?;
+            let tag = utf8(&k[prefix.len()..])?;
+            if last.is_some_and(|l| tag <= l) {
+                continue;
+            }
+            if out.len() == n {
+                more = true;
+                break;
+            }
+            out.push(tag.to_string());
+        }
+        Ok((out, more))
+    }
+
+    // ---- uploads ------------------------------------------------------------------------
+
+    pub fn upload(&self, t: &RoTxn<'_>, id: &UploadId) -> Result<Option<UploadRecord>> {
+        self.uploads
+            .get(t, id.to_string().as_bytes())?
+            .map(|v| dec("upload", v))
+            .transpose()
+    }
+
+    pub fn put_upload(&self, w: &mut RwTxn<'_>, id: &UploadId, rec: &UploadRecord) -> Result<()> {
+        self.uploads.put(w, id.to_string().as_bytes(), &enc(rec))?;
+        Ok(())
+    }
+
+    pub fn delete_upload(&self, w: &mut RwTxn<'_>, id: &UploadId) -> Result<bool> {
+        Ok(self.uploads.delete(w, id.to_string().as_bytes())?)
+    }
+
+    /// Upload sessions last written before `cutoff` (unix seconds).
+    pub fn stale_uploads(&self, t: &RoTxn<'_>, cutoff: u64) -> Result<Vec<UploadId>> {
+        let mut out = Vec::new();
+        for item in self.uploads.iter(t)? {
+            let (k, v) = item?;
+            let rec: UploadRecord = dec("upload", v)?;
+            if rec.updated < cutoff {
+                out.push(utf8(k)?.parse()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every upload id the store knows of.
+    pub fn upload_ids(&self, t: &RoTxn<'_>) -> Result<Vec<UploadId>> {
+        let mut out = Vec::new();
+        for item in self.uploads.iter(t)? {
+            let (k, _) = item?;
+            out.push(utf8(k)?.parse()?);
+        }
+        Ok(out)
+    }
+
+    // ---- statistics ---------------------------------------------------------------------
+
+    pub fn counts(&self, t: &RoTxn<'_>) -> Result<MetaCounts> {
+        let mut logical = 0u64;
+        for item in self.blobs.iter(t)? {
+            let (_, v) = item?;
+            let rec: BlobRecord = dec("blob", v)?;
+            logical += rec.size;
+        }
+        Ok(MetaCounts {
+            repositories: self.repos.len(t)?,
+            manifests: self.manifests.len(t)?,
+            tags: self.tags.len(t)?,
+            blobs: self.blobs.len(t)?,
+            uploads: self.uploads.len(t)?,
+            logical_bytes: logical,
+        })
+    }
+}
+
+fn key2_str(a: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len() + 1);
+    s.push_str(a);
+    s.push('\0');
+    s.push_str(b);
+    s
+}

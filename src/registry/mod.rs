@@ -1,0 +1,375 @@
+//! The registry service: the rules of the distribution spec over the metadata store and the
+//! blob store. HTTP handlers call these methods and nothing below them.
+//!
+//! Blocking work (LMDB write transactions, which fsync on commit, and file I/O) runs on the
+//! blocking thread pool, never on the async reactor.
+
+pub mod manifest;
+mod upload;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{RegistryError, Result};
+use crate::meta::{Descriptor, Meta, MetaCounts};
+use crate::names::{Digest, Reference, RepoName};
+use crate::store::LocalStore;
+
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) meta: Meta,
+    pub(crate) store: LocalStore,
+    pub(crate) sessions: upload::Sessions,
+}
+
+/// The registry service. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+/// Run blocking work off the reactor.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// A blob's bytes (or a range of them) ready to stream to a client.
+pub struct BlobContent {
+    /// The number of bytes `body` yields.
+    pub len: u64,
+    pub body: BoxStream<'static, std::io::Result<Bytes>>,
+}
+
+/// A manifest as stored.
+pub struct ManifestContent {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// What a manifest PUT tells the client.
+pub struct PutManifestOutcome {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// One page of a listing, and whether more follow.
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+/// `GET /_stats`. The field names are a public interface: operators' scripts read them.
+#[derive(Serialize)]
+pub struct Stats {
+    pub repositories: u64,
+    pub manifests: u64,
+    pub tags: u64,
+    pub blobs: u64,
+    pub uploads: u64,
+    pub bytes: ByteStats,
+    pub layers: LayerStats,
+}
+
+#[derive(Serialize)]
+pub struct ByteStats {
+    /// Sum of the sizes of distinct blobs, as pushed.
+    pub logical: u64,
+    /// Bytes the store occupies on disk, metadata included.
+    pub stored: u64,
+}
+
+#[derive(Serialize)]
+pub struct LayerStats {
+    pub pending: u64,
+    pub deduplicated: u64,
+    pub raw: u64,
+}
+
+/// Largest page a listing returns when the client gives no `n`.
+pub const DEFAULT_PAGE: usize = 1000;
+
+impl Registry {
+    pub fn open(cfg: Config) -> Result<Registry> {
+        std::fs::create_dir_all(&cfg.root)?;
+        let meta = Meta::open(&cfg.root.join("meta"), cfg.meta_map_size)?;
+        let store = LocalStore::open(&cfg.root)?;
+        let reg = Registry {
+            inner: Arc::new(Inner {
+                cfg,
+                meta,
+                store,
+                sessions: Default::default(),
+            }),
+        };
+        reg.remove_orphan_uploads()?;
+        Ok(reg)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Close the metadata store cleanly. Only succeeds when no other handle is alive.
+    pub fn close(self) {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.meta.close(),
+            Err(_) => tracing::warn!("registry still in use at shutdown; LMDB closes on exit"),
+        }
+    }
+
+    // ---- blobs --------------------------------------------------------------------------
+
+    /// Size of a blob linked in `repo`.
+    pub fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let m = &self.inner.meta;
+        let t = m.read()?;
+        if !m.blob_linked(&t, repo, digest)? {
+            return Err(RegistryError::BlobUnknown(digest.clone()));
+        }
+        m.blob(&t, digest)?
+            .map(|b| b.size)
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    }
+
+    /// A blob linked in `repo`, whole or the byte range `[start, start+len)`.
+    pub async fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobContent> {
+        let size = self.stat_blob(repo, digest)?;
+        let (start, len) = range.unwrap_or((0, size));
+        let inner = self.inner.clone();
+        let d = digest.clone();
+        let file = blocking(move || Ok(inner.store.open_blob(&d, start)?)).await?;
+        let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+        let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).boxed();
+        Ok(BlobContent { len, body })
+    }
+
+    /// Unlink a blob from `repo` (the bytes stay until garbage collection).
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let inner = self.inner.clone();
+        let (repo, d) = (repo.clone(), digest.clone());
+        blocking(move || {
+            let m = &inner.meta;
+            let mut w = m.write()?;
+            if !m.unlink_blob(&mut w, &repo, &d)? {
+                return Err(RegistryError::BlobUnknown(d));
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Cross-repository mount: link `digest` into `repo` if `from` links it. Returns false when
+    /// `from` does not link it (the caller then opens a normal upload session).
+    pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<bool> {
+        let inner = self.inner.clone();
+        let (repo, from, d) = (repo.clone(), from.clone(), digest.clone());
+        blocking(move || {
+            let m = &inner.meta;
+            let mut w = m.write()?;
+            if !m.blob_linked(&w, &from, &d)? {
+                return Ok(false);
+            }
+            let Some(rec) = m.blob(&w, &d)? else {
+                return Ok(false);
+            };
+            m.link_blob(&mut w, &repo, &d, rec.size)?;
+            w.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    // ---- manifests ----------------------------------------------------------------------
+
+    fn resolve(&self, t: &heed::RoTxn<'_>, repo: &RepoName, reference: &Reference) -> Result<Digest> {
+        let m = &self.inner.meta;
+        let not_found = || RegistryError::ManifestUnknown(reference.to_string());
+        match reference {
+            Reference::Tag(tag) => m.tag(t, repo, tag)?.ok_or_else(not_found),
+            Reference::Digest(d) => {
+                if m.manifest_link(t, repo, d)?.is_some() {
+                    Ok(d.clone())
+                } else {
+                    Err(not_found())
+                }
+            }
+        }
+    }
+
+    pub fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestContent> {
+        let m = &self.inner.meta;
+        let t = m.read()?;
+        let digest = self.resolve(&t, repo, reference)?;
+        let (rec, body) = m
+            .manifest(&t, &digest)?
+            .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
+        Ok(ManifestContent {
+            digest,
+            media_type: rec.media_type,
+            body: Bytes::from(body),
+        })
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<PutManifestOutcome> {
+        let parsed = manifest::parse(content_type, &body)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &body);
+                if &actual != d {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "manifest body has digest {actual}, not {d}"
+                    )));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&body),
+        };
+        let desc = Descriptor {
+            media_type: parsed.media_type.clone(),
+            digest: digest.clone(),
+            size: body.len() as u64,
+            artifact_type: parsed.artifact_type.clone(),
+            annotations: parsed.annotations.clone(),
+        };
+        let inner = self.inner.clone();
+        let (repo, reference) = (repo.clone(), reference.clone());
+        let subject = parsed.subject.clone();
+        blocking(move || {
+            let m = &inner.meta;
+            let mut w = m.write()?;
+            for b in &parsed.blobs {
+                if !m.blob_linked(&w, &repo, b)? {
+                    return Err(RegistryError::ManifestBlobUnknown(b.clone()));
+                }
+            }
+            for c in &parsed.children {
+                if m.manifest_link(&w, &repo, c)?.is_none() {
+                    return Err(RegistryError::ManifestBlobUnknown(c.clone()));
+                }
+            }
+            m.put_manifest(&mut w, &repo, &desc, &body, parsed.subject.as_ref())?;
+            if let Reference::Tag(tag) = &reference {
+                m.set_tag(&mut w, &repo, tag, &desc.digest)?;
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .await?;
+        Ok(PutManifestOutcome { digest, subject })
+    }
+
+    /// DELETE by digest unlinks the manifest (and its tags) from the repository; DELETE by tag
+    /// removes only the tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let inner = self.inner.clone();
+        let (repo, reference) = (repo.clone(), reference.clone());
+        blocking(move || {
+            let m = &inner.meta;
+            let mut w = m.write()?;
+            let found = match &reference {
+                Reference::Tag(tag) => m.delete_tag(&mut w, &repo, tag)?,
+                Reference::Digest(d) => m.unlink_manifest(&mut w, &repo, d)?,
+            };
+            if !found {
+                return Err(RegistryError::ManifestUnknown(reference.to_string()));
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let m = &self.inner.meta;
+        let t = m.read()?;
+        let mut all = m.referrers(&t, repo, subject)?;
+        if let Some(at) = artifact_type {
+            all.retain(|d| d.artifact_type.as_deref() == Some(at));
+        }
+        Ok(all)
+    }
+
+    // ---- listings -----------------------------------------------------------------------
+
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: Option<usize>) -> Result<Page> {
+        let m = &self.inner.meta;
+        let t = m.read()?;
+        if !m.repo_exists(&t, repo)? {
+            return Err(RegistryError::NameUnknown(repo.to_string()));
+        }
+        let (items, more) = m.list_tags(&t, repo, last, n.unwrap_or(DEFAULT_PAGE))?;
+        Ok(Page { items, more })
+    }
+
+    pub fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page> {
+        let m = &self.inner.meta;
+        let t = m.read()?;
+        let (items, more) = m.list_repos(&t, last, n.unwrap_or(DEFAULT_PAGE))?;
+        Ok(Page { items, more })
+    }
+
+    // ---- statistics ---------------------------------------------------------------------
+
+    pub async fn stats(&self) -> Result<Stats> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let counts: MetaCounts = {
+                let t = inner.meta.read()?;
+                inner.meta.counts(&t)?
+            };
+            let stored = inner.store.disk_usage()?;
+            Ok(Stats {
+                repositories: counts.repositories,
+                manifests: counts.manifests,
+                tags: counts.tags,
+                blobs: counts.blobs,
+                uploads: counts.uploads,
+                bytes: ByteStats {
+                    logical: counts.logical_bytes,
+                    stored,
+                },
+                layers: LayerStats {
+                    pending: 0,
+                    deduplicated: 0,
+                    raw: counts.blobs,
+                },
+            })
+        })
+        .await
+    }
+}
+
+/// Parse a tag from a listing cursor without failing on junk (an unknown `last` simply starts
+/// the listing after it, as the spec allows).
+pub fn cursor(last: Option<&str>) -> Option<&str> {
+    last.filter(|l| !l.is_empty())
+}
