@@ -75,9 +75,7 @@ impl RegistryError {
         use RegistryError::*;
         match self {
             BlobUnknown(_) | BlobUploadUnknown | ManifestUnknown(_) | NameUnknown(_)
-            | NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            | NotFound(_) => StatusCode::NOT_FOUND,
             BlobUploadInvalid(_)
             | DigestInvalid(_)
             | ManifestBlobUnknown(_)
@@ -86,9 +84,7 @@ impl RegistryError {
             | TagInvalid(_)
             | SizeInvalid(_) => StatusCode::BAD_REQUEST,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => {
-                StatusCode::RANGE_NOT_SATISFIABLE
-            }
+            RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

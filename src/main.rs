@@ -17,7 +17,11 @@ use config::{Config, LogFormat, ServeArgs};
 use registry::Registry;
 
 #[derive(Parser)]
-#[command(name = "stowage", version, about = "A deduplicating OCI container registry")]
+#[command(
+    name = "stowage",
+    version,
+    about = "A deduplicating OCI container registry"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -92,7 +92,9 @@ impl FromStr for Digest {
             _ => return Err(DigestError::UnsupportedAlgorithm(alg.to_string())),
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::BadHex(s.to_string()));
         }
@@ -183,13 +185,22 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        assert!(matches!("e3b0".parse::<Digest>(), Err(DigestError::NoAlgorithm(_))));
+        assert!(matches!(
+            "e3b0".parse::<Digest>(),
+            Err(DigestError::NoAlgorithm(_))
+        ));
         assert!(matches!(
             "md5:d41d8cd98f00b204e9800998ecf8427e".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
-        assert!(matches!("sha256:abc".parse::<Digest>(), Err(DigestError::BadHex(_))));
+        assert!(matches!(
+            "sha256:abc".parse::<Digest>(),
+            Err(DigestError::BadHex(_))
+        ));
         let upper = format!("sha256:{}", "A".repeat(64));
-        assert!(matches!(upper.parse::<Digest>(), Err(DigestError::BadHex(_))));
+        assert!(matches!(
+            upper.parse::<Digest>(),
+            Err(DigestError::BadHex(_))
+        ));
     }
 }

@@ -125,9 +125,8 @@ async fn dispatch(
     reg: web::Data<Registry>,
 ) -> Result<HttpResponse> {
     let tail = req.match_info().get("tail").unwrap_or("").to_string();
-    let (name, endpoint) = split_route(&tail).ok_or_else(|| {
-        RegistryError::NotFound(format!("no such endpoint: /v2/{tail}"))
-    })?;
+    let (name, endpoint) = split_route(&tail)
+        .ok_or_else(|| RegistryError::NotFound(format!("no such endpoint: /v2/{tail}")))?;
     let repo: RepoName = name.parse()?;
     let m = req.method().clone();
     match endpoint {
@@ -155,7 +154,12 @@ async fn dispatch(
             match m {
                 Method::GET => {
                     let st = reg.upload_status(&repo, &id)?;
-                    Ok(upload_response(StatusCode::NO_CONTENT, &repo, &id, st.offset))
+                    Ok(upload_response(
+                        StatusCode::NO_CONTENT,
+                        &repo,
+                        &id,
+                        st.offset,
+                    ))
                 }
                 Method::PATCH => {
                     let (start, len) = content_range(req.headers())?;
@@ -171,7 +175,8 @@ async fn dispatch(
                     let d = parse_digest(d)?;
                     let (start, len) = content_range(req.headers())?;
                     let len = len.or(content_length(req.headers())?);
-                    reg.finish_upload(&repo, &id, &d, start, len, payload).await?;
+                    reg.finish_upload(&repo, &id, &d, start, len, payload)
+                        .await?;
                     Ok(blob_created(&repo, &d))
                 }
                 Method::DELETE => {
@@ -312,7 +317,12 @@ fn blob_created(repo: &RepoName, d: &Digest) -> HttpResponse {
 
 // ---- uploads ------------------------------------------------------------------------------
 
-fn upload_response(status: StatusCode, repo: &RepoName, id: &UploadId, offset: u64) -> HttpResponse {
+fn upload_response(
+    status: StatusCode,
+    repo: &RepoName,
+    id: &UploadId,
+    offset: u64,
+) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::LOCATION, format!("/v2/{repo}/blobs/uploads/{id}")))
         .insert_header(("Range", format!("0-{}", offset.saturating_sub(1))))
@@ -340,7 +350,9 @@ fn content_range(h: &HeaderMap) -> Result<(Option<u64>, Option<u64>)> {
     };
     let bad = || RegistryError::RangeNotSatisfiable("malformed Content-Range".into());
     let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s.strip_prefix("bytes").map_or(s, |r| r.trim_start_matches([' ', '=']));
+    let s = s
+        .strip_prefix("bytes")
+        .map_or(s, |r| r.trim_start_matches([' ', '=']));
     let s = s.split('/').next().unwrap_or(s);
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let a: u64 = a.trim().parse().map_err(|_| bad())?;
@@ -372,7 +384,12 @@ async fn start_upload(
         return Ok(blob_created(repo, &d));
     }
     let st = reg.start_upload(repo).await?;
-    Ok(upload_response(StatusCode::ACCEPTED, repo, &st.id, st.offset))
+    Ok(upload_response(
+        StatusCode::ACCEPTED,
+        repo,
+        &st.id,
+        st.offset,
+    ))
 }
 
 // ---- manifests ----------------------------------------------------------------------------
@@ -410,9 +427,8 @@ async fn put_manifest(
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            RegistryError::ManifestInvalid(format!("reading request body: {e}"))
-        })?;
+        let chunk = chunk
+            .map_err(|e| RegistryError::ManifestInvalid(format!("reading request body: {e}")))?;
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
@@ -444,9 +460,10 @@ fn page_params(req: &HttpRequest) -> Result<(Option<usize>, Option<String>)> {
     let q = query(req);
     let n = match q.get("n") {
         None => None,
-        Some(s) => Some(s.parse::<usize>().map_err(|_| {
-            RegistryError::Unsupported(format!("n={s} is not a number"))
-        })?),
+        Some(s) => Some(
+            s.parse::<usize>()
+                .map_err(|_| RegistryError::Unsupported(format!("n={s} is not a number")))?,
+        ),
     };
     Ok((n, q.get("last").cloned()))
 }
@@ -455,7 +472,10 @@ fn page_params(req: &HttpRequest) -> Result<(Option<usize>, Option<String>)> {
 fn paginate(b: &mut HttpResponseBuilder, path: &str, n: Option<usize>, page: &Page) {
     if let (true, Some(last)) = (page.more, page.items.last()) {
         let n = n.unwrap_or(crate::registry::DEFAULT_PAGE);
-        b.insert_header((header::LINK, format!("<{path}?n={n}&last={last}>; rel=\"next\"")));
+        b.insert_header((
+            header::LINK,
+            format!("<{path}?n={n}&last={last}>; rel=\"next\""),
+        ));
     }
 }
 
@@ -507,8 +527,14 @@ mod tests {
             split_route("a/manifests/manifests/latest"),
             Some(("a/manifests", Endpoint::Manifest("latest")))
         );
-        assert_eq!(split_route("x/blobs/uploads/"), Some(("x", Endpoint::Uploads)));
-        assert_eq!(split_route("x/blobs/uploads"), Some(("x", Endpoint::Uploads)));
+        assert_eq!(
+            split_route("x/blobs/uploads/"),
+            Some(("x", Endpoint::Uploads))
+        );
+        assert_eq!(
+            split_route("x/blobs/uploads"),
+            Some(("x", Endpoint::Uploads))
+        );
         assert_eq!(
             split_route("x/y/blobs/uploads/abc"),
             Some(("x/y", Endpoint::Upload("abc")))
@@ -551,7 +577,10 @@ mod tests {
         assert_eq!(content_range(&h).unwrap(), (None, None));
         h.insert(header::CONTENT_RANGE, HeaderValue::from_static("0-99"));
         assert_eq!(content_range(&h).unwrap(), (Some(0), Some(100)));
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-199/*"));
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_static("bytes 100-199/*"),
+        );
         assert_eq!(content_range(&h).unwrap(), (Some(100), Some(100)));
         h.insert(header::CONTENT_RANGE, HeaderValue::from_static("9-1"));
         assert!(content_range(&h).is_err());

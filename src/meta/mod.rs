@@ -243,8 +243,7 @@ impl Meta {
     fn ensure_repo(&self, w: &mut RwTxn<'_>, repo: &RepoName) -> Result<()> {
         let k = repo.as_str().as_bytes();
         if self.repos.get(w, k)?.is_none() {
-            self.repos
-                .put(w, k, &enc(&RepoRecord { created: now() }))?;
+            self.repos.put(w, k, &enc(&RepoRecord { created: now() }))?;
         }
         Ok(())
     }
@@ -282,12 +281,7 @@ impl Meta {
             .transpose()
     }
 
-    pub fn blob_linked(
-        &self,
-        t: &RoTxn<'_>,
-        repo: &RepoName,
-        d: &Digest,
-    ) -> Result<bool> {
+    pub fn blob_linked(&self, t: &RoTxn<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
         Ok(self
             .blob_links
             .get(t, &key2(repo.as_str(), &d.to_string()))?
@@ -295,7 +289,13 @@ impl Meta {
     }
 
     /// Record a blob (if new) and link it into `repo` (if not yet linked).
-    pub fn link_blob(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest, size: u64) -> Result<()> {
+    pub fn link_blob(
+        &self,
+        w: &mut RwTxn<'_>,
+        repo: &RepoName,
+        d: &Digest,
+        size: u64,
+    ) -> Result<()> {
         self.ensure_repo(w, repo)?;
         let dk = d.to_string();
         let mut rec = match self.blobs.get(w, dk.as_bytes())? {
@@ -346,11 +346,7 @@ impl Meta {
             .transpose()
     }
 
-    pub fn manifest(
-        &self,
-        t: &RoTxn<'_>,
-        d: &Digest,
-    ) -> Result<Option<(ManifestRecord, Vec<u8>)>> {
+    pub fn manifest(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<(ManifestRecord, Vec<u8>)>> {
         let k = d.to_string();
         let Some(rec) = self.manifests.get(t, k.as_bytes())? else {
             return Ok(None);
@@ -431,12 +427,7 @@ impl Meta {
         Ok(true)
     }
 
-    fn tags_pointing_to(
-        &self,
-        t: &RoTxn<'_>,
-        repo: &RepoName,
-        d: &Digest,
-    ) -> Result<Vec<String>> {
+    fn tags_pointing_to(&self, t: &RoTxn<'_>, repo: &RepoName, d: &Digest) -> Result<Vec<String>> {
         let prefix = key2(repo.as_str(), "");
         let target = d.to_string();
         let mut out = Vec::new();

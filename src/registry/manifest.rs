@@ -84,10 +84,13 @@ fn descriptor_digest(d: &RawDescriptor, what: &str) -> Result<Digest> {
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> {
     let raw: RawManifest = serde_json::from_slice(body)
         .map_err(|e| RegistryError::ManifestInvalid(format!("not a valid manifest JSON: {e}")))?;
-    let header_type = content_type.map(strip_params).filter(|t| {
-        !t.is_empty() && *t != "application/json" && *t != "application/octet-stream"
-    });
-    for t in [header_type, raw.media_type.as_deref()].into_iter().flatten() {
+    let header_type = content_type
+        .map(strip_params)
+        .filter(|t| !t.is_empty() && *t != "application/json" && *t != "application/octet-stream");
+    for t in [header_type, raw.media_type.as_deref()]
+        .into_iter()
+        .flatten()
+    {
         if t == DOCKER_SCHEMA1 || t == DOCKER_SCHEMA1_SIGNED {
             return Err(RegistryError::ManifestInvalid(
                 "Docker schema 1 manifests are not supported: push with a client that writes \
@@ -262,15 +265,11 @@ mod tests {
         assert!(bad(None, "{").contains("JSON"));
         assert!(bad(None, r#"{"schemaVersion":1,"fsLayers":[]}"#).contains("schema 1"));
         assert!(bad(Some(DOCKER_SCHEMA1_SIGNED), r#"{"schemaVersion":2}"#).contains("schema 1"));
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#
-        );
+        let body = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
         assert!(bad(Some(OCI_MANIFEST), &body).contains("does not match"));
         assert!(bad(Some(OCI_MANIFEST), r#"{"schemaVersion":2,"layers":[]}"#).contains("config"));
-        let body = format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"sha256:xyz","size":1}},"layers":[]}}"#
-        );
-        assert!(bad(Some(OCI_MANIFEST), &body).contains("config descriptor"));
+        let body = r#"{"schemaVersion":2,"config":{"digest":"sha256:xyz","size":1},"layers":[]}"#;
+        assert!(bad(Some(OCI_MANIFEST), body).contains("config descriptor"));
         assert!(bad(Some("text/plain"), r#"{"schemaVersion":2}"#).contains("unsupported"));
     }
 }

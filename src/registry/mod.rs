@@ -19,7 +19,6 @@ use crate::meta::{Descriptor, Meta, MetaCounts};
 use crate::names::{Digest, Reference, RepoName};
 use crate::store::LocalStore;
 
-
 pub(crate) struct Inner {
     pub(crate) cfg: Config,
     pub(crate) meta: Meta,
@@ -178,7 +177,12 @@ impl Registry {
 
     /// Cross-repository mount: link `digest` into `repo` if `from` links it. Returns false when
     /// `from` does not link it (the caller then opens a normal upload session).
-    pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<bool> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool> {
         let inner = self.inner.clone();
         let (repo, from, d) = (repo.clone(), from.clone(), digest.clone());
         blocking(move || {
@@ -199,7 +203,12 @@ impl Registry {
 
     // ---- manifests ----------------------------------------------------------------------
 
-    fn resolve(&self, t: &heed::RoTxn<'_>, repo: &RepoName, reference: &Reference) -> Result<Digest> {
+    fn resolve(
+        &self,
+        t: &heed::RoTxn<'_>,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Digest> {
         let m = &self.inner.meta;
         let not_found = || RegistryError::ManifestUnknown(reference.to_string());
         match reference {

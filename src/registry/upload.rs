@@ -243,7 +243,9 @@ impl Registry {
         if let Some(s) = start {
             if s != offset {
                 return Err(RegistryError::ChunkOutOfOrder {
-                    message: format!("chunk starts at byte {s}, but the upload holds {offset} bytes"),
+                    message: format!(
+                        "chunk starts at byte {s}, but the upload holds {offset} bytes"
+                    ),
                     offset,
                 });
             }

@@ -34,7 +34,10 @@ impl Server {
             .arg(root)
             .args(["--addr", "127.0.0.1:0", "--workers", "2"])
             .args(extra)
-            .env("STOWAGE_LOG", std::env::var("STOWAGE_LOG").unwrap_or("warn".into()))
+            .env(
+                "STOWAGE_LOG",
+                std::env::var("STOWAGE_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -115,7 +118,9 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// Run a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
