@@ -132,13 +132,13 @@ async fn dispatch(
     match endpoint {
         Endpoint::Tags if m == Method::GET => tags_list(&req, &reg, &repo),
         Endpoint::Manifest(r) if m == Method::GET || m == Method::HEAD => {
-            get_manifest(&req, &reg, &repo, &r.parse()?)
+            get_manifest(&req, &reg, &repo, &lookup_reference(r)?)
         }
         Endpoint::Manifest(r) if m == Method::PUT => {
             put_manifest(&req, payload, &reg, &repo, &r.parse()?).await
         }
         Endpoint::Manifest(r) if m == Method::DELETE => {
-            reg.delete_manifest(&repo, &r.parse()?).await?;
+            reg.delete_manifest(&repo, &lookup_reference(r)?).await?;
             Ok(HttpResponse::Accepted().finish())
         }
         Endpoint::Blob(d) if m == Method::GET || m == Method::HEAD => {
@@ -189,6 +189,15 @@ async fn dispatch(
         Endpoint::Referrers(d) if m == Method::GET => referrers(&req, &reg, &repo, d),
         _ => Err(unsupported(&m, &tail)),
     }
+}
+
+/// A reference to look up: a tag that cannot exist is simply unknown (404), while a malformed
+/// digest is still DIGEST_INVALID. (A PUT with an invalid tag is refused as MANIFEST_INVALID.)
+fn lookup_reference(r: &str) -> Result<Reference> {
+    r.parse().map_err(|e| match e {
+        RegistryError::TagInvalid(t) => RegistryError::ManifestUnknown(t),
+        e => e,
+    })
 }
 
 fn unsupported(m: &Method, tail: &str) -> RegistryError {
