@@ -43,6 +43,8 @@ pub enum RegistryError {
     ChunkOutOfOrder { message: String, offset: u64 },
     #[error("{0}")]
     NotFound(String),
+    #[error("invalid pagination: {0}")]
+    PaginationInvalid(String),
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),
     #[error("internal error: {0}")]
@@ -67,6 +69,7 @@ impl RegistryError {
             SizeInvalid(_) | TooLarge { .. } => "SIZE_INVALID",
             RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
             Unsupported(_) | NotFound(_) => "UNSUPPORTED",
+            PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Internal(_) => "UNKNOWN",
         }
     }
@@ -82,7 +85,8 @@ impl RegistryError {
             | ManifestInvalid(_)
             | NameInvalid(_)
             | TagInvalid(_)
-            | SizeInvalid(_) => StatusCode::BAD_REQUEST,
+            | SizeInvalid(_)
+            | PaginationInvalid(_) => StatusCode::BAD_REQUEST,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,

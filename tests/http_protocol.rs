@@ -804,6 +804,10 @@ fn tags_catalog_pagination_and_deletes() {
     let v: Value = r.json().unwrap();
     assert_eq!(v["tags"], json!(["c", "latest"]));
 
+    let r = c.get(s.url("/v2/pg/app/tags/list?n=many")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(code(r), "PAGINATION_NUMBER_INVALID");
+
     let r = c.get(s.url("/v2/no/such/tags/list")).send().unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(code(r), "NAME_UNKNOWN");

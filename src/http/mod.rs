@@ -471,7 +471,7 @@ fn page_params(req: &HttpRequest) -> Result<(Option<usize>, Option<String>)> {
         None => None,
         Some(s) => Some(
             s.parse::<usize>()
-                .map_err(|_| RegistryError::Unsupported(format!("n={s} is not a number")))?,
+                .map_err(|_| RegistryError::PaginationInvalid(format!("n={s} is not a number")))?,
         ),
     };
     Ok((n, q.get("last").cloned()))
