@@ -1,0 +1,5 @@
+//! The pure deduplication engine: no actix here, everything is testable on its own.
+
+pub mod chunk;
+pub mod recompress;
+pub mod tar;

@@ -1,0 +1,818 @@
+//! Exact re-compression: inflate a layer at ingest while learning how to re-create its exact
+//! compressed bytes, and re-encode them on pull.
+//!
+//! Covered here: uncompressed streams; gzip written by zlib (Python's gzip/zlib, pigz -0..9 is
+//! not, GNU gzip is not) at levels 1-9 with the default memLevel 8 and strategy, one or more
+//! members, header and trailer stored verbatim, bounded trailing bytes; zstd frames written by
+//! libzstd at levels 1-19 (single frame, no dictionary) with their checksum and content-size
+//! flags. The parameters are chosen by a probe over the first [`PROBE`] bytes of each member;
+//! the whole stream is proven only by the full restore of verify-before-discard. Anything else
+//! is [`NotExact`] and the layer stays raw.
+
+use std::io::Write;
+
+use flate2::{Decompress, FlushDecompress, Status};
+use serde::{Deserialize, Serialize};
+
+/// Uncompressed bytes of a member used to find its parameters.
+pub const PROBE: usize = 4 << 20;
+/// Trailing bytes after the last gzip member kept verbatim; more means raw.
+const MAX_TRAILING: usize = 64 << 10;
+
+/// The compression of a blob, identified from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn detect(prefix: &[u8]) -> Compression {
+        if prefix.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if prefix.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// How to re-create the exact compressed stream from the uncompressed one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Encoding {
+    None,
+    Gzip {
+        members: Vec<GzipMember>,
+        trailing: Vec<u8>,
+    },
+    Zstd {
+        level: i32,
+        checksum: bool,
+        /// The frame header carries the content size (pledged to the encoder).
+        content_size: bool,
+        raw_len: u64,
+    },
+}
+
+impl Encoding {
+    /// A short name for metrics and logs: `none`, `gzip-zlib-6`, `zstd-3`, ...
+    pub fn label(&self) -> String {
+        match self {
+            Encoding::None => "none".into(),
+            Encoding::Gzip { members, .. } => match members.first() {
+                Some(m) => format!("gzip-zlib-{}", m.level),
+                None => "gzip".into(),
+            },
+            Encoding::Zstd { level, .. } => format!("zstd-{level}"),
+        }
+    }
+}
+
+/// One gzip member: header and trailer verbatim, the zlib level of its deflate stream, and how
+/// many uncompressed bytes it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GzipMember {
+    pub header: Vec<u8>,
+    pub level: u32,
+    pub raw_len: u64,
+    pub trailer: [u8; 8],
+}
+
+/// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotExact {
+    #[error("corrupt {0}")]
+    Corrupt(&'static str),
+    #[error("no zlib level reproduces the deflate stream (not a zlib encoder)")]
+    UnknownDeflateEncoder,
+    #[error("no zstd level reproduces the frame")]
+    UnknownZstdEncoder,
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+// ---- ingest: decompress and learn the parameters ------------------------------------------
+
+/// Streaming decompressor that also records what [`Encoding`] re-creates its input.
+pub enum LayerDecoder {
+    None,
+    Gzip(Box<GzipDecoder>),
+    Zstd(Box<ZstdDecoder>),
+}
+
+impl LayerDecoder {
+    pub fn new(c: Compression) -> LayerDecoder {
+        match c {
+            Compression::None => LayerDecoder::None,
+            Compression::Gzip => LayerDecoder::Gzip(Box::default()),
+            Compression::Zstd => LayerDecoder::Zstd(Box::new(ZstdDecoder::new())),
+        }
+    }
+
+    /// Decompress `input`, handing the output to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
+        match self {
+            LayerDecoder::None => {
+                out(input);
+                Ok(())
+            }
+            LayerDecoder::Gzip(g) => g.feed(input, out),
+            LayerDecoder::Zstd(z) => z.feed(input, out),
+        }
+    }
+
+    pub fn finish(self) -> Result<Encoding, NotExact> {
+        match self {
+            LayerDecoder::None => Ok(Encoding::None),
+            LayerDecoder::Gzip(g) => g.finish(),
+            LayerDecoder::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+/// Length of a complete gzip header at the start of `b`, `Ok(None)` if more bytes are needed.
+fn gzip_header_len(b: &[u8]) -> Result<Option<usize>, NotExact> {
+    if b.len() < 10 {
+        return Ok(None);
+    }
+    if b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 || b[3] & 0xe0 != 0 {
+        return Err(NotExact::Corrupt("gzip header"));
+    }
+    let flg = b[3];
+    let mut i = 10;
+    if flg & 4 != 0 {
+        if b.len() < i + 2 {
+            return Ok(None);
+        }
+        i += 2 + u16::from_le_bytes([b[i], b[i + 1]]) as usize;
+    }
+    for bit in [8u8, 16] {
+        if flg & bit != 0 {
+            match b.get(i..).and_then(|r| r.iter().position(|&x| x == 0)) {
+                Some(p) => i += p + 1,
+                None => return Ok(None),
+            }
+        }
+    }
+    if flg & 2 != 0 {
+        i += 2;
+    }
+    Ok(if b.len() >= i { Some(i) } else { None })
+}
+
+enum GzState {
+    Header,
+    Body,
+    Trailer,
+    /// After a member: another member or trailing bytes.
+    Between,
+    Trailing,
+}
+
+struct MemberProbe {
+    raw: Vec<u8>,
+    deflate: Vec<u8>,
+    raw_len: u64,
+    crc: flate2::Crc,
+}
+
+impl Default for MemberProbe {
+    fn default() -> Self {
+        MemberProbe {
+            raw: Vec::new(),
+            deflate: Vec::new(),
+            raw_len: 0,
+            crc: flate2::Crc::new(),
+        }
+    }
+}
+
+pub struct GzipDecoder {
+    state: GzState,
+    pending: Vec<u8>,
+    inflate: Decompress,
+    probe: MemberProbe,
+    header: Vec<u8>,
+    members: Vec<GzipMember>,
+    trailing: Vec<u8>,
+    outbuf: Vec<u8>,
+    failed: Option<NotExact>,
+}
+
+impl Default for GzipDecoder {
+    fn default() -> Self {
+        GzipDecoder {
+            state: GzState::Header,
+            pending: Vec::new(),
+            inflate: Decompress::new(false),
+            probe: MemberProbe::default(),
+            header: Vec::new(),
+            members: Vec::new(),
+            trailing: Vec::new(),
+            outbuf: vec![0; 256 * 1024],
+            failed: None,
+        }
+    }
+}
+
+/// The zlib level (memLevel 8, default strategy) that reproduces a deflate stream, judged on
+/// its beginning: `raw` is a prefix of the member's uncompressed bytes (all of it if
+/// `complete`), `deflate` a prefix of its deflate stream at least as long as what `raw` encodes
+/// to.
+pub fn probe_zlib_level(raw: &[u8], deflate: &[u8], complete: bool) -> Option<u32> {
+    for level in [6u32, 9, 1, 5, 4, 3, 2, 7, 8] {
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level));
+        enc.write_all(raw).ok()?;
+        let ok = if complete {
+            let out = enc.finish().ok()?;
+            out == deflate
+        } else {
+            enc.flush_pending();
+            let out = enc.get_ref();
+            !out.is_empty() && deflate.starts_with(out)
+        };
+        if ok {
+            return Some(level);
+        }
+    }
+    None
+}
+
+/// Emitting what zlib already produced without flushing the stream (which would change it).
+trait FlushPending {
+    fn flush_pending(&mut self);
+}
+
+impl<W: Write> FlushPending for flate2::write::DeflateEncoder<W> {
+    fn flush_pending(&mut self) {
+        // `write` with an empty buffer only moves finished output to the inner writer.
+        let _ = self.write(&[]);
+    }
+}
+
+impl GzipDecoder {
+    fn feed(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.feed_inner(&mut input, out);
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn feed_inner(
+        &mut self,
+        input: &mut &[u8],
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), NotExact> {
+        while !input.is_empty() {
+            match self.state {
+                GzState::Header => {
+                    self.pending.extend_from_slice(input);
+                    *input = &[];
+                    if let Some(n) = gzip_header_len(&self.pending)? {
+                        self.header = self.pending[..n].to_vec();
+                        let rest = self.pending.split_off(n);
+                        self.pending.clear();
+                        self.state = GzState::Body;
+                        self.inflate = Decompress::new(false);
+                        self.probe = MemberProbe::default();
+                        self.feed_inner(&mut &rest[..], out)?;
+                    }
+                }
+                GzState::Body => {
+                    let before_in = self.inflate.total_in();
+                    let before_out = self.inflate.total_out();
+                    let status = self
+                        .inflate
+                        .decompress(input, &mut self.outbuf, FlushDecompress::None)
+                        .map_err(|_| NotExact::Corrupt("deflate stream"))?;
+                    let used = (self.inflate.total_in() - before_in) as usize;
+                    let made = (self.inflate.total_out() - before_out) as usize;
+                    let p = &mut self.probe;
+                    if p.deflate.len() < PROBE + (PROBE >> 3) {
+                        p.deflate.extend_from_slice(&input[..used]);
+                    }
+                    let produced = &self.outbuf[..made];
+                    if p.raw.len() < PROBE {
+                        let take = (PROBE - p.raw.len()).min(made);
+                        p.raw.extend_from_slice(&produced[..take]);
+                    }
+                    p.crc.update(produced);
+                    p.raw_len += made as u64;
+                    out(produced);
+                    *input = &input[used..];
+                    if status == Status::StreamEnd {
+                        self.state = GzState::Trailer;
+                    } else if used == 0 && made == 0 {
+                        return Err(NotExact::Corrupt("deflate stream"));
+                    }
+                }
+                GzState::Trailer => {
+                    let take = (8 - self.pending.len()).min(input.len());
+                    self.pending.extend_from_slice(&input[..take]);
+                    *input = &input[take..];
+                    if self.pending.len() == 8 {
+                        self.end_member()?;
+                    }
+                }
+                GzState::Between => {
+                    self.state = if input[0] == 0x1f {
+                        GzState::Header
+                    } else {
+                        GzState::Trailing
+                    };
+                }
+                GzState::Trailing => {
+                    self.trailing.extend_from_slice(input);
+                    *input = &[];
+                    if self.trailing.len() > MAX_TRAILING {
+                        return Err(NotExact::Unsupported("large trailing data after gzip"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn end_member(&mut self) -> Result<(), NotExact> {
+        let mut trailer = [0u8; 8];
+        trailer.copy_from_slice(&self.pending);
+        self.pending.clear();
+        let p = std::mem::take(&mut self.probe);
+        let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+        let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+        if crc != p.crc.sum() || isize != p.raw_len as u32 {
+            return Err(NotExact::Corrupt("gzip trailer (crc or size mismatch)"));
+        }
+        let complete = p.raw_len as usize == p.raw.len();
+        let level = probe_zlib_level(&p.raw, &p.deflate, complete)
+            .ok_or(NotExact::UnknownDeflateEncoder)?;
+        self.members.push(GzipMember {
+            header: std::mem::take(&mut self.header),
+            level,
+            raw_len: p.raw_len,
+            trailer,
+        });
+        self.state = GzState::Between;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Encoding, NotExact> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        match self.state {
+            GzState::Between | GzState::Trailing if !self.members.is_empty() => {
+                Ok(Encoding::Gzip {
+                    members: self.members,
+                    trailing: self.trailing,
+                })
+            }
+            _ => Err(NotExact::Corrupt("truncated gzip stream")),
+        }
+    }
+}
+
+/// Frame header facts of a zstd frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ZstdFrame {
+    checksum: bool,
+    content_size: Option<u64>,
+}
+
+fn parse_zstd_frame(b: &[u8]) -> Result<Option<ZstdFrame>, NotExact> {
+    if b.len() < 5 {
+        return Ok(None);
+    }
+    if b[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(NotExact::Corrupt("zstd frame"));
+    }
+    let fhd = b[4];
+    let fcs_flag = fhd >> 6;
+    let single = fhd & 0x20 != 0;
+    let checksum = fhd & 0x04 != 0;
+    let dict_flag = fhd & 0x03;
+    if dict_flag != 0 {
+        return Err(NotExact::Unsupported("zstd frame with a dictionary"));
+    }
+    let mut i = 5 + usize::from(!single);
+    let fcs_len = match (fcs_flag, single) {
+        (0, true) => 1,
+        (0, false) => 0,
+        (1, _) => 2,
+        (2, _) => 4,
+        _ => 8,
+    };
+    if b.len() < i + fcs_len {
+        return Ok(None);
+    }
+    let content_size = if fcs_len == 0 {
+        None
+    } else {
+        let mut v = [0u8; 8];
+        v[..fcs_len].copy_from_slice(&b[i..i + fcs_len]);
+        let mut n = u64::from_le_bytes(v);
+        if fcs_len == 2 {
+            n += 256;
+        }
+        Some(n)
+    };
+    i += fcs_len;
+    let _ = i;
+    Ok(Some(ZstdFrame {
+        checksum,
+        content_size,
+    }))
+}
+
+pub struct ZstdDecoder {
+    head: Vec<u8>,
+    frame: Option<ZstdFrame>,
+    dec: zstd::stream::raw::Decoder<'static>,
+    probe_raw: Vec<u8>,
+    probe_comp: Vec<u8>,
+    raw_len: u64,
+    frame_done: bool,
+    outbuf: Vec<u8>,
+}
+
+impl ZstdDecoder {
+    fn new() -> ZstdDecoder {
+        ZstdDecoder {
+            head: Vec::new(),
+            frame: None,
+            dec: zstd::stream::raw::Decoder::new().expect("zstd decoder"),
+            probe_raw: Vec::new(),
+            probe_comp: Vec::new(),
+            raw_len: 0,
+            frame_done: false,
+            outbuf: vec![0; 256 * 1024],
+        }
+    }
+
+    fn feed(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if self.frame.is_none() {
+            self.head.extend_from_slice(&input[..input.len().min(32)]);
+            self.frame = parse_zstd_frame(&self.head)?;
+        }
+        if self.probe_comp.len() < PROBE + (PROBE >> 3) {
+            self.probe_comp.extend_from_slice(input);
+        }
+        while !input.is_empty() {
+            if self.frame_done {
+                return Err(NotExact::Unsupported("more than one zstd frame"));
+            }
+            let mut inb = InBuffer::around(input);
+            let mut outb = OutBuffer::around(&mut self.outbuf[..]);
+            let hint = self
+                .dec
+                .run(&mut inb, &mut outb)
+                .map_err(|_| NotExact::Corrupt("zstd frame"))?;
+            let (used, made) = (inb.pos(), outb.pos());
+            let produced = &self.outbuf[..made];
+            if self.probe_raw.len() < PROBE {
+                let take = (PROBE - self.probe_raw.len()).min(made);
+                self.probe_raw.extend_from_slice(&produced[..take]);
+            }
+            self.raw_len += made as u64;
+            out(produced);
+            input = &input[used..];
+            if hint == 0 {
+                self.frame_done = true;
+            } else if used == 0 && made == 0 {
+                return Err(NotExact::Corrupt("zstd frame"));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Encoding, NotExact> {
+        let frame = self.frame.ok_or(NotExact::Corrupt("zstd frame"))?;
+        if !self.frame_done {
+            return Err(NotExact::Corrupt("truncated zstd frame"));
+        }
+        let complete = self.raw_len as usize == self.probe_raw.len();
+        for level in std::iter::once(3).chain((1..=19).filter(|&l| l != 3)) {
+            let enc = Encoding::Zstd {
+                level,
+                checksum: frame.checksum,
+                content_size: frame.content_size.is_some(),
+                raw_len: self.raw_len,
+            };
+            let mut r = Reencoder::new(&enc);
+            let mut out = Vec::new();
+            r.push(&self.probe_raw, &mut out);
+            if complete {
+                r.finish(&mut out);
+                if out == self.probe_comp {
+                    return Ok(enc);
+                }
+            } else if out.len() > 16 && self.probe_comp.starts_with(&out) {
+                return Ok(enc);
+            }
+        }
+        Err(NotExact::UnknownZstdEncoder)
+    }
+}
+
+// ---- pull: re-encode ---------------------------------------------------------------------
+
+enum ReState {
+    None,
+    Gzip {
+        members: Vec<GzipMember>,
+        trailing: Vec<u8>,
+        /// Index of the member being written, its encoder and the raw bytes it still takes.
+        idx: usize,
+        enc: Option<flate2::write::DeflateEncoder<Vec<u8>>>,
+        left: u64,
+        started: bool,
+    },
+    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+}
+
+/// Re-creates the exact compressed stream from the uncompressed bytes pushed into it.
+pub struct Reencoder {
+    st: ReState,
+}
+
+impl Reencoder {
+    pub fn new(e: &Encoding) -> Reencoder {
+        let st = match e {
+            Encoding::None => ReState::None,
+            Encoding::Gzip { members, trailing } => ReState::Gzip {
+                members: members.clone(),
+                trailing: trailing.clone(),
+                idx: 0,
+                enc: None,
+                left: 0,
+                started: false,
+            },
+            Encoding::Zstd {
+                level,
+                checksum,
+                content_size,
+                raw_len,
+            } => {
+                let mut z =
+                    zstd::stream::write::Encoder::new(Vec::new(), *level).expect("zstd encoder");
+                z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(*checksum))
+                    .expect("zstd parameter");
+                z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(*content_size))
+                    .expect("zstd parameter");
+                if *content_size {
+                    z.set_pledged_src_size(Some(*raw_len))
+                        .expect("zstd pledged size");
+                }
+                ReState::Zstd(Box::new(z))
+            }
+        };
+        Reencoder { st }
+    }
+
+    /// Add uncompressed bytes; compressed output is appended to `out`.
+    pub fn push(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
+        match &mut self.st {
+            ReState::None => out.extend_from_slice(raw),
+            ReState::Zstd(z) => {
+                z.write_all(raw).expect("writing to memory");
+                out.append(z.get_mut());
+            }
+            ReState::Gzip {
+                members,
+                idx,
+                enc,
+                left,
+                started,
+                ..
+            } => loop {
+                if !*started || (enc.is_none() && *left == 0) {
+                    // Open the next member (members of zero bytes open and close at once).
+                    if *started {
+                        *idx += 1;
+                    }
+                    *started = true;
+                    let Some(m) = members.get(*idx) else {
+                        // More input than the recipe describes: not ours to encode.
+                        out.extend_from_slice(raw);
+                        return;
+                    };
+                    out.extend_from_slice(&m.header);
+                    *enc = Some(flate2::write::DeflateEncoder::new(
+                        Vec::new(),
+                        flate2::Compression::new(m.level),
+                    ));
+                    *left = m.raw_len;
+                }
+                let e = enc.as_mut().expect("open member");
+                let take = (*left).min(raw.len() as u64) as usize;
+                e.write_all(&raw[..take]).expect("writing to memory");
+                *left -= take as u64;
+                raw = &raw[take..];
+                if *left == 0 {
+                    let e = enc.take().expect("open member");
+                    out.extend_from_slice(&e.finish().expect("finishing in memory"));
+                    out.extend_from_slice(&members[*idx].trailer);
+                    if raw.is_empty() && *idx + 1 >= members.len() {
+                        return;
+                    }
+                } else {
+                    out.append(e.get_mut());
+                    return;
+                }
+            },
+        }
+    }
+
+    /// End of the uncompressed stream.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        match &mut self.st {
+            ReState::None => {}
+            ReState::Zstd(_) => {
+                if let ReState::Zstd(z) = std::mem::replace(&mut self.st, ReState::None) {
+                    out.extend_from_slice(&z.finish().expect("finishing in memory"));
+                }
+            }
+            ReState::Gzip {
+                members,
+                trailing,
+                idx,
+                enc,
+                started,
+                ..
+            } => {
+                // Close an open member and emit any remaining empty members.
+                let mut next = if *started { *idx + 1 } else { 0 };
+                if let Some(e) = enc.take() {
+                    out.extend_from_slice(&e.finish().expect("finishing in memory"));
+                    out.extend_from_slice(&members[*idx].trailer);
+                }
+                while next < members.len() {
+                    let m = &members[next];
+                    out.extend_from_slice(&m.header);
+                    let e = flate2::write::DeflateEncoder::new(
+                        Vec::new(),
+                        flate2::Compression::new(m.level),
+                    );
+                    out.extend_from_slice(&e.finish().expect("finishing in memory"));
+                    out.extend_from_slice(&m.trailer);
+                    next += 1;
+                }
+                out.extend_from_slice(trailing);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Vec<u8> {
+        let words = [
+            "layer", "chunk", "stowage", "registry", "delta", "zlib", "\n", "tar ",
+        ];
+        let mut x = 12345u64;
+        let mut v = Vec::with_capacity(n + 16);
+        while v.len() < n {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            v.extend_from_slice(words[(x >> 60) as usize % words.len()].as_bytes());
+            v.push(b' ');
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn roundtrip(compressed: &[u8], raw: &[u8]) -> Result<Encoding, NotExact> {
+        let mut d = LayerDecoder::new(Compression::detect(compressed));
+        let mut got = Vec::new();
+        for part in compressed.chunks(10_007) {
+            d.feed(part, &mut |b| got.extend_from_slice(b))?;
+        }
+        let enc = d.finish()?;
+        assert_eq!(got, raw, "decompressed bytes");
+        let mut r = Reencoder::new(&enc);
+        let mut out = Vec::new();
+        for part in raw.chunks(65_536) {
+            r.push(part, &mut out);
+        }
+        r.finish(&mut out);
+        assert!(
+            out == compressed,
+            "re-encoded stream differs ({})",
+            enc.label()
+        );
+        Ok(enc)
+    }
+
+    fn gzip(raw: &[u8], level: u32) -> Vec<u8> {
+        let mut e = flate2::GzBuilder::new()
+            .mtime(0)
+            .filename("layer.tar")
+            .write(Vec::new(), flate2::Compression::new(level));
+        e.write_all(raw).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_levels_1_to_9() {
+        let raw = text(3_000_000);
+        for level in 1..=9 {
+            let enc = roundtrip(&gzip(&raw, level), &raw).unwrap();
+            match enc {
+                Encoding::Gzip { members, .. } => {
+                    // Levels that zlib implements identically may be found as each other.
+                    assert_eq!(members.len(), 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_large_member_uses_the_probe() {
+        let raw = text(PROBE * 2 + 12345);
+        let enc = roundtrip(&gzip(&raw, 6), &raw).unwrap();
+        assert_eq!(enc.label(), "gzip-zlib-6");
+    }
+
+    #[test]
+    fn gzip_multi_member_empty_and_trailing() {
+        let a = text(100_000);
+        let b = text(50_000);
+        let mut c = gzip(&a, 9);
+        c.extend_from_slice(&gzip(b"", 6));
+        c.extend_from_slice(&gzip(&b, 1));
+        c.extend_from_slice(&[0u8; 100]);
+        let mut raw = a.clone();
+        raw.extend_from_slice(&b);
+        let enc = roundtrip(&c, &raw).unwrap();
+        match enc {
+            Encoding::Gzip { members, trailing } => {
+                assert_eq!(members.len(), 3);
+                assert_eq!(trailing.len(), 100);
+            }
+            other => panic!("{other:?}"),
+        }
+        roundtrip(&gzip(b"", 6), b"").unwrap();
+        roundtrip(&gzip(b"x", 6), b"x").unwrap();
+    }
+
+    #[test]
+    fn zstd_levels() {
+        let raw = text(1_000_000);
+        for level in [1, 3, 9, 19] {
+            let c = zstd::stream::encode_all(&raw[..], level).unwrap();
+            roundtrip(&c, &raw).unwrap();
+        }
+        roundtrip(&zstd::stream::encode_all(&b""[..], 3).unwrap(), b"").unwrap();
+    }
+
+    #[test]
+    fn uncompressed_is_identity() {
+        let raw = text(10_000);
+        assert_eq!(roundtrip(&raw, &raw).unwrap(), Encoding::None);
+    }
+
+    #[test]
+    fn corrupt_and_foreign_streams_are_refused() {
+        let raw = text(200_000);
+        let mut g = gzip(&raw, 6);
+        let n = g.len();
+        g[n - 5] ^= 0xff; // size in the trailer
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        assert!(matches!(d.feed(&g, &mut |_| {}), Err(NotExact::Corrupt(_))));
+        assert!(matches!(d.finish(), Err(NotExact::Corrupt(_))));
+
+        let g = gzip(&raw, 6);
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        d.feed(&g[..g.len() / 2], &mut |_| {}).unwrap();
+        assert!(matches!(d.finish(), Err(NotExact::Corrupt(_))), "truncated");
+
+        let mut g = gzip(&raw, 6);
+        g[30] ^= 0x55; // inside the deflate stream
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        let fed = d.feed(&g, &mut |_| {});
+        assert!(fed.is_err() || d.finish().is_err());
+
+        // A deflate stream from another encoder (miniz-style stored blocks) is not zlib's.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(0));
+        e.write_all(&raw).unwrap();
+        let stored = e.finish().unwrap();
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        assert_eq!(
+            d.feed(&stored, &mut |_| {}),
+            Err(NotExact::UnknownDeflateEncoder)
+        );
+        assert_eq!(d.finish(), Err(NotExact::UnknownDeflateEncoder));
+    }
+}
