@@ -1,5 +1,7 @@
 //! The pure deduplication engine: no actix here, everything is testable on its own.
 
 pub mod chunk;
+pub mod container;
+pub mod recipe;
 pub mod recompress;
 pub mod tar;

@@ -1,0 +1,447 @@
+//! Layer recipes: how to rebuild a layer's exact bytes from chunks.
+//!
+//! A layer's uncompressed stream is split (see [`super::tar`]) into an *inline* stream (tar
+//! framing and small files) and *file* contents. The inline stream is chunked as one
+//! content-defined stream across the layer; each large file is chunked on its own, so a file's
+//! chunks do not depend on its neighbours. `framing` says how to interleave them again:
+//! `framing[0]` bytes of the inline stream, `framing[1]` bytes of file contents,
+//! `framing[2]` inline bytes, and so on. The result goes through the exact re-encoder.
+//!
+//! # Binary format (magic `STWGRCP\0`, version 1), little-endian
+//!
+//! ```text
+//! magic [8] | version u32 | encoding JSON: len u32, bytes | raw_len u64 |
+//! framing: count u32, u64 each | inline: count u32, (chunk id [20], len u32) each |
+//! files: count u32, (chunk id [20], len u32) each
+//! ```
+
+use std::io;
+
+use super::chunk::{ChunkId, ChunkParams, Chunker, CollisionDetected};
+use super::recompress::{Encoding, Reencoder};
+use super::tar::TarSink;
+
+pub const MAGIC: &[u8; 8] = b"STWGRCP\0";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipe {
+    pub encoding: Encoding,
+    /// Length of the uncompressed stream.
+    pub raw_len: u64,
+    pub framing: Vec<u64>,
+    pub inline: Vec<(ChunkId, u32)>,
+    pub files: Vec<(ChunkId, u32)>,
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("recipe: {msg}"))
+}
+
+struct Rd<'a>(&'a [u8]);
+
+impl Rd<'_> {
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn refs(&mut self) -> io::Result<Vec<(ChunkId, u32)>> {
+        let n = self.u32()? as usize;
+        let mut v = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let mut id = [0u8; 20];
+            id.copy_from_slice(self.take(20)?);
+            v.push((ChunkId(id), self.u32()?));
+        }
+        Ok(v)
+    }
+}
+
+impl Recipe {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let enc = serde_json::to_vec(&self.encoding).expect("encoding serializes");
+        let mut b =
+            Vec::with_capacity(64 + enc.len() + 24 * (self.inline.len() + self.files.len()));
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&(enc.len() as u32).to_le_bytes());
+        b.extend_from_slice(&enc);
+        b.extend_from_slice(&self.raw_len.to_le_bytes());
+        b.extend_from_slice(&(self.framing.len() as u32).to_le_bytes());
+        for f in &self.framing {
+            b.extend_from_slice(&f.to_le_bytes());
+        }
+        for refs in [&self.inline, &self.files] {
+            b.extend_from_slice(&(refs.len() as u32).to_le_bytes());
+            for (id, len) in refs {
+                b.extend_from_slice(&id.0);
+                b.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> io::Result<Recipe> {
+        let mut r = Rd(b);
+        if r.take(8)? != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        let v = r.u32()?;
+        if v != VERSION {
+            return Err(bad(&format!("version {v} not supported")));
+        }
+        let n = r.u32()? as usize;
+        let encoding = serde_json::from_slice(r.take(n)?).map_err(|e| bad(&e.to_string()))?;
+        let raw_len = r.u64()?;
+        let nf = r.u32()? as usize;
+        let mut framing = Vec::with_capacity(nf.min(1 << 20));
+        for _ in 0..nf {
+            framing.push(r.u64()?);
+        }
+        let inline = r.refs()?;
+        let files = r.refs()?;
+        Ok(Recipe {
+            encoding,
+            raw_len,
+            framing,
+            inline,
+            files,
+        })
+    }
+
+    /// Every chunk reference in the order a restore reads them.
+    pub fn read_order(&self) -> Vec<(ChunkId, u32)> {
+        let mut out = Vec::with_capacity(self.inline.len() + self.files.len());
+        let (mut ii, mut fi) = (0usize, 0usize);
+        // Bytes still available in the current chunk of each stream.
+        let (mut il, mut fl) = (0u64, 0u64);
+        for (k, &n) in self.framing.iter().enumerate() {
+            let (refs, idx, left) = if k % 2 == 0 {
+                (&self.inline, &mut ii, &mut il)
+            } else {
+                (&self.files, &mut fi, &mut fl)
+            };
+            let mut need = n;
+            while need > 0 {
+                if *left == 0 {
+                    let Some(&(id, len)) = refs.get(*idx) else {
+                        break;
+                    };
+                    out.push((id, len));
+                    *idx += 1;
+                    *left = len as u64;
+                }
+                let t = need.min(*left);
+                need -= t;
+                *left -= t;
+            }
+        }
+        out
+    }
+
+    /// Distinct chunk ids with how often the recipe uses each.
+    pub fn chunk_uses(&self) -> std::collections::HashMap<ChunkId, u64> {
+        let mut m = std::collections::HashMap::new();
+        for (id, _) in self.inline.iter().chain(&self.files) {
+            *m.entry(*id).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// A chunk produced while building a recipe.
+pub struct NewChunk {
+    pub id: ChunkId,
+    pub data: Vec<u8>,
+}
+
+/// Builds a recipe from the split stream: the Chunk stage's logic, as a [`TarSink`].
+pub struct RecipeBuilder {
+    params: ChunkParams,
+    inline: Chunker,
+    file: Chunker,
+    framing: Vec<u64>,
+    run: u64,
+    in_file: bool,
+    inline_refs: Vec<(ChunkId, u32)>,
+    file_refs: Vec<(ChunkId, u32)>,
+    raw_len: u64,
+    /// Chunks produced since the last [`RecipeBuilder::take_chunks`].
+    out: Vec<NewChunk>,
+    collision: bool,
+}
+
+fn emit(
+    refs: &mut Vec<(ChunkId, u32)>,
+    out: &mut Vec<NewChunk>,
+    collision: &mut bool,
+    data: &[u8],
+) {
+    match ChunkId::of(data) {
+        Ok(id) => {
+            refs.push((id, data.len() as u32));
+            out.push(NewChunk {
+                id,
+                data: data.to_vec(),
+            });
+        }
+        Err(CollisionDetected) => *collision = true,
+    }
+}
+
+impl RecipeBuilder {
+    pub fn new(params: ChunkParams) -> RecipeBuilder {
+        RecipeBuilder {
+            params,
+            inline: Chunker::new(params),
+            file: Chunker::new(params),
+            framing: Vec::new(),
+            run: 0,
+            in_file: false,
+            inline_refs: Vec::new(),
+            file_refs: Vec::new(),
+            raw_len: 0,
+            out: Vec::new(),
+            collision: false,
+        }
+    }
+
+    /// Chunks completed so far (each once).
+    pub fn take_chunks(&mut self) -> Vec<NewChunk> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Finish: flush the chunkers and return the recipe (or the collision error) and the last
+    /// chunks.
+    pub fn finish(
+        mut self,
+        encoding: Encoding,
+    ) -> (Result<Recipe, CollisionDetected>, Vec<NewChunk>) {
+        let (refs, out, col) = (&mut self.inline_refs, &mut self.out, &mut self.collision);
+        self.inline.finish(&mut |c| emit(refs, out, col, c));
+        self.framing.push(self.run);
+        if self.collision {
+            return (Err(CollisionDetected), self.out);
+        }
+        let recipe = Recipe {
+            encoding,
+            raw_len: self.raw_len,
+            framing: self.framing,
+            inline: self.inline_refs,
+            files: self.file_refs,
+        };
+        (Ok(recipe), self.out)
+    }
+
+    pub fn params(&self) -> ChunkParams {
+        self.params
+    }
+}
+
+impl TarSink for RecipeBuilder {
+    fn meta(&mut self, bytes: &[u8]) {
+        self.raw_len += bytes.len() as u64;
+        self.run += bytes.len() as u64;
+        let (refs, out, col) = (&mut self.inline_refs, &mut self.out, &mut self.collision);
+        self.inline.push(bytes, &mut |c| emit(refs, out, col, c));
+    }
+
+    fn file_start(&mut self, _size: u64) {
+        self.framing.push(self.run);
+        self.run = 0;
+        self.in_file = true;
+    }
+
+    fn file_data(&mut self, bytes: &[u8]) {
+        self.raw_len += bytes.len() as u64;
+        self.run += bytes.len() as u64;
+        let (refs, out, col) = (&mut self.file_refs, &mut self.out, &mut self.collision);
+        self.file.push(bytes, &mut |c| emit(refs, out, col, c));
+    }
+
+    fn file_end(&mut self) {
+        let (refs, out, col) = (&mut self.file_refs, &mut self.out, &mut self.collision);
+        self.file.finish(&mut |c| emit(refs, out, col, c));
+        self.framing.push(self.run);
+        self.run = 0;
+        self.in_file = false;
+    }
+}
+
+/// Rebuild a layer's exact (compressed) bytes. `chunks` yields the raw bytes of each chunk of
+/// [`Recipe::read_order`], in that order; `out` receives the layer's bytes.
+pub fn restore(
+    recipe: &Recipe,
+    chunks: &mut dyn Iterator<Item = io::Result<Vec<u8>>>,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut enc = Reencoder::new(&recipe.encoding);
+    let mut buf = Vec::with_capacity(512 * 1024);
+    // Unconsumed bytes of the current chunk of each stream.
+    let mut cur: [(Vec<u8>, usize); 2] = [(Vec::new(), 0), (Vec::new(), 0)];
+    let mut raw_total = 0u64;
+    for (k, &n) in recipe.framing.iter().enumerate() {
+        let (data, pos) = &mut cur[k % 2];
+        let mut need = n;
+        while need > 0 {
+            if *pos == data.len() {
+                *data = chunks
+                    .next()
+                    .ok_or_else(|| bad("fewer chunks than the framing needs"))??;
+                *pos = 0;
+                if data.is_empty() {
+                    return Err(bad("empty chunk"));
+                }
+            }
+            let t = (need as usize).min(data.len() - *pos);
+            enc.push(&data[*pos..*pos + t], &mut buf);
+            *pos += t;
+            need -= t as u64;
+            raw_total += t as u64;
+            if buf.len() >= 256 * 1024 {
+                out(&buf)?;
+                buf.clear();
+            }
+        }
+    }
+    if raw_total != recipe.raw_len {
+        return Err(bad("framing does not add up to the layer length"));
+    }
+    enc.finish(&mut buf);
+    out(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::recompress::{Compression, LayerDecoder};
+    use super::super::tar::TarSplitter;
+    use super::*;
+    use std::collections::HashMap;
+
+    fn build(layer: &[u8], params: ChunkParams) -> (Recipe, HashMap<ChunkId, Vec<u8>>) {
+        let mut dec = LayerDecoder::new(Compression::detect(layer));
+        let mut split = TarSplitter::new(params.min as u64);
+        let mut b = RecipeBuilder::new(params);
+        let mut store = HashMap::new();
+        for part in layer.chunks(100_000) {
+            dec.feed(part, &mut |raw| split.push(raw, &mut b)).unwrap();
+            for c in b.take_chunks() {
+                store.insert(c.id, c.data);
+            }
+        }
+        split.finish(&mut b);
+        let enc = dec.finish().unwrap();
+        let (recipe, last) = b.finish(enc);
+        for c in last {
+            store.insert(c.id, c.data);
+        }
+        (recipe.unwrap(), store)
+    }
+
+    fn rebuild(r: &Recipe, store: &HashMap<ChunkId, Vec<u8>>) -> Vec<u8> {
+        let mut it = r
+            .read_order()
+            .into_iter()
+            .map(|(id, _)| Ok(store[&id].clone()));
+        let mut out = Vec::new();
+        restore(r, &mut it, &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn layer_tar(version: u8) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut x = 99u64;
+        let mut rnd = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        for i in 0..40 {
+            let size = [10, 3000, 5000, 70_000, 300_000][i % 5];
+            let mut data = rnd(size);
+            if i == 7 && version > 0 {
+                data[size / 2] ^= version;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000 + version as u64);
+            h.set_cksum();
+            b.append_data(&mut h, format!("usr/lib/f{i}.bin"), &data[..])
+                .unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn roundtrip_tar_gzip_and_serialization() {
+        let raw = layer_tar(0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        let gz = gz.finish().unwrap();
+        for layer in [&raw, &gz] {
+            let (r, store) = build(layer, ChunkParams::default());
+            assert_eq!(r.raw_len, raw.len() as u64);
+            assert!(rebuild(&r, &store) == *layer);
+            let again = Recipe::from_bytes(&r.to_bytes()).unwrap();
+            assert_eq!(again, r);
+        }
+        assert!(Recipe::from_bytes(b"STWGRCP\0\x09\0\0\0").is_err());
+        assert!(Recipe::from_bytes(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_changed_file_leaves_the_others_shared() {
+        let (a, sa) = build(&layer_tar(0), ChunkParams::default());
+        let (b, sb) = build(&layer_tar(1), ChunkParams::default());
+        let new: usize = sb
+            .keys()
+            .filter(|k| !sa.contains_key(k))
+            .map(|k| sb[k].len())
+            .sum();
+        let total: usize = sb.values().map(Vec::len).sum();
+        assert!(new * 10 < total, "{new} of {total} bytes new");
+        assert!(rebuild(&b, &sb) == layer_tar(1));
+        assert_eq!(a.framing.len(), b.framing.len());
+    }
+
+    #[test]
+    fn non_tar_and_empty() {
+        let junk: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let (r, s) = build(&junk, ChunkParams::default());
+        assert_eq!(r.framing.len(), 1);
+        assert!(rebuild(&r, &s) == junk);
+        let (r, s) = build(b"", ChunkParams::default());
+        assert!(rebuild(&r, &s).is_empty());
+    }
+
+    #[test]
+    fn missing_chunks_are_an_error() {
+        let (r, _) = build(&layer_tar(0), ChunkParams::default());
+        let mut it = std::iter::empty();
+        assert!(restore(&r, &mut it, &mut |_| Ok(())).is_err());
+    }
+}
