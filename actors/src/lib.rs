@@ -1,4 +1,9 @@
 //! stowage's pipeline actors and the pure deduplication engine they drive.
+//!
+//! `engine` is plain code (chunking, tar splitting, exact re-compression, containers, recipes)
+//! tested without actix; `pipeline` wires it into actix actors; `restore` rebuilds layers.
 
 pub mod digest;
 pub mod engine;
+pub mod pipeline;
+pub mod restore;
