@@ -45,6 +45,37 @@ pub struct ServeArgs {
     /// `stowage=debug`).
     #[arg(long, env = "STOWAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// When pushed blobs are deduplicated: `background` (after the push is acknowledged),
+    /// `inline` (the final PUT waits for it; for tests) or `off` [default: background].
+    #[arg(long, env = "STOWAGE_DEDUP")]
+    pub dedup: Option<DedupMode>,
+    /// FastCDC minimum chunk size in bytes [default: 4096].
+    #[arg(long, env = "STOWAGE_CHUNK_MIN")]
+    pub chunk_min: Option<usize>,
+    /// FastCDC average chunk size in bytes [default: 16384].
+    #[arg(long, env = "STOWAGE_CHUNK_AVG")]
+    pub chunk_avg: Option<usize>,
+    /// FastCDC maximum chunk size in bytes [default: 65536].
+    #[arg(long, env = "STOWAGE_CHUNK_MAX")]
+    pub chunk_max: Option<usize>,
+    /// Size at which a container is sealed, in bytes [default: 4194304].
+    #[arg(long, env = "STOWAGE_CONTAINER_SIZE")]
+    pub container_size: Option<u64>,
+    /// zstd level for chunks [default: 3].
+    #[arg(long, env = "STOWAGE_CHUNK_ZSTD_LEVEL")]
+    pub chunk_zstd_level: Option<i32>,
+    /// Threads restoring deduplicated layers for pulls [default: 2].
+    #[arg(long, env = "STOWAGE_RESTORE_THREADS")]
+    pub restore_threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupMode {
+    #[default]
+    Background,
+    Inline,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -70,6 +101,13 @@ struct FileConfig {
     workers: Option<usize>,
     shutdown_timeout: Option<u64>,
     log_format: Option<LogFormat>,
+    dedup: Option<DedupMode>,
+    chunk_min: Option<usize>,
+    chunk_avg: Option<usize>,
+    chunk_max: Option<usize>,
+    container_size: Option<u64>,
+    chunk_zstd_level: Option<i32>,
+    restore_threads: Option<usize>,
 }
 
 /// The resolved settings.
@@ -84,6 +122,11 @@ pub struct Config {
     pub workers: usize,
     pub shutdown_timeout: u64,
     pub log_format: LogFormat,
+    pub dedup: DedupMode,
+    pub chunk: stowage_actors::engine::chunk::ChunkParams,
+    pub container_size: u64,
+    pub chunk_zstd_level: i32,
+    pub restore_threads: usize,
 }
 
 impl Default for Config {
@@ -98,6 +141,11 @@ impl Default for Config {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shutdown_timeout: 30,
             log_format: LogFormat::Text,
+            dedup: DedupMode::Background,
+            chunk: Default::default(),
+            container_size: 4 << 20,
+            chunk_zstd_level: 3,
+            restore_threads: 2,
         }
     }
 }
@@ -133,7 +181,38 @@ impl Config {
                 .or(file.shutdown_timeout)
                 .unwrap_or(d.shutdown_timeout),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            dedup: args.dedup.or(file.dedup).unwrap_or(d.dedup),
+            chunk: stowage_actors::engine::chunk::ChunkParams {
+                min: args.chunk_min.or(file.chunk_min).unwrap_or(d.chunk.min),
+                avg: args.chunk_avg.or(file.chunk_avg).unwrap_or(d.chunk.avg),
+                max: args.chunk_max.or(file.chunk_max).unwrap_or(d.chunk.max),
+            },
+            container_size: args
+                .container_size
+                .or(file.container_size)
+                .unwrap_or(d.container_size),
+            chunk_zstd_level: args
+                .chunk_zstd_level
+                .or(file.chunk_zstd_level)
+                .unwrap_or(d.chunk_zstd_level),
+            restore_threads: args
+                .restore_threads
+                .or(file.restore_threads)
+                .unwrap_or(d.restore_threads)
+                .max(1),
         };
+        let c = cfg.chunk;
+        anyhow::ensure!(
+            (64..=1 << 20).contains(&c.min)
+                && (256..=4 << 20).contains(&c.avg)
+                && (1024..=16 << 20).contains(&c.max)
+                && c.min < c.avg
+                && c.avg < c.max
+                && c.min.is_multiple_of(2)
+                && c.avg.is_multiple_of(2)
+                && c.max.is_multiple_of(2),
+            "chunk sizes must be even with 64 <= min < avg < max <= 16 MiB (got {c:?})"
+        );
         anyhow::ensure!(
             !cfg.upload_sweep_interval.is_zero(),
             "upload_sweep_interval must be positive"

@@ -57,9 +57,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let reg = Registry::open(cfg.clone())
+    let reg = Registry::open(cfg.clone(), true)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", cfg.root.display()))?;
-    tracing::info!(root = %cfg.root.display(), "store opened");
+    let pending = reg.resume_pending()?;
+    tracing::info!(root = %cfg.root.display(), pending, dedup = ?cfg.dedup, "store opened");
 
     let sweeper = {
         let reg = reg.clone();

@@ -71,7 +71,119 @@ pub fn restore_layer(
                 }
             }
         });
+        // Own the receiver here: it must be dropped before the scope joins the reader, so a
+        // reader blocked on a full channel wakes up when the restore stops early.
+        let rx = rx;
         let mut it = rx.iter();
         restore(recipe, &mut it, out)
     })
+}
+
+/// Serves deduplicated layers: each request restores one layer (or a byte range of it) on one
+/// of the actor's threads and streams it into `tx` in pieces of about 256 KiB. The digest is
+/// recomputed on the fly whenever the whole layer is produced; on mismatch the stream ends
+/// with an error instead of its last bytes, so the response is aborted, never completed with
+/// wrong bytes. Mailbox: requests queue until a thread is free (each holds a bounded channel of
+/// [`RESTORE_CHANNEL`] pieces towards its client). A failed restore ends its stream with an
+/// error and leaves the actor serving.
+pub struct Restore {
+    reader: ChunkReader,
+    stats: Arc<RestoreStats>,
+}
+
+/// Pieces buffered between a restore thread and the HTTP response.
+pub const RESTORE_CHANNEL: usize = 8;
+
+#[derive(Default, Debug)]
+pub struct RestoreStats {
+    pub layers: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub mismatches: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+impl actix::Actor for Restore {
+    type Context = actix::SyncContext<Self>;
+}
+
+pub struct RestoreLayer {
+    pub recipe: Arc<Recipe>,
+    pub digest: crate::digest::Digest,
+    /// First byte and length to send; `None` for the whole layer.
+    pub range: Option<(u64, u64)>,
+    pub tx: tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+}
+
+impl actix::Message for RestoreLayer {
+    type Result = ();
+}
+
+impl Restore {
+    pub fn start(
+        threads: usize,
+        catalog: Arc<dyn Catalog>,
+        containers: PathBuf,
+    ) -> (actix::Addr<Restore>, Arc<RestoreStats>) {
+        let stats = Arc::new(RestoreStats::default());
+        let s = stats.clone();
+        let reader = ChunkReader::new(catalog, containers);
+        let addr = actix::SyncArbiter::start(threads.max(1), move || Restore {
+            reader: reader.clone(),
+            stats: s.clone(),
+        });
+        (addr, stats)
+    }
+}
+
+impl actix::Handler<RestoreLayer> for Restore {
+    type Result = ();
+
+    fn handle(&mut self, m: RestoreLayer, _: &mut actix::SyncContext<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = m.recipe.as_ref();
+        let (start, len) = m.range.unwrap_or((0, u64::MAX));
+        let end = start.saturating_add(len);
+        let mut hasher = m.digest.algorithm().hasher();
+        let mut pos = 0u64;
+        let mut sent = 0u64;
+        let r = restore_layer(total, &self.reader, &mut |b| {
+            hasher.update(b);
+            let (bs, be) = (pos, pos + b.len() as u64);
+            pos = be;
+            let (s, e) = (bs.max(start), be.min(end));
+            if s < e {
+                let piece = bytes::Bytes::copy_from_slice(&b[(s - bs) as usize..(e - bs) as usize]);
+                sent += piece.len() as u64;
+                m.tx.blocking_send(Ok(piece))
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
+            }
+            if m.range.is_some() && pos >= end {
+                // A partial range: stop once it is served.
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "range served"));
+            }
+            Ok(())
+        });
+        self.stats.bytes.fetch_add(sent, Relaxed);
+        match r {
+            Ok(()) => {
+                self.stats.layers.fetch_add(1, Relaxed);
+                let got = hasher.finish();
+                if got != m.digest {
+                    self.stats.mismatches.fetch_add(1, Relaxed);
+                    tracing::error!(digest = %m.digest, restored = %got, "restored layer does not match its digest; response aborted");
+                    let _ = m.tx.blocking_send(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "restored bytes do not match the digest",
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Relaxed);
+                tracing::error!(digest = %m.digest, error = %e, "restore failed; response aborted");
+                let _ = m.tx.blocking_send(Err(e));
+            }
+        }
+    }
 }

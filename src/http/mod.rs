@@ -31,7 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/", web::to(base))
         .route("/v2/_catalog", web::get().to(catalog))
         .route("/v2/{tail:.*}", web::to(dispatch))
-        .route("/_stats", web::get().to(stats));
+        .route("/_stats", web::get().to(stats))
+        .route("/_layers/{digest}/files", web::get().to(layer_files));
 }
 
 /// Add the API version header to every response and log each request.
@@ -76,6 +77,11 @@ async fn base() -> HttpResponse {
 
 async fn stats(reg: web::Data<Registry>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(reg.stats().await?))
+}
+
+async fn layer_files(path: web::Path<String>, reg: web::Data<Registry>) -> Result<HttpResponse> {
+    let d = parse_digest(&path)?;
+    Ok(HttpResponse::Ok().json(reg.layer_files(&d)?))
 }
 
 /// The endpoints below `/v2/<name>/`.

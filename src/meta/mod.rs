@@ -19,9 +19,17 @@
 //! | `tags`           | repo `\0` tag                    | digest (UTF-8)                |
 //! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
+//! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 45 bytes) |
+//! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
+//! | `layer_files`    | digest                           | JSON array of file entries    |
+//! | `counters`       | name                             | u64 little-endian             |
 //!
 //! Reference counts (`BlobRecord::links`, `ManifestRecord::links`) count the repositories that
-//! link the object and change in the same transaction as the link (invariant 7).
+//! link the object and change in the same transaction as the link (invariant 7); a chunk's
+//! `refs` counts the recipe references to it and changes in the recipe's commit.
+//!
+//! A chunk record is: container u64 | offset u64 | stored_len u32 | raw_len u32 |
+//! encoding u8 | refs u64 | reserved u64 (little-endian).
 //!
 //! Durability: the environment is opened without `NO_SYNC`/`NO_META_SYNC`, so a returned
 //! commit is on disk (invariant 2).
@@ -33,6 +41,11 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use stowage_actors::engine::chunk::ChunkId;
+use stowage_actors::engine::container::{ChunkEncoding, ChunkLoc};
+use stowage_actors::engine::recipe::Recipe;
+use stowage_actors::engine::tar::FileEntry;
 
 use crate::error::{RegistryError, Result};
 use crate::names::{Digest, RepoName, Tag, UploadId};
@@ -53,11 +66,15 @@ pub struct RepoRecord {
 }
 
 /// Where a blob stands in the storage pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlobState {
-    /// Whole in `staging/`, as pushed.
+    /// Whole in `staging/`, as pushed, waiting for deduplication.
     Staged,
+    /// Stored as chunks; its recipe is in `recipes` and `staging/` no longer holds it.
+    Deduplicated { encoding: String },
+    /// Kept whole in `staging/`, for `reason`.
+    Raw { reason: String },
 }
 
 /// A content-addressed blob, stored once for all repositories.
@@ -114,6 +131,47 @@ pub struct UploadRecord {
     pub offset: u64,
 }
 
+/// A chunk in the index: where it is and how many recipe references it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRecord {
+    pub loc: ChunkLoc,
+    pub refs: u64,
+}
+
+impl ChunkRecord {
+    const LEN: usize = 8 + 8 + 4 + 4 + 1 + 8 + 8;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..8].copy_from_slice(&self.loc.container.to_le_bytes());
+        b[8..16].copy_from_slice(&self.loc.offset.to_le_bytes());
+        b[16..20].copy_from_slice(&self.loc.stored_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.loc.raw_len.to_le_bytes());
+        b[24] = self.loc.encoding as u8;
+        b[25..33].copy_from_slice(&self.refs.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<ChunkRecord> {
+        if b.len() != Self::LEN {
+            return Err(RegistryError::Internal("corrupt chunk record".into()));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Ok(ChunkRecord {
+            loc: ChunkLoc {
+                container: u64_at(0),
+                offset: u64_at(8),
+                stored_len: u32_at(16),
+                raw_len: u32_at(20),
+                encoding: ChunkEncoding::from_u8(b[24])
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?,
+            },
+            refs: u64_at(25),
+        })
+    }
+}
+
 /// Counts and sizes for `/_stats`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MetaCounts {
@@ -166,6 +224,10 @@ pub struct Meta {
     tags: Db,
     referrers: Db,
     uploads: Db,
+    chunks: Db,
+    recipes: Db,
+    layer_files: Db,
+    counters: Db,
 }
 
 impl Meta {
@@ -214,6 +276,10 @@ impl Meta {
             tags: env.create_database(&mut w, Some("tags"))?,
             referrers: env.create_database(&mut w, Some("referrers"))?,
             uploads: env.create_database(&mut w, Some("uploads"))?,
+            chunks: env.create_database(&mut w, Some("chunks"))?,
+            recipes: env.create_database(&mut w, Some("recipes"))?,
+            layer_files: env.create_database(&mut w, Some("layer_files"))?,
+            counters: env.create_database(&mut w, Some("counters"))?,
             env: env.clone(),
         };
         w.commit()?;
@@ -226,6 +292,10 @@ impl Meta {
 
     pub fn write(&self) -> Result<RwTxn<'_>> {
         Ok(self.env.write_txn()?)
+    }
+
+    pub fn sync(&self) {
+        let _ = self.env.force_sync();
     }
 
     /// Flush and close the environment (on shutdown).
@@ -546,6 +616,119 @@ impl Meta {
             out.push(utf8(k)?.parse()?);
         }
         Ok(out)
+    }
+
+    // ---- deduplication ------------------------------------------------------------------
+
+    pub fn chunk(&self, t: &RoTxn<'_>, id: &ChunkId) -> Result<Option<ChunkRecord>> {
+        self.chunks
+            .get(t, &id.0)?
+            .map(ChunkRecord::decode)
+            .transpose()
+    }
+
+    /// Add a sealed container's chunks (a chunk already indexed keeps its first location).
+    pub fn add_chunks(&self, w: &mut RwTxn<'_>, entries: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+        for (id, loc) in entries {
+            if self.chunks.get(w, &id.0)?.is_none() {
+                let rec = ChunkRecord { loc: *loc, refs: 0 };
+                self.chunks.put(w, &id.0, &rec.encode())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next value of a named counter (starting at 1).
+    pub fn next_counter(&self, w: &mut RwTxn<'_>, name: &str) -> Result<u64> {
+        let cur = match self.counters.get(w, name.as_bytes())? {
+            Some(v) if v.len() == 8 => u64::from_le_bytes(v.try_into().expect("8 bytes")),
+            _ => 0,
+        };
+        self.counters
+            .put(w, name.as_bytes(), &(cur + 1).to_le_bytes())?;
+        Ok(cur + 1)
+    }
+
+    /// Commit a verified recipe: store it and the file index, add one reference per use to
+    /// each chunk, and mark the blob deduplicated.
+    pub fn commit_recipe(
+        &self,
+        w: &mut RwTxn<'_>,
+        d: &Digest,
+        recipe: &Recipe,
+        files: &[FileEntry],
+    ) -> Result<()> {
+        let dk = d.to_string();
+        let Some(v) = self.blobs.get(w, dk.as_bytes())? else {
+            return Err(RegistryError::Internal(format!("no blob record for {dk}")));
+        };
+        let mut rec: BlobRecord = dec("blob", v)?;
+        for (id, uses) in recipe.chunk_uses() {
+            let mut c = self.chunk(w, &id)?.ok_or_else(|| {
+                RegistryError::Internal(format!("recipe of {dk} names unknown chunk {id}"))
+            })?;
+            c.refs += uses;
+            self.chunks.put(w, &id.0, &c.encode())?;
+        }
+        self.recipes.put(w, dk.as_bytes(), &recipe.to_bytes())?;
+        self.layer_files.put(w, dk.as_bytes(), &enc(&files))?;
+        rec.state = BlobState::Deduplicated {
+            encoding: recipe.encoding.label(),
+        };
+        self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
+        Ok(())
+    }
+
+    pub fn set_blob_state(&self, w: &mut RwTxn<'_>, d: &Digest, state: BlobState) -> Result<()> {
+        let dk = d.to_string();
+        if let Some(v) = self.blobs.get(w, dk.as_bytes())? {
+            let mut rec: BlobRecord = dec("blob", v)?;
+            rec.state = state;
+            self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
+        }
+        Ok(())
+    }
+
+    pub fn recipe(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<Recipe>> {
+        match self.recipes.get(t, d.to_string().as_bytes())? {
+            Some(b) => Recipe::from_bytes(b)
+                .map(Some)
+                .map_err(|e| RegistryError::Internal(format!("recipe of {d}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn layer_files(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<serde_json::Value>> {
+        self.layer_files
+            .get(t, d.to_string().as_bytes())?
+            .map(|v| dec("file index", v))
+            .transpose()
+    }
+
+    /// Every blob with its record (for the scheduler, fsck and statistics).
+    pub fn all_blobs(&self, t: &RoTxn<'_>) -> Result<Vec<(Digest, BlobRecord)>> {
+        let mut out = Vec::new();
+        for item in self.blobs.iter(t)? {
+            let (k, v) = item?;
+            let d = utf8(k)?
+                .parse()
+                .map_err(|e| RegistryError::Internal(format!("corrupt blob key: {e}")))?;
+            out.push((d, dec("blob", v)?));
+        }
+        Ok(out)
+    }
+
+    /// (distinct chunks, chunk references, stored bytes of chunks).
+    pub fn chunk_counts(&self, t: &RoTxn<'_>) -> Result<(u64, u64, u64)> {
+        let (mut n, mut refs, mut bytes) = (0, 0, 0);
+        for item in self.chunks.iter(t)? {
+            let (_, v) = item?;
+            let c = ChunkRecord::decode(v)?;
+            n += 1;
+            refs += c.refs;
+            bytes += c.loc.stored_len as u64;
+        }
+        Ok((n, refs, bytes))
     }
 
     // ---- statistics ---------------------------------------------------------------------

@@ -4,6 +4,7 @@
 //! Blocking work (LMDB write transactions, which fsync on commit, and file I/O) runs on the
 //! blocking thread pool, never on the async reactor.
 
+mod dedup;
 pub mod manifest;
 mod upload;
 
@@ -13,17 +14,23 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use serde::Serialize;
 
+use stowage_actors::pipeline::{Pipeline, PipelineConfig};
+use stowage_actors::restore::{Restore, RestoreStats};
+
 use crate::config::Config;
 use crate::error::{RegistryError, Result};
-use crate::meta::{Descriptor, Meta, MetaCounts};
+use crate::meta::{BlobState, Descriptor, Meta, MetaCounts};
 use crate::names::{Digest, Reference, RepoName};
 use crate::store::LocalStore;
 
 pub(crate) struct Inner {
     pub(crate) cfg: Config,
-    pub(crate) meta: Meta,
+    pub(crate) meta: Arc<Meta>,
     pub(crate) store: LocalStore,
     pub(crate) sessions: upload::Sessions,
+    pub(crate) pipeline: Option<Pipeline>,
+    pub(crate) restore: Option<actix::Addr<Restore>>,
+    pub(crate) restore_stats: Arc<RestoreStats>,
 }
 
 /// The registry service. Cheap to clone.
@@ -79,6 +86,30 @@ pub struct Stats {
     pub uploads: u64,
     pub bytes: ByteStats,
     pub layers: LayerStats,
+    pub chunks: ChunkStats,
+    /// `bytes.logical / bytes.stored`.
+    pub dedup_ratio: f64,
+    pub restore: RestoreCounts,
+}
+
+/// Pulls served from deduplicated layers since start-up.
+#[derive(Serialize)]
+pub struct RestoreCounts {
+    pub layers: u64,
+    pub bytes: u64,
+    /// Restores whose bytes did not match the digest (the response was aborted).
+    pub digest_mismatches: u64,
+    pub failures: u64,
+}
+
+#[derive(Serialize)]
+pub struct ChunkStats {
+    /// Chunk references over all recipes.
+    pub total: u64,
+    /// Distinct chunks stored.
+    pub unique: u64,
+    /// Bytes of stored (compressed) chunk data.
+    pub stored_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -94,22 +125,50 @@ pub struct LayerStats {
     pub pending: u64,
     pub deduplicated: u64,
     pub raw: u64,
+    /// Raw blobs by reason.
+    pub raw_reasons: std::collections::BTreeMap<String, u64>,
+    /// Deduplicated blobs by the encoding they are re-created with.
+    pub encodings: std::collections::BTreeMap<String, u64>,
 }
 
 /// Largest page a listing returns when the client gives no `n`.
 pub const DEFAULT_PAGE: usize = 1000;
 
 impl Registry {
-    pub fn open(cfg: Config) -> Result<Registry> {
+    /// Open the store. With `actors`, start the deduplication pipeline and the restore actor
+    /// (this must run inside an actix `System`); without, blobs stay as pushed (offline tools).
+    pub fn open(cfg: Config, actors: bool) -> Result<Registry> {
         std::fs::create_dir_all(&cfg.root)?;
-        let meta = Meta::open(&cfg.root.join("meta"), cfg.meta_map_size)?;
+        let meta = Arc::new(Meta::open(&cfg.root.join("meta"), cfg.meta_map_size)?);
         let store = LocalStore::open(&cfg.root)?;
+        let containers = cfg.root.join("containers");
+        std::fs::create_dir_all(&containers)?;
+        let catalog: Arc<dyn stowage_actors::pipeline::Catalog> =
+            Arc::new(dedup::MetaCatalog(meta.clone()));
+        let (pipeline, restore, restore_stats) = if actors {
+            let p = Pipeline::start(
+                catalog.clone(),
+                PipelineConfig {
+                    containers: containers.clone(),
+                    chunk: cfg.chunk,
+                    container_target: cfg.container_size,
+                    zstd_level: cfg.chunk_zstd_level,
+                },
+            )?;
+            let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers);
+            (Some(p), Some(r), rs)
+        } else {
+            (None, None, Default::default())
+        };
         let reg = Registry {
             inner: Arc::new(Inner {
                 cfg,
                 meta,
                 store,
                 sessions: Default::default(),
+                pipeline,
+                restore,
+                restore_stats,
             }),
         };
         reg.remove_orphan_uploads()?;
@@ -120,11 +179,16 @@ impl Registry {
         &self.inner.cfg
     }
 
-    /// Close the metadata store cleanly. Only succeeds when no other handle is alive.
+    /// Flush the metadata store (every commit is already durable; this is belt and braces)
+    /// and close it when no pipeline stage still holds it.
     pub fn close(self) {
-        match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner.meta.close(),
-            Err(_) => tracing::warn!("registry still in use at shutdown; LMDB closes on exit"),
+        if let Ok(inner) = Arc::try_unwrap(self.inner) {
+            drop(inner.pipeline);
+            drop(inner.restore);
+            match Arc::try_unwrap(inner.meta) {
+                Ok(meta) => meta.close(),
+                Err(meta) => meta.sync(),
+            }
         }
     }
 
@@ -132,13 +196,16 @@ impl Registry {
 
     /// Size of a blob linked in `repo`.
     pub fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        Ok(self.blob_record(repo, digest)?.size)
+    }
+
+    fn blob_record(&self, repo: &RepoName, digest: &Digest) -> Result<crate::meta::BlobRecord> {
         let m = &self.inner.meta;
         let t = m.read()?;
         if !m.blob_linked(&t, repo, digest)? {
             return Err(RegistryError::BlobUnknown(digest.clone()));
         }
         m.blob(&t, digest)?
-            .map(|b| b.size)
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
     }
 
@@ -149,11 +216,25 @@ impl Registry {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<BlobContent> {
-        let size = self.stat_blob(repo, digest)?;
-        let (start, len) = range.unwrap_or((0, size));
+        let rec = self.blob_record(repo, digest)?;
+        let (start, len) = range.unwrap_or((0, rec.size));
+        if matches!(rec.state, BlobState::Deduplicated { .. }) {
+            let body = self.restore_stream(digest, range)?;
+            return Ok(BlobContent { len, body });
+        }
         let inner = self.inner.clone();
         let d = digest.clone();
-        let file = blocking(move || Ok(inner.store.open_blob(&d, start)?)).await?;
+        let opened = blocking(move || match inner.store.open_blob(&d, start) {
+            Ok(f) => Ok(Some(f)),
+            // Deduplicated (and its raw copy dropped) since we looked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+        .await?;
+        let Some(file) = opened else {
+            let body = self.restore_stream(digest, range)?;
+            return Ok(BlobContent { len, body });
+        };
         let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
         let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).boxed();
         Ok(BlobContent { len, body })
@@ -346,15 +427,56 @@ impl Registry {
         Ok(Page { items, more })
     }
 
+    /// The file index (path, size, mode, sha256 of each regular file) of a deduplicated layer.
+    /// `GET /_layers/<digest>/files` is an operator endpoint: it is not scoped to a repository.
+    pub fn layer_files(&self, digest: &Digest) -> Result<serde_json::Value> {
+        let m = &self.inner.meta;
+        let t = m.read()?;
+        let rec = m
+            .blob(&t, digest)?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        match m.layer_files(&t, digest)? {
+            Some(files) => Ok(files),
+            None => Err(RegistryError::NotFound(format!(
+                "no file index for {digest}: it is {}",
+                match rec.state {
+                    BlobState::Staged => "waiting for deduplication".to_string(),
+                    BlobState::Raw { reason } => format!("kept raw ({reason})"),
+                    BlobState::Deduplicated { .. } => "deduplicated without an index".to_string(),
+                }
+            ))),
+        }
+    }
+
     // ---- statistics ---------------------------------------------------------------------
 
     pub async fn stats(&self) -> Result<Stats> {
         let inner = self.inner.clone();
         blocking(move || {
-            let counts: MetaCounts = {
-                let t = inner.meta.read()?;
-                inner.meta.counts(&t)?
+            let t = inner.meta.read()?;
+            let counts: MetaCounts = inner.meta.counts(&t)?;
+            let (unique, total, chunk_bytes) = inner.meta.chunk_counts(&t)?;
+            let mut layers = LayerStats {
+                pending: 0,
+                deduplicated: 0,
+                raw: 0,
+                raw_reasons: Default::default(),
+                encodings: Default::default(),
             };
+            for (_, b) in inner.meta.all_blobs(&t)? {
+                match b.state {
+                    BlobState::Staged => layers.pending += 1,
+                    BlobState::Deduplicated { encoding } => {
+                        layers.deduplicated += 1;
+                        *layers.encodings.entry(encoding).or_default() += 1;
+                    }
+                    BlobState::Raw { reason } => {
+                        layers.raw += 1;
+                        *layers.raw_reasons.entry(reason).or_default() += 1;
+                    }
+                }
+            }
+            drop(t);
             let stored = inner.store.disk_usage()?;
             Ok(Stats {
                 repositories: counts.repositories,
@@ -366,10 +488,26 @@ impl Registry {
                     logical: counts.logical_bytes,
                     stored,
                 },
-                layers: LayerStats {
-                    pending: 0,
-                    deduplicated: 0,
-                    raw: counts.blobs,
+                layers,
+                chunks: ChunkStats {
+                    total,
+                    unique,
+                    stored_bytes: chunk_bytes,
+                },
+                dedup_ratio: if stored == 0 {
+                    0.0
+                } else {
+                    counts.logical_bytes as f64 / stored as f64
+                },
+                restore: {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let r = &inner.restore_stats;
+                    RestoreCounts {
+                        layers: r.layers.load(Relaxed),
+                        bytes: r.bytes.load(Relaxed),
+                        digest_mismatches: r.mismatches.load(Relaxed),
+                        failures: r.failures.load(Relaxed),
+                    }
                 },
             })
         })

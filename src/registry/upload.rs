@@ -167,17 +167,28 @@ impl Registry {
                 "uploaded content ({size} bytes) has digest {actual}, not {d}"
             )));
         }
-        blocking(move || {
-            inner.store.commit_upload(&id, &d)?;
+        let digest = d.clone();
+        let fresh = blocking(move || {
             let m = &inner.meta;
+            // A blob the store already has (staged or deduplicated) is only linked. The write
+            // transaction is taken first so that the check and the link are one step.
             let mut w = m.write()?;
+            let known = m.blob(&w, &d)?.is_some();
+            if known {
+                inner.store.remove_upload(&id)?;
+            } else {
+                inner.store.commit_upload(&id, &d)?;
+            }
             m.link_blob(&mut w, &repo, &d, size)?;
             m.delete_upload(&mut w, &id)?;
             w.commit()?;
-            Ok(())
+            Ok(!known)
         })
         .await?;
         self.forget_session(&id);
+        if fresh {
+            self.after_commit(&digest).await;
+        }
         Ok(())
     }
 

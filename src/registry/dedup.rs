@@ -1,0 +1,165 @@
+//! The registry's side of deduplication: the LMDB catalog the pipeline commits through, the
+//! hand-off of committed blobs to the pipeline (background, or inline for tests), resuming
+//! pending blobs at start-up, and serving deduplicated blobs through the Restore actor.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
+
+use stowage_actors::engine::chunk::ChunkId;
+use stowage_actors::engine::container::ChunkLoc;
+use stowage_actors::engine::recipe::Recipe;
+use stowage_actors::engine::tar::FileEntry;
+use stowage_actors::pipeline::{Catalog, Outcome};
+use stowage_actors::restore::RestoreLayer;
+
+use super::Registry;
+use crate::config::DedupMode;
+use crate::error::{RegistryError, Result};
+use crate::meta::{BlobState, Meta};
+use crate::names::Digest;
+
+/// The pipeline's view of the metadata store.
+pub struct MetaCatalog(pub Arc<Meta>);
+
+fn io_err(e: RegistryError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Catalog for MetaCatalog {
+    fn chunk(&self, id: &ChunkId) -> io::Result<Option<ChunkLoc>> {
+        let t = self.0.read().map_err(io_err)?;
+        Ok(self.0.chunk(&t, id).map_err(io_err)?.map(|c| c.loc))
+    }
+
+    fn allocate_container(&self) -> io::Result<u64> {
+        let mut w = self.0.write().map_err(io_err)?;
+        let id = self.0.next_counter(&mut w, "container").map_err(io_err)?;
+        w.commit().map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(id)
+    }
+
+    fn commit_container(&self, _id: u64, entries: &[(ChunkId, ChunkLoc)]) -> io::Result<()> {
+        let mut w = self.0.write().map_err(io_err)?;
+        self.0.add_chunks(&mut w, entries).map_err(io_err)?;
+        w.commit().map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn commit_recipe(&self, blob: &Digest, recipe: &Recipe, files: &[FileEntry]) -> io::Result<()> {
+        let mut w = self.0.write().map_err(io_err)?;
+        self.0
+            .commit_recipe(&mut w, blob, recipe, files)
+            .map_err(io_err)?;
+        w.commit().map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn keep_raw(&self, blob: &Digest, reason: &str) -> io::Result<()> {
+        let mut w = self.0.write().map_err(io_err)?;
+        self.0
+            .set_blob_state(
+                &mut w,
+                blob,
+                BlobState::Raw {
+                    reason: reason.to_string(),
+                },
+            )
+            .map_err(io_err)?;
+        w.commit().map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+impl Registry {
+    fn staged_path(&self, d: &Digest) -> PathBuf {
+        self.inner.store.blob_path(d)
+    }
+
+    /// Hand a freshly committed blob to the pipeline, as configured.
+    pub(super) async fn after_commit(&self, d: &Digest) {
+        let Some(p) = self.inner.pipeline.clone() else {
+            return;
+        };
+        let path = self.staged_path(d);
+        match self.inner.cfg.dedup {
+            DedupMode::Off => {}
+            DedupMode::Inline => log_outcome(d, &p.dedup(d.clone(), path).await),
+            DedupMode::Background => {
+                let d = d.clone();
+                actix_web::rt::spawn(async move {
+                    let o = p.dedup(d.clone(), path).await;
+                    log_outcome(&d, &o);
+                });
+            }
+        }
+    }
+
+    /// Queue every blob still waiting for deduplication (after a restart), one at a time.
+    pub fn resume_pending(&self) -> Result<usize> {
+        let Some(p) = self.inner.pipeline.clone() else {
+            return Ok(0);
+        };
+        if self.inner.cfg.dedup == DedupMode::Off {
+            return Ok(0);
+        }
+        let pending: Vec<Digest> = {
+            let t = self.inner.meta.read()?;
+            self.inner
+                .meta
+                .all_blobs(&t)?
+                .into_iter()
+                .filter(|(_, r)| r.state == BlobState::Staged)
+                .map(|(d, _)| d)
+                .collect()
+        };
+        let n = pending.len();
+        let reg = self.clone();
+        actix_web::rt::spawn(async move {
+            for d in pending {
+                let o = p.dedup(d.clone(), reg.staged_path(&d)).await;
+                log_outcome(&d, &o);
+            }
+        });
+        Ok(n)
+    }
+
+    /// Stream a deduplicated blob (or a range of it) from its recipe.
+    pub(super) fn restore_stream(
+        &self,
+        d: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
+        let recipe = {
+            let t = self.inner.meta.read()?;
+            self.inner.meta.recipe(&t, d)?.ok_or_else(|| {
+                RegistryError::Internal(format!("{d} is deduplicated but has no recipe"))
+            })?
+        };
+        let restore = self
+            .inner
+            .restore
+            .as_ref()
+            .ok_or_else(|| RegistryError::Internal("restore actor not running".into()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(stowage_actors::restore::RESTORE_CHANNEL);
+        restore.do_send(RestoreLayer {
+            recipe: Arc::new(recipe),
+            digest: d.clone(),
+            range,
+            tx,
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed())
+    }
+}
+
+fn log_outcome(d: &Digest, o: &Outcome) {
+    match o {
+        Outcome::Deduplicated { encoding } => {
+            tracing::info!(digest = %d, %encoding, "blob deduplicated")
+        }
+        Outcome::Raw { reason } => tracing::info!(digest = %d, %reason, "blob kept raw"),
+    }
+}
