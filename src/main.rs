@@ -4,6 +4,7 @@ mod config;
 mod error;
 mod http;
 mod meta;
+mod metrics;
 mod names;
 mod registry;
 mod store;
@@ -77,9 +78,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let data = web::Data::new(reg.clone());
+    let http_metrics = web::Data::new(metrics::HttpMetrics::default());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(http_metrics.clone())
             .wrap_fn(http::middleware)
             .configure(http::configure)
     })

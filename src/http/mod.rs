@@ -32,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/_catalog", web::get().to(catalog))
         .route("/v2/{tail:.*}", web::to(dispatch))
         .route("/_stats", web::get().to(stats))
+        .route("/metrics", web::get().to(metrics))
         .route("/_layers/{digest}/files", web::get().to(layer_files));
 }
 
@@ -50,6 +51,9 @@ where
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_string();
+    let http = req
+        .app_data::<web::Data<crate::metrics::HttpMetrics>>()
+        .cloned();
     let fut = srv.call(req);
     async move {
         let mut res = fut.await?;
@@ -57,11 +61,20 @@ where
             header::HeaderName::from_static("docker-distribution-api-version"),
             header::HeaderValue::from_static(API_VERSION.1),
         );
+        let elapsed = start.elapsed();
+        if let Some(h) = http {
+            h.requests
+                .with_label_values(&[method.as_str(), res.status().as_str()])
+                .inc();
+            h.latency
+                .with_label_values(&[method.as_str()])
+                .observe(elapsed.as_secs_f64());
+        }
         tracing::info!(
             %method,
             %path,
             status = res.status().as_u16(),
-            ms = start.elapsed().as_millis() as u64,
+            ms = elapsed.as_millis() as u64,
             "request"
         );
         Ok(res)
@@ -77,6 +90,16 @@ async fn base() -> HttpResponse {
 
 async fn stats(reg: web::Data<Registry>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(reg.stats().await?))
+}
+
+async fn metrics(
+    reg: web::Data<Registry>,
+    http: web::Data<crate::metrics::HttpMetrics>,
+) -> Result<HttpResponse> {
+    let stats = reg.stats().await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render(&reg, &stats, &http)))
 }
 
 async fn layer_files(path: web::Path<String>, reg: web::Data<Registry>) -> Result<HttpResponse> {

@@ -450,6 +450,10 @@ impl Registry {
 
     // ---- statistics ---------------------------------------------------------------------
 
+    pub fn pipeline_stats(&self) -> Option<&stowage_actors::pipeline::StageStats> {
+        self.inner.pipeline.as_ref().map(|p| p.stats.as_ref())
+    }
+
     pub async fn stats(&self) -> Result<Stats> {
         let inner = self.inner.clone();
         blocking(move || {

@@ -1,0 +1,253 @@
+//! `GET /metrics`: Prometheus text exposition, names prefixed `stowage_`, counters `_total`.
+//!
+//! Store-wide numbers (the same as `/_stats`) and the pipeline's counters are read at scrape
+//! time into a fresh registry; HTTP request counters and latencies live in [`HttpMetrics`].
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry as PromRegistry, TextEncoder,
+};
+
+use crate::registry::{Registry, Stats};
+
+/// Request counters and latency, updated by the HTTP middleware.
+pub struct HttpMetrics {
+    registry: PromRegistry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        let registry = PromRegistry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "stowage_http_requests_total",
+                "HTTP requests by method and status",
+            ),
+            &["method", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "stowage_http_request_duration_seconds",
+                "HTTP request latency until the response head",
+            )
+            .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 60.0]),
+            &["method"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("register");
+        HttpMetrics {
+            registry,
+            requests,
+            latency,
+        }
+    }
+}
+
+fn gauge(r: &PromRegistry, name: &str, help: &str, v: i64) {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    g.set(v);
+    r.register(Box::new(g)).expect("register");
+}
+
+fn counter(r: &PromRegistry, name: &str, help: &str, v: u64) {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    c.inc_by(v);
+    r.register(Box::new(c)).expect("register");
+}
+
+/// Render every metric in the text format.
+pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
+    let r = PromRegistry::new();
+    gauge(
+        &r,
+        "stowage_repositories",
+        "Repositories",
+        stats.repositories as i64,
+    );
+    gauge(
+        &r,
+        "stowage_manifests",
+        "Distinct manifests",
+        stats.manifests as i64,
+    );
+    gauge(&r, "stowage_tags", "Tags", stats.tags as i64);
+    gauge(&r, "stowage_blobs", "Distinct blobs", stats.blobs as i64);
+    gauge(
+        &r,
+        "stowage_uploads",
+        "Upload sessions in progress",
+        stats.uploads as i64,
+    );
+    gauge(
+        &r,
+        "stowage_logical_bytes",
+        "Sum of the sizes of distinct blobs as pushed",
+        stats.bytes.logical as i64,
+    );
+    gauge(
+        &r,
+        "stowage_stored_bytes",
+        "Bytes the store occupies on disk, metadata included",
+        stats.bytes.stored as i64,
+    );
+    let ratio = Gauge::new("stowage_dedup_ratio", "Logical bytes / stored bytes").expect("metric");
+    ratio.set(stats.dedup_ratio);
+    r.register(Box::new(ratio)).expect("register");
+
+    let layers = IntGaugeVec::new(
+        Opts::new("stowage_layers", "Blobs by storage state"),
+        &["state"],
+    )
+    .expect("metric");
+    layers
+        .with_label_values(&["pending"])
+        .set(stats.layers.pending as i64);
+    layers
+        .with_label_values(&["deduplicated"])
+        .set(stats.layers.deduplicated as i64);
+    layers
+        .with_label_values(&["raw"])
+        .set(stats.layers.raw as i64);
+    r.register(Box::new(layers)).expect("register");
+    let raw = IntGaugeVec::new(
+        Opts::new("stowage_layers_raw", "Blobs kept raw, by reason"),
+        &["reason"],
+    )
+    .expect("metric");
+    for (reason, n) in &stats.layers.raw_reasons {
+        raw.with_label_values(&[reason.as_str()]).set(*n as i64);
+    }
+    r.register(Box::new(raw)).expect("register");
+    let enc = IntGaugeVec::new(
+        Opts::new(
+            "stowage_layers_deduplicated",
+            "Deduplicated blobs by the encoding that re-creates them",
+        ),
+        &["encoding"],
+    )
+    .expect("metric");
+    for (e, n) in &stats.layers.encodings {
+        enc.with_label_values(&[e.as_str()]).set(*n as i64);
+    }
+    r.register(Box::new(enc)).expect("register");
+
+    gauge(
+        &r,
+        "stowage_chunks_unique",
+        "Distinct chunks stored",
+        stats.chunks.unique as i64,
+    );
+    gauge(
+        &r,
+        "stowage_chunk_references",
+        "Chunk references over all recipes",
+        stats.chunks.total as i64,
+    );
+    gauge(
+        &r,
+        "stowage_chunk_stored_bytes",
+        "Bytes of encoded chunk data",
+        stats.chunks.stored_bytes as i64,
+    );
+
+    if let Some(p) = reg.pipeline_stats() {
+        let b = IntCounterVec::new(
+            Opts::new(
+                "stowage_pipeline_bytes_total",
+                "Bytes through each pipeline stage",
+            ),
+            &["stage"],
+        )
+        .expect("metric");
+        for (stage, v) in [
+            ("extract", &p.extract_bytes),
+            ("inflate", &p.raw_bytes),
+            ("chunk", &p.chunk_bytes),
+            ("pack", &p.stored_chunk_bytes),
+            ("verify", &p.verify_bytes),
+        ] {
+            b.with_label_values(&[stage]).inc_by(v.load(Relaxed));
+        }
+        r.register(Box::new(b)).expect("register");
+        let c = IntCounterVec::new(
+            Opts::new("stowage_pipeline_chunks_total", "Chunks by outcome"),
+            &["kind"],
+        )
+        .expect("metric");
+        c.with_label_values(&["cut"]).inc_by(p.chunks.load(Relaxed));
+        c.with_label_values(&["new"])
+            .inc_by(p.new_chunks.load(Relaxed));
+        c.with_label_values(&["duplicate"])
+            .inc_by(p.duplicate_chunks.load(Relaxed));
+        r.register(Box::new(c)).expect("register");
+        counter(
+            &r,
+            "stowage_containers_sealed_total",
+            "Containers sealed",
+            p.containers_sealed.load(Relaxed),
+        );
+        let q = IntGaugeVec::new(
+            Opts::new(
+                "stowage_pipeline_queue_depth",
+                "Batches in flight on each edge of the pipeline",
+            ),
+            &["edge"],
+        )
+        .expect("metric");
+        for (i, edge) in [
+            "extract_chunk",
+            "chunk_similarity",
+            "similarity_pack",
+            "pack_commit",
+        ]
+        .iter()
+        .enumerate()
+        {
+            q.with_label_values(&[*edge])
+                .set(p.queue_depth[i].load(Relaxed));
+        }
+        r.register(Box::new(q)).expect("register");
+    }
+    counter(
+        &r,
+        "stowage_restore_layers_total",
+        "Deduplicated layers restored for pulls",
+        stats.restore.layers,
+    );
+    counter(
+        &r,
+        "stowage_restore_bytes_total",
+        "Bytes served from deduplicated layers",
+        stats.restore.bytes,
+    );
+    counter(
+        &r,
+        "stowage_restore_digest_mismatches_total",
+        "Restores whose bytes did not match the digest (response aborted)",
+        stats.restore.digest_mismatches,
+    );
+    counter(
+        &r,
+        "stowage_restore_failures_total",
+        "Restores that failed (response aborted)",
+        stats.restore.failures,
+    );
+
+    let mut families = r.gather();
+    families.extend(http.registry.gather());
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("UTF-8 exposition")
+}
