@@ -2,6 +2,7 @@
 
 mod config;
 mod error;
+mod fsck;
 mod http;
 mod meta;
 mod metrics;
@@ -31,7 +32,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Check offline that every blob (deduplicated or not) still produces its digest.
+    Fsck {
+        /// Data directory [default: ./stowage-data].
+        #[arg(long, env = "STOWAGE_ROOT", default_value = "./stowage-data")]
+        root: std::path::PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -53,6 +60,26 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::resolve(&args)?;
             init_logging(cfg.log_format);
             actix_web::rt::System::new().block_on(serve(cfg))
+        }
+        Command::Fsck { root } => {
+            init_logging(LogFormat::Text);
+            let started = std::time::Instant::now();
+            let r = fsck::run(&root, Config::default().meta_map_size)?;
+            let secs = started.elapsed().as_secs_f64();
+            for p in &r.problems {
+                eprintln!("fsck: PROBLEM {p}");
+            }
+            println!(
+                "fsck: {} blobs, {} bytes checked in {secs:.1} s ({:.0} MB/s), {} problems",
+                r.blobs,
+                r.bytes,
+                r.bytes as f64 / secs.max(1e-9) / 1e6,
+                r.problems.len()
+            );
+            if !r.problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

@@ -514,7 +514,17 @@ impl Handler<Batch> for Pack {
             }
             Body::Finished(result) => {
                 let result = match (self.failed.remove(&key), result) {
-                    (Some(e), _) | (None, Err(e)) => Err(e),
+                    (Some(e), _) | (None, Err(e)) => {
+                        // The open container holds only this layer's new chunks (containers
+                        // are sealed at every layer's end): nothing refers to them.
+                        if let Some(w) = self.open.take() {
+                            if let Err(err) = w.discard() {
+                                tracing::warn!(error = %err, "could not remove unused container");
+                            }
+                        }
+                        self.in_open.clear();
+                        Err(e)
+                    }
                     (None, Ok(r)) => self
                         .seal()
                         .map(|_| r)

@@ -23,6 +23,7 @@
 //! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
 //! | `layer_files`    | digest                           | JSON array of file entries    |
 //! | `counters`       | name                             | u64 little-endian             |
+//! | `containers`     | container id (u64 big-endian)    | [`ContainerRecord`]           |
 //!
 //! Reference counts (`BlobRecord::links`, `ManifestRecord::links`) count the repositories that
 //! link the object and change in the same transaction as the link (invariant 7); a chunk's
@@ -131,6 +132,14 @@ pub struct UploadRecord {
     pub offset: u64,
 }
 
+/// A sealed container.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub created: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
 /// A chunk in the index: where it is and how many recipe references it has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkRecord {
@@ -228,6 +237,7 @@ pub struct Meta {
     recipes: Db,
     layer_files: Db,
     counters: Db,
+    containers: Db,
 }
 
 impl Meta {
@@ -280,6 +290,7 @@ impl Meta {
             recipes: env.create_database(&mut w, Some("recipes"))?,
             layer_files: env.create_database(&mut w, Some("layer_files"))?,
             counters: env.create_database(&mut w, Some("counters"))?,
+            containers: env.create_database(&mut w, Some("containers"))?,
             env: env.clone(),
         };
         w.commit()?;
@@ -627,8 +638,28 @@ impl Meta {
             .transpose()
     }
 
-    /// Add a sealed container's chunks (a chunk already indexed keeps its first location).
-    pub fn add_chunks(&self, w: &mut RwTxn<'_>, entries: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+    /// Record a sealed container and add its chunks (a chunk already indexed keeps its first
+    /// location). A container file without a record was never committed and can be removed.
+    pub fn add_container(
+        &self,
+        w: &mut RwTxn<'_>,
+        id: u64,
+        entries: &[(ChunkId, ChunkLoc)],
+    ) -> Result<()> {
+        let rec = ContainerRecord {
+            created: now(),
+            chunks: entries.len() as u64,
+            bytes: entries.iter().map(|(_, l)| l.stored_len as u64).sum(),
+        };
+        self.containers.put(w, &id.to_be_bytes(), &enc(&rec))?;
+        self.add_chunks(w, entries)
+    }
+
+    pub fn container_known(&self, t: &RoTxn<'_>, id: u64) -> Result<bool> {
+        Ok(self.containers.get(t, &id.to_be_bytes())?.is_some())
+    }
+
+    fn add_chunks(&self, w: &mut RwTxn<'_>, entries: &[(ChunkId, ChunkLoc)]) -> Result<()> {
         for (id, loc) in entries {
             if self.chunks.get(w, &id.0)?.is_none() {
                 let rec = ChunkRecord { loc: *loc, refs: 0 };

@@ -42,9 +42,9 @@ impl Catalog for MetaCatalog {
         Ok(id)
     }
 
-    fn commit_container(&self, _id: u64, entries: &[(ChunkId, ChunkLoc)]) -> io::Result<()> {
+    fn commit_container(&self, id: u64, entries: &[(ChunkId, ChunkLoc)]) -> io::Result<()> {
         let mut w = self.0.write().map_err(io_err)?;
-        self.0.add_chunks(&mut w, entries).map_err(io_err)?;
+        self.0.add_container(&mut w, id, entries).map_err(io_err)?;
         w.commit().map_err(|e| io::Error::other(e.to_string()))
     }
 
@@ -72,6 +72,41 @@ impl Catalog for MetaCatalog {
 }
 
 impl Registry {
+    /// At start-up: remove container files that were never committed (a crash while packing,
+    /// before the seal's LMDB commit; nothing can refer to them) and raw copies of blobs whose
+    /// recipe is committed.
+    pub(super) fn remove_uncommitted_containers(&self) -> Result<()> {
+        let dir = self.inner.cfg.root.join("containers");
+        let t = self.inner.meta.read()?;
+        for e in std::fs::read_dir(&dir)? {
+            let path = e?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| u64::from_str_radix(n, 16).ok());
+            let keep = match id {
+                Some(id) => self.inner.meta.container_known(&t, id)?,
+                None => true, // not ours: leave it for the operator
+            };
+            if !keep {
+                tracing::info!(path = %path.display(), "removing uncommitted container");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        // A crash between a recipe's commit and the removal of the raw blob leaves the raw
+        // copy behind: it is redundant once the recipe is committed (and was verified).
+        for (d, rec) in self.inner.meta.all_blobs(&t)? {
+            if matches!(rec.state, BlobState::Deduplicated { .. }) {
+                let p = self.staged_path(&d);
+                if p.exists() {
+                    tracing::info!(digest = %d, "removing raw copy of a deduplicated blob");
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn staged_path(&self, d: &Digest) -> PathBuf {
         self.inner.store.blob_path(d)
     }

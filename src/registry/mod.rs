@@ -4,7 +4,7 @@
 //! Blocking work (LMDB write transactions, which fsync on commit, and file I/O) runs on the
 //! blocking thread pool, never on the async reactor.
 
-mod dedup;
+pub(crate) mod dedup;
 pub mod manifest;
 mod upload;
 
@@ -172,6 +172,7 @@ impl Registry {
             }),
         };
         reg.remove_orphan_uploads()?;
+        reg.remove_uncommitted_containers()?;
         Ok(reg)
     }
 

@@ -33,6 +33,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl LocalStore {
+    /// The store at `root`, without creating anything (for offline tools).
+    pub fn at(root: &Path) -> LocalStore {
+        LocalStore {
+            root: root.to_path_buf(),
+            uploads: root.join("uploads"),
+            staging: root.join("staging"),
+        }
+    }
+
     pub fn open(root: &Path) -> io::Result<LocalStore> {
         let uploads = root.join("uploads");
         let staging = root.join("staging");
