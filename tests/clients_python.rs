@@ -44,9 +44,12 @@ fn py(script: &str, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
+    // oras-py leaves temporary directories behind: give it one of ours, removed on return.
+    let tmp = tempfile::tempdir().expect("tempdir");
     let out = run(Command::new(python())
         .arg(script)
         .args(args)
+        .env("TMPDIR", tmp.path())
         .env("PYTHONDONTWRITEBYTECODE", "1"));
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
