@@ -21,6 +21,16 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
+    // And one that stays raw (no zlib level re-creates stored deflate blocks).
+    let mut gz0 = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(0));
+    gz0.write_all(b"kept raw").unwrap();
+    let raw = gz0.finish().unwrap();
+    let r = c
+        .post(s.url(&format!("/v2/m/blobs/uploads/?digest={}", digest_of(&raw))))
+        .body(raw)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let got = c
         .get(s.url(&format!("/v2/m/blobs/{d}")))
         .send()
@@ -38,15 +48,39 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
     let text = r.text().unwrap();
     for needle in [
         "stowage_layers{state=\"deduplicated\"} 1",
-        "stowage_blobs 1",
+        "stowage_blobs 2",
         "stowage_restore_layers_total 1",
-        "stowage_pipeline_bytes_total{stage=\"inflate\"} 300000",
-        "stowage_http_requests_total{method=\"POST\",status=\"201\"} 1",
+        "stowage_pipeline_bytes_total{stage=\"inflate\"} 300008",
+        "stowage_http_requests_total{method=\"POST\",status=\"201\"} 2",
         "stowage_dedup_ratio",
         "stowage_pipeline_queue_depth{edge=\"chunk_similarity\"}",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+
+    // Every metric the shipped Grafana dashboards query exists.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let dash: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for panel in dash["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in metric_names(expr) {
+                    assert!(
+                        text.contains(&format!("\n{name}")) || text.starts_with(&name),
+                        "{}: panel {:?} queries {name}, which /metrics does not expose",
+                        path.display(),
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 10, "dashboards reference {checked} metrics");
 
     let mut p = Command::new(tool("promtool"))
         .args(["check", "metrics"])
@@ -63,4 +97,19 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `stowage_*` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("stowage_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
 }
