@@ -42,8 +42,15 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
+    // actix-http logs malformed requests at ERROR: clients probing TLS on a plain-HTTP port
+    // (skopeo, podman, buildah with --tls-verify=false do) are not server errors.
     let filter = tracing_subscriber::EnvFilter::try_from_env("STOWAGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(
+            "actix_http::h1::dispatcher=off"
+                .parse()
+                .expect("valid directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
