@@ -178,6 +178,8 @@ struct MemberProbe {
     deflate: Vec<u8>,
     raw_len: u64,
     crc: flate2::Crc,
+    /// The level found once [`PROBE`] bytes were in (members longer than the probe).
+    level: Option<u32>,
 }
 
 impl Default for MemberProbe {
@@ -187,6 +189,7 @@ impl Default for MemberProbe {
             deflate: Vec::new(),
             raw_len: 0,
             crc: flate2::Crc::new(),
+            level: None,
         }
     }
 }
@@ -297,13 +300,26 @@ impl GzipDecoder {
                     let used = (self.inflate.total_in() - before_in) as usize;
                     let made = (self.inflate.total_out() - before_out) as usize;
                     let p = &mut self.probe;
-                    if p.deflate.len() < PROBE + (PROBE >> 3) {
+                    if p.level.is_none() && p.deflate.len() < PROBE + (PROBE >> 3) {
                         p.deflate.extend_from_slice(&input[..used]);
                     }
                     let produced = &self.outbuf[..made];
-                    if p.raw.len() < PROBE {
+                    if p.level.is_none() && p.raw.len() < PROBE {
                         let take = (PROBE - p.raw.len()).min(made);
                         p.raw.extend_from_slice(&produced[..take]);
+                    }
+                    if p.level.is_none()
+                        && p.raw.len() == PROBE
+                        && p.raw_len + made as u64 > PROBE as u64
+                    {
+                        // The member goes on past the probe: decide now, so a stream from
+                        // another encoder is given up early instead of at its end.
+                        p.level = Some(
+                            probe_zlib_level(&p.raw, &p.deflate, false)
+                                .ok_or(NotExact::UnknownDeflateEncoder)?,
+                        );
+                        p.raw = Vec::new();
+                        p.deflate = Vec::new();
                     }
                     p.crc.update(produced);
                     p.raw_len += made as u64;
@@ -352,9 +368,14 @@ impl GzipDecoder {
         if crc != p.crc.sum() || isize != p.raw_len as u32 {
             return Err(NotExact::Corrupt("gzip trailer (crc or size mismatch)"));
         }
-        let complete = p.raw_len as usize == p.raw.len();
-        let level = probe_zlib_level(&p.raw, &p.deflate, complete)
-            .ok_or(NotExact::UnknownDeflateEncoder)?;
+        let level = match p.level {
+            Some(l) => l,
+            None => {
+                let complete = p.raw_len as usize == p.raw.len();
+                probe_zlib_level(&p.raw, &p.deflate, complete)
+                    .ok_or(NotExact::UnknownDeflateEncoder)?
+            }
+        };
         self.members.push(GzipMember {
             header: std::mem::take(&mut self.header),
             level,
@@ -765,6 +786,30 @@ mod tests {
         }
         roundtrip(&gzip(b"", 6), b"").unwrap();
         roundtrip(&gzip(b"x", 6), b"x").unwrap();
+    }
+
+    #[test]
+    fn a_foreign_encoder_is_refused_after_the_probe_not_at_the_end() {
+        let raw = text(PROBE * 3);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(0));
+        e.write_all(&raw).unwrap();
+        let stored = e.finish().unwrap();
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        let mut fed = 0;
+        let mut refused = None;
+        for part in stored.chunks(64 * 1024) {
+            fed += part.len();
+            if let Err(e) = d.feed(part, &mut |_| {}) {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert_eq!(refused, Some(NotExact::UnknownDeflateEncoder));
+        assert!(
+            fed < stored.len() / 2,
+            "refused after {fed} of {} bytes",
+            stored.len()
+        );
     }
 
     #[test]
