@@ -21,7 +21,7 @@
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
 //! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 45 bytes) |
 //! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
-//! | `layer_files`    | digest                           | JSON array of file entries    |
+//! | `layer_files`    | digest                           | zstd-compressed JSON array of file entries |
 //! | `counters`       | name                             | u64 little-endian             |
 //! | `containers`     | container id (u64 big-endian)    | [`ContainerRecord`]           |
 //!
@@ -702,7 +702,9 @@ impl Meta {
             self.chunks.put(w, &id.0, &c.encode())?;
         }
         self.recipes.put(w, dk.as_bytes(), &recipe.to_bytes())?;
-        self.layer_files.put(w, dk.as_bytes(), &enc(&files))?;
+        let index = zstd::bulk::compress(&enc(&files), 9)
+            .map_err(|e| RegistryError::Internal(format!("compressing file index: {e}")))?;
+        self.layer_files.put(w, dk.as_bytes(), &index)?;
         rec.state = BlobState::Deduplicated {
             encoding: recipe.encoding.label(),
         };
@@ -730,10 +732,12 @@ impl Meta {
     }
 
     pub fn layer_files(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<serde_json::Value>> {
-        self.layer_files
-            .get(t, d.to_string().as_bytes())?
-            .map(|v| dec("file index", v))
-            .transpose()
+        let Some(v) = self.layer_files.get(t, d.to_string().as_bytes())? else {
+            return Ok(None);
+        };
+        let json = zstd::stream::decode_all(v)
+            .map_err(|e| RegistryError::Internal(format!("file index of {d}: {e}")))?;
+        dec("file index", &json).map(Some)
     }
 
     /// Every blob with its record (for the scheduler, fsck and statistics).
