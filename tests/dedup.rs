@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{digest_of, Server};
+use common::{push_blob as push, Server};
 use reqwest::blocking::Client;
 use reqwest::header::RANGE;
 use reqwest::StatusCode;
@@ -43,17 +43,6 @@ fn gzip(raw: &[u8], level: u32) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
     e.write_all(raw).unwrap();
     e.finish().unwrap()
-}
-
-fn push(s: &Server, c: &Client, repo: &str, data: &[u8]) -> String {
-    let d = digest_of(data);
-    let r = c
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
-        .body(data.to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    d
 }
 
 fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {

@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::{digest_of, Server};
+use common::{digest_of, pseudo_random, push_blob, Server};
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::StatusCode;
@@ -42,17 +42,6 @@ fn header(r: &Response, name: &str) -> String {
         .to_string()
 }
 
-fn push_blob(s: &Server, c: &Client, repo: &str, data: &[u8]) -> String {
-    let d = digest_of(data);
-    let r = c
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
-        .body(data.to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
-    d
-}
-
 fn image_manifest(config: &(String, usize), layers: &[(String, usize)]) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -80,20 +69,6 @@ fn push_image(s: &Server, c: &Client, repo: &str, tag: &str, layer: &[u8]) -> St
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     digest_of(&m)
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -140,3 +140,30 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn digest_of(data: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(data))
 }
+
+/// Push `data` to `repo` as one monolithic upload; its digest.
+pub fn push_blob(s: &Server, c: &reqwest::blocking::Client, repo: &str, data: &[u8]) -> String {
+    let d = digest_of(data);
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .body(data.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED, "monolithic push");
+    d
+}
+
+/// `n` deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
