@@ -264,3 +264,94 @@ fn kill_9_during_dedup_loses_nothing() {
         );
     }
 }
+
+/// skopeo pushes an image whose layers are zlib gzip and zstd (and a config); once stowage has
+/// deduplicated all three, skopeo copies it back with identical digests and fsck is clean.
+#[test]
+fn skopeo_round_trip_after_dedup() {
+    use common::{run, tool};
+    use std::process::Command;
+
+    let layout = tempfile::tempdir().unwrap();
+    let blobs = layout.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| -> (String, usize) {
+        let d = common::digest_of(data);
+        std::fs::write(blobs.join(&d[7..]), data).unwrap();
+        (d, data.len())
+    };
+    let l1_raw = layer(40, 12);
+    let l2_raw = layer(41, 6);
+    let l1 = put(&gzip(&l1_raw, 6));
+    let l2 = put(&zstd::stream::encode_all(&l2_raw[..], 3).unwrap());
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}","{}"]}},"config":{{}}}}"#,
+        common::digest_of(&l1_raw),
+        common::digest_of(&l2_raw)
+    );
+    let cfg = put(config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.0, "size": cfg.1},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1.0, "size": l1.1},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": l2.0, "size": l2.1},
+        ],
+    });
+    let m = put(&serde_json::to_vec(&manifest).unwrap());
+    std::fs::write(
+        layout.path().join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "digest": m.0, "size": m.1,
+                           "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let src = format!("oci:{}:v1", layout.path().display());
+    let dst = format!("docker://{}/sk/app:v1", s.addr);
+    run(Command::new(tool("skopeo"))
+        .args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .args([&src, &dst]));
+    let st = stats(&s, &Client::new());
+    assert_eq!(st["layers"]["deduplicated"], 3, "{st}");
+    assert_eq!(st["layers"]["raw"], 0, "{st}");
+
+    let out = tempfile::tempdir().unwrap();
+    let back = format!("oci:{}:v1", out.path().display());
+    run(Command::new(tool("skopeo"))
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .args([&dst, &back]));
+    for (d, _) in [&l1, &l2, &cfg, &m] {
+        let got = std::fs::read(out.path().join("blobs/sha256").join(&d[7..]))
+            .unwrap_or_else(|e| panic!("{d} missing after the copy back: {e}"));
+        assert_eq!(&common::digest_of(&got), d);
+    }
+    assert!(s.stop());
+    let fsck = Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(["fsck", "--root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
