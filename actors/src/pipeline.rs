@@ -594,15 +594,23 @@ impl Commit {
             n += b.len() as u64;
             Ok(())
         })
-        .map_err(|e| format!("verify restore failed: {e}"))?;
+        .map_err(|e| {
+            tracing::error!(digest = %job.digest, error = %e, "verify: restore failed");
+            "verify: restore failed".to_string()
+        })?;
         self.stats.verify_bytes.fetch_add(n, Ordering::Relaxed);
         let got = hasher.finish();
         if got != job.digest {
-            return Err(format!("restore reproduced {got}, not the pushed digest"));
+            // The reason is a metric label: keep it free of per-layer values.
+            tracing::error!(digest = %job.digest, restored = %got, "verify: restore differs");
+            return Err("verify: the restored bytes do not match the digest".to_string());
         }
         self.catalog
             .commit_recipe(&job.digest, recipe, files)
-            .map_err(|e| format!("committing recipe: {e}"))?;
+            .map_err(|e| {
+                tracing::error!(digest = %job.digest, error = %e, "committing recipe failed");
+                "committing the recipe failed".to_string()
+            })?;
         if let Err(e) = std::fs::remove_file(&job.path) {
             tracing::warn!(path = %job.path.display(), error = %e, "could not remove raw blob");
         }
