@@ -100,6 +100,16 @@ impl JobCtx {
     }
 }
 
+/// Lower the calling thread's CPU priority (nice 10): the pipeline works behind the pushes and
+/// must not starve uploads and pulls on a small machine (invariant 3).
+pub fn background_priority() {
+    // SAFETY: setpriority on the calling thread's own id; failure only leaves the priority as is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 type Pending =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), MailboxError>> + Send>>;
 
@@ -186,6 +196,10 @@ pub struct Extract {
 
 impl Actor for Extract {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        background_priority();
+    }
 }
 
 /// Deduplicate the staged blob `digest` at `path`; the outcome is sent on `reply`.
@@ -322,6 +336,10 @@ pub struct Chunk {
 
 impl Actor for Chunk {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        background_priority();
+    }
 }
 
 impl Handler<Batch> for Chunk {
@@ -402,6 +420,10 @@ pub struct Similarity {
 
 impl Actor for Similarity {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        background_priority();
+    }
 }
 
 impl Handler<Batch> for Similarity {
@@ -450,6 +472,10 @@ pub struct Pack {
 
 impl Actor for Pack {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        background_priority();
+    }
 }
 
 impl Pack {
@@ -553,6 +579,10 @@ pub struct Commit {
 
 impl Actor for Commit {
     type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        background_priority();
+    }
 }
 
 impl Handler<Batch> for Commit {
