@@ -100,6 +100,21 @@ impl JobCtx {
     }
 }
 
+/// Crash-test hook: when the environment variable `STOWAGE_FAILPOINT` names this point, the
+/// process aborts here, as `kill -9` would at that instant. Used by the crash tests to stop the
+/// pipeline deterministically between its durable steps; unset in normal operation.
+fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if POINT
+        .get_or_init(|| std::env::var("STOWAGE_FAILPOINT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        tracing::warn!(failpoint = name, "aborting at failpoint");
+        std::process::abort();
+    }
+}
+
 /// Lower the calling thread's CPU priority (nice 10): the pipeline works behind the pushes and
 /// must not starve uploads and pulls on a small machine (invariant 3).
 pub fn background_priority() {
@@ -508,7 +523,9 @@ impl Pack {
         if let Some(w) = self.open.take() {
             let id = w.id();
             let entries = w.seal()?;
+            failpoint("sealed-before-commit");
             self.catalog.commit_container(id, &entries)?;
+            failpoint("container-committed");
             self.stats.containers_sealed.fetch_add(1, Ordering::Relaxed);
         }
         self.in_open.clear();
@@ -635,12 +652,14 @@ impl Commit {
             tracing::error!(digest = %job.digest, restored = %got, "verify: restore differs");
             return Err("verify: the restored bytes do not match the digest".to_string());
         }
+        failpoint("verified-before-recipe-commit");
         self.catalog
             .commit_recipe(&job.digest, recipe, files)
             .map_err(|e| {
                 tracing::error!(digest = %job.digest, error = %e, "committing recipe failed");
                 "committing the recipe failed".to_string()
             })?;
+        failpoint("recipe-committed-before-discard");
         if let Err(e) = std::fs::remove_file(&job.path) {
             tracing::warn!(path = %job.path.display(), error = %e, "could not remove raw blob");
         }

@@ -28,7 +28,13 @@ impl Server {
 
     /// Start with `root` as data directory (kept by the caller) and extra `serve` flags.
     pub fn start_at(root: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(root, extra, &[])
+    }
+
+    /// As [`Server::start_at`], with extra environment variables.
+    pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--root")
             .arg(root)
@@ -75,6 +81,22 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Wait (bounded) for the server to exit on its own; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(c) = self.child.as_mut() {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 
     /// SIGKILL, as a crash would.
