@@ -1,9 +1,10 @@
 //! Exact re-compression: inflate a layer at ingest while learning how to re-create its exact
 //! compressed bytes, and re-encode them on pull.
 //!
-//! Covered here: uncompressed streams; gzip written by zlib (Python's gzip/zlib, pigz -0..9 is
-//! not, GNU gzip is not) at levels 1-9 with the default memLevel 8 and strategy, one or more
-//! members, header and trailer stored verbatim, bounded trailing bytes; zstd frames written by
+//! Covered here: uncompressed streams; gzip written by zlib (Python's gzip/zlib and other
+//! zlib-based tools) at levels 1-9 with the default memLevel 8 and strategy, or by pigz (levels
+//! 1-9, 128 KiB blocks; see [`super::pigz`]), one or more members, header and trailer stored
+//! verbatim, bounded trailing bytes (GNU gzip is not zlib and stays raw); zstd frames written by
 //! libzstd at levels 1-19 (single frame, no dictionary) with their checksum and content-size
 //! flags. The parameters are chosen by a probe over the first [`PROBE`] bytes of each member;
 //! the whole stream is proven only by the full restore of verify-before-discard. Anything else
@@ -12,6 +13,8 @@
 use std::io::Write;
 
 use flate2::{Decompress, FlushDecompress, Status};
+
+use super::pigz::{probe_pigz_level, PigzEncoder, DEFAULT_BLOCK};
 use serde::{Deserialize, Serialize};
 
 /// Uncompressed bytes of a member used to find its parameters.
@@ -64,6 +67,7 @@ impl Encoding {
         match self {
             Encoding::None => "none".into(),
             Encoding::Gzip { members, .. } => match members.first() {
+                Some(m) if m.pigz_block.is_some() => format!("gzip-pigz-{}", m.level),
                 Some(m) => format!("gzip-zlib-{}", m.level),
                 None => "gzip".into(),
             },
@@ -80,6 +84,9 @@ pub struct GzipMember {
     pub level: u32,
     pub raw_len: u64,
     pub trailer: [u8; 8],
+    /// Written by pigz with this block size (else by plain zlib at `level`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pigz_block: Option<u32>,
 }
 
 /// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
@@ -87,7 +94,7 @@ pub struct GzipMember {
 pub enum NotExact {
     #[error("corrupt {0}")]
     Corrupt(&'static str),
-    #[error("no zlib level reproduces the deflate stream (not a zlib encoder)")]
+    #[error("no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)")]
     UnknownDeflateEncoder,
     #[error("no zstd level reproduces the frame")]
     UnknownZstdEncoder,
@@ -178,8 +185,8 @@ struct MemberProbe {
     deflate: Vec<u8>,
     raw_len: u64,
     crc: flate2::Crc,
-    /// The level found once [`PROBE`] bytes were in (members longer than the probe).
-    level: Option<u32>,
+    /// The encoder found once [`PROBE`] bytes were in (members longer than the probe).
+    level: Option<Deflater>,
 }
 
 impl Default for MemberProbe {
@@ -227,10 +234,18 @@ impl Default for GzipDecoder {
 /// `complete`), `deflate` a prefix of its deflate stream at least as long as what `raw` encodes
 /// to.
 pub fn probe_zlib_level(raw: &[u8], deflate: &[u8], complete: bool) -> Option<u32> {
-    for level in [6u32, 9, 1, 5, 4, 3, 2, 7, 8] {
+    'level: for level in [6u32, 9, 1, 5, 4, 3, 2, 7, 8] {
         let mut enc =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level));
-        enc.write_all(raw).ok()?;
+        // Feed in steps and give up on a level at its first differing output, so that probing
+        // a stream from another encoder costs little.
+        for piece in raw.chunks(64 * 1024) {
+            enc.write_all(piece).ok()?;
+            enc.flush_pending();
+            if !deflate.starts_with(enc.get_ref()) {
+                continue 'level;
+            }
+        }
         let ok = if complete {
             let out = enc.finish().ok()?;
             out == deflate
@@ -244,6 +259,27 @@ pub fn probe_zlib_level(raw: &[u8], deflate: &[u8], complete: bool) -> Option<u3
         }
     }
     None
+}
+
+/// The deflate encoder that reproduces a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deflater {
+    level: u32,
+    pigz_block: Option<u32>,
+}
+
+/// Plain zlib first (Python, zlib-based tools), then pigz's block scheme.
+fn probe_deflater(raw: &[u8], deflate: &[u8], complete: bool) -> Option<Deflater> {
+    if let Some(level) = probe_zlib_level(raw, deflate, complete) {
+        return Some(Deflater {
+            level,
+            pigz_block: None,
+        });
+    }
+    probe_pigz_level(raw, deflate, complete, DEFAULT_BLOCK).map(|level| Deflater {
+        level,
+        pigz_block: Some(DEFAULT_BLOCK as u32),
+    })
 }
 
 /// Emitting what zlib already produced without flushing the stream (which would change it).
@@ -315,7 +351,7 @@ impl GzipDecoder {
                         // The member goes on past the probe: decide now, so a stream from
                         // another encoder is given up early instead of at its end.
                         p.level = Some(
-                            probe_zlib_level(&p.raw, &p.deflate, false)
+                            probe_deflater(&p.raw, &p.deflate, false)
                                 .ok_or(NotExact::UnknownDeflateEncoder)?,
                         );
                         p.raw = Vec::new();
@@ -368,19 +404,20 @@ impl GzipDecoder {
         if crc != p.crc.sum() || isize != p.raw_len as u32 {
             return Err(NotExact::Corrupt("gzip trailer (crc or size mismatch)"));
         }
-        let level = match p.level {
-            Some(l) => l,
+        let found = match p.level {
+            Some(d) => d,
             None => {
                 let complete = p.raw_len as usize == p.raw.len();
-                probe_zlib_level(&p.raw, &p.deflate, complete)
+                probe_deflater(&p.raw, &p.deflate, complete)
                     .ok_or(NotExact::UnknownDeflateEncoder)?
             }
         };
         self.members.push(GzipMember {
             header: std::mem::take(&mut self.header),
-            level,
+            level: found.level,
             raw_len: p.raw_len,
             trailer,
+            pigz_block: found.pigz_block,
         });
         self.state = GzState::Between;
         Ok(())
@@ -554,11 +591,50 @@ enum ReState {
         trailing: Vec<u8>,
         /// Index of the member being written, its encoder and the raw bytes it still takes.
         idx: usize,
-        enc: Option<flate2::write::DeflateEncoder<Vec<u8>>>,
+        enc: Option<MemberEnc>,
         left: u64,
         started: bool,
     },
     Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+}
+
+/// The deflate encoder of one gzip member.
+enum MemberEnc {
+    Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
+    Pigz(Box<PigzEncoder>),
+}
+
+impl MemberEnc {
+    fn open(m: &GzipMember) -> MemberEnc {
+        match m.pigz_block {
+            Some(block) => MemberEnc::Pigz(Box::new(PigzEncoder::new(
+                m.level,
+                block as usize,
+                m.raw_len,
+            ))),
+            None => MemberEnc::Zlib(flate2::write::DeflateEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(m.level),
+            )),
+        }
+    }
+
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        match self {
+            MemberEnc::Zlib(e) => {
+                e.write_all(raw).expect("writing to memory");
+                out.append(e.get_mut());
+            }
+            MemberEnc::Pigz(p) => p.push(raw, out),
+        }
+    }
+
+    fn finish(self, out: &mut Vec<u8>) {
+        match self {
+            MemberEnc::Zlib(e) => out.extend_from_slice(&e.finish().expect("finishing in memory")),
+            MemberEnc::Pigz(p) => p.finish(out),
+        }
+    }
 }
 
 /// Re-creates the exact compressed stream from the uncompressed bytes pushed into it.
@@ -628,26 +704,21 @@ impl Reencoder {
                         return;
                     };
                     out.extend_from_slice(&m.header);
-                    *enc = Some(flate2::write::DeflateEncoder::new(
-                        Vec::new(),
-                        flate2::Compression::new(m.level),
-                    ));
+                    *enc = Some(MemberEnc::open(m));
                     *left = m.raw_len;
                 }
                 let e = enc.as_mut().expect("open member");
                 let take = (*left).min(raw.len() as u64) as usize;
-                e.write_all(&raw[..take]).expect("writing to memory");
+                e.write(&raw[..take], out);
                 *left -= take as u64;
                 raw = &raw[take..];
                 if *left == 0 {
-                    let e = enc.take().expect("open member");
-                    out.extend_from_slice(&e.finish().expect("finishing in memory"));
+                    enc.take().expect("open member").finish(out);
                     out.extend_from_slice(&members[*idx].trailer);
                     if raw.is_empty() && *idx + 1 >= members.len() {
                         return;
                     }
                 } else {
-                    out.append(e.get_mut());
                     return;
                 }
             },
@@ -674,17 +745,13 @@ impl Reencoder {
                 // Close an open member and emit any remaining empty members.
                 let mut next = if *started { *idx + 1 } else { 0 };
                 if let Some(e) = enc.take() {
-                    out.extend_from_slice(&e.finish().expect("finishing in memory"));
+                    e.finish(out);
                     out.extend_from_slice(&members[*idx].trailer);
                 }
                 while next < members.len() {
                     let m = &members[next];
                     out.extend_from_slice(&m.header);
-                    let e = flate2::write::DeflateEncoder::new(
-                        Vec::new(),
-                        flate2::Compression::new(m.level),
-                    );
-                    out.extend_from_slice(&e.finish().expect("finishing in memory"));
+                    MemberEnc::open(m).finish(out);
                     out.extend_from_slice(&m.trailer);
                     next += 1;
                 }
@@ -810,6 +877,36 @@ mod tests {
             "refused after {fed} of {} bytes",
             stored.len()
         );
+    }
+
+    fn pigz(raw: &[u8], level: u32) -> Vec<u8> {
+        use std::process::{Command, Stdio};
+        let mut c = Command::new("pigz")
+            .args([format!("-{level}").as_str(), "-c"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("pigz is installed by scripts/test");
+        let mut stdin = c.stdin.take().unwrap();
+        let data = raw.to_vec();
+        let w = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+        let out = c.wait_with_output().unwrap();
+        w.join().unwrap();
+        out.stdout
+    }
+
+    #[test]
+    fn pigz_layers_round_trip() {
+        for (n, level) in [
+            (300_000, 6),
+            (PROBE + 777_777, 6),
+            (PROBE * 2, 9),
+            (1_000_000, 1),
+        ] {
+            let raw = text(n);
+            let enc = roundtrip(&pigz(&raw, level), &raw).unwrap();
+            assert_eq!(enc.label(), format!("gzip-pigz-{level}"));
+        }
     }
 
     #[test]
