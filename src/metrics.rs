@@ -190,6 +190,12 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         c.with_label_values(&["duplicate"])
             .inc_by(p.duplicate_chunks.load(Relaxed));
         r.register(Box::new(c)).expect("register");
+        gauge(
+            &r,
+            "stowage_pipeline_queued_blobs",
+            "Committed blobs waiting for the Extract stage",
+            p.queued.load(Relaxed) as i64,
+        );
         counter(
             &r,
             "stowage_containers_sealed_total",

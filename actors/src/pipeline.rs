@@ -1,9 +1,13 @@
 //! The deduplication pipeline as actix actors:
 //!
 //! ```text
-//! Dedup ──> Extract ──(Segments)──> Chunk ──(Chunks)──> Similarity ──(Encoded)──> Pack
-//!             ──(Sealed)──> Commit (restore + verify, then recipe commit, raw blob dropped)
+//! BlobCommitted ──> Upload ──(Dedup)──> Extract ──(Segments)──> Chunk ──(Chunks)──> Similarity
+//!   ──(Encoded)──> Pack ──(Finished)──> Commit (restore + verify, recipe commit, raw blob dropped)
 //! ```
+//!
+//! Upload is an async actor on the server's event loop: it queues committed blobs (small
+//! messages, one per blob) and hands them to Extract one at a time, so the sync stages never
+//! hold more than one layer's worth of batches per edge.
 //!
 //! Every stage is a [`SyncArbiter`] actor (CPU work off the async reactor) with one thread.
 //! actix's sync mailboxes are unbounded, so each edge is bounded by *credits*: a sender keeps
@@ -80,6 +84,8 @@ pub struct StageStats {
     pub stored_chunk_bytes: AtomicU64,
     pub containers_sealed: AtomicU64,
     pub verify_bytes: AtomicU64,
+    /// Committed blobs waiting for Extract.
+    pub queued: AtomicU64,
     /// Batches waiting on each edge: extract→chunk, chunk→similarity, similarity→pack, pack→commit.
     pub queue_depth: [AtomicI64; 4],
 }
@@ -674,7 +680,7 @@ impl Commit {
 /// The running pipeline.
 #[derive(Clone)]
 pub struct Pipeline {
-    extract: Addr<Extract>,
+    upload: Addr<Upload>,
     pub stats: Arc<StageStats>,
 }
 
@@ -722,18 +728,25 @@ impl Pipeline {
             cfg: c.clone(),
             stats: s.clone(),
         });
-        Ok(Pipeline { extract, stats })
+        let upload = Upload {
+            extract,
+            queue: VecDeque::new(),
+            busy: false,
+            stats: stats.clone(),
+        }
+        .start();
+        Ok(Pipeline { upload, stats })
     }
 
     /// Submit a staged blob; resolves when it is deduplicated or kept raw.
     pub async fn dedup(&self, digest: Digest, path: PathBuf) -> Outcome {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let msg = Dedup {
+        let msg = BlobCommitted {
             digest,
             path,
             reply: tx,
         };
-        if self.extract.send(msg).await.is_err() {
+        if self.upload.send(msg).await.is_err() {
             return Outcome::Raw {
                 reason: "pipeline stopped".into(),
             };
@@ -741,5 +754,73 @@ impl Pipeline {
         rx.await.unwrap_or(Outcome::Raw {
             reason: "pipeline dropped the layer".into(),
         })
+    }
+}
+
+// ---- Upload --------------------------------------------------------------------------------
+
+/// A blob was committed (its upload verified and made durable) and waits for deduplication.
+pub struct BlobCommitted {
+    pub digest: Digest,
+    pub path: PathBuf,
+    pub reply: Reply,
+}
+
+impl Message for BlobCommitted {
+    type Result = ();
+}
+
+/// Takes committed blobs from the upload path and feeds Extract one layer at a time, in
+/// arrival order. In: [`BlobCommitted`]. Out: [`Dedup`]. Its queue holds one small message per
+/// waiting blob (its length is the `queued` gauge); blobs not yet deduplicated after a crash
+/// are found again from the metadata at start-up, so the queue itself need not be durable.
+/// If Extract is gone, the layer's outcome is "pipeline stopped" (it stays pending).
+pub struct Upload {
+    extract: Addr<Extract>,
+    queue: VecDeque<BlobCommitted>,
+    busy: bool,
+    stats: Arc<StageStats>,
+}
+
+impl Actor for Upload {
+    type Context = Context<Self>;
+}
+
+impl Upload {
+    fn next(&mut self, ctx: &mut Context<Self>) {
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        if self.busy {
+            return;
+        }
+        let Some(b) = self.queue.pop_front() else {
+            return;
+        };
+        self.busy = true;
+        let msg = Dedup {
+            digest: b.digest,
+            path: b.path,
+            reply: b.reply,
+        };
+        // Extract answers once it has read the whole layer: then the next one may start.
+        self.extract
+            .send(msg)
+            .into_actor(self)
+            .then(|_, act, ctx| {
+                act.busy = false;
+                act.next(ctx);
+                fut::ready(())
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Handler<BlobCommitted> for Upload {
+    type Result = ();
+
+    fn handle(&mut self, msg: BlobCommitted, ctx: &mut Context<Self>) {
+        self.queue.push_back(msg);
+        self.next(ctx);
     }
 }
