@@ -15,6 +15,9 @@ use crate::pipeline::Catalog;
 
 /// Chunks read ahead of the re-encoder.
 pub const PREFETCH: usize = 64;
+/// Decoded chunks a restore keeps for reuse (a layer often repeats chunks: zero runs, copies of
+/// a file, shared headers), in bytes.
+pub const CHUNK_CACHE_BYTES: usize = 8 << 20;
 /// Container files kept open by one reader.
 const OPEN_FILES: usize = 16;
 
@@ -52,6 +55,37 @@ impl ChunkReader {
     }
 }
 
+/// A small cache of decoded chunks for one restore: least recently inserted goes first.
+#[derive(Default)]
+struct ChunkCache {
+    map: HashMap<ChunkId, Vec<u8>>,
+    order: std::collections::VecDeque<ChunkId>,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        self.map.get(id).cloned()
+    }
+
+    fn put(&mut self, id: ChunkId, data: &[u8]) {
+        if data.len() > CHUNK_CACHE_BYTES / 4 || self.map.contains_key(&id) {
+            return;
+        }
+        while self.bytes + data.len() > CHUNK_CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.map.remove(&old) {
+                self.bytes -= v.len();
+            }
+        }
+        self.bytes += data.len();
+        self.order.push_back(id);
+        self.map.insert(id, data.to_vec());
+    }
+}
+
 /// Rebuild the layer described by `recipe`, handing its exact bytes to `out` in order.
 pub fn restore_layer(
     recipe: &Recipe,
@@ -63,8 +97,14 @@ pub fn restore_layer(
     std::thread::scope(|s| {
         s.spawn(move || {
             let mut files = HashMap::new();
+            let mut cache = ChunkCache::default();
             for (id, _) in order {
-                let r = reader.read(&id, &mut files);
+                let r = match cache.get(&id) {
+                    Some(hit) => Ok(hit),
+                    None => reader
+                        .read(&id, &mut files)
+                        .inspect(|data| cache.put(id, data)),
+                };
                 let stop = r.is_err();
                 if tx.send(r).is_err() || stop {
                     break;
@@ -185,5 +225,28 @@ impl actix::Handler<RestoreLayer> for Restore {
                 let _ = m.tx.blocking_send(Err(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_cache_is_bounded_and_evicts_oldest() {
+        let mut c = ChunkCache::default();
+        let big = vec![7u8; CHUNK_CACHE_BYTES / 4];
+        let ids: Vec<ChunkId> = (0..6u8).map(|i| ChunkId([i; 20])).collect();
+        for id in &ids {
+            c.put(*id, &big);
+        }
+        assert!(c.bytes <= CHUNK_CACHE_BYTES);
+        assert!(c.get(&ids[0]).is_none(), "oldest evicted");
+        assert_eq!(c.get(&ids[5]).as_deref(), Some(&big[..]));
+        c.put(ChunkId([9; 20]), &vec![0u8; CHUNK_CACHE_BYTES]);
+        assert!(
+            c.get(&ChunkId([9; 20])).is_none(),
+            "oversized chunks are not cached"
+        );
     }
 }
