@@ -54,6 +54,15 @@ fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {
     r.bytes().unwrap().to_vec()
 }
 
+/// `stowage fsck --root <root>` (the server must be stopped).
+fn fsck(root: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(["fsck", "--root"])
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
 fn stats(s: &Server, c: &Client) -> Value {
     c.get(s.url("/_stats")).send().unwrap().json().unwrap()
 }
@@ -182,13 +191,7 @@ fn fsck_passes_then_catches_a_corrupt_container() {
     }
     push(&s, &c, "fsck/app", &gzip(&layer(24, 4), 0)); // kept raw
     assert!(s.stop());
-    let fsck = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
-            .args(["fsck", "--root"])
-            .arg(root.path())
-            .output()
-            .unwrap()
-    };
+    let fsck = || fsck(root.path());
     let out = fsck();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -251,11 +254,7 @@ fn kill_9_during_dedup_loses_nothing() {
             assert!(pull(&s, &c, "k9/app", d) == *b);
         }
         assert!(s.stop());
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
-            .args(["fsck", "--root"])
-            .arg(root.path())
-            .output()
-            .unwrap();
+        let out = fsck(root.path());
         assert!(
             out.status.success(),
             "delay {delay_ms}: {}{}",
@@ -344,11 +343,7 @@ fn skopeo_round_trip_after_dedup() {
         assert_eq!(&common::digest_of(&got), d);
     }
     assert!(s.stop());
-    let fsck = Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(["fsck", "--root"])
-        .arg(root.path())
-        .output()
-        .unwrap();
+    let fsck = fsck(root.path());
     assert!(
         fsck.status.success(),
         "{}",
@@ -401,11 +396,7 @@ fn crash_between_every_durable_step() {
             .unwrap()
             .count();
         assert_eq!(staged, 0, "{point}: no raw copy left");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
-            .args(["fsck", "--root"])
-            .arg(root.path())
-            .output()
-            .unwrap();
+        let out = fsck(root.path());
         assert!(
             out.status.success(),
             "{point}: {}",
