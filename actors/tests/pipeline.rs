@@ -83,6 +83,15 @@ fn gzip(raw: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+fn config(containers: &Path) -> PipelineConfig {
+    PipelineConfig {
+        containers: containers.to_path_buf(),
+        chunk: ChunkParams::default(),
+        container_target: 1 << 20,
+        zstd_level: 3,
+    }
+}
+
 fn stage(dir: &Path, data: &[u8]) -> (Digest, std::path::PathBuf) {
     let d = Digest::sha256_of(data);
     let p = dir.join(d.hex());
@@ -95,12 +104,7 @@ fn layers_deduplicate_and_restore_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let containers = dir.path().join("containers");
     let cat = Arc::new(MemCatalog::default());
-    let cfg = PipelineConfig {
-        containers: containers.clone(),
-        chunk: ChunkParams::default(),
-        container_target: 1 << 20,
-        zstd_level: 3,
-    };
+    let cfg = config(&containers);
     let blobs = [
         gzip(&layer(1)),
         gzip(&layer(2)),
@@ -168,12 +172,7 @@ fn early_stops_do_not_hang() {
     let dir = tempfile::tempdir().unwrap();
     let containers = dir.path().join("containers");
     let cat = Arc::new(MemCatalog::default());
-    let cfg = PipelineConfig {
-        containers: containers.clone(),
-        chunk: ChunkParams::default(),
-        container_target: 1 << 20,
-        zstd_level: 3,
-    };
+    let cfg = config(&containers);
     let blob = gzip(&layer(9));
     let (d, path) = stage(dir.path(), &blob);
     let outcome = actix::System::new().block_on({
