@@ -404,3 +404,57 @@ fn crash_between_every_durable_step() {
         );
     }
 }
+
+/// A stored blob that no longer matches its digest (here: a byte flipped on disk) is never
+/// served whole: the response ends with an error, and the event is counted.
+#[test]
+fn corrupted_bytes_abort_the_response() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(root.path(), &["--dedup", "off"]);
+    let c = Client::new();
+    let blob = gzip(&layer(60, 6), 6);
+    let d = push(&s, &c, "rot/app", &blob);
+    let path = root.path().join("staging/sha256").join(&d[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let r = c
+        .get(s.url(&format!("/v2/rot/app/blobs/{d}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.bytes().is_err(),
+        "a corrupted raw blob must not be served as a complete response"
+    );
+    assert_eq!(stats(&s, &c)["restore"]["digest_mismatches"], 1);
+    drop(s);
+
+    // The same for a deduplicated blob whose container rotted.
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let d = push(&s, &c, "rot/app", &blob);
+    let cdir = root.path().join("containers");
+    for e in std::fs::read_dir(&cdir).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let r = c
+        .get(s.url(&format!("/v2/rot/app/blobs/{d}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.bytes().is_err(),
+        "a corrupted deduplicated blob must not be served as a complete response"
+    );
+    let st = stats(&s, &c);
+    let bad = st["restore"]["digest_mismatches"].as_u64().unwrap()
+        + st["restore"]["failures"].as_u64().unwrap();
+    assert_eq!(bad, 1, "{st}");
+}

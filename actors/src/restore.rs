@@ -186,13 +186,24 @@ impl actix::Handler<RestoreLayer> for Restore {
         let mut hasher = m.digest.algorithm().hasher();
         let mut pos = 0u64;
         let mut sent = 0u64;
+        // The last piece of a whole layer is held back until its digest is checked, so that a
+        // mismatch can end the response short of its Content-Length.
+        let mut held: Option<bytes::Bytes> = None;
+        let whole = m.range.is_none();
         let r = restore_layer(total, &self.reader, &mut |b| {
             hasher.update(b);
             let (bs, be) = (pos, pos + b.len() as u64);
             pos = be;
             let (s, e) = (bs.max(start), be.min(end));
             if s < e {
-                let piece = bytes::Bytes::copy_from_slice(&b[(s - bs) as usize..(e - bs) as usize]);
+                let mut piece =
+                    bytes::Bytes::copy_from_slice(&b[(s - bs) as usize..(e - bs) as usize]);
+                if whole {
+                    match held.replace(piece) {
+                        Some(prev) => piece = prev,
+                        None => return Ok(()),
+                    }
+                }
                 sent += piece.len() as u64;
                 m.tx.blocking_send(Ok(piece))
                     .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
@@ -208,7 +219,12 @@ impl actix::Handler<RestoreLayer> for Restore {
             Ok(()) => {
                 self.stats.layers.fetch_add(1, Relaxed);
                 let got = hasher.finish();
-                if got != m.digest {
+                if got == m.digest {
+                    if let Some(last) = held.take() {
+                        self.stats.bytes.fetch_add(last.len() as u64, Relaxed);
+                        let _ = m.tx.blocking_send(Ok(last));
+                    }
+                } else {
                     self.stats.mismatches.fetch_add(1, Relaxed);
                     tracing::error!(digest = %m.digest, restored = %got, "restored layer does not match its digest; response aborted");
                     let _ = m.tx.blocking_send(Err(io::Error::new(

@@ -237,7 +237,16 @@ impl Registry {
             return Ok(BlobContent { len, body });
         };
         let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
-        let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).boxed();
+        let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
+        if range.is_some() {
+            return Ok(BlobContent {
+                len,
+                body: body.boxed(),
+            });
+        }
+        // A whole blob is hashed as it is sent: bytes that no longer match their digest (disk
+        // corruption) end the response with an error instead of its last bytes (invariant 1).
+        let body = verified(body, digest.clone(), self.inner.restore_stats.clone());
         Ok(BlobContent { len, body })
     }
 
@@ -518,6 +527,65 @@ impl Registry {
         })
         .await
     }
+}
+
+/// Pass `body` through while hashing it. The last piece is held back until the digest is
+/// checked: on a mismatch the stream ends with an error instead, so the client never receives
+/// the full Content-Length of wrong bytes (counted and logged).
+fn verified(
+    body: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    digest: Digest,
+    stats: Arc<RestoreStats>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    struct St<B> {
+        body: B,
+        hasher: Option<stowage_actors::digest::Hasher>,
+        held: Option<Bytes>,
+        digest: Digest,
+        stats: Arc<RestoreStats>,
+    }
+    let st = St {
+        body,
+        hasher: Some(digest.algorithm().hasher()),
+        held: None,
+        digest,
+        stats,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            st.hasher.as_ref()?;
+            match st.body.next().await {
+                Some(Ok(b)) => {
+                    if let Some(h) = st.hasher.as_mut() {
+                        h.update(&b);
+                    }
+                    if let Some(prev) = st.held.replace(b) {
+                        return Some((Ok(prev), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.hasher = None;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    let got = st.hasher.take()?.finish();
+                    if got == st.digest {
+                        return st.held.take().map(|b| (Ok(b), st));
+                    }
+                    st.stats
+                        .mismatches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(digest = %st.digest, stored = %got, "stored blob does not match its digest; response aborted");
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "stored bytes do not match the digest",
+                    );
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Parse a tag from a listing cursor without failing on junk (an unknown `last` simply starts
