@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Threads restoring deduplicated layers for pulls [default: 2].
     #[arg(long, env = "STOWAGE_RESTORE_THREADS")]
     pub restore_threads: Option<usize>,
+    /// Bytes of restored layers kept for the next pulls (0: no cache) [default: 0].
+    #[arg(long, env = "STOWAGE_RESTORE_CACHE_BYTES")]
+    pub restore_cache_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -108,6 +111,7 @@ struct FileConfig {
     container_size: Option<u64>,
     chunk_zstd_level: Option<i32>,
     restore_threads: Option<usize>,
+    restore_cache_bytes: Option<u64>,
 }
 
 /// The resolved settings.
@@ -127,6 +131,7 @@ pub struct Config {
     pub container_size: u64,
     pub chunk_zstd_level: i32,
     pub restore_threads: usize,
+    pub restore_cache_bytes: u64,
 }
 
 impl Default for Config {
@@ -146,6 +151,7 @@ impl Default for Config {
             container_size: 4 << 20,
             chunk_zstd_level: 3,
             restore_threads: 2,
+            restore_cache_bytes: 0,
         }
     }
 }
@@ -200,6 +206,10 @@ impl Config {
                 .or(file.restore_threads)
                 .unwrap_or(d.restore_threads)
                 .max(1),
+            restore_cache_bytes: args
+                .restore_cache_bytes
+                .or(file.restore_cache_bytes)
+                .unwrap_or(d.restore_cache_bytes),
         };
         let c = cfg.chunk;
         anyhow::ensure!(

@@ -244,6 +244,18 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
     );
     counter(
         &r,
+        "stowage_restore_cache_hits_total",
+        "Pulls of deduplicated layers served from the restored-layer cache",
+        stats.restore.cache_hits,
+    );
+    gauge(
+        &r,
+        "stowage_restore_cache_bytes",
+        "Bytes in the restored-layer cache (part of stowage_stored_bytes)",
+        stats.restore.cache_bytes as i64,
+    );
+    counter(
+        &r,
         "stowage_restore_failures_total",
         "Restores that failed (response aborted)",
         stats.restore.failures,

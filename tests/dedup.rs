@@ -458,3 +458,38 @@ fn corrupted_bytes_abort_the_response() {
         + st["restore"]["failures"].as_u64().unwrap();
     assert_eq!(bad, 1, "{st}");
 }
+
+/// With a restored-layer cache, the second pull of a deduplicated layer is a file read (and
+/// still checked against the digest); the cache counts in the stored bytes and stays bounded.
+#[test]
+fn restored_layer_cache_serves_repeat_pulls() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(
+        root.path(),
+        &["--dedup", "inline", "--restore-cache-bytes", "4000000"],
+    );
+    let c = Client::new();
+    let blobs: Vec<Vec<u8>> = (70..73).map(|v| gzip(&layer(v, 5), 6)).collect();
+    let ds: Vec<String> = blobs.iter().map(|b| push(&s, &c, "hot/app", b)).collect();
+    assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
+    assert_eq!(stats(&s, &c)["restore"]["cache_hits"], 0);
+    assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
+    let st = stats(&s, &c);
+    assert_eq!(st["restore"]["cache_hits"], 1, "{st}");
+    assert_eq!(st["restore"]["cache_bytes"], blobs[0].len(), "{st}");
+    let r = c
+        .get(s.url(&format!("/v2/hot/app/blobs/{}", ds[0])))
+        .header(RANGE, "bytes=10-19")
+        .send()
+        .unwrap();
+    assert!(r.bytes().unwrap().as_ref() == &blobs[0][10..20]);
+    // Filling it beyond its size evicts the least recently used layers.
+    for (b, d) in blobs.iter().zip(&ds) {
+        assert!(pull(&s, &c, "hot/app", d) == *b);
+    }
+    let st = stats(&s, &c);
+    assert!(
+        st["restore"]["cache_bytes"].as_u64().unwrap() <= 4_000_000,
+        "{st}"
+    );
+}

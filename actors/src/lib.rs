@@ -3,6 +3,7 @@
 //! `engine` is plain code (chunking, tar splitting, exact re-compression, containers, recipes)
 //! tested without actix; `pipeline` wires it into actix actors; `restore` rebuilds layers.
 
+pub mod cache;
 pub mod digest;
 pub mod engine;
 pub mod pipeline;

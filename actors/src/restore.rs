@@ -140,6 +140,8 @@ pub struct RestoreStats {
     pub bytes: std::sync::atomic::AtomicU64,
     pub mismatches: std::sync::atomic::AtomicU64,
     pub failures: std::sync::atomic::AtomicU64,
+    /// Pulls served from the cache of restored layers.
+    pub cache_hits: std::sync::atomic::AtomicU64,
 }
 
 impl actix::Actor for Restore {
@@ -152,6 +154,8 @@ pub struct RestoreLayer {
     /// First byte and length to send; `None` for the whole layer.
     pub range: Option<(u64, u64)>,
     pub tx: tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+    /// Where to keep a copy of a whole layer once it matched its digest.
+    pub cache: Option<crate::cache::CacheWriter>,
 }
 
 impl actix::Message for RestoreLayer {
@@ -178,8 +182,9 @@ impl Restore {
 impl actix::Handler<RestoreLayer> for Restore {
     type Result = ();
 
-    fn handle(&mut self, m: RestoreLayer, _: &mut actix::SyncContext<Self>) {
+    fn handle(&mut self, mut m: RestoreLayer, _: &mut actix::SyncContext<Self>) {
         use std::sync::atomic::Ordering::Relaxed;
+        let mut cache = m.cache.take();
         let total = m.recipe.as_ref();
         let (start, len) = m.range.unwrap_or((0, u64::MAX));
         let end = start.saturating_add(len);
@@ -192,6 +197,9 @@ impl actix::Handler<RestoreLayer> for Restore {
         let whole = m.range.is_none();
         let r = restore_layer(total, &self.reader, &mut |b| {
             hasher.update(b);
+            if let Some(c) = cache.as_mut() {
+                c.write(b);
+            }
             let (bs, be) = (pos, pos + b.len() as u64);
             pos = be;
             let (s, e) = (bs.max(start), be.min(end));
@@ -223,6 +231,11 @@ impl actix::Handler<RestoreLayer> for Restore {
                     if let Some(last) = held.take() {
                         self.stats.bytes.fetch_add(last.len() as u64, Relaxed);
                         let _ = m.tx.blocking_send(Ok(last));
+                    }
+                    if let Some(c) = cache.take() {
+                        if let Err(e) = c.commit() {
+                            tracing::warn!(digest = %m.digest, error = %e, "could not cache the restored layer");
+                        }
                     }
                 } else {
                     self.stats.mismatches.fetch_add(1, Relaxed);

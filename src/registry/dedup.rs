@@ -160,11 +160,35 @@ impl Registry {
     }
 
     /// Stream a deduplicated blob (or a range of it) from its recipe.
-    pub(super) fn restore_stream(
+    pub(super) async fn restore_stream(
         &self,
         d: &Digest,
+        size: u64,
         range: Option<(u64, u64)>,
     ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
+        if let Some(path) = self.inner.layer_cache.lookup(d) {
+            let (start, len) = range.unwrap_or((0, size));
+            let opened = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+                let mut f = std::fs::File::open(path)?;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
+                Ok(f)
+            })
+            .await
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+            if let Ok(f) = opened {
+                self.inner
+                    .restore_stats
+                    .cache_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(super::file_stream(
+                    f,
+                    len,
+                    d,
+                    range,
+                    &self.inner.restore_stats,
+                ));
+            }
+        }
         let recipe = {
             let t = self.inner.meta.read()?;
             self.inner.meta.recipe(&t, d)?.ok_or_else(|| {
@@ -177,11 +201,16 @@ impl Registry {
             .as_ref()
             .ok_or_else(|| RegistryError::Internal("restore actor not running".into()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(stowage_actors::restore::RESTORE_CHANNEL);
+        let cache = match range {
+            None => self.inner.layer_cache.writer(d, size),
+            Some(_) => None,
+        };
         restore.do_send(RestoreLayer {
             recipe: Arc::new(recipe),
             digest: d.clone(),
             range,
             tx,
+            cache,
         });
         Ok(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))

@@ -31,6 +31,7 @@ pub(crate) struct Inner {
     pub(crate) pipeline: Option<Pipeline>,
     pub(crate) restore: Option<actix::Addr<Restore>>,
     pub(crate) restore_stats: Arc<RestoreStats>,
+    pub(crate) layer_cache: Arc<stowage_actors::cache::LayerCache>,
 }
 
 /// The registry service. Cheap to clone.
@@ -100,6 +101,10 @@ pub struct RestoreCounts {
     /// Restores whose bytes did not match the digest (the response was aborted).
     pub digest_mismatches: u64,
     pub failures: u64,
+    /// Pulls served from the cache of restored layers.
+    pub cache_hits: u64,
+    /// Bytes in the cache of restored layers (part of `bytes.stored`).
+    pub cache_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -160,8 +165,13 @@ impl Registry {
         } else {
             (None, None, Default::default())
         };
+        let layer_cache = stowage_actors::cache::LayerCache::open(
+            cfg.root.join("cache"),
+            cfg.restore_cache_bytes,
+        )?;
         let reg = Registry {
             inner: Arc::new(Inner {
+                layer_cache,
                 cfg,
                 meta,
                 store,
@@ -220,7 +230,7 @@ impl Registry {
         let rec = self.blob_record(repo, digest)?;
         let (start, len) = range.unwrap_or((0, rec.size));
         if matches!(rec.state, BlobState::Deduplicated { .. }) {
-            let body = self.restore_stream(digest, range)?;
+            let body = self.restore_stream(digest, rec.size, range).await?;
             return Ok(BlobContent { len, body });
         }
         let inner = self.inner.clone();
@@ -233,20 +243,10 @@ impl Registry {
         })
         .await?;
         let Some(file) = opened else {
-            let body = self.restore_stream(digest, range)?;
+            let body = self.restore_stream(digest, rec.size, range).await?;
             return Ok(BlobContent { len, body });
         };
-        let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
-        let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
-        if range.is_some() {
-            return Ok(BlobContent {
-                len,
-                body: body.boxed(),
-            });
-        }
-        // A whole blob is hashed as it is sent: bytes that no longer match their digest (disk
-        // corruption) end the response with an error instead of its last bytes (invariant 1).
-        let body = verified(body, digest.clone(), self.inner.restore_stats.clone());
+        let body = file_stream(file, len, digest, range, &self.inner.restore_stats);
         Ok(BlobContent { len, body })
     }
 
@@ -521,11 +521,31 @@ impl Registry {
                         bytes: r.bytes.load(Relaxed),
                         digest_mismatches: r.mismatches.load(Relaxed),
                         failures: r.failures.load(Relaxed),
+                        cache_hits: r.cache_hits.load(Relaxed),
+                        cache_bytes: inner.layer_cache.bytes(),
                     }
                 },
             })
         })
         .await
+    }
+}
+
+/// Stream `len` bytes of an open file (positioned at the range's start). A whole blob is hashed
+/// as it is sent: bytes that no longer match their digest (disk corruption) end the response
+/// with an error instead of its last bytes (invariant 1).
+fn file_stream(
+    file: std::fs::File,
+    len: u64,
+    digest: &Digest,
+    range: Option<(u64, u64)>,
+    stats: &Arc<RestoreStats>,
+) -> BoxStream<'static, std::io::Result<Bytes>> {
+    let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+    let body = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
+    match range {
+        Some(_) => body.boxed(),
+        None => verified(body, digest.clone(), stats.clone()),
     }
 }
 
