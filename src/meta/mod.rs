@@ -694,6 +694,11 @@ impl Meta {
             return Err(RegistryError::Internal(format!("no blob record for {dk}")));
         };
         let mut rec: BlobRecord = dec("blob", v)?;
+        if matches!(rec.state, BlobState::Deduplicated { .. }) {
+            // Deduplicated meanwhile (the same blob pushed again while its first run was in
+            // flight): the committed recipe stands, and its references are counted once.
+            return Ok(());
+        }
         for (id, uses) in recipe.chunk_uses() {
             let mut c = self.chunk(w, &id)?.ok_or_else(|| {
                 RegistryError::Internal(format!("recipe of {dk} names unknown chunk {id}"))
@@ -792,4 +797,45 @@ fn key2_str(a: &str, b: &str) -> String {
     s.push('\0');
     s.push_str(b);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stowage_actors::engine::recompress::Encoding;
+
+    #[test]
+    fn a_recipe_committed_twice_counts_its_chunks_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path(), 1 << 26).unwrap();
+        let repo: RepoName = "r".parse().unwrap();
+        let blob = Digest::sha256_of(b"layer");
+        let id = ChunkId::of(b"chunk").unwrap();
+        let loc = ChunkLoc {
+            container: 1,
+            offset: 32,
+            stored_len: 5,
+            raw_len: 5,
+            encoding: ChunkEncoding::Stored,
+        };
+        let recipe = Recipe {
+            encoding: Encoding::None,
+            raw_len: 10,
+            framing: vec![10],
+            inline: vec![(id, 5), (id, 5)],
+            files: vec![],
+        };
+        let mut w = m.write().unwrap();
+        m.link_blob(&mut w, &repo, &blob, 10).unwrap();
+        m.add_container(&mut w, 1, &[(id, loc)]).unwrap();
+        m.commit_recipe(&mut w, &blob, &recipe, &[]).unwrap();
+        m.commit_recipe(&mut w, &blob, &recipe, &[]).unwrap();
+        w.commit().unwrap();
+        let t = m.read().unwrap();
+        assert_eq!(m.chunk(&t, &id).unwrap().unwrap().refs, 2);
+        assert!(matches!(
+            m.blob(&t, &blob).unwrap().unwrap().state,
+            BlobState::Deduplicated { .. }
+        ));
+    }
 }
