@@ -63,6 +63,17 @@ fn fsck(root: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// fsck exits 0 on `root`; `context` names the case in the failure message.
+fn assert_fsck_clean(root: &std::path::Path, context: &str) {
+    let out = fsck(root);
+    assert!(
+        out.status.success(),
+        "{context}: fsck failed\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn stats(s: &Server, c: &Client) -> Value {
     c.get(s.url("/_stats")).send().unwrap().json().unwrap()
 }
@@ -254,13 +265,7 @@ fn kill_9_during_dedup_loses_nothing() {
             assert!(pull(&s, &c, "k9/app", d) == *b);
         }
         assert!(s.stop());
-        let out = fsck(root.path());
-        assert!(
-            out.status.success(),
-            "delay {delay_ms}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_fsck_clean(root.path(), &format!("delay {delay_ms}"));
     }
 }
 
@@ -343,12 +348,7 @@ fn skopeo_round_trip_after_dedup() {
         assert_eq!(&common::digest_of(&got), d);
     }
     assert!(s.stop());
-    let fsck = fsck(root.path());
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    assert_fsck_clean(root.path(), "skopeo round trip");
 }
 
 /// The pipeline aborts (as kill -9 would) between each pair of its durable steps: after a
@@ -396,12 +396,7 @@ fn crash_between_every_durable_step() {
             .unwrap()
             .count();
         assert_eq!(staged, 0, "{point}: no raw copy left");
-        let out = fsck(root.path());
-        assert!(
-            out.status.success(),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_fsck_clean(root.path(), point);
     }
 }
 

@@ -21,7 +21,7 @@
 //! committed chunks and matched its digest (invariant 1). A crash at any point leaves either the
 //! raw blob in staging (and the layer pending, resumed at start-up) or a verified recipe.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -486,7 +486,7 @@ pub struct Pack {
     catalog: Arc<dyn Catalog>,
     cfg: PipelineConfig,
     open: Option<ContainerWriter>,
-    in_open: HashMap<ChunkId, ()>,
+    in_open: HashSet<ChunkId>,
     failed: HashMap<usize, String>,
     stats: Arc<StageStats>,
 }
@@ -504,7 +504,7 @@ impl Pack {
         let Some((enc, data)) = c.stored else {
             return Ok(());
         };
-        if self.in_open.contains_key(&c.id) || self.catalog.chunk(&c.id)?.is_some() {
+        if self.in_open.contains(&c.id) || self.catalog.chunk(&c.id)?.is_some() {
             self.stats.duplicate_chunks.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -514,7 +514,7 @@ impl Pack {
         }
         let w = self.open.as_mut().expect("open container");
         w.append(c.id, enc, c.raw_len, &data)?;
-        self.in_open.insert(c.id, ());
+        self.in_open.insert(c.id);
         self.stats.new_chunks.fetch_add(1, Ordering::Relaxed);
         self.stats
             .stored_chunk_bytes
@@ -703,7 +703,7 @@ impl Pipeline {
             catalog: cat.clone(),
             cfg: c.clone(),
             open: None,
-            in_open: HashMap::new(),
+            in_open: HashSet::new(),
             failed: HashMap::new(),
             stats: s.clone(),
         });
