@@ -2,6 +2,7 @@
 
 pub mod chunk;
 pub mod container;
+pub mod goflate;
 pub mod pigz;
 pub mod recipe;
 pub mod recompress;

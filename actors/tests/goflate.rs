@@ -1,0 +1,206 @@
+//! Go's compress/gzip, reproduced bit for bit: fixtures are written at test
+//! time by `tests/go/gzwrite` built with the machine's Go toolchain, and
+//! every one must come out of `goflate` identical.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use stowage_actors::engine::goflate;
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go")
+}
+
+/// Builds gzwrite once per test binary; None (and a NOT RUN note) without Go.
+fn gzwrite() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = target_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("gzwrite");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg("./tests/go/gzwrite")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", dir.join("cache"))
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(bin),
+            Ok(s) => panic!("go build of gzwrite failed: {s}"),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("CI must have Go to check the exact encoders: {e}")
+            }
+            Err(e) => {
+                eprintln!("NOT RUN: no Go toolchain ({e}); scripts/test installs golang-go");
+                None
+            }
+        }
+    })
+    .as_deref()
+}
+
+fn go_gzip(bin: &Path, level: i32, chunk: usize, input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(bin)
+        .args(["-impl", "std", "-level", &level.to_string()])
+        .args(["-chunk", &chunk.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn our_gzip(level: i32, input: &[u8]) -> Vec<u8> {
+    let mut out = goflate::gzip_header(level).to_vec();
+    out.extend(goflate::deflate(level, input).unwrap());
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    out.extend(crc.sum().to_le_bytes());
+    out.extend((input.len() as u32).to_le_bytes());
+    out
+}
+
+fn assert_same(name: &str, level: i32, ours: &[u8], go: &[u8]) {
+    if ours != go {
+        let at = ours.iter().zip(go).position(|(a, b)| a != b);
+        panic!(
+            "{name} level {level}: {} bytes vs Go's {}, first difference at {at:?}",
+            ours.len(),
+            go.len()
+        );
+    }
+}
+
+fn xorshift(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Real files from this machine, concatenated up to `limit` bytes.
+fn files_under(dirs: &[&str], limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
+    while let Some(p) = stack.pop() {
+        if out.len() >= limit {
+            break;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
+                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.sort();
+            entries.reverse();
+            stack.extend(entries);
+        } else if meta.is_file() {
+            if let Ok(b) = std::fs::read(&p) {
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+    out.truncate(limit);
+    out
+}
+
+fn inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let text = files_under(&["/usr/share/common-licenses", "/usr/share/doc"], 3 << 20);
+    let binaries = files_under(&["/usr/bin"], 6 << 20);
+    let compressed = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&binaries[..2 << 20]).unwrap();
+        e.finish().unwrap()
+    };
+    let mut mixed = Vec::new();
+    for i in 0..40 {
+        mixed.extend_from_slice(&text[i * 20_000..i * 20_000 + 9_000]);
+        mixed.extend(std::iter::repeat_n(0u8, 1000 + i * 300));
+        mixed.extend_from_slice(&binaries[i * 50_000..i * 50_000 + 30_000]);
+        mixed.extend(xorshift(i as u64 + 1, 700));
+    }
+    vec![
+        ("empty", Vec::new()),
+        ("one byte", vec![b'x']),
+        ("16 bytes", b"0123456789abcdef".to_vec()),
+        ("200 bytes", text[..200].to_vec()),
+        ("64 KiB", text[..65536].to_vec()),
+        ("64 KiB - 1", text[..65535].to_vec()),
+        ("64 KiB + 1", text[..65537].to_vec()),
+        ("text", text),
+        ("binaries", binaries),
+        ("random", xorshift(7, 1 << 20)),
+        ("zeros", vec![0u8; 3 << 20]),
+        ("compressed", compressed),
+        ("mixed", mixed),
+    ]
+}
+
+#[test]
+fn every_level_matches_go_on_every_input() {
+    let Some(bin) = gzwrite() else { return };
+    let inputs = inputs();
+    for level in [-1].iter().chain(goflate::LEVELS.iter()) {
+        for (name, input) in &inputs {
+            let go = go_gzip(bin, *level, 32 * 1024, input);
+            assert_same(name, *level, &our_gzip(*level, input), &go);
+        }
+    }
+}
+
+#[test]
+fn write_sizes_do_not_matter_for_ordinary_inputs() {
+    // io.Copy writes 32 KiB; tar writers hand over 512-byte headers and file
+    // bodies of any size. The single-write model must give the same bytes.
+    let Some(bin) = gzwrite() else { return };
+    let input = files_under(&["/usr/share/doc", "/usr/lib/x86_64-linux-gnu"], 8 << 20);
+    for chunk in [512, 4096, 7777, 1 << 20] {
+        for level in [1, 2, 6, 9] {
+            let go = go_gzip(bin, level, chunk, &input);
+            assert_same(
+                &format!("chunk {chunk}"),
+                level,
+                &our_gzip(level, &input),
+                &go,
+            );
+        }
+    }
+}
+
+#[test]
+fn large_input_crosses_the_hash_offset_rebase() {
+    // Go rebases its hash chains every 16 MiB of input; 300 MB crosses that
+    // many times (and BestSpeed's table keeps its offsets across blocks).
+    let Some(bin) = gzwrite() else { return };
+    let base = files_under(&["/usr/lib", "/usr/bin", "/usr/share"], 120 << 20);
+    let mut input = Vec::with_capacity(300 << 20);
+    while input.len() < 300 << 20 {
+        let take = base.len().min((300 << 20) - input.len());
+        input.extend_from_slice(&base[..take]);
+    }
+    for level in [1, 6] {
+        let go = go_gzip(bin, level, 32 * 1024, &input);
+        assert_same("300 MB", level, &our_gzip(level, &input), &go);
+    }
+}
