@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run, tool, Server};
+use common::{run, tool, wait_dedup_idle, Server};
 
 /// A private dockerd, stopped (and its directories removed) on drop.
 struct Dockerd {
@@ -204,6 +204,18 @@ fn docker_build_push_rmi_pull() {
         "{out}"
     );
     assert_eq!(stats(&s)["blobs"], blobs_before, "no blob stored twice");
+
+    // Docker compresses layers with Go's compress/gzip: every layer must be stored as
+    // chunks (re-encoded exactly on pull), none kept raw.
+    let st = wait_dedup_idle(&s.url("/_stats"));
+    assert_eq!(st["layers"]["pending"], 0, "{st}");
+    assert_eq!(st["layers"]["raw"], 0, "{}", st["layers"]);
+    let encodings = st["layers"]["encodings"].as_object().unwrap();
+    assert!(
+        encodings.keys().any(|k| k.starts_with("gzip-go-")),
+        "{}",
+        st["layers"]
+    );
 
     // Remove everything local, pull back: the same image id.
     for img in [

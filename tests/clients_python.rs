@@ -11,9 +11,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{digest_of, run, Server};
+use common::{digest_of, run, wait_dedup_idle, Server};
 use reqwest::blocking::Client;
 use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::StatusCode;
@@ -204,20 +204,6 @@ fn get_json(c: &Client, url: &str) -> Value {
     r.json().unwrap()
 }
 
-/// Wait (bounded) until the dedup pipeline has processed every staged layer, so the next reads
-/// are served from the deduplicated form. Returns the last `/_stats`.
-fn wait_dedup_idle(c: &Client, stats_url: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = get_json(c, stats_url);
-        let pending = s["layers"]["pending"].as_u64().unwrap_or(0);
-        if pending == 0 || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn get_blob(c: &Client, url: &str, digest: &str) -> Vec<u8> {
     let r = c.get(url).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK, "GET {url}");
@@ -375,7 +361,7 @@ fn oras_py_chunked_push_and_pull() {
     assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
 
     // Once the dedup pipeline is done with the layers, they still come back bit for bit.
-    let stats = wait_dedup_idle(&c, &server.url("/_stats"));
+    let stats = wait_dedup_idle(&server.url("/_stats"));
     eprintln!("oras-py: /_stats after push: {}", stats["layers"]);
     for (digest, size) in &layer_digests {
         let b = get_blob(
@@ -468,7 +454,7 @@ fn python_dxf_blobs_and_aliases() {
     // Ranged reads, from staging and again once dedup has processed the blobs.
     let big_url = server.url(&format!("/v2/{repo}/blobs/{d_big}"));
     check_ranges(&c, &big_url, &big);
-    wait_dedup_idle(&c, &server.url("/_stats"));
+    wait_dedup_idle(&server.url("/_stats"));
     check_ranges(&c, &big_url, &big);
     get_blob(&c, &big_url, &d_big);
 

@@ -204,3 +204,38 @@ fn large_input_crosses_the_hash_offset_rebase() {
         assert_same("300 MB", level, &our_gzip(level, &input), &go);
     }
 }
+
+/// What a layer goes through: inflate while identifying the encoder, then
+/// re-encode from the plaintext on pull.
+fn ingest_and_restore(compressed: &[u8]) -> (String, Vec<u8>) {
+    use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
+    let mut d = LayerDecoder::new(Compression::detect(compressed));
+    let mut raw = Vec::new();
+    for part in compressed.chunks(100_003) {
+        d.feed(part, &mut |b| raw.extend_from_slice(b)).unwrap();
+    }
+    let enc = d.finish().unwrap();
+    let mut r = Reencoder::new(&enc);
+    let mut out = Vec::new();
+    for part in raw.chunks(70_001) {
+        r.push(part, &mut out);
+    }
+    r.finish(&mut out);
+    (enc.label(), out)
+}
+
+#[test]
+fn go_layers_are_identified_and_restored_exactly() {
+    let Some(bin) = gzwrite() else { return };
+    let small = files_under(&["/usr/share/doc"], 300_000);
+    let big = files_under(&["/usr/lib/x86_64-linux-gnu", "/usr/share/doc"], 9 << 20);
+    for level in [-1].iter().chain(goflate::LEVELS.iter()) {
+        for input in [&small, &big] {
+            let go = go_gzip(bin, *level, 32 * 1024, input);
+            let (label, out) = ingest_and_restore(&go);
+            let shown = if *level == -1 { 6 } else { *level };
+            assert_eq!(label, format!("gzip-go-{shown}"), "{} bytes", input.len());
+            assert_same(&label, *level, &out, &go);
+        }
+    }
+}

@@ -189,3 +189,20 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Wait (bounded, 120 s) until the dedup pipeline has processed every staged layer, so the
+/// next reads are served from the deduplicated form. Returns the last `/_stats`.
+pub fn wait_dedup_idle(stats_url: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s: serde_json::Value = reqwest::blocking::get(stats_url)
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .expect("GET /_stats");
+        let pending = s["layers"]["pending"].as_u64().unwrap_or(0);
+        if pending == 0 || std::time::Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,7 +1,8 @@
 //! Exact re-compression: inflate a layer at ingest while learning how to re-create its exact
 //! compressed bytes, and re-encode them on pull.
 //!
-//! Covered here: uncompressed streams; gzip written by zlib (Python's gzip/zlib and other
+//! Covered here: uncompressed streams; gzip written by Go's compress/gzip at every level
+//! (Docker Engine, BuildKit, containerd, ggcr; see [`super::goflate`]); gzip written by zlib (Python's gzip/zlib and other
 //! zlib-based tools) at levels 1-9 with the default memLevel 8 and strategy, or by pigz (levels
 //! 1-9, 128 KiB blocks; see [`super::pigz`]), one or more members, header and trailer stored
 //! verbatim, bounded trailing bytes (GNU gzip is not zlib and stays raw); zstd frames written by
@@ -14,6 +15,7 @@ use std::io::Write;
 
 use flate2::{Decompress, FlushDecompress, Status};
 
+use super::goflate::GoDeflater;
 use super::pigz::{probe_pigz_level, PigzEncoder, DEFAULT_BLOCK};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +69,10 @@ impl Encoding {
         match self {
             Encoding::None => "none".into(),
             Encoding::Gzip { members, .. } => match members.first() {
+                Some(GzipMember {
+                    go: Some(GoEncoder::Std { level }),
+                    ..
+                }) => format!("gzip-go-{level}"),
                 Some(m) if m.pigz_block.is_some() => format!("gzip-pigz-{}", m.level),
                 Some(m) => format!("gzip-zlib-{}", m.level),
                 None => "gzip".into(),
@@ -87,6 +93,18 @@ pub struct GzipMember {
     /// Written by pigz with this block size (else by plain zlib at `level`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pigz_block: Option<u32>,
+    /// Written by a Go encoder (then `level` and `pigz_block` are unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go: Option<GoEncoder>,
+}
+
+/// The Go deflate encoders stowage reproduces, with the output variant they were matched
+/// against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "lib", rename_all = "lowercase")]
+pub enum GoEncoder {
+    /// The standard library's compress/flate at `level` (-2..9), output as of Go 1.19.
+    Std { level: i32 },
 }
 
 /// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
@@ -266,20 +284,73 @@ pub fn probe_zlib_level(raw: &[u8], deflate: &[u8], complete: bool) -> Option<u3
 struct Deflater {
     level: u32,
     pigz_block: Option<u32>,
+    go: Option<GoEncoder>,
 }
 
-/// Plain zlib first (Python, zlib-based tools), then pigz's block scheme.
-fn probe_deflater(raw: &[u8], deflate: &[u8], complete: bool) -> Option<Deflater> {
-    if let Some(level) = probe_zlib_level(raw, deflate, complete) {
-        return Some(Deflater {
+/// Go's compress/flate level that reproduces a deflate stream, judged on its beginning like
+/// [`probe_zlib_level`]. `xfl` (the gzip header's extra flags, which Go sets from the level)
+/// orders the candidates.
+pub fn probe_go_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
+    let order: &[i32] = match xfl {
+        4 => &[1],
+        2 => &[9],
+        _ => &[6, 5, 4, 7, 8, 3, 2, 0, -2],
+    };
+    'level: for &level in order {
+        let mut enc = GoDeflater::new(level).expect("valid Go level");
+        let mut out = Vec::new();
+        for piece in raw.chunks(64 * 1024) {
+            enc.write(piece);
+            enc.take_output(&mut out);
+            if !deflate.starts_with(&out) {
+                continue 'level;
+            }
+        }
+        let ok = if complete {
+            enc.close();
+            enc.take_output(&mut out);
+            out == deflate
+        } else {
+            // Go emits a block at a time: at least one must be out and match.
+            !out.is_empty() && deflate.starts_with(&out)
+        };
+        if ok {
+            return Some(level);
+        }
+    }
+    None
+}
+
+/// Which encoders to try, in an order chosen from the header: Go writes OS 255 (as Python
+/// does), zlib-based tools usually 3 (Unix).
+fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> Option<Deflater> {
+    let (xfl, os) = (header[8], header[9]);
+    let go = || {
+        probe_go_level(raw, deflate, complete, xfl).map(|level| Deflater {
+            level: 0,
+            pigz_block: None,
+            go: Some(GoEncoder::Std { level }),
+        })
+    };
+    let zlib = || {
+        probe_zlib_level(raw, deflate, complete).map(|level| Deflater {
             level,
             pigz_block: None,
-        });
+            go: None,
+        })
+    };
+    let pigz = || {
+        probe_pigz_level(raw, deflate, complete, DEFAULT_BLOCK).map(|level| Deflater {
+            level,
+            pigz_block: Some(DEFAULT_BLOCK as u32),
+            go: None,
+        })
+    };
+    if os == 255 {
+        go().or_else(zlib).or_else(pigz)
+    } else {
+        zlib().or_else(pigz).or_else(go)
     }
-    probe_pigz_level(raw, deflate, complete, DEFAULT_BLOCK).map(|level| Deflater {
-        level,
-        pigz_block: Some(DEFAULT_BLOCK as u32),
-    })
 }
 
 /// Emitting what zlib already produced without flushing the stream (which would change it).
@@ -351,7 +422,7 @@ impl GzipDecoder {
                         // The member goes on past the probe: decide now, so a stream from
                         // another encoder is given up early instead of at its end.
                         p.level = Some(
-                            probe_deflater(&p.raw, &p.deflate, false)
+                            probe_deflater(&self.header, &p.raw, &p.deflate, false)
                                 .ok_or(NotExact::UnknownDeflateEncoder)?,
                         );
                         p.raw = Vec::new();
@@ -408,7 +479,7 @@ impl GzipDecoder {
             Some(d) => d,
             None => {
                 let complete = p.raw_len as usize == p.raw.len();
-                probe_deflater(&p.raw, &p.deflate, complete)
+                probe_deflater(&self.header, &p.raw, &p.deflate, complete)
                     .ok_or(NotExact::UnknownDeflateEncoder)?
             }
         };
@@ -418,6 +489,7 @@ impl GzipDecoder {
             raw_len: p.raw_len,
             trailer,
             pigz_block: found.pigz_block,
+            go: found.go,
         });
         self.state = GzState::Between;
         Ok(())
@@ -602,10 +674,16 @@ enum ReState {
 enum MemberEnc {
     Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
     Pigz(Box<PigzEncoder>),
+    Go(Box<GoDeflater>),
 }
 
 impl MemberEnc {
     fn open(m: &GzipMember) -> MemberEnc {
+        if let Some(GoEncoder::Std { level }) = m.go {
+            return MemberEnc::Go(Box::new(
+                GoDeflater::new(level).expect("level checked at ingest"),
+            ));
+        }
         match m.pigz_block {
             Some(block) => MemberEnc::Pigz(Box::new(PigzEncoder::new(
                 m.level,
@@ -626,6 +704,10 @@ impl MemberEnc {
                 out.append(e.get_mut());
             }
             MemberEnc::Pigz(p) => p.push(raw, out),
+            MemberEnc::Go(g) => {
+                g.write(raw);
+                g.take_output(out);
+            }
         }
     }
 
@@ -633,6 +715,10 @@ impl MemberEnc {
         match self {
             MemberEnc::Zlib(e) => out.extend_from_slice(&e.finish().expect("finishing in memory")),
             MemberEnc::Pigz(p) => p.finish(out),
+            MemberEnc::Go(mut g) => {
+                g.close();
+                g.take_output(out);
+            }
         }
     }
 }
