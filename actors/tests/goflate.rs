@@ -202,12 +202,17 @@ fn large_input_crosses_the_hash_offset_rebase() {
     for level in [1, 6] {
         let go = go_gzip(bin, level, 32 * 1024, &input);
         assert_same("300 MB", level, &our_gzip(level, &input), &go);
+        // And through ingest + restore, which re-encodes level 6 in parallel segments.
+        let (label, splits, out) = ingest_and_restore(&go);
+        assert_eq!(label, format!("gzip-go-{level}"));
+        assert!(level != 6 || splits > 50, "{splits} split points");
+        assert_same("300 MB restored", level, &out, &go);
     }
 }
 
 /// What a layer goes through: inflate while identifying the encoder, then
 /// re-encode from the plaintext on pull.
-fn ingest_and_restore(compressed: &[u8]) -> (String, Vec<u8>) {
+fn ingest_and_restore(compressed: &[u8]) -> (String, usize, Vec<u8>) {
     use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
     let mut d = LayerDecoder::new(Compression::detect(compressed));
     let mut raw = Vec::new();
@@ -221,7 +226,10 @@ fn ingest_and_restore(compressed: &[u8]) -> (String, Vec<u8>) {
         r.push(part, &mut out);
     }
     r.finish(&mut out);
-    (enc.label(), out)
+    let splits = serde_json::to_value(&enc).unwrap()["members"][0]["go"]["splits"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    (enc.label(), splits, out)
 }
 
 #[test]
@@ -232,10 +240,86 @@ fn go_layers_are_identified_and_restored_exactly() {
     for level in [-1].iter().chain(goflate::LEVELS.iter()) {
         for input in [&small, &big] {
             let go = go_gzip(bin, *level, 32 * 1024, input);
-            let (label, out) = ingest_and_restore(&go);
+            let (label, splits, out) = ingest_and_restore(&go);
             let shown = if *level == -1 { 6 } else { *level };
+            if input.len() > 8 << 20 && goflate::splittable(*level) {
+                assert!(
+                    splits > 0,
+                    "level {level}: parallel restore has no split points"
+                );
+            }
             assert_eq!(label, format!("gzip-go-{shown}"), "{} bytes", input.len());
             assert_same(&label, *level, &out, &go);
         }
+    }
+}
+
+/// Every block boundary of a raw deflate stream, from the inflater.
+fn boundaries(deflate: &[u8]) -> (Vec<u8>, Vec<goflate::Split>) {
+    use stowage_actors::engine::inflate::BlockInflate;
+    let mut inf = BlockInflate::new();
+    let mut plain = Vec::new();
+    let mut splits = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut input = deflate;
+    loop {
+        let st = inf.run(input, &mut buf).unwrap();
+        plain.extend_from_slice(&buf[..st.produced]);
+        input = &input[st.consumed..];
+        if let Some((plain, bit)) = st.boundary {
+            splits.push(goflate::Split { plain, bit });
+        }
+        if st.stream_end {
+            break;
+        }
+    }
+    (plain, splits)
+}
+
+/// Cut at the given boundaries, re-encode each part on its own and splice.
+fn reencode_in_segments(level: i32, plain: &[u8], cuts: &[goflate::Split]) -> Vec<u8> {
+    let total = plain.len() as u64;
+    let mut out = Vec::new();
+    let mut bits = 0u64;
+    let mut start = goflate::Split { plain: 0, bit: 0 };
+    for i in 0..=cuts.len() {
+        let end = cuts.get(i).copied();
+        let lo = start.plain.saturating_sub(goflate::HISTORY_BEFORE);
+        let hi = end.map_or(total, |e| (e.plain + goflate::LOOKAHEAD_AFTER).min(total));
+        let seg = goflate::encode_segment(
+            level,
+            total,
+            &plain[lo as usize..hi as usize],
+            lo,
+            start,
+            end,
+        )
+        .unwrap_or_else(|e| panic!("level {level} segment {i} at {start:?}: {e}"));
+        goflate::splice(&mut out, &mut bits, &seg);
+        if let Some(e) = end {
+            start = e;
+        }
+    }
+    out
+}
+
+#[test]
+fn go_streams_reencode_exactly_from_any_block_boundary() {
+    let Some(bin) = gzwrite() else { return };
+    let input = files_under(&["/usr/lib/x86_64-linux-gnu", "/usr/share/doc"], 6 << 20);
+    for level in [4, 5, 6, 7, 8, 9] {
+        let go = go_gzip(bin, level, 32 * 1024, &input);
+        let body = &go[10..go.len() - 8];
+        let (plain, all) = boundaries(body);
+        assert_eq!(plain, input);
+        // Every usable boundary (not in the last 64 KiB), each segment one block.
+        let cuts: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|s| s.plain + 2 * 32768 < plain.len() as u64)
+            .collect();
+        assert!(cuts.len() > 20, "level {level}: {} blocks", cuts.len());
+        let out = reencode_in_segments(level, &plain, &cuts);
+        assert_same("segments", level, &out, body);
     }
 }

@@ -13,14 +13,15 @@
 
 use std::io::Write;
 
-use flate2::{Decompress, FlushDecompress, Status};
-
-use super::goflate::GoDeflater;
+use super::goflate::{self, GoDeflater};
+use super::inflate::BlockInflate;
 use super::pigz::{probe_pigz_level, PigzEncoder, DEFAULT_BLOCK};
 use serde::{Deserialize, Serialize};
 
 /// Uncompressed bytes of a member used to find its parameters.
 pub const PROBE: usize = 4 << 20;
+/// Plaintext between the block boundaries recorded for parallel re-encoding.
+pub const SPLIT_EVERY: u64 = 4 << 20;
 /// Trailing bytes after the last gzip member kept verbatim; more means raw.
 const MAX_TRAILING: usize = 64 << 10;
 
@@ -70,7 +71,7 @@ impl Encoding {
             Encoding::None => "none".into(),
             Encoding::Gzip { members, .. } => match members.first() {
                 Some(GzipMember {
-                    go: Some(GoEncoder::Std { level }),
+                    go: Some(GoEncoder::Std { level, .. }),
                     ..
                 }) => format!("gzip-go-{level}"),
                 Some(m) if m.pigz_block.is_some() => format!("gzip-pigz-{}", m.level),
@@ -100,11 +101,17 @@ pub struct GzipMember {
 
 /// The Go deflate encoders stowage reproduces, with the output variant they were matched
 /// against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "lib", rename_all = "lowercase")]
 pub enum GoEncoder {
     /// The standard library's compress/flate at `level` (-2..9), output as of Go 1.19.
-    Std { level: i32 },
+    Std {
+        level: i32,
+        /// Block boundaries `[plaintext offset, bit offset]` where the stream can be re-encoded
+        /// in parallel (levels 4-9).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        splits: Vec<[u64; 2]>,
+    },
 }
 
 /// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
@@ -205,6 +212,8 @@ struct MemberProbe {
     crc: flate2::Crc,
     /// The encoder found once [`PROBE`] bytes were in (members longer than the probe).
     level: Option<Deflater>,
+    /// Block boundaries about [`SPLIT_EVERY`] apart, for parallel re-encoding.
+    splits: Vec<goflate::Split>,
 }
 
 impl Default for MemberProbe {
@@ -215,6 +224,7 @@ impl Default for MemberProbe {
             raw_len: 0,
             crc: flate2::Crc::new(),
             level: None,
+            splits: Vec::new(),
         }
     }
 }
@@ -222,7 +232,7 @@ impl Default for MemberProbe {
 pub struct GzipDecoder {
     state: GzState,
     pending: Vec<u8>,
-    inflate: Decompress,
+    inflate: BlockInflate,
     probe: MemberProbe,
     header: Vec<u8>,
     members: Vec<GzipMember>,
@@ -236,7 +246,7 @@ impl Default for GzipDecoder {
         GzipDecoder {
             state: GzState::Header,
             pending: Vec::new(),
-            inflate: Decompress::new(false),
+            inflate: BlockInflate::new(),
             probe: MemberProbe::default(),
             header: Vec::new(),
             members: Vec::new(),
@@ -280,7 +290,7 @@ pub fn probe_zlib_level(raw: &[u8], deflate: &[u8], complete: bool) -> Option<u3
 }
 
 /// The deflate encoder that reproduces a member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Deflater {
     level: u32,
     pigz_block: Option<u32>,
@@ -329,7 +339,10 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
         probe_go_level(raw, deflate, complete, xfl).map(|level| Deflater {
             level: 0,
             pigz_block: None,
-            go: Some(GoEncoder::Std { level }),
+            go: Some(GoEncoder::Std {
+                level,
+                splits: Vec::new(),
+            }),
         })
     };
     let zlib = || {
@@ -392,20 +405,17 @@ impl GzipDecoder {
                         let rest = self.pending.split_off(n);
                         self.pending.clear();
                         self.state = GzState::Body;
-                        self.inflate = Decompress::new(false);
+                        self.inflate = BlockInflate::new();
                         self.probe = MemberProbe::default();
                         self.feed_inner(&mut &rest[..], out)?;
                     }
                 }
                 GzState::Body => {
-                    let before_in = self.inflate.total_in();
-                    let before_out = self.inflate.total_out();
-                    let status = self
+                    let step = self
                         .inflate
-                        .decompress(input, &mut self.outbuf, FlushDecompress::None)
+                        .run(input, &mut self.outbuf)
                         .map_err(|_| NotExact::Corrupt("deflate stream"))?;
-                    let used = (self.inflate.total_in() - before_in) as usize;
-                    let made = (self.inflate.total_out() - before_out) as usize;
+                    let (used, made) = (step.consumed, step.produced);
                     let p = &mut self.probe;
                     if p.level.is_none() && p.deflate.len() < PROBE + (PROBE >> 3) {
                         p.deflate.extend_from_slice(&input[..used]);
@@ -432,9 +442,15 @@ impl GzipDecoder {
                     p.raw_len += made as u64;
                     out(produced);
                     *input = &input[used..];
-                    if status == Status::StreamEnd {
+                    if let Some((plain, bit)) = step.boundary {
+                        let last = self.probe.splits.last().map_or(0, |s| s.plain);
+                        if plain >= last + SPLIT_EVERY {
+                            self.probe.splits.push(goflate::Split { plain, bit });
+                        }
+                    }
+                    if step.stream_end {
                         self.state = GzState::Trailer;
-                    } else if used == 0 && made == 0 {
+                    } else if used == 0 && made == 0 && step.boundary.is_none() {
                         return Err(NotExact::Corrupt("deflate stream"));
                     }
                 }
@@ -475,7 +491,7 @@ impl GzipDecoder {
         if crc != p.crc.sum() || isize != p.raw_len as u32 {
             return Err(NotExact::Corrupt("gzip trailer (crc or size mismatch)"));
         }
-        let found = match p.level {
+        let mut found = match p.level {
             Some(d) => d,
             None => {
                 let complete = p.raw_len as usize == p.raw.len();
@@ -483,6 +499,16 @@ impl GzipDecoder {
                     .ok_or(NotExact::UnknownDeflateEncoder)?
             }
         };
+        if let Some(GoEncoder::Std { level, splits }) = &mut found.go {
+            if goflate::splittable(*level) {
+                // Keep clear of the stream's end, where the window no longer slides.
+                let limit = p.raw_len.saturating_sub(4 * 32768);
+                *splits = (p.splits.iter())
+                    .filter(|s| s.plain < limit)
+                    .map(|s| [s.plain, s.bit])
+                    .collect();
+            }
+        }
         self.members.push(GzipMember {
             header: std::mem::take(&mut self.header),
             level: found.level,
@@ -675,13 +701,132 @@ enum MemberEnc {
     Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
     Pigz(Box<PigzEncoder>),
     Go(Box<GoDeflater>),
+    GoPar(Box<GoParallel>),
+}
+
+/// Re-encodes a Go level 4-9 member in segments between recorded block boundaries, several at
+/// a time on the rayon pool, keeping only the plaintext the next segments need.
+struct GoParallel {
+    level: i32,
+    total: u64,
+    /// Segment starts (the first is the stream's start).
+    cuts: Vec<goflate::Split>,
+    next: usize,
+    /// Plaintext from absolute offset `buf_base`.
+    buf: Vec<u8>,
+    buf_base: u64,
+    received: u64,
+    out_bits: u64,
+    /// The last, partial byte of the output so far (`out_bits % 8` bits of it are valid).
+    partial: Vec<u8>,
+}
+
+impl GoParallel {
+    fn new(level: i32, total: u64, splits: &[[u64; 2]]) -> GoParallel {
+        let mut cuts = vec![goflate::Split { plain: 0, bit: 0 }];
+        cuts.extend(
+            splits
+                .iter()
+                .map(|&[plain, bit]| goflate::Split { plain, bit }),
+        );
+        GoParallel {
+            level,
+            total,
+            cuts,
+            next: 0,
+            buf: Vec::new(),
+            buf_base: 0,
+            received: 0,
+            out_bits: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    fn segment_end(&self, i: usize) -> Option<goflate::Split> {
+        self.cuts.get(i + 1).copied()
+    }
+
+    /// Plaintext needed before segment `i` can be encoded.
+    fn needed(&self, i: usize) -> u64 {
+        match self.segment_end(i) {
+            Some(e) => (e.plain + goflate::LOOKAHEAD_AFTER).min(self.total),
+            None => self.total,
+        }
+    }
+
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        self.buf.extend_from_slice(raw);
+        self.received += raw.len() as u64;
+        let threads = rayon::current_num_threads().max(1);
+        let ready = (self.next..self.cuts.len())
+            .take_while(|&i| self.needed(i) <= self.received)
+            .count();
+        if ready >= threads || (ready > 0 && self.received == self.total) {
+            self.encode(ready, out);
+        }
+    }
+
+    fn encode(&mut self, count: usize, out: &mut Vec<u8>) {
+        use rayon::prelude::*;
+        let range = self.next..self.next + count;
+        let segs: Vec<goflate::Segment> = range
+            .clone()
+            .into_par_iter()
+            .map(|i| {
+                let start = self.cuts[i];
+                let end = self.segment_end(i);
+                let lo = start.plain.saturating_sub(goflate::HISTORY_BEFORE);
+                let hi = self.needed(i);
+                let data = &self.buf[(lo - self.buf_base) as usize..(hi - self.buf_base) as usize];
+                goflate::encode_segment(self.level, self.total, data, lo, start, end)
+                    // The restore's sha256 check turns this into an aborted response; at ingest
+                    // verify-before-discard keeps the layer raw.
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "Go segment re-encoding failed");
+                        goflate::Segment {
+                            bytes: Vec::new(),
+                            bits: start.bit % 8,
+                        }
+                    })
+            })
+            .collect();
+        let mut acc = std::mem::take(&mut self.partial);
+        for seg in &segs {
+            goflate::splice(&mut acc, &mut self.out_bits, seg);
+        }
+        // Hand out the whole bytes; keep a partial last byte for the next splice.
+        let keep = usize::from(!self.out_bits.is_multiple_of(8));
+        let whole = acc.len() - keep;
+        out.extend_from_slice(&acc[..whole]);
+        self.partial = acc[whole..].to_vec();
+        self.next += count;
+        // Drop plaintext no later segment needs.
+        if let Some(s) = self.cuts.get(self.next) {
+            let keep_from = s.plain.saturating_sub(goflate::HISTORY_BEFORE);
+            if keep_from > self.buf_base {
+                self.buf.drain(..(keep_from - self.buf_base) as usize);
+                self.buf_base = keep_from;
+            }
+        }
+    }
+
+    fn finish(mut self, out: &mut Vec<u8>) {
+        let left = self.cuts.len() - self.next;
+        if left > 0 {
+            self.encode(left, out);
+        }
+        out.extend_from_slice(&self.partial);
+    }
 }
 
 impl MemberEnc {
     fn open(m: &GzipMember) -> MemberEnc {
-        if let Some(GoEncoder::Std { level }) = m.go {
+        if let Some(GoEncoder::Std { level, splits }) = &m.go {
+            if !splits.is_empty() {
+                return MemberEnc::GoPar(Box::new(GoParallel::new(*level, m.raw_len, splits)));
+            }
             return MemberEnc::Go(Box::new(
-                GoDeflater::new(level).expect("level checked at ingest"),
+                GoDeflater::new(*level).expect("level checked at ingest"),
             ));
         }
         match m.pigz_block {
@@ -708,6 +853,7 @@ impl MemberEnc {
                 g.write(raw);
                 g.take_output(out);
             }
+            MemberEnc::GoPar(g) => g.write(raw, out),
         }
     }
 
@@ -719,6 +865,7 @@ impl MemberEnc {
                 g.close();
                 g.take_output(out);
             }
+            MemberEnc::GoPar(g) => g.finish(out),
         }
     }
 }

@@ -340,6 +340,27 @@ impl BitWriter {
         }
     }
 
+    /// Start in the middle of a byte: `phase` zero bits stand for the bits before.
+    pub fn set_phase(&mut self, phase: u32) {
+        self.bits = 0;
+        self.nbits = phase;
+    }
+
+    /// Everything written, including a last partial byte, and the number of bits.
+    pub fn take_bits(&mut self) -> (Vec<u8>, u64) {
+        let total = self.out.len() as u64 * 8 + self.nbits as u64;
+        let mut out = std::mem::take(&mut self.out);
+        let (mut bits, mut nbits) = (self.bits, self.nbits);
+        while nbits > 0 {
+            out.push(bits as u8);
+            bits >>= 8;
+            nbits = nbits.saturating_sub(8);
+        }
+        self.bits = 0;
+        self.nbits = 0;
+        (out, total)
+    }
+
     pub fn flush(&mut self) {
         while self.nbits > 0 {
             self.out.push(self.bits as u8);

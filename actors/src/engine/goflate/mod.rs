@@ -119,6 +119,11 @@ pub struct GoDeflater {
     offset: isize,
     max_insert_index: isize,
     closed: bool,
+    /// Absolute plaintext offset of window[0] (levels 2-9).
+    base: u64,
+    /// Stop after the block that ends at this absolute plaintext offset (segment encoding).
+    stop_at: Option<u64>,
+    stopped: bool,
 }
 
 impl GoDeflater {
@@ -163,6 +168,9 @@ impl GoDeflater {
             offset: 0,
             max_insert_index: 0,
             closed: false,
+            base: 0,
+            stop_at: None,
+            stopped: false,
         })
     }
 
@@ -183,7 +191,7 @@ impl GoDeflater {
     /// Feed plaintext, as one large `Write` would.
     pub fn write(&mut self, mut b: &[u8]) {
         assert!(!self.closed, "write after close");
-        while !b.is_empty() {
+        while !b.is_empty() && !self.stopped {
             if self.window_end == self.window.len() {
                 self.step();
             }
@@ -285,6 +293,7 @@ impl GoDeflater {
             return;
         }
         self.window.copy_within(WINDOW_SIZE..2 * WINDOW_SIZE, 0);
+        self.base += WINDOW_SIZE as u64;
         self.index -= WINDOW_SIZE as isize;
         self.window_end -= WINDOW_SIZE;
         if self.block_start >= WINDOW_SIZE as isize {
@@ -316,6 +325,9 @@ impl GoDeflater {
             };
             self.block_start = index;
             self.w.write_block(&mut self.tokens, false, input);
+            if self.stop_at == Some(self.base + index as u64) {
+                self.stopped = true;
+            }
         }
         self.tokens.clear();
     }
@@ -466,6 +478,9 @@ impl GoDeflater {
                 }
                 if self.tokens.len() == MAX_FLATE_BLOCK_TOKENS {
                     self.write_block(self.index);
+                    if self.stopped {
+                        return;
+                    }
                 }
             } else {
                 if fsh != SKIP_NEVER || self.byte_available {
@@ -477,6 +492,11 @@ impl GoDeflater {
                     self.tokens.push(literal_token(self.window[i as usize]));
                     if self.tokens.len() == MAX_FLATE_BLOCK_TOKENS {
                         self.write_block(i + 1);
+                        if self.stopped {
+                            self.index += 1;
+                            self.byte_available = true;
+                            return;
+                        }
                     }
                 }
                 self.index += 1;
@@ -514,4 +534,140 @@ pub fn gzip_header(level: i32) -> [u8; 10] {
         _ => 0,
     };
     [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]
+}
+
+// ---- parallel re-encoding ------------------------------------------------------------------
+//
+// A Go stream at levels 4-9 can be cut at any block boundary and each part re-encoded on its
+// own. At a boundary the encoder's whole state is a function of the plaintext alone:
+// * the lazy matcher is clean: after a match block `byteAvailable` is false; after a literal
+//   block the pending match at the boundary was searched unconditionally (the search only
+//   depends on the hash chains, not on the previous match), so restarting there with a clean
+//   matcher reaches the same state one step later;
+// * every position before the boundary is in the hash chains (levels 4-9 insert them all),
+//   and only the last 32 KiB and positions inside the current window buffer are reachable;
+// * the window buffer slides by 32 KiB at the first token boundary at or past
+//   `(k+1)*32768 - 261` while more input follows, so its base is known from the offset;
+// * `hashOffset` is `1 + (slides mod 512) * 32768` (Go rebases it every 16 MiB);
+// * the bit writer only matters through the bit phase, which the boundary's bit offset gives.
+// Boundaries come from the inflater at ingest ([`Split`]); the restore is checked whole by
+// its sha256 like every other.
+
+/// A block boundary of a deflate stream: plaintext offset and bit offset in the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub plain: u64,
+    pub bit: u64,
+}
+
+/// Levels whose streams can be re-encoded from block boundaries.
+pub fn splittable(level: i32) -> bool {
+    (4..=9).contains(&level) || level == -1
+}
+
+/// Plaintext a segment needs around it: from `HISTORY_BEFORE` bytes before its start to
+/// `LOOKAHEAD_AFTER` bytes after its end (both clamped to the stream).
+pub const HISTORY_BEFORE: u64 = 2 * WINDOW_SIZE as u64;
+pub const LOOKAHEAD_AFTER: u64 = 2 * WINDOW_SIZE as u64 + 1;
+
+fn window_base(q: u64, total: u64) -> (u64, u64) {
+    let w = WINDOW_SIZE as u64;
+    let mut k = 0;
+    while (k + 2) * w <= q + 261 && (k + 2) * w < total {
+        k += 1;
+    }
+    (k * w, k)
+}
+
+/// One re-encoded segment: `bytes` starts with `start.bit % 8` zero bits that belong to the
+/// previous segment's last byte, and holds `bits` bits in all (those included).
+pub struct Segment {
+    pub bytes: Vec<u8>,
+    pub bits: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("level {0} streams cannot be split")]
+    Level(i32),
+    #[error("segment plaintext does not cover {0}..{1}")]
+    Coverage(u64, u64),
+    #[error("segment came out {got} bits long, the stream has {want}")]
+    Length { got: u64, want: u64 },
+}
+
+/// Re-encode the part of a Go level 4-9 stream from block boundary `start` to `end` (or to
+/// the end of the stream, `total` plaintext bytes). `data` is plaintext starting at absolute
+/// offset `data_base`, covering [`HISTORY_BEFORE`] before `start` and [`LOOKAHEAD_AFTER`]
+/// after `end`.
+pub fn encode_segment(
+    level: i32,
+    total: u64,
+    data: &[u8],
+    data_base: u64,
+    start: Split,
+    end: Option<Split>,
+) -> Result<Segment, SegmentError> {
+    if !splittable(level) {
+        return Err(SegmentError::Level(level));
+    }
+    let q = start.plain;
+    let (base, slides) = window_base(q, total);
+    let need_end = match end {
+        Some(e) => (e.plain + LOOKAHEAD_AFTER).min(total),
+        None => total,
+    };
+    let data_end = data_base + data.len() as u64;
+    if data_base > base || data_end < need_end {
+        return Err(SegmentError::Coverage(base, need_end));
+    }
+    let mut d = GoDeflater::new(level).map_err(|_| SegmentError::Level(level))?;
+    let at = |abs: u64| (abs - data_base) as usize;
+    let wend = (base + 2 * WINDOW_SIZE as u64).min(total);
+    let initial = &data[at(base)..at(wend)];
+    d.window[..initial.len()].copy_from_slice(initial);
+    d.window_end = initial.len();
+    d.base = base;
+    d.hash_offset = 1 + (slides % 512) as isize * WINDOW_SIZE as isize;
+    d.index = (q - base) as isize;
+    d.block_start = d.index;
+    d.max_insert_index = d.window_end as isize - (MIN_MATCH_LENGTH - 1);
+    let from = (q.saturating_sub(WINDOW_SIZE as u64)).max(base);
+    for abs in from..q {
+        d.insert((abs - base) as isize);
+    }
+    d.w.set_phase((start.bit % 8) as u32);
+    d.stop_at = end.map(|e| e.plain);
+    if d.window_end == d.window.len() {
+        d.step();
+    }
+    d.write(&data[at(wend)..at(need_end)]);
+    if end.is_none() {
+        d.close();
+    }
+    let (bytes, bits) = d.w.take_bits();
+    let got = bits - start.bit % 8;
+    if let Some(e) = end {
+        if !d.stopped || got != e.bit - start.bit {
+            return Err(SegmentError::Length {
+                got,
+                want: e.bit - start.bit,
+            });
+        }
+    }
+    Ok(Segment { bytes, bits })
+}
+
+/// Append `seg` to a stream of `out_bits` bits held in `out` (its last byte possibly partial).
+pub fn splice(out: &mut Vec<u8>, out_bits: &mut u64, seg: &Segment) {
+    let phase = *out_bits % 8;
+    let mut bytes = &seg.bytes[..];
+    if phase != 0 {
+        if let (Some(last), Some(first)) = (out.last_mut(), bytes.first()) {
+            *last |= first;
+            bytes = &bytes[1..];
+        }
+    }
+    out.extend_from_slice(bytes);
+    *out_bits += seg.bits - phase;
 }
