@@ -1,0 +1,63 @@
+//! How fast stowage gives back a compressed layer's exact bytes.
+//!
+//! `layer_restore [--plain OUT] LAYER...` inflates each layer while identifying its encoder
+//! (as ingest does), then times the exact re-encoding from the plaintext (as a pull does) and
+//! prints one JSON line per layer: encoding label (or the reason it stays raw), plaintext and
+//! compressed bytes, ingest and restore MB/s. `--plain OUT` also writes the last layer's
+//! plaintext to OUT (benches/encoder-table times the original encoder on it).
+use std::time::Instant;
+
+use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut plain_out = None;
+    if args.first().map(String::as_str) == Some("--plain") {
+        plain_out = Some(args.remove(1));
+        args.remove(0);
+    }
+    for path in args {
+        let gz = std::fs::read(&path).expect("read layer");
+        let t = Instant::now();
+        let mut d = LayerDecoder::new(Compression::detect(&gz));
+        let mut raw = Vec::new();
+        let mut failed = None;
+        for part in gz.chunks(1 << 20) {
+            if let Err(e) = d.feed(part, &mut |b| raw.extend_from_slice(b)) {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        let enc = match failed {
+            Some(e) => Err(e),
+            None => d.finish().map_err(|e| e.to_string()),
+        };
+        let ingest = t.elapsed().as_secs_f64();
+        let mb = raw.len() as f64 / 1e6;
+        let line = match enc {
+            Ok(enc) => {
+                let t = Instant::now();
+                let mut r = Reencoder::new(&enc);
+                let mut out = Vec::with_capacity(gz.len());
+                for part in raw.chunks(1 << 20) {
+                    r.push(part, &mut out);
+                }
+                r.finish(&mut out);
+                let restore = t.elapsed().as_secs_f64();
+                serde_json::json!({
+                    "layer": path, "encoding": enc.label(), "exact": out == gz,
+                    "plain": raw.len(), "compressed": gz.len(),
+                    "ingest_mbps": mb / ingest, "restore_mbps": mb / restore,
+                })
+            }
+            Err(reason) => serde_json::json!({
+                "layer": path, "encoding": "raw", "reason": reason, "exact": false,
+                "plain": raw.len(), "compressed": gz.len(), "ingest_mbps": mb / ingest,
+            }),
+        };
+        println!("{line}");
+        if let Some(p) = &plain_out {
+            std::fs::write(p, &raw).expect("write plaintext");
+        }
+    }
+}
