@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{digest_of, run, sha256_hex, tool, Server};
+use common::{digest_of, run, sha256_hex, tool, wait_dedup_idle, Server};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -222,6 +222,20 @@ fn stats(s: &Server) -> Value {
 }
 
 /// GET a blob through `repo` and check it is served whole and matches its digest.
+/// Once dedup is idle, every blob pushed so far is stored as chunks (none kept raw), and the
+/// layers were recognised as written by klauspost/pgzip (what containers/image compresses with).
+fn assert_all_deduplicated_as_pgzip(s: &Server) {
+    let st = wait_dedup_idle(&s.url("/_stats"));
+    let layers = &st["layers"];
+    assert_eq!(layers["pending"], 0, "{layers}");
+    assert_eq!(layers["raw"], 0, "{layers}");
+    let encodings = layers["encodings"].as_object().unwrap();
+    assert!(
+        encodings.keys().any(|k| k.starts_with("gzip-pgzip-")),
+        "{layers}"
+    );
+}
+
 fn fetch_blob(s: &Server, repo: &str, digest: &str) -> Vec<u8> {
     let r = client()
         .get(s.url(&format!("/v2/{repo}/blobs/{digest}")))
@@ -502,6 +516,8 @@ fn podman_push_pull_and_manifest_list() {
     let gz = env.path("pushed-layer.gz");
     fs::write(&gz, fetch_blob(&s, "pod/app", layer)).unwrap();
     assert_eq!(digest_of(&gunzip(&gz)), config["rootfs"]["diff_ids"][0]);
+    // The pull below is served from chunks, re-encoded as pgzip.
+    assert_all_deduplicated_as_pgzip(&s);
     run(env.podman().args(["rmi", "-f", &image_id]));
     let exists = env
         .podman()
@@ -727,6 +743,7 @@ fn buildah_commit_push_and_pull_back() {
     let layers = info["Layers"].as_array().unwrap().clone();
     assert_eq!(layers.len(), 1);
     let layer = layers[0].as_str().unwrap().to_string();
+    assert_all_deduplicated_as_pgzip(&s);
 
     // Pull back with skopeo: the manifest buildah wrote, its config (the image id) and a layer
     // that decompresses to exactly the diff id buildah computed.

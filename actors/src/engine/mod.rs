@@ -4,6 +4,7 @@ pub mod chunk;
 pub mod container;
 pub mod goflate;
 pub mod inflate;
+pub mod kpflate;
 pub mod pigz;
 pub mod recipe;
 pub mod recompress;

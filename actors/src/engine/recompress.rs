@@ -2,7 +2,9 @@
 //! compressed bytes, and re-encode them on pull.
 //!
 //! Covered here: uncompressed streams; gzip written by Go's compress/gzip at every level
-//! (Docker Engine, BuildKit, containerd, ggcr; see [`super::goflate`]); gzip written by zlib (Python's gzip/zlib and other
+//! (Docker Engine, BuildKit, containerd, ggcr; see [`super::goflate`]); gzip written by
+//! klauspost/pgzip at every level (podman, buildah, skopeo, umoci; see [`super::kpflate`]);
+//! gzip written by zlib (Python's gzip/zlib and other
 //! zlib-based tools) at levels 1-9 with the default memLevel 8 and strategy, or by pigz (levels
 //! 1-9, 128 KiB blocks; see [`super::pigz`]), one or more members, header and trailer stored
 //! verbatim, bounded trailing bytes (GNU gzip is not zlib and stays raw); zstd frames written by
@@ -15,6 +17,7 @@ use std::io::Write;
 
 use super::goflate::{self, GoDeflater};
 use super::inflate::BlockInflate;
+use super::kpflate;
 use super::pigz::{probe_pigz_level, PigzEncoder, DEFAULT_BLOCK};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +77,10 @@ impl Encoding {
                     go: Some(GoEncoder::Std { level, .. }),
                     ..
                 }) => format!("gzip-go-{level}"),
+                Some(GzipMember {
+                    go: Some(GoEncoder::Pgzip { level, .. }),
+                    ..
+                }) => format!("gzip-pgzip-{level}"),
                 Some(m) if m.pigz_block.is_some() => format!("gzip-pigz-{}", m.level),
                 Some(m) => format!("gzip-zlib-{}", m.level),
                 None => "gzip".into(),
@@ -112,6 +119,9 @@ pub enum GoEncoder {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         splits: Vec<[u64; 2]>,
     },
+    /// klauspost/pgzip 1.2.5 on klauspost/compress 1.15.12: independent blocks of `block`
+    /// bytes, each with the previous block's last 16 KiB as dictionary.
+    Pgzip { level: i32, block: u32 },
 }
 
 /// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
@@ -331,10 +341,61 @@ pub fn probe_go_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Op
     None
 }
 
-/// Which encoders to try, in an order chosen from the header: Go writes OS 255 (as Python
-/// does), zlib-based tools usually 3 (Unix).
+/// The pgzip level (default block size) that reproduces a deflate stream, judged on its first
+/// two blocks (all of it if `complete`).
+pub fn probe_pgzip_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
+    let order: &[i32] = match xfl {
+        4 => &[1],
+        2 => &[9],
+        _ => &[5, 6, 4, 7, 3, 2, 8, 0, -2],
+    };
+    let block = kpflate::PGZIP_DEFAULT_BLOCK;
+    for &level in order {
+        let ok = if complete {
+            kpflate::pgzip_deflate(level, block, raw).ok()? == deflate
+        } else {
+            let mut out = Vec::new();
+            let mut ok = true;
+            for i in 0..(raw.len() / block).min(2) {
+                let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
+                let blk = &raw[i * block..(i + 1) * block];
+                kpflate::pgzip_block(level, dict, blk, false, &mut out).ok()?;
+                if !deflate.starts_with(&out) {
+                    ok = false;
+                    break;
+                }
+            }
+            ok && !out.is_empty()
+        };
+        if ok {
+            return Some(level);
+        }
+    }
+    None
+}
+
+/// The MTIME pgzip writes when none is set: `uint32(time.Time{}.Unix())`.
+const PGZIP_MTIME: [u8; 4] = [0x00, 0x09, 0x6e, 0x88];
+
+/// Which encoders to try, in an order chosen from the header: pgzip writes a telltale MTIME,
+/// Go writes OS 255 (as Python does), zlib-based tools usually 3 (Unix).
 fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> Option<Deflater> {
     let (xfl, os) = (header[8], header[9]);
+    let pgzip = || {
+        probe_pgzip_level(raw, deflate, complete, xfl).map(|level| Deflater {
+            level: 0,
+            pigz_block: None,
+            go: Some(GoEncoder::Pgzip {
+                level,
+                block: kpflate::PGZIP_DEFAULT_BLOCK as u32,
+            }),
+        })
+    };
+    if header[4..8] == PGZIP_MTIME {
+        if let Some(d) = pgzip() {
+            return Some(d);
+        }
+    }
     let go = || {
         probe_go_level(raw, deflate, complete, xfl).map(|level| Deflater {
             level: 0,
@@ -360,9 +421,9 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
         })
     };
     if os == 255 {
-        go().or_else(zlib).or_else(pigz)
+        go().or_else(zlib).or_else(pigz).or_else(pgzip)
     } else {
-        zlib().or_else(pigz).or_else(go)
+        zlib().or_else(pigz).or_else(go).or_else(pgzip)
     }
 }
 
@@ -702,6 +763,87 @@ enum MemberEnc {
     Pigz(Box<PigzEncoder>),
     Go(Box<GoDeflater>),
     GoPar(Box<GoParallel>),
+    Pgzip(Box<PgzipParallel>),
+}
+
+/// Re-encodes a pgzip member: its blocks are independent given the previous block's tail, so
+/// they are encoded several at a time on the rayon pool.
+struct PgzipParallel {
+    level: i32,
+    block: usize,
+    total: u64,
+    /// Index of the next block to encode; the last block is `total / block` (possibly empty).
+    next: u64,
+    /// Plaintext from absolute offset `buf_base` (includes the next block's dictionary).
+    buf: Vec<u8>,
+    buf_base: u64,
+}
+
+impl PgzipParallel {
+    fn new(level: i32, block: usize, total: u64) -> PgzipParallel {
+        PgzipParallel {
+            level,
+            block,
+            total,
+            next: 0,
+            buf: Vec::new(),
+            buf_base: 0,
+        }
+    }
+
+    fn last_block(&self) -> u64 {
+        self.total / self.block as u64
+    }
+
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        self.buf.extend_from_slice(raw);
+        let have = self.buf_base + self.buf.len() as u64;
+        let ready = (have / self.block as u64).min(self.last_block()) - self.next;
+        let threads = rayon::current_num_threads().max(1) as u64;
+        if ready >= threads {
+            self.encode(ready, out);
+        }
+    }
+
+    fn encode(&mut self, count: u64, out: &mut Vec<u8>) {
+        use rayon::prelude::*;
+        let last = self.last_block();
+        let b = self.block as u64;
+        let bodies: Vec<Vec<u8>> = (self.next..self.next + count)
+            .into_par_iter()
+            .map(|i| {
+                let start = i * b;
+                let end = ((i + 1) * b).min(self.total);
+                let dict_from = start.saturating_sub(kpflate::PGZIP_TAIL as u64);
+                let at = |abs: u64| (abs - self.buf_base) as usize;
+                let mut body = Vec::with_capacity(self.block / 2);
+                kpflate::pgzip_block(
+                    self.level,
+                    &self.buf[at(dict_from)..at(start)],
+                    &self.buf[at(start)..at(end)],
+                    i == last,
+                    &mut body,
+                )
+                .expect("level checked at ingest");
+                body
+            })
+            .collect();
+        for body in bodies {
+            out.extend_from_slice(&body);
+        }
+        self.next += count;
+        let keep_from = (self.next * b).saturating_sub(kpflate::PGZIP_TAIL as u64);
+        if keep_from > self.buf_base {
+            let drop = ((keep_from - self.buf_base) as usize).min(self.buf.len());
+            self.buf.drain(..drop);
+            self.buf_base += drop as u64;
+        }
+    }
+
+    fn finish(mut self, out: &mut Vec<u8>) {
+        let left = self.last_block() + 1 - self.next;
+        self.encode(left, out);
+    }
 }
 
 /// Re-encodes a Go level 4-9 member in segments between recorded block boundaries, several at
@@ -821,6 +963,13 @@ impl GoParallel {
 
 impl MemberEnc {
     fn open(m: &GzipMember) -> MemberEnc {
+        if let Some(GoEncoder::Pgzip { level, block }) = &m.go {
+            return MemberEnc::Pgzip(Box::new(PgzipParallel::new(
+                *level,
+                *block as usize,
+                m.raw_len,
+            )));
+        }
         if let Some(GoEncoder::Std { level, splits }) = &m.go {
             if !splits.is_empty() {
                 return MemberEnc::GoPar(Box::new(GoParallel::new(*level, m.raw_len, splits)));
@@ -854,6 +1003,7 @@ impl MemberEnc {
                 g.take_output(out);
             }
             MemberEnc::GoPar(g) => g.write(raw, out),
+            MemberEnc::Pgzip(p) => p.write(raw, out),
         }
     }
 
@@ -866,6 +1016,7 @@ impl MemberEnc {
                 g.take_output(out);
             }
             MemberEnc::GoPar(g) => g.finish(out),
+            MemberEnc::Pgzip(p) => p.finish(out),
         }
     }
 }

@@ -1,0 +1,193 @@
+//! Port of github.com/klauspost/compress/flate 1.15.12 and
+//! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
+//! Authors, Copyright (c) 2015 Klaus Post).
+//!
+//! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
+//! skopeo, buildah and umoci compress layers with), so that a layer stored
+//! decompressed and deduplicated can be given back byte for byte. The Rust
+//! code follows the Go algorithms step by step (match finders, block-type
+//! decisions, Huffman construction, table-reuse heuristics, even integer
+//! wrap-arounds) because any deviation changes bytes.
+//!
+//! # pgzip framing
+//!
+//! pgzip cuts its input into blocks of `block_size` bytes (default
+//! [`PGZIP_DEFAULT_BLOCK`] = 1 MiB). Each block is deflated independently by
+//! a klauspost `flate.Writer` primed (`ResetDict`) with the previous block's
+//! last [`PGZIP_TAIL`] = 16384 bytes (no dictionary for the first block; a
+//! block of at most 16384 bytes would pass no tail on, but only the final
+//! block can be that short). Then:
+//!
+//! * every block ends with `Flush()`: its data, then an empty stored block
+//!   `00 00 ff ff` after padding (a sync marker), so every block is byte
+//!   aligned and none has BFINAL set;
+//! * the final block (`Close`) additionally gets `Close()`: a fixed-Huffman
+//!   empty final block, the two bytes `03 00`.
+//! * A block is cut as soon as the buffer holds exactly `block_size` bytes,
+//!   so an input that is a (non-zero) multiple of `block_size` ends with an
+//!   extra *empty* final block (dictionary = tail of the last full block),
+//!   which deflates to `00 00 00 ff ff 03 00` at every level. Empty input
+//!   likewise is one empty final block: `00 00 00 ff ff 03 00` (an empty
+//!   stored block `00 00 00 ff ff`, then `03 00`).
+//!
+//! The member is `header ‖ blocks ‖ CRC-32 (LE) ‖ size mod 2^32 (LE)`. The
+//! 10-byte header ([`pgzip_header`]) is
+//! `1f 8b 08 00 | 00 09 6e 88 | XFL | ff`:
+//! FLG 0 (no name/comment/extra), MTIME `0x886e0900` — pgzip writes
+//! `uint32(time.Time{}.Unix())` = `uint32(-62135596800)` rather than 0
+//! when no ModTime is set, XFL 2 for level 9, 4 for level 1, 0 otherwise
+//! (including the default level), OS 255 ("unknown").
+//!
+//! # Levels
+//!
+//! All levels pgzip accepts are implemented and checked bit for bit against
+//! the Go library (`tests/kpflate.rs`): -2 (HuffmanOnly), -1
+//! (DefaultCompression, which klauspost maps to level 5), 0 (stored), 1-6
+//! (the "fast" snappy-style encoders) and 7-9 (hash chains with lazy
+//! matching). Level 9 uses the literal-cost match gain estimate.
+//!
+//! Go keeps encoders in a `sync.Pool` and reuses them across blocks; their
+//! leftover state cannot reach the output (every table entry of an earlier
+//! use is more than a window away after `Reset`), so each block here starts
+//! from a fresh encoder, which is what lets blocks run in parallel.
+//!
+//! Not modelled: explicit `Flush()` calls by the writer's user (they cut
+//! short blocks; container tools only `Write` and `Close`), and header
+//! fields (name, comment, extra, ModTime) that the tools do not set. The
+//! offset-rebasing paths for a single block of 256 MiB (levels 7-9) or
+//! about 2 GiB (levels 1-6) are ported but not exercised by the tests.
+
+mod bitwriter;
+mod compressor;
+mod fast;
+mod huffman;
+mod tokens;
+
+use compressor::Compressor;
+
+/// pgzip's default block size (`defaultBlockSize`).
+pub const PGZIP_DEFAULT_BLOCK: usize = 1 << 20;
+/// The tail of each block pgzip passes to the next as dictionary (`tailSize`).
+pub const PGZIP_TAIL: usize = 16384;
+
+/// What this encoder cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KpError {
+    /// The level is not one of -2..=9.
+    #[error("unsupported klauspost flate level {0} (want -2..=9)")]
+    Level(i32),
+    /// pgzip refuses block sizes of at most [`PGZIP_TAIL`].
+    #[error("pgzip block size {0} must be larger than {PGZIP_TAIL}")]
+    BlockSize(usize),
+}
+
+fn check_level(level: i32) -> Result<(), KpError> {
+    if (-2..=9).contains(&level) {
+        Ok(())
+    } else {
+        Err(KpError::Level(level))
+    }
+}
+
+/// Deflate one pgzip block exactly as pgzip 1.2.5 / klauspost flate 1.15.12 does:
+/// `dict` is the preceding plaintext tail pgzip passes as dictionary (empty for the first block),
+/// `last` says whether this is the final block (Close) or a flushed one. Output is the raw
+/// deflate bytes this block contributes to the member (byte aligned).
+///
+/// The bytes are appended to `out`; on error `out` is left untouched.
+pub fn pgzip_block(
+    level: i32,
+    dict: &[u8],
+    block: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), KpError> {
+    check_level(level)?;
+    let mut c = Compressor::new(level, dict, std::mem::take(out))?;
+    c.write(block);
+    c.sync_flush();
+    if last {
+        c.close();
+    }
+    *out = c.into_output();
+    Ok(())
+}
+
+/// The blocks pgzip cuts `input` into, each with its dictionary and whether it is the last.
+fn blocks(block_size: usize, input: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+    let full = input.len() / block_size;
+    (0..=full).map(move |i| {
+        let start = i * block_size;
+        let end = (start + block_size).min(input.len());
+        let dict = if i == 0 {
+            &input[..0]
+        } else {
+            &input[start - PGZIP_TAIL..start]
+        };
+        (dict, &input[start..end], i == full)
+    })
+}
+
+fn check_block_size(block_size: usize) -> Result<(), KpError> {
+    if block_size <= PGZIP_TAIL {
+        return Err(KpError::BlockSize(block_size));
+    }
+    Ok(())
+}
+
+/// The whole deflate body of a pgzip member for `input` (no gzip header/trailer), blocks of `block_size`.
+pub fn pgzip_deflate(level: i32, block_size: usize, input: &[u8]) -> Result<Vec<u8>, KpError> {
+    check_level(level)?;
+    check_block_size(block_size)?;
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    for (dict, block, last) in blocks(block_size, input) {
+        pgzip_block(level, dict, block, last, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// [`pgzip_deflate`] with the blocks compressed in parallel on rayon's pool.
+pub fn pgzip_deflate_parallel(
+    level: i32,
+    block_size: usize,
+    input: &[u8],
+) -> Result<Vec<u8>, KpError> {
+    use rayon::prelude::*;
+    check_level(level)?;
+    check_block_size(block_size)?;
+    let parts: Vec<(&[u8], &[u8], bool)> = blocks(block_size, input).collect();
+    let bodies = parts
+        .into_par_iter()
+        .map(|(dict, block, last)| {
+            let mut out = Vec::with_capacity(block.len() / 2 + 64);
+            pgzip_block(level, dict, block, last, &mut out).map(|()| out)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(bodies.concat())
+}
+
+/// The 10-byte gzip header pgzip writes for `level` (no name, comment or extra).
+pub fn pgzip_header(level: i32) -> [u8; 10] {
+    // uint32(time.Time{}.Unix()): the zero time.Time is year 1, not 1970.
+    let mtime = (-62_135_596_800i64) as u32;
+    let m = mtime.to_le_bytes();
+    let xfl = match level {
+        9 => 2,
+        1 => 4,
+        _ => 0,
+    };
+    [0x1f, 0x8b, 8, 0, m[0], m[1], m[2], m[3], xfl, 255]
+}
+
+/// A complete pgzip gzip member: header, [`pgzip_deflate`] body, CRC-32 and size.
+pub fn pgzip_gzip(level: i32, block_size: usize, input: &[u8]) -> Result<Vec<u8>, KpError> {
+    let body = pgzip_deflate(level, block_size, input)?;
+    let mut out = Vec::with_capacity(body.len() + 18);
+    out.extend_from_slice(&pgzip_header(level));
+    out.extend_from_slice(&body);
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+    Ok(out)
+}
