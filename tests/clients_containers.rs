@@ -329,6 +329,8 @@ fn skopeo_push_inspect_pull_mount_delete() {
     assert_eq!(ct, OCI_MANIFEST);
     assert_eq!(dcd, img.manifest_digest);
     assert_eq!(body, img.manifest);
+    // umoci writes pgzip with 256 KiB blocks: stored as chunks too; what follows pulls from them.
+    assert_all_deduplicated_as_pgzip(&s);
 
     let info = inspect(&env, &app);
     assert_eq!(info["Digest"], img.manifest_digest.as_str());

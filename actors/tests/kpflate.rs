@@ -482,4 +482,11 @@ fn pgzip_layers_are_identified_and_restored_exactly() {
             assert_same(name, level, PGZIP_DEFAULT_BLOCK, &out, &go);
         }
     }
+    // umoci: SetConcurrency(256 KiB, 2 * NumCPU).
+    for block in [256 << 10, 512 << 10] {
+        let go = go_pgzip(bin, -1, block, 4, &data);
+        let (label, _, out) = ingest_and_restore(&go);
+        assert_eq!(label, "gzip-pgzip-5", "{block}-byte blocks");
+        assert_same("umoci-style blocks", -1, block, &out, &go);
+    }
 }

@@ -341,34 +341,39 @@ pub fn probe_go_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Op
     None
 }
 
-/// The pgzip level (default block size) that reproduces a deflate stream, judged on its first
-/// two blocks (all of it if `complete`).
-pub fn probe_pgzip_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
+/// pgzip block sizes seen in the wild, most common first: the library default (podman,
+/// buildah, skopeo via containers/image) and umoci's `SetConcurrency(256 KiB, ...)`.
+const PGZIP_BLOCKS: [usize; 6] = [1 << 20, 256 << 10, 512 << 10, 128 << 10, 2 << 20, 4 << 20];
+
+/// The pgzip level and block size that reproduce a deflate stream, judged on its first two
+/// blocks (all of it if `complete`).
+pub fn probe_pgzip(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<(i32, usize)> {
     let order: &[i32] = match xfl {
         4 => &[1],
         2 => &[9],
         _ => &[5, 6, 4, 7, 3, 2, 8, 0, -2],
     };
-    let block = kpflate::PGZIP_DEFAULT_BLOCK;
     for &level in order {
-        let ok = if complete {
-            kpflate::pgzip_deflate(level, block, raw).ok()? == deflate
-        } else {
-            let mut out = Vec::new();
-            let mut ok = true;
-            for i in 0..(raw.len() / block).min(2) {
-                let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
-                let blk = &raw[i * block..(i + 1) * block];
-                kpflate::pgzip_block(level, dict, blk, false, &mut out).ok()?;
-                if !deflate.starts_with(&out) {
-                    ok = false;
-                    break;
+        for block in PGZIP_BLOCKS {
+            let ok = if complete {
+                kpflate::pgzip_deflate(level, block, raw).ok()? == deflate
+            } else {
+                let mut out = Vec::new();
+                let mut ok = true;
+                for i in 0..(raw.len() / block).min(2) {
+                    let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
+                    let blk = &raw[i * block..(i + 1) * block];
+                    kpflate::pgzip_block(level, dict, blk, false, &mut out).ok()?;
+                    if !deflate.starts_with(&out) {
+                        ok = false;
+                        break;
+                    }
                 }
+                ok && !out.is_empty()
+            };
+            if ok {
+                return Some((level, block));
             }
-            ok && !out.is_empty()
-        };
-        if ok {
-            return Some(level);
         }
     }
     None
@@ -382,12 +387,12 @@ const PGZIP_MTIME: [u8; 4] = [0x00, 0x09, 0x6e, 0x88];
 fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> Option<Deflater> {
     let (xfl, os) = (header[8], header[9]);
     let pgzip = || {
-        probe_pgzip_level(raw, deflate, complete, xfl).map(|level| Deflater {
+        probe_pgzip(raw, deflate, complete, xfl).map(|(level, block)| Deflater {
             level: 0,
             pigz_block: None,
             go: Some(GoEncoder::Pgzip {
                 level,
-                block: kpflate::PGZIP_DEFAULT_BLOCK as u32,
+                block: block as u32,
             }),
         })
     };
