@@ -114,6 +114,8 @@ pub enum GoEncoder {
     /// The standard library's compress/flate at `level` (-2..9), output as of Go 1.19.
     Std {
         level: i32,
+        #[serde(default)]
+        variant: GoStdVariant,
         /// Block boundaries `[plaintext offset, bit offset]` where the stream can be re-encoded
         /// in parallel (levels 4-9).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -121,7 +123,33 @@ pub enum GoEncoder {
     },
     /// klauspost/pgzip 1.2.5 on klauspost/compress 1.15.12: independent blocks of `block`
     /// bytes, each with the previous block's last 16 KiB as dictionary.
-    Pgzip { level: i32, block: u32 },
+    Pgzip {
+        level: i32,
+        block: u32,
+        #[serde(default)]
+        variant: PgzipVariant,
+    },
+}
+
+/// Which releases of Go's compress/flate write the bytes an encoder reproduces. Established by
+/// running each release's encoder on the same inputs (README, "Exact re-compression").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GoStdVariant {
+    /// Go 1.8 through 1.26 (levels 1 and -2: streams over 1 GiB from Go 1.15). Go 1.27 ships
+    /// klauspost's encoder instead.
+    #[default]
+    #[serde(rename = "go1.8-1.26")]
+    Go1_8,
+}
+
+/// Which releases of klauspost/compress write the bytes [`super::kpflate`] reproduces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PgzipVariant {
+    /// klauspost/compress 1.15.11-1.15.14 at every level, 1.15.10-1.18.0 at the default
+    /// level (5), with pgzip 1.2.5-1.2.6.
+    #[default]
+    #[serde(rename = "klauspost1.15.12")]
+    Klauspost1_15_12,
 }
 
 /// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
@@ -393,6 +421,7 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
             go: Some(GoEncoder::Pgzip {
                 level,
                 block: block as u32,
+                variant: PgzipVariant::Klauspost1_15_12,
             }),
         })
     };
@@ -407,6 +436,7 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
             pigz_block: None,
             go: Some(GoEncoder::Std {
                 level,
+                variant: GoStdVariant::Go1_8,
                 splits: Vec::new(),
             }),
         })
@@ -565,7 +595,7 @@ impl GzipDecoder {
                     .ok_or(NotExact::UnknownDeflateEncoder)?
             }
         };
-        if let Some(GoEncoder::Std { level, splits }) = &mut found.go {
+        if let Some(GoEncoder::Std { level, splits, .. }) = &mut found.go {
             if goflate::splittable(*level) {
                 // Keep clear of the stream's end, where the window no longer slides.
                 let limit = p.raw_len.saturating_sub(4 * 32768);
@@ -968,14 +998,14 @@ impl GoParallel {
 
 impl MemberEnc {
     fn open(m: &GzipMember) -> MemberEnc {
-        if let Some(GoEncoder::Pgzip { level, block }) = &m.go {
+        if let Some(GoEncoder::Pgzip { level, block, .. }) = &m.go {
             return MemberEnc::Pgzip(Box::new(PgzipParallel::new(
                 *level,
                 *block as usize,
                 m.raw_len,
             )));
         }
-        if let Some(GoEncoder::Std { level, splits }) = &m.go {
+        if let Some(GoEncoder::Std { level, splits, .. }) = &m.go {
             if !splits.is_empty() {
                 return MemberEnc::GoPar(Box::new(GoParallel::new(*level, m.raw_len, splits)));
             }
