@@ -60,7 +60,22 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// glibc gives each thread that allocates its own malloc arena and keeps freed memory there.
+/// With actix workers, the pipeline's sync arbiters and the rayon pool of the parallel
+/// re-encoders, that tripled peak RSS in the benchmark (178 MB against 85 MB with two arenas,
+/// same push and pull times). An operator's own MALLOC_ARENA_MAX wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
