@@ -17,6 +17,8 @@ use std::ptr::null_mut;
 
 use libz_sys as z;
 
+use super::goflate::{Segment, SegmentError, Split};
+
 pub const DEFAULT_BLOCK: usize = 128 * 1024;
 const DICT: usize = 32 * 1024;
 
@@ -107,6 +109,20 @@ impl Zlib {
             }
         }
         debug_assert_eq!(self.strm.avail_in, 0);
+    }
+
+    /// Bytes and bits zlib holds back (not yet in the output).
+    fn pending(&mut self) -> (u32, c_int) {
+        let mut pending: c_uint = 0;
+        let mut bits: c_int = 0;
+        // SAFETY: valid stream and out-pointers.
+        unsafe { deflatePending(&mut *self.strm, &mut pending, &mut bits) };
+        (pending, bits)
+    }
+
+    fn prime(&mut self, bits: c_int) {
+        // SAFETY: valid stream; fewer than 16 bits.
+        unsafe { z::deflatePrime(&mut *self.strm, bits, 0) };
     }
 
     fn pending_bits(&mut self) -> c_int {
@@ -255,6 +271,69 @@ pub fn probe_pigz_level(
     }
     None
 }
+
+/// Re-encode the part of a zlib raw deflate stream (memLevel 8, default strategy, `level`)
+/// from block boundary `start` to `end` (or the stream's end, `total` bytes), with zlib
+/// restarted from the 32 KiB before `start` as dictionary. Exact when zlib's lazy matcher was
+/// clean at `start` (the block before ended with a match, or a literal with no pending match);
+/// otherwise the segment's length differs from the recorded boundary and
+/// [`SegmentError::Length`] says so, so the caller can start from an earlier boundary.
+/// `data` holds plaintext from absolute offset `data_base`, covering 32 KiB before `start`
+/// and [`ZLIB_LOOKAHEAD`] bytes after `end`.
+pub fn zlib_segment(
+    level: i32,
+    total: u64,
+    data: &[u8],
+    data_base: u64,
+    start: Split,
+    end: Option<Split>,
+) -> Result<Segment, SegmentError> {
+    let hist = start.plain.saturating_sub(DICT as u64);
+    let feed_to = end.map_or(total, |e| (e.plain + ZLIB_LOOKAHEAD).min(total));
+    if data_base > hist || data_base + (data.len() as u64) < feed_to {
+        return Err(SegmentError::Coverage(hist, feed_to));
+    }
+    let at = |abs: u64| (abs - data_base) as usize;
+    let mut zl = Zlib::new();
+    zl.reset(level, &data[at(hist)..at(start.plain)]);
+    let phase = (start.bit % 8) as c_int;
+    if phase > 0 {
+        zl.prime(phase);
+    }
+    let mut out = Vec::new();
+    let input = &data[at(start.plain)..at(feed_to)];
+    let Some(e) = end else {
+        zl.run(input, z::Z_FINISH, &mut out);
+        let bits = out.len() as u64 * 8;
+        return Ok(Segment { bytes: out, bits });
+    };
+    zl.run(input, z::Z_NO_FLUSH, &mut out);
+    let (pending, bits) = zl.pending();
+    let produced = (out.len() as u64 + pending as u64) * 8 + bits as u64;
+    let want = phase as u64 + (e.bit - start.bit);
+    if produced != want {
+        return Err(SegmentError::Length {
+            got: produced - phase as u64,
+            want: e.bit - start.bit,
+        });
+    }
+    // Push out the held-back bits (and a throw-away rest), then cut at the boundary.
+    zl.run(&[], z::Z_SYNC_FLUSH, &mut out);
+    out.truncate(want.div_ceil(8) as usize);
+    if !want.is_multiple_of(8) {
+        if let Some(last) = out.last_mut() {
+            *last &= (1u8 << (want % 8)) - 1;
+        }
+    }
+    Ok(Segment {
+        bytes: out,
+        bits: want,
+    })
+}
+
+/// Plaintext [`zlib_segment`] needs after a segment's end: zlib decides a symbol once it has
+/// 262 bytes of lookahead.
+pub const ZLIB_LOOKAHEAD: u64 = 600;
 
 #[cfg(test)]
 mod tests {

@@ -104,6 +104,10 @@ pub struct GzipMember {
     /// Written by a Go encoder (then `level` and `pigz_block` are unused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub go: Option<GoEncoder>,
+    /// Block boundaries `[plaintext offset, bit offset]` about every [`SPLIT_EVERY`] bytes where
+    /// the deflate stream can be re-encoded in parallel (Go levels 4-9, zlib levels 4-9).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub splits: Vec<[u64; 2]>,
 }
 
 /// The Go deflate encoders stowage reproduces, with the output variant they were matched
@@ -116,10 +120,6 @@ pub enum GoEncoder {
         level: i32,
         #[serde(default)]
         variant: GoStdVariant,
-        /// Block boundaries `[plaintext offset, bit offset]` where the stream can be re-encoded
-        /// in parallel (levels 4-9).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        splits: Vec<[u64; 2]>,
     },
     /// klauspost/pgzip 1.2.5 on klauspost/compress 1.15.12: independent blocks of `block`
     /// bytes, each with the previous block's last 16 KiB as dictionary.
@@ -437,7 +437,6 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
             go: Some(GoEncoder::Std {
                 level,
                 variant: GoStdVariant::Go1_8,
-                splits: Vec::new(),
             }),
         })
     };
@@ -587,7 +586,7 @@ impl GzipDecoder {
         if crc != p.crc.sum() || isize != p.raw_len as u32 {
             return Err(NotExact::Corrupt("gzip trailer (crc or size mismatch)"));
         }
-        let mut found = match p.level {
+        let found = match p.level {
             Some(d) => d,
             None => {
                 let complete = p.raw_len as usize == p.raw.len();
@@ -595,16 +594,21 @@ impl GzipDecoder {
                     .ok_or(NotExact::UnknownDeflateEncoder)?
             }
         };
-        if let Some(GoEncoder::Std { level, splits, .. }) = &mut found.go {
-            if goflate::splittable(*level) {
-                // Keep clear of the stream's end, where the window no longer slides.
-                let limit = p.raw_len.saturating_sub(4 * 32768);
-                *splits = (p.splits.iter())
-                    .filter(|s| s.plain < limit)
-                    .map(|s| [s.plain, s.bit])
-                    .collect();
-            }
-        }
+        let splittable = match &found.go {
+            Some(GoEncoder::Std { level, .. }) => goflate::splittable(*level),
+            Some(GoEncoder::Pgzip { .. }) => false,
+            None => found.pigz_block.is_none() && (4..=9).contains(&found.level),
+        };
+        // Keep clear of the stream's end, where the window no longer slides.
+        let limit = p.raw_len.saturating_sub(4 * 32768);
+        let splits = if splittable {
+            (p.splits.iter())
+                .filter(|s| s.plain < limit)
+                .map(|s| [s.plain, s.bit])
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.members.push(GzipMember {
             header: std::mem::take(&mut self.header),
             level: found.level,
@@ -612,6 +616,7 @@ impl GzipDecoder {
             trailer,
             pigz_block: found.pigz_block,
             go: found.go,
+            splits,
         });
         self.state = GzState::Between;
         Ok(())
@@ -797,7 +802,7 @@ enum MemberEnc {
     Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
     Pigz(Box<PigzEncoder>),
     Go(Box<GoDeflater>),
-    GoPar(Box<GoParallel>),
+    Segmented(Box<Segmented>),
     Pgzip(Box<PgzipParallel>),
 }
 
@@ -881,10 +886,46 @@ impl PgzipParallel {
     }
 }
 
-/// Re-encodes a Go level 4-9 member in segments between recorded block boundaries, several at
-/// a time on the rayon pool, keeping only the plaintext the next segments need.
-struct GoParallel {
-    level: i32,
+/// The encoder a segmented member is re-encoded with.
+#[derive(Clone, Copy)]
+enum SegmentKind {
+    Go(i32),
+    Zlib(i32),
+}
+
+impl SegmentKind {
+    fn lookahead(self) -> u64 {
+        match self {
+            SegmentKind::Go(_) => goflate::LOOKAHEAD_AFTER,
+            SegmentKind::Zlib(_) => super::pigz::ZLIB_LOOKAHEAD,
+        }
+    }
+
+    fn encode(
+        self,
+        total: u64,
+        data: &[u8],
+        data_base: u64,
+        start: goflate::Split,
+        end: Option<goflate::Split>,
+    ) -> Result<goflate::Segment, goflate::SegmentError> {
+        match self {
+            SegmentKind::Go(level) => {
+                goflate::encode_segment(level, total, data, data_base, start, end)
+            }
+            SegmentKind::Zlib(level) => {
+                super::pigz::zlib_segment(level, total, data, data_base, start, end)
+            }
+        }
+    }
+}
+
+/// Re-encodes a member in segments between block boundaries recorded at ingest, several at a
+/// time on the rayon pool, keeping only the plaintext the next segments need. A segment whose
+/// start turns out not to be a clean restart point (its length disagrees with the recorded
+/// boundary) is re-encoded from the boundary before and cut.
+struct Segmented {
+    kind: SegmentKind,
     total: u64,
     /// Segment starts (the first is the stream's start).
     cuts: Vec<goflate::Split>,
@@ -898,16 +939,16 @@ struct GoParallel {
     partial: Vec<u8>,
 }
 
-impl GoParallel {
-    fn new(level: i32, total: u64, splits: &[[u64; 2]]) -> GoParallel {
+impl Segmented {
+    fn new(kind: SegmentKind, total: u64, splits: &[[u64; 2]]) -> Segmented {
         let mut cuts = vec![goflate::Split { plain: 0, bit: 0 }];
         cuts.extend(
             splits
                 .iter()
                 .map(|&[plain, bit]| goflate::Split { plain, bit }),
         );
-        GoParallel {
-            level,
+        Segmented {
+            kind,
             total,
             cuts,
             next: 0,
@@ -919,6 +960,41 @@ impl GoParallel {
         }
     }
 
+    /// Segment `i`, or if its start is not a clean restart point, the tail of the segment
+    /// from the boundary before (whose plaintext is kept for that).
+    fn segment(&self, i: usize) -> Result<goflate::Segment, goflate::SegmentError> {
+        let run = |from: usize| {
+            let start = self.cuts[from];
+            let lo = start.plain.saturating_sub(goflate::HISTORY_BEFORE);
+            if lo < self.buf_base {
+                return Err(goflate::SegmentError::Coverage(lo, self.needed(i)));
+            }
+            let hi = self.needed(i);
+            let data = &self.buf[(lo - self.buf_base) as usize..(hi - self.buf_base) as usize];
+            self.kind
+                .encode(self.total, data, lo, start, self.segment_end(i))
+        };
+        match run(i) {
+            Err(goflate::SegmentError::Length { .. }) if i > 0 => {
+                let seg = run(i - 1)?;
+                // Drop the bits before cuts[i]: they end on the same bit phase, so it is a
+                // byte offset plus a mask.
+                let (from, to) = (self.cuts[i - 1], self.cuts[i]);
+                let skip = from.bit % 8 + (to.bit - from.bit);
+                let mut bytes = seg.bytes[(skip / 8) as usize..].to_vec();
+                let phase = (to.bit % 8) as u32;
+                if let Some(first) = bytes.first_mut() {
+                    *first &= !((1u8 << phase) - 1);
+                }
+                Ok(goflate::Segment {
+                    bytes,
+                    bits: seg.bits - skip + phase as u64,
+                })
+            }
+            r => r,
+        }
+    }
+
     fn segment_end(&self, i: usize) -> Option<goflate::Split> {
         self.cuts.get(i + 1).copied()
     }
@@ -926,7 +1002,7 @@ impl GoParallel {
     /// Plaintext needed before segment `i` can be encoded.
     fn needed(&self, i: usize) -> u64 {
         match self.segment_end(i) {
-            Some(e) => (e.plain + goflate::LOOKAHEAD_AFTER).min(self.total),
+            Some(e) => (e.plain + self.kind.lookahead()).min(self.total),
             None => self.total,
         }
     }
@@ -950,21 +1026,15 @@ impl GoParallel {
             .clone()
             .into_par_iter()
             .map(|i| {
-                let start = self.cuts[i];
-                let end = self.segment_end(i);
-                let lo = start.plain.saturating_sub(goflate::HISTORY_BEFORE);
-                let hi = self.needed(i);
-                let data = &self.buf[(lo - self.buf_base) as usize..(hi - self.buf_base) as usize];
-                goflate::encode_segment(self.level, self.total, data, lo, start, end)
-                    // The restore's sha256 check turns this into an aborted response; at ingest
-                    // verify-before-discard keeps the layer raw.
-                    .unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "Go segment re-encoding failed");
-                        goflate::Segment {
-                            bytes: Vec::new(),
-                            bits: start.bit % 8,
-                        }
-                    })
+                self.segment(i).unwrap_or_else(|e| {
+                    // The restore's sha256 check turns this into an aborted response; at
+                    // ingest verify-before-discard keeps the layer raw.
+                    tracing::error!(error = %e, "segment re-encoding failed");
+                    goflate::Segment {
+                        bytes: Vec::new(),
+                        bits: self.cuts[i].bit % 8,
+                    }
+                })
             })
             .collect();
         let mut acc = std::mem::take(&mut self.partial);
@@ -977,8 +1047,8 @@ impl GoParallel {
         out.extend_from_slice(&acc[..whole]);
         self.partial = acc[whole..].to_vec();
         self.next += count;
-        // Drop plaintext no later segment needs.
-        if let Some(s) = self.cuts.get(self.next) {
+        // Drop plaintext no later segment needs (one segment back is kept for the fallback).
+        if let Some(s) = self.cuts.get(self.next.saturating_sub(1)) {
             let keep_from = s.plain.saturating_sub(goflate::HISTORY_BEFORE);
             if keep_from > self.buf_base {
                 self.buf.drain(..(keep_from - self.buf_base) as usize);
@@ -1005,13 +1075,18 @@ impl MemberEnc {
                 m.raw_len,
             )));
         }
-        if let Some(GoEncoder::Std { level, splits, .. }) = &m.go {
-            if !splits.is_empty() {
-                return MemberEnc::GoPar(Box::new(GoParallel::new(*level, m.raw_len, splits)));
+        if let Some(GoEncoder::Std { level, .. }) = &m.go {
+            if !m.splits.is_empty() {
+                let kind = SegmentKind::Go(*level);
+                return MemberEnc::Segmented(Box::new(Segmented::new(kind, m.raw_len, &m.splits)));
             }
             return MemberEnc::Go(Box::new(
                 GoDeflater::new(*level).expect("level checked at ingest"),
             ));
+        }
+        if m.pigz_block.is_none() && !m.splits.is_empty() {
+            let kind = SegmentKind::Zlib(m.level as i32);
+            return MemberEnc::Segmented(Box::new(Segmented::new(kind, m.raw_len, &m.splits)));
         }
         match m.pigz_block {
             Some(block) => MemberEnc::Pigz(Box::new(PigzEncoder::new(
@@ -1037,7 +1112,7 @@ impl MemberEnc {
                 g.write(raw);
                 g.take_output(out);
             }
-            MemberEnc::GoPar(g) => g.write(raw, out),
+            MemberEnc::Segmented(g) => g.write(raw, out),
             MemberEnc::Pgzip(p) => p.write(raw, out),
         }
     }
@@ -1050,7 +1125,7 @@ impl MemberEnc {
                 g.close();
                 g.take_output(out);
             }
-            MemberEnc::GoPar(g) => g.finish(out),
+            MemberEnc::Segmented(g) => g.finish(out),
             MemberEnc::Pgzip(p) => p.finish(out),
         }
     }

@@ -59,7 +59,7 @@ pub fn ingest_and_restore(compressed: &[u8]) -> (String, usize, Vec<u8>) {
         r.push(part, &mut out);
     }
     r.finish(&mut out);
-    let splits = serde_json::to_value(&enc).unwrap()["members"][0]["go"]["splits"]
+    let splits = serde_json::to_value(&enc).unwrap()["members"][0]["splits"]
         .as_array()
         .map_or(0, |a| a.len());
     (enc.label(), splits, out)
