@@ -268,3 +268,46 @@ fn go_streams_reencode_exactly_from_any_block_boundary() {
         assert_same("segments", level, &out, body);
     }
 }
+
+/// Single-core MB/s per level, ours against Go's (GOMAXPROCS=1), on a tar of libraries or the
+/// file named by `GOFLATE_BENCH_INPUT`. Run with
+/// `cargo test --release -p stowage-actors --test goflate -- --ignored --nocapture throughput`.
+#[test]
+#[ignore]
+fn throughput() {
+    let Some(bin) = gzwrite() else { return };
+    let input = match std::env::var_os("GOFLATE_BENCH_INPUT") {
+        Some(p) => std::fs::read(p).unwrap(),
+        None => files_under(&["/usr/lib/x86_64-linux-gnu"], 48 << 20),
+    };
+    let mb = input.len() as f64 / 1e6;
+    eprintln!("{mb:.0} MB input; MB/s, single core");
+    for level in goflate::LEVELS {
+        let t = std::time::Instant::now();
+        let ours = our_gzip(level, &input);
+        let ours_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let mut child = Command::new(bin)
+            .args(["-impl", "std", "-level", &level.to_string()])
+            .env("GOMAXPROCS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.clone();
+        let w = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&data).unwrap();
+        });
+        let go = child.wait_with_output().unwrap().stdout;
+        w.join().unwrap();
+        let go_s = t.elapsed().as_secs_f64();
+        assert_same("throughput input", level, &ours, &go);
+        eprintln!(
+            "level {level:>2}: ours {:>6.1}  Go {:>6.1}",
+            mb / ours_s,
+            mb / go_s
+        );
+    }
+}
