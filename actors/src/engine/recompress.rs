@@ -375,14 +375,27 @@ const PGZIP_BLOCKS: [usize; 6] = [1 << 20, 256 << 10, 512 << 10, 128 << 10, 2 <<
 
 /// The pgzip level and block size that reproduce a deflate stream, judged on its first two
 /// blocks (all of it if `complete`).
-pub fn probe_pgzip(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<(i32, usize)> {
+/// `all_blocks` false tries the default block size only (a stream without pgzip's MTIME is
+/// unlikely to be pgzip; probing it is not free).
+pub fn probe_pgzip(
+    raw: &[u8],
+    deflate: &[u8],
+    complete: bool,
+    xfl: u8,
+    all_blocks: bool,
+) -> Option<(i32, usize)> {
     let order: &[i32] = match xfl {
         4 => &[1],
         2 => &[9],
         _ => &[5, 6, 4, 7, 3, 2, 8, 0, -2],
     };
+    let blocks = if all_blocks {
+        &PGZIP_BLOCKS[..]
+    } else {
+        &PGZIP_BLOCKS[..1]
+    };
     for &level in order {
-        for block in PGZIP_BLOCKS {
+        for &block in blocks {
             let ok = if complete {
                 kpflate::pgzip_deflate(level, block, raw).ok()? == deflate
             } else {
@@ -414,8 +427,9 @@ const PGZIP_MTIME: [u8; 4] = [0x00, 0x09, 0x6e, 0x88];
 /// Go writes OS 255 (as Python does), zlib-based tools usually 3 (Unix).
 fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> Option<Deflater> {
     let (xfl, os) = (header[8], header[9]);
+    let pgzip_mtime = header[4..8] == PGZIP_MTIME;
     let pgzip = || {
-        probe_pgzip(raw, deflate, complete, xfl).map(|(level, block)| Deflater {
+        probe_pgzip(raw, deflate, complete, xfl, pgzip_mtime).map(|(level, block)| Deflater {
             level: 0,
             pigz_block: None,
             go: Some(GoEncoder::Pgzip {
@@ -425,11 +439,6 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
             }),
         })
     };
-    if header[4..8] == PGZIP_MTIME {
-        if let Some(d) = pgzip() {
-            return Some(d);
-        }
-    }
     let go = || {
         probe_go_level(raw, deflate, complete, xfl).map(|level| Deflater {
             level: 0,
@@ -454,6 +463,11 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
             go: None,
         })
     };
+    if pgzip_mtime {
+        // pgzip's telltale header: if pgzip does not reproduce the stream, only another Go
+        // encoder plausibly might.
+        return pgzip().or_else(go);
+    }
     if os == 255 {
         go().or_else(zlib).or_else(pigz).or_else(pgzip)
     } else {
