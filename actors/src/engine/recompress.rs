@@ -871,6 +871,11 @@ impl PgzipParallel {
                 let dict_from = start.saturating_sub(kpflate::PGZIP_TAIL as u64);
                 let at = |abs: u64| (abs - self.buf_base) as usize;
                 let mut body = Vec::with_capacity(self.block / 2);
+                if end > self.buf_base + self.buf.len() as u64 {
+                    // The plaintext ended early (a corrupt restore): the digest check fails it.
+                    tracing::error!(block = i, "pgzip block missing plaintext");
+                    return body;
+                }
                 kpflate::pgzip_block(
                     self.level,
                     &self.buf[at(dict_from)..at(start)],
@@ -984,6 +989,10 @@ impl Segmented {
                 return Err(goflate::SegmentError::Coverage(lo, self.needed(i)));
             }
             let hi = self.needed(i);
+            if hi > self.buf_base + self.buf.len() as u64 {
+                // The plaintext ended early (a corrupt restore): nothing to encode from.
+                return Err(goflate::SegmentError::Coverage(lo, hi));
+            }
             let data = &self.buf[(lo - self.buf_base) as usize..(hi - self.buf_base) as usize];
             self.kind
                 .encode(self.total, data, lo, start, self.segment_end(i))
@@ -1065,8 +1074,9 @@ impl Segmented {
         if let Some(s) = self.cuts.get(self.next.saturating_sub(1)) {
             let keep_from = s.plain.saturating_sub(goflate::HISTORY_BEFORE);
             if keep_from > self.buf_base {
-                self.buf.drain(..(keep_from - self.buf_base) as usize);
-                self.buf_base = keep_from;
+                let drop = ((keep_from - self.buf_base) as usize).min(self.buf.len());
+                self.buf.drain(..drop);
+                self.buf_base += drop as u64;
             }
         }
     }
