@@ -2,32 +2,23 @@
 //! time by `tests/go/gzwrite` built with the machine's Go toolchain, and
 //! every one must come out of `goflate` identical.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use stowage_actors::engine::goflate;
 
 mod common;
-use common::{gzwrite, ingest_and_restore};
+use common::{boundaries, files_under, gzwrite, ingest_and_restore, run_gzwrite};
 
 fn go_gzip(bin: &Path, level: i32, chunk: usize, input: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(bin)
-        .args(["-impl", "std", "-level", &level.to_string()])
-        .args(["-chunk", &chunk.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        stdin.write_all(&data).unwrap();
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success());
-    out.stdout
+    let args = [
+        "-impl",
+        "std",
+        "-level",
+        &level.to_string(),
+        "-chunk",
+        &chunk.to_string(),
+    ];
+    run_gzwrite(bin, &args.map(String::from), None, input)
 }
 
 fn our_gzip(level: i32, input: &[u8]) -> Vec<u8> {
@@ -61,34 +52,6 @@ fn xorshift(seed: u64, n: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// Real files from this machine, concatenated up to `limit` bytes.
-fn files_under(dirs: &[&str], limit: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
-    while let Some(p) = stack.pop() {
-        if out.len() >= limit {
-            break;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
-                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            entries.sort();
-            entries.reverse();
-            stack.extend(entries);
-        } else if meta.is_file() {
-            if let Ok(b) = std::fs::read(&p) {
-                out.extend_from_slice(&b);
-            }
-        }
-    }
-    out.truncate(limit);
-    out
 }
 
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
@@ -199,28 +162,6 @@ fn go_layers_are_identified_and_restored_exactly() {
     }
 }
 
-/// Every block boundary of a raw deflate stream, from the inflater.
-fn boundaries(deflate: &[u8]) -> (Vec<u8>, Vec<goflate::Split>) {
-    use stowage_actors::engine::inflate::BlockInflate;
-    let mut inf = BlockInflate::new();
-    let mut plain = Vec::new();
-    let mut splits = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut input = deflate;
-    loop {
-        let st = inf.run(input, &mut buf).unwrap();
-        plain.extend_from_slice(&buf[..st.produced]);
-        input = &input[st.consumed..];
-        if let Some((plain, bit)) = st.boundary {
-            splits.push(goflate::Split { plain, bit });
-        }
-        if st.stream_end {
-            break;
-        }
-    }
-    (plain, splits)
-}
-
 /// Cut at the given boundaries, re-encode each part on its own and splice.
 fn reencode_in_segments(level: i32, plain: &[u8], cuts: &[goflate::Split]) -> Vec<u8> {
     let total = plain.len() as u64;
@@ -287,21 +228,8 @@ fn throughput() {
         let ours = our_gzip(level, &input);
         let ours_s = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
-        let mut child = Command::new(bin)
-            .args(["-impl", "std", "-level", &level.to_string()])
-            .env("GOMAXPROCS", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let data = input.clone();
-        let w = std::thread::spawn(move || {
-            use std::io::Write;
-            stdin.write_all(&data).unwrap();
-        });
-        let go = child.wait_with_output().unwrap().stdout;
-        w.join().unwrap();
+        let args = ["-impl", "std", "-level", &level.to_string()];
+        let go = run_gzwrite(bin, &args.map(String::from), Some(1), &input);
         let go_s = t.elapsed().as_secs_f64();
         assert_same("throughput input", level, &ours, &go);
         eprintln!(

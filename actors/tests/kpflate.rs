@@ -7,11 +7,10 @@
 //! `cargo test --release -p stowage-actors --test kpflate -- --ignored --nocapture`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 mod common;
-use common::{gzwrite, ingest_and_restore};
+use common::{gzwrite, ingest_and_restore, run_gzwrite};
 
 use stowage_actors::engine::kpflate::{
     pgzip_block, pgzip_deflate, pgzip_deflate_parallel, pgzip_gzip, pgzip_header, KpError,
@@ -36,27 +35,17 @@ fn go_pgzip_procs(
     procs: Option<usize>,
     input: &[u8],
 ) -> Vec<u8> {
-    let mut cmd = Command::new(bin);
-    if let Some(p) = procs {
-        cmd.env("GOMAXPROCS", p.to_string());
-    }
-    let mut child = cmd
-        .args(["-impl", "pgzip", "-level", &level.to_string()])
-        .args(["-block", &block.to_string(), "-blocks", &blocks.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        stdin.write_all(&data).unwrap();
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success(), "gzwrite failed");
-    out.stdout
+    let args = [
+        "-impl".to_string(),
+        "pgzip".into(),
+        "-level".into(),
+        level.to_string(),
+        "-block".into(),
+        block.to_string(),
+        "-blocks".into(),
+        blocks.to_string(),
+    ];
+    run_gzwrite(bin, &args, procs, input)
 }
 
 fn assert_same(name: &str, level: i32, block: usize, ours: &[u8], go: &[u8]) {

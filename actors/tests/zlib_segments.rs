@@ -3,8 +3,10 @@
 
 use std::io::Write;
 
-use stowage_actors::engine::goflate::{splice, Split};
-use stowage_actors::engine::inflate::BlockInflate;
+use stowage_actors::engine::goflate::splice;
+
+mod common;
+use common::boundaries;
 use stowage_actors::engine::pigz::{zlib_segment, ZLIB_LOOKAHEAD};
 
 fn zlib_deflate(level: u32, input: &[u8]) -> Vec<u8> {
@@ -13,51 +15,8 @@ fn zlib_deflate(level: u32, input: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn boundaries(deflate: &[u8]) -> (Vec<u8>, Vec<Split>) {
-    let mut inf = BlockInflate::new();
-    let mut plain = Vec::new();
-    let mut splits = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut input = deflate;
-    loop {
-        let st = inf.run(input, &mut buf).unwrap();
-        plain.extend_from_slice(&buf[..st.produced]);
-        input = &input[st.consumed..];
-        if let Some((plain, bit)) = st.boundary {
-            splits.push(Split { plain, bit });
-        }
-        if st.stream_end {
-            break;
-        }
-    }
-    (plain, splits)
-}
-
 fn corpus(limit: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for dir in ["/usr/share/doc", "/usr/lib/x86_64-linux-gnu"] {
-        let mut stack = vec![std::path::PathBuf::from(dir)];
-        while let Some(p) = stack.pop() {
-            if out.len() >= limit {
-                break;
-            }
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if m.is_dir() {
-                let mut v: Vec<_> = std::fs::read_dir(&p)
-                    .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                    .unwrap_or_default();
-                v.sort();
-                v.reverse();
-                stack.extend(v);
-            } else if m.is_file() {
-                out.extend(std::fs::read(&p).unwrap_or_default());
-            }
-        }
-    }
-    out.truncate(limit);
-    out
+    common::files_under(&["/usr/share/doc", "/usr/lib/x86_64-linux-gnu"], limit)
 }
 
 #[test]
@@ -115,8 +74,6 @@ fn every_clean_boundary_is_exact_and_the_others_are_detected() {
         );
     }
 }
-
-mod common;
 
 /// A zlib gzip layer (Python's gzip module, Jib, other zlib users) goes through ingest with
 /// split points and restores in parallel segments, exactly, at levels 4-9; levels 1-3 stay

@@ -17,6 +17,27 @@ unsafe extern "C" fn zfree(_: z::voidpf, p: z::voidpf) {
     unsafe { libc::free(p) }
 }
 
+/// A zeroed `z_stream` with our allocator, ready for `deflateInit2_`/`inflateInit2_`. Boxed:
+/// zlib keeps a pointer to it.
+pub(crate) fn new_z_stream() -> Box<z::z_stream> {
+    Box::new(z::z_stream {
+        next_in: null_mut(),
+        avail_in: 0,
+        total_in: 0,
+        next_out: null_mut(),
+        avail_out: 0,
+        total_out: 0,
+        msg: null_mut(),
+        state: null_mut(),
+        zalloc,
+        zfree,
+        opaque: null_mut(),
+        data_type: 0,
+        adler: 0,
+        reserved: 0,
+    })
+}
+
 /// What one [`BlockInflate::run`] call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
@@ -47,22 +68,7 @@ impl Default for BlockInflate {
 
 impl BlockInflate {
     pub fn new() -> BlockInflate {
-        let mut strm = Box::new(z::z_stream {
-            next_in: null_mut(),
-            avail_in: 0,
-            total_in: 0,
-            next_out: null_mut(),
-            avail_out: 0,
-            total_out: 0,
-            msg: null_mut(),
-            state: null_mut(),
-            zalloc,
-            zfree,
-            opaque: null_mut(),
-            data_type: 0,
-            adler: 0,
-            reserved: 0,
-        });
+        let mut strm = new_z_stream();
         // SAFETY: a fully initialised z_stream; raw inflate (-15).
         let ret = unsafe {
             z::inflateInit2_(

@@ -13,7 +13,6 @@
 //! them in parallel; it runs them in order for now.
 
 use std::os::raw::{c_int, c_uint};
-use std::ptr::null_mut;
 
 use libz_sys as z;
 
@@ -27,16 +26,6 @@ extern "C" {
     fn deflatePending(strm: z::z_streamp, pending: *mut c_uint, bits: *mut c_int) -> c_int;
 }
 
-unsafe extern "C" fn zalloc(_: z::voidpf, items: z::uInt, size: z::uInt) -> z::voidpf {
-    // SAFETY: plain C allocation for zlib, released by `zfree`.
-    unsafe { libc::calloc(items as usize, size as usize) }
-}
-
-unsafe extern "C" fn zfree(_: z::voidpf, p: z::voidpf) {
-    // SAFETY: `p` came from `zalloc`.
-    unsafe { libc::free(p) }
-}
-
 /// One raw-deflate zlib stream, reset per block as pigz does.
 struct Zlib {
     strm: Box<z::z_stream>,
@@ -44,22 +33,7 @@ struct Zlib {
 
 impl Zlib {
     fn new() -> Zlib {
-        let mut strm = Box::new(z::z_stream {
-            next_in: null_mut(),
-            avail_in: 0,
-            total_in: 0,
-            next_out: null_mut(),
-            avail_out: 0,
-            total_out: 0,
-            msg: null_mut(),
-            state: null_mut(),
-            zalloc,
-            zfree,
-            opaque: null_mut(),
-            data_type: 0,
-            adler: 0,
-            reserved: 0,
-        });
+        let mut strm = super::inflate::new_z_stream();
         // SAFETY: a fully initialised z_stream, raw deflate (-15), memLevel 8, as pigz.
         let ret = unsafe {
             z::deflateInit2_(

@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use stowage_actors::engine::goflate::Split;
+use stowage_actors::engine::inflate::BlockInflate;
 
 use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
 
@@ -63,4 +66,77 @@ pub fn ingest_and_restore(compressed: &[u8]) -> (String, usize, Vec<u8>) {
         .as_array()
         .map_or(0, |a| a.len());
     (enc.label(), splits, out)
+}
+
+/// Run the gzwrite fixture writer with `args` (and GOMAXPROCS if given) on `input`.
+pub fn run_gzwrite(bin: &Path, args: &[String], procs: Option<usize>, input: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new(bin);
+    if let Some(p) = procs {
+        cmd.env("GOMAXPROCS", p.to_string());
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "gzwrite {args:?} failed");
+    out.stdout
+}
+
+/// Real files from this machine, concatenated (depth first, sorted) up to `limit` bytes.
+pub fn files_under(dirs: &[&str], limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = dirs.iter().rev().map(PathBuf::from).collect();
+    while let Some(p) = stack.pop() {
+        if out.len() >= limit {
+            break;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
+                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            entries.sort();
+            entries.reverse();
+            stack.extend(entries);
+        } else if meta.is_file() {
+            if let Ok(b) = std::fs::read(&p) {
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+    out.truncate(limit);
+    out
+}
+
+/// The plaintext of a raw deflate stream and every block boundary in it, from the inflater.
+pub fn boundaries(deflate: &[u8]) -> (Vec<u8>, Vec<Split>) {
+    let mut inf = BlockInflate::new();
+    let mut plain = Vec::new();
+    let mut splits = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut input = deflate;
+    loop {
+        let st = inf.run(input, &mut buf).unwrap();
+        plain.extend_from_slice(&buf[..st.produced]);
+        input = &input[st.consumed..];
+        if let Some((plain, bit)) = st.boundary {
+            splits.push(Split { plain, bit });
+        }
+        if st.stream_end {
+            break;
+        }
+    }
+    (plain, splits)
 }
