@@ -22,6 +22,9 @@
 //! always come out the same; when one does not, the whole-stream check at
 //! ingest sees it and the layer keeps its raw bytes.
 //!
+//! Explicit `Flush` calls mid-stream are not modelled: the container tools only `Write` and
+//! `Close`, and a stream with sync-flush points fails the probe and stays raw.
+//!
 //! ## Versions
 //! The encoder has been unchanged in its output since Go 1.7's BestSpeed
 //! rewrite (deflatefast.go) and the hash4/minMatchLength 4 change; the tests
@@ -183,11 +186,6 @@ impl GoDeflater {
         }
     }
 
-    /// Compressed bytes waiting in the internal buffer.
-    pub fn pending_output(&self) -> usize {
-        self.w.out.len()
-    }
-
     /// Feed plaintext, as one large `Write` would.
     pub fn write(&mut self, mut b: &[u8]) {
         assert!(!self.closed, "write after close");
@@ -198,15 +196,6 @@ impl GoDeflater {
             let n = self.fill(b);
             b = &b[n..];
         }
-    }
-
-    /// `Flush`: a sync flush (an empty stored block).
-    pub fn flush(&mut self) {
-        self.sync = true;
-        self.step();
-        self.w.write_stored_header(0, false);
-        self.w.flush();
-        self.sync = false;
     }
 
     /// `Close`: everything pending, then the final empty stored block.
