@@ -70,6 +70,117 @@ pub struct ServeArgs {
     /// Bytes of restored layers kept for the next pulls (0: no cache) [default: 0].
     #[arg(long, env = "STOWAGE_RESTORE_CACHE_BYTES")]
     pub restore_cache_bytes: Option<u64>,
+    /// Near-duplicate detection: store new chunks as zstd deltas against similar ones
+    /// [default: true].
+    #[arg(long, env = "STOWAGE_SIMILARITY")]
+    pub similarity: Option<bool>,
+    /// Features computed per chunk [default: 6].
+    #[arg(long, env = "STOWAGE_SIMILARITY_FEATURES")]
+    pub similarity_features: Option<usize>,
+    /// Super-features the features are grouped into [default: 6].
+    #[arg(long, env = "STOWAGE_SIMILARITY_SUPER_FEATURES")]
+    pub similarity_super_features: Option<usize>,
+    /// One position in 2^N is sampled for features [default: 7, i.e. 1/128].
+    #[arg(long, env = "STOWAGE_SIMILARITY_SAMPLE_BITS")]
+    pub similarity_sample_bits: Option<u32>,
+    /// A delta is kept when at most this fraction of the chunk compressed alone [default: 0.8].
+    #[arg(long, env = "STOWAGE_DELTA_THRESHOLD")]
+    pub delta_threshold: Option<f64>,
+    /// Skip similarity for files that start like a compressed format (gzip, zip, zstd, xz,
+    /// jpeg, png, woff2, ...) and chunks zstd cannot shrink [default: true].
+    #[arg(long, env = "STOWAGE_SIMILARITY_SKIP_COMPRESSED")]
+    pub similarity_skip_compressed: Option<bool>,
+    /// Skip similarity for files smaller than this many bytes [default: 0].
+    #[arg(long, env = "STOWAGE_SIMILARITY_MIN_FILE_SIZE")]
+    pub similarity_min_file_size: Option<u64>,
+    /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
+    /// separated by `;`): repositories matching PATTERN (`*` matches anything) are stored
+    /// `full` (chunks and deltas), `chunks` (no deltas) or `raw` (kept as pushed: hot
+    /// repositories, for pull speed); layers are deduplicated only once MIN_AGE old (e.g.
+    /// `1h`). The first matching policy applies; a blob in several repositories gets the most
+    /// conservative of theirs.
+    #[arg(long = "repo-policy", env = "STOWAGE_REPO_POLICY", value_delimiter = ';', value_parser = RepoPolicy::parse)]
+    pub repo_policy: Vec<RepoPolicy>,
+}
+
+/// How a repository policy stores layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Chunks and near-duplicate deltas.
+    Full,
+    /// Chunk dedup only.
+    Chunks,
+    /// Kept as pushed.
+    Raw,
+}
+
+/// A repository policy (`[[repo_policy]]` in the config file).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoPolicy {
+    /// Repository name pattern; `*` matches any run of characters (`/` included).
+    pub repositories: String,
+    pub dedup: PolicyMode,
+    /// Layers younger than this stay as pushed until they reach it.
+    #[serde(default, with = "humantime_serde")]
+    pub min_age: Option<Duration>,
+}
+
+impl RepoPolicy {
+    /// `PATTERN=MODE[@MIN_AGE]`.
+    pub fn parse(s: &str) -> Result<RepoPolicy, String> {
+        let (pattern, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected PATTERN=MODE[@MIN_AGE]"))?;
+        let (mode, age) = match rest.split_once('@') {
+            Some((m, a)) => (m, Some(a)),
+            None => (rest, None),
+        };
+        let dedup = match mode {
+            "full" => PolicyMode::Full,
+            "chunks" => PolicyMode::Chunks,
+            "raw" => PolicyMode::Raw,
+            other => return Err(format!("{other:?}: the mode is full, chunks or raw")),
+        };
+        let min_age = age
+            .map(|a| humantime::parse_duration(a).map_err(|e| format!("{a:?}: {e}")))
+            .transpose()?;
+        if pattern.is_empty() {
+            return Err("empty repository pattern".into());
+        }
+        Ok(RepoPolicy {
+            repositories: pattern.to_string(),
+            dedup,
+            min_age,
+        })
+    }
+
+    pub fn matches(&self, repo: &str) -> bool {
+        glob_match(self.repositories.as_bytes(), repo.as_bytes())
+    }
+}
+
+/// `*` matches any run of bytes; everything else matches itself.
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -112,6 +223,15 @@ struct FileConfig {
     chunk_zstd_level: Option<i32>,
     restore_threads: Option<usize>,
     restore_cache_bytes: Option<u64>,
+    similarity: Option<bool>,
+    similarity_features: Option<usize>,
+    similarity_super_features: Option<usize>,
+    similarity_sample_bits: Option<u32>,
+    delta_threshold: Option<f64>,
+    similarity_skip_compressed: Option<bool>,
+    similarity_min_file_size: Option<u64>,
+    #[serde(default)]
+    repo_policy: Vec<RepoPolicy>,
 }
 
 /// The resolved settings.
@@ -132,6 +252,8 @@ pub struct Config {
     pub chunk_zstd_level: i32,
     pub restore_threads: usize,
     pub restore_cache_bytes: u64,
+    pub similarity: stowage_actors::pipeline::SimilarityConfig,
+    pub repo_policies: Vec<RepoPolicy>,
 }
 
 impl Default for Config {
@@ -152,6 +274,8 @@ impl Default for Config {
             chunk_zstd_level: 3,
             restore_threads: 2,
             restore_cache_bytes: 0,
+            similarity: Default::default(),
+            repo_policies: Vec::new(),
         }
     }
 }
@@ -210,7 +334,53 @@ impl Config {
                 .restore_cache_bytes
                 .or(file.restore_cache_bytes)
                 .unwrap_or(d.restore_cache_bytes),
+            similarity: {
+                let ds = &d.similarity;
+                stowage_actors::pipeline::SimilarityConfig {
+                    enabled: args.similarity.or(file.similarity).unwrap_or(ds.enabled),
+                    features: stowage_actors::engine::features::FeatureParams {
+                        features: args
+                            .similarity_features
+                            .or(file.similarity_features)
+                            .unwrap_or(ds.features.features),
+                        super_features: args
+                            .similarity_super_features
+                            .or(file.similarity_super_features)
+                            .unwrap_or(ds.features.super_features),
+                        sample_bits: args
+                            .similarity_sample_bits
+                            .or(file.similarity_sample_bits)
+                            .unwrap_or(ds.features.sample_bits),
+                    },
+                    threshold: args
+                        .delta_threshold
+                        .or(file.delta_threshold)
+                        .unwrap_or(ds.threshold),
+                    skip_compressed: args
+                        .similarity_skip_compressed
+                        .or(file.similarity_skip_compressed)
+                        .unwrap_or(ds.skip_compressed),
+                    min_file_size: args
+                        .similarity_min_file_size
+                        .or(file.similarity_min_file_size)
+                        .unwrap_or(ds.min_file_size),
+                }
+            },
+            repo_policies: if args.repo_policy.is_empty() {
+                file.repo_policy
+            } else {
+                args.repo_policy.clone()
+            },
         };
+        cfg.similarity
+            .features
+            .validate()
+            .map_err(|e| anyhow::anyhow!("similarity: {e}"))?;
+        anyhow::ensure!(
+            cfg.similarity.threshold > 0.0 && cfg.similarity.threshold <= 1.0,
+            "delta_threshold must be in (0, 1] (got {})",
+            cfg.similarity.threshold
+        );
         let c = cfg.chunk;
         anyhow::ensure!(
             (64..=1 << 20).contains(&c.min)
@@ -260,6 +430,47 @@ mod tests {
         assert_eq!(cfg.addr, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(cfg.upload_ttl, Duration::from_secs(7200));
         assert_eq!(cfg.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn repository_policies_from_flags_and_file() {
+        let p = RepoPolicy::parse("ci/*=chunks@1h").unwrap();
+        assert_eq!(p.dedup, PolicyMode::Chunks);
+        assert_eq!(p.min_age, Some(Duration::from_secs(3600)));
+        assert!(p.matches("ci/app") && p.matches("ci/a/b") && !p.matches("prod/ci/app"));
+        assert!(RepoPolicy::parse("hot=raw").unwrap().matches("hot"));
+        assert!(!RepoPolicy::parse("hot=raw").unwrap().matches("hotter"));
+        assert!(RepoPolicy::parse("*cache*=full")
+            .unwrap()
+            .matches("a/cache/b"));
+        assert!(RepoPolicy::parse("x=fast").is_err());
+        assert!(RepoPolicy::parse("x=raw@soon").is_err());
+        assert!(RepoPolicy::parse("nothing").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(
+            &path,
+            "similarity_super_features = 4\nsimilarity_features = 8\n\n\
+             [[repo_policy]]\nrepositories = \"hot/*\"\ndedup = \"raw\"\n\n\
+             [[repo_policy]]\nrepositories = \"*\"\ndedup = \"full\"\nmin_age = \"10m\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(&args).unwrap();
+        assert_eq!(cfg.similarity.features.super_features, 4);
+        assert_eq!(cfg.repo_policies.len(), 2);
+        assert_eq!(cfg.repo_policies[0].dedup, PolicyMode::Raw);
+        assert_eq!(cfg.repo_policies[1].min_age, Some(Duration::from_secs(600)));
+        let bad = ServeArgs {
+            similarity_features: Some(7),
+            similarity_super_features: Some(3),
+            ..Default::default()
+        };
+        assert!(Config::resolve(&bad).is_err());
     }
 
     #[test]

@@ -159,6 +159,42 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         "Bytes of encoded chunk data",
         stats.chunks.stored_bytes as i64,
     );
+    gauge(
+        &r,
+        "stowage_chunks_delta",
+        "Distinct chunks stored as deltas",
+        stats.chunks.delta as i64,
+    );
+    gauge(
+        &r,
+        "stowage_chunks_delta_bases",
+        "Distinct chunks serving as the base of at least one delta",
+        stats.chunks.bases as i64,
+    );
+    let pl = IntCounterVec::new(
+        Opts::new(
+            "stowage_policy_layers_total",
+            "Layers each repository policy applied to, by effect",
+        ),
+        &["policy", "effect"],
+    )
+    .expect("metric");
+    let pb = IntCounterVec::new(
+        Opts::new(
+            "stowage_policy_bytes_total",
+            "Bytes of the layers each repository policy applied to, by effect",
+        ),
+        &["policy", "effect"],
+    )
+    .expect("metric");
+    for p in &stats.policies {
+        pl.with_label_values(&[p.policy.as_str(), p.effect])
+            .inc_by(p.layers);
+        pb.with_label_values(&[p.policy.as_str(), p.effect])
+            .inc_by(p.bytes);
+    }
+    r.register(Box::new(pl)).expect("register");
+    r.register(Box::new(pb)).expect("register");
 
     if let Some(p) = reg.pipeline_stats() {
         let b = IntCounterVec::new(
@@ -173,6 +209,7 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
             ("extract", &p.extract_bytes),
             ("inflate", &p.raw_bytes),
             ("chunk", &p.chunk_bytes),
+            ("similarity", &p.similarity_bytes),
             ("pack", &p.stored_chunk_bytes),
             ("verify", &p.verify_bytes),
         ] {
@@ -189,7 +226,82 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
             .inc_by(p.new_chunks.load(Relaxed));
         c.with_label_values(&["duplicate"])
             .inc_by(p.duplicate_chunks.load(Relaxed));
+        c.with_label_values(&["whole"])
+            .inc_by(p.chunks_whole.load(Relaxed));
+        c.with_label_values(&["delta"])
+            .inc_by(p.chunks_delta.load(Relaxed));
+        c.with_label_values(&["delta_fallback"])
+            .inc_by(p.delta_fallbacks.load(Relaxed));
         r.register(Box::new(c)).expect("register");
+        counter(
+            &r,
+            "stowage_delta_saved_bytes_total",
+            "Bytes deltas saved over storing their chunks whole",
+            p.delta_saved_bytes.load(Relaxed),
+        );
+        counter(
+            &r,
+            "stowage_similarity_lookups_total",
+            "Feature-index lookups for new chunks",
+            p.similarity_lookups.load(Relaxed),
+        );
+        counter(
+            &r,
+            "stowage_similarity_hits_total",
+            "Feature-index lookups that found a candidate base",
+            p.similarity_hits.load(Relaxed),
+        );
+        let busy = prometheus::CounterVec::new(
+            Opts::new(
+                "stowage_pipeline_busy_seconds_total",
+                "Time each pipeline stage spent working",
+            ),
+            &["stage"],
+        )
+        .expect("metric");
+        busy.with_label_values(&["similarity"])
+            .inc_by(p.similarity_nanos.load(Relaxed) as f64 / 1e9);
+        r.register(Box::new(busy)).expect("register");
+        let sk = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["reason"]).expect("metric")
+        };
+        let (chunks, bytes, lost) = (
+            sk(
+                "stowage_similarity_skipped_chunks_total",
+                "New chunks the selective policies kept out of similarity",
+            ),
+            sk(
+                "stowage_similarity_skipped_bytes_total",
+                "Bytes of new chunks the selective policies kept out of similarity",
+            ),
+            sk(
+                "stowage_similarity_skip_estimated_lost_bytes_total",
+                "Estimated bytes deltas would have saved on skipped chunks (sampled)",
+            ),
+        );
+        let saved = prometheus::CounterVec::new(
+            Opts::new(
+                "stowage_similarity_skip_estimated_saved_seconds_total",
+                "Estimated similarity time the selective policies saved (sampled)",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        for reason in stowage_actors::pipeline::SkipReason::ALL {
+            let st = &p.skipped[reason as usize];
+            let l = [reason.label()];
+            chunks.with_label_values(&l).inc_by(st.chunks.load(Relaxed));
+            bytes.with_label_values(&l).inc_by(st.bytes.load(Relaxed));
+            lost.with_label_values(&l)
+                .inc_by(st.estimated_lost_bytes.load(Relaxed));
+            saved
+                .with_label_values(&l)
+                .inc_by(st.estimated_saved_nanos.load(Relaxed) as f64 / 1e9);
+        }
+        for m in [chunks, bytes, lost] {
+            r.register(Box::new(m)).expect("register");
+        }
+        r.register(Box::new(saved)).expect("register");
         gauge(
             &r,
             "stowage_pipeline_queued_blobs",

@@ -21,7 +21,7 @@
 //! committed chunks and matched its digest (invariant 1). A crash at any point leaves either the
 //! raw blob in staging (and the layer pending, resumed at start-up) or a verified recipe.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -32,11 +32,15 @@ use actix::prelude::*;
 
 use crate::digest::Digest;
 use crate::engine::chunk::{ChunkId, ChunkParams};
-use crate::engine::container::{encode_chunk, ChunkEncoding, ChunkLoc, ContainerWriter};
-use crate::engine::recipe::{NewChunk, Recipe, RecipeBuilder};
+use crate::engine::container::{
+    delta_record, encode_chunk, ChunkEncoding, ChunkLoc, ContainerWriter,
+};
+use crate::engine::delta::DeltaCoder;
+use crate::engine::features::{pick_base, super_features, FeatureParams};
+use crate::engine::recipe::{NewChunk, Origin, Recipe, RecipeBuilder};
 use crate::engine::recompress::{Compression, Encoding, LayerDecoder};
 use crate::engine::tar::{FileEntry, TarSink, TarSplitter};
-use crate::restore::{restore_layer, ChunkReader};
+use crate::restore::{restore_layer, ChunkReader, ReadSession};
 
 /// Batches in flight on each edge between two stages.
 pub const QUEUE_DEPTH: usize = 4;
@@ -46,14 +50,29 @@ pub const BATCH_BYTES: usize = 1 << 20;
 /// The metadata side the pipeline needs, implemented by the server over LMDB.
 pub trait Catalog: Send + Sync + 'static {
     fn chunk(&self, id: &ChunkId) -> io::Result<Option<ChunkLoc>>;
+    /// The feature index: for each super-feature `i`, the chunk registered under `(i, sf[i])`.
+    fn similar(&self, sf: &[u64]) -> io::Result<Vec<Option<ChunkId>>>;
     fn allocate_container(&self) -> io::Result<u64>;
-    /// Record a sealed container's chunks, in one transaction.
-    fn commit_container(&self, id: u64, entries: &[(ChunkId, ChunkLoc)]) -> io::Result<()>;
+    /// Record a sealed container's chunks, the bases its deltas depend on and the features of
+    /// its whole chunks, in one transaction.
+    fn commit_container(&self, sealed: &SealedContainer) -> io::Result<()>;
     /// Store the verified recipe and file index, count the chunk references and mark the blob
     /// deduplicated, in one transaction.
     fn commit_recipe(&self, blob: &Digest, recipe: &Recipe, files: &[FileEntry]) -> io::Result<()>;
     /// Keep the blob raw, for `reason`.
     fn keep_raw(&self, blob: &Digest, reason: &str) -> io::Result<()>;
+}
+
+/// A sealed container, as committed to the catalog.
+#[derive(Debug, Default)]
+pub struct SealedContainer {
+    pub id: u64,
+    pub entries: Vec<(ChunkId, ChunkLoc)>,
+    /// (delta chunk, its base) for every delta in the container: the base must not be removed
+    /// while the delta exists.
+    pub bases: Vec<(ChunkId, ChunkId)>,
+    /// Super-features of the whole chunks that may serve as future bases.
+    pub features: Vec<(ChunkId, Vec<u64>)>,
 }
 
 /// Pipeline settings.
@@ -63,7 +82,88 @@ pub struct PipelineConfig {
     pub chunk: ChunkParams,
     pub container_target: u64,
     pub zstd_level: i32,
+    pub similarity: SimilarityConfig,
 }
+
+/// Near-duplicate detection and its selective policies.
+#[derive(Clone, Debug)]
+pub struct SimilarityConfig {
+    /// Off: chunk dedup only (every new chunk is stored whole).
+    pub enabled: bool,
+    pub features: FeatureParams,
+    /// A delta is kept only when it is at most this fraction of the chunk compressed alone.
+    pub threshold: f64,
+    /// Skip files that start like a compressed format, and chunks zstd cannot shrink.
+    pub skip_compressed: bool,
+    /// Skip files smaller than this (bytes).
+    pub min_file_size: u64,
+}
+
+impl Default for SimilarityConfig {
+    fn default() -> Self {
+        SimilarityConfig {
+            enabled: true,
+            features: FeatureParams::default(),
+            threshold: 0.8,
+            skip_compressed: true,
+            min_file_size: 0,
+        }
+    }
+}
+
+/// What the registry's policies decided for one layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerPolicy {
+    /// Look for near-duplicates (false: chunk dedup only).
+    pub similarity: bool,
+}
+
+impl Default for LayerPolicy {
+    fn default() -> Self {
+        LayerPolicy { similarity: true }
+    }
+}
+
+/// Why the similarity stage skipped a chunk (index into [`StageStats::skipped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The file starts like a compressed format, or zstd could not shrink the chunk.
+    Compressed = 0,
+    /// The file is smaller than the configured minimum.
+    SmallFile = 1,
+    /// The layer's repository policy turned similarity off.
+    Repository = 2,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 3] = [
+        SkipReason::Compressed,
+        SkipReason::SmallFile,
+        SkipReason::Repository,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::Compressed => "compressed",
+            SkipReason::SmallFile => "small_file",
+            SkipReason::Repository => "repository",
+        }
+    }
+}
+
+/// What a policy that skips similarity saved and cost. One chunk in [`SKIP_TRIAL_EVERY`]
+/// skipped ones is tried anyway (not stored differently): its time and the delta saving it
+/// would have had, scaled up, estimate the work saved and the bytes the policy costs.
+#[derive(Default, Debug)]
+pub struct SkipStats {
+    pub chunks: AtomicU64,
+    pub bytes: AtomicU64,
+    pub estimated_saved_nanos: AtomicU64,
+    pub estimated_lost_bytes: AtomicU64,
+}
+
+/// Skipped chunks per trial (see [`SkipStats`]).
+pub const SKIP_TRIAL_EVERY: u64 = 16;
 
 /// What became of a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +184,21 @@ pub struct StageStats {
     pub stored_chunk_bytes: AtomicU64,
     pub containers_sealed: AtomicU64,
     pub verify_bytes: AtomicU64,
+    /// New chunks stored whole / as deltas (counted when packed).
+    pub chunks_whole: AtomicU64,
+    pub chunks_delta: AtomicU64,
+    /// Bytes the deltas saved over storing the same chunks whole.
+    pub delta_saved_bytes: AtomicU64,
+    /// Deltas stored whole after all because their base did not make it into a container.
+    pub delta_fallbacks: AtomicU64,
+    /// Feature-index lookups, and those that found a candidate base.
+    pub similarity_lookups: AtomicU64,
+    pub similarity_hits: AtomicU64,
+    /// New chunk bytes through the similarity stage, and its busy time.
+    pub similarity_bytes: AtomicU64,
+    pub similarity_nanos: AtomicU64,
+    /// Chunks the selective policies kept out of similarity, per [`SkipReason`].
+    pub skipped: [SkipStats; 3],
     /// Committed blobs waiting for Extract.
     pub queued: AtomicU64,
     /// Batches waiting on each edge: extract→chunk, chunk→similarity, similarity→pack, pack→commit.
@@ -95,6 +210,7 @@ type Reply = tokio::sync::oneshot::Sender<Outcome>;
 struct JobCtx {
     digest: Digest,
     path: PathBuf,
+    policy: LayerPolicy,
     reply: std::sync::Mutex<Option<Reply>>,
 }
 
@@ -190,6 +306,11 @@ struct EncodedChunk {
     raw_len: u32,
     /// None: already stored (a duplicate).
     stored: Option<(ChunkEncoding, Vec<u8>)>,
+    /// For a delta: its base, and the chunk encoded whole, used if the base is not available
+    /// when the delta is packed.
+    delta: Option<(ChunkId, (ChunkEncoding, Vec<u8>))>,
+    /// Super-features, registered if the chunk is stored whole.
+    features: Option<Vec<u64>>,
 }
 
 enum Body {
@@ -227,6 +348,7 @@ impl Actor for Extract {
 pub struct Dedup {
     pub digest: Digest,
     pub path: PathBuf,
+    pub policy: LayerPolicy,
     pub reply: Reply,
 }
 
@@ -283,6 +405,7 @@ impl Handler<Dedup> for Extract {
         let job = Arc::new(JobCtx {
             digest: msg.digest,
             path: msg.path,
+            policy: msg.policy,
             reply: std::sync::Mutex::new(Some(msg.reply)),
         });
         let end = self.extract(&job);
@@ -429,15 +552,31 @@ impl Chunk {
 
 // ---- Similarity ----------------------------------------------------------------------------
 
-/// Looks each chunk up in the chunk index and encodes the new ones. This is the slot for
-/// near-duplicate detection (super-features + zstd deltas); for now every new chunk is
-/// compressed on its own. In: Chunks, Finished. Out: Encoded, Finished.
+/// Looks each chunk up in the chunk index and encodes the new ones: whole (zstd), or as a zstd
+/// delta against a similar chunk stored whole, found through the super-feature index, when
+/// that is at most `threshold` of the whole encoding. Chunks the selective policies exclude
+/// are stored whole without a lookup. In: Chunks, Finished. Out: Encoded, Finished.
+///
+/// State: a delta coder, a read session for bases (its cache also keeps the chunks this stage
+/// encoded whole until they are indexed, so near-duplicates within a layer find each other)
+/// and the features of those pending chunks. A base that does not make it into a container
+/// (its layer failed) is caught by Pack, which then stores the chunk whole.
 pub struct Similarity {
     next: Bounded,
     catalog: Arc<dyn Catalog>,
     cfg: PipelineConfig,
     stats: Arc<StageStats>,
+    coder: DeltaCoder,
+    reader: ChunkReader,
+    bases: ReadSession,
+    pending: HashMap<(usize, u64), ChunkId>,
+    skipped_seen: u64,
 }
+
+/// Bytes of recent whole chunks and bases the similarity stage keeps decoded.
+pub const SIMILARITY_CACHE_BYTES: usize = 32 << 20;
+/// Features of not-yet-indexed chunks kept in memory (cleared when exceeded).
+const PENDING_FEATURES: usize = 1 << 20;
 
 impl Actor for Similarity {
     type Context = SyncContext<Self>;
@@ -453,26 +592,160 @@ impl Handler<Batch> for Similarity {
     fn handle(&mut self, b: Batch, _: &mut SyncContext<Self>) {
         let body = match b.body {
             Body::Chunks(chunks) => {
+                let t = std::time::Instant::now();
                 let mut out = Vec::with_capacity(chunks.len());
+                let mut bytes = 0u64;
                 for c in chunks {
-                    let known = matches!(self.catalog.chunk(&c.id), Ok(Some(_)));
-                    let stored = if known {
+                    if matches!(self.catalog.chunk(&c.id), Ok(Some(_))) {
                         self.stats.duplicate_chunks.fetch_add(1, Ordering::Relaxed);
-                        None
-                    } else {
-                        Some(encode_chunk(&c.data, self.cfg.zstd_level))
-                    };
-                    out.push(EncodedChunk {
-                        id: c.id,
-                        raw_len: c.data.len() as u32,
-                        stored,
-                    });
+                        out.push(EncodedChunk {
+                            id: c.id,
+                            raw_len: c.data.len() as u32,
+                            stored: None,
+                            delta: None,
+                            features: None,
+                        });
+                        continue;
+                    }
+                    bytes += c.data.len() as u64;
+                    out.push(self.encode(&b.job, c));
                 }
+                self.stats
+                    .similarity_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                self.stats
+                    .similarity_nanos
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 Body::Encoded(out)
             }
             other => other,
         };
         self.next.send(Batch { job: b.job, body });
+    }
+}
+
+impl Similarity {
+    fn skip_reason(
+        &self,
+        job: &JobCtx,
+        c: &NewChunk,
+        whole: &(ChunkEncoding, Vec<u8>),
+    ) -> Option<SkipReason> {
+        let s = &self.cfg.similarity;
+        if !job.policy.similarity {
+            return Some(SkipReason::Repository);
+        }
+        if let Origin::File { size, compressed } = c.origin {
+            if s.skip_compressed && compressed {
+                return Some(SkipReason::Compressed);
+            }
+            if size < s.min_file_size {
+                return Some(SkipReason::SmallFile);
+            }
+        }
+        // Decided from the bytes: what zstd cannot shrink by 3% is compressed data.
+        if s.skip_compressed && whole.1.len() * 100 > c.data.len() * 97 {
+            return Some(SkipReason::Compressed);
+        }
+        None
+    }
+
+    /// A delta for `data` against the best candidate base, if one is found.
+    fn try_delta(&mut self, data: &[u8], sf: &[u64]) -> Option<(ChunkId, Vec<u8>)> {
+        self.stats
+            .similarity_lookups
+            .fetch_add(1, Ordering::Relaxed);
+        let indexed = match self.catalog.similar(sf) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "feature index lookup failed");
+                vec![None; sf.len()]
+            }
+        };
+        let pending = &self.pending;
+        let (base, _) = pick_base(sf, |i, f| pending.get(&(i, f)).copied().or(indexed[i]))?;
+        self.stats.similarity_hits.fetch_add(1, Ordering::Relaxed);
+        let base_data = match self.reader.read(&base, &mut self.bases) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%base, error = %e, "candidate base unreadable");
+                return None;
+            }
+        };
+        match self.coder.encode(&base_data, data) {
+            Ok(d) => Some((base, d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "delta encoding failed");
+                None
+            }
+        }
+    }
+
+    fn encode(&mut self, job: &JobCtx, c: NewChunk) -> EncodedChunk {
+        let whole = encode_chunk(&c.data, self.cfg.zstd_level);
+        let raw_len = c.data.len() as u32;
+        let plain = |whole, features| EncodedChunk {
+            id: c.id,
+            raw_len,
+            stored: Some(whole),
+            delta: None,
+            features,
+        };
+        if !self.cfg.similarity.enabled {
+            return plain(whole, None);
+        }
+        if let Some(reason) = self.skip_reason(job, &c, &whole) {
+            let stats = self.stats.clone();
+            let st = &stats.skipped[reason as usize];
+            st.chunks.fetch_add(1, Ordering::Relaxed);
+            st.bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+            self.skipped_seen += 1;
+            if self.skipped_seen.is_multiple_of(SKIP_TRIAL_EVERY) {
+                // A trial, stored whole regardless: what would similarity have done here?
+                let t = std::time::Instant::now();
+                let trial = super_features(&c.data, &self.cfg.similarity.features)
+                    .and_then(|sf| self.try_delta(&c.data, &sf));
+                let lost = trial.map_or(0, |(_, d)| {
+                    let size = (d.len() + 20) as f64;
+                    if size <= whole.1.len() as f64 * self.cfg.similarity.threshold {
+                        whole.1.len() as u64 - (d.len() as u64 + 20)
+                    } else {
+                        0
+                    }
+                });
+                let nanos = t.elapsed().as_nanos() as u64;
+                st.estimated_saved_nanos
+                    .fetch_add(nanos * SKIP_TRIAL_EVERY, Ordering::Relaxed);
+                st.estimated_lost_bytes
+                    .fetch_add(lost * SKIP_TRIAL_EVERY, Ordering::Relaxed);
+            }
+            return plain(whole, None);
+        }
+        let Some(sf) = super_features(&c.data, &self.cfg.similarity.features) else {
+            return plain(whole, None);
+        };
+        if let Some((base, d)) = self.try_delta(&c.data, &sf) {
+            let record = delta_record(&base, &d);
+            if record.len() as f64 <= whole.1.len() as f64 * self.cfg.similarity.threshold {
+                failpoint("delta-encoded");
+                return EncodedChunk {
+                    id: c.id,
+                    raw_len,
+                    stored: Some((ChunkEncoding::Delta, record)),
+                    delta: Some((base, whole)),
+                    features: Some(sf),
+                };
+            }
+        }
+        // Stored whole: a future base. Remember it until it is indexed.
+        if self.pending.len() >= PENDING_FEATURES {
+            self.pending.clear();
+        }
+        for (i, f) in sf.iter().enumerate() {
+            self.pending.insert((i, *f), c.id);
+        }
+        self.bases.remember(c.id, &c.data);
+        plain(whole, Some(sf))
     }
 }
 
@@ -486,7 +759,11 @@ pub struct Pack {
     catalog: Arc<dyn Catalog>,
     cfg: PipelineConfig,
     open: Option<ContainerWriter>,
-    in_open: HashSet<ChunkId>,
+    /// Chunks in the open container: whether each is stored whole.
+    in_open: HashMap<ChunkId, bool>,
+    /// Deltas and features of the open container, committed with it.
+    open_bases: Vec<(ChunkId, ChunkId)>,
+    open_features: Vec<(ChunkId, Vec<u64>)>,
     failed: HashMap<usize, String>,
     stats: Arc<StageStats>,
 }
@@ -500,13 +777,41 @@ impl Actor for Pack {
 }
 
 impl Pack {
+    /// Whether `base` is stored whole in the open container or the index (invariant 5).
+    fn base_available(&self, base: &ChunkId) -> io::Result<bool> {
+        Ok(match self.in_open.get(base) {
+            Some(whole) => *whole,
+            None => self
+                .catalog
+                .chunk(base)?
+                .is_some_and(|l| l.encoding.is_whole()),
+        })
+    }
+
     fn append(&mut self, c: EncodedChunk) -> io::Result<()> {
-        let Some((enc, data)) = c.stored else {
+        let Some((mut enc, mut data)) = c.stored else {
             return Ok(());
         };
-        if self.in_open.contains(&c.id) || self.catalog.chunk(&c.id)?.is_some() {
+        if self.in_open.contains_key(&c.id) || self.catalog.chunk(&c.id)?.is_some() {
             self.stats.duplicate_chunks.fetch_add(1, Ordering::Relaxed);
             return Ok(());
+        }
+        let mut base = None;
+        if let Some((b, whole)) = c.delta {
+            if self.base_available(&b)? {
+                self.stats.chunks_delta.fetch_add(1, Ordering::Relaxed);
+                self.stats.delta_saved_bytes.fetch_add(
+                    (whole.1.len() as u64).saturating_sub(data.len() as u64),
+                    Ordering::Relaxed,
+                );
+                base = Some(b);
+            } else {
+                self.stats.delta_fallbacks.fetch_add(1, Ordering::Relaxed);
+                (enc, data) = whole;
+            }
+        }
+        if base.is_none() {
+            self.stats.chunks_whole.fetch_add(1, Ordering::Relaxed);
         }
         if self.open.is_none() {
             let id = self.catalog.allocate_container()?;
@@ -514,7 +819,15 @@ impl Pack {
         }
         let w = self.open.as_mut().expect("open container");
         w.append(c.id, enc, c.raw_len, &data)?;
-        self.in_open.insert(c.id);
+        self.in_open.insert(c.id, base.is_none());
+        match base {
+            Some(b) => self.open_bases.push((c.id, b)),
+            None => {
+                if let Some(f) = c.features {
+                    self.open_features.push((c.id, f));
+                }
+            }
+        }
         self.stats.new_chunks.fetch_add(1, Ordering::Relaxed);
         self.stats
             .stored_chunk_bytes
@@ -530,12 +843,24 @@ impl Pack {
             let id = w.id();
             let entries = w.seal()?;
             failpoint("sealed-before-commit");
-            self.catalog.commit_container(id, &entries)?;
+            let sealed = SealedContainer {
+                id,
+                entries,
+                bases: std::mem::take(&mut self.open_bases),
+                features: std::mem::take(&mut self.open_features),
+            };
+            self.catalog.commit_container(&sealed)?;
             failpoint("container-committed");
             self.stats.containers_sealed.fetch_add(1, Ordering::Relaxed);
         }
-        self.in_open.clear();
+        self.clear_open();
         Ok(())
+    }
+
+    fn clear_open(&mut self) {
+        self.in_open.clear();
+        self.open_bases.clear();
+        self.open_features.clear();
     }
 }
 
@@ -555,7 +880,7 @@ impl Handler<Batch> for Pack {
                         if let Some(w) = self.open.take() {
                             let _ = w.discard();
                         }
-                        self.in_open.clear();
+                        self.clear_open();
                         self.failed.insert(key, format!("packing: {e}"));
                         return;
                     }
@@ -571,7 +896,7 @@ impl Handler<Batch> for Pack {
                                 tracing::warn!(error = %err, "could not remove unused container");
                             }
                         }
-                        self.in_open.clear();
+                        self.clear_open();
                         Err(e)
                     }
                     (None, Ok(r)) => self
@@ -703,7 +1028,9 @@ impl Pipeline {
             catalog: cat.clone(),
             cfg: c.clone(),
             open: None,
-            in_open: HashSet::new(),
+            in_open: HashMap::new(),
+            open_bases: Vec::new(),
+            open_features: Vec::new(),
             failed: HashMap::new(),
             stats: s.clone(),
         });
@@ -714,6 +1041,11 @@ impl Pipeline {
             catalog: cat.clone(),
             cfg: c.clone(),
             stats: s.clone(),
+            coder: DeltaCoder::new(c.zstd_level),
+            reader: ChunkReader::new(cat.clone(), c.containers.clone()),
+            bases: ReadSession::new(SIMILARITY_CACHE_BYTES),
+            pending: HashMap::new(),
+            skipped_seen: 0,
         });
         let (c, s) = (cfg.clone(), stats.clone());
         let chunk = SyncArbiter::start(1, move || Chunk {
@@ -739,11 +1071,12 @@ impl Pipeline {
     }
 
     /// Submit a staged blob; resolves when it is deduplicated or kept raw.
-    pub async fn dedup(&self, digest: Digest, path: PathBuf) -> Outcome {
+    pub async fn dedup(&self, digest: Digest, path: PathBuf, policy: LayerPolicy) -> Outcome {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let msg = BlobCommitted {
             digest,
             path,
+            policy,
             reply: tx,
         };
         if self.upload.send(msg).await.is_err() {
@@ -763,6 +1096,7 @@ impl Pipeline {
 pub struct BlobCommitted {
     pub digest: Digest,
     pub path: PathBuf,
+    pub policy: LayerPolicy,
     pub reply: Reply,
 }
 
@@ -801,6 +1135,7 @@ impl Upload {
         let msg = Dedup {
             digest: b.digest,
             path: b.path,
+            policy: b.policy,
             reply: b.reply,
         };
         // Extract answers once it has read the whole layer: then the next one may start.

@@ -1,6 +1,9 @@
 //! Restoring a layer from its recipe: a reader thread fetches chunks ahead of the consumer, in
 //! the order the recipe needs them (a bounded window of [`PREFETCH`] chunks), while the caller's
-//! thread interleaves them and re-encodes the exact compressed stream.
+//! thread interleaves them and re-encodes the exact compressed stream. A chunk stored as a
+//! delta is decoded against its base, which is itself stored whole (invariant 5: at most two
+//! reads per chunk); bases come through the restore's small chunk cache, since many deltas
+//! usually share one.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,7 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::engine::chunk::ChunkId;
-use crate::engine::container::{container_path, decode_chunk, read_stored};
+use crate::engine::container::{
+    container_path, decode_chunk, read_stored, split_delta, ChunkEncoding,
+};
+use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore, Recipe};
 use crate::pipeline::Catalog;
 
@@ -36,7 +42,12 @@ impl ChunkReader {
         }
     }
 
-    fn read(&self, id: &ChunkId, files: &mut HashMap<u64, File>) -> io::Result<Vec<u8>> {
+    /// The stored record of `id`: its location and stored bytes.
+    fn read_stored(
+        &self,
+        id: &ChunkId,
+        files: &mut HashMap<u64, File>,
+    ) -> io::Result<(crate::engine::container::ChunkLoc, Vec<u8>)> {
         let loc = self.catalog.chunk(id)?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -51,28 +62,97 @@ impl ChunkReader {
             files.insert(loc.container, f);
         }
         let stored = read_stored(&files[&loc.container], &loc)?;
-        decode_chunk(loc.encoding, &stored, loc.raw_len)
+        Ok((loc, stored))
+    }
+
+    /// The raw bytes of `id`, through `session`'s cache; a delta is decoded against its base.
+    pub fn read(&self, id: &ChunkId, session: &mut ReadSession) -> io::Result<Vec<u8>> {
+        if let Some(hit) = session.cache.get(id) {
+            return Ok(hit);
+        }
+        let (loc, stored) = self.read_stored(id, &mut session.files)?;
+        let raw = if loc.encoding == ChunkEncoding::Delta {
+            let (base_id, delta) = split_delta(&stored)?;
+            let base = match session.cache.get(&base_id) {
+                Some(b) => b,
+                None => {
+                    let (bloc, bstored) = self.read_stored(&base_id, &mut session.files)?;
+                    if !bloc.encoding.is_whole() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("chunk {id}: its delta base {base_id} is itself a delta"),
+                        ));
+                    }
+                    let b = decode_chunk(bloc.encoding, &bstored, bloc.raw_len)?;
+                    session.cache.put(base_id, &b);
+                    b
+                }
+            };
+            session.coder.decode(&base, delta, loc.raw_len)?
+        } else {
+            decode_chunk(loc.encoding, &stored, loc.raw_len)?
+        };
+        session.cache.put(*id, &raw);
+        Ok(raw)
     }
 }
 
-/// A small cache of decoded chunks for one restore: least recently inserted goes first.
-#[derive(Default)]
+/// One reader's state: open container files, a delta decoder and a small cache of decoded
+/// chunks (repeats within a layer, and delta bases).
+pub struct ReadSession {
+    files: HashMap<u64, File>,
+    cache: ChunkCache,
+    coder: DeltaCoder,
+}
+
+impl ReadSession {
+    pub fn new(cache_bytes: usize) -> ReadSession {
+        ReadSession {
+            files: HashMap::new(),
+            cache: ChunkCache::with_budget(cache_bytes),
+            coder: DeltaCoder::new(3),
+        }
+    }
+
+    /// Keep `data` as the bytes of `id` (a chunk on its way to a container, not yet indexed).
+    pub fn remember(&mut self, id: ChunkId, data: &[u8]) {
+        self.cache.put(id, data);
+    }
+}
+
+/// A small cache of decoded chunks for one reader: least recently inserted goes first.
 struct ChunkCache {
     map: HashMap<ChunkId, Vec<u8>>,
     order: std::collections::VecDeque<ChunkId>,
     bytes: usize,
+    budget: usize,
+}
+
+impl Default for ChunkCache {
+    fn default() -> Self {
+        ChunkCache::with_budget(CHUNK_CACHE_BYTES)
+    }
 }
 
 impl ChunkCache {
+    fn with_budget(budget: usize) -> ChunkCache {
+        ChunkCache {
+            map: HashMap::new(),
+            order: Default::default(),
+            bytes: 0,
+            budget,
+        }
+    }
+
     fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
         self.map.get(id).cloned()
     }
 
     fn put(&mut self, id: ChunkId, data: &[u8]) {
-        if data.len() > CHUNK_CACHE_BYTES / 4 || self.map.contains_key(&id) {
+        if data.len() > self.budget / 4 || self.map.contains_key(&id) {
             return;
         }
-        while self.bytes + data.len() > CHUNK_CACHE_BYTES {
+        while self.bytes + data.len() > self.budget {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
@@ -96,15 +176,9 @@ pub fn restore_layer(
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PREFETCH);
     std::thread::scope(|s| {
         s.spawn(move || {
-            let mut files = HashMap::new();
-            let mut cache = ChunkCache::default();
+            let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
             for (id, _) in order {
-                let r = match cache.get(&id) {
-                    Some(hit) => Ok(hit),
-                    None => reader
-                        .read(&id, &mut files)
-                        .inspect(|data| cache.put(id, data)),
-                };
+                let r = reader.read(&id, &mut session);
                 let stop = r.is_err();
                 if tx.send(r).is_err() || stop {
                     break;

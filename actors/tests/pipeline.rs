@@ -11,12 +11,16 @@ use stowage_actors::engine::chunk::{ChunkId, ChunkParams};
 use stowage_actors::engine::container::ChunkLoc;
 use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::tar::FileEntry;
-use stowage_actors::pipeline::{Catalog, Outcome, Pipeline, PipelineConfig};
+use stowage_actors::pipeline::{
+    Catalog, LayerPolicy, Outcome, Pipeline, PipelineConfig, SealedContainer,
+};
 use stowage_actors::restore::{restore_layer, ChunkReader};
 
 #[derive(Default)]
 struct MemCatalog {
     chunks: Mutex<HashMap<ChunkId, ChunkLoc>>,
+    features: Mutex<HashMap<(usize, u64), ChunkId>>,
+    dependents: Mutex<HashMap<ChunkId, u64>>,
     next: Mutex<u64>,
     recipes: Mutex<HashMap<Digest, (Recipe, Vec<FileEntry>)>>,
     raw: Mutex<HashMap<Digest, String>>,
@@ -31,10 +35,29 @@ impl Catalog for MemCatalog {
         *n += 1;
         Ok(*n)
     }
-    fn commit_container(&self, _id: u64, entries: &[(ChunkId, ChunkLoc)]) -> io::Result<()> {
+    fn similar(&self, sf: &[u64]) -> io::Result<Vec<Option<ChunkId>>> {
+        let m = self.features.lock().unwrap();
+        Ok(sf
+            .iter()
+            .enumerate()
+            .map(|(i, f)| m.get(&(i, *f)).copied())
+            .collect())
+    }
+    fn commit_container(&self, sealed: &SealedContainer) -> io::Result<()> {
         let mut m = self.chunks.lock().unwrap();
-        for (id, loc) in entries {
+        for (id, loc) in &sealed.entries {
             m.entry(*id).or_insert(*loc);
+        }
+        for (delta, base) in &sealed.bases {
+            assert!(m[base].encoding.is_whole(), "{delta}: base {base} is whole");
+            *self.dependents.lock().unwrap().entry(*base).or_default() += 1;
+        }
+        let mut f = self.features.lock().unwrap();
+        for (id, sf) in &sealed.features {
+            assert!(m[id].encoding.is_whole());
+            for (i, v) in sf.iter().enumerate() {
+                f.insert((i, *v), *id);
+            }
         }
         Ok(())
     }
@@ -89,6 +112,7 @@ fn config(containers: &Path) -> PipelineConfig {
         chunk: ChunkParams::default(),
         container_target: 1 << 20,
         zstd_level: 3,
+        similarity: Default::default(),
     }
 }
 
@@ -125,7 +149,7 @@ fn layers_deduplicate_and_restore_exactly() {
             let p = Pipeline::start(cat, cfg).unwrap();
             let mut out = Vec::new();
             for (d, path) in staged {
-                out.push(p.dedup(d, path).await);
+                out.push(p.dedup(d, path, LayerPolicy::default()).await);
             }
             let stats = &p.stats;
             let new = stats.new_chunks.load(std::sync::atomic::Ordering::Relaxed);
@@ -180,7 +204,7 @@ fn early_stops_do_not_hang() {
         async move {
             Pipeline::start(cat, cfg)
                 .unwrap()
-                .dedup(d.clone(), path)
+                .dedup(d.clone(), path, LayerPolicy::default())
                 .await
         }
     });
@@ -204,4 +228,88 @@ fn early_stops_do_not_hang() {
         });
         assert!(r.is_err());
     }
+}
+
+/// A version series: every version rewrites a few bytes in every 20 KiB of its files (a
+/// rebuilt binary, bumped version strings), so few chunks are identical but most are similar.
+fn version(v: u32) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut x = 99u64;
+    for i in 0..6 {
+        let size = 300_000 + i * 1000;
+        let mut data: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 40) as u8 + b'0'
+            })
+            .collect();
+        for at in (v as usize * 37..size - 16).step_by(20_000) {
+            data[at..at + 12].copy_from_slice(format!("v{v:011}").as_bytes());
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, format!("lib/part{i}.so"), &data[..])
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn run_series(policy: LayerPolicy) -> (Arc<MemCatalog>, u64, u64, u64, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let containers = dir.path().join("containers");
+    let cat = Arc::new(MemCatalog::default());
+    let cfg = config(&containers);
+    let blobs: Vec<Vec<u8>> = (1..=5).map(|v| gzip(&version(v))).collect();
+    let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
+    let (whole, delta, saved) = actix::System::new().block_on({
+        let cat = cat.clone();
+        let staged = staged.clone();
+        async move {
+            let p = Pipeline::start(cat, cfg).unwrap();
+            for (d, path) in staged {
+                let o = p.dedup(d, path, policy.clone()).await;
+                assert!(matches!(o, Outcome::Deduplicated { .. }), "{o:?}");
+            }
+            let s = &p.stats;
+            let r = std::sync::atomic::Ordering::Relaxed;
+            (
+                s.chunks_whole.load(r),
+                s.chunks_delta.load(r),
+                s.delta_saved_bytes.load(r),
+            )
+        }
+    });
+    let reader = ChunkReader::new(cat.clone(), containers);
+    let mut exact = true;
+    for (i, blob) in blobs.iter().enumerate() {
+        let (recipe, _) = cat.recipes.lock().unwrap()[&staged[i].0].clone();
+        let mut out = Vec::new();
+        restore_layer(&recipe, &reader, &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        exact &= out == *blob;
+    }
+    (cat, whole, delta, saved, exact)
+}
+
+#[test]
+fn a_version_series_is_stored_as_deltas_and_restores_exactly() {
+    let (cat, whole, delta, saved, exact) = run_series(LayerPolicy::default());
+    assert!(exact, "every version restores bit for bit");
+    // Versions 2-5 change every chunk a little: nearly all their chunks become deltas.
+    assert!(delta > 3 * whole / 2, "{whole} whole, {delta} deltas");
+    assert!(saved > 0);
+    let deps: u64 = cat.dependents.lock().unwrap().values().sum();
+    assert_eq!(deps, delta, "every delta is counted against its base");
+
+    let (_, whole_off, delta_off, _, exact) = run_series(LayerPolicy { similarity: false });
+    assert!(exact);
+    assert_eq!(delta_off, 0, "a chunks-only policy stores no deltas");
+    assert_eq!(whole_off, whole + delta);
 }

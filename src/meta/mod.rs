@@ -19,7 +19,8 @@
 //! | `tags`           | repo `\0` tag                    | digest (UTF-8)                |
 //! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
-//! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 45 bytes) |
+//! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 41 bytes) |
+//! | `features`       | super-feature number u8, super-feature u64 BE | chunk id (20 bytes) |
 //! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
 //! | `layer_files`    | digest                           | zstd-compressed JSON array of file entries |
 //! | `counters`       | name                             | u64 little-endian             |
@@ -30,7 +31,14 @@
 //! `refs` counts the recipe references to it and changes in the recipe's commit.
 //!
 //! A chunk record is: container u64 | offset u64 | stored_len u32 | raw_len u32 |
-//! encoding u8 | refs u64 | reserved u64 (little-endian).
+//! encoding u8 | refs u64 | dependents u64 (little-endian). `dependents` counts the delta
+//! chunks whose base it is (changed in the commit of the container holding the delta): a chunk
+//! with dependents is never removed, whatever its `refs` (invariant 5 and 7). Version 1 stores
+//! wrote 0 in that place, which is the right count for them (they hold no deltas).
+//!
+//! The feature index maps each super-feature of a chunk stored whole (see
+//! `stowage_actors::engine::features`, definition version 1) to the chunk, the latest
+//! registration winning: the newest image versions are the likeliest bases for the next.
 //!
 //! Durability: the environment is opened without `NO_SYNC`/`NO_META_SYNC`, so a returned
 //! commit is on disk (invariant 2).
@@ -47,12 +55,14 @@ use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::{ChunkEncoding, ChunkLoc};
 use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::tar::FileEntry;
+use stowage_actors::pipeline::SealedContainer;
 
 use crate::error::{RegistryError, Result};
 use crate::names::{Digest, RepoName, Tag, UploadId};
 
 const MAGIC: &str = "stowage-meta";
-const VERSION: u32 = 1;
+/// 2: chunk records count dependents, the `features` database exists.
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct FormatRecord {
@@ -145,6 +155,8 @@ pub struct ContainerRecord {
 pub struct ChunkRecord {
     pub loc: ChunkLoc,
     pub refs: u64,
+    /// Delta chunks stored against this one.
+    pub dependents: u64,
 }
 
 impl ChunkRecord {
@@ -158,6 +170,7 @@ impl ChunkRecord {
         b[20..24].copy_from_slice(&self.loc.raw_len.to_le_bytes());
         b[24] = self.loc.encoding as u8;
         b[25..33].copy_from_slice(&self.refs.to_le_bytes());
+        b[33..41].copy_from_slice(&self.dependents.to_le_bytes());
         b
     }
 
@@ -177,8 +190,23 @@ impl ChunkRecord {
                     .map_err(|e| RegistryError::Internal(e.to_string()))?,
             },
             refs: u64_at(25),
+            dependents: u64_at(33),
         })
     }
+}
+
+/// Counts over the chunk index.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkCounts {
+    /// Distinct chunks.
+    pub unique: u64,
+    /// References from recipes.
+    pub refs: u64,
+    pub stored_bytes: u64,
+    /// Chunks stored as deltas.
+    pub deltas: u64,
+    /// Chunks some delta depends on.
+    pub bases: u64,
 }
 
 /// Counts and sizes for `/_stats`.
@@ -238,6 +266,7 @@ pub struct Meta {
     layer_files: Db,
     counters: Db,
     containers: Db,
+    features: Db,
 }
 
 impl Meta {
@@ -249,33 +278,32 @@ impl Meta {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
                 .map_size(map_size)
-                .max_dbs(16)
+                .max_dbs(32)
                 .max_readers(512)
                 .open(dir)?
         };
         let mut w = env.write_txn()?;
         let info: Db = env.create_database(&mut w, Some("info"))?;
-        match info.get(&w, b"format")? {
-            Some(v) => {
-                let f: FormatRecord = dec("format", v)?;
-                if f.magic != MAGIC || f.version > VERSION {
-                    return Err(RegistryError::Internal(format!(
-                        "{} holds {} version {}, this stowage reads {MAGIC} up to version {VERSION}",
-                        dir.display(),
-                        f.magic,
-                        f.version
-                    )));
-                }
+        if let Some(v) = info.get(&w, b"format")? {
+            let f: FormatRecord = dec("format", v)?;
+            if f.magic != MAGIC || f.version > VERSION {
+                return Err(RegistryError::Internal(format!(
+                    "{} holds {} version {}, this stowage reads {MAGIC} up to version {VERSION}",
+                    dir.display(),
+                    f.magic,
+                    f.version
+                )));
             }
-            None => info.put(
-                &mut w,
-                b"format",
-                &enc(&FormatRecord {
-                    magic: MAGIC.into(),
-                    version: VERSION,
-                }),
-            )?,
         }
+        // New stores, and version 1 stores upgraded in place (version 2 only adds).
+        info.put(
+            &mut w,
+            b"format",
+            &enc(&FormatRecord {
+                magic: MAGIC.into(),
+                version: VERSION,
+            }),
+        )?;
         let meta = Meta {
             repos: env.create_database(&mut w, Some("repos"))?,
             blobs: env.create_database(&mut w, Some("blobs"))?,
@@ -291,6 +319,7 @@ impl Meta {
             layer_files: env.create_database(&mut w, Some("layer_files"))?,
             counters: env.create_database(&mut w, Some("counters"))?,
             containers: env.create_database(&mut w, Some("containers"))?,
+            features: env.create_database(&mut w, Some("features"))?,
             env: env.clone(),
         };
         w.commit()?;
@@ -396,6 +425,25 @@ impl Meta {
         }
         self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
         Ok(())
+    }
+
+    /// Every blob's linking repositories (for the policies, at start-up).
+    pub fn all_blob_links(
+        &self,
+        t: &RoTxn<'_>,
+    ) -> Result<std::collections::HashMap<Digest, Vec<RepoName>>> {
+        let mut out: std::collections::HashMap<Digest, Vec<RepoName>> = Default::default();
+        for item in self.blob_links.iter(t)? {
+            let (k, _) = item?;
+            let Some((repo, d)) = utf8(k)?.split_once('\0') else {
+                continue;
+            };
+            let (Ok(repo), Ok(d)) = (repo.parse::<RepoName>(), d.parse::<Digest>()) else {
+                return Err(RegistryError::Internal("corrupt blob link key".into()));
+            };
+            out.entry(d).or_default().push(repo);
+        }
+        Ok(out)
     }
 
     /// Remove `repo`'s link to a blob. Returns false if it was not linked. The blob record
@@ -639,34 +687,82 @@ impl Meta {
     }
 
     /// Record a sealed container and add its chunks (a chunk already indexed keeps its first
-    /// location). A container file without a record was never committed and can be removed.
-    pub fn add_container(
-        &self,
-        w: &mut RwTxn<'_>,
-        id: u64,
-        entries: &[(ChunkId, ChunkLoc)],
-    ) -> Result<()> {
+    /// location), count each new delta as a dependent of its base, and register the features
+    /// of its whole chunks. A container file without a record was never committed and can be
+    /// removed.
+    pub fn add_container(&self, w: &mut RwTxn<'_>, sealed: &SealedContainer) -> Result<()> {
         let rec = ContainerRecord {
             created: now(),
-            chunks: entries.len() as u64,
-            bytes: entries.iter().map(|(_, l)| l.stored_len as u64).sum(),
+            chunks: sealed.entries.len() as u64,
+            bytes: sealed
+                .entries
+                .iter()
+                .map(|(_, l)| l.stored_len as u64)
+                .sum(),
         };
-        self.containers.put(w, &id.to_be_bytes(), &enc(&rec))?;
-        self.add_chunks(w, entries)
+        self.containers
+            .put(w, &sealed.id.to_be_bytes(), &enc(&rec))?;
+        let added = self.add_chunks(w, &sealed.entries)?;
+        for (delta, base) in &sealed.bases {
+            if !added.contains(delta) {
+                continue;
+            }
+            let mut b = self.chunk(w, base)?.ok_or_else(|| {
+                RegistryError::Internal(format!("delta {delta} names unknown base {base}"))
+            })?;
+            if !b.loc.encoding.is_whole() {
+                return Err(RegistryError::Internal(format!(
+                    "delta {delta} names base {base}, itself a delta"
+                )));
+            }
+            b.dependents += 1;
+            self.chunks.put(w, &base.0, &b.encode())?;
+        }
+        for (id, sf) in &sealed.features {
+            for (i, f) in sf.iter().enumerate() {
+                self.features.put(w, &feature_key(i, *f), &id.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// For each super-feature `i` of `sf`, the chunk registered under it.
+    pub fn similar(&self, t: &RoTxn<'_>, sf: &[u64]) -> Result<Vec<Option<ChunkId>>> {
+        let mut out = Vec::with_capacity(sf.len());
+        for (i, f) in sf.iter().enumerate() {
+            out.push(
+                self.features
+                    .get(t, &feature_key(i, *f))?
+                    .filter(|v| v.len() == 20)
+                    .map(|v| ChunkId(v.try_into().expect("20 bytes"))),
+            );
+        }
+        Ok(out)
     }
 
     pub fn container_known(&self, t: &RoTxn<'_>, id: u64) -> Result<bool> {
         Ok(self.containers.get(t, &id.to_be_bytes())?.is_some())
     }
 
-    fn add_chunks(&self, w: &mut RwTxn<'_>, entries: &[(ChunkId, ChunkLoc)]) -> Result<()> {
+    /// Index the chunks not indexed yet; returns those.
+    fn add_chunks(
+        &self,
+        w: &mut RwTxn<'_>,
+        entries: &[(ChunkId, ChunkLoc)],
+    ) -> Result<std::collections::HashSet<ChunkId>> {
+        let mut added = std::collections::HashSet::new();
         for (id, loc) in entries {
             if self.chunks.get(w, &id.0)?.is_none() {
-                let rec = ChunkRecord { loc: *loc, refs: 0 };
+                let rec = ChunkRecord {
+                    loc: *loc,
+                    refs: 0,
+                    dependents: 0,
+                };
                 self.chunks.put(w, &id.0, &rec.encode())?;
+                added.insert(*id);
             }
         }
-        Ok(())
+        Ok(added)
     }
 
     /// The next value of a named counter (starting at 1).
@@ -758,17 +854,23 @@ impl Meta {
         Ok(out)
     }
 
-    /// (distinct chunks, chunk references, stored bytes of chunks).
-    pub fn chunk_counts(&self, t: &RoTxn<'_>) -> Result<(u64, u64, u64)> {
-        let (mut n, mut refs, mut bytes) = (0, 0, 0);
+    /// Counts over the chunk index.
+    pub fn chunk_counts(&self, t: &RoTxn<'_>) -> Result<ChunkCounts> {
+        let mut c = ChunkCounts::default();
         for item in self.chunks.iter(t)? {
             let (_, v) = item?;
-            let c = ChunkRecord::decode(v)?;
-            n += 1;
-            refs += c.refs;
-            bytes += c.loc.stored_len as u64;
+            let r = ChunkRecord::decode(v)?;
+            c.unique += 1;
+            c.refs += r.refs;
+            c.stored_bytes += r.loc.stored_len as u64;
+            if !r.loc.encoding.is_whole() {
+                c.deltas += 1;
+            }
+            if r.dependents > 0 {
+                c.bases += 1;
+            }
         }
-        Ok((n, refs, bytes))
+        Ok(c)
     }
 
     // ---- statistics ---------------------------------------------------------------------
@@ -789,6 +891,13 @@ impl Meta {
             logical_bytes: logical,
         })
     }
+}
+
+fn feature_key(i: usize, f: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = i as u8;
+    k[1..].copy_from_slice(&f.to_be_bytes());
+    k
 }
 
 fn key2_str(a: &str, b: &str) -> String {
@@ -827,7 +936,12 @@ mod tests {
         };
         let mut w = m.write().unwrap();
         m.link_blob(&mut w, &repo, &blob, 10).unwrap();
-        m.add_container(&mut w, 1, &[(id, loc)]).unwrap();
+        let sealed = SealedContainer {
+            id: 1,
+            entries: vec![(id, loc)],
+            ..Default::default()
+        };
+        m.add_container(&mut w, &sealed).unwrap();
         m.commit_recipe(&mut w, &blob, &recipe, &[]).unwrap();
         m.commit_recipe(&mut w, &blob, &recipe, &[]).unwrap();
         w.commit().unwrap();

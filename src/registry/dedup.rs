@@ -9,18 +9,21 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 
+use std::time::Duration;
 use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::ChunkLoc;
 use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::tar::FileEntry;
-use stowage_actors::pipeline::{Catalog, Outcome};
+
+use stowage_actors::pipeline::{Catalog, LayerPolicy, Outcome, SealedContainer};
 use stowage_actors::restore::RestoreLayer;
 
+use super::blocking;
 use super::Registry;
-use crate::config::DedupMode;
+use crate::config::{DedupMode, PolicyMode};
 use crate::error::{RegistryError, Result};
 use crate::meta::{BlobState, Meta};
-use crate::names::Digest;
+use crate::names::{Digest, RepoName};
 
 /// The pipeline's view of the metadata store.
 pub struct MetaCatalog(pub Arc<Meta>);
@@ -42,9 +45,14 @@ impl Catalog for MetaCatalog {
         Ok(id)
     }
 
-    fn commit_container(&self, id: u64, entries: &[(ChunkId, ChunkLoc)]) -> io::Result<()> {
+    fn similar(&self, sf: &[u64]) -> io::Result<Vec<Option<ChunkId>>> {
+        let t = self.0.read().map_err(io_err)?;
+        self.0.similar(&t, sf).map_err(io_err)
+    }
+
+    fn commit_container(&self, sealed: &SealedContainer) -> io::Result<()> {
         let mut w = self.0.write().map_err(io_err)?;
-        self.0.add_container(&mut w, id, entries).map_err(io_err)?;
+        self.0.add_container(&mut w, sealed).map_err(io_err)?;
         w.commit().map_err(|e| io::Error::other(e.to_string()))
     }
 
@@ -111,51 +119,123 @@ impl Registry {
         self.inner.store.blob_path(d)
     }
 
-    /// Hand a freshly committed blob to the pipeline, as configured.
-    pub(super) async fn after_commit(&self, d: &Digest) {
-        let Some(p) = self.inner.pipeline.clone() else {
-            return;
+    /// What the repository policies decide for a blob linked from `repos`: the first matching
+    /// policy of each repository, the most conservative mode and the longest age among them.
+    pub(crate) fn decide(&self, repos: &[RepoName]) -> Decision {
+        let mut d = Decision {
+            mode: PolicyMode::Full,
+            min_age: Duration::ZERO,
+            policy: None,
         };
-        let path = self.staged_path(d);
-        match self.inner.cfg.dedup {
-            DedupMode::Off => {}
-            DedupMode::Inline => log_outcome(d, &p.dedup(d.clone(), path).await),
-            DedupMode::Background => {
-                let d = d.clone();
-                actix_web::rt::spawn(async move {
-                    let o = p.dedup(d.clone(), path).await;
-                    log_outcome(&d, &o);
-                });
+        for repo in repos {
+            let Some(p) = self
+                .inner
+                .cfg
+                .repo_policies
+                .iter()
+                .find(|p| p.matches(repo.as_str()))
+            else {
+                continue;
+            };
+            if p.dedup > d.mode || d.policy.is_none() {
+                d.mode = d.mode.max(p.dedup);
+                d.policy = Some(p.repositories.clone());
             }
+            d.min_age = d.min_age.max(p.min_age.unwrap_or_default());
+        }
+        d
+    }
+
+    fn count_policy(&self, d: &Decision, effect: &'static str, bytes: u64) {
+        if let Some(name) = &d.policy {
+            let mut m = self.inner.policy_stats.lock().expect("policy stats lock");
+            let c = m.entry((name.clone(), effect)).or_default();
+            c.layers += 1;
+            c.bytes += bytes;
         }
     }
 
-    /// Queue every blob still waiting for deduplication (after a restart), one at a time.
-    pub fn resume_pending(&self) -> Result<usize> {
+    /// Hand a freshly committed blob (linked from `repo`) to the pipeline, as configured.
+    pub(super) async fn after_commit(&self, d: &Digest, repo: &RepoName, size: u64) {
+        let decision = self.decide(std::slice::from_ref(repo));
+        self.schedule(d.clone(), size, decision, Duration::ZERO)
+            .await;
+    }
+
+    /// Deduplicate `d` as `decision` says, once it is `min_age` old (`age` already elapsed).
+    async fn schedule(&self, d: Digest, size: u64, decision: Decision, age: Duration) {
         let Some(p) = self.inner.pipeline.clone() else {
-            return Ok(0);
+            return;
         };
         if self.inner.cfg.dedup == DedupMode::Off {
+            return;
+        }
+        if decision.mode == PolicyMode::Raw {
+            self.count_policy(&decision, "raw", size);
+            let cat = MetaCatalog(self.inner.meta.clone());
+            let d2 = d.clone();
+            let r = tokio::task::spawn_blocking(move || cat.keep_raw(&d2, POLICY_RAW)).await;
+            if !matches!(r, Ok(Ok(()))) {
+                tracing::error!(digest = %d, "recording a layer kept raw by policy failed");
+            }
+            return;
+        }
+        let policy = LayerPolicy {
+            similarity: decision.mode == PolicyMode::Full,
+        };
+        if !policy.similarity {
+            self.count_policy(&decision, "no_similarity", size);
+        }
+        let path = self.staged_path(&d);
+        // Inline mode is for tests: the PUT waits for the commit, and ages are ignored.
+        if self.inner.cfg.dedup == DedupMode::Inline {
+            log_outcome(&d, &p.dedup(d.clone(), path, policy).await);
+            return;
+        }
+        let wait = decision.min_age.saturating_sub(age);
+        if !wait.is_zero() {
+            self.count_policy(&decision, "deferred", size);
+        }
+        actix_web::rt::spawn(async move {
+            if !wait.is_zero() {
+                actix_web::rt::time::sleep(wait).await;
+            }
+            let o = p.dedup(d.clone(), path, policy).await;
+            log_outcome(&d, &o);
+        });
+    }
+
+    /// Queue every blob still waiting for deduplication (after a restart), and the blobs kept
+    /// raw by a policy that no longer applies, in the order they were pushed.
+    pub async fn resume_pending(&self) -> Result<usize> {
+        if self.inner.pipeline.is_none() || self.inner.cfg.dedup == DedupMode::Off {
             return Ok(0);
         }
-        let pending: Vec<Digest> = {
-            let t = self.inner.meta.read()?;
-            self.inner
-                .meta
-                .all_blobs(&t)?
-                .into_iter()
-                .filter(|(_, r)| r.state == BlobState::Staged)
-                .map(|(d, _)| d)
-                .collect()
-        };
-        let n = pending.len();
-        let reg = self.clone();
-        actix_web::rt::spawn(async move {
-            for d in pending {
-                let o = p.dedup(d.clone(), reg.staged_path(&d)).await;
-                log_outcome(&d, &o);
+        let inner = self.inner.clone();
+        let (mut blobs, links) = blocking(move || {
+            let t = inner.meta.read()?;
+            Ok((inner.meta.all_blobs(&t)?, inner.meta.all_blob_links(&t)?))
+        })
+        .await?;
+        blobs.sort_by_key(|(_, r)| r.created);
+        let now = crate::meta::now();
+        let mut n = 0;
+        for (d, rec) in blobs {
+            let repos = links.get(&d).map(Vec::as_slice).unwrap_or_default();
+            let decision = self.decide(repos);
+            let queue = match &rec.state {
+                BlobState::Staged => true,
+                BlobState::Raw { reason } => {
+                    reason == POLICY_RAW && decision.mode != PolicyMode::Raw
+                }
+                BlobState::Deduplicated { .. } => false,
+            };
+            if queue {
+                n += 1;
+                let age = Duration::from_secs(now.saturating_sub(rec.created));
+                self.schedule(d, rec.size, decision, age).await;
             }
-        });
+        }
         Ok(n)
     }
 
@@ -217,6 +297,26 @@ impl Registry {
         })
         .boxed())
     }
+}
+
+/// The raw reason of layers a `raw` repository policy keeps as pushed.
+pub const POLICY_RAW: &str = "policy: raw repository";
+
+/// What the repository policies decided for one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub mode: PolicyMode,
+    pub min_age: Duration,
+    /// The pattern of the policy that set the mode (None: no policy matched).
+    pub policy: Option<String>,
+}
+
+/// What each policy did since start-up, by (policy, effect): `raw` (kept as pushed),
+/// `no_similarity` (chunk dedup only), `deferred` (waited for its minimum age).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PolicyCount {
+    pub layers: u64,
+    pub bytes: u64,
 }
 
 fn log_outcome(d: &Digest, o: &Outcome) {

@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) restore: Option<actix::Addr<Restore>>,
     pub(crate) restore_stats: Arc<RestoreStats>,
     pub(crate) layer_cache: Arc<stowage_actors::cache::LayerCache>,
+    pub(crate) policy_stats:
+        std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), dedup::PolicyCount>>,
 }
 
 /// The registry service. Cheap to clone.
@@ -91,6 +93,49 @@ pub struct Stats {
     /// `bytes.logical / bytes.stored`.
     pub dedup_ratio: f64,
     pub restore: RestoreCounts,
+    /// Near-duplicate detection since start-up (absent without a pipeline).
+    pub similarity: Option<SimilarityStats>,
+    /// What each repository policy did since start-up.
+    pub policies: Vec<PolicyStats>,
+}
+
+#[derive(Serialize)]
+pub struct SimilarityStats {
+    /// New chunks stored whole / as deltas.
+    pub chunks_whole: u64,
+    pub chunks_delta: u64,
+    /// Bytes the deltas saved over storing their chunks whole.
+    pub delta_saved_bytes: u64,
+    /// Deltas stored whole because their base did not make it into a container.
+    pub delta_fallbacks: u64,
+    pub lookups: u64,
+    pub hits: u64,
+    /// `hits / lookups`.
+    pub hit_rate: f64,
+    /// New chunk bytes through the stage and its busy time.
+    pub bytes: u64,
+    pub seconds: f64,
+    /// What the selective policies skipped, by reason, with estimates of what that saved
+    /// (time) and cost (bytes deltas would have saved), from a sample of the skipped chunks.
+    pub skipped: std::collections::BTreeMap<&'static str, SkipCounts>,
+}
+
+#[derive(Serialize)]
+pub struct SkipCounts {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub estimated_saved_seconds: f64,
+    pub estimated_lost_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct PolicyStats {
+    /// The policy's repository pattern.
+    pub policy: String,
+    /// `raw`, `no_similarity` or `deferred`.
+    pub effect: &'static str,
+    pub layers: u64,
+    pub bytes: u64,
 }
 
 /// Pulls served from deduplicated layers since start-up.
@@ -115,6 +160,10 @@ pub struct ChunkStats {
     pub unique: u64,
     /// Bytes of stored (compressed) chunk data.
     pub stored_bytes: u64,
+    /// Distinct chunks stored as deltas against a base.
+    pub delta: u64,
+    /// Distinct chunks serving as the base of at least one delta.
+    pub bases: u64,
 }
 
 #[derive(Serialize)]
@@ -158,6 +207,7 @@ impl Registry {
                     chunk: cfg.chunk,
                     container_target: cfg.container_size,
                     zstd_level: cfg.chunk_zstd_level,
+                    similarity: cfg.similarity.clone(),
                 },
             )?;
             let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers);
@@ -179,6 +229,7 @@ impl Registry {
                 pipeline,
                 restore,
                 restore_stats,
+                policy_stats: Default::default(),
             }),
         };
         reg.remove_orphan_uploads()?;
@@ -469,7 +520,7 @@ impl Registry {
         blocking(move || {
             let t = inner.meta.read()?;
             let counts: MetaCounts = inner.meta.counts(&t)?;
-            let (unique, total, chunk_bytes) = inner.meta.chunk_counts(&t)?;
+            let cc = inner.meta.chunk_counts(&t)?;
             let mut layers = LayerStats {
                 pending: 0,
                 deduplicated: 0,
@@ -504,10 +555,25 @@ impl Registry {
                 },
                 layers,
                 chunks: ChunkStats {
-                    total,
-                    unique,
-                    stored_bytes: chunk_bytes,
+                    total: cc.refs,
+                    unique: cc.unique,
+                    stored_bytes: cc.stored_bytes,
+                    delta: cc.deltas,
+                    bases: cc.bases,
                 },
+                similarity: inner.pipeline.as_ref().map(|p| similarity_stats(&p.stats)),
+                policies: inner
+                    .policy_stats
+                    .lock()
+                    .expect("policy stats lock")
+                    .iter()
+                    .map(|((policy, effect), c)| PolicyStats {
+                        policy: policy.clone(),
+                        effect,
+                        layers: c.layers,
+                        bytes: c.bytes,
+                    })
+                    .collect(),
                 dedup_ratio: if stored == 0 {
                     0.0
                 } else {
@@ -528,6 +594,45 @@ impl Registry {
             })
         })
         .await
+    }
+}
+
+fn similarity_stats(p: &stowage_actors::pipeline::StageStats) -> SimilarityStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    use stowage_actors::pipeline::SkipReason;
+    let (lookups, hits) = (
+        p.similarity_lookups.load(Relaxed),
+        p.similarity_hits.load(Relaxed),
+    );
+    SimilarityStats {
+        chunks_whole: p.chunks_whole.load(Relaxed),
+        chunks_delta: p.chunks_delta.load(Relaxed),
+        delta_saved_bytes: p.delta_saved_bytes.load(Relaxed),
+        delta_fallbacks: p.delta_fallbacks.load(Relaxed),
+        lookups,
+        hits,
+        hit_rate: if lookups == 0 {
+            0.0
+        } else {
+            hits as f64 / lookups as f64
+        },
+        bytes: p.similarity_bytes.load(Relaxed),
+        seconds: p.similarity_nanos.load(Relaxed) as f64 / 1e9,
+        skipped: SkipReason::ALL
+            .iter()
+            .map(|r| {
+                let s = &p.skipped[*r as usize];
+                (
+                    r.label(),
+                    SkipCounts {
+                        chunks: s.chunks.load(Relaxed),
+                        bytes: s.bytes.load(Relaxed),
+                        estimated_saved_seconds: s.estimated_saved_nanos.load(Relaxed) as f64 / 1e9,
+                        estimated_lost_bytes: s.estimated_lost_bytes.load(Relaxed),
+                    },
+                )
+            })
+            .collect(),
     }
 }
 

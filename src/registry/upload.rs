@@ -168,6 +168,7 @@ impl Registry {
             )));
         }
         let digest = d.clone();
+        let linked_repo = repo.clone();
         let fresh = blocking(move || {
             let m = &inner.meta;
             // A blob the store already has (staged or deduplicated) is only linked. The write
@@ -187,7 +188,7 @@ impl Registry {
         .await?;
         self.forget_session(&id);
         if fresh {
-            self.after_commit(&digest).await;
+            self.after_commit(&digest, &linked_repo, size).await;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Containers: append-only files of encoded chunks, written in arrival (= pull) order.
 //!
-//! # On-disk format (magic `STWGCNT\0`, version 1), little-endian
+//! # On-disk format (magic `STWGCNT\0`, version 2), little-endian
 //!
 //! ```text
 //! header   32 bytes  magic "STWGCNT\0" | version u32 | reserved u32 | container id u64 | reserved u64
@@ -9,9 +9,15 @@
 //! trailer  16 bytes  index offset u64 | magic "STWGIDX\0"
 //! ```
 //!
-//! `offset` points at a record's data. A container is self-describing: the chunk index can be
-//! rebuilt from the records or the footer index alone. It is sealed (index and trailer
-//! written, file and directory fsynced) before any metadata refers to it.
+//! `offset` points at a record's data. Encodings: 0 zstd frame of the chunk, 1 the chunk as
+//! is, 2 (version 2) a delta: the base chunk's id [20] then a zstd frame made with the base as
+//! reference prefix (see [`super::delta`]); the base is always a chunk stored whole (0 or 1),
+//! so restoring any chunk takes at most two reads. Version 1 containers (no deltas) are read
+//! as well. A container is self-describing: the chunk index can be rebuilt from the records
+//! or the footer index alone, and a delta names its base by id, not by place, so containers
+//! can be rewritten ([`rewrite`]) without touching the deltas that depend on their chunks. It
+//! is sealed (index and trailer written, file and directory fsynced) before any metadata
+//! refers to it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,7 +28,9 @@ use super::chunk::ChunkId;
 
 pub const MAGIC: &[u8; 8] = b"STWGCNT\0";
 pub const INDEX_MAGIC: &[u8; 8] = b"STWGIDX\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Oldest container version still read.
+pub const MIN_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 32;
 const RECORD_HEAD: u64 = 20 + 1 + 4 + 4;
 const INDEX_ENTRY: usize = 20 + 8 + 4 + 4 + 1;
@@ -35,13 +43,21 @@ pub enum ChunkEncoding {
     Zstd = 0,
     /// As is (compression did not help).
     Stored = 1,
+    /// A zstd delta against a base chunk stored whole; the data starts with the base's id.
+    Delta = 2,
 }
 
 impl ChunkEncoding {
+    /// Stored whole (may serve as a delta base).
+    pub fn is_whole(self) -> bool {
+        !matches!(self, ChunkEncoding::Delta)
+    }
+
     pub fn from_u8(v: u8) -> io::Result<ChunkEncoding> {
         match v {
             0 => Ok(ChunkEncoding::Zstd),
             1 => Ok(ChunkEncoding::Stored),
+            2 => Ok(ChunkEncoding::Delta),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unknown chunk encoding {v}"),
@@ -68,10 +84,30 @@ pub fn encode_chunk(raw: &[u8], level: i32) -> (ChunkEncoding, Vec<u8>) {
     }
 }
 
+/// The stored data of a delta record: the base's id, then the delta.
+pub fn delta_record(base: &ChunkId, delta: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20 + delta.len());
+    v.extend_from_slice(&base.0);
+    v.extend_from_slice(delta);
+    v
+}
+
+/// Split a delta record's stored data into its base's id and the delta.
+pub fn split_delta(stored: &[u8]) -> io::Result<(ChunkId, &[u8])> {
+    if stored.len() < 20 {
+        return Err(bad("delta record shorter than its base id"));
+    }
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&stored[..20]);
+    Ok((ChunkId(id), &stored[20..]))
+}
+
+/// Decode a chunk stored whole. Deltas need their base: see [`super::delta::DeltaCoder`].
 pub fn decode_chunk(enc: ChunkEncoding, stored: &[u8], raw_len: u32) -> io::Result<Vec<u8>> {
     let raw = match enc {
         ChunkEncoding::Stored => stored.to_vec(),
         ChunkEncoding::Zstd => zstd::bulk::decompress(stored, raw_len as usize)?,
+        ChunkEncoding::Delta => return Err(bad("a delta chunk needs its base to be decoded")),
     };
     if raw.len() != raw_len as usize {
         return Err(io::Error::new(
@@ -202,7 +238,7 @@ pub fn read_index(path: &Path) -> io::Result<(u64, Vec<(ChunkId, ChunkLoc)>)> {
         return Err(bad(format!("{}: not a stowage container", path.display())));
     }
     let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(bad(format!(
             "{}: container version {version}",
             path.display()
@@ -246,6 +282,26 @@ pub fn read_index(path: &Path) -> io::Result<(u64, Vec<(ChunkId, ChunkLoc)>)> {
         ));
     }
     Ok((id, out))
+}
+
+/// Copy the records of the sealed container `src` for which `keep` holds into a new sealed
+/// container `new_id` in `dir`, byte for byte (deltas keep naming their bases by id). This is
+/// the compaction step of garbage collection: the caller repoints the chunk index at the
+/// returned entries in one transaction before removing `src`.
+pub fn rewrite(
+    src: &Path,
+    dir: &Path,
+    new_id: u64,
+    keep: &dyn Fn(&ChunkId) -> bool,
+) -> io::Result<Vec<(ChunkId, ChunkLoc)>> {
+    let (_, index) = read_index(src)?;
+    let f = File::open(src)?;
+    let mut w = ContainerWriter::create(dir, new_id)?;
+    for (id, loc) in index.iter().filter(|(id, _)| keep(id)) {
+        let data = read_stored(&f, loc)?;
+        w.append(*id, loc.encoding, loc.raw_len, &data)?;
+    }
+    w.seal()
 }
 
 #[cfg(test)]

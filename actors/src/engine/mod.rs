@@ -2,6 +2,8 @@
 
 pub mod chunk;
 pub mod container;
+pub mod delta;
+pub mod features;
 pub mod goflate;
 pub mod inflate;
 pub mod kpflate;

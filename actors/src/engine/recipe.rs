@@ -167,6 +167,20 @@ impl Recipe {
 pub struct NewChunk {
     pub id: ChunkId,
     pub data: Vec<u8>,
+    /// Where the chunk came from, for the selective deduplication policies.
+    pub origin: Origin,
+}
+
+/// Where a chunk came from: the inline stream (tar framing and small files) or a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Inline,
+    File {
+        size: u64,
+        /// The file starts with the magic bytes of a compressed format (see
+        /// [`super::features::compressed_format`]).
+        compressed: bool,
+    },
 }
 
 /// Builds a recipe from the split stream: the Chunk stage's logic, as a [`TarSink`].
@@ -183,12 +197,16 @@ pub struct RecipeBuilder {
     /// Chunks produced since the last [`RecipeBuilder::take_chunks`].
     out: Vec<NewChunk>,
     collision: bool,
+    /// Size and first bytes of the current file (to recognise compressed formats).
+    file_size: u64,
+    file_head: Vec<u8>,
 }
 
 fn emit(
     refs: &mut Vec<(ChunkId, u32)>,
     out: &mut Vec<NewChunk>,
     collision: &mut bool,
+    origin: Origin,
     data: &[u8],
 ) {
     match ChunkId::of(data) {
@@ -197,6 +215,7 @@ fn emit(
             out.push(NewChunk {
                 id,
                 data: data.to_vec(),
+                origin,
             });
         }
         Err(CollisionDetected) => *collision = true,
@@ -217,6 +236,15 @@ impl RecipeBuilder {
             raw_len: 0,
             out: Vec::new(),
             collision: false,
+            file_size: 0,
+            file_head: Vec::new(),
+        }
+    }
+
+    fn file_origin(&self) -> Origin {
+        Origin::File {
+            size: self.file_size,
+            compressed: super::features::compressed_format(&self.file_head).is_some(),
         }
     }
 
@@ -232,7 +260,8 @@ impl RecipeBuilder {
         encoding: Encoding,
     ) -> (Result<Recipe, CollisionDetected>, Vec<NewChunk>) {
         let (refs, out, col) = (&mut self.inline_refs, &mut self.out, &mut self.collision);
-        self.inline.finish(&mut |c| emit(refs, out, col, c));
+        self.inline
+            .finish(&mut |c| emit(refs, out, col, Origin::Inline, c));
         self.framing.push(self.run);
         if self.collision {
             return (Err(CollisionDetected), self.out);
@@ -257,25 +286,35 @@ impl TarSink for RecipeBuilder {
         self.raw_len += bytes.len() as u64;
         self.run += bytes.len() as u64;
         let (refs, out, col) = (&mut self.inline_refs, &mut self.out, &mut self.collision);
-        self.inline.push(bytes, &mut |c| emit(refs, out, col, c));
+        self.inline
+            .push(bytes, &mut |c| emit(refs, out, col, Origin::Inline, c));
     }
 
-    fn file_start(&mut self, _size: u64) {
+    fn file_start(&mut self, size: u64) {
         self.framing.push(self.run);
         self.run = 0;
         self.in_file = true;
+        self.file_size = size;
+        self.file_head.clear();
     }
 
     fn file_data(&mut self, bytes: &[u8]) {
         self.raw_len += bytes.len() as u64;
         self.run += bytes.len() as u64;
+        if self.file_head.len() < super::features::MAGIC_LEN {
+            let take = (super::features::MAGIC_LEN - self.file_head.len()).min(bytes.len());
+            self.file_head.extend_from_slice(&bytes[..take]);
+        }
+        let origin = self.file_origin();
         let (refs, out, col) = (&mut self.file_refs, &mut self.out, &mut self.collision);
-        self.file.push(bytes, &mut |c| emit(refs, out, col, c));
+        self.file
+            .push(bytes, &mut |c| emit(refs, out, col, origin, c));
     }
 
     fn file_end(&mut self) {
+        let origin = self.file_origin();
         let (refs, out, col) = (&mut self.file_refs, &mut self.out, &mut self.collision);
-        self.file.finish(&mut |c| emit(refs, out, col, c));
+        self.file.finish(&mut |c| emit(refs, out, col, origin, c));
         self.framing.push(self.run);
         self.run = 0;
         self.in_file = false;
