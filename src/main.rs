@@ -109,16 +109,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let reg = Registry::open(cfg.clone(), true)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", cfg.root.display()))?;
-    tracing::info!(root = %cfg.root.display(), dedup = ?cfg.dedup, "store opened");
-    {
-        let reg = reg.clone();
-        actix_web::rt::spawn(async move {
-            match reg.resume_pending().await {
-                Ok(n) => tracing::info!(pending = n, "resumed deduplication of pending blobs"),
-                Err(e) => tracing::error!(error = %e, "resuming pending blobs failed"),
-            }
-        });
-    }
+    let pending = reg.resume_pending().await?;
+    tracing::info!(root = %cfg.root.display(), pending, dedup = ?cfg.dedup, "store opened");
 
     let sweeper = {
         let reg = reg.clone();

@@ -187,6 +187,13 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         &["policy", "effect"],
     )
     .expect("metric");
+    // Every configured policy has its series from the start, at 0 until it applies.
+    for p in &reg.config().repo_policies {
+        for effect in ["raw", "no_similarity", "deferred"] {
+            pl.with_label_values(&[p.repositories.as_str(), effect]);
+            pb.with_label_values(&[p.repositories.as_str(), effect]);
+        }
+    }
     for p in &stats.policies {
         pl.with_label_values(&[p.policy.as_str(), p.effect])
             .inc_by(p.layers);

@@ -9,7 +9,10 @@ use common::{digest_of, tool, Server};
 
 #[test]
 fn metrics_pass_promtool_and_count_the_pipeline() {
-    let s = Server::start_at(&tempfile::tempdir().unwrap().keep(), &["--dedup", "inline"]);
+    let s = Server::start_at(
+        &tempfile::tempdir().unwrap().keep(),
+        &["--dedup", "inline", "--repo-policy", "hot/*=raw"],
+    );
     let c = reqwest::blocking::Client::new();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     gz.write_all(&vec![b'x'; 300_000]).unwrap();
@@ -54,6 +57,7 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         "stowage_http_requests_total{method=\"POST\",status=\"201\"} 2",
         "stowage_dedup_ratio",
         "stowage_pipeline_queue_depth{edge=\"chunk_similarity\"}",
+        "stowage_policy_layers_total{effect=\"raw\",policy=\"hot/*\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

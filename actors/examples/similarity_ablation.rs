@@ -7,7 +7,9 @@
 //! of unique chunks stored whole (chunk dedup only), bytes stored with deltas, the saving,
 //! how many chunks became deltas, the similarity hit rate and the throughput of the
 //! similarity stage (features + lookups + delta encoding) over the chunks it saw.
-//! `benches/similarity-ablation` runs it on the make-dataset layout.
+//! Environment: `ABLATION_LAYERS=1` also prints what each layer adds; `ABLATION_LEVEL` and
+//! `ABLATION_DELTA_LEVEL` set the zstd levels of whole chunks and deltas (default 3, as the
+//! server). `benches/similarity-ablation` runs it on the make-dataset layout.
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
@@ -59,6 +61,13 @@ fn chunks_of(gz: &[u8], params: ChunkParams, out: &mut dyn FnMut(Vec<NewChunk>))
     out(last);
 }
 
+fn env_num(name: &str, default: i32) -> i32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 struct Set {
     fp: FeatureParams,
     threshold: f64,
@@ -82,7 +91,10 @@ fn main() {
     let sets: Vec<Set> = if args.len() > 1 {
         args[1..].iter().map(|a| parse(a)).collect()
     } else {
-        vec![parse("12/3/7")]
+        vec![Set {
+            fp: FeatureParams::default(),
+            threshold: 0.8,
+        }]
     };
     let params = ChunkParams::default();
     let layers = layers(layout);
@@ -91,12 +103,15 @@ fn main() {
         let mut stored: HashSet<ChunkId> = HashSet::new();
         let mut whole_data: HashMap<ChunkId, Vec<u8>> = HashMap::new();
         let mut index: HashMap<(usize, u64), ChunkId> = HashMap::new();
-        let mut coder = DeltaCoder::new(3);
+        let mut coder = DeltaCoder::new(env_num("ABLATION_DELTA_LEVEL", 3));
         let (mut only, mut with_delta, mut raw) = (0u64, 0u64, 0u64);
         let (mut new, mut deltas, mut lookups, mut hits) = (0u64, 0u64, 0u64, 0u64);
         let mut busy = 0f64;
+        let verbose = std::env::var_os("ABLATION_LAYERS").is_some();
+        let level = env_num("ABLATION_LEVEL", 3);
         for d in &layers {
             let gz = blob(layout, d);
+            let (o0, w0) = (only, with_delta);
             chunks_of(&gz, params, &mut |batch| {
                 for c in batch {
                     if !stored.insert(c.id) {
@@ -105,7 +120,7 @@ fn main() {
                     new += 1;
                     raw += c.data.len() as u64;
                     let t = Instant::now();
-                    let (_, whole) = encode_chunk(&c.data, 3);
+                    let (_, whole) = encode_chunk(&c.data, level);
                     only += whole.len() as u64;
                     let skip = matches!(
                         c.origin,
@@ -147,6 +162,15 @@ fn main() {
                     with_delta += size;
                 }
             });
+            if verbose {
+                eprintln!(
+                    "{} {:>10} compressed, chunk-only +{:>10}, with deltas +{:>10}",
+                    &d[7..19],
+                    gz.len(),
+                    only - o0,
+                    with_delta - w0
+                );
+            }
         }
         println!(
             "{}",

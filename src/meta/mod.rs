@@ -20,7 +20,7 @@
 //! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
 //! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 41 bytes) |
-//! | `features`       | super-feature number u8, super-feature u64 BE | chunk id (20 bytes) |
+//! | `features`       | feature key u32 BE (see below)   | chunk id prefix (8 bytes)     |
 //! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
 //! | `layer_files`    | digest                           | zstd-compressed JSON array of file entries |
 //! | `counters`       | name                             | u64 little-endian             |
@@ -38,7 +38,11 @@
 //!
 //! The feature index maps each super-feature of a chunk stored whole (see
 //! `stowage_actors::engine::features`, definition version 1) to the chunk, the latest
-//! registration winning: the newest image versions are the likeliest bases for the next.
+//! registration winning: the newest image versions are the likeliest bases for the next. It is
+//! kept small, since it grows with every whole chunk and its random keys make LMDB rewrite
+//! many pages per commit: the key is the low 32 bits of super-feature `i` plus `i`, the value
+//! the first 8 bytes of the chunk id, resolved through `chunks` by prefix. A collision only
+//! proposes a poor base, whose delta is then discarded: it never affects what is stored.
 //!
 //! Durability: the environment is opened without `NO_SYNC`/`NO_META_SYNC`, so a returned
 //! commit is on disk (invariant 2).
@@ -720,7 +724,7 @@ impl Meta {
         }
         for (id, sf) in &sealed.features {
             for (i, f) in sf.iter().enumerate() {
-                self.features.put(w, &feature_key(i, *f), &id.0)?;
+                self.features.put(w, &feature_key(i, *f), &id.0[..8])?;
             }
         }
         Ok(())
@@ -730,12 +734,16 @@ impl Meta {
     pub fn similar(&self, t: &RoTxn<'_>, sf: &[u64]) -> Result<Vec<Option<ChunkId>>> {
         let mut out = Vec::with_capacity(sf.len());
         for (i, f) in sf.iter().enumerate() {
-            out.push(
-                self.features
-                    .get(t, &feature_key(i, *f))?
-                    .filter(|v| v.len() == 20)
-                    .map(|v| ChunkId(v.try_into().expect("20 bytes"))),
-            );
+            let mut found = None;
+            if let Some(prefix) = self.features.get(t, &feature_key(i, *f))? {
+                if let Some(item) = self.chunks.prefix_iter(t, prefix)?.next() {
+                    let (k, _) = item?;
+                    if k.len() == 20 {
+                        found = Some(ChunkId(k.try_into().expect("20 bytes")));
+                    }
+                }
+            }
+            out.push(found);
         }
         Ok(out)
     }
@@ -893,11 +901,8 @@ impl Meta {
     }
 }
 
-fn feature_key(i: usize, f: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = i as u8;
-    k[1..].copy_from_slice(&f.to_be_bytes());
-    k
+fn feature_key(i: usize, f: u64) -> [u8; 4] {
+    (f as u32).wrapping_add(i as u32).to_be_bytes()
 }
 
 fn key2_str(a: &str, b: &str) -> String {

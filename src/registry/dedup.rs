@@ -206,7 +206,8 @@ impl Registry {
     }
 
     /// Queue every blob still waiting for deduplication (after a restart), and the blobs kept
-    /// raw by a policy that no longer applies, in the order they were pushed.
+    /// raw by a policy that no longer applies (marked pending again before this returns), in
+    /// the order they were pushed. The queueing itself runs in the background.
     pub async fn resume_pending(&self) -> Result<usize> {
         if self.inner.pipeline.is_none() || self.inner.cfg.dedup == DedupMode::Off {
             return Ok(0);
@@ -218,24 +219,44 @@ impl Registry {
         })
         .await?;
         blobs.sort_by_key(|(_, r)| r.created);
-        let now = crate::meta::now();
-        let mut n = 0;
+        let mut queue = Vec::new();
+        let mut released = Vec::new();
         for (d, rec) in blobs {
             let repos = links.get(&d).map(Vec::as_slice).unwrap_or_default();
             let decision = self.decide(repos);
-            let queue = match &rec.state {
-                BlobState::Staged => true,
-                BlobState::Raw { reason } => {
-                    reason == POLICY_RAW && decision.mode != PolicyMode::Raw
+            match &rec.state {
+                BlobState::Staged => {}
+                // Kept raw by a policy that no longer says so: pending again.
+                BlobState::Raw { reason }
+                    if reason == POLICY_RAW && decision.mode != PolicyMode::Raw =>
+                {
+                    released.push(d.clone())
                 }
-                BlobState::Deduplicated { .. } => false,
-            };
-            if queue {
-                n += 1;
-                let age = Duration::from_secs(now.saturating_sub(rec.created));
-                self.schedule(d, rec.size, decision, age).await;
+                _ => continue,
             }
+            queue.push((d, rec, decision));
         }
+        if !released.is_empty() {
+            let meta = self.inner.meta.clone();
+            blocking(move || {
+                let mut w = meta.write()?;
+                for d in &released {
+                    meta.set_blob_state(&mut w, d, BlobState::Staged)?;
+                }
+                w.commit()?;
+                Ok(())
+            })
+            .await?;
+        }
+        let now = crate::meta::now();
+        let n = queue.len();
+        let reg = self.clone();
+        actix_web::rt::spawn(async move {
+            for (d, rec, decision) in queue {
+                let age = Duration::from_secs(now.saturating_sub(rec.created));
+                reg.schedule(d, rec.size, decision, age).await;
+            }
+        });
         Ok(n)
     }
 
