@@ -125,9 +125,8 @@ mod tests {
         let d = c.encode(&base, &t).unwrap();
         assert!(c.decode(&base, &d, t.len() as u32 + 1).is_err());
         let other = data(16384, 2);
-        match c.decode(&other, &d, t.len() as u32) {
-            Ok(v) => assert_ne!(v, t),
-            Err(_) => {}
+        if let Ok(v) = c.decode(&other, &d, t.len() as u32) {
+            assert_ne!(v, t);
         }
         assert!(c.decode(&base, &d[..d.len() / 2], t.len() as u32).is_err());
     }
