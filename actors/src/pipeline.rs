@@ -650,11 +650,20 @@ impl Similarity {
         None
     }
 
-    /// A delta for `data` against the best candidate base, if one is found.
-    fn try_delta(&mut self, data: &[u8], sf: &[u64]) -> Option<(ChunkId, Vec<u8>)> {
-        self.stats
-            .similarity_lookups
-            .fetch_add(1, Ordering::Relaxed);
+    /// A delta for chunk `id` against the best candidate base, if one is found. `count`: a
+    /// real lookup (false for the policies' trials, which must not skew the hit rate).
+    fn try_delta(
+        &mut self,
+        id: &ChunkId,
+        data: &[u8],
+        sf: &[u64],
+        count: bool,
+    ) -> Option<(ChunkId, Vec<u8>)> {
+        if count {
+            self.stats
+                .similarity_lookups
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let indexed = match self.catalog.similar(sf) {
             Ok(v) => v,
             Err(e) => {
@@ -663,8 +672,16 @@ impl Similarity {
             }
         };
         let pending = &self.pending;
-        let (base, _) = pick_base(sf, |i, f| pending.get(&(i, f)).copied().or(indexed[i]))?;
-        self.stats.similarity_hits.fetch_add(1, Ordering::Relaxed);
+        let (base, _) = pick_base(sf, |i, f| {
+            pending
+                .get(&(i, f))
+                .copied()
+                .or(indexed[i])
+                .filter(|b| b != id)
+        })?;
+        if count {
+            self.stats.similarity_hits.fetch_add(1, Ordering::Relaxed);
+        }
         let base_data = match self.reader.read(&base, &mut self.bases) {
             Ok(d) => d,
             Err(e) => {
@@ -704,7 +721,7 @@ impl Similarity {
                 // A trial, stored whole regardless: what would similarity have done here?
                 let t = std::time::Instant::now();
                 let trial = super_features(&c.data, &self.cfg.similarity.features)
-                    .and_then(|sf| self.try_delta(&c.data, &sf));
+                    .and_then(|sf| self.try_delta(&c.id, &c.data, &sf, false));
                 let lost = trial.map_or(0, |(_, d)| {
                     let size = (d.len() + 20) as f64;
                     if size <= whole.1.len() as f64 * self.cfg.similarity.threshold {
@@ -724,7 +741,7 @@ impl Similarity {
         let Some(sf) = super_features(&c.data, &self.cfg.similarity.features) else {
             return plain(whole, None);
         };
-        if let Some((base, d)) = self.try_delta(&c.data, &sf) {
+        if let Some((base, d)) = self.try_delta(&c.id, &c.data, &sf, true) {
             let record = delta_record(&base, &d);
             if record.len() as f64 <= whole.1.len() as f64 * self.cfg.similarity.threshold {
                 failpoint("delta-encoded");
