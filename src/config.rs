@@ -83,7 +83,7 @@ pub struct ServeArgs {
     /// One position in 2^N is sampled for features [default: 7, i.e. 1/128].
     #[arg(long, env = "STOWAGE_SIMILARITY_SAMPLE_BITS")]
     pub similarity_sample_bits: Option<u32>,
-    /// A delta is kept when at most this fraction of the chunk compressed alone [default: 0.8].
+    /// A delta is kept when at most this fraction of the chunk compressed alone [default: 0.7].
     #[arg(long, env = "STOWAGE_DELTA_THRESHOLD")]
     pub delta_threshold: Option<f64>,
     /// Skip similarity for files that start like a compressed format (gzip, zip, zstd, xz,

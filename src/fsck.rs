@@ -2,19 +2,23 @@
 //!
 //! Deduplicated blobs are restored from their recipes (every chunk read from its container,
 //! decoded and re-encoded) and hashed; staged and raw blobs are hashed from `staging/`. Sealed
-//! containers are checked for a readable header and index. Progress goes to stderr; the exit
-//! status is non-zero if anything is wrong.
+//! containers are checked for a readable header and index, and every indexed delta for a base
+//! that is indexed and stored whole (invariant 5); each chunk's count of dependent deltas must
+//! match the deltas found (a base is never removed while a delta depends on it). Progress goes
+//! to stderr; the exit status is non-zero if anything is wrong.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use stowage_actors::engine::container::read_index;
+use stowage_actors::engine::chunk::ChunkId;
+use stowage_actors::engine::container::{read_index, ChunkEncoding, ChunkLoc};
 use stowage_actors::restore::{restore_layer, ChunkReader};
 
-use crate::meta::{BlobState, Meta};
+use crate::meta::{BlobState, ChunkRecord, Meta};
 use crate::names::Digest;
 use crate::registry::dedup::MetaCatalog;
 use crate::store::LocalStore;
@@ -47,12 +51,27 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
     );
     let mut problems = Vec::new();
 
+    let chunks: HashMap<ChunkId, ChunkRecord> = {
+        let t = meta.read()?;
+        meta.all_chunks(&t)?.into_iter().collect()
+    };
+    let mut dependents: HashMap<ChunkId, u64> = HashMap::new();
     if containers.exists() {
         for e in std::fs::read_dir(&containers)? {
             let p = e?.path();
-            if let Err(err) = read_index(&p) {
-                problems.push(format!("container {}: {err}", p.display()));
+            match read_index(&p) {
+                Err(err) => problems.push(format!("container {}: {err}", p.display())),
+                Ok((_, index)) => check_deltas(&p, &index, &chunks, &mut dependents, &mut problems),
             }
+        }
+    }
+    for (id, rec) in &chunks {
+        let found = dependents.get(id).copied().unwrap_or(0);
+        if rec.dependents != found {
+            problems.push(format!(
+                "chunk {id}: the index counts {} dependent deltas, the containers hold {found}",
+                rec.dependents
+            ));
         }
     }
 
@@ -104,6 +123,44 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
         bytes,
         problems,
     })
+}
+
+/// Check the deltas of one container (only the copies the index points at count).
+fn check_deltas(
+    path: &Path,
+    index: &[(ChunkId, ChunkLoc)],
+    chunks: &HashMap<ChunkId, ChunkRecord>,
+    dependents: &mut HashMap<ChunkId, u64>,
+    problems: &mut Vec<String>,
+) {
+    let deltas: Vec<_> = index
+        .iter()
+        .filter(|(id, loc)| {
+            loc.encoding == ChunkEncoding::Delta && chunks.get(id).is_some_and(|r| r.loc == *loc)
+        })
+        .collect();
+    if deltas.is_empty() {
+        return;
+    }
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return problems.push(format!("container {}: {e}", path.display())),
+    };
+    for (id, loc) in deltas {
+        let mut base = [0u8; 20];
+        if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(&f, &mut base, loc.offset) {
+            problems.push(format!("delta {id}: {e}"));
+            continue;
+        }
+        let base = ChunkId(base);
+        match chunks.get(&base) {
+            None => problems.push(format!("delta {id}: its base {base} is not in the index")),
+            Some(b) if !b.loc.encoding.is_whole() => {
+                problems.push(format!("delta {id}: its base {base} is itself a delta"))
+            }
+            Some(_) => *dependents.entry(base).or_default() += 1,
+        }
+    }
 }
 
 fn check(d: &Digest, got: Digest, n: u64, size: u64, problems: &mut Vec<String>) {

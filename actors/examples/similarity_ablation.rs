@@ -81,7 +81,7 @@ fn parse(arg: &str) -> Set {
             super_features: v[1].parse().expect("super-features"),
             sample_bits: v[2].parse().expect("sample bits"),
         },
-        threshold: v.get(3).map_or(0.8, |t| t.parse().expect("threshold")),
+        threshold: v.get(3).map_or(0.7, |t| t.parse().expect("threshold")),
     }
 }
 
@@ -93,7 +93,7 @@ fn main() {
     } else {
         vec![Set {
             fp: FeatureParams::default(),
-            threshold: 0.8,
+            threshold: 0.7,
         }]
     };
     let params = ChunkParams::default();

@@ -104,7 +104,7 @@ impl Default for SimilarityConfig {
         SimilarityConfig {
             enabled: true,
             features: FeatureParams::default(),
-            threshold: 0.8,
+            threshold: 0.7,
             skip_compressed: true,
             min_file_size: 0,
         }

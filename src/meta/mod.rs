@@ -862,6 +862,19 @@ impl Meta {
         Ok(out)
     }
 
+    /// Every chunk record (for fsck).
+    pub fn all_chunks(&self, t: &RoTxn<'_>) -> Result<Vec<(ChunkId, ChunkRecord)>> {
+        let mut out = Vec::new();
+        for item in self.chunks.iter(t)? {
+            let (k, v) = item?;
+            let id: [u8; 20] = k
+                .try_into()
+                .map_err(|_| RegistryError::Internal("corrupt chunk key".into()))?;
+            out.push((ChunkId(id), ChunkRecord::decode(v)?));
+        }
+        Ok(out)
+    }
+
     /// Counts over the chunk index.
     pub fn chunk_counts(&self, t: &RoTxn<'_>) -> Result<ChunkCounts> {
         let mut c = ChunkCounts::default();
