@@ -570,7 +570,8 @@ pub struct Similarity {
     reader: ChunkReader,
     bases: ReadSession,
     pending: HashMap<(usize, u64), ChunkId>,
-    skipped_seen: u64,
+    /// Skipped chunks seen per [`SkipReason`] (every [`SKIP_TRIAL_EVERY`]th is tried).
+    skipped_seen: [u64; 3],
 }
 
 /// Bytes of recent whole chunks and bases the similarity stage keeps decoded.
@@ -716,8 +717,8 @@ impl Similarity {
             let st = &stats.skipped[reason as usize];
             st.chunks.fetch_add(1, Ordering::Relaxed);
             st.bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-            self.skipped_seen += 1;
-            if self.skipped_seen.is_multiple_of(SKIP_TRIAL_EVERY) {
+            self.skipped_seen[reason as usize] += 1;
+            if self.skipped_seen[reason as usize].is_multiple_of(SKIP_TRIAL_EVERY) {
                 // A trial, stored whole regardless: what would similarity have done here?
                 let t = std::time::Instant::now();
                 let trial = super_features(&c.data, &self.cfg.similarity.features)
@@ -1062,7 +1063,7 @@ impl Pipeline {
             reader: ChunkReader::new(cat.clone(), c.containers.clone()),
             bases: ReadSession::new(SIMILARITY_CACHE_BYTES),
             pending: HashMap::new(),
-            skipped_seen: 0,
+            skipped_seen: [0; 3],
         });
         let (c, s) = (cfg.clone(), stats.clone());
         let chunk = SyncArbiter::start(1, move || Chunk {
