@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// A delta is kept when at most this fraction of the chunk compressed alone [default: 0.7].
     #[arg(long, env = "STOWAGE_DELTA_THRESHOLD")]
     pub delta_threshold: Option<f64>,
+    /// Candidate bases tried per new chunk; the smallest delta wins [default: 2].
+    #[arg(long, env = "STOWAGE_SIMILARITY_CANDIDATES")]
+    pub similarity_candidates: Option<usize>,
     /// Skip similarity for files that start like a compressed format (gzip, zip, zstd, xz,
     /// jpeg, png, woff2, ...) and chunks zstd cannot shrink [default: true].
     #[arg(long, env = "STOWAGE_SIMILARITY_SKIP_COMPRESSED")]
@@ -228,6 +231,7 @@ struct FileConfig {
     similarity_super_features: Option<usize>,
     similarity_sample_bits: Option<u32>,
     delta_threshold: Option<f64>,
+    similarity_candidates: Option<usize>,
     similarity_skip_compressed: Option<bool>,
     similarity_min_file_size: Option<u64>,
     #[serde(default)]
@@ -356,6 +360,10 @@ impl Config {
                         .delta_threshold
                         .or(file.delta_threshold)
                         .unwrap_or(ds.threshold),
+                    candidates: args
+                        .similarity_candidates
+                        .or(file.similarity_candidates)
+                        .unwrap_or(ds.candidates),
                     skip_compressed: args
                         .similarity_skip_compressed
                         .or(file.similarity_skip_compressed)
@@ -376,6 +384,11 @@ impl Config {
             .features
             .validate()
             .map_err(|e| anyhow::anyhow!("similarity: {e}"))?;
+        anyhow::ensure!(
+            (1..=16).contains(&cfg.similarity.candidates),
+            "similarity_candidates must be between 1 and 16 (got {})",
+            cfg.similarity.candidates
+        );
         anyhow::ensure!(
             cfg.similarity.threshold > 0.0 && cfg.similarity.threshold <= 1.0,
             "delta_threshold must be in (0, 1] (got {})",

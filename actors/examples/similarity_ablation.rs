@@ -1,7 +1,7 @@
 //! Similarity ablation on an OCI layout: how much near-duplicate deltas save over chunk dedup
 //! alone, for several super-feature parameter sets, with the engine alone (no server).
 //!
-//! `similarity_ablation LAYOUT [FEATURES/SUPER/SAMPLE_BITS[/THRESHOLD] ...]` reads the layout's
+//! `similarity_ablation LAYOUT [FEATURES/SUPER/SAMPLE_BITS[/THRESHOLD[/CANDIDATES]] ...]` reads the layout's
 //! images in index order (their layers in manifest order, each layer once, as a push would),
 //! chunks every layer as the pipeline does and prints one JSON line per parameter set: bytes
 //! of unique chunks stored whole (chunk dedup only), bytes stored with deltas, the saving,
@@ -17,7 +17,7 @@ use std::time::Instant;
 use stowage_actors::engine::chunk::{ChunkId, ChunkParams};
 use stowage_actors::engine::container::encode_chunk;
 use stowage_actors::engine::delta::DeltaCoder;
-use stowage_actors::engine::features::{pick_base, super_features, FeatureParams};
+use stowage_actors::engine::features::{pick_bases, super_features, FeatureParams};
 use stowage_actors::engine::recipe::{NewChunk, Origin, RecipeBuilder};
 use stowage_actors::engine::recompress::{Compression, LayerDecoder};
 use stowage_actors::engine::tar::TarSplitter;
@@ -71,6 +71,7 @@ fn env_num(name: &str, default: i32) -> i32 {
 struct Set {
     fp: FeatureParams,
     threshold: f64,
+    candidates: usize,
 }
 
 fn parse(arg: &str) -> Set {
@@ -82,6 +83,7 @@ fn parse(arg: &str) -> Set {
             sample_bits: v[2].parse().expect("sample bits"),
         },
         threshold: v.get(3).map_or(0.7, |t| t.parse().expect("threshold")),
+        candidates: v.get(4).map_or(2, |t| t.parse().expect("candidates")),
     }
 }
 
@@ -94,6 +96,7 @@ fn main() {
         vec![Set {
             fp: FeatureParams::default(),
             threshold: 0.7,
+            candidates: 2,
         }]
     };
     let params = ChunkParams::default();
@@ -138,11 +141,18 @@ fn main() {
                     let mut is_delta = false;
                     if let Some(sf) = &sf {
                         lookups += 1;
-                        if let Some((base, _)) = pick_base(sf, |i, f| index.get(&(i, f)).copied()) {
+                        let cands =
+                            pick_bases(sf, set.candidates, |i, f| index.get(&(i, f)).copied());
+                        let best = cands
+                            .iter()
+                            .map(|(b, _)| {
+                                coder
+                                    .encode(&whole_data[b], &c.data)
+                                    .expect("delta encodes")
+                            })
+                            .min_by_key(|d| d.len());
+                        if let Some(delta) = best {
                             hits += 1;
-                            let delta = coder
-                                .encode(&whole_data[&base], &c.data)
-                                .expect("delta encodes");
                             if ((delta.len() + 20) as f64) < whole.len() as f64 * set.threshold {
                                 size = (delta.len() + 20) as u64;
                                 is_delta = true;
@@ -177,6 +187,7 @@ fn main() {
             serde_json::json!({
                 "features": set.fp.features, "super_features": set.fp.super_features,
                 "sample": format!("1/{}", 1u64 << set.fp.sample_bits), "threshold": set.threshold,
+                "candidates": set.candidates,
                 "layers": layers.len(), "new_chunks": new, "new_raw_bytes": raw,
                 "chunk_only_bytes": only, "with_delta_bytes": with_delta,
                 "delta_saving": 1.0 - with_delta as f64 / only as f64,

@@ -36,7 +36,7 @@ use crate::engine::container::{
     delta_record, encode_chunk, ChunkEncoding, ChunkLoc, ContainerWriter,
 };
 use crate::engine::delta::DeltaCoder;
-use crate::engine::features::{pick_base, super_features, FeatureParams};
+use crate::engine::features::{pick_bases, super_features, FeatureParams};
 use crate::engine::recipe::{NewChunk, Origin, Recipe, RecipeBuilder};
 use crate::engine::recompress::{Compression, Encoding, LayerDecoder};
 use crate::engine::tar::{FileEntry, TarSink, TarSplitter};
@@ -93,6 +93,8 @@ pub struct SimilarityConfig {
     pub features: FeatureParams,
     /// A delta is kept only when it is at most this fraction of the chunk compressed alone.
     pub threshold: f64,
+    /// Candidate bases tried per chunk (the best-ranked ones); the smallest delta wins.
+    pub candidates: usize,
     /// Skip files that start like a compressed format, and chunks zstd cannot shrink.
     pub skip_compressed: bool,
     /// Skip files smaller than this (bytes).
@@ -105,6 +107,7 @@ impl Default for SimilarityConfig {
             enabled: true,
             features: FeatureParams::default(),
             threshold: 0.7,
+            candidates: 2,
             skip_compressed: true,
             min_file_size: 0,
         }
@@ -651,7 +654,7 @@ impl Similarity {
         None
     }
 
-    /// A delta for chunk `id` against the best candidate base, if one is found. `count`: a
+    /// The smallest delta for chunk `id` against the best-ranked candidate bases. `count`: a
     /// real lookup (false for the policies' trials, which must not skew the hit rate).
     fn try_delta(
         &mut self,
@@ -673,30 +676,37 @@ impl Similarity {
             }
         };
         let pending = &self.pending;
-        let (base, _) = pick_base(sf, |i, f| {
+        let cands = pick_bases(sf, self.cfg.similarity.candidates.max(1), |i, f| {
             pending
                 .get(&(i, f))
                 .copied()
                 .or(indexed[i])
                 .filter(|b| b != id)
-        })?;
+        });
+        if cands.is_empty() {
+            return None;
+        }
         if count {
             self.stats.similarity_hits.fetch_add(1, Ordering::Relaxed);
         }
-        let base_data = match self.reader.read(&base, &mut self.bases) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(%base, error = %e, "candidate base unreadable");
-                return None;
-            }
-        };
-        match self.coder.encode(&base_data, data) {
-            Ok(d) => Some((base, d)),
-            Err(e) => {
-                tracing::warn!(error = %e, "delta encoding failed");
-                None
+        let mut best: Option<(ChunkId, Vec<u8>)> = None;
+        for (base, _) in cands {
+            let base_data = match self.reader.read(&base, &mut self.bases) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%base, error = %e, "candidate base unreadable");
+                    continue;
+                }
+            };
+            match self.coder.encode(&base_data, data) {
+                Ok(d) if best.as_ref().is_none_or(|(_, b)| d.len() < b.len()) => {
+                    best = Some((base, d))
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "delta encoding failed"),
             }
         }
+        best
     }
 
     fn encode(&mut self, job: &JobCtx, c: NewChunk) -> EncodedChunk {

@@ -131,13 +131,15 @@ pub fn super_features(data: &[u8], p: &FeatureParams) -> Option<Vec<u64>> {
     Some(out)
 }
 
-/// The best base for a chunk with super-features `sf`: `lookup(i, sf[i])` gives the chunk
-/// registered under super-feature `i`; the candidate matching the most super-features wins
-/// (the earlier super-feature breaks ties). Returns the base and its number of matches.
-pub fn pick_base<Id: Copy + PartialEq>(
+/// Candidate bases for a chunk with super-features `sf`: `lookup(i, sf[i])` gives the chunk
+/// registered under super-feature `i`. Candidates are ranked by the number of super-features
+/// they match (the earlier super-feature breaks ties); at most `n` are returned, with their
+/// number of matches.
+pub fn pick_bases<Id: Copy + PartialEq>(
     sf: &[u64],
+    n: usize,
     mut lookup: impl FnMut(usize, u64) -> Option<Id>,
-) -> Option<(Id, usize)> {
+) -> Vec<(Id, usize)> {
     let mut cands: Vec<(Id, usize)> = Vec::with_capacity(sf.len());
     for (i, &f) in sf.iter().enumerate() {
         if let Some(id) = lookup(i, f) {
@@ -147,8 +149,10 @@ pub fn pick_base<Id: Copy + PartialEq>(
             }
         }
     }
-    let best = cands.iter().map(|c| c.1).max()?;
-    cands.into_iter().find(|c| c.1 == best)
+    // Stable: equal counts keep the order of their first super-feature.
+    cands.sort_by_key(|c| std::cmp::Reverse(c.1));
+    cands.truncate(n);
+    cands
 }
 
 /// Bytes [`compressed_format`] looks at.
@@ -285,12 +289,16 @@ mod tests {
     }
 
     #[test]
-    fn the_candidate_with_most_matches_wins() {
-        let index = |i: usize, _f: u64| [Some('a'), Some('b'), Some('b')][i];
-        assert_eq!(pick_base(&[1, 2, 3], index), Some(('b', 2)));
+    fn candidates_are_ranked_by_matches() {
+        let index = |i: usize, _f: u64| [Some('a'), Some('b'), Some('b'), Some('c')][i];
+        assert_eq!(pick_bases(&[1, 2, 3, 4], 1, index), vec![('b', 2)]);
+        assert_eq!(
+            pick_bases(&[1, 2, 3, 4], 2, index),
+            vec![('b', 2), ('a', 1)]
+        );
         let index = |i: usize, _f: u64| [Some('a'), Some('b'), None][i];
-        assert_eq!(pick_base(&[1, 2, 3], index), Some(('a', 1)));
-        assert_eq!(pick_base(&[1, 2, 3], |_, _| None::<char>), None);
+        assert_eq!(pick_bases(&[1, 2, 3], 1, index), vec![('a', 1)]);
+        assert!(pick_bases(&[1, 2, 3], 2, |_, _| None::<char>).is_empty());
     }
 
     #[test]
