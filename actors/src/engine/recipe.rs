@@ -7,13 +7,17 @@
 //! `framing[0]` bytes of the inline stream, `framing[1]` bytes of file contents,
 //! `framing[2]` inline bytes, and so on. The result goes through the exact re-encoder.
 //!
-//! # Binary format (magic `STWGRCP\0`, version 1), little-endian
+//! # Binary format (magic `STWGRCP\0`, version 2), little-endian
 //!
 //! ```text
-//! magic [8] | version u32 | encoding JSON: len u32, bytes | raw_len u64 |
-//! framing: count u32, u64 each | inline: count u32, (chunk id [20], len u32) each |
-//! files: count u32, (chunk id [20], len u32) each
+//! magic [8] | version u32 | zstd frame (content size declared) of the body:
+//! encoding JSON: len u32, bytes | raw_len u64 | framing: count u32, u64 each |
+//! inline: count u32, chunk ids [20] each, then lengths u32 each | files: the same
 //! ```
+//!
+//! Ids and lengths are kept in separate runs so the lengths (mostly equal to the maximum or
+//! small) and the framing compress; the ids do not. Version 1 (still read) had no zstd frame
+//! and stored each reference as id then length.
 
 use std::io;
 
@@ -22,7 +26,9 @@ use super::recompress::{Encoding, Reencoder};
 use super::tar::TarSink;
 
 pub const MAGIC: &[u8; 8] = b"STWGRCP\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Largest decoded recipe body accepted (a recipe of a 1 TiB layer is far below).
+const MAX_BODY: u64 = 1 << 30;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipe {
@@ -40,8 +46,8 @@ fn bad(msg: &str) -> io::Error {
 
 struct Rd<'a>(&'a [u8]);
 
-impl Rd<'_> {
-    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
         if self.0.len() < n {
             return Err(bad("truncated"));
         }
@@ -59,7 +65,8 @@ impl Rd<'_> {
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
-    fn refs(&mut self) -> io::Result<Vec<(ChunkId, u32)>> {
+    /// Version 1: (id, len) pairs.
+    fn refs_v1(&mut self) -> io::Result<Vec<(ChunkId, u32)>> {
         let n = self.u32()? as usize;
         let mut v = Vec::with_capacity(n.min(1 << 20));
         for _ in 0..n {
@@ -69,6 +76,25 @@ impl Rd<'_> {
         }
         Ok(v)
     }
+    /// Version 2: all ids, then all lengths.
+    fn refs(&mut self) -> io::Result<Vec<(ChunkId, u32)>> {
+        let n = self.u32()? as usize;
+        let ids = self.take(
+            n.checked_mul(20)
+                .ok_or_else(|| bad("too many references"))?,
+        )?;
+        let lens = self.take(n * 4)?;
+        Ok(ids
+            .chunks_exact(20)
+            .zip(lens.chunks_exact(4))
+            .map(|(id, l)| {
+                (
+                    ChunkId(id.try_into().expect("20 bytes")),
+                    u32::from_le_bytes(l.try_into().expect("4 bytes")),
+                )
+            })
+            .collect())
+    }
 }
 
 impl Recipe {
@@ -76,8 +102,6 @@ impl Recipe {
         let enc = serde_json::to_vec(&self.encoding).expect("encoding serializes");
         let mut b =
             Vec::with_capacity(64 + enc.len() + 24 * (self.inline.len() + self.files.len()));
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
         b.extend_from_slice(&(enc.len() as u32).to_le_bytes());
         b.extend_from_slice(&enc);
         b.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -87,12 +111,19 @@ impl Recipe {
         }
         for refs in [&self.inline, &self.files] {
             b.extend_from_slice(&(refs.len() as u32).to_le_bytes());
-            for (id, len) in refs {
+            for (id, _) in refs {
                 b.extend_from_slice(&id.0);
+            }
+            for (_, len) in refs {
                 b.extend_from_slice(&len.to_le_bytes());
             }
         }
-        b
+        let body = zstd::bulk::compress(&b, 9).expect("zstd compresses into a growable buffer");
+        let mut out = Vec::with_capacity(12 + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&body);
+        out
     }
 
     pub fn from_bytes(b: &[u8]) -> io::Result<Recipe> {
@@ -101,9 +132,21 @@ impl Recipe {
             return Err(bad("bad magic"));
         }
         let v = r.u32()?;
-        if v != VERSION {
-            return Err(bad(&format!("version {v} not supported")));
-        }
+        let body;
+        let (mut r, v1) = match v {
+            1 => (r, true),
+            2 => {
+                let size = zstd::zstd_safe::get_frame_content_size(r.0)
+                    .ok()
+                    .flatten()
+                    .filter(|&n| n <= MAX_BODY)
+                    .ok_or_else(|| bad("body size missing or too large"))?;
+                body = zstd::bulk::decompress(r.0, size as usize)
+                    .map_err(|e| bad(&format!("body: {e}")))?;
+                (Rd(&body), false)
+            }
+            _ => return Err(bad(&format!("version {v} not supported"))),
+        };
         let n = r.u32()? as usize;
         let encoding = serde_json::from_slice(r.take(n)?).map_err(|e| bad(&e.to_string()))?;
         let raw_len = r.u64()?;
@@ -112,8 +155,11 @@ impl Recipe {
         for _ in 0..nf {
             framing.push(r.u64()?);
         }
-        let inline = r.refs()?;
-        let files = r.refs()?;
+        let (inline, files) = if v1 {
+            (r.refs_v1()?, r.refs_v1()?)
+        } else {
+            (r.refs()?, r.refs()?)
+        };
         Ok(Recipe {
             encoding,
             raw_len,
@@ -450,6 +496,38 @@ mod tests {
         }
         assert!(Recipe::from_bytes(b"STWGRCP\0\x09\0\0\0").is_err());
         assert!(Recipe::from_bytes(b"garbage").is_err());
+        let (r, _) = build(&gz, ChunkParams::default());
+        let mut b = r.to_bytes();
+        let n = b.len();
+        b[n - 3] ^= 0xff;
+        assert!(Recipe::from_bytes(&b).is_err(), "a damaged body is refused");
+        assert!(Recipe::from_bytes(&r.to_bytes()[..n / 2]).is_err());
+    }
+
+    /// Recipes written by version 1 (stores from before recipes were compressed) still read.
+    #[test]
+    fn version_1_recipes_still_read() {
+        let (r, _) = build(&layer_tar(0), ChunkParams::default());
+        let enc = serde_json::to_vec(&r.encoding).unwrap();
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&(enc.len() as u32).to_le_bytes());
+        b.extend_from_slice(&enc);
+        b.extend_from_slice(&r.raw_len.to_le_bytes());
+        b.extend_from_slice(&(r.framing.len() as u32).to_le_bytes());
+        for f in &r.framing {
+            b.extend_from_slice(&f.to_le_bytes());
+        }
+        for refs in [&r.inline, &r.files] {
+            b.extend_from_slice(&(refs.len() as u32).to_le_bytes());
+            for (id, len) in refs {
+                b.extend_from_slice(&id.0);
+                b.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+        assert_eq!(Recipe::from_bytes(&b).unwrap(), r);
+        assert!(r.to_bytes().len() < b.len());
     }
 
     #[test]
