@@ -24,6 +24,8 @@ struct MemCatalog {
     next: Mutex<u64>,
     recipes: Mutex<HashMap<Digest, (Recipe, Vec<FileEntry>)>>,
     raw: Mutex<HashMap<Digest, String>>,
+    /// Container allocations to refuse (a full disk, say) before working again.
+    fail_allocations: Mutex<u32>,
 }
 
 impl Catalog for MemCatalog {
@@ -31,6 +33,11 @@ impl Catalog for MemCatalog {
         Ok(self.chunks.lock().unwrap().get(id).copied())
     }
     fn allocate_container(&self) -> io::Result<u64> {
+        let mut fail = self.fail_allocations.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return Err(io::Error::other("no space left (test)"));
+        }
         let mut n = self.next.lock().unwrap();
         *n += 1;
         Ok(*n)
@@ -312,4 +319,59 @@ fn a_version_series_is_stored_as_deltas_and_restores_exactly() {
     assert!(exact);
     assert_eq!(delta_off, 0, "a chunks-only policy stores no deltas");
     assert_eq!(whole_off, whole + delta);
+}
+
+/// A layer whose packing fails leaves its chunks' features in the similarity stage's memory;
+/// the next similar layer's deltas against them must not be stored against bases that never
+/// reached a container: Pack stores those chunks whole, and the layer restores exactly.
+#[test]
+fn deltas_against_bases_that_never_reached_a_container_are_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let containers = dir.path().join("containers");
+    let cat = Arc::new(MemCatalog::default());
+    *cat.fail_allocations.lock().unwrap() = 1;
+    let cfg = config(&containers);
+    let blobs: Vec<Vec<u8>> = (1..=2).map(|v| gzip(&version(v))).collect();
+    let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
+    let (outcomes, fallbacks, deltas) = actix::System::new().block_on({
+        let cat = cat.clone();
+        let staged = staged.clone();
+        async move {
+            let p = Pipeline::start(cat, cfg).unwrap();
+            let mut out = Vec::new();
+            for (d, path) in staged {
+                out.push(p.dedup(d, path, LayerPolicy::default()).await);
+            }
+            let r = std::sync::atomic::Ordering::Relaxed;
+            (
+                out,
+                p.stats.delta_fallbacks.load(r),
+                p.stats.chunks_delta.load(r),
+            )
+        }
+    });
+    assert!(
+        matches!(&outcomes[0], Outcome::Raw { reason } if reason.contains("packing")),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(outcomes[1], Outcome::Deduplicated { .. }),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        fallbacks > 0,
+        "the second layer's deltas fell back to whole chunks"
+    );
+    assert_eq!(deltas, 0, "no delta names a base that was never stored");
+    let reader = ChunkReader::new(cat.clone(), containers);
+    let (recipe, _) = cat.recipes.lock().unwrap()[&staged[1].0].clone();
+    let mut out = Vec::new();
+    restore_layer(&recipe, &reader, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    assert!(out == blobs[1]);
 }
