@@ -64,8 +64,9 @@ pub struct FeatureParams {
 impl Default for FeatureParams {
     /// 6 features, each its own super-feature, sampling 1/128: the ablation in the README
     /// (`benches/similarity-ablation`). On 16 KiB chunks, groups of 2-4 features found only
-    /// 50-75% of the bases single features find; more than 6 found a few more at a feature
-    /// index cost that ate the gain; the sampling rate hardly mattered, so the cheaper one.
+    /// 50-80% of the deltas single features find; more than 6 found a few more, at a feature
+    /// index cost that ate the gain in the registry; sampling 1/32 to 1/512 made no
+    /// difference.
     fn default() -> Self {
         FeatureParams {
             features: 6,
