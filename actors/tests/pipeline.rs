@@ -123,6 +123,19 @@ fn config(containers: &Path) -> PipelineConfig {
     }
 }
 
+/// The bytes of committed layer `d`, restored from its recipe.
+fn restored(cat: &Arc<MemCatalog>, containers: &Path, d: &Digest) -> Vec<u8> {
+    let recipe = cat.recipes.lock().unwrap()[d].0.clone();
+    let reader = ChunkReader::new(cat.clone(), containers.to_path_buf());
+    let mut out = Vec::new();
+    restore_layer(&recipe, &reader, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
 fn stage(dir: &Path, data: &[u8]) -> (Digest, std::path::PathBuf) {
     let d = Digest::sha256_of(data);
     let p = dir.join(d.hex());
@@ -180,16 +193,12 @@ fn layers_deduplicate_and_restore_exactly() {
     }
     assert!(staged[4].1.exists(), "a raw layer keeps its blob");
 
-    let reader = ChunkReader::new(cat.clone(), containers);
     for (i, blob) in blobs.iter().take(4).enumerate() {
-        let (recipe, files) = cat.recipes.lock().unwrap()[&staged[i].0].clone();
-        let mut out = Vec::new();
-        restore_layer(&recipe, &reader, &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        assert!(out == *blob, "blob {i} restores bit for bit");
+        let files = cat.recipes.lock().unwrap()[&staged[i].0].1.clone();
+        assert!(
+            restored(&cat, &containers, &staged[i].0) == *blob,
+            "blob {i} restores bit for bit"
+        );
         if i < 3 {
             assert_eq!(files.len(), 30);
         }
@@ -290,18 +299,10 @@ fn run_series(policy: LayerPolicy) -> (Arc<MemCatalog>, u64, u64, u64, bool) {
             )
         }
     });
-    let reader = ChunkReader::new(cat.clone(), containers);
-    let mut exact = true;
-    for (i, blob) in blobs.iter().enumerate() {
-        let (recipe, _) = cat.recipes.lock().unwrap()[&staged[i].0].clone();
-        let mut out = Vec::new();
-        restore_layer(&recipe, &reader, &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        exact &= out == *blob;
-    }
+    let exact = blobs
+        .iter()
+        .zip(&staged)
+        .all(|(blob, (d, _))| restored(&cat, &containers, d) == *blob);
     (cat, whole, delta, saved, exact)
 }
 
@@ -365,13 +366,5 @@ fn deltas_against_bases_that_never_reached_a_container_are_stored_whole() {
         "the second layer's deltas fell back to whole chunks"
     );
     assert_eq!(deltas, 0, "no delta names a base that was never stored");
-    let reader = ChunkReader::new(cat.clone(), containers);
-    let (recipe, _) = cat.recipes.lock().unwrap()[&staged[1].0].clone();
-    let mut out = Vec::new();
-    restore_layer(&recipe, &reader, &mut |b| {
-        out.extend_from_slice(b);
-        Ok(())
-    })
-    .unwrap();
-    assert!(out == blobs[1]);
+    assert!(restored(&cat, &containers, &staged[1].0) == blobs[1]);
 }

@@ -11,3 +11,17 @@ pub mod pigz;
 pub mod recipe;
 pub mod recompress;
 pub mod tar;
+
+/// Deterministic pseudo-random bytes (xorshift64) for the engine's unit tests.
+#[cfg(test)]
+pub(crate) fn test_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
