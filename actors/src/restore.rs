@@ -43,7 +43,7 @@ impl ChunkReader {
     }
 
     /// The stored record of `id`: its location and stored bytes.
-    fn read_stored(
+    fn record(
         &self,
         id: &ChunkId,
         files: &mut HashMap<u64, File>,
@@ -70,13 +70,13 @@ impl ChunkReader {
         if let Some(hit) = session.cache.get(id) {
             return Ok(hit);
         }
-        let (loc, stored) = self.read_stored(id, &mut session.files)?;
+        let (loc, stored) = self.record(id, &mut session.files)?;
         let raw = if loc.encoding == ChunkEncoding::Delta {
             let (base_id, delta) = split_delta(&stored)?;
             let base = match session.cache.get(&base_id) {
                 Some(b) => b,
                 None => {
-                    let (bloc, bstored) = self.read_stored(&base_id, &mut session.files)?;
+                    let (bloc, bstored) = self.record(&base_id, &mut session.files)?;
                     if !bloc.encoding.is_whole() {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,

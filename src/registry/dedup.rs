@@ -215,7 +215,13 @@ impl Registry {
         let inner = self.inner.clone();
         let (mut blobs, links) = blocking(move || {
             let t = inner.meta.read()?;
-            Ok((inner.meta.all_blobs(&t)?, inner.meta.all_blob_links(&t)?))
+            // Which repositories link a blob matters only to the repository policies.
+            let links = if inner.cfg.repo_policies.is_empty() {
+                Default::default()
+            } else {
+                inner.meta.all_blob_links(&t)?
+            };
+            Ok((inner.meta.all_blobs(&t)?, links))
         })
         .await?;
         blobs.sort_by_key(|(_, r)| r.created);
