@@ -1,6 +1,8 @@
 //! Deltas through the engine alone: random edits round-trip, one base serves many deltas, and
 //! deltas still restore after their base's container is rewritten (compaction).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -17,50 +19,32 @@ use stowage_actors::engine::tar::FileEntry;
 use stowage_actors::pipeline::{Catalog, SealedContainer};
 use stowage_actors::restore::{ChunkReader, ReadSession};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        // Text-like: compressible, so deltas compete with a real whole encoding.
-        (0..n)
-            .map(|_| b"abcdefghij klmnop\n"[self.below(18)])
-            .collect()
-    }
-}
+use common::Rng;
 
 /// One random edit of the kinds image versions show.
 fn edit(r: &mut Rng, data: &mut Vec<u8>) {
-    let at = r.below(data.len().max(1));
-    match r.below(4) {
+    let at = r.index(data.len().max(1));
+    match r.index(4) {
         0 => {
-            let n = 1 + r.below(40);
-            let ins = r.bytes(n);
+            let n = 1 + r.index(40);
+            let ins = r.bytes(n, true);
             data.splice(at..at, ins);
         }
         1 => {
-            let n = (1 + r.below(40)).min(data.len() - at);
+            let n = (1 + r.index(40)).min(data.len() - at);
             data.drain(at..at + n);
         }
         2 => {
-            for _ in 0..1 + r.below(8) {
-                let i = r.below(data.len());
-                data[i] ^= 1 << r.below(8);
+            for _ in 0..1 + r.index(8) {
+                let i = r.index(data.len());
+                data[i] ^= 1 << r.index(8);
             }
         }
         _ => {
             // A region moved elsewhere.
-            let n = (64 + r.below(512)).min(data.len() - at);
+            let n = (64 + r.index(512)).min(data.len() - at);
             let region: Vec<u8> = data.drain(at..at + n).collect();
-            let to = r.below(data.len() + 1);
+            let to = r.index(data.len() + 1);
             data.splice(to..to, region);
         }
     }
@@ -72,10 +56,10 @@ fn deltas_round_trip_random_edits() {
     let mut coder = DeltaCoder::new(3);
     let mut smaller = 0;
     for case in 0..300 {
-        let n = 4096 + r.below(60_000);
-        let base = r.bytes(n);
+        let n = 4096 + r.index(60_000);
+        let base = r.bytes(n, true);
         let mut target = base.clone();
-        for _ in 0..1 + r.below(6) {
+        for _ in 0..1 + r.index(6) {
             edit(&mut r, &mut target);
         }
         let d = coder.encode(&base, &target).unwrap();
@@ -134,9 +118,9 @@ fn one_base_many_deltas_and_a_rewritten_base_container() {
     let mut coder = DeltaCoder::new(3);
 
     // Container 1: the base (and an unrelated chunk that compaction will drop).
-    let base = r.bytes(32_000);
+    let base = r.bytes(32_000, true);
     let base_id = ChunkId::of(&base).unwrap();
-    let junk = r.bytes(10_000);
+    let junk = r.bytes(10_000, true);
     let mut w = ContainerWriter::create(dir.path(), 1).unwrap();
     let (enc, data) = encode_chunk(&base, 3);
     w.append(base_id, enc, base.len() as u32, &data).unwrap();
@@ -194,7 +178,7 @@ fn a_delta_whose_base_is_a_delta_is_refused() {
     let cat = Arc::new(MemCatalog::default());
     let mut r = Rng(7);
     let mut coder = DeltaCoder::new(3);
-    let a = r.bytes(20_000);
+    let a = r.bytes(20_000, true);
     let mut b = a.clone();
     edit(&mut r, &mut b);
     let mut c = b.clone();
@@ -238,7 +222,7 @@ fn similar_chunks_from_edits_find_each_other() {
     let mut r = Rng(3);
     let mut found = 0;
     for _ in 0..100 {
-        let base = r.bytes(16_384);
+        let base = r.bytes(16_384, true);
         let mut t = base.clone();
         for _ in 0..3 {
             edit(&mut r, &mut t);

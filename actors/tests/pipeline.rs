@@ -6,13 +6,15 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use std::sync::atomic::Ordering::Relaxed;
 use stowage_actors::digest::Digest;
 use stowage_actors::engine::chunk::{ChunkId, ChunkParams};
 use stowage_actors::engine::container::ChunkLoc;
 use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::tar::FileEntry;
+
 use stowage_actors::pipeline::{
-    Catalog, LayerPolicy, Outcome, Pipeline, PipelineConfig, SealedContainer,
+    Catalog, LayerPolicy, Outcome, Pipeline, PipelineConfig, SealedContainer, StageStats,
 };
 use stowage_actors::restore::{restore_layer, ChunkReader};
 
@@ -123,6 +125,25 @@ fn config(containers: &Path) -> PipelineConfig {
     }
 }
 
+/// Run a pipeline over `staged` blobs, one after the other with `policy`: their outcomes and
+/// the pipeline's counters.
+fn dedup_all(
+    cat: &Arc<MemCatalog>,
+    cfg: PipelineConfig,
+    staged: &[(Digest, std::path::PathBuf)],
+    policy: LayerPolicy,
+) -> (Vec<Outcome>, Arc<StageStats>) {
+    let (cat, staged) = (cat.clone(), staged.to_vec());
+    actix::System::new().block_on(async move {
+        let p = Pipeline::start(cat, cfg).unwrap();
+        let mut out = Vec::new();
+        for (d, path) in staged {
+            out.push(p.dedup(d, path, policy.clone()).await);
+        }
+        (out, p.stats.clone())
+    })
+}
+
 /// The bytes of committed layer `d`, restored from its recipe.
 fn restored(cat: &Arc<MemCatalog>, containers: &Path, d: &Digest) -> Vec<u8> {
     let recipe = cat.recipes.lock().unwrap()[d].0.clone();
@@ -162,27 +183,13 @@ fn layers_deduplicate_and_restore_exactly() {
         },
     ];
     let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
-    let outcomes = actix::System::new().block_on({
-        let cat = cat.clone();
-        let staged = staged.clone();
-        async move {
-            let p = Pipeline::start(cat, cfg).unwrap();
-            let mut out = Vec::new();
-            for (d, path) in staged {
-                out.push(p.dedup(d, path, LayerPolicy::default()).await);
-            }
-            let stats = &p.stats;
-            let new = stats.new_chunks.load(std::sync::atomic::Ordering::Relaxed);
-            let dup = stats
-                .duplicate_chunks
-                .load(std::sync::atomic::Ordering::Relaxed);
-            assert!(
-                dup > new / 2,
-                "layers 2 and 3 share most chunks: {new} new, {dup} dup"
-            );
-            out
-        }
-    });
+    let (outcomes, stats) = dedup_all(&cat, cfg, &staged, LayerPolicy::default());
+    let new = stats.new_chunks.load(Relaxed);
+    let dup = stats.duplicate_chunks.load(Relaxed);
+    assert!(
+        dup > new / 2,
+        "layers 2 and 3 share most chunks: {new} new, {dup} dup"
+    );
     for (i, o) in outcomes.iter().take(4).enumerate() {
         assert!(matches!(o, Outcome::Deduplicated { .. }), "blob {i}: {o:?}");
         assert!(!staged[i].1.exists(), "raw blob {i} removed after verify");
@@ -214,16 +221,8 @@ fn early_stops_do_not_hang() {
     let cat = Arc::new(MemCatalog::default());
     let cfg = config(&containers);
     let blob = gzip(&layer(9));
-    let (d, path) = stage(dir.path(), &blob);
-    let outcome = actix::System::new().block_on({
-        let cat = cat.clone();
-        async move {
-            Pipeline::start(cat, cfg)
-                .unwrap()
-                .dedup(d.clone(), path, LayerPolicy::default())
-                .await
-        }
-    });
+    let staged = [stage(dir.path(), &blob)];
+    let outcome = dedup_all(&cat, cfg, &staged, LayerPolicy::default()).0[0].clone();
     assert!(
         matches!(outcome, Outcome::Deduplicated { .. }),
         "{outcome:?}"
@@ -281,24 +280,15 @@ fn run_series(policy: LayerPolicy) -> (Arc<MemCatalog>, u64, u64, u64, bool) {
     let cfg = config(&containers);
     let blobs: Vec<Vec<u8>> = (1..=5).map(|v| gzip(&version(v))).collect();
     let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
-    let (whole, delta, saved) = actix::System::new().block_on({
-        let cat = cat.clone();
-        let staged = staged.clone();
-        async move {
-            let p = Pipeline::start(cat, cfg).unwrap();
-            for (d, path) in staged {
-                let o = p.dedup(d, path, policy.clone()).await;
-                assert!(matches!(o, Outcome::Deduplicated { .. }), "{o:?}");
-            }
-            let s = &p.stats;
-            let r = std::sync::atomic::Ordering::Relaxed;
-            (
-                s.chunks_whole.load(r),
-                s.chunks_delta.load(r),
-                s.delta_saved_bytes.load(r),
-            )
-        }
-    });
+    let (outcomes, s) = dedup_all(&cat, cfg, &staged, policy);
+    for o in &outcomes {
+        assert!(matches!(o, Outcome::Deduplicated { .. }), "{o:?}");
+    }
+    let (whole, delta, saved) = (
+        s.chunks_whole.load(Relaxed),
+        s.chunks_delta.load(Relaxed),
+        s.delta_saved_bytes.load(Relaxed),
+    );
     let exact = blobs
         .iter()
         .zip(&staged)
@@ -334,23 +324,11 @@ fn deltas_against_bases_that_never_reached_a_container_are_stored_whole() {
     let cfg = config(&containers);
     let blobs: Vec<Vec<u8>> = (1..=2).map(|v| gzip(&version(v))).collect();
     let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
-    let (outcomes, fallbacks, deltas) = actix::System::new().block_on({
-        let cat = cat.clone();
-        let staged = staged.clone();
-        async move {
-            let p = Pipeline::start(cat, cfg).unwrap();
-            let mut out = Vec::new();
-            for (d, path) in staged {
-                out.push(p.dedup(d, path, LayerPolicy::default()).await);
-            }
-            let r = std::sync::atomic::Ordering::Relaxed;
-            (
-                out,
-                p.stats.delta_fallbacks.load(r),
-                p.stats.chunks_delta.load(r),
-            )
-        }
-    });
+    let (outcomes, s) = dedup_all(&cat, cfg, &staged, LayerPolicy::default());
+    let (fallbacks, deltas) = (
+        s.delta_fallbacks.load(Relaxed),
+        s.chunks_delta.load(Relaxed),
+    );
     assert!(
         matches!(&outcomes[0], Outcome::Raw { reason } if reason.contains("packing")),
         "{:?}",

@@ -2,6 +2,8 @@
 //! structure, sizes, long names, trailing bytes, compression and feed sizes) must restore bit
 //! for bit; truncated and corrupted inputs must be refused cleanly, never mis-restored.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -10,31 +12,7 @@ use stowage_actors::engine::recipe::{restore, Recipe, RecipeBuilder};
 use stowage_actors::engine::recompress::{Compression, LayerDecoder, NotExact};
 use stowage_actors::engine::tar::TarSplitter;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize, compressible: bool) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                let v = self.next() as u8;
-                if compressible {
-                    b"abcd efgh\n"[(v % 10) as usize]
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
-}
+use common::Rng;
 
 fn random_tar(r: &mut Rng) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());

@@ -1,4 +1,5 @@
-//! Shared by the exact-encoder tests: the Go fixture writer and the ingest + restore path.
+//! Shared by the engine's integration tests: the Go fixture writer, the ingest + restore path
+//! and a deterministic random source.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -139,4 +140,40 @@ pub fn boundaries(deflate: &[u8]) -> (Vec<u8>, Vec<Split>) {
         }
     }
     (plain, splits)
+}
+
+/// A deterministic xorshift64 random source for generated test inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// An index below `n`.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// `n` bytes: text-like (compressible) or uniform.
+    pub fn bytes(&mut self, n: usize, compressible: bool) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                let v = self.next() as u8;
+                if compressible {
+                    b"abcd efgh\n"[(v % 10) as usize]
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
 }
