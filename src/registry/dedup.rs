@@ -174,9 +174,8 @@ impl Registry {
             self.count_policy(&decision, "raw", size);
             let cat = MetaCatalog(self.inner.meta.clone());
             let d2 = d.clone();
-            let r = tokio::task::spawn_blocking(move || cat.keep_raw(&d2, POLICY_RAW)).await;
-            if !matches!(r, Ok(Ok(()))) {
-                tracing::error!(digest = %d, "recording a layer kept raw by policy failed");
+            if let Err(e) = blocking(move || Ok(cat.keep_raw(&d2, POLICY_RAW)?)).await {
+                tracing::error!(digest = %d, error = %e, "recording a layer kept raw by policy failed");
             }
             return;
         }
