@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Skip similarity for files smaller than this many bytes [default: 0].
     #[arg(long, env = "STOWAGE_SIMILARITY_MIN_FILE_SIZE")]
     pub similarity_min_file_size: Option<u64>,
+    /// Super-feature entries the in-memory feature index holds, about 30 bytes each; past it
+    /// bases are searched among the most recently stored chunks only [default: 2000000].
+    #[arg(long, env = "STOWAGE_SIMILARITY_INDEX_ENTRIES")]
+    pub similarity_index_entries: Option<usize>,
     /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
     /// separated by `;`): repositories matching PATTERN (`*` matches anything) are stored
     /// `full` (chunks and deltas), `chunks` (no deltas) or `raw` (kept as pushed: hot
@@ -234,6 +238,7 @@ struct FileConfig {
     similarity_candidates: Option<usize>,
     similarity_skip_compressed: Option<bool>,
     similarity_min_file_size: Option<u64>,
+    similarity_index_entries: Option<usize>,
     #[serde(default)]
     repo_policy: Vec<RepoPolicy>,
 }
@@ -257,6 +262,7 @@ pub struct Config {
     pub restore_threads: usize,
     pub restore_cache_bytes: u64,
     pub similarity: stowage_actors::pipeline::SimilarityConfig,
+    pub similarity_index_entries: usize,
     pub repo_policies: Vec<RepoPolicy>,
 }
 
@@ -279,6 +285,7 @@ impl Default for Config {
             restore_threads: 2,
             restore_cache_bytes: 0,
             similarity: Default::default(),
+            similarity_index_entries: 2_000_000,
             repo_policies: Vec::new(),
         }
     }
@@ -374,6 +381,10 @@ impl Config {
                         .unwrap_or(ds.min_file_size),
                 }
             },
+            similarity_index_entries: args
+                .similarity_index_entries
+                .or(file.similarity_index_entries)
+                .unwrap_or(d.similarity_index_entries),
             repo_policies: if args.repo_policy.is_empty() {
                 file.repo_policy
             } else {

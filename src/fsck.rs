@@ -75,6 +75,19 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
         }
     }
 
+    {
+        let t = meta.read()?;
+        for (container, block) in meta.feature_blocks(&t)? {
+            match block {
+                Err(e) => problems.push(format!("feature block of container {container}: {e}")),
+                Ok(_) if !meta.container_known(&t, container)? => problems.push(format!(
+                    "feature block of container {container}, which was never committed"
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+
     let reader = ChunkReader::new(Arc::new(MetaCatalog(meta.clone())), containers);
     let mut bytes = 0u64;
     for (d, rec) in &blobs {

@@ -171,6 +171,20 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         "Distinct chunks serving as the base of at least one delta",
         stats.chunks.bases as i64,
     );
+    if let Some(sim) = &stats.similarity {
+        gauge(
+            &r,
+            "stowage_feature_index_entries",
+            "Super-feature keys in the in-memory feature index",
+            sim.index_entries as i64,
+        );
+        gauge(
+            &r,
+            "stowage_feature_index_capacity",
+            "Super-feature keys the in-memory feature index may hold",
+            sim.index_capacity as i64,
+        );
+    }
     let pl = IntCounterVec::new(
         Opts::new(
             "stowage_policy_layers_total",

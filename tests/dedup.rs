@@ -142,6 +142,34 @@ fn layers_are_deduplicated_and_pull_back_exactly() {
     let files = files.as_array().unwrap();
     assert_eq!(files.len(), 24);
     assert_eq!(files[0]["path"], "opt/app/file-0");
+    // The second version's index (stored as a delta against the first's) reads back whole:
+    // the same paths and sizes, and file-3's new hash.
+    let files2: Value = c
+        .get(s.url(&format!("/_layers/{}/files", digests[1])))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let files2 = files2.as_array().unwrap();
+    assert_eq!(files2.len(), 24);
+    let tar2 = layer(2, 24);
+    let mut ar = tar::Archive::new(&tar2[..]);
+    for (i, e) in ar.entries().unwrap().enumerate() {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e.unwrap(), &mut data).unwrap();
+        let want = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))
+        );
+        assert_eq!(files2[i]["path"], files[i]["path"]);
+        assert_eq!(files2[i]["size"], files[i]["size"]);
+        assert_eq!(files2[i]["sha256"], want.as_str(), "file {i}");
+        assert_eq!(
+            files2[i]["sha256"] != files[i]["sha256"],
+            i == 3,
+            "file {i}"
+        );
+    }
     let r = c
         .get(s.url(&format!("/_layers/{}/files", digests[5])))
         .send()

@@ -9,7 +9,10 @@
 //! similarity stage (features + lookups + delta encoding) over the chunks it saw.
 //! Environment: `ABLATION_LAYERS=1` also prints what each layer adds; `ABLATION_LEVEL` and
 //! `ABLATION_DELTA_LEVEL` set the zstd levels of whole chunks and deltas (default 3, as the
-//! server). `benches/similarity-ablation` runs it on the make-dataset layout.
+//! server). `ABLATION_BLOCK=N` (with `ABLATION_BLOCK_LEVEL`, default 3) also estimates
+//! compressing whole chunks together in blocks of N bytes instead of one by one: the JSON gains
+//! `block_chunk_only_bytes` and `block_with_delta_bytes` (whole-chunk blocks plus the deltas).
+//! `benches/similarity-ablation` runs it on the make-dataset layout.
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
@@ -112,6 +115,15 @@ fn main() {
         let mut busy = 0f64;
         let verbose = std::env::var_os("ABLATION_LAYERS").is_some();
         let level = env_num("ABLATION_LEVEL", 3);
+        let block = env_num("ABLATION_BLOCK", 0) as usize;
+        let blevel = env_num("ABLATION_BLOCK_LEVEL", 3);
+        let (mut buf, mut buf_only) = (Vec::new(), Vec::new());
+        let (mut blocked, mut blocked_only, mut delta_bytes) = (0u64, 0u64, 0u64);
+        let block_size = |b: &[u8]| {
+            zstd::bulk::compress(b, blevel)
+                .expect("zstd compresses")
+                .len() as u64
+        };
         for d in &layers {
             let gz = blob(layout, d);
             let (o0, w0) = (only, with_delta);
@@ -170,6 +182,22 @@ fn main() {
                     }
                     busy += t.elapsed().as_secs_f64();
                     with_delta += size;
+                    if block > 0 {
+                        buf_only.extend_from_slice(&c.data);
+                        if buf_only.len() >= block {
+                            blocked_only += block_size(&buf_only);
+                            buf_only.clear();
+                        }
+                        if is_delta {
+                            delta_bytes += size;
+                        } else {
+                            buf.extend_from_slice(&c.data);
+                            if buf.len() >= block {
+                                blocked += block_size(&buf);
+                                buf.clear();
+                            }
+                        }
+                    }
                 }
             });
             if verbose {
@@ -182,9 +210,7 @@ fn main() {
                 );
             }
         }
-        println!(
-            "{}",
-            serde_json::json!({
+        let mut line = serde_json::json!({
                 "features": set.fp.features, "super_features": set.fp.super_features,
                 "sample": format!("1/{}", 1u64 << set.fp.sample_bits), "threshold": set.threshold,
                 "candidates": set.candidates,
@@ -193,7 +219,15 @@ fn main() {
                 "delta_saving": 1.0 - with_delta as f64 / only as f64,
                 "delta_chunks": deltas, "hit_rate": hits as f64 / lookups.max(1) as f64,
                 "similarity_mbps": raw as f64 / 1e6 / busy,
-            })
-        );
+        });
+        if block > 0 {
+            line["block"] = serde_json::json!(block);
+            line["block_level"] = serde_json::json!(blevel);
+            line["block_chunk_only_bytes"] =
+                serde_json::json!(blocked_only + block_size(&buf_only));
+            line["block_with_delta_bytes"] =
+                serde_json::json!(blocked + block_size(&buf) + delta_bytes);
+        }
+        println!("{line}");
     }
 }

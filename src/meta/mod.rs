@@ -1,6 +1,6 @@
 //! The metadata store: one LMDB environment (heed) under `<root>/meta/`.
 //!
-//! # On-disk format (magic `stowage-meta`, version 1)
+//! # On-disk format (magic `stowage-meta`, version 3)
 //!
 //! The named database `info` holds the key `format` whose value is the JSON
 //! `{"magic":"stowage-meta","version":1}`; opening an environment with another magic or a newer
@@ -20,9 +20,10 @@
 //! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
 //! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 41 bytes) |
-//! | `features`       | feature key u32 BE (see below)   | chunk id prefix (8 bytes)     |
+//! | `container_features` | container id (u64 big-endian) | feature block (see [`features`]) |
 //! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
-//! | `layer_files`    | digest                           | zstd-compressed JSON array of file entries |
+//! | `layer_files`    | digest                           | JSON array of file entries, compressed (see [`file_index`]) |
+//! | `layer_sketches` | path-sketch hash u64 BE          | digest of a layer whose whole file index has it |
 //! | `counters`       | name                             | u64 little-endian             |
 //! | `containers`     | container id (u64 big-endian)    | [`ContainerRecord`]           |
 //!
@@ -36,19 +37,19 @@
 //! with dependents is never removed, whatever its `refs` (invariant 5 and 7). Version 1 stores
 //! wrote 0 in that place, which is the right count for them (they hold no deltas).
 //!
-//! The feature index maps each super-feature of a chunk stored whole (see
-//! `stowage_actors::engine::features`, definition version 1) to the chunk, the latest
-//! registration winning: the newest image versions are the likeliest bases for the next. It is
-//! kept small, since it grows with every whole chunk and its random keys make LMDB rewrite
-//! many pages per commit: the key is the low 32 bits of super-feature `i` plus `i`, the value
-//! the first 8 bytes of the chunk id, resolved through `chunks` by prefix. A collision only
-//! proposes a poor base, whose delta is then discarded: it never affects what is stored.
+//! The feature index (super-feature → base chunk) is kept per container and looked up in
+//! memory: see [`features`]. Version 2 stores kept it in a `features` database, one entry per
+//! super-feature; opening one regroups those entries by container and empties it.
 //!
 //! Durability: the environment is opened without `NO_SYNC`/`NO_META_SYNC`, so a returned
 //! commit is on disk (invariant 2).
 
+pub mod features;
+pub mod file_index;
+
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Mutex;
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
@@ -66,7 +67,8 @@ use crate::names::{Digest, RepoName, Tag, UploadId};
 
 const MAGIC: &str = "stowage-meta";
 /// 2: chunk records count dependents, the `features` database exists.
-const VERSION: u32 = 2;
+/// 3: the feature index is kept per container, in `container_features`.
+const VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct FormatRecord {
@@ -268,9 +270,13 @@ pub struct Meta {
     chunks: Db,
     recipes: Db,
     layer_files: Db,
+    layer_sketches: Db,
     counters: Db,
     containers: Db,
+    /// Version 2's feature index, emptied by the upgrade.
     features: Db,
+    container_features: Db,
+    index: Mutex<features::FeatureIndex>,
 }
 
 impl Meta {
@@ -288,8 +294,10 @@ impl Meta {
         };
         let mut w = env.write_txn()?;
         let info: Db = env.create_database(&mut w, Some("info"))?;
+        let mut stored_version = VERSION;
         if let Some(v) = info.get(&w, b"format")? {
             let f: FormatRecord = dec("format", v)?;
+            stored_version = f.version;
             if f.magic != MAGIC || f.version > VERSION {
                 return Err(RegistryError::Internal(format!(
                     "{} holds {} version {}, this stowage reads {MAGIC} up to version {VERSION}",
@@ -299,7 +307,8 @@ impl Meta {
                 )));
             }
         }
-        // New stores, and version 1 stores upgraded in place (version 2 only adds).
+        // New stores, and older stores upgraded in place: version 2 only added, version 3
+        // regroups the feature index (below).
         info.put(
             &mut w,
             b"format",
@@ -321,13 +330,96 @@ impl Meta {
             chunks: env.create_database(&mut w, Some("chunks"))?,
             recipes: env.create_database(&mut w, Some("recipes"))?,
             layer_files: env.create_database(&mut w, Some("layer_files"))?,
+            layer_sketches: env.create_database(&mut w, Some("layer_sketches"))?,
             counters: env.create_database(&mut w, Some("counters"))?,
             containers: env.create_database(&mut w, Some("containers"))?,
             features: env.create_database(&mut w, Some("features"))?,
+            container_features: env.create_database(&mut w, Some("container_features"))?,
+            index: Mutex::new(features::FeatureIndex::new(0)),
             env: env.clone(),
         };
+        if stored_version == 2 {
+            meta.regroup_features(&mut w)?;
+        }
         w.commit()?;
         Ok(meta)
+    }
+
+    /// Version 2 → 3: move each entry of `features` into its chunk's container's block.
+    fn regroup_features(&self, w: &mut RwTxn<'_>) -> Result<()> {
+        let mut by_container: std::collections::BTreeMap<u64, Vec<(u32, [u8; 8])>> =
+            Default::default();
+        for item in self.features.iter(w)? {
+            let (k, v) = item?;
+            let (Ok(k), Ok(prefix)) = (<[u8; 4]>::try_from(k), <[u8; 8]>::try_from(v)) else {
+                continue;
+            };
+            if let Some(item) = self.chunks.prefix_iter(w, &prefix)?.next() {
+                let (_, rec) = item?;
+                let rec = ChunkRecord::decode(rec)?;
+                by_container
+                    .entry(rec.loc.container)
+                    .or_default()
+                    .push((u32::from_be_bytes(k), prefix));
+            }
+        }
+        for (c, entries) in &by_container {
+            self.container_features
+                .put(w, &c.to_be_bytes(), &features::encode_block(entries))?;
+        }
+        self.features.clear(w)?;
+        Ok(())
+    }
+
+    /// Build the in-memory feature index from the newest containers' blocks, up to `capacity`
+    /// entries (0: no similarity lookups).
+    pub fn load_feature_index(&self, capacity: usize) -> Result<usize> {
+        let mut index = features::FeatureIndex::new(capacity);
+        let t = self.read()?;
+        let mut from = None;
+        let mut total = 0usize;
+        for item in self.container_features.rev_iter(&t)? {
+            if total >= capacity {
+                break;
+            }
+            let (k, v) = item?;
+            total += features::block_len(v);
+            from = Some(k.to_vec());
+        }
+        if let Some(from) = from {
+            let range = (Bound::Included(from.as_slice()), Bound::Unbounded);
+            for item in self.container_features.range(&t, &range)? {
+                let (k, v) = item?;
+                let id = u64::from_be_bytes(
+                    k.try_into()
+                        .map_err(|_| RegistryError::Internal("corrupt container key".into()))?,
+                );
+                index.insert(id, &features::decode_block(v)?);
+            }
+        }
+        let n = index.len();
+        *self.index.lock().expect("feature index lock") = index;
+        Ok(n)
+    }
+
+    /// Every container's feature block, decoded (for fsck).
+    pub fn feature_blocks(&self, t: &RoTxn<'_>) -> Result<Vec<(u64, Result<usize>)>> {
+        let mut out = Vec::new();
+        for item in self.container_features.iter(t)? {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(
+                k.try_into()
+                    .map_err(|_| RegistryError::Internal("corrupt container key".into()))?,
+            );
+            out.push((id, features::decode_block(v).map(|e| e.len())));
+        }
+        Ok(out)
+    }
+
+    /// Distinct keys in the in-memory feature index, and its capacity.
+    pub fn feature_index_size(&self) -> (usize, usize) {
+        let ix = self.index.lock().expect("feature index lock");
+        (ix.len(), ix.capacity())
     }
 
     pub fn read(&self) -> Result<RoTxn<'_, WithoutTls>> {
@@ -722,21 +814,39 @@ impl Meta {
             b.dependents += 1;
             self.chunks.put(w, &base.0, &b.encode())?;
         }
-        for (id, sf) in &sealed.features {
-            for (i, f) in sf.iter().enumerate() {
-                self.features.put(w, &feature_key(i, *f), &id.0[..8])?;
-            }
+        let entries = feature_entries(sealed);
+        if !entries.is_empty() {
+            self.container_features.put(
+                w,
+                &sealed.id.to_be_bytes(),
+                &features::encode_block(&entries),
+            )?;
         }
         Ok(())
     }
 
+    /// Make a committed container's whole chunks findable by their super-features.
+    pub fn index_container(&self, sealed: &SealedContainer) {
+        self.index
+            .lock()
+            .expect("feature index lock")
+            .insert(sealed.id, &feature_entries(sealed));
+    }
+
     /// For each super-feature `i` of `sf`, the chunk registered under it.
     pub fn similar(&self, t: &RoTxn<'_>, sf: &[u64]) -> Result<Vec<Option<ChunkId>>> {
+        let prefixes: Vec<Option<[u8; 8]>> = {
+            let ix = self.index.lock().expect("feature index lock");
+            sf.iter()
+                .enumerate()
+                .map(|(i, f)| ix.get(features::feature_key(i, *f)))
+                .collect()
+        };
         let mut out = Vec::with_capacity(sf.len());
-        for (i, f) in sf.iter().enumerate() {
+        for prefix in prefixes {
             let mut found = None;
-            if let Some(prefix) = self.features.get(t, &feature_key(i, *f))? {
-                if let Some(item) = self.chunks.prefix_iter(t, prefix)?.next() {
+            if let Some(prefix) = prefix {
+                if let Some(item) = self.chunks.prefix_iter(t, &prefix)?.next() {
                     let (k, _) = item?;
                     if k.len() == 20 {
                         found = Some(ChunkId(k.try_into().expect("20 bytes")));
@@ -811,9 +921,7 @@ impl Meta {
             self.chunks.put(w, &id.0, &c.encode())?;
         }
         self.recipes.put(w, dk.as_bytes(), &recipe.to_bytes())?;
-        let index = zstd::bulk::compress(&enc(&files), 9)
-            .map_err(|e| RegistryError::Internal(format!("compressing file index: {e}")))?;
-        self.layer_files.put(w, dk.as_bytes(), &index)?;
+        self.put_file_index(w, &dk, files)?;
         rec.state = BlobState::Deduplicated {
             encoding: recipe.encoding.label(),
         };
@@ -841,12 +949,77 @@ impl Meta {
     }
 
     pub fn layer_files(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<serde_json::Value>> {
-        let Some(v) = self.layer_files.get(t, d.to_string().as_bytes())? else {
+        match self.file_index_json(t, &d.to_string())? {
+            Some(json) => dec("file index", &json).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A layer's file index as JSON bytes, from a whole or a delta value.
+    fn file_index_json(&self, t: &RoTxn<'_>, dk: &str) -> Result<Option<Vec<u8>>> {
+        use file_index::Stored;
+        let Some(v) = self.layer_files.get(t, dk.as_bytes())? else {
             return Ok(None);
         };
-        let json = zstd::stream::decode_all(v)
-            .map_err(|e| RegistryError::Internal(format!("file index of {d}: {e}")))?;
-        dec("file index", &json).map(Some)
+        let mut coder = stowage_actors::engine::delta::DeltaCoder::new(1);
+        match file_index::parse(v)? {
+            Stored::Whole(frame) => file_index::decode_frame(&mut coder, None, frame).map(Some),
+            Stored::Delta { reference, frame } => {
+                let r = self.layer_files.get(t, reference.as_bytes())?;
+                let Some(Stored::Whole(rf)) = r.map(file_index::parse).transpose()? else {
+                    return Err(RegistryError::Internal(format!(
+                        "file index of {dk}: its reference {reference} is missing or not whole"
+                    )));
+                };
+                let ref_json = file_index::decode_frame(&mut coder, None, rf)?;
+                file_index::decode_frame(&mut coder, Some(&ref_json), frame).map(Some)
+            }
+        }
+    }
+
+    /// Store a layer's file index: as a delta against the whole index of the layer whose
+    /// path sketch matches best, when that is smaller; else whole, registering its sketch.
+    fn put_file_index(&self, w: &mut RwTxn<'_>, dk: &str, files: &[FileEntry]) -> Result<()> {
+        let json = enc(&files);
+        let whole = file_index::whole(&json)?;
+        let sketch = file_index::sketch(files);
+        let mut votes: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        for h in &sketch {
+            if let Some(d) = self.layer_sketches.get(w, &h.to_be_bytes())? {
+                *votes.entry(d.to_vec()).or_default() += 1;
+            }
+        }
+        let best = votes
+            .into_iter()
+            .filter(|(_, n)| *n >= file_index::MIN_SHARED)
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
+        if let Some((reference, _)) = best {
+            let reference = utf8(&reference)?.to_string();
+            // Only a whole index serves as reference (one level of deltas); a reference that
+            // cannot be read only costs the saving.
+            let ref_json = match self.layer_files.get(w, reference.as_bytes())? {
+                Some(v) => match file_index::parse(v) {
+                    Ok(file_index::Stored::Whole(frame)) => {
+                        let mut coder = stowage_actors::engine::delta::DeltaCoder::new(1);
+                        file_index::decode_frame(&mut coder, None, frame).ok()
+                    }
+                    _ => None,
+                },
+                None => None,
+            };
+            if let Some(ref_json) = ref_json {
+                if let Some(d) = file_index::delta(&json, &reference, &ref_json, whole.len()) {
+                    self.layer_files.put(w, dk.as_bytes(), &d)?;
+                    return Ok(());
+                }
+            }
+        }
+        self.layer_files.put(w, dk.as_bytes(), &whole)?;
+        for h in &sketch {
+            self.layer_sketches
+                .put(w, &h.to_be_bytes(), dk.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Every blob with its record (for the scheduler, fsck and statistics).
@@ -914,8 +1087,16 @@ impl Meta {
     }
 }
 
-fn feature_key(i: usize, f: u64) -> [u8; 4] {
-    (f as u32).wrapping_add(i as u32).to_be_bytes()
+/// The feature-index entries of a container's whole chunks.
+fn feature_entries(sealed: &SealedContainer) -> Vec<(u32, [u8; 8])> {
+    let mut out = Vec::new();
+    for (id, sf) in &sealed.features {
+        let prefix: [u8; 8] = id.0[..8].try_into().expect("8 bytes");
+        for (i, f) in sf.iter().enumerate() {
+            out.push((features::feature_key(i, *f), prefix));
+        }
+    }
+    out
 }
 
 fn key2_str(a: &str, b: &str) -> String {
@@ -969,5 +1150,112 @@ mod tests {
             m.blob(&t, &blob).unwrap().unwrap().state,
             BlobState::Deduplicated { .. }
         ));
+    }
+
+    fn whole_chunk(container: u64, data: &[u8]) -> (ChunkId, ChunkLoc) {
+        (
+            ChunkId::of(data).unwrap(),
+            ChunkLoc {
+                container,
+                offset: 32,
+                stored_len: data.len() as u32,
+                raw_len: data.len() as u32,
+                encoding: ChunkEncoding::Stored,
+            },
+        )
+    }
+
+    #[test]
+    fn the_feature_index_is_rebuilt_from_its_blocks_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (whole_chunk(1, b"a"), whole_chunk(2, b"b"));
+        {
+            let m = Meta::open(dir.path(), 1 << 26).unwrap();
+            m.load_feature_index(100).unwrap();
+            for (c, sf) in [(a, vec![7, 8]), (b, vec![7, 9])] {
+                let sealed = SealedContainer {
+                    id: c.1.container,
+                    entries: vec![c],
+                    features: vec![(c.0, sf)],
+                    ..Default::default()
+                };
+                let mut w = m.write().unwrap();
+                m.add_container(&mut w, &sealed).unwrap();
+                w.commit().unwrap();
+                m.index_container(&sealed);
+            }
+            let t = m.read().unwrap();
+            assert_eq!(
+                m.similar(&t, &[7, 8]).unwrap(),
+                vec![Some(b.0), Some(a.0)],
+                "the latest registration wins"
+            );
+        }
+        let m = Meta::open(dir.path(), 1 << 26).unwrap();
+        m.load_feature_index(100).unwrap();
+        let t = m.read().unwrap();
+        assert_eq!(m.similar(&t, &[7, 8]).unwrap(), vec![Some(b.0), Some(a.0)]);
+        assert_eq!(m.feature_index_size(), (3, 100));
+        drop(t);
+        // With room for one container only, the newest is loaded.
+        m.load_feature_index(2).unwrap();
+        let t = m.read().unwrap();
+        assert_eq!(m.similar(&t, &[7, 8]).unwrap(), vec![Some(b.0), None]);
+    }
+
+    #[test]
+    fn a_version_2_feature_index_is_regrouped_by_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (whole_chunk(1, b"a"), whole_chunk(2, b"b"));
+        {
+            let m = Meta::open(dir.path(), 1 << 26).unwrap();
+            let mut w = m.write().unwrap();
+            for c in [a, b] {
+                let sealed = SealedContainer {
+                    id: c.1.container,
+                    entries: vec![c],
+                    ..Default::default()
+                };
+                m.add_container(&mut w, &sealed).unwrap();
+            }
+            // What version 2 wrote: one entry per super-feature, and its format record.
+            for (i, f, c) in [(0usize, 7u64, a.0), (1, 8, a.0), (1, 9, b.0)] {
+                m.features
+                    .put(
+                        &mut w,
+                        &features::feature_key(i, f).to_be_bytes(),
+                        &c.0[..8],
+                    )
+                    .unwrap();
+            }
+            let info: Db = m.env.open_database(&w, Some("info")).unwrap().unwrap();
+            info.put(
+                &mut w,
+                b"format",
+                &enc(&FormatRecord {
+                    magic: MAGIC.into(),
+                    version: 2,
+                }),
+            )
+            .unwrap();
+            w.commit().unwrap();
+        }
+        let m = Meta::open(dir.path(), 1 << 26).unwrap();
+        m.load_feature_index(100).unwrap();
+        let t = m.read().unwrap();
+        assert_eq!(
+            m.features.len(&t).unwrap(),
+            0,
+            "version 2's entries are moved"
+        );
+        let blocks: Vec<_> = m
+            .feature_blocks(&t)
+            .unwrap()
+            .into_iter()
+            .map(|(c, n)| (c, n.unwrap()))
+            .collect();
+        assert_eq!(blocks, vec![(1, 2), (2, 1)]);
+        assert_eq!(m.similar(&t, &[7, 8]).unwrap(), vec![Some(a.0), Some(a.0)]);
+        assert_eq!(m.similar(&t, &[1, 9]).unwrap(), vec![None, Some(b.0)]);
     }
 }

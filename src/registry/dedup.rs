@@ -53,7 +53,9 @@ impl Catalog for MetaCatalog {
     fn commit_container(&self, sealed: &SealedContainer) -> io::Result<()> {
         let mut w = self.0.write().map_err(io_err)?;
         self.0.add_container(&mut w, sealed).map_err(io_err)?;
-        w.commit().map_err(|e| io::Error::other(e.to_string()))
+        w.commit().map_err(|e| io::Error::other(e.to_string()))?;
+        self.0.index_container(sealed);
+        Ok(())
     }
 
     fn commit_recipe(&self, blob: &Digest, recipe: &Recipe, files: &[FileEntry]) -> io::Result<()> {

@@ -115,6 +115,9 @@ pub struct SimilarityStats {
     /// New chunk bytes through the stage and its busy time.
     pub bytes: u64,
     pub seconds: f64,
+    /// Keys in the in-memory feature index, and how many it may hold.
+    pub index_entries: usize,
+    pub index_capacity: usize,
     /// What the selective policies skipped, by reason, with estimates of what that saved
     /// (time) and cost (bytes deltas would have saved), from a sample of the skipped chunks.
     pub skipped: std::collections::BTreeMap<&'static str, SkipCounts>,
@@ -194,6 +197,9 @@ impl Registry {
     pub fn open(cfg: Config, actors: bool) -> Result<Registry> {
         std::fs::create_dir_all(&cfg.root)?;
         let meta = Arc::new(Meta::open(&cfg.root.join("meta"), cfg.meta_map_size)?);
+        if actors && cfg.similarity.enabled {
+            meta.load_feature_index(cfg.similarity_index_entries)?;
+        }
         let store = LocalStore::open(&cfg.root)?;
         let containers = cfg.root.join("containers");
         std::fs::create_dir_all(&containers)?;
@@ -561,7 +567,10 @@ impl Registry {
                     delta: cc.deltas,
                     bases: cc.bases,
                 },
-                similarity: inner.pipeline.as_ref().map(|p| similarity_stats(&p.stats)),
+                similarity: inner
+                    .pipeline
+                    .as_ref()
+                    .map(|p| similarity_stats(&p.stats, inner.meta.feature_index_size())),
                 policies: inner
                     .policy_stats
                     .lock()
@@ -597,7 +606,10 @@ impl Registry {
     }
 }
 
-fn similarity_stats(p: &stowage_actors::pipeline::StageStats) -> SimilarityStats {
+fn similarity_stats(
+    p: &stowage_actors::pipeline::StageStats,
+    (index_entries, index_capacity): (usize, usize),
+) -> SimilarityStats {
     use std::sync::atomic::Ordering::Relaxed;
     use stowage_actors::pipeline::SkipReason;
     let (lookups, hits) = (
@@ -618,6 +630,8 @@ fn similarity_stats(p: &stowage_actors::pipeline::StageStats) -> SimilarityStats
         },
         bytes: p.similarity_bytes.load(Relaxed),
         seconds: p.similarity_nanos.load(Relaxed) as f64 / 1e9,
+        index_entries,
+        index_capacity,
         skipped: SkipReason::ALL
             .iter()
             .map(|r| {
