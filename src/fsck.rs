@@ -98,6 +98,9 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
             BlobState::Deduplicated { .. } => (|| {
                 let recipe = {
                     let t = meta.read()?;
+                    // The file index is read too: it may be a patch against another layer's.
+                    meta.layer_files(&t, d)?
+                        .ok_or_else(|| anyhow::anyhow!("no file index"))?;
                     meta.recipe(&t, d)?
                 }
                 .ok_or_else(|| anyhow::anyhow!("no recipe"))?;

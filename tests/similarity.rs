@@ -172,7 +172,10 @@ fn kill_9_during_delta_encoding_loses_nothing() {
     let st = wait_dedup_idle(&s.url("/_stats"));
     assert_eq!(st["layers"]["deduplicated"], 2, "{st}");
     assert!(st["chunks"]["delta"].as_u64().unwrap() > 0, "{st}");
-    assert!(st["similarity"]["index_entries"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        st["similarity"]["index_entries"].as_u64().unwrap() > 0,
+        "{st}"
+    );
     assert_eq!(st["similarity"]["index_capacity"], 2_000_000, "{st}");
     assert!(pull(&s, &c, "crash/app", &d1) == v1);
     assert!(pull(&s, &c, "crash/app", &d2) == v2);

@@ -21,8 +21,8 @@
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
 //! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 41 bytes) |
 //! | `container_features` | container id (u64 big-endian) | feature block (see [`features`]) |
-//! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`) |
-//! | `layer_files`    | digest                           | JSON array of file entries, compressed (see [`file_index`]) |
+//! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`), whole or patched (see [`patch`]) |
+//! | `layer_files`    | digest                           | JSON array of file entries, compressed, whole or patched (see [`patch`]) |
 //! | `layer_sketches` | path-sketch hash u64 BE          | digest of a layer whose whole file index has it |
 //! | `counters`       | name                             | u64 little-endian             |
 //! | `containers`     | container id (u64 big-endian)    | [`ContainerRecord`]           |
@@ -45,7 +45,7 @@
 //! commit is on disk (invariant 2).
 
 pub mod features;
-pub mod file_index;
+pub mod patch;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -920,8 +920,7 @@ impl Meta {
             c.refs += uses;
             self.chunks.put(w, &id.0, &c.encode())?;
         }
-        self.recipes.put(w, dk.as_bytes(), &recipe.to_bytes())?;
-        self.put_file_index(w, &dk, files)?;
+        self.put_layer_meta(w, &dk, recipe, files)?;
         rec.state = BlobState::Deduplicated {
             encoding: recipe.encoding.label(),
         };
@@ -940,49 +939,83 @@ impl Meta {
     }
 
     pub fn recipe(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<Recipe>> {
-        match self.recipes.get(t, d.to_string().as_bytes())? {
-            Some(b) => Recipe::from_bytes(b)
-                .map(Some)
-                .map_err(|e| RegistryError::Internal(format!("recipe of {d}: {e}"))),
-            None => Ok(None),
-        }
-    }
-
-    pub fn layer_files(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<serde_json::Value>> {
-        match self.file_index_json(t, &d.to_string())? {
-            Some(json) => dec("file index", &json).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// A layer's file index as JSON bytes, from a whole or a delta value.
-    fn file_index_json(&self, t: &RoTxn<'_>, dk: &str) -> Result<Option<Vec<u8>>> {
-        use file_index::Stored;
-        let Some(v) = self.layer_files.get(t, dk.as_bytes())? else {
+        let dk = d.to_string();
+        let Some(v) = self.recipes.get(t, dk.as_bytes())? else {
             return Ok(None);
         };
-        let mut coder = stowage_actors::engine::delta::DeltaCoder::new(1);
-        match file_index::parse(v)? {
-            Stored::Whole(frame) => file_index::decode_frame(&mut coder, None, frame).map(Some),
-            Stored::Delta { reference, frame } => {
-                let r = self.layer_files.get(t, reference.as_bytes())?;
-                let Some(Stored::Whole(rf)) = r.map(file_index::parse).transpose()? else {
-                    return Err(RegistryError::Internal(format!(
-                        "file index of {dk}: its reference {reference} is missing or not whole"
-                    )));
-                };
-                let ref_json = file_index::decode_frame(&mut coder, None, rf)?;
-                file_index::decode_frame(&mut coder, Some(&ref_json), frame).map(Some)
+        let bad = |e: std::io::Error| RegistryError::Internal(format!("recipe of {d}: {e}"));
+        match patch::parse(patch::RECIPE, v)? {
+            patch::Stored::Whole(payload) => Recipe::from_bytes(payload).map(Some).map_err(bad),
+            patch::Stored::Patch { reference, frame } => {
+                let ref_body = self.whole_recipe_body(t, reference)?.ok_or_else(|| {
+                    RegistryError::Internal(format!(
+                        "recipe of {d}: its reference {reference} is missing or not whole"
+                    ))
+                })?;
+                Recipe::from_body(&patch::unpatch(&ref_body, frame)?)
+                    .map(Some)
+                    .map_err(bad)
             }
         }
     }
 
-    /// Store a layer's file index: as a delta against the whole index of the layer whose
-    /// path sketch matches best, when that is smaller; else whole, registering its sketch.
-    fn put_file_index(&self, w: &mut RwTxn<'_>, dk: &str, files: &[FileEntry]) -> Result<()> {
+    pub fn layer_files(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<serde_json::Value>> {
+        let dk = d.to_string();
+        let Some(v) = self.layer_files.get(t, dk.as_bytes())? else {
+            return Ok(None);
+        };
+        let json = match patch::parse(patch::FILE_INDEX, v)? {
+            patch::Stored::Whole(payload) => patch::decompress_json(payload)?,
+            patch::Stored::Patch { reference, frame } => {
+                let ref_json = self.whole_file_index_json(t, reference)?.ok_or_else(|| {
+                    RegistryError::Internal(format!(
+                        "file index of {d}: its reference {reference} is missing or not whole"
+                    ))
+                })?;
+                patch::unpatch(&ref_json, frame)?
+            }
+        };
+        dec("file index", &json).map(Some)
+    }
+
+    /// The raw form (uncompressed body) of a layer's recipe, if it is stored whole.
+    fn whole_recipe_body(&self, t: &RoTxn<'_>, dk: &str) -> Result<Option<Vec<u8>>> {
+        match self.recipes.get(t, dk.as_bytes())? {
+            Some(v) => match patch::parse(patch::RECIPE, v)? {
+                patch::Stored::Whole(payload) => Recipe::from_bytes(payload)
+                    .map(|r| Some(r.body()))
+                    .map_err(|e| RegistryError::Internal(format!("recipe of {dk}: {e}"))),
+                patch::Stored::Patch { .. } => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The raw form (JSON) of a layer's file index, if it is stored whole.
+    fn whole_file_index_json(&self, t: &RoTxn<'_>, dk: &str) -> Result<Option<Vec<u8>>> {
+        match self.layer_files.get(t, dk.as_bytes())? {
+            Some(v) => match patch::parse(patch::FILE_INDEX, v)? {
+                patch::Stored::Whole(payload) => patch::decompress_json(payload).map(Some),
+                patch::Stored::Patch { .. } => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Store a deduplicated layer's recipe and file index: each as a patch against the whole
+    /// value of the layer whose path sketch matches best, when that is smaller; else whole. A
+    /// layer with both stored whole registers its sketch, to serve as the next reference.
+    fn put_layer_meta(
+        &self,
+        w: &mut RwTxn<'_>,
+        dk: &str,
+        recipe: &Recipe,
+        files: &[FileEntry],
+    ) -> Result<()> {
         let json = enc(&files);
-        let whole = file_index::whole(&json)?;
-        let sketch = file_index::sketch(files);
+        let index_whole = patch::whole(patch::FILE_INDEX, &patch::compress_json(&json)?);
+        let recipe_whole = patch::whole(patch::RECIPE, &recipe.to_bytes());
+        let sketch = patch::sketch(files);
         let mut votes: std::collections::HashMap<Vec<u8>, usize> = Default::default();
         for h in &sketch {
             if let Some(d) = self.layer_sketches.get(w, &h.to_be_bytes())? {
@@ -991,33 +1024,41 @@ impl Meta {
         }
         let best = votes
             .into_iter()
-            .filter(|(_, n)| *n >= file_index::MIN_SHARED)
+            .filter(|(_, n)| *n >= patch::MIN_SHARED)
             .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
+        let (mut index_patch, mut recipe_patch) = (None, None);
         if let Some((reference, _)) = best {
+            // A reference that cannot be read only costs the saving.
             let reference = utf8(&reference)?.to_string();
-            // Only a whole index serves as reference (one level of deltas); a reference that
-            // cannot be read only costs the saving.
-            let ref_json = match self.layer_files.get(w, reference.as_bytes())? {
-                Some(v) => match file_index::parse(v) {
-                    Ok(file_index::Stored::Whole(frame)) => {
-                        let mut coder = stowage_actors::engine::delta::DeltaCoder::new(1);
-                        file_index::decode_frame(&mut coder, None, frame).ok()
-                    }
-                    _ => None,
-                },
-                None => None,
-            };
-            if let Some(ref_json) = ref_json {
-                if let Some(d) = file_index::delta(&json, &reference, &ref_json, whole.len()) {
-                    self.layer_files.put(w, dk.as_bytes(), &d)?;
-                    return Ok(());
-                }
+            if let Ok(Some(ref_json)) = self.whole_file_index_json(w, &reference) {
+                index_patch = patch::patch(
+                    patch::FILE_INDEX,
+                    &json,
+                    &reference,
+                    &ref_json,
+                    index_whole.len(),
+                );
+            }
+            if let Ok(Some(ref_body)) = self.whole_recipe_body(w, &reference) {
+                recipe_patch = patch::patch(
+                    patch::RECIPE,
+                    &recipe.body(),
+                    &reference,
+                    &ref_body,
+                    recipe_whole.len(),
+                );
             }
         }
-        self.layer_files.put(w, dk.as_bytes(), &whole)?;
-        for h in &sketch {
-            self.layer_sketches
-                .put(w, &h.to_be_bytes(), dk.as_bytes())?;
+        let whole = index_patch.is_none() && recipe_patch.is_none();
+        self.layer_files
+            .put(w, dk.as_bytes(), &index_patch.unwrap_or(index_whole))?;
+        self.recipes
+            .put(w, dk.as_bytes(), &recipe_patch.unwrap_or(recipe_whole))?;
+        if whole {
+            for h in &sketch {
+                self.layer_sketches
+                    .put(w, &h.to_be_bytes(), dk.as_bytes())?;
+            }
         }
         Ok(())
     }
@@ -1257,5 +1298,94 @@ mod tests {
         assert_eq!(blocks, vec![(1, 2), (2, 1)]);
         assert_eq!(m.similar(&t, &[7, 8]).unwrap(), vec![Some(a.0), Some(a.0)]);
         assert_eq!(m.similar(&t, &[1, 9]).unwrap(), vec![None, Some(b.0)]);
+    }
+
+    #[test]
+    fn a_new_layer_version_stores_its_recipe_and_file_index_as_patches() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path(), 1 << 26).unwrap();
+        let repo: RepoName = "r".parse().unwrap();
+        let ids: Vec<ChunkId> = (0u32..400)
+            .map(|i| ChunkId::of(&i.to_le_bytes()).unwrap())
+            .collect();
+        let mut w = m.write().unwrap();
+        let sealed = SealedContainer {
+            id: 1,
+            entries: ids
+                .iter()
+                .map(|id| (*id, whole_chunk(1, &id.0).1))
+                .collect(),
+            ..Default::default()
+        };
+        m.add_container(&mut w, &sealed).unwrap();
+        // Versions 1-3 of a layer: 300 files each, one chunk per file; each version changes
+        // a few files (new chunk, new hash).
+        let version = |v: u32| {
+            let chunk = |i: usize| {
+                ids[if i % 100 == 7 {
+                    300 + v as usize * 10 + i / 100
+                } else {
+                    i
+                }]
+            };
+            let files: Vec<FileEntry> = (0..300)
+                .map(|i| FileEntry {
+                    path: format!("usr/share/app/f{i}"),
+                    size: 20,
+                    mode: 0o644,
+                    sha256: format!("sha256:{}", hex::encode(chunk(i).0)) + &"0".repeat(24),
+                })
+                .collect();
+            let recipe = Recipe {
+                encoding: stowage_actors::engine::recompress::Encoding::None,
+                raw_len: 300 * 20,
+                framing: vec![0, 300 * 20],
+                inline: vec![],
+                files: (0..300).map(|i| (chunk(i), 20)).collect(),
+            };
+            (Digest::sha256_of(&v.to_le_bytes()), recipe, files)
+        };
+        let layers: Vec<_> = (1..=3).map(version).collect();
+        for (d, recipe, files) in &layers {
+            m.link_blob(&mut w, &repo, d, 6000).unwrap();
+            m.commit_recipe(&mut w, d, recipe, files).unwrap();
+        }
+        w.commit().unwrap();
+        let t = m.read().unwrap();
+        for (n, (d, recipe, files)) in layers.iter().enumerate() {
+            assert_eq!(m.recipe(&t, d).unwrap().as_ref(), Some(recipe));
+            assert_eq!(
+                m.layer_files(&t, d).unwrap().unwrap(),
+                serde_json::to_value(files).unwrap()
+            );
+            let r = m
+                .recipes
+                .get(&t, d.to_string().as_bytes())
+                .unwrap()
+                .unwrap();
+            let f = m
+                .layer_files
+                .get(&t, d.to_string().as_bytes())
+                .unwrap()
+                .unwrap();
+            let first = layers[0].0.to_string();
+            match (patch::parse(patch::RECIPE, r).unwrap(), n) {
+                (patch::Stored::Whole(_), 0) => {}
+                // Versions 2 and 3 both name version 1: a patch never serves as reference.
+                (patch::Stored::Patch { reference, .. }, 1 | 2) => assert_eq!(reference, first),
+                _ => panic!("layer {n}'s recipe stored unexpectedly"),
+            }
+            assert!(matches!(
+                (patch::parse(patch::FILE_INDEX, f).unwrap(), n),
+                (patch::Stored::Whole(_), 0) | (patch::Stored::Patch { .. }, 1 | 2)
+            ));
+            if n > 0 {
+                assert!(
+                    r.len() * 5 < layers[0].1.to_bytes().len(),
+                    "recipe patch {}",
+                    r.len()
+                );
+            }
+        }
     }
 }

@@ -98,7 +98,10 @@ impl<'a> Rd<'a> {
 }
 
 impl Recipe {
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The version 2 body, uncompressed: what [`Recipe::to_bytes`] compresses. Successive
+    /// versions of a layer share long runs of it (the ids of their unchanged chunks), so the
+    /// metadata store may keep a recipe as a patch against a similar recipe's body.
+    pub fn body(&self) -> Vec<u8> {
         let enc = serde_json::to_vec(&self.encoding).expect("encoding serializes");
         let mut b =
             Vec::with_capacity(64 + enc.len() + 24 * (self.inline.len() + self.files.len()));
@@ -118,7 +121,12 @@ impl Recipe {
                 b.extend_from_slice(&len.to_le_bytes());
             }
         }
-        let body = zstd::bulk::compress(&b, 9).expect("zstd compresses into a growable buffer");
+        b
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body =
+            zstd::bulk::compress(&self.body(), 9).expect("zstd compresses into a growable buffer");
         let mut out = Vec::with_capacity(12 + body.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -147,6 +155,20 @@ impl Recipe {
             }
             _ => return Err(bad(&format!("version {v} not supported"))),
         };
+        Self::read_body(&mut r, v1)
+    }
+
+    /// Parse a body written by [`Recipe::body`].
+    pub fn from_body(b: &[u8]) -> io::Result<Recipe> {
+        let mut r = Rd(b);
+        let recipe = Self::read_body(&mut r, false)?;
+        if !r.0.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(recipe)
+    }
+
+    fn read_body(r: &mut Rd<'_>, v1: bool) -> io::Result<Recipe> {
         let n = r.u32()? as usize;
         let encoding = serde_json::from_slice(r.take(n)?).map_err(|e| bad(&e.to_string()))?;
         let raw_len = r.u64()?;
@@ -493,6 +515,13 @@ mod tests {
             assert!(rebuild(&r, &store) == *layer);
             let again = Recipe::from_bytes(&r.to_bytes()).unwrap();
             assert_eq!(again, r);
+            assert_eq!(Recipe::from_body(&r.body()).unwrap(), r);
+            let mut long = r.body();
+            long.push(0);
+            assert!(
+                Recipe::from_body(&long).is_err(),
+                "trailing bytes are refused"
+            );
         }
         assert!(Recipe::from_bytes(b"STWGRCP\0\x09\0\0\0").is_err());
         assert!(Recipe::from_bytes(b"garbage").is_err());
