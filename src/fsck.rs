@@ -77,6 +77,12 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
 
     {
         let t = meta.read()?;
+        let (kept, counted) = (meta.chunk_counts(&t)?, meta.scan_chunk_counts(&t)?);
+        if kept != counted {
+            problems.push(format!(
+                "chunk totals kept for statistics are {kept:?}, the chunk index holds {counted:?}"
+            ));
+        }
         for (container, block) in meta.feature_blocks(&t)? {
             match block {
                 Err(e) => problems.push(format!("feature block of container {container}: {e}")),

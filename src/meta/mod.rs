@@ -27,6 +27,11 @@
 //! | `counters`       | name                             | u64 little-endian             |
 //! | `containers`     | container id (u64 big-endian)    | [`ContainerRecord`]           |
 //!
+//! `counters` also holds `chunk_stats`: five u64 little-endian (unique chunks, recipe
+//! references, stored bytes, delta chunks, chunks with dependents), changed in the same
+//! transaction as the chunk records they total, and computed once when an older store is
+//! opened. `/_stats` and `/metrics` read it instead of scanning the chunk index.
+//!
 //! Reference counts (`BlobRecord::links`, `ManifestRecord::links`) count the repositories that
 //! link the object and change in the same transaction as the link (invariant 7); a chunk's
 //! `refs` counts the recipe references to it and changes in the recipe's commit.
@@ -68,7 +73,11 @@ use crate::names::{Digest, RepoName, Tag, UploadId};
 const MAGIC: &str = "stowage-meta";
 /// 2: chunk records count dependents, the `features` database exists.
 /// 3: the feature index is kept per container, in `container_features`.
-const VERSION: u32 = 3;
+/// 4: `counters` holds `chunk_stats`, kept with every change to `chunks`.
+const VERSION: u32 = 4;
+/// Key in `counters` of the totals over `chunks` ([`ChunkCounts`]), so statistics and metrics
+/// never scan the chunk index.
+const CHUNK_STATS: &[u8] = b"chunk_stats";
 
 #[derive(Serialize, Deserialize)]
 struct FormatRecord {
@@ -202,7 +211,7 @@ impl ChunkRecord {
 }
 
 /// Counts over the chunk index.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkCounts {
     /// Distinct chunks.
     pub unique: u64,
@@ -213,6 +222,37 @@ pub struct ChunkCounts {
     pub deltas: u64,
     /// Chunks some delta depends on.
     pub bases: u64,
+}
+
+impl ChunkCounts {
+    fn encode(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        for (i, v) in [
+            self.unique,
+            self.refs,
+            self.stored_bytes,
+            self.deltas,
+            self.bases,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<ChunkCounts> {
+        let b: &[u8; 40] = b.try_into().ok()?;
+        let at = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Some(ChunkCounts {
+            unique: at(0),
+            refs: at(1),
+            stored_bytes: at(2),
+            deltas: at(3),
+            bases: at(4),
+        })
+    }
 }
 
 /// Counts and sizes for `/_stats`.
@@ -340,6 +380,10 @@ impl Meta {
         };
         if stored_version == 2 {
             meta.regroup_features(&mut w)?;
+        }
+        if meta.counters.get(&w, CHUNK_STATS)?.is_none() {
+            let c = meta.scan_chunk_counts(&w)?;
+            meta.counters.put(&mut w, CHUNK_STATS, &c.encode())?;
         }
         w.commit()?;
         Ok(meta)
@@ -811,6 +855,9 @@ impl Meta {
                     "delta {delta} names base {base}, itself a delta"
                 )));
             }
+            if b.dependents == 0 {
+                self.update_chunk_counts(w, |c| c.bases += 1)?;
+            }
             b.dependents += 1;
             self.chunks.put(w, &base.0, &b.encode())?;
         }
@@ -869,6 +916,7 @@ impl Meta {
         entries: &[(ChunkId, ChunkLoc)],
     ) -> Result<std::collections::HashSet<ChunkId>> {
         let mut added = std::collections::HashSet::new();
+        let mut new = ChunkCounts::default();
         for (id, loc) in entries {
             if self.chunks.get(w, &id.0)?.is_none() {
                 let rec = ChunkRecord {
@@ -878,9 +926,33 @@ impl Meta {
                 };
                 self.chunks.put(w, &id.0, &rec.encode())?;
                 added.insert(*id);
+                new.unique += 1;
+                new.stored_bytes += loc.stored_len as u64;
+                new.deltas += u64::from(!loc.encoding.is_whole());
             }
         }
+        self.update_chunk_counts(w, |c| {
+            c.unique += new.unique;
+            c.stored_bytes += new.stored_bytes;
+            c.deltas += new.deltas;
+        })?;
         Ok(added)
+    }
+
+    /// Change the totals over `chunks` (in the transaction that changes the records).
+    fn update_chunk_counts(
+        &self,
+        w: &mut RwTxn<'_>,
+        f: impl FnOnce(&mut ChunkCounts),
+    ) -> Result<()> {
+        let mut c = self
+            .counters
+            .get(w, CHUNK_STATS)?
+            .and_then(ChunkCounts::decode)
+            .ok_or_else(|| RegistryError::Internal("corrupt chunk_stats counter".into()))?;
+        f(&mut c);
+        self.counters.put(w, CHUNK_STATS, &c.encode())?;
+        Ok(())
     }
 
     /// The next value of a named counter (starting at 1).
@@ -913,13 +985,16 @@ impl Meta {
             // flight): the committed recipe stands, and its references are counted once.
             return Ok(());
         }
+        let mut refs = 0;
         for (id, uses) in recipe.chunk_uses() {
             let mut c = self.chunk(w, &id)?.ok_or_else(|| {
                 RegistryError::Internal(format!("recipe of {dk} names unknown chunk {id}"))
             })?;
             c.refs += uses;
+            refs += uses;
             self.chunks.put(w, &id.0, &c.encode())?;
         }
+        self.update_chunk_counts(w, |c| c.refs += refs)?;
         self.put_layer_meta(w, &dk, recipe, files)?;
         rec.state = BlobState::Deduplicated {
             encoding: recipe.encoding.label(),
@@ -1089,8 +1164,16 @@ impl Meta {
         Ok(out)
     }
 
-    /// Counts over the chunk index.
+    /// Totals over the chunk index, as kept in `counters`.
     pub fn chunk_counts(&self, t: &RoTxn<'_>) -> Result<ChunkCounts> {
+        self.counters
+            .get(t, CHUNK_STATS)?
+            .and_then(ChunkCounts::decode)
+            .ok_or_else(|| RegistryError::Internal("corrupt chunk_stats counter".into()))
+    }
+
+    /// Totals over the chunk index, counted record by record (at upgrade, and by fsck).
+    pub fn scan_chunk_counts(&self, t: &RoTxn<'_>) -> Result<ChunkCounts> {
         let mut c = ChunkCounts::default();
         for item in self.chunks.iter(t)? {
             let (_, v) = item?;
@@ -1187,6 +1270,9 @@ mod tests {
         w.commit().unwrap();
         let t = m.read().unwrap();
         assert_eq!(m.chunk(&t, &id).unwrap().unwrap().refs, 2);
+        let kept = m.chunk_counts(&t).unwrap();
+        assert_eq!(kept, m.scan_chunk_counts(&t).unwrap());
+        assert_eq!((kept.unique, kept.refs, kept.stored_bytes), (1, 2, 5));
         assert!(matches!(
             m.blob(&t, &blob).unwrap().unwrap().state,
             BlobState::Deduplicated { .. }
@@ -1279,11 +1365,18 @@ mod tests {
                 }),
             )
             .unwrap();
+            // Nor did version 2 keep chunk totals.
+            m.counters.delete(&mut w, CHUNK_STATS).unwrap();
             w.commit().unwrap();
         }
         let m = Meta::open(dir.path(), 1 << 26).unwrap();
         m.load_feature_index(100).unwrap();
         let t = m.read().unwrap();
+        assert_eq!(
+            m.chunk_counts(&t).unwrap().unique,
+            2,
+            "totals counted at upgrade"
+        );
         assert_eq!(
             m.features.len(&t).unwrap(),
             0,
@@ -1352,6 +1445,11 @@ mod tests {
         }
         w.commit().unwrap();
         let t = m.read().unwrap();
+        assert_eq!(
+            m.chunk_counts(&t).unwrap(),
+            m.scan_chunk_counts(&t).unwrap()
+        );
+        assert_eq!(m.chunk_counts(&t).unwrap().refs, 900);
         for (n, (d, recipe, files)) in layers.iter().enumerate() {
             assert_eq!(m.recipe(&t, d).unwrap().as_ref(), Some(recipe));
             assert_eq!(
