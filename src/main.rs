@@ -4,6 +4,7 @@ mod config;
 mod error;
 mod fsck;
 mod http;
+mod lock;
 mod meta;
 mod metrics;
 mod names;
@@ -35,6 +36,13 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Check offline that every blob (deduplicated or not) still produces its digest.
     Fsck {
+        /// Data directory [default: ./stowage-data].
+        #[arg(long, env = "STOWAGE_ROOT", default_value = "./stowage-data")]
+        root: std::path::PathBuf,
+    },
+    /// Rewrite the metadata store without its free pages (offline). LMDB reuses freed pages
+    /// but never shrinks its file; this gives the space back after heavy churn.
+    Compact {
         /// Data directory [default: ./stowage-data].
         #[arg(long, env = "STOWAGE_ROOT", default_value = "./stowage-data")]
         root: std::path::PathBuf,
@@ -83,8 +91,24 @@ fn main() -> anyhow::Result<()> {
             init_logging(cfg.log_format);
             actix_web::rt::System::new().block_on(serve(cfg))
         }
+        Command::Compact { root } => {
+            init_logging(LogFormat::Text);
+            let _lock = lock::RootLock::acquire(&root)?;
+            let dir = root.join("meta");
+            anyhow::ensure!(dir.exists(), "{} holds no stowage store", root.display());
+            eprintln!("compact: rewriting {} ...", dir.display());
+            let (before, after) = meta::compact(&dir, Config::default().meta_map_size)?;
+            println!(
+                "compact: {} bytes -> {} bytes ({:.1} MB given back)",
+                before,
+                after,
+                before.saturating_sub(after) as f64 / 1e6
+            );
+            Ok(())
+        }
         Command::Fsck { root } => {
             init_logging(LogFormat::Text);
+            let _lock = lock::RootLock::acquire(&root)?;
             let started = std::time::Instant::now();
             let r = fsck::run(&root, Config::default().meta_map_size)?;
             let secs = started.elapsed().as_secs_f64();
@@ -107,6 +131,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let _lock = lock::RootLock::acquire(&cfg.root)?;
     let reg = Registry::open(cfg.clone(), true)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", cfg.root.display()))?;
     let pending = reg.resume_pending().await?;

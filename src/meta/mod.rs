@@ -347,6 +347,27 @@ fn utf8(bytes: &[u8]) -> Result<&str> {
 
 type Db = Database<Bytes, Bytes>;
 
+/// `stowage compact`: open the store at `dir` (upgrading it if needed), write a copy without
+/// free pages beside it, fsync it and rename it over the original. The caller holds the root
+/// lock, so no other process has the environment open. Returns the file's size before and
+/// after.
+pub fn compact(dir: &Path, map_size: usize) -> Result<(u64, u64)> {
+    let data = dir.join("data.mdb");
+    let tmp = dir.join("data.mdb.compact");
+    let before = std::fs::metadata(&data)?.len();
+    let _ = std::fs::remove_file(&tmp);
+    let meta = Meta::open(dir, map_size)?;
+    let copy = meta
+        .env
+        .copy_to_path(&tmp, heed::CompactionOption::Enabled)?;
+    copy.sync_all()?;
+    drop(copy);
+    meta.close();
+    std::fs::rename(&tmp, &data)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok((before, std::fs::metadata(&data)?.len()))
+}
+
 /// The LMDB environment and its databases.
 pub struct Meta {
     env: Env<WithoutTls>,
