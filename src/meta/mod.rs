@@ -1389,6 +1389,17 @@ mod tests {
         ));
     }
 
+    /// Make the store say it is at `version`, which kept no chunk totals.
+    fn pretend_version(m: &Meta, w: &mut RwTxn<'_>, version: u32) {
+        let info: Db = m.env.open_database(w, Some("info")).unwrap().unwrap();
+        let format = enc(&FormatRecord {
+            magic: MAGIC.into(),
+            version,
+        });
+        info.put(w, b"format", &format).unwrap();
+        m.counters.delete(w, CHUNK_STATS).unwrap();
+    }
+
     /// A chunk record as stores before version 5 wrote it.
     fn fixed(r: &ChunkRecord) -> Vec<u8> {
         let mut b = Vec::with_capacity(ChunkRecord::FIXED_LEN);
@@ -1483,18 +1494,7 @@ mod tests {
                     )
                     .unwrap();
             }
-            let info: Db = m.env.open_database(&w, Some("info")).unwrap().unwrap();
-            info.put(
-                &mut w,
-                b"format",
-                &enc(&FormatRecord {
-                    magic: MAGIC.into(),
-                    version: 2,
-                }),
-            )
-            .unwrap();
-            // Nor did version 2 keep chunk totals.
-            m.counters.delete(&mut w, CHUNK_STATS).unwrap();
+            pretend_version(&m, &mut w, 2);
             w.commit().unwrap();
         }
         let m = Meta::open(dir.path(), 1 << 26).unwrap();
@@ -1653,17 +1653,7 @@ mod tests {
                     .put(&mut w, &id.0, &fixed(&rec(n as u64, 1)))
                     .unwrap();
             }
-            let info: Db = m.env.open_database(&w, Some("info")).unwrap().unwrap();
-            info.put(
-                &mut w,
-                b"format",
-                &enc(&FormatRecord {
-                    magic: MAGIC.into(),
-                    version: 4,
-                }),
-            )
-            .unwrap();
-            m.counters.delete(&mut w, CHUNK_STATS).unwrap();
+            pretend_version(&m, &mut w, 4);
             w.commit().unwrap();
         }
         let m = Meta::open(dir.path(), 1 << 28).unwrap();
