@@ -269,3 +269,65 @@ fn repository_policies_keep_raw_skip_deltas_and_defer_and_say_so() {
     assert!(s.stop());
     assert_fsck_clean(root.path());
 }
+
+/// The promotion flow: a layer deduplicated in a CI repository is mounted into (or pushed
+/// again to) a repository kept raw for pull speed. It is restored into staging and kept raw;
+/// once no raw policy covers it (after a restart) its recipe serves again, with no raw copy.
+#[test]
+fn a_deduplicated_layer_promoted_into_a_raw_repository_is_kept_raw() {
+    let root = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let (a, b) = (gzip(&version(31)), gzip(&version(32)));
+    let staged = |d: &str| root.path().join("staging/sha256").join(&d[7..]).exists();
+    let policy_raw = |st: &Value| st["layers"]["raw_reasons"]["policy: raw repository"].clone();
+    let (da, db) = {
+        let mut s = Server::start_at(
+            root.path(),
+            &["--dedup", "inline", "--repo-policy", "prod/*=raw"],
+        );
+        let da = push(&s, &c, "ci/app", &a);
+        let db = push(&s, &c, "ci/app", &b);
+        let st = stats(&s, &c);
+        assert_eq!(st["layers"]["deduplicated"], 2, "{st}");
+        assert!(!staged(&da) && !staged(&db));
+        // Promotion by cross-repository mount, and by pushing the same bytes again.
+        let r = c
+            .post(s.url(&format!(
+                "/v2/prod/app/blobs/uploads/?mount={da}&from=ci/app"
+            )))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        push(&s, &c, "prod/app", &b);
+        let st = stats(&s, &c);
+        assert_eq!(policy_raw(&st), 2, "{st}");
+        assert_eq!(st["layers"]["deduplicated"], 0, "{st}");
+        assert!(staged(&da) && staged(&db), "restored into staging");
+        assert!(pull(&s, &c, "prod/app", &da) == a);
+        assert!(pull(&s, &c, "ci/app", &db) == b);
+        assert!(s.stop());
+        (da, db)
+    };
+    assert_fsck_clean(root.path());
+
+    // The policy is gone: the recipes serve again and the raw copies are removed.
+    let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let st = wait_dedup_idle(&s.url("/_stats"));
+    assert_eq!(st["layers"]["deduplicated"], 2, "{st}");
+    assert!(policy_raw(&st).is_null(), "{st}");
+    assert!(!staged(&da) && !staged(&db));
+    assert!(pull(&s, &c, "prod/app", &da) == a);
+    assert!(pull(&s, &c, "prod/app", &db) == b);
+    assert!(s.stop());
+
+    // Added back: kept raw again at start-up.
+    let mut s = Server::start_at(
+        root.path(),
+        &["--dedup", "inline", "--repo-policy", "prod/*=raw"],
+    );
+    let st = stats(&s, &c);
+    assert_eq!(policy_raw(&st), 2, "{st}");
+    assert!(staged(&da) && staged(&db));
+    assert!(s.stop());
+    assert_fsck_clean(root.path());
+}

@@ -696,6 +696,24 @@ impl Meta {
         Ok(out)
     }
 
+    /// The repositories linking `d` (a scan of every link: for the repository policies).
+    pub fn repos_linking(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Vec<RepoName>> {
+        let dk = d.to_string();
+        let mut out = Vec::new();
+        for item in self.blob_links.iter(t)? {
+            let (k, _) = item?;
+            if let Some((repo, digest)) = utf8(k)?.split_once('\0') {
+                if digest == dk {
+                    out.push(
+                        repo.parse()
+                            .map_err(|_| RegistryError::Internal("corrupt blob link key".into()))?,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Remove `repo`'s link to a blob. Returns false if it was not linked. The blob record
     /// stays (with its count lowered) until garbage collection.
     pub fn unlink_blob(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
@@ -1090,9 +1108,16 @@ impl Meta {
             return Err(RegistryError::Internal(format!("no blob record for {dk}")));
         };
         let mut rec: BlobRecord = dec("blob", v)?;
-        if matches!(rec.state, BlobState::Deduplicated { .. }) {
+        if matches!(rec.state, BlobState::Deduplicated { .. })
+            || self.recipes.get(w, dk.as_bytes())?.is_some()
+        {
             // Deduplicated meanwhile (the same blob pushed again while its first run was in
-            // flight): the committed recipe stands, and its references are counted once.
+            // flight), or before (a raw copy kept by policy, released): the committed recipe
+            // stands, and its references are counted once.
+            rec.state = BlobState::Deduplicated {
+                encoding: recipe.encoding.label(),
+            };
+            self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
             return Ok(());
         }
         let mut refs = 0;

@@ -1,6 +1,13 @@
 //! The registry's side of deduplication: the LMDB catalog the pipeline commits through, the
 //! hand-off of committed blobs to the pipeline (background, or inline for tests), resuming
 //! pending blobs at start-up, and serving deduplicated blobs through the Restore actor.
+//!
+//! Repository policies are decided per blob from every repository linking it. A blob already
+//! deduplicated that comes to be linked from a `raw` repository (a mount, a push of a blob the
+//! store has, a layer deduplicated while such a link was made, or a policy added before a
+//! restart) is restored into `staging/`, verified, and kept raw from then on; its recipe and
+//! chunk references stay. When no `raw` policy covers it any more (after a restart), the raw
+//! copy goes and the recipe serves again.
 
 use std::io;
 use std::path::PathBuf;
@@ -157,6 +164,128 @@ impl Registry {
         }
     }
 
+    fn any_raw_policy(&self) -> bool {
+        self.inner
+            .cfg
+            .repo_policies
+            .iter()
+            .any(|p| p.dedup == PolicyMode::Raw)
+    }
+
+    /// A blob the store already had was linked into `repo` (a mount or a repeated push).
+    pub(super) async fn after_link(&self, d: &Digest, repo: &RepoName) {
+        if self.any_raw_policy() && self.decide(std::slice::from_ref(repo)).mode == PolicyMode::Raw
+        {
+            self.keep_raw_copy(d.clone()).await;
+        }
+    }
+
+    /// After `d` was deduplicated: a `raw` repository may have linked it meanwhile.
+    async fn after_dedup(&self, d: &Digest) {
+        if !self.any_raw_policy() {
+            return;
+        }
+        let (inner, d2) = (self.inner.clone(), d.clone());
+        let repos = blocking(move || {
+            let t = inner.meta.read()?;
+            inner.meta.repos_linking(&t, &d2)
+        })
+        .await;
+        match repos {
+            Ok(repos) if self.decide(&repos).mode == PolicyMode::Raw => {
+                self.keep_raw_copy(d.clone()).await
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(digest = %d, error = %e, "reading a blob's links failed"),
+        }
+    }
+
+    /// Restore a deduplicated blob into `staging/` (verified against its digest), then record
+    /// it as kept raw by policy. Waits in inline mode; in the background otherwise.
+    async fn keep_raw_copy(&self, d: Digest) {
+        let reg = self.clone();
+        let work = async move {
+            let inner = reg.inner.clone();
+            let d2 = d.clone();
+            let res = blocking(move || {
+                let m = &inner.meta;
+                let (size, recipe) = {
+                    let t = m.read()?;
+                    let size = match m.blob(&t, &d2)? {
+                        Some(rec) if matches!(rec.state, BlobState::Deduplicated { .. }) => {
+                            rec.size
+                        }
+                        _ => return Ok(None),
+                    };
+                    let recipe = m.recipe(&t, &d2)?.ok_or_else(|| {
+                        RegistryError::Internal(format!("{d2} is deduplicated but has no recipe"))
+                    })?;
+                    (size, recipe)
+                };
+                let reader = stowage_actors::restore::ChunkReader::new(
+                    Arc::new(MetaCatalog(m.clone())),
+                    inner.cfg.root.join("containers"),
+                );
+                inner.store.stage_with(&d2, &mut |f| {
+                    let mut h = d2.algorithm().hasher();
+                    let mut n = 0u64;
+                    stowage_actors::restore::restore_layer(&recipe, &reader, &mut |b| {
+                        h.update(b);
+                        n += b.len() as u64;
+                        io::Write::write_all(f, b)
+                    })?;
+                    let got = h.finish();
+                    if got != d2 || n != size {
+                        return Err(io::Error::other(format!(
+                            "restored {n} bytes hashing to {got}, not {d2}"
+                        )));
+                    }
+                    Ok(())
+                })?;
+                let mut w = m.write()?;
+                if matches!(
+                    m.blob(&w, &d2)?.map(|r| r.state),
+                    Some(BlobState::Deduplicated { .. })
+                ) {
+                    m.set_blob_state(
+                        &mut w,
+                        &d2,
+                        BlobState::Raw {
+                            reason: POLICY_RAW.into(),
+                        },
+                    )?;
+                }
+                w.commit()?;
+                Ok(Some(size))
+            })
+            .await;
+            match res {
+                Ok(Some(size)) => {
+                    tracing::info!(digest = %d, "deduplicated blob now also kept raw, by policy");
+                    let repos = {
+                        let (inner, d3) = (reg.inner.clone(), d.clone());
+                        blocking(move || {
+                            let t = inner.meta.read()?;
+                            inner.meta.repos_linking(&t, &d3)
+                        })
+                        .await
+                        .unwrap_or_default()
+                    };
+                    reg.count_policy(&reg.decide(&repos), "raw", size);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(digest = %d, error = %e, "keeping a raw copy failed")
+                }
+            }
+        };
+        if self.inner.cfg.dedup == DedupMode::Inline {
+            work.await
+        } else {
+            actix_web::rt::spawn(work);
+        }
+    }
+
     /// Hand a freshly committed blob (linked from `repo`) to the pipeline, as configured.
     pub(super) async fn after_commit(&self, d: &Digest, repo: &RepoName, size: u64) {
         let decision = self.decide(std::slice::from_ref(repo));
@@ -191,18 +320,21 @@ impl Registry {
         // Inline mode is for tests: the PUT waits for the commit, and ages are ignored.
         if self.inner.cfg.dedup == DedupMode::Inline {
             log_outcome(&d, &p.dedup(d.clone(), path, policy).await);
+            self.after_dedup(&d).await;
             return;
         }
         let wait = decision.min_age.saturating_sub(age);
         if !wait.is_zero() {
             self.count_policy(&decision, "deferred", size);
         }
+        let reg = self.clone();
         actix_web::rt::spawn(async move {
             if !wait.is_zero() {
                 actix_web::rt::time::sleep(wait).await;
             }
             let o = p.dedup(d.clone(), path, policy).await;
             log_outcome(&d, &o);
+            reg.after_dedup(&d).await;
         });
     }
 
@@ -228,32 +360,60 @@ impl Registry {
         blobs.sort_by_key(|(_, r)| r.created);
         let mut queue = Vec::new();
         let mut released = Vec::new();
+        let mut raw_copies = Vec::new();
         for (d, rec) in blobs {
             let repos = links.get(&d).map(Vec::as_slice).unwrap_or_default();
             let decision = self.decide(repos);
             match &rec.state {
                 BlobState::Staged => {}
-                // Kept raw by a policy that no longer says so: pending again.
+                // Kept raw by a policy that no longer says so: pending again, or deduplicated
+                // again at once if its recipe was kept.
                 BlobState::Raw { reason }
                     if reason == POLICY_RAW && decision.mode != PolicyMode::Raw =>
                 {
                     released.push(d.clone())
+                }
+                // Deduplicated, and now linked from a repository kept raw.
+                BlobState::Deduplicated { .. } if decision.mode == PolicyMode::Raw => {
+                    raw_copies.push(d);
+                    continue;
                 }
                 _ => continue,
             }
             queue.push((d, rec, decision));
         }
         if !released.is_empty() {
-            let meta = self.inner.meta.clone();
-            blocking(move || {
-                let mut w = meta.write()?;
+            let (inner, released) = (self.inner.clone(), released.clone());
+            let recipes_back = blocking(move || {
+                let m = &inner.meta;
+                let mut w = m.write()?;
+                let mut back = Vec::new();
                 for d in &released {
-                    meta.set_blob_state(&mut w, d, BlobState::Staged)?;
+                    match m.recipe(&w, d)? {
+                        Some(r) => {
+                            let encoding = r.encoding.label();
+                            m.set_blob_state(&mut w, d, BlobState::Deduplicated { encoding })?;
+                            back.push(d.clone());
+                        }
+                        None => m.set_blob_state(&mut w, d, BlobState::Staged)?,
+                    }
                 }
                 w.commit()?;
-                Ok(())
+                // The raw copies of blobs whose recipe serves again (after the commit: a crash
+                // in between leaves them to the start-up sweep).
+                for d in &back {
+                    let p = inner.store.blob_path(d);
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        tracing::warn!(digest = %d, error = %e, "removing a raw copy failed");
+                    }
+                }
+                Ok(back)
             })
             .await?;
+            queue.retain(|(d, _, _)| !recipes_back.contains(d));
+        }
+        for d in raw_copies {
+            self.keep_raw_copy(d).await;
         }
         let now = crate::meta::now();
         let n = queue.len();

@@ -332,8 +332,8 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool> {
         let inner = self.inner.clone();
-        let (repo, from, d) = (repo.clone(), from.clone(), digest.clone());
-        blocking(move || {
+        let (to, from, d) = (repo.clone(), from.clone(), digest.clone());
+        let mounted = blocking(move || {
             let m = &inner.meta;
             let mut w = m.write()?;
             if !m.blob_linked(&w, &from, &d)? {
@@ -342,11 +342,15 @@ impl Registry {
             let Some(rec) = m.blob(&w, &d)? else {
                 return Ok(false);
             };
-            m.link_blob(&mut w, &repo, &d, rec.size)?;
+            m.link_blob(&mut w, &to, &d, rec.size)?;
             w.commit()?;
             Ok(true)
         })
-        .await
+        .await?;
+        if mounted {
+            self.after_link(digest, repo).await;
+        }
+        Ok(mounted)
     }
 
     // ---- manifests ----------------------------------------------------------------------

@@ -189,6 +189,8 @@ impl Registry {
         self.forget_session(&id);
         if fresh {
             self.after_commit(&digest, &linked_repo, size).await;
+        } else {
+            self.after_link(&digest, &linked_repo).await;
         }
         Ok(())
     }

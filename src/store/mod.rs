@@ -5,6 +5,8 @@
 //! ```text
 //! <root>/uploads/<upload-id>            bytes of an upload session, appended in order; only the
 //!                                       first `UploadRecord::offset` bytes were acknowledged
+//! <root>/uploads/staging-<uuid>         a blob being restored into `staging/` (see
+//!                                       [`LocalStore::stage_with`]); swept as an orphan
 //! <root>/staging/<algorithm>/<hex>      a committed blob, exactly the bytes that were pushed
 //! ```
 //!
@@ -132,6 +134,32 @@ impl LocalStore {
         }
         File::open(&from)?.sync_all()?;
         fs::rename(&from, &to)?;
+        sync_dir(to.parent().expect("staging path has a parent"))?;
+        sync_dir(&self.uploads)
+    }
+
+    /// Write a blob into `staging/` durably, from `fill`: into a scratch file under `uploads/`
+    /// first (removed on error, and by the orphan sweep after a crash), renamed into place only
+    /// once `fill` returned Ok (having checked the digest) and the file is fsynced.
+    pub fn stage_with(
+        &self,
+        d: &Digest,
+        fill: &mut dyn FnMut(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let tmp = self
+            .uploads
+            .join(format!("staging-{}", uuid::Uuid::new_v4().simple()));
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            fill(&mut f)?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let to = self.blob_path(d);
+        fs::rename(&tmp, &to)?;
         sync_dir(to.parent().expect("staging path has a parent"))?;
         sync_dir(&self.uploads)
     }
