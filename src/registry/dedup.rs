@@ -201,10 +201,14 @@ impl Registry {
     }
 
     /// Restore a deduplicated blob into `staging/` (verified against its digest), then record
-    /// it as kept raw by policy. Waits in inline mode; in the background otherwise.
+    /// it as kept raw by policy, at most two at a time. Waits in inline mode; in the
+    /// background otherwise.
     async fn keep_raw_copy(&self, d: Digest) {
         let reg = self.clone();
         let work = async move {
+            let Ok(_permit) = reg.inner.raw_copies.acquire().await else {
+                return;
+            };
             let inner = reg.inner.clone();
             let d2 = d.clone();
             let res = blocking(move || {

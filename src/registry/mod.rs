@@ -32,6 +32,9 @@ pub(crate) struct Inner {
     pub(crate) restore: Option<actix::Addr<Restore>>,
     pub(crate) restore_stats: Arc<RestoreStats>,
     pub(crate) layer_cache: Arc<stowage_actors::cache::LayerCache>,
+    /// Raw copies being restored for `raw` repositories, at most two at a time (each holds a
+    /// restore's chunk cache and re-encoder).
+    pub(crate) raw_copies: tokio::sync::Semaphore,
     pub(crate) policy_stats:
         std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), dedup::PolicyCount>>,
 }
@@ -235,6 +238,7 @@ impl Registry {
                 pipeline,
                 restore,
                 restore_stats,
+                raw_copies: tokio::sync::Semaphore::new(2),
                 policy_stats: Default::default(),
             }),
         };
