@@ -174,9 +174,12 @@ impl Registry {
 
     /// A blob the store already had was linked into `repo` (a mount or a repeated push).
     pub(super) async fn after_link(&self, d: &Digest, repo: &RepoName) {
-        if self.any_raw_policy() && self.decide(std::slice::from_ref(repo)).mode == PolicyMode::Raw
-        {
-            self.keep_raw_copy(d.clone()).await;
+        if !self.any_raw_policy() {
+            return;
+        }
+        let decision = self.decide(std::slice::from_ref(repo));
+        if decision.mode == PolicyMode::Raw {
+            self.keep_raw_copy(d.clone(), decision).await;
         }
     }
 
@@ -191,9 +194,9 @@ impl Registry {
             inner.meta.repos_linking(&t, &d2)
         })
         .await;
-        match repos {
-            Ok(repos) if self.decide(&repos).mode == PolicyMode::Raw => {
-                self.keep_raw_copy(d.clone()).await
+        match repos.map(|r| self.decide(&r)) {
+            Ok(decision) if decision.mode == PolicyMode::Raw => {
+                self.keep_raw_copy(d.clone(), decision).await
             }
             Ok(_) => {}
             Err(e) => tracing::error!(digest = %d, error = %e, "reading a blob's links failed"),
@@ -201,9 +204,9 @@ impl Registry {
     }
 
     /// Restore a deduplicated blob into `staging/` (verified against its digest), then record
-    /// it as kept raw by policy, at most two at a time. Waits in inline mode; in the
-    /// background otherwise.
-    async fn keep_raw_copy(&self, d: Digest) {
+    /// it as kept raw by policy (counted for `decision`'s policy), at most two at a time.
+    /// Waits in inline mode; in the background otherwise.
+    async fn keep_raw_copy(&self, d: Digest, decision: Decision) {
         let reg = self.clone();
         let work = async move {
             let Ok(_permit) = reg.inner.raw_copies.acquire().await else {
@@ -266,16 +269,7 @@ impl Registry {
             match res {
                 Ok(Some(size)) => {
                     tracing::info!(digest = %d, "deduplicated blob now also kept raw, by policy");
-                    let repos = {
-                        let (inner, d3) = (reg.inner.clone(), d.clone());
-                        blocking(move || {
-                            let t = inner.meta.read()?;
-                            inner.meta.repos_linking(&t, &d3)
-                        })
-                        .await
-                        .unwrap_or_default()
-                    };
-                    reg.count_policy(&reg.decide(&repos), "raw", size);
+                    reg.count_policy(&decision, "raw", size);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -379,7 +373,7 @@ impl Registry {
                 }
                 // Deduplicated, and now linked from a repository kept raw.
                 BlobState::Deduplicated { .. } if decision.mode == PolicyMode::Raw => {
-                    raw_copies.push(d);
+                    raw_copies.push((d, decision));
                     continue;
                 }
                 _ => continue,
@@ -387,7 +381,7 @@ impl Registry {
             queue.push((d, rec, decision));
         }
         if !released.is_empty() {
-            let (inner, released) = (self.inner.clone(), released.clone());
+            let inner = self.inner.clone();
             let recipes_back = blocking(move || {
                 let m = &inner.meta;
                 let mut w = m.write()?;
@@ -416,8 +410,8 @@ impl Registry {
             .await?;
             queue.retain(|(d, _, _)| !recipes_back.contains(d));
         }
-        for d in raw_copies {
-            self.keep_raw_copy(d).await;
+        for (d, decision) in raw_copies {
+            self.keep_raw_copy(d, decision).await;
         }
         let now = crate::meta::now();
         let n = queue.len();
