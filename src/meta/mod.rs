@@ -1,9 +1,9 @@
 //! The metadata store: one LMDB environment (heed) under `<root>/meta/`.
 //!
-//! # On-disk format (magic `stowage-meta`, version 3)
+//! # On-disk format (magic `stowage-meta`, version 5)
 //!
 //! The named database `info` holds the key `format` whose value is the JSON
-//! `{"magic":"stowage-meta","version":1}`; opening an environment with another magic or a newer
+//! `{"magic":"stowage-meta","version":5}`; opening an environment with another magic or a newer
 //! version is refused. Keys below are byte strings; `\0` separates parts (repository names,
 //! tags and digests never contain it). Values are JSON documents of the record types in this
 //! module.
@@ -19,11 +19,11 @@
 //! | `tags`           | repo `\0` tag                    | digest (UTF-8)                |
 //! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
-//! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary, 41 bytes) |
+//! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary varints, below) |
 //! | `container_features` | container id (u64 big-endian) | feature block (see [`features`]) |
 //! | `recipes`        | digest                           | recipe (binary, see `stowage_actors::engine::recipe`), whole or patched (see [`patch`]) |
 //! | `layer_files`    | digest                           | JSON array of file entries, compressed, whole or patched (see [`patch`]) |
-//! | `layer_sketches` | path-sketch hash u64 BE          | digest of a layer whose whole file index has it |
+//! | `layer_sketches` | path-sketch hash u64 BE          | digest of a layer with that hash whose recipe and file index are whole (see [`patch`]) |
 //! | `counters`       | name                             | u64 little-endian             |
 //! | `containers`     | container id (u64 big-endian)    | [`ContainerRecord`]           |
 //!
