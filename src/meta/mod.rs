@@ -420,8 +420,8 @@ impl Meta {
                 )));
             }
         }
-        // New stores, and older stores upgraded in place: version 2 only added, version 3
-        // regroups the feature index (below).
+        // New stores, and older stores upgraded in place (below): version 2 only added;
+        // 3 regroups the feature index, 4 counts the chunk totals, 5 rewrites chunk records.
         info.put(
             &mut w,
             b"format",
@@ -544,11 +544,7 @@ impl Meta {
             let range = (Bound::Included(from.as_slice()), Bound::Unbounded);
             for item in self.container_features.range(&t, &range)? {
                 let (k, v) = item?;
-                let id = u64::from_be_bytes(
-                    k.try_into()
-                        .map_err(|_| RegistryError::Internal("corrupt container key".into()))?,
-                );
-                index.insert(id, &features::decode_block(v)?);
+                index.insert(container_key(k)?, &features::decode_block(v)?);
             }
         }
         let n = index.len();
@@ -561,11 +557,10 @@ impl Meta {
         let mut out = Vec::new();
         for item in self.container_features.iter(t)? {
             let (k, v) = item?;
-            let id = u64::from_be_bytes(
-                k.try_into()
-                    .map_err(|_| RegistryError::Internal("corrupt container key".into()))?,
-            );
-            out.push((id, features::decode_block(v).map(|e| e.len())));
+            out.push((
+                container_key(k)?,
+                features::decode_block(v).map(|e| e.len()),
+            ));
         }
         Ok(out)
     }
@@ -1344,6 +1339,13 @@ impl Meta {
             logical_bytes: logical,
         })
     }
+}
+
+/// A container id, as keyed in `containers` and `container_features`.
+fn container_key(k: &[u8]) -> Result<u64> {
+    k.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| RegistryError::Internal("corrupt container key".into()))
 }
 
 /// The feature-index entries of a container's whole chunks.
