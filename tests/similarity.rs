@@ -331,3 +331,50 @@ fn a_deduplicated_layer_promoted_into_a_raw_repository_is_kept_raw() {
     assert!(s.stop());
     assert_fsck_clean(root.path());
 }
+
+/// A layer whose deduplication a minimum age defers, mounted meanwhile into a repository
+/// kept raw, is kept raw without ever being chunked.
+#[test]
+fn a_deferred_layer_linked_into_a_raw_repository_is_kept_raw_as_pushed() {
+    let root = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let a = gzip(&version(41));
+    let mut s = Server::start_at(
+        root.path(),
+        &[
+            "--repo-policy",
+            "ci/*=full@4s",
+            "--repo-policy",
+            "prod/*=raw",
+        ],
+    );
+    let pushed = Instant::now();
+    let da = push(&s, &c, "ci/app", &a);
+    let r = c
+        .post(s.url(&format!(
+            "/v2/prod/app/blobs/uploads/?mount={da}&from=ci/app"
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(
+        pushed.elapsed() < Duration::from_secs(4),
+        "the mount came after the deferral; the machine is too slow for this test"
+    );
+    let st = wait_dedup_idle(&s.url("/_stats"));
+    assert!(
+        pushed.elapsed() >= Duration::from_secs(4),
+        "{:?} {st}",
+        pushed.elapsed()
+    );
+    assert_eq!(
+        st["layers"]["raw_reasons"]["policy: raw repository"], 1,
+        "{st}"
+    );
+    assert_eq!(st["layers"]["deduplicated"], 0, "{st}");
+    assert_eq!(st["chunks"]["unique"], 0, "never chunked: {st}");
+    assert!(pull(&s, &c, "prod/app", &da) == a);
+    assert!(pull(&s, &c, "ci/app", &da) == a);
+    assert!(s.stop());
+    assert_fsck_clean(root.path());
+}

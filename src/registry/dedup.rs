@@ -7,7 +7,9 @@
 //! store has, a layer deduplicated while such a link was made, or a policy added before a
 //! restart) is restored into `staging/`, verified, and kept raw from then on; its recipe and
 //! chunk references stay. When no `raw` policy covers it any more (after a restart), the raw
-//! copy goes and the recipe serves again.
+//! copy goes and the recipe serves again. A layer whose deduplication a minimum age defers is
+//! decided again when the wait ends, so one linked from a `raw` repository meanwhile is never
+//! chunked.
 
 use std::io;
 use std::path::PathBuf;
@@ -183,10 +185,10 @@ impl Registry {
         }
     }
 
-    /// After `d` was deduplicated: a `raw` repository may have linked it meanwhile.
-    async fn after_dedup(&self, d: &Digest) {
+    /// The decision of the repositories linking `d` now, if it is to keep it raw.
+    async fn raw_decision(&self, d: &Digest) -> Option<Decision> {
         if !self.any_raw_policy() {
-            return;
+            return None;
         }
         let (inner, d2) = (self.inner.clone(), d.clone());
         let repos = blocking(move || {
@@ -195,11 +197,29 @@ impl Registry {
         })
         .await;
         match repos.map(|r| self.decide(&r)) {
-            Ok(decision) if decision.mode == PolicyMode::Raw => {
-                self.keep_raw_copy(d.clone(), decision).await
+            Ok(decision) if decision.mode == PolicyMode::Raw => Some(decision),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(digest = %d, error = %e, "reading a blob's links failed");
+                None
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(digest = %d, error = %e, "reading a blob's links failed"),
+        }
+    }
+
+    /// After `d` was deduplicated: a `raw` repository may have linked it meanwhile.
+    async fn after_dedup(&self, d: &Digest) {
+        if let Some(decision) = self.raw_decision(d).await {
+            self.keep_raw_copy(d.clone(), decision).await
+        }
+    }
+
+    /// Record a staged blob as kept raw by `decision`'s policy.
+    async fn keep_raw_by_policy(&self, d: &Digest, decision: &Decision, size: u64) {
+        self.count_policy(decision, "raw", size);
+        let cat = MetaCatalog(self.inner.meta.clone());
+        let d2 = d.clone();
+        if let Err(e) = blocking(move || Ok(cat.keep_raw(&d2, POLICY_RAW)?)).await {
+            tracing::error!(digest = %d, error = %e, "recording a layer kept raw by policy failed");
         }
     }
 
@@ -300,12 +320,7 @@ impl Registry {
             return;
         }
         if decision.mode == PolicyMode::Raw {
-            self.count_policy(&decision, "raw", size);
-            let cat = MetaCatalog(self.inner.meta.clone());
-            let d2 = d.clone();
-            if let Err(e) = blocking(move || Ok(cat.keep_raw(&d2, POLICY_RAW)?)).await {
-                tracing::error!(digest = %d, error = %e, "recording a layer kept raw by policy failed");
-            }
+            self.keep_raw_by_policy(&d, &decision, size).await;
             return;
         }
         let policy = LayerPolicy {
@@ -329,6 +344,11 @@ impl Registry {
         actix_web::rt::spawn(async move {
             if !wait.is_zero() {
                 actix_web::rt::time::sleep(wait).await;
+                // Linked from a repository kept raw while it waited: kept raw as it is.
+                if let Some(raw) = reg.raw_decision(&d).await {
+                    reg.keep_raw_by_policy(&d, &raw, size).await;
+                    return;
+                }
             }
             let o = p.dedup(d.clone(), path, policy).await;
             log_outcome(&d, &o);
