@@ -270,6 +270,16 @@ fn repository_policies_keep_raw_skip_deltas_and_defer_and_say_so() {
     assert_fsck_clean(root.path());
 }
 
+/// Mount blob `d` of repository `from` into `repo` (a cross-repository mount the server must
+/// grant).
+fn mount(s: &Server, c: &Client, repo: &str, d: &str, from: &str) {
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?mount={d}&from={from}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "mount {d} from {from}");
+}
+
 /// The promotion flow: a layer deduplicated in a CI repository is mounted into (or pushed
 /// again to) a repository kept raw for pull speed. It is restored into staging and kept raw;
 /// once no raw policy covers it (after a restart) its recipe serves again, with no raw copy.
@@ -291,13 +301,7 @@ fn a_deduplicated_layer_promoted_into_a_raw_repository_is_kept_raw() {
         assert_eq!(st["layers"]["deduplicated"], 2, "{st}");
         assert!(!staged(&da) && !staged(&db));
         // Promotion by cross-repository mount, and by pushing the same bytes again.
-        let r = c
-            .post(s.url(&format!(
-                "/v2/prod/app/blobs/uploads/?mount={da}&from=ci/app"
-            )))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        mount(&s, &c, "prod/app", &da, "ci/app");
         push(&s, &c, "prod/app", &b);
         let st = stats(&s, &c);
         assert_eq!(policy_raw(&st), 2, "{st}");
@@ -350,13 +354,7 @@ fn a_deferred_layer_linked_into_a_raw_repository_is_kept_raw_as_pushed() {
     );
     let pushed = Instant::now();
     let da = push(&s, &c, "ci/app", &a);
-    let r = c
-        .post(s.url(&format!(
-            "/v2/prod/app/blobs/uploads/?mount={da}&from=ci/app"
-        )))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    mount(&s, &c, "prod/app", &da, "ci/app");
     assert!(
         pushed.elapsed() < Duration::from_secs(4),
         "the mount came after the deferral; the machine is too slow for this test"
