@@ -17,14 +17,7 @@ fn layer(version: u32, files: usize) -> Vec<u8> {
     let mut x = 0x9e3779b97f4a7c15u64;
     for i in 0..files {
         let size = [200, 9_000, 150_000, 700_000][i % 4];
-        let mut data: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b"abcdefghijklmnop \n"[(x % 18) as usize]
-            })
-            .collect();
+        let mut data = common::xorshift_text(&mut x, size, b"abcdefghijklmnop \n");
         if i == 3 {
             data[..4].copy_from_slice(&version.to_le_bytes());
         }

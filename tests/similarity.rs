@@ -29,14 +29,8 @@ fn version(v: u32) -> Vec<u8> {
     };
     for i in 0..4 {
         let size = 250_000 + i * 777;
-        let mut data: Vec<u8> = (0..size)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b"0123456789abcdefghijklmnopqrstuvwxyz_\n"[(x % 38) as usize]
-            })
-            .collect();
+        let mut data =
+            common::xorshift_text(&mut x, size, b"0123456789abcdefghijklmnopqrstuvwxyz_\n");
         for at in (v as usize * 41..size - 16).step_by(20_000) {
             data[at..at + 12].copy_from_slice(format!("v{v:011}").as_bytes());
         }

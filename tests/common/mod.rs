@@ -190,6 +190,19 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `n` bytes drawn from `alphabet` by an xorshift generator whose state `x` carries over
+/// between calls (text-like test content that compresses, deterministic per starting state).
+pub fn xorshift_text(x: &mut u64, n: usize, alphabet: &[u8]) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            alphabet[(*x % alphabet.len() as u64) as usize]
+        })
+        .collect()
+}
+
 /// Wait (bounded, 120 s) until the dedup pipeline has processed every staged layer, so the
 /// next reads are served from the deduplicated form. Returns the last `/_stats`.
 pub fn wait_dedup_idle(stats_url: &str) -> serde_json::Value {
