@@ -47,6 +47,8 @@ pub enum RegistryError {
     PaginationInvalid(String),
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),
+    #[error("the registry is out of space ({0}); the request is refused and nothing acknowledged was lost: retry once space is freed")]
+    StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,6 +72,7 @@ impl RegistryError {
             RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
             Unsupported(_) | NotFound(_) => "UNSUPPORTED",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
+            StorageFull(_) => "DENIED",
             Internal(_) => "UNKNOWN",
         }
     }
@@ -90,6 +93,7 @@ impl RegistryError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,13 +113,24 @@ impl RegistryError {
 
 impl From<std::io::Error> for RegistryError {
     fn from(e: std::io::Error) -> Self {
-        RegistryError::Internal(format!("i/o: {e}"))
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                RegistryError::StorageFull(e.to_string())
+            }
+            _ => RegistryError::Internal(format!("i/o: {e}")),
+        }
     }
 }
 
 impl From<heed::Error> for RegistryError {
     fn from(e: heed::Error) -> Self {
-        RegistryError::Internal(format!("metadata store: {e}"))
+        match e {
+            heed::Error::Io(e) => e.into(),
+            heed::Error::Mdb(heed::MdbError::MapFull) => {
+                RegistryError::StorageFull("the metadata map is full: raise --meta-map-size".into())
+            }
+            e => RegistryError::Internal(format!("metadata store: {e}")),
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 //! decoded and re-encoded) and hashed; staged and raw blobs are hashed from `staging/`. Sealed
 //! containers are checked for a readable header and index, and every indexed delta for a base
 //! that is indexed and stored whole (invariant 5); each chunk's count of dependent deltas must
-//! match the deltas found (a base is never removed while a delta depends on it). Progress goes
+//! match the deltas found (a base is never removed while a delta depends on it). Reference
+//! counts are checked against what they count (chunk references against the recipes, blob and
+//! manifest link counts against the link tables), and files no record names (containers,
+//! staged blobs) are reported. Progress goes
 //! to stderr; the exit status is non-zero if anything is wrong.
 
 use std::collections::HashMap;
@@ -27,6 +30,8 @@ pub struct FsckReport {
     pub blobs: u64,
     pub bytes: u64,
     pub problems: Vec<String>,
+    /// Files no record names, which the next start or collection removes.
+    pub strays: Vec<String>,
 }
 
 pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
@@ -94,6 +99,8 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
         }
     }
 
+    let mut strays = Vec::new();
+    check_references(&meta, root, &chunks, &mut problems, &mut strays)?;
     let reader = ChunkReader::new(Arc::new(MetaCatalog(meta.clone())), containers);
     let mut bytes = 0u64;
     for (d, rec) in &blobs {
@@ -144,6 +151,7 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
         blobs: blobs.len() as u64,
         bytes,
         problems,
+        strays,
     })
 }
 
@@ -191,4 +199,109 @@ fn check(d: &Digest, got: Digest, n: u64, size: u64, problems: &mut Vec<String>)
     } else if n != size {
         problems.push(format!("{d}: {n} bytes, the record says {size}"));
     }
+}
+
+/// Reference counts against what they count (chunk references against the recipes, link
+/// counts against the link tables), and files no record names (containers, staged blobs): a
+/// crash leaves those behind; the next start or collection pass removes them, so they are
+/// reported as strays, not problems.
+fn check_references(
+    meta: &Meta,
+    root: &Path,
+    chunks: &HashMap<ChunkId, ChunkRecord>,
+    problems: &mut Vec<String>,
+    strays: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let t = meta.read()?;
+    let mut uses: HashMap<ChunkId, u64> = HashMap::new();
+    for dk in meta.recipe_digests(&t)? {
+        let Ok(d) = dk.parse::<Digest>() else {
+            problems.push(format!("recipe under a key that is not a digest: {dk:?}"));
+            continue;
+        };
+        if meta.blob(&t, &d)?.is_none() {
+            problems.push(format!("recipe of {d}, which has no blob record"));
+        }
+        match meta.recipe(&t, &d) {
+            Ok(Some(r)) => {
+                for (id, n) in r.chunk_uses() {
+                    *uses.entry(id).or_default() += n;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(format!("recipe of {d}: {e}")),
+        }
+    }
+    for (id, rec) in chunks {
+        let n = uses.remove(id).unwrap_or(0);
+        if rec.refs != n {
+            problems.push(format!(
+                "chunk {id}: the index counts {} references, the recipes make {n}",
+                rec.refs
+            ));
+        }
+    }
+    for id in uses.keys() {
+        problems.push(format!("chunk {id} is used by a recipe but not indexed"));
+    }
+    let (blob_links, manifest_links, manifest_records) = meta.link_counts(&t)?;
+    let blobs: HashMap<String, u64> = meta
+        .all_blobs(&t)?
+        .into_iter()
+        .map(|(d, r)| (d.to_string(), r.links))
+        .collect();
+    for (d, links) in &blobs {
+        let n = blob_links.get(d).copied().unwrap_or(0);
+        if *links != n {
+            problems.push(format!(
+                "blob {d}: its record counts {links} links, there are {n}"
+            ));
+        }
+    }
+    for d in blob_links.keys().filter(|d| !blobs.contains_key(*d)) {
+        problems.push(format!("blob link to {d}, which has no record"));
+    }
+    for (d, links) in &manifest_records {
+        let n = manifest_links.get(d).copied().unwrap_or(0);
+        if *links != n {
+            problems.push(format!(
+                "manifest {d}: its record counts {links} links, there are {n}"
+            ));
+        }
+    }
+    for d in manifest_links
+        .keys()
+        .filter(|d| !manifest_records.contains_key(*d))
+    {
+        problems.push(format!("manifest link to {d}, which has no record"));
+    }
+    // Files no record names.
+    if let Ok(rd) = std::fs::read_dir(root.join("containers")) {
+        for e in rd {
+            let p = e?.path();
+            let id = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| u64::from_str_radix(n, 16).ok());
+            if let Some(id) = id {
+                if !meta.container_known(&t, id)? {
+                    strays.push(format!("container file {} has no record", p.display()));
+                }
+            }
+        }
+    }
+    for alg in ["sha256", "sha512"] {
+        let Ok(rd) = std::fs::read_dir(root.join("staging").join(alg)) else {
+            continue;
+        };
+        for e in rd {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            match format!("{alg}:{name}").parse::<Digest>() {
+                Ok(d) if meta.blob(&t, &d)?.is_some() => {}
+                _ => strays.push(format!("staged file {} has no blob record", p.display())),
+            }
+        }
+    }
+    Ok(())
 }

@@ -40,6 +40,17 @@ enum Command {
         #[arg(long, env = "STOWAGE_ROOT", default_value = "./stowage-data")]
         root: std::path::PathBuf,
     },
+    /// Collect garbage offline: apply the retention policies, then remove unreachable blobs,
+    /// chunks and containers older than the grace period, and compact sparse containers.
+    /// Refused while a server holds the directory (use `POST /_gc` then).
+    Gc {
+        /// Settings as for `serve` (root, retention policies, gc_delay, gc_compact_below).
+        #[command(flatten)]
+        args: Box<ServeArgs>,
+        /// Report what would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Rewrite the metadata store without its free pages (offline). LMDB reuses freed pages
     /// but never shrinks its file; this gives the space back after heavy churn.
     Compact {
@@ -91,6 +102,17 @@ fn main() -> anyhow::Result<()> {
             init_logging(cfg.log_format);
             actix_web::rt::System::new().block_on(serve(cfg))
         }
+        Command::Gc { args, dry_run } => {
+            let cfg = Config::resolve(&args)?;
+            init_logging(cfg.log_format);
+            let _lock = lock::RootLock::acquire(&cfg.root)?;
+            anyhow::ensure!(
+                cfg.root.join("meta").exists(),
+                "{} holds no stowage store",
+                cfg.root.display()
+            );
+            actix_web::rt::System::new().block_on(offline_gc(cfg, dry_run))
+        }
         Command::Compact { root } => {
             init_logging(LogFormat::Text);
             let _lock = lock::RootLock::acquire(&root)?;
@@ -112,6 +134,9 @@ fn main() -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let r = fsck::run(&root, Config::default().meta_map_size)?;
             let secs = started.elapsed().as_secs_f64();
+            for p in &r.strays {
+                eprintln!("fsck: STRAY {p} (removed at the next start or collection)");
+            }
             for p in &r.problems {
                 eprintln!("fsck: PROBLEM {p}");
             }
@@ -128,6 +153,43 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `stowage gc`: one pass with a progress bar on stderr, the report as JSON on stdout.
+async fn offline_gc(cfg: Config, dry_run: bool) -> anyhow::Result<()> {
+    let reg = Registry::open(cfg.clone(), false)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", cfg.root.display()))?;
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("gc: {msg:10} [{bar:40}] {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let progress = |phase: &str, done: u64, total: u64| {
+        bar.set_message(phase.to_string());
+        bar.set_length(total.max(1));
+        bar.set_position(done);
+    };
+    let opts = registry::gc::GcOptions {
+        dry_run,
+        delay: cfg.gc_delay,
+    };
+    let report = reg.gc_with_progress(opts, &progress).await;
+    bar.finish_and_clear();
+    let report = report.map_err(|e| anyhow::anyhow!("gc: {e}"))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    eprintln!(
+        "gc: {} blobs, {} chunks, {} containers removed, {} compacted; {:.1} MB -> {:.1} MB in {:.1} s{}",
+        report.blobs_removed,
+        report.chunks_removed,
+        report.containers_removed,
+        report.containers_compacted,
+        report.stored_bytes_before as f64 / 1e6,
+        report.stored_bytes_after as f64 / 1e6,
+        report.seconds,
+        if dry_run { " (dry run)" } else { "" }
+    );
+    reg.close();
+    Ok(())
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -150,6 +212,36 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+
+    // Pull times by tag, written in batches.
+    let pull_times = {
+        let reg = reg.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = reg.flush_pull_times().await {
+                    tracing::error!(error = %e, "recording pull times failed");
+                }
+            }
+        })
+    };
+    let collector = (!cfg.gc_interval.is_zero()).then(|| {
+        let reg = reg.clone();
+        let (every, delay) = (cfg.gc_interval, cfg.gc_delay);
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let opts = registry::gc::GcOptions {
+                    dry_run: false,
+                    delay,
+                };
+                // Failures are logged and counted by the pass itself.
+                let _ = reg.gc(opts).await;
+            }
+        })
+    });
 
     let data = web::Data::new(reg.clone());
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
@@ -175,6 +267,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     server.run().await?;
     sweeper.abort();
     let _ = sweeper.await;
+    pull_times.abort();
+    if let Some(c) = collector {
+        c.abort();
+        let _ = c.await;
+    }
+    if let Err(e) = reg.flush_pull_times().await {
+        tracing::error!(error = %e, "recording pull times failed");
+    }
     tracing::info!("shutting down");
     reg.close();
     Ok(())

@@ -394,6 +394,8 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         stats.restore.failures,
     );
 
+    gc_metrics(&r, stats);
+
     let mut families = r.gather();
     families.extend(http.registry.gather());
     let mut out = Vec::new();
@@ -401,4 +403,116 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         .encode(&families, &mut out)
         .expect("text encoding");
     String::from_utf8(out).expect("UTF-8 exposition")
+}
+
+/// Garbage collection, retention and free space.
+fn gc_metrics(r: &PromRegistry, stats: &Stats) {
+    let g = &stats.gc;
+    counter(
+        r,
+        "stowage_gc_passes_total",
+        "Garbage collection passes completed",
+        g.passes,
+    );
+    counter(
+        r,
+        "stowage_gc_failures_total",
+        "Garbage collection passes that failed",
+        g.failures,
+    );
+    gauge(
+        r,
+        "stowage_gc_running",
+        "1 while a garbage collection pass runs",
+        i64::from(g.running),
+    );
+    let secs = prometheus::Counter::new(
+        "stowage_gc_seconds_total",
+        "Time spent in garbage collection passes",
+    )
+    .expect("metric");
+    secs.inc_by(g.reclaimed.seconds);
+    r.register(Box::new(secs)).expect("register");
+    let last = prometheus::Gauge::new(
+        "stowage_gc_last_duration_seconds",
+        "Duration of the last garbage collection pass",
+    )
+    .expect("metric");
+    last.set(g.last.as_ref().map_or(0.0, |l| l.seconds));
+    r.register(Box::new(last)).expect("register");
+    let objects = IntCounterVec::new(
+        Opts::new(
+            "stowage_gc_reclaimed_objects_total",
+            "Objects garbage collection removed, by kind",
+        ),
+        &["kind"],
+    )
+    .expect("metric");
+    let t = &g.reclaimed;
+    for (kind, v) in [
+        ("blob_links", t.links),
+        ("manifests", t.manifests),
+        ("blobs", t.blobs),
+        ("recipes", t.recipes),
+        ("chunks", t.chunks),
+        ("containers_removed", t.containers_removed),
+        ("containers_compacted", t.containers_compacted),
+        ("orphan_files", t.orphan_files),
+    ] {
+        objects.with_label_values(&[kind]).inc_by(v);
+    }
+    r.register(Box::new(objects)).expect("register");
+    let bytes = IntCounterVec::new(
+        Opts::new(
+            "stowage_gc_reclaimed_bytes_total",
+            "Bytes garbage collection reclaimed, by kind (blobs: logical sizes; raw, chunks, \
+             containers: bytes on disk)",
+        ),
+        &["kind"],
+    )
+    .expect("metric");
+    for (kind, v) in [
+        ("blobs", t.blob_bytes),
+        ("raw", t.raw_bytes),
+        ("chunks", t.chunk_bytes),
+        ("containers", t.container_bytes),
+    ] {
+        bytes.with_label_values(&[kind]).inc_by(v);
+    }
+    r.register(Box::new(bytes)).expect("register");
+    let retention = IntCounterVec::new(
+        Opts::new(
+            "stowage_retention_deleted_total",
+            "Tags and manifests retention deleted, by policy",
+        ),
+        &["policy", "kind"],
+    )
+    .expect("metric");
+    for (policy, d) in &t.retention {
+        retention
+            .with_label_values(&[policy.as_str(), "tags"])
+            .inc_by(d.tags);
+        retention
+            .with_label_values(&[policy.as_str(), "manifests"])
+            .inc_by(d.manifests);
+    }
+    r.register(Box::new(retention)).expect("register");
+    gauge(
+        r,
+        "stowage_disk_free_bytes",
+        "Free bytes on the file system holding the root",
+        stats.disk.free_bytes as i64,
+    );
+    gauge(
+        r,
+        "stowage_disk_total_bytes",
+        "Size of the file system holding the root",
+        stats.disk.total_bytes as i64,
+    );
+    gauge(
+        r,
+        "stowage_disk_low_space",
+        "1 when less than 5% of the file system is free",
+        i64::from(stats.disk.low_space),
+    );
 }

@@ -11,7 +11,16 @@ use common::{digest_of, tool, Server};
 fn metrics_pass_promtool_and_count_the_pipeline() {
     let s = Server::start_at(
         &tempfile::tempdir().unwrap().keep(),
-        &["--dedup", "inline", "--repo-policy", "hot/*=raw"],
+        &[
+            "--dedup",
+            "inline",
+            "--repo-policy",
+            "hot/*=raw",
+            "--retention",
+            "ci/*=keep-last:3",
+            "--gc-interval",
+            "0",
+        ],
     );
     let c = reqwest::blocking::Client::new();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
@@ -42,6 +51,8 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         .unwrap();
     assert!(got.as_ref() == &blob[..]);
 
+    let r = c.post(s.url("/_gc")).send().unwrap();
+    assert_eq!(r.status(), 200);
     let r = c.get(s.url("/metrics")).send().unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -58,6 +69,12 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         "stowage_dedup_ratio",
         "stowage_pipeline_queue_depth{edge=\"chunk_similarity\"}",
         "stowage_policy_layers_total{effect=\"raw\",policy=\"hot/*\"} 0",
+        "stowage_gc_passes_total 1",
+        "stowage_gc_reclaimed_objects_total{kind=\"chunks\"} 0",
+        "stowage_gc_reclaimed_bytes_total{kind=\"containers\"} 0",
+        "stowage_retention_deleted_total{kind=\"tags\",policy=\"ci/*\"} 0",
+        "stowage_disk_free_bytes",
+        "stowage_disk_low_space 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

@@ -113,6 +113,19 @@ impl LayerCache {
         Ok(())
     }
 
+    /// Drop the cached copy of `d` (its blob was garbage-collected). Returns the bytes freed.
+    pub fn remove(&self, d: &Digest) -> io::Result<u64> {
+        let mut st = self.state.lock().expect("cache lock");
+        let Some((size, _)) = st.entries.remove(d) else {
+            return Ok(0);
+        };
+        st.total -= size;
+        match fs::remove_file(self.path(d)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(size),
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.state.lock().expect("cache lock").total

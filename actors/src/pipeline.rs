@@ -228,7 +228,9 @@ impl JobCtx {
 /// Crash-test hook: when the environment variable `STOWAGE_FAILPOINT` names this point, the
 /// process aborts here, as `kill -9` would at that instant. Used by the crash tests to stop the
 /// pipeline deterministically between its durable steps; unset in normal operation.
-fn failpoint(name: &str) {
+/// Abort the process here, as `kill -9` would, when `STOWAGE_FAILPOINT` names this point (crash
+/// tests). Unset in production.
+pub fn failpoint(name: &str) {
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if POINT
         .get_or_init(|| std::env::var("STOWAGE_FAILPOINT").ok())

@@ -42,27 +42,41 @@ impl ChunkReader {
         }
     }
 
-    /// The stored record of `id`: its location and stored bytes.
+    /// The stored record of `id`: its location and stored bytes. Garbage collection may
+    /// compact the container between the index lookup and the open: it repoints the index
+    /// before it removes the old file, so a container found missing is looked up again (a file
+    /// already open stays readable after its removal).
     fn record(
         &self,
         id: &ChunkId,
         files: &mut HashMap<u64, File>,
     ) -> io::Result<(crate::engine::container::ChunkLoc, Vec<u8>)> {
-        let loc = self.catalog.chunk(id)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("chunk {id} is not in the index"),
-            )
-        })?;
-        if !files.contains_key(&loc.container) {
-            if files.len() >= OPEN_FILES {
-                files.clear();
+        let mut attempts = 0;
+        loop {
+            let loc = self.catalog.chunk(id)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("chunk {id} is not in the index"),
+                )
+            })?;
+            if !files.contains_key(&loc.container) {
+                if files.len() >= OPEN_FILES {
+                    files.clear();
+                }
+                match File::open(container_path(&self.dir, loc.container)) {
+                    Ok(f) => {
+                        files.insert(loc.container, f);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => {
+                        attempts += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let f = File::open(container_path(&self.dir, loc.container))?;
-            files.insert(loc.container, f);
+            let stored = read_stored(&files[&loc.container], &loc)?;
+            return Ok((loc, stored));
         }
-        let stored = read_stored(&files[&loc.container], &loc)?;
-        Ok((loc, stored))
     }
 
     /// The raw bytes of `id`, through `session`'s cache; a delta is decoded against its base.

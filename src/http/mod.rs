@@ -32,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/_catalog", web::get().to(catalog))
         .route("/v2/{tail:.*}", web::to(dispatch))
         .route("/_stats", web::get().to(stats))
+        .route("/_gc", web::post().to(gc))
         .route("/metrics", web::get().to(metrics))
         .route("/_layers/{digest}/files", web::get().to(layer_files));
 }
@@ -90,6 +91,22 @@ async fn base() -> HttpResponse {
 
 async fn stats(reg: web::Data<Registry>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(reg.stats().await?))
+}
+
+#[derive(serde::Deserialize)]
+struct GcQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /_gc[?dry_run=true]`: run a collection pass now (after any pass in progress) and
+/// answer its report.
+async fn gc(reg: web::Data<Registry>, q: web::Query<GcQuery>) -> Result<HttpResponse> {
+    let opts = crate::registry::gc::GcOptions {
+        dry_run: q.dry_run,
+        delay: reg.config().gc_delay,
+    };
+    Ok(HttpResponse::Ok().json(reg.gc(opts).await?))
 }
 
 async fn metrics(

@@ -1,9 +1,9 @@
 //! The metadata store: one LMDB environment (heed) under `<root>/meta/`.
 //!
-//! # On-disk format (magic `stowage-meta`, version 5)
+//! # On-disk format (magic `stowage-meta`, version 6)
 //!
 //! The named database `info` holds the key `format` whose value is the JSON
-//! `{"magic":"stowage-meta","version":5}`; opening an environment with another magic or a newer
+//! `{"magic":"stowage-meta","version":6}`; opening an environment with another magic or a newer
 //! version is refused. Keys below are byte strings; `\0` separates parts (repository names,
 //! tags and digests never contain it). Values are JSON documents of the record types in this
 //! module.
@@ -12,11 +12,12 @@
 //! |------------------|----------------------------------|-------------------------------|
 //! | `repos`          | repository name                  | [`RepoRecord`]                |
 //! | `blobs`          | digest                           | [`BlobRecord`]                |
-//! | `blob_links`     | repo `\0` digest                 | [`LinkRecord`]                |
+//! | `blob_links`     | repo `\0` digest                 | [`LinkRecord`] (time of the last link) |
 //! | `manifests`      | digest                           | [`ManifestRecord`]            |
 //! | `manifest_bodies`| digest                           | the manifest bytes as pushed  |
 //! | `manifest_links` | repo `\0` digest                 | [`ManifestLink`]              |
 //! | `tags`           | repo `\0` tag                    | digest (UTF-8)                |
+//! | `tag_times`      | repo `\0` tag                    | pushed, pulled: u64 LE each (see [`gc`]) |
 //! | `referrers`      | repo `\0` subject `\0` referrer  | [`Descriptor`] JSON           |
 //! | `uploads`        | upload id                        | [`UploadRecord`]              |
 //! | `chunks`         | chunk id (20 bytes)              | [`ChunkRecord`] (binary varints, below) |
@@ -54,11 +55,13 @@
 
 mod chunks;
 pub mod features;
+mod gc;
 mod layers;
 pub mod patch;
 mod upgrade;
 
 pub use chunks::ChunkRecord;
+pub use gc::{DeadChunk, TagEntry};
 
 use std::ops::Bound;
 use std::path::Path;
@@ -80,7 +83,9 @@ const MAGIC: &str = "stowage-meta";
 /// 3: the feature index is kept per container, in `container_features`.
 /// 4: `counters` holds `chunk_stats`, kept with every change to `chunks`.
 /// 5: chunk records are varints.
-const VERSION: u32 = 5;
+/// 6: `tag_times` exists; a blob link's time is its last link (a repeated push or mount
+/// refreshes it), which garbage collection's grace period counts from.
+const VERSION: u32 = 6;
 /// Key in `counters` of the totals over `chunks` ([`ChunkCounts`]), so statistics and metrics
 /// never scan the chunk index.
 const CHUNK_STATS: &[u8] = b"chunk_stats";
@@ -253,6 +258,7 @@ pub struct Meta {
     /// Version 2's feature index, emptied by the upgrade.
     features: Db,
     container_features: Db,
+    tag_times: Db,
     index: Mutex<features::FeatureIndex>,
 }
 
@@ -312,6 +318,7 @@ impl Meta {
             containers: env.create_database(&mut w, Some("containers"))?,
             features: env.create_database(&mut w, Some("features"))?,
             container_features: env.create_database(&mut w, Some("container_features"))?,
+            tag_times: env.create_database(&mut w, Some("tag_times"))?,
             index: Mutex::new(features::FeatureIndex::new(0)),
             env: env.clone(),
         };
@@ -422,10 +429,12 @@ impl Meta {
         };
         let lk = key2(repo.as_str(), &dk);
         if self.blob_links.get(w, &lk)?.is_none() {
-            self.blob_links
-                .put(w, &lk, &enc(&LinkRecord { created: now() }))?;
             rec.links += 1;
         }
+        // Linked again (a repeated push or a mount): the grace period starts again, so a
+        // collection cannot unlink it before the manifest that needs it arrives.
+        self.blob_links
+            .put(w, &lk, &enc(&LinkRecord { created: now() }))?;
         self.blobs.put(w, dk.as_bytes(), &enc(&rec))?;
         Ok(())
     }
@@ -567,7 +576,9 @@ impl Meta {
             self.referrers.delete(w, &rk)?;
         }
         for tag in self.tags_pointing_to(w, repo, d)? {
-            self.tags.delete(w, &key2(repo.as_str(), &tag))?;
+            let k = key2(repo.as_str(), &tag);
+            self.tags.delete(w, &k)?;
+            self.forget_tag_times(w, &k)?;
         }
         if let Some(v) = self.manifests.get(w, dk.as_bytes())? {
             let mut rec: ManifestRecord = dec("manifest", v)?;
@@ -624,11 +635,13 @@ impl Meta {
             &key2(repo.as_str(), tag.as_str()),
             d.to_string().as_bytes(),
         )?;
-        Ok(())
+        self.tag_pushed(w, repo, tag)
     }
 
     pub fn delete_tag(&self, w: &mut RwTxn<'_>, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        Ok(self.tags.delete(w, &key2(repo.as_str(), tag.as_str()))?)
+        let k = key2(repo.as_str(), tag.as_str());
+        self.forget_tag_times(w, &k)?;
+        Ok(self.tags.delete(w, &k)?)
     }
 
     /// Tags of `repo` in lexical order, after `last`, at most `n`; and whether more follow.

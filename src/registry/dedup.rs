@@ -77,6 +77,14 @@ impl Catalog for MetaCatalog {
 
     fn keep_raw(&self, blob: &Digest, reason: &str) -> io::Result<()> {
         let mut w = self.0.write().map_err(io_err)?;
+        // A recipe committed meanwhile stands: another run of the same blob (pushed again
+        // after a collection removed it while this run was queued) deduplicated it and
+        // dropped the staged file this run could not read.
+        if let Some(rec) = self.0.blob(&w, blob).map_err(io_err)? {
+            if matches!(rec.state, BlobState::Deduplicated { .. }) {
+                return Ok(());
+            }
+        }
         self.0
             .set_blob_state(
                 &mut w,
@@ -332,6 +340,7 @@ impl Registry {
         let path = self.staged_path(&d);
         // Inline mode is for tests: the PUT waits for the commit, and ages are ignored.
         if self.inner.cfg.dedup == DedupMode::Inline {
+            let _gate = self.inner.dedup_gate.read().await;
             log_outcome(&d, &p.dedup(d.clone(), path, policy).await);
             self.after_dedup(&d).await;
             return;
@@ -350,7 +359,10 @@ impl Registry {
                     return;
                 }
             }
-            let o = p.dedup(d.clone(), path, policy).await;
+            let o = {
+                let _gate = reg.inner.dedup_gate.read().await;
+                p.dedup(d.clone(), path, policy).await
+            };
             log_outcome(&d, &o);
             reg.after_dedup(&d).await;
         });
@@ -391,6 +403,8 @@ impl Registry {
                 {
                     released.push(d.clone())
                 }
+                // Kept raw for want of space: tried again.
+                BlobState::Raw { reason } if transient(reason) => released.push(d.clone()),
                 // Deduplicated, and now linked from a repository kept raw.
                 BlobState::Deduplicated { .. } if decision.mode == PolicyMode::Raw => {
                     raw_copies.push((d, decision));
@@ -502,6 +516,70 @@ impl Registry {
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed())
+    }
+}
+
+/// Whether a layer was kept raw for a passing condition (the disk or the metadata map was
+/// full): such layers are deduplicated again at the next start, and after a collection pass
+/// when space is back.
+pub fn transient(reason: &str) -> bool {
+    [
+        "No space left on device",
+        "Disk quota exceeded",
+        "MDB_MAP_FULL",
+        "map full",
+    ]
+    .iter()
+    .any(|m| reason.contains(m))
+}
+
+impl Registry {
+    /// Queue again the layers kept raw for want of space (after a collection freed some).
+    pub(crate) async fn retry_transient_raw(&self) -> Result<usize> {
+        if self.inner.pipeline.is_none() || self.inner.cfg.dedup == DedupMode::Off {
+            return Ok(0);
+        }
+        let inner = self.inner.clone();
+        let again = blocking(move || {
+            let m = &inner.meta;
+            let mut w = m.write()?;
+            let mut again = Vec::new();
+            for (d, rec) in m.all_blobs(&w)? {
+                if let BlobState::Raw { reason } = &rec.state {
+                    if transient(reason) {
+                        m.set_blob_state(&mut w, &d, BlobState::Staged)?;
+                        again.push((d, rec.size));
+                    }
+                }
+            }
+            w.commit()?;
+            Ok(again)
+        })
+        .await?;
+        let n = again.len();
+        for (d, size) in again {
+            let decision = self.decision_for(&d).await;
+            self.schedule(d, size, decision, Duration::MAX).await;
+        }
+        if n > 0 {
+            tracing::info!(layers = n, "layers kept raw for want of space queued again");
+        }
+        Ok(n)
+    }
+
+    /// The policy decision for `d` from the repositories linking it now.
+    async fn decision_for(&self, d: &Digest) -> Decision {
+        if self.inner.cfg.repo_policies.is_empty() {
+            return self.decide(&[]);
+        }
+        let (inner, d2) = (self.inner.clone(), d.clone());
+        let repos = blocking(move || {
+            let t = inner.meta.read()?;
+            inner.meta.repos_linking(&t, &d2)
+        })
+        .await
+        .unwrap_or_default();
+        self.decide(&repos)
     }
 }
 

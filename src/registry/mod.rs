@@ -5,7 +5,9 @@
 //! blocking thread pool, never on the async reactor.
 
 pub(crate) mod dedup;
+pub mod gc;
 pub mod manifest;
+pub(crate) mod retention;
 mod upload;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use stowage_actors::restore::{Restore, RestoreStats};
 use crate::config::Config;
 use crate::error::{RegistryError, Result};
 use crate::meta::{BlobState, Descriptor, Meta, MetaCounts};
-use crate::names::{Digest, Reference, RepoName};
+use crate::names::{Digest, Reference, RepoName, Tag};
 use crate::store::LocalStore;
 
 pub(crate) struct Inner {
@@ -37,6 +39,17 @@ pub(crate) struct Inner {
     pub(crate) raw_copies: tokio::sync::Semaphore,
     pub(crate) policy_stats:
         std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), dedup::PolicyCount>>,
+    /// One garbage collection pass at a time.
+    pub(crate) gc_pass: tokio::sync::Mutex<()>,
+    pub(crate) gc_stats: gc::GcStats,
+    /// Held (shared) by every layer in the deduplication pipeline, from hand-off to outcome;
+    /// garbage collection takes it exclusively to remove chunks and rewrite containers.
+    pub(crate) dedup_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Taken by an upload's commit into `staging/` and by garbage collection's removals there.
+    pub(crate) staging_lock: std::sync::Mutex<()>,
+    pub(crate) touched: gc::Touched,
+    /// Pulls by tag not yet written (see `retention`).
+    pub(crate) pulls: std::sync::Mutex<std::collections::HashMap<(RepoName, Tag), u64>>,
 }
 
 /// The registry service. Cheap to clone.
@@ -100,6 +113,50 @@ pub struct Stats {
     pub similarity: Option<SimilarityStats>,
     /// What each repository policy did since start-up.
     pub policies: Vec<PolicyStats>,
+    /// Garbage collection since start-up.
+    pub gc: GcSection,
+    /// The file system holding the root.
+    pub disk: DiskStats,
+}
+
+#[derive(Serialize)]
+pub struct GcSection {
+    /// Passes completed (not dry runs) and failed.
+    pub passes: u64,
+    pub failures: u64,
+    pub running: bool,
+    /// Background interval (0: off) and grace period, in seconds.
+    pub interval_seconds: u64,
+    pub delay_seconds: u64,
+    /// What the passes reclaimed, by kind, and retention deletions by policy.
+    pub reclaimed: gc::GcTotals,
+    /// The last pass's report (a dry run's too).
+    pub last: Option<gc::GcReport>,
+}
+
+#[derive(Serialize)]
+pub struct DiskStats {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Less than [`LOW_SPACE_FRACTION`] of the file system is free.
+    pub low_space: bool,
+}
+
+/// Below this fraction of free space, `/_stats` `disk.low_space` and its metric warn.
+pub const LOW_SPACE_FRACTION: f64 = 0.05;
+
+/// Free and total bytes of the file system holding `p`.
+pub fn disk_space(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path with a NUL byte"))?;
+    // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
 #[derive(Serialize)]
@@ -240,6 +297,12 @@ impl Registry {
                 restore_stats,
                 raw_copies: tokio::sync::Semaphore::new(2),
                 policy_stats: Default::default(),
+                gc_pass: Default::default(),
+                gc_stats: Default::default(),
+                dedup_gate: Default::default(),
+                staging_lock: Default::default(),
+                touched: Default::default(),
+                pulls: Default::default(),
             }),
         };
         reg.remove_orphan_uploads()?;
@@ -272,6 +335,9 @@ impl Registry {
     }
 
     fn blob_record(&self, repo: &RepoName, digest: &Digest) -> Result<crate::meta::BlobRecord> {
+        // Before the lookup: a collection removing this link either saw the touch or committed
+        // before the lookup (which then answers 404, and the client uploads the blob again).
+        self.touch_blob(repo, digest);
         let m = &self.inner.meta;
         let t = m.read()?;
         if !m.blob_linked(&t, repo, digest)? {
@@ -383,6 +449,9 @@ impl Registry {
         let m = &self.inner.meta;
         let t = m.read()?;
         let digest = self.resolve(&t, repo, reference)?;
+        if let Reference::Tag(tag) = reference {
+            self.note_pull(repo, tag);
+        }
         let (rec, body) = m
             .manifest(&t, &digest)?
             .ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))?;
@@ -427,7 +496,8 @@ impl Registry {
             let m = &inner.meta;
             let mut w = m.write()?;
             for b in &parsed.blobs {
-                if !m.blob_linked(&w, &repo, b)? {
+                // Refreshed: a collection's cutoff is older than any link a new manifest names.
+                if !m.refresh_blob_link(&mut w, &repo, b)? {
                     return Err(RegistryError::ManifestBlobUnknown(b.clone()));
                 }
             }
@@ -557,6 +627,27 @@ impl Registry {
             }
             drop(t);
             let stored = inner.store.disk_usage()?;
+            let (free, total) = disk_space(&inner.cfg.root)?;
+            let g = &inner.gc_stats;
+            let gc = {
+                use std::sync::atomic::Ordering::Relaxed;
+                GcSection {
+                    passes: g.passes.load(Relaxed),
+                    failures: g.failures.load(Relaxed),
+                    running: g.running.load(Relaxed),
+                    interval_seconds: inner.cfg.gc_interval.as_secs(),
+                    delay_seconds: inner.cfg.gc_delay.as_secs(),
+                    reclaimed: {
+                        let mut t = g.totals.lock().expect("gc totals lock").clone();
+                        // Every configured policy shows, with zeros until it deletes.
+                        for p in &inner.cfg.retention {
+                            t.retention.entry(p.repositories.clone()).or_default();
+                        }
+                        t
+                    },
+                    last: g.last.lock().expect("gc last lock").clone(),
+                }
+            };
             Ok(Stats {
                 repositories: counts.repositories,
                 manifests: counts.manifests,
@@ -591,6 +682,12 @@ impl Registry {
                         bytes: c.bytes,
                     })
                     .collect(),
+                gc,
+                disk: DiskStats {
+                    free_bytes: free,
+                    total_bytes: total,
+                    low_space: (free as f64) < LOW_SPACE_FRACTION * total as f64,
+                },
                 dedup_ratio: if stored == 0 {
                     0.0
                 } else {

@@ -172,7 +172,9 @@ impl Registry {
         let fresh = blocking(move || {
             let m = &inner.meta;
             // A blob the store already has (staged or deduplicated) is only linked. The write
-            // transaction is taken first so that the check and the link are one step.
+            // transaction is taken first so that the check and the link are one step; the
+            // staging lock keeps a collection from removing a file of this digest meanwhile.
+            let _staging = inner.staging_lock.lock().expect("staging lock");
             let mut w = m.write()?;
             let known = m.blob(&w, &d)?.is_some();
             if known {

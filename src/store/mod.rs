@@ -191,13 +191,22 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// Bytes the whole root occupies (apparent sizes, as `du -sb` counts them).
+    /// Bytes the whole root occupies (apparent sizes, as `du -sb` counts them). Files removed
+    /// or renamed while it walks (uploads committed, containers compacted) are skipped.
     pub fn disk_usage(&self) -> io::Result<u64> {
         fn walk(p: &Path) -> io::Result<u64> {
+            let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
             let mut total = 0;
-            for entry in fs::read_dir(p)? {
+            let entries = match fs::read_dir(p) {
+                Err(e) if gone(&e) => return Ok(0),
+                r => r?,
+            };
+            for entry in entries {
                 let entry = entry?;
-                let md = entry.metadata()?;
+                let md = match entry.metadata() {
+                    Err(e) if gone(&e) => continue,
+                    r => r?,
+                };
                 total += md.len();
                 if md.is_dir() {
                     total += walk(&entry.path())?;

@@ -10,6 +10,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+mod retention;
+pub use retention::RetentionPolicy;
+
 /// `stowage serve` flags. Each is optional so that the config file can fill what is not given
 /// here or in the environment (clap reads `STOWAGE_*` itself).
 #[derive(Args, Debug, Default)]
@@ -108,6 +111,25 @@ pub struct ServeArgs {
     /// conservative of theirs.
     #[arg(long = "repo-policy", env = "STOWAGE_REPO_POLICY", value_delimiter = ';', value_parser = RepoPolicy::parse)]
     pub repo_policy: Vec<RepoPolicy>,
+    /// How often garbage collection runs in the background (retention, then unreachable
+    /// blobs, chunks and containers); `0` turns it off [default: 1h].
+    #[arg(long, env = "STOWAGE_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub gc_interval: Option<Duration>,
+    /// Grace period: nothing younger is collected (blob links, blobs, containers), and a blob
+    /// a client was told exists (HEAD, GET) stays linked this long. Longer than any push takes
+    /// between its blobs and its manifest [default: 1h].
+    #[arg(long, env = "STOWAGE_GC_DELAY", value_parser = humantime::parse_duration)]
+    pub gc_delay: Option<Duration>,
+    /// Containers whose live fraction falls below this are rewritten with their live chunks
+    /// only [default: 0.5].
+    #[arg(long, env = "STOWAGE_GC_COMPACT_BELOW")]
+    pub gc_compact_below: Option<f64>,
+    /// A retention policy, `PATTERN=RULE[,RULE...]` (repeatable; in the environment, separated
+    /// by `;`), rules `keep-last:N`, `keep-within:DUR`, `keep-pulled-last:N`,
+    /// `keep-pulled-within:DUR`, `keep-tags:REGEX`, `untagged:DUR`, `keep-orphan-referrers`.
+    /// First matching policy per repository; a repository matched by none keeps everything.
+    #[arg(long = "retention", env = "STOWAGE_RETENTION", value_delimiter = ';', value_parser = RetentionPolicy::parse)]
+    pub retention: Vec<RetentionPolicy>,
 }
 
 /// How a repository policy stores layers.
@@ -241,6 +263,13 @@ struct FileConfig {
     similarity_index_entries: Option<usize>,
     #[serde(default)]
     repo_policy: Vec<RepoPolicy>,
+    #[serde(default, with = "humantime_serde")]
+    gc_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    gc_delay: Option<Duration>,
+    gc_compact_below: Option<f64>,
+    #[serde(default)]
+    retention: Vec<RetentionPolicy>,
 }
 
 /// The resolved settings.
@@ -264,6 +293,11 @@ pub struct Config {
     pub similarity: stowage_actors::pipeline::SimilarityConfig,
     pub similarity_index_entries: usize,
     pub repo_policies: Vec<RepoPolicy>,
+    /// Zero: no background collection.
+    pub gc_interval: Duration,
+    pub gc_delay: Duration,
+    pub gc_compact_below: f64,
+    pub retention: Vec<RetentionPolicy>,
 }
 
 impl Default for Config {
@@ -287,6 +321,10 @@ impl Default for Config {
             similarity: Default::default(),
             similarity_index_entries: 2_000_000,
             repo_policies: Vec::new(),
+            gc_interval: Duration::from_secs(3600),
+            gc_delay: Duration::from_secs(3600),
+            gc_compact_below: 0.5,
+            retention: Vec::new(),
         }
     }
 }
@@ -390,7 +428,26 @@ impl Config {
             } else {
                 args.repo_policy.clone()
             },
+            gc_interval: args
+                .gc_interval
+                .or(file.gc_interval)
+                .unwrap_or(d.gc_interval),
+            gc_delay: args.gc_delay.or(file.gc_delay).unwrap_or(d.gc_delay),
+            gc_compact_below: args
+                .gc_compact_below
+                .or(file.gc_compact_below)
+                .unwrap_or(d.gc_compact_below),
+            retention: if args.retention.is_empty() {
+                file.retention
+            } else {
+                args.retention.clone()
+            },
         };
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&cfg.gc_compact_below),
+            "gc_compact_below must be in [0, 1] (got {})",
+            cfg.gc_compact_below
+        );
         cfg.similarity
             .features
             .validate()

@@ -1,0 +1,654 @@
+//! Online garbage collection: one pass walks tags → manifests → blobs → recipes → chunks →
+//! delta bases → containers and removes what nothing reachable needs and the grace period
+//! (`gc_delay`) no longer protects (DESIGN.md, *Lifecycle*).
+//!
+//! A pass, in order:
+//! 1. **Retention** (see [`super::retention`]) deletes the tags and manifests the policies do
+//!    not keep.
+//! 2. **Links.** A repository's blob link that none of its manifests references, linked (or
+//!    linked again) before the grace period and not named to a client by a HEAD or GET within
+//!    it, is removed; manifests no repository links and repositories holding nothing go too.
+//!    A manifest PUT refreshes the links of the blobs it names, in its transaction, so a link
+//!    a new manifest needs is always younger than the pass's cutoff.
+//! 3. **Blobs** no repository links, older than the grace period, are removed in batches: the
+//!    record, and with a recipe, the recipe, file index and one reference per chunk use (the
+//!    layers patched against it are stored again first). Staged files and cached copies are
+//!    removed after each batch's commit, under the staging lock an upload's commit also takes,
+//!    so an upload of the same digest never has its new file removed.
+//! 4. **Chunks and containers**, with the deduplication pipeline held at its gate (layers in
+//!    flight finish first; new ones wait; pushes do not): chunks with no references and no
+//!    dependents go (a removed delta's base loses a dependent, and may go in turn); containers
+//!    no chunk lives in are deleted, and those whose live fraction is below `gc_compact_below`
+//!    are rewritten with their live chunks, the index repointed in one transaction before the
+//!    old file is removed. Restores racing with it look a chunk up again when its container
+//!    file is gone. Container files no record names (a crash) go too.
+//!
+//! Every step is durable before the next; `STOWAGE_FAILPOINT` can stop the process between
+//! them (`gc-links-committed`, `gc-blobs-committed`, `gc-chunks-committed`,
+//! `gc-compacted-before-commit`, `gc-compact-committed`) and the next pass finishes the work.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use stowage_actors::engine::chunk::ChunkId;
+use stowage_actors::engine::container::{self, container_path, read_stored, split_delta};
+use stowage_actors::pipeline::failpoint;
+
+use super::retention::RetentionReport;
+use super::{blocking, manifest, Inner, Registry};
+use crate::error::{RegistryError, Result};
+use crate::meta::{now, DeadChunk, Meta};
+use crate::names::{Digest, RepoName};
+
+/// Blobs removed per write transaction.
+const BLOB_BATCH: usize = 64;
+/// Chunks removed per write transaction.
+const CHUNK_BATCH: usize = 20_000;
+/// How long a pass waits for the pipeline's layers in flight before it leaves chunks and
+/// containers for the next pass.
+const GATE_WAIT: Duration = Duration::from_secs(300);
+
+/// What a pass may do.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Report what would go, change nothing.
+    pub dry_run: bool,
+    /// The grace period.
+    pub delay: Duration,
+}
+
+/// What one pass did (or, in a dry run, would do). Field names are a public interface.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Unix seconds the pass started.
+    pub started: u64,
+    pub seconds: f64,
+    pub grace_seconds: u64,
+    pub retention: RetentionReport,
+    pub links_removed: u64,
+    pub manifests_removed: u64,
+    pub repositories_removed: u64,
+    pub blobs_removed: u64,
+    /// Sizes of the removed blobs, as pushed.
+    pub blob_bytes_removed: u64,
+    /// Removed blobs that were deduplicated (their recipes and file indexes went with them).
+    pub recipes_removed: u64,
+    /// Bytes of staged (raw) blob files and cached layer copies removed.
+    pub raw_bytes_freed: u64,
+    pub chunks_removed: u64,
+    /// Stored (compressed) bytes of the removed chunks.
+    pub chunk_bytes_removed: u64,
+    pub containers_removed: u64,
+    pub containers_compacted: u64,
+    /// Container file bytes given back (removed files, and compaction's savings).
+    pub container_bytes_freed: u64,
+    /// Stray files (containers without a record, staged blobs without a record) removed.
+    pub orphan_files_removed: u64,
+    /// `done`, or why chunks and containers were left for the next pass.
+    pub chunk_phase: String,
+    pub stored_bytes_before: u64,
+    pub stored_bytes_after: u64,
+}
+
+/// Totals since start-up, for `/_stats` and `/metrics`.
+#[derive(Default)]
+pub struct GcStats {
+    pub passes: AtomicU64,
+    pub failures: AtomicU64,
+    pub running: AtomicBool,
+    pub last: Mutex<Option<GcReport>>,
+    /// Sums over passes (not dry runs), by kind.
+    pub totals: Mutex<GcTotals>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcTotals {
+    pub seconds: f64,
+    pub links: u64,
+    pub manifests: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub recipes: u64,
+    pub raw_bytes: u64,
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    pub containers_removed: u64,
+    pub containers_compacted: u64,
+    pub container_bytes: u64,
+    pub orphan_files: u64,
+    /// Retention deletions by policy.
+    pub retention: BTreeMap<String, super::retention::PolicyDeletions>,
+}
+
+impl GcTotals {
+    fn add(&mut self, r: &GcReport) {
+        self.seconds += r.seconds;
+        self.links += r.links_removed;
+        self.manifests += r.manifests_removed;
+        self.blobs += r.blobs_removed;
+        self.blob_bytes += r.blob_bytes_removed;
+        self.recipes += r.recipes_removed;
+        self.raw_bytes += r.raw_bytes_freed;
+        self.chunks += r.chunks_removed;
+        self.chunk_bytes += r.chunk_bytes_removed;
+        self.containers_removed += r.containers_removed;
+        self.containers_compacted += r.containers_compacted;
+        self.container_bytes += r.container_bytes_freed;
+        self.orphan_files += r.orphan_files_removed;
+        for (p, d) in &r.retention.by_policy {
+            let e = self.retention.entry(p.clone()).or_default();
+            e.tags += d.tags;
+            e.manifests += d.manifests;
+        }
+    }
+}
+
+/// Blob links named to clients (HEAD, GET) recently: kept through the grace period.
+#[derive(Default)]
+pub(crate) struct Touched(Mutex<HashMap<(RepoName, Digest), u64>>);
+
+impl Touched {
+    pub(crate) fn touch(&self, repo: &RepoName, d: &Digest) {
+        self.0
+            .lock()
+            .expect("touched lock")
+            .insert((repo.clone(), d.clone()), now());
+    }
+}
+
+/// Progress of an offline pass (the command line's progress bar).
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
+impl Registry {
+    /// Record that a client was told `repo` holds `d`.
+    pub(crate) fn touch_blob(&self, repo: &RepoName, d: &Digest) {
+        self.inner.touched.touch(repo, d);
+    }
+
+    /// Run one pass now (waiting for a pass in progress to end first).
+    pub async fn gc(&self, opts: GcOptions) -> Result<GcReport> {
+        self.gc_with_progress(opts, &|_, _, _| {}).await
+    }
+
+    pub async fn gc_with_progress(
+        &self,
+        opts: GcOptions,
+        progress: Progress<'_>,
+    ) -> Result<GcReport> {
+        let _one = self.inner.gc_pass.lock().await;
+        let stats = &self.inner.gc_stats;
+        stats.running.store(true, Relaxed);
+        let res = self.gc_pass(opts, progress).await;
+        stats.running.store(false, Relaxed);
+        match &res {
+            Ok(r) => {
+                if !r.dry_run {
+                    stats.passes.fetch_add(1, Relaxed);
+                    stats.totals.lock().expect("gc totals lock").add(r);
+                    // Space given back: layers that could not be packed for want of it are
+                    // tried again.
+                    let low = super::disk_space(&self.inner.cfg.root)
+                        .map_or(true, |(free, total)| {
+                            (free as f64) < super::LOW_SPACE_FRACTION * total as f64
+                        });
+                    if !low {
+                        if let Err(e) = self.retry_transient_raw().await {
+                            tracing::error!(error = %e, "queueing layers kept raw for want of space failed");
+                        }
+                    }
+                }
+                *stats.last.lock().expect("gc last lock") = Some(r.clone());
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "garbage collection failed");
+            }
+        }
+        res
+    }
+
+    async fn gc_pass(&self, opts: GcOptions, progress: Progress<'_>) -> Result<GcReport> {
+        let started = Instant::now();
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            started: now(),
+            grace_seconds: opts.delay.as_secs(),
+            ..Default::default()
+        };
+        let inner = self.inner.clone();
+        report.stored_bytes_before = blocking(move || Ok(inner.store.disk_usage()?)).await?;
+        progress("retention", 0, 1);
+        report.retention = self.apply_retention(opts.dry_run).await?;
+        // Everything older than this is past the grace period.
+        let cutoff = now().saturating_sub(opts.delay.as_secs());
+        let inner = self.inner.clone();
+        let doomed = {
+            let report = &mut report;
+            let (links, doomed, counts) =
+                blocking(move || sweep_links(&inner, cutoff, opts.dry_run)).await?;
+            report.links_removed = links;
+            report.manifests_removed = counts.0;
+            report.repositories_removed = counts.1;
+            doomed
+        };
+        if opts.dry_run {
+            let inner = self.inner.clone();
+            let listed = doomed.clone();
+            let sizes = blocking(move || {
+                let t = inner.meta.read()?;
+                let mut n = 0;
+                for d in &listed {
+                    n += inner.meta.blob(&t, d)?.map_or(0, |b| b.size);
+                }
+                Ok(n)
+            })
+            .await?;
+            report.blobs_removed = doomed.len() as u64;
+            report.blob_bytes_removed = sizes;
+            report.chunk_phase = "dry run: chunks and containers not examined".into();
+            report.seconds = started.elapsed().as_secs_f64();
+            report.stored_bytes_after = report.stored_bytes_before;
+            return Ok(report);
+        }
+        failpoint("gc-links-committed");
+        let inner = self.inner.clone();
+        let p = progress;
+        let blobs = {
+            let inner2 = inner.clone();
+            let total = doomed.len() as u64;
+            progress("blobs", 0, total);
+            // The progress callback is not 'static: report per batch from here.
+            let mut out = BlobSweep::default();
+            for (i, batch) in doomed.chunks(BLOB_BATCH).enumerate() {
+                let inner3 = inner2.clone();
+                let batch = batch.to_vec();
+                let r = blocking(move || sweep_blobs(&inner3, &batch, cutoff)).await?;
+                out.add(&r);
+                p(
+                    "blobs",
+                    ((i + 1) * BLOB_BATCH).min(doomed.len()) as u64,
+                    total,
+                );
+            }
+            out
+        };
+        report.blobs_removed = blobs.blobs;
+        report.blob_bytes_removed = blobs.bytes;
+        report.recipes_removed = blobs.recipes;
+        report.raw_bytes_freed = blobs.raw_bytes;
+        // Chunks and containers, with the pipeline quiet.
+        let gate = self.inner.dedup_gate.clone();
+        match tokio::time::timeout(GATE_WAIT, gate.write_owned()).await {
+            Err(_) => {
+                report.chunk_phase =
+                    "skipped: deduplication kept layers in flight; next pass".into();
+            }
+            Ok(guard) => {
+                let inner = self.inner.clone();
+                let compact_below = self.inner.cfg.gc_compact_below;
+                progress("chunks", 0, 1);
+                let r = blocking(move || {
+                    let _guard = guard;
+                    sweep_chunks(&inner, cutoff, compact_below)
+                })
+                .await?;
+                report.chunks_removed = r.chunks;
+                report.chunk_bytes_removed = r.chunk_bytes;
+                report.containers_removed = r.containers_removed;
+                report.containers_compacted = r.containers_compacted;
+                report.container_bytes_freed = r.container_bytes;
+                report.orphan_files_removed = r.orphans + blobs.orphans;
+                report.chunk_phase = "done".into();
+                progress("chunks", 1, 1);
+            }
+        }
+        let inner = self.inner.clone();
+        report.stored_bytes_after = blocking(move || Ok(inner.store.disk_usage()?)).await?;
+        report.seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            seconds = report.seconds,
+            blobs = report.blobs_removed,
+            chunks = report.chunks_removed,
+            containers_removed = report.containers_removed,
+            containers_compacted = report.containers_compacted,
+            freed = report
+                .stored_bytes_before
+                .saturating_sub(report.stored_bytes_after),
+            "garbage collection pass done"
+        );
+        Ok(report)
+    }
+}
+
+/// Step 2: remove unreferenced blob links past the grace period (in a dry run, only find
+/// them), unlinked manifests and empty repositories. Returns the links removed, the blobs no
+/// repository links any more that are past the grace period (patched layers first), and the
+/// manifests and repositories removed.
+fn sweep_links(
+    inner: &Arc<Inner>,
+    cutoff: u64,
+    dry_run: bool,
+) -> Result<(u64, Vec<Digest>, (u64, u64))> {
+    let m = &inner.meta;
+    // Mark: what each repository's manifests reference.
+    let mut candidates: Vec<(RepoName, Digest)> = Vec::new();
+    {
+        let t = m.read()?;
+        for repo in m.all_repos(&t)? {
+            let mut referenced: HashSet<Digest> = HashSet::new();
+            let mut unreadable = false;
+            for (d, _) in m.manifest_links_of(&t, &repo)? {
+                match m.manifest(&t, &d)? {
+                    Some((rec, body)) => match manifest::parse(Some(&rec.media_type), &body) {
+                        Ok(p) => referenced.extend(p.blobs),
+                        Err(_) => unreadable = true,
+                    },
+                    None => unreadable = true,
+                }
+            }
+            if unreadable {
+                tracing::warn!(%repo, "a manifest could not be read: its repository's blob links are all kept");
+                continue;
+            }
+            for (d, link) in m.blob_links_of(&t, &repo)? {
+                if !referenced.contains(&d) && link.created < cutoff {
+                    candidates.push((repo.clone(), d));
+                }
+            }
+        }
+    }
+    let touched_floor = cutoff;
+    let mut touched = inner.touched.0.lock().expect("touched lock");
+    touched.retain(|_, at| *at >= touched_floor);
+    let candidates: Vec<_> = candidates
+        .into_iter()
+        .filter(|k| !touched.contains_key(k))
+        .collect();
+    if dry_run {
+        drop(touched);
+        let t = m.read()?;
+        let mut unlinks: HashMap<Digest, u64> = HashMap::new();
+        for (_, d) in &candidates {
+            *unlinks.entry(d.clone()).or_default() += 1;
+        }
+        let mut doomed = Vec::new();
+        for (d, rec) in m.all_blobs(&t)? {
+            let left = rec.links - unlinks.get(&d).copied().unwrap_or(0).min(rec.links);
+            if left == 0 && rec.created < cutoff {
+                doomed.push(d);
+            }
+        }
+        return Ok((candidates.len() as u64, doomed, (0, 0)));
+    }
+    // Sweep, holding the touched map so that no HEAD answers 200 for a link being removed.
+    let mut w = m.write()?;
+    let mut removed = 0u64;
+    for (repo, d) in &candidates {
+        // Linked again since the mark (a push or a mount): the link is young now.
+        match m.blob_link(&w, repo, d)? {
+            Some(l) if l.created < cutoff => {}
+            _ => continue,
+        }
+        if m.unlink_blob(&mut w, repo, d)? {
+            removed += 1;
+        }
+    }
+    let manifests = m.remove_unlinked_manifests(&mut w)?;
+    let repos = m.remove_empty_repos(&mut w)?;
+    // Blobs no repository links, past the grace period.
+    let mut doomed: Vec<Digest> = m
+        .all_blobs(&w)?
+        .into_iter()
+        .filter(|(_, r)| r.links == 0 && r.created < cutoff)
+        .map(|(d, _)| d)
+        .collect();
+    // No new layer may take one of them as its patch reference from now on.
+    let deps = m.patch_dependents(&w)?;
+    let dependent: HashSet<&String> = deps.values().flatten().collect();
+    for d in &doomed {
+        m.retire_reference(&mut w, d)?;
+    }
+    w.commit()?;
+    drop(touched);
+    // Patched layers before the layers they are patched against.
+    doomed.sort_by_key(|d| !dependent.contains(&d.to_string()));
+    Ok((removed, doomed, (manifests, repos)))
+}
+
+#[derive(Default)]
+struct BlobSweep {
+    blobs: u64,
+    bytes: u64,
+    recipes: u64,
+    raw_bytes: u64,
+    orphans: u64,
+}
+
+impl BlobSweep {
+    fn add(&mut self, o: &BlobSweep) {
+        self.blobs += o.blobs;
+        self.bytes += o.bytes;
+        self.recipes += o.recipes;
+        self.raw_bytes += o.raw_bytes;
+        self.orphans += o.orphans;
+    }
+}
+
+/// Step 3, one batch: remove the records, commit, then the files.
+fn sweep_blobs(inner: &Arc<Inner>, batch: &[Digest], cutoff: u64) -> Result<BlobSweep> {
+    let m = &inner.meta;
+    let _staging = inner.staging_lock.lock().expect("staging lock");
+    let mut out = BlobSweep::default();
+    let mut removed = Vec::new();
+    {
+        let mut w = m.write()?;
+        let deps = m.patch_dependents(&w)?;
+        let doomed: HashSet<String> = batch.iter().map(|d| d.to_string()).collect();
+        for d in batch {
+            match m.blob(&w, d)? {
+                Some(r) if r.links == 0 && r.created < cutoff => {}
+                _ => continue,
+            }
+            let living: Option<HashSet<String>> = deps
+                .get(&d.to_string())
+                .map(|s| s.iter().filter(|x| !doomed.contains(*x)).cloned().collect());
+            if let Some(r) = m.remove_blob(&mut w, d, living.as_ref())? {
+                removed.push(r);
+            }
+        }
+        w.commit()?;
+    }
+    failpoint("gc-blobs-committed");
+    for r in &removed {
+        out.blobs += 1;
+        out.bytes += r.size;
+        out.recipes += u64::from(r.recipe);
+        let p = inner.store.blob_path(&r.digest);
+        if let Ok(md) = std::fs::metadata(&p) {
+            remove_if_present(&p)?;
+            out.raw_bytes += md.len();
+        }
+        out.raw_bytes += inner.layer_cache.remove(&r.digest)?;
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct ChunkSweep {
+    chunks: u64,
+    chunk_bytes: u64,
+    containers_removed: u64,
+    containers_compacted: u64,
+    container_bytes: u64,
+    orphans: u64,
+}
+
+/// The base a stored delta names (its record starts with the base's id).
+fn delta_base(dir: &std::path::Path, c: &DeadChunk) -> Result<Option<ChunkId>> {
+    if c.loc.encoding.is_whole() {
+        return Ok(None);
+    }
+    let f = std::fs::File::open(container_path(dir, c.loc.container))?;
+    let stored = read_stored(&f, &c.loc)?;
+    Ok(Some(split_delta(&stored)?.0))
+}
+
+/// Step 4, with the pipeline held at its gate.
+fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<ChunkSweep> {
+    let m: &Meta = &inner.meta;
+    let dir = inner.cfg.root.join("containers");
+    let mut out = ChunkSweep::default();
+    let young: HashSet<u64> = {
+        let t = m.read()?;
+        m.all_containers(&t)?
+            .into_iter()
+            .filter(|(_, r)| r.created >= cutoff)
+            .map(|(id, _)| id)
+            .collect()
+    };
+    // Dead chunks; a removed delta may leave its base dead: a second round (one level).
+    let mut dead = {
+        let t = m.read()?;
+        m.dead_chunks(&t, &|c| young.contains(&c))?
+    };
+    while !dead.is_empty() {
+        let mut next = Vec::new();
+        for batch in dead.chunks(CHUNK_BATCH) {
+            let bases: Vec<Option<ChunkId>> = batch
+                .iter()
+                .map(|c| delta_base(&dir, c))
+                .collect::<Result<_>>()?;
+            let mut w = m.write()?;
+            for (c, base) in batch.iter().zip(&bases) {
+                let (gone, dead_base) = m.remove_chunk(&mut w, &c.id, base.as_ref())?;
+                if gone {
+                    out.chunks += 1;
+                    out.chunk_bytes += c.loc.stored_len as u64;
+                }
+                if let Some(b) = dead_base {
+                    if !young.contains(&b.loc.container) {
+                        next.push(b);
+                    }
+                }
+            }
+            w.commit()?;
+        }
+        dead = next;
+    }
+    failpoint("gc-chunks-committed");
+    // Containers: empty ones go, sparse ones are rewritten.
+    let (records, live) = {
+        let t = m.read()?;
+        (m.all_containers(&t)?, m.live_per_container(&t)?)
+    };
+    let mut sparse = Vec::new();
+    for (id, rec) in &records {
+        if young.contains(id) {
+            continue;
+        }
+        let path = container_path(&dir, *id);
+        let file_len = std::fs::metadata(&path).map_or(0, |md| md.len());
+        let (n, bytes) = live.get(id).copied().unwrap_or((0, 0));
+        if n == 0 {
+            let mut w = m.write()?;
+            m.forget_container(&mut w, *id)?;
+            w.commit()?;
+            remove_if_present(&path)?;
+            out.containers_removed += 1;
+            out.container_bytes += file_len;
+        } else if rec.bytes > 0 && (bytes as f64) < compact_below * rec.bytes as f64 {
+            sparse.push((*id, file_len));
+        }
+    }
+    let mut members = {
+        let t = m.read()?;
+        m.chunks_in_containers(&t, &sparse.iter().map(|(id, _)| *id).collect())?
+    };
+    for (old, old_len) in sparse {
+        let keep = members.remove(&old).unwrap_or_default();
+        let new = {
+            let mut w = m.write()?;
+            let id = m.next_counter(&mut w, "container")?;
+            w.commit()?;
+            id
+        };
+        let entries = container::rewrite(&container_path(&dir, old), &dir, new, &|id| {
+            keep.contains(id)
+        })?;
+        failpoint("gc-compacted-before-commit");
+        let mut w = m.write()?;
+        m.repoint_container(&mut w, old, new, &entries)?;
+        w.commit()?;
+        failpoint("gc-compact-committed");
+        remove_if_present(&container_path(&dir, old))?;
+        let new_len = std::fs::metadata(container_path(&dir, new)).map_or(0, |md| md.len());
+        out.containers_compacted += 1;
+        out.container_bytes += old_len.saturating_sub(new_len);
+    }
+    // Container files no record names: the pipeline is quiet, so none is being written.
+    let known_now: HashSet<u64> = {
+        let t = m.read()?;
+        m.all_containers(&t)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    for e in std::fs::read_dir(&dir)? {
+        let path = e?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        else {
+            continue;
+        };
+        if !known_now.contains(&id) {
+            let len = std::fs::metadata(&path).map_or(0, |md| md.len());
+            remove_if_present(&path)?;
+            out.orphans += 1;
+            out.container_bytes += len;
+        }
+    }
+    sync_dir(&dir)?;
+    // Staged files no blob record names (a crash between a batch's commit and its removals).
+    let _staging = inner.staging_lock.lock().expect("staging lock");
+    let t = m.read()?;
+    for alg in ["sha256", "sha512"] {
+        let sub = inner.cfg.root.join("staging").join(alg);
+        let Ok(rd) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for e in rd {
+            let path = e?.path();
+            let Some(d) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| format!("{alg}:{n}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            if m.blob(&t, &d)?.is_none() {
+                remove_if_present(&path)?;
+                out.orphans += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_if_present(p: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RegistryError::from(e)),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(p: &std::path::Path) -> Result<()> {
+    std::fs::File::open(p)?.sync_all()?;
+    Ok(())
+}
