@@ -10,6 +10,7 @@ mod metrics;
 mod names;
 mod registry;
 mod store;
+mod synthetic;
 
 use std::io::Write;
 
@@ -50,6 +51,18 @@ enum Command {
         /// Report what would go; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Write a large synthetic store for benchmarks (`benches/gc-memory`).
+    #[command(hide = true)]
+    SyntheticStore {
+        #[arg(long)]
+        root: std::path::PathBuf,
+        /// Chunks to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        chunks: u64,
+        /// Share of the chunks in layers a tagged manifest keeps.
+        #[arg(long, default_value_t = 0.4)]
+        kept: f64,
     },
     /// Rewrite the metadata store without its free pages (offline). LMDB reuses freed pages
     /// but never shrinks its file; this gives the space back after heavy churn.
@@ -112,6 +125,11 @@ fn main() -> anyhow::Result<()> {
                 cfg.root.display()
             );
             actix_web::rt::System::new().block_on(offline_gc(cfg, dry_run))
+        }
+        Command::SyntheticStore { root, chunks, kept } => {
+            init_logging(LogFormat::Text);
+            let _lock = lock::RootLock::acquire(&root)?;
+            synthetic::build(&root, chunks, kept, Config::default().meta_map_size)
         }
         Command::Compact { root } => {
             init_logging(LogFormat::Text);

@@ -40,6 +40,8 @@ pub struct RemovedBlob {
     pub size: u64,
     /// It had a recipe (its chunk references were dropped).
     pub recipe: bool,
+    /// Chunk references dropped (what its transaction touched in the chunk index).
+    pub chunk_refs: u64,
 }
 
 /// A chunk garbage collection found dead (no references, no dependents).
@@ -277,6 +279,11 @@ impl Meta {
 
     /// Remove repositories that link nothing and tag nothing. Returns how many.
     pub fn remove_empty_repos(&self, w: &mut RwTxn<'_>) -> Result<u64> {
+        let mut uploading = HashSet::new();
+        for item in self.uploads.iter(w)? {
+            let (_, v) = item?;
+            uploading.insert(dec::<UploadRecord>("upload", v)?.repo);
+        }
         let mut gone = Vec::new();
         for repo in self.all_repos(w)? {
             let prefix = key2(repo.as_str(), "");
@@ -287,12 +294,7 @@ impl Meta {
                     .next()
                     .is_none()
                 && self.tags.prefix_iter(w, &prefix)?.next().is_none();
-            let uploading = self
-                .uploads
-                .iter(w)?
-                .filter_map(|i| i.ok())
-                .any(|(_, v)| dec::<UploadRecord>("upload", v).is_ok_and(|u| u.repo == repo));
-            if empty && !uploading {
+            if empty && !uploading.contains(&repo) {
                 gone.push(repo);
             }
         }
@@ -362,6 +364,7 @@ impl Meta {
             return Ok(None);
         }
         let has_recipe = self.recipes.get(w, dk.as_bytes())?.is_some();
+        let mut chunk_refs = 0u64;
         if has_recipe {
             self.retire_reference(w, d)?;
             // Read the layers patched against this one while it can still be read.
@@ -394,6 +397,7 @@ impl Meta {
                 self.chunks.put(w, &id.0, &c.encode())?;
             }
             self.update_chunk_counts(w, |c| c.refs -= refs)?;
+            chunk_refs = refs;
             self.recipes.delete(w, dk.as_bytes())?;
             self.layer_files.delete(w, dk.as_bytes())?;
             for (dep, recipe, files) in restore {
@@ -405,6 +409,7 @@ impl Meta {
             digest: d.clone(),
             size: rec.size,
             recipe: has_recipe,
+            chunk_refs,
         }))
     }
 
@@ -412,14 +417,37 @@ impl Meta {
 
     /// Chunks with no references and no dependents, outside `spared` containers (too young,
     /// or being written).
+    #[cfg(test)]
     pub fn dead_chunks(
         &self,
         t: &RoTxn<'_>,
         spared: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<DeadChunk>> {
+        Ok(self.dead_chunks_after(t, None, usize::MAX, spared)?.0)
+    }
+
+    /// At most `limit` dead chunks (as [`Meta::dead_chunks`]) after the chunk id `after`, in
+    /// key order, and where the next call should start (None: the index is done). Garbage
+    /// collection walks the index this way, a batch at a time, so its memory stays bounded.
+    pub fn dead_chunks_after(
+        &self,
+        t: &RoTxn<'_>,
+        after: Option<&ChunkId>,
+        limit: usize,
+        spared: &dyn Fn(u64) -> bool,
+    ) -> Result<(Vec<DeadChunk>, Option<ChunkId>)> {
         let mut out = Vec::new();
-        for item in self.chunks.iter(t)? {
+        let lower = match after {
+            Some(id) => std::ops::Bound::Excluded(&id.0[..]),
+            None => std::ops::Bound::Unbounded,
+        };
+        for item in self.chunks.range(t, &(lower, std::ops::Bound::Unbounded))? {
             let (k, v) = item?;
+            if out.len() >= limit {
+                // More follow: the next call resumes after the last one returned.
+                let last = out.last().map(|c: &DeadChunk| c.id);
+                return Ok((out, last));
+            }
             let r = ChunkRecord::decode(v)?;
             if r.refs == 0 && r.dependents == 0 && !spared(r.loc.container) {
                 let id: [u8; 20] = k
@@ -431,7 +459,7 @@ impl Meta {
                 });
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Remove `id` if it is still dead; a delta's base (`base`, read from its container) loses
@@ -493,29 +521,6 @@ impl Meta {
             let e = out.entry(r.loc.container).or_default();
             e.0 += 1;
             e.1 += r.loc.stored_len as u64;
-        }
-        Ok(out)
-    }
-
-    /// The chunks the index places in each of `containers`.
-    pub fn chunks_in_containers(
-        &self,
-        t: &RoTxn<'_>,
-        containers: &HashSet<u64>,
-    ) -> Result<HashMap<u64, HashSet<ChunkId>>> {
-        let mut out: HashMap<u64, HashSet<ChunkId>> = HashMap::new();
-        if containers.is_empty() {
-            return Ok(out);
-        }
-        for item in self.chunks.iter(t)? {
-            let (k, v) = item?;
-            let r = ChunkRecord::decode(v)?;
-            if containers.contains(&r.loc.container) {
-                let id: [u8; 20] = k
-                    .try_into()
-                    .map_err(|_| RegistryError::Internal("corrupt chunk key".into()))?;
-                out.entry(r.loc.container).or_default().insert(ChunkId(id));
-            }
         }
         Ok(out)
     }

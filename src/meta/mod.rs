@@ -61,7 +61,7 @@ pub mod patch;
 mod upgrade;
 
 pub use chunks::ChunkRecord;
-pub use gc::{DeadChunk, TagEntry};
+pub use gc::{DeadChunk, RemovedBlob, TagEntry};
 
 use std::ops::Bound;
 use std::path::Path;

@@ -44,10 +44,11 @@ use crate::error::{RegistryError, Result};
 use crate::meta::{now, DeadChunk, Meta};
 use crate::names::{Digest, RepoName};
 
-/// Blobs removed per write transaction.
+/// Blobs handed to one blocking task (one staging-lock hold).
 const BLOB_BATCH: usize = 64;
-/// Chunks removed per write transaction.
-const CHUNK_BATCH: usize = 20_000;
+/// Chunk records one write transaction changes, about: each is a random page of the chunk
+/// index, copied (4 KiB) until the commit, so this bounds a pass's memory.
+const TXN_CHUNKS: u64 = 4096;
 /// How long a pass waits for the pipeline's layers in flight before it leaves chunks and
 /// containers for the next pass.
 const GATE_WAIT: Duration = Duration::from_secs(300);
@@ -152,12 +153,19 @@ impl GcTotals {
 #[derive(Default)]
 pub(crate) struct Touched(Mutex<HashMap<(RepoName, Digest), u64>>);
 
+/// Entries past which the touched map drops those older than the grace period on insert
+/// (passes prune it too), so it stays bounded with collection off.
+const TOUCHED_BOUND: usize = 1 << 16;
+
 impl Touched {
-    pub(crate) fn touch(&self, repo: &RepoName, d: &Digest) {
-        self.0
-            .lock()
-            .expect("touched lock")
-            .insert((repo.clone(), d.clone()), now());
+    pub(crate) fn touch(&self, repo: &RepoName, d: &Digest, grace: Duration) {
+        let mut m = self.0.lock().expect("touched lock");
+        let now = now();
+        if m.len() >= TOUCHED_BOUND {
+            let floor = now.saturating_sub(grace.as_secs());
+            m.retain(|_, at| *at >= floor);
+        }
+        m.insert((repo.clone(), d.clone()), now);
     }
 }
 
@@ -167,7 +175,7 @@ pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
 impl Registry {
     /// Record that a client was told `repo` holds `d`.
     pub(crate) fn touch_blob(&self, repo: &RepoName, d: &Digest) {
-        self.inner.touched.touch(repo, d);
+        self.inner.touched.touch(repo, d, self.inner.cfg.gc_delay);
     }
 
     /// Run one pass now (waiting for a pass in progress to end first).
@@ -227,15 +235,12 @@ impl Registry {
         // Everything older than this is past the grace period.
         let cutoff = now().saturating_sub(opts.delay.as_secs());
         let inner = self.inner.clone();
-        let doomed = {
-            let report = &mut report;
-            let (links, doomed, counts) =
-                blocking(move || sweep_links(&inner, cutoff, opts.dry_run)).await?;
-            report.links_removed = links;
-            report.manifests_removed = counts.0;
-            report.repositories_removed = counts.1;
-            doomed
-        };
+        let swept = blocking(move || sweep_links(&inner, cutoff, opts.dry_run)).await?;
+        report.links_removed = swept.links;
+        report.manifests_removed = swept.manifests;
+        report.repositories_removed = swept.repos;
+        let doomed = swept.doomed;
+        let deps = Arc::new(swept.deps);
         if opts.dry_run {
             let inner = self.inner.clone();
             let listed = doomed.clone();
@@ -264,10 +269,12 @@ impl Registry {
             progress("blobs", 0, total);
             // The progress callback is not 'static: report per batch from here.
             let mut out = BlobSweep::default();
+            let all: Arc<HashSet<String>> =
+                Arc::new(doomed.iter().map(|d| d.to_string()).collect());
             for (i, batch) in doomed.chunks(BLOB_BATCH).enumerate() {
-                let inner3 = inner2.clone();
+                let (inner3, deps, all) = (inner2.clone(), deps.clone(), all.clone());
                 let batch = batch.to_vec();
-                let r = blocking(move || sweep_blobs(&inner3, &batch, cutoff)).await?;
+                let r = blocking(move || sweep_blobs(&inner3, &batch, cutoff, &deps, &all)).await?;
                 out.add(&r);
                 p(
                     "blobs",
@@ -303,7 +310,14 @@ impl Registry {
                 report.containers_compacted = r.containers_compacted;
                 report.container_bytes_freed = r.container_bytes;
                 report.orphan_files_removed = r.orphans + blobs.orphans;
-                report.chunk_phase = "done".into();
+                report.chunk_phase = if r.compaction_failures == 0 {
+                    "done".into()
+                } else {
+                    format!(
+                        "done; {} containers could not be compacted (see the log)",
+                        r.compaction_failures
+                    )
+                };
                 progress("chunks", 1, 1);
             }
         }
@@ -329,11 +343,7 @@ impl Registry {
 /// them), unlinked manifests and empty repositories. Returns the links removed, the blobs no
 /// repository links any more that are past the grace period (patched layers first), and the
 /// manifests and repositories removed.
-fn sweep_links(
-    inner: &Arc<Inner>,
-    cutoff: u64,
-    dry_run: bool,
-) -> Result<(u64, Vec<Digest>, (u64, u64))> {
+fn sweep_links(inner: &Arc<Inner>, cutoff: u64, dry_run: bool) -> Result<LinkSweep> {
     let m = &inner.meta;
     // Mark: what each repository's manifests reference.
     let mut candidates: Vec<(RepoName, Digest)> = Vec::new();
@@ -383,9 +393,16 @@ fn sweep_links(
                 doomed.push(d);
             }
         }
-        return Ok((candidates.len() as u64, doomed, (0, 0)));
+        return Ok(LinkSweep {
+            links: candidates.len() as u64,
+            doomed,
+            deps: HashMap::new(),
+            manifests: 0,
+            repos: 0,
+        });
     }
-    // Sweep, holding the touched map so that no HEAD answers 200 for a link being removed.
+    // Sweep, holding the touched map until the commit, so that no HEAD answers 200 for a link
+    // being removed.
     let mut w = m.write()?;
     let mut removed = 0u64;
     for (repo, d) in &candidates {
@@ -398,6 +415,9 @@ fn sweep_links(
             removed += 1;
         }
     }
+    w.commit()?;
+    drop(touched);
+    let mut w = m.write()?;
     let manifests = m.remove_unlinked_manifests(&mut w)?;
     let repos = m.remove_empty_repos(&mut w)?;
     // Blobs no repository links, past the grace period.
@@ -407,17 +427,34 @@ fn sweep_links(
         .filter(|(_, r)| r.links == 0 && r.created < cutoff)
         .map(|(d, _)| d)
         .collect();
-    // No new layer may take one of them as its patch reference from now on.
+    // No new layer may take one of them as its patch reference from now on, so the layers
+    // patched against them are all known here.
     let deps = m.patch_dependents(&w)?;
-    let dependent: HashSet<&String> = deps.values().flatten().collect();
     for d in &doomed {
         m.retire_reference(&mut w, d)?;
     }
     w.commit()?;
-    drop(touched);
     // Patched layers before the layers they are patched against.
+    let dependent: HashSet<&String> = deps.values().flatten().collect();
     doomed.sort_by_key(|d| !dependent.contains(&d.to_string()));
-    Ok((removed, doomed, (manifests, repos)))
+    Ok(LinkSweep {
+        links: removed,
+        doomed,
+        deps,
+        manifests,
+        repos,
+    })
+}
+
+/// What step 2 did and found.
+struct LinkSweep {
+    links: u64,
+    /// Blobs no repository links, past the grace period (patched layers first).
+    doomed: Vec<Digest>,
+    /// Layers patched against each layer (reference → dependents).
+    deps: HashMap<String, HashSet<String>>,
+    manifests: u64,
+    repos: u64,
 }
 
 #[derive(Default)]
@@ -439,17 +476,29 @@ impl BlobSweep {
     }
 }
 
-/// Step 3, one batch: remove the records, commit, then the files.
-fn sweep_blobs(inner: &Arc<Inner>, batch: &[Digest], cutoff: u64) -> Result<BlobSweep> {
+/// Step 3, one batch: remove the records, commit, then the files. `deps` lists the layers
+/// patched against each layer, `doomed` every blob this pass removes (their dependents are not
+/// stored again).
+fn sweep_blobs(
+    inner: &Arc<Inner>,
+    batch: &[Digest],
+    cutoff: u64,
+    deps: &HashMap<String, HashSet<String>>,
+    doomed: &HashSet<String>,
+) -> Result<BlobSweep> {
     let m = &inner.meta;
     let _staging = inner.staging_lock.lock().expect("staging lock");
     let mut out = BlobSweep::default();
-    let mut removed = Vec::new();
-    {
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let mut removed = Vec::new();
         let mut w = m.write()?;
-        let deps = m.patch_dependents(&w)?;
-        let doomed: HashSet<String> = batch.iter().map(|d| d.to_string()).collect();
-        for d in batch {
+        let mut touched = 0u64;
+        while let Some((d, tail)) = rest.split_first() {
+            if touched >= TXN_CHUNKS {
+                break;
+            }
+            rest = tail;
             match m.blob(&w, d)? {
                 Some(r) if r.links == 0 && r.created < cutoff => {}
                 _ => continue,
@@ -458,13 +507,24 @@ fn sweep_blobs(inner: &Arc<Inner>, batch: &[Digest], cutoff: u64) -> Result<Blob
                 .get(&d.to_string())
                 .map(|s| s.iter().filter(|x| !doomed.contains(*x)).cloned().collect());
             if let Some(r) = m.remove_blob(&mut w, d, living.as_ref())? {
+                touched += r.chunk_refs;
                 removed.push(r);
             }
         }
         w.commit()?;
+        failpoint("gc-blobs-committed");
+        remove_blob_files(inner, &removed, &mut out)?;
     }
-    failpoint("gc-blobs-committed");
-    for r in &removed {
+    Ok(out)
+}
+
+/// After the commit that removed their records: the staged files and cached copies.
+fn remove_blob_files(
+    inner: &Arc<Inner>,
+    removed: &[crate::meta::RemovedBlob],
+    out: &mut BlobSweep,
+) -> Result<()> {
+    for r in removed {
         out.blobs += 1;
         out.bytes += r.size;
         out.recipes += u64::from(r.recipe);
@@ -475,11 +535,12 @@ fn sweep_blobs(inner: &Arc<Inner>, batch: &[Digest], cutoff: u64) -> Result<Blob
         }
         out.raw_bytes += inner.layer_cache.remove(&r.digest)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[derive(Default)]
 struct ChunkSweep {
+    compaction_failures: u64,
     chunks: u64,
     chunk_bytes: u64,
     containers_removed: u64,
@@ -511,32 +572,34 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             .map(|(id, _)| id)
             .collect()
     };
-    // Dead chunks; a removed delta may leave its base dead: a second round (one level).
-    let mut dead = {
-        let t = m.read()?;
-        m.dead_chunks(&t, &|c| young.contains(&c))?
-    };
+    // Dead chunks, a batch at a time through the index; a removed delta may leave its base
+    // dead: those are gathered for a second round (one level: invariant 5).
+    let mut after: Option<ChunkId> = None;
+    let mut bases_left: Vec<DeadChunk> = Vec::new();
+    loop {
+        let (dead, next_after) = {
+            let t = m.read()?;
+            m.dead_chunks_after(&t, after.as_ref(), TXN_CHUNKS as usize, &|c| {
+                young.contains(&c)
+            })?
+        };
+        let (bases, n, bytes) = remove_chunks(m, &dir, &dead, &young)?;
+        out.chunks += n;
+        out.chunk_bytes += bytes;
+        bases_left.extend(bases);
+        match next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    let mut dead = bases_left;
     while !dead.is_empty() {
         let mut next = Vec::new();
-        for batch in dead.chunks(CHUNK_BATCH) {
-            let bases: Vec<Option<ChunkId>> = batch
-                .iter()
-                .map(|c| delta_base(&dir, c))
-                .collect::<Result<_>>()?;
-            let mut w = m.write()?;
-            for (c, base) in batch.iter().zip(&bases) {
-                let (gone, dead_base) = m.remove_chunk(&mut w, &c.id, base.as_ref())?;
-                if gone {
-                    out.chunks += 1;
-                    out.chunk_bytes += c.loc.stored_len as u64;
-                }
-                if let Some(b) = dead_base {
-                    if !young.contains(&b.loc.container) {
-                        next.push(b);
-                    }
-                }
-            }
-            w.commit()?;
+        for batch in dead.chunks(TXN_CHUNKS as usize) {
+            let (bases, n, bytes) = remove_chunks(m, &dir, batch, &young)?;
+            out.chunks += n;
+            out.chunk_bytes += bytes;
+            next.extend(bases);
         }
         dead = next;
     }
@@ -565,21 +628,35 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             sparse.push((*id, file_len));
         }
     }
-    let mut members = {
-        let t = m.read()?;
-        m.chunks_in_containers(&t, &sparse.iter().map(|(id, _)| *id).collect())?
-    };
     for (old, old_len) in sparse {
-        let keep = members.remove(&old).unwrap_or_default();
         let new = {
             let mut w = m.write()?;
             let id = m.next_counter(&mut w, "container")?;
             w.commit()?;
             id
         };
-        let entries = container::rewrite(&container_path(&dir, old), &dir, new, &|id| {
-            keep.contains(id)
-        })?;
+        // A record is copied when the index still places its chunk in this container (a
+        // container may also hold copies the index never pointed at).
+        let t = m.read()?;
+        let keep = |id: &ChunkId| {
+            m.chunk(&t, id)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.loc.container == old)
+        };
+        let rewritten = container::rewrite(&container_path(&dir, old), &dir, new, &keep);
+        drop(t);
+        let entries = match rewritten {
+            Ok(e) => e,
+            // Out of space, say: this container stays as it is; the others are still tried
+            // (the empty ones above already gave space back).
+            Err(e) => {
+                tracing::warn!(container = old, error = %e, "compacting a container failed");
+                remove_if_present(&container_path(&dir, new))?;
+                out.compaction_failures += 1;
+                continue;
+            }
+        };
         failpoint("gc-compacted-before-commit");
         let mut w = m.write()?;
         m.repoint_container(&mut w, old, new, &entries)?;
@@ -651,4 +728,37 @@ fn remove_if_present(p: &std::path::Path) -> Result<()> {
 fn sync_dir(p: &std::path::Path) -> Result<()> {
     std::fs::File::open(p)?.sync_all()?;
     Ok(())
+}
+
+/// Remove one batch of dead chunks in one transaction (each checked again); returns the bases
+/// this left dead (outside `young` containers), and the chunks and stored bytes removed.
+fn remove_chunks(
+    m: &Meta,
+    dir: &std::path::Path,
+    batch: &[DeadChunk],
+    young: &HashSet<u64>,
+) -> Result<(Vec<DeadChunk>, u64, u64)> {
+    if batch.is_empty() {
+        return Ok((Vec::new(), 0, 0));
+    }
+    let bases: Vec<Option<ChunkId>> = batch
+        .iter()
+        .map(|c| delta_base(dir, c))
+        .collect::<Result<_>>()?;
+    let (mut next, mut n, mut bytes) = (Vec::new(), 0u64, 0u64);
+    let mut w = m.write()?;
+    for (c, base) in batch.iter().zip(&bases) {
+        let (gone, dead_base) = m.remove_chunk(&mut w, &c.id, base.as_ref())?;
+        if gone {
+            n += 1;
+            bytes += c.loc.stored_len as u64;
+        }
+        if let Some(b) = dead_base {
+            if !young.contains(&b.loc.container) {
+                next.push(b);
+            }
+        }
+    }
+    w.commit()?;
+    Ok((next, n, bytes))
 }
