@@ -279,28 +279,17 @@ fn check_references(
     if let Ok(rd) = std::fs::read_dir(root.join("containers")) {
         for e in rd {
             let p = e?.path();
-            let id = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| u64::from_str_radix(n, 16).ok());
-            if let Some(id) = id {
+            if let Some(id) = stowage_actors::engine::container::container_id(&p) {
                 if !meta.container_known(&t, id)? {
                     strays.push(format!("container file {} has no record", p.display()));
                 }
             }
         }
     }
-    for alg in ["sha256", "sha512"] {
-        let Ok(rd) = std::fs::read_dir(root.join("staging").join(alg)) else {
-            continue;
-        };
-        for e in rd {
-            let p = e?.path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            match format!("{alg}:{name}").parse::<Digest>() {
-                Ok(d) if meta.blob(&t, &d)?.is_some() => {}
-                _ => strays.push(format!("staged file {} has no blob record", p.display())),
-            }
+    for (p, d) in LocalStore::at(root).staged_files()? {
+        match d {
+            Some(d) if meta.blob(&t, &d)?.is_some() => {}
+            _ => strays.push(format!("staged file {} has no blob record", p.display())),
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Docker Engine (Debian's docker.io) against the real binary: import, build (legacy builder,
 //! FROM + COPY), push, rmi, pull by tag and by digest (image id unchanged), cross-repository
-//! mount on a push to a second repository, several tags.
+//! mount on a push to a second repository, several tags; versions collected by retention and
+//! garbage collection, the kept one pulled back with the same image id.
 
 mod common;
 
@@ -20,7 +21,10 @@ struct Dockerd {
 impl Dockerd {
     fn start() -> Dockerd {
         // Short paths: the exec-root holds unix sockets whose paths must stay short.
-        let dir = PathBuf::from(format!("/tmp/dk{}", std::process::id()));
+        // One per test: tests of this file run in one process, in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/dk{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("d.sock");
@@ -258,4 +262,91 @@ fn stats(s: &Server) -> serde_json::Value {
         .unwrap()
         .json()
         .unwrap()
+}
+
+/// Docker pushes two versions; retention keeps the last, a collection pass removes the other
+/// (its layer's chunks and containers too), and docker pulls the kept one back with the same
+/// image id, fsck clean.
+#[test]
+fn docker_versions_collected_and_the_kept_one_pulls_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(
+        root.path(),
+        &[
+            "--gc-interval",
+            "0",
+            "--gc-delay",
+            "0s",
+            "--retention",
+            "dock/*=keep-last:1",
+        ],
+    );
+    let d = Dockerd::start();
+    let ctx = tempfile::tempdir().unwrap();
+    rootfs_tar(&ctx.path().join("rootfs.tar"));
+    d.ok(&[
+        "import",
+        ctx.path().join("rootfs.tar").to_str().unwrap(),
+        "stowage-gc-base:1",
+    ]);
+    let mut ids = Vec::new();
+    for v in 1..=2u32 {
+        let build = ctx.path().join(format!("build{v}"));
+        std::fs::create_dir(&build).unwrap();
+        std::fs::write(
+            build.join("data.bin"),
+            (0..1_500_000u32)
+                .map(|i| (i.wrapping_mul(2654435761).wrapping_add(v * 7919) >> 13) as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        std::fs::write(
+            build.join("Dockerfile"),
+            "FROM stowage-gc-base:1\nCOPY data.bin /opt/app/\n",
+        )
+        .unwrap();
+        let image = format!("{}/dock/gc:v{v}", s.addr);
+        d.ok(&["build", "-t", &image, build.to_str().unwrap()]);
+        ids.push(
+            d.ok(&["image", "inspect", "-f", "{{.Id}}", &image])
+                .trim()
+                .to_string(),
+        );
+        d.ok(&["push", &image]);
+        // Distinct push times: "the last pushed" is well defined.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    wait_dedup_idle(&s.url("/_stats"));
+    let before = stats(&s);
+    let report: serde_json::Value = reqwest::blocking::Client::new()
+        .post(s.url("/_gc"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(report["retention"]["tags_deleted"], 1, "{report}");
+    assert!(report["blobs_removed"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["chunks_removed"].as_u64().unwrap() > 0, "{report}");
+    let after = stats(&s);
+    assert!(
+        after["chunks"]["stored_bytes"].as_u64() < before["chunks"]["stored_bytes"].as_u64(),
+        "{before} -> {after}"
+    );
+    for v in 1..=2 {
+        d.ok(&["rmi", "-f", &format!("{}/dock/gc:v{v}", s.addr)]);
+    }
+    d.ok(&["rmi", "-f", "stowage-gc-base:1"]);
+    assert!(!d
+        .docker(&["pull", &format!("{}/dock/gc:v1", s.addr)])
+        .status
+        .success());
+    let kept = format!("{}/dock/gc:v2", s.addr);
+    d.ok(&["pull", &kept]);
+    let pulled = d
+        .ok(&["image", "inspect", "-f", "{{.Id}}", &kept])
+        .trim()
+        .to_string();
+    assert_eq!(pulled, ids[1], "image id unchanged after the collection");
+    assert!(s.stop());
+    common::assert_fsck_clean(root.path(), "docker versions collected");
 }

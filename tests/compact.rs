@@ -2,20 +2,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{pseudo_random, push_blob, Server};
+use common::{pseudo_random, push_blob, stowage, Server};
 use reqwest::blocking::Client;
-
-fn stowage(args: &[&str], root: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .output()
-        .unwrap()
-}
 
 fn text(o: &Output) -> String {
     format!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{push_blob as push, Server};
+use common::{assert_fsck_clean, push_blob as push, Server};
 use reqwest::blocking::Client;
 use reqwest::header::RANGE;
 use reqwest::StatusCode;
@@ -49,22 +49,7 @@ fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {
 
 /// `stowage fsck --root <root>` (the server must be stopped).
 fn fsck(root: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(["fsck", "--root"])
-        .arg(root)
-        .output()
-        .unwrap()
-}
-
-/// fsck exits 0 on `root`; `context` names the case in the failure message.
-fn assert_fsck_clean(root: &std::path::Path, context: &str) {
-    let out = fsck(root);
-    assert!(
-        out.status.success(),
-        "{context}: fsck failed\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stowage(&["fsck"], root)
 }
 
 fn stats(s: &Server, c: &Client) -> Value {

@@ -6,10 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{digest_of, pseudo_random, push_blob, run, tool, wait_dedup_idle, Server};
+use common::{
+    assert_fsck_clean, digest_of, pseudo_random, push_blob, run, stowage, tool, wait_dedup_idle,
+    Server,
+};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -146,25 +149,6 @@ fn tags(s: &Server, c: &Client, repo: &str) -> Vec<String> {
         .as_array()
         .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
         .unwrap_or_default()
-}
-
-fn stowage(args: &[&str], root: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .output()
-        .unwrap()
-}
-
-fn assert_fsck_clean(root: &Path, context: &str) {
-    let o = stowage(&["fsck"], root);
-    assert!(
-        o.status.success(),
-        "fsck after {context}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 const GC_FLAGS: &[&str] = &[

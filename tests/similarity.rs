@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{push_blob as push, wait_dedup_idle, Server};
+use common::{assert_fsck_clean, push_blob as push, wait_dedup_idle, Server};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -60,20 +60,6 @@ fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.bytes().unwrap().to_vec()
-}
-
-fn assert_fsck_clean(root: &std::path::Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(["fsck", "--root"])
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck failed\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn push_series(s: &Server, c: &Client, repo: &str, versions: &[Vec<u8>]) -> Vec<String> {
@@ -132,7 +118,7 @@ fn a_version_series_is_stored_as_deltas_and_pulls_back_exactly() {
             );
         }
         assert!(s.stop());
-        assert_fsck_clean(root.path());
+        assert_fsck_clean(root.path(), "similarity");
     }
     assert!(
         chunk_bytes[0] * 10 < chunk_bytes[1] * 7,
@@ -174,7 +160,7 @@ fn kill_9_during_delta_encoding_loses_nothing() {
     assert!(pull(&s, &c, "crash/app", &d1) == v1);
     assert!(pull(&s, &c, "crash/app", &d2) == v2);
     assert!(s.stop());
-    assert_fsck_clean(root.path());
+    assert_fsck_clean(root.path(), "similarity");
 }
 
 #[test]
@@ -261,7 +247,7 @@ fn repository_policies_keep_raw_skip_deltas_and_defer_and_say_so() {
         assert!(pull(&s, &c, "ci/web", d) == *b);
     }
     assert!(s.stop());
-    assert_fsck_clean(root.path());
+    assert_fsck_clean(root.path(), "similarity");
 }
 
 /// Mount blob `d` of repository `from` into `repo` (a cross-repository mount the server must
@@ -306,7 +292,7 @@ fn a_deduplicated_layer_promoted_into_a_raw_repository_is_kept_raw() {
         assert!(s.stop());
         (da, db)
     };
-    assert_fsck_clean(root.path());
+    assert_fsck_clean(root.path(), "similarity");
 
     // The policy is gone: the recipes serve again and the raw copies are removed.
     let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
@@ -327,7 +313,7 @@ fn a_deduplicated_layer_promoted_into_a_raw_repository_is_kept_raw() {
     assert_eq!(policy_raw(&st), 2, "{st}");
     assert!(staged(&da) && staged(&db));
     assert!(s.stop());
-    assert_fsck_clean(root.path());
+    assert_fsck_clean(root.path(), "similarity");
 }
 
 /// A layer whose deduplication a minimum age defers, mounted meanwhile into a repository
@@ -368,5 +354,5 @@ fn a_deferred_layer_linked_into_a_raw_repository_is_kept_raw_as_pushed() {
     assert!(pull(&s, &c, "prod/app", &da) == a);
     assert!(pull(&s, &c, "ci/app", &da) == a);
     assert!(s.stop());
-    assert_fsck_clean(root.path());
+    assert_fsck_clean(root.path(), "similarity");
 }

@@ -156,16 +156,7 @@ impl Meta {
         t: &RoTxn<'_>,
         repo: &RepoName,
     ) -> Result<Vec<(Digest, ManifestLink)>> {
-        let prefix = key2(repo.as_str(), "");
-        let mut out = Vec::new();
-        for item in self.manifest_links.prefix_iter(t, &prefix)? {
-            let (k, v) = item?;
-            let d = utf8(&k[prefix.len()..])?
-                .parse()
-                .map_err(|_| RegistryError::Internal("corrupt manifest link key".into()))?;
-            out.push((d, dec("manifest link", v)?));
-        }
-        Ok(out)
+        self.links_of(&self.manifest_links, "manifest link", t, repo)
     }
 
     /// The blobs linked in `repo`.
@@ -174,14 +165,25 @@ impl Meta {
         t: &RoTxn<'_>,
         repo: &RepoName,
     ) -> Result<Vec<(Digest, LinkRecord)>> {
+        self.links_of(&self.blob_links, "blob link", t, repo)
+    }
+
+    /// The records of a link table (`repo \0 digest` keys) under `repo`.
+    fn links_of<T: DeserializeOwned>(
+        &self,
+        db: &Db,
+        what: &str,
+        t: &RoTxn<'_>,
+        repo: &RepoName,
+    ) -> Result<Vec<(Digest, T)>> {
         let prefix = key2(repo.as_str(), "");
         let mut out = Vec::new();
-        for item in self.blob_links.prefix_iter(t, &prefix)? {
+        for item in db.prefix_iter(t, &prefix)? {
             let (k, v) = item?;
             let d = utf8(&k[prefix.len()..])?
                 .parse()
-                .map_err(|_| RegistryError::Internal("corrupt blob link key".into()))?;
-            out.push((d, dec("blob link", v)?));
+                .map_err(|_| RegistryError::Internal(format!("corrupt {what} key")))?;
+            out.push((d, dec(what, v)?));
         }
         Ok(out)
     }

@@ -107,11 +107,7 @@ impl Registry {
         let t = self.inner.meta.read()?;
         for e in std::fs::read_dir(&dir)? {
             let path = e?.path();
-            let id = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| u64::from_str_radix(n, 16).ok());
-            let keep = match id {
+            let keep = match stowage_actors::engine::container::container_id(&path) {
                 Some(id) => self.inner.meta.container_known(&t, id)?,
                 None => true, // not ours: leave it for the operator
             };

@@ -677,11 +677,7 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
     };
     for e in std::fs::read_dir(&dir)? {
         let path = e?.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| u64::from_str_radix(n, 16).ok())
-        else {
+        let Some(id) = container::container_id(&path) else {
             continue;
         };
         if !known_now.contains(&id) {
@@ -695,24 +691,11 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
     // Staged files no blob record names (a crash between a batch's commit and its removals).
     let _staging = inner.staging_lock.lock().expect("staging lock");
     let t = m.read()?;
-    for alg in ["sha256", "sha512"] {
-        let sub = inner.cfg.root.join("staging").join(alg);
-        let Ok(rd) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        for e in rd {
-            let path = e?.path();
-            let Some(d) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| format!("{alg}:{n}").parse::<Digest>().ok())
-            else {
-                continue;
-            };
-            if m.blob(&t, &d)?.is_none() {
-                remove_if_present(&path)?;
-                out.orphans += 1;
-            }
+    for (path, d) in inner.store.staged_files()? {
+        let Some(d) = d else { continue };
+        if m.blob(&t, &d)?.is_none() {
+            remove_if_present(&path)?;
+            out.orphans += 1;
         }
     }
     Ok(out)

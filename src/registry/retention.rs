@@ -348,6 +348,19 @@ mod tests {
     const NOW: u64 = 1_000_000;
 
     #[test]
+    fn the_first_matching_policy_governs_and_unmatched_repositories_keep_everything() {
+        let ps = vec![
+            RetentionPolicy::parse("ci/release/*=keep-tags:.*").unwrap(),
+            RetentionPolicy::parse("ci/*=keep-last:1").unwrap(),
+        ];
+        let governing =
+            |r: &str| policy_for(&ps, &r.parse().unwrap()).map(|p| p.repositories.clone());
+        assert_eq!(governing("ci/release/app").as_deref(), Some("ci/release/*"));
+        assert_eq!(governing("ci/app").as_deref(), Some("ci/*"));
+        assert_eq!(governing("prod/app"), None);
+    }
+
+    #[test]
     fn every_keep_rule_and_their_union() {
         let tags = vec![
             tag("v1", 1, NOW - 500, 0),

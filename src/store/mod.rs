@@ -173,6 +173,27 @@ impl LocalStore {
         Ok(f)
     }
 
+    /// Every file under `staging/`, with the digest its name gives (None: not a digest).
+    pub fn staged_files(&self) -> io::Result<Vec<(PathBuf, Option<Digest>)>> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let dir = self.staging.join(alg.as_str());
+            let entries = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                r => r?,
+            };
+            for e in entries {
+                let path = e?.path();
+                let d = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| format!("{}:{n}", alg.as_str()).parse().ok());
+                out.push((path, d));
+            }
+        }
+        Ok(out)
+    }
+
     /// Upload files whose names are not in `known` (left by a crash between creating the file
     /// and committing its session, or by an expired session).
     pub fn orphan_uploads(&self, known: &[UploadId]) -> io::Result<Vec<PathBuf>> {

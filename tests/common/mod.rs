@@ -203,6 +203,27 @@ pub fn xorshift_text(x: &mut u64, n: usize, alphabet: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Run the offline command `stowage ARGS --root ROOT` to completion.
+pub fn stowage(args: &[&str], root: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .expect("run stowage")
+}
+
+/// `stowage fsck` exits 0 on `root`; `context` names the case in the failure message.
+pub fn assert_fsck_clean(root: &Path, context: &str) {
+    let out = stowage(&["fsck"], root);
+    assert!(
+        out.status.success(),
+        "{context}: fsck failed\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Wait (bounded, 120 s) until the dedup pipeline has processed every staged layer, so the
 /// next reads are served from the deduplicated form. Returns the last `/_stats`.
 pub fn wait_dedup_idle(stats_url: &str) -> serde_json::Value {

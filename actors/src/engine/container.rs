@@ -122,6 +122,14 @@ pub fn container_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}"))
 }
 
+/// The id a container file is named by ([`container_path`]'s inverse); None for other files.
+pub fn container_id(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    (name.len() == 16)
+        .then(|| u64::from_str_radix(name, 16).ok())
+        .flatten()
+}
+
 /// An open container being filled.
 pub struct ContainerWriter {
     id: u64,
