@@ -237,6 +237,7 @@ fn retention_and_collection_free_space_and_keep_the_rest_exact() {
     let dry = gc(&s, &c, "?dry_run=true");
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["retention"]["tags_deleted"], 3, "{dry}");
+    let would = dry["blobs_removed"].as_u64().unwrap();
     assert_eq!(tags(&s, &c, "ci/app").len(), 5);
     assert_eq!(stats(&s, &c)["chunks"], before["chunks"]);
 
@@ -246,6 +247,11 @@ fn retention_and_collection_free_space_and_keep_the_rest_exact() {
     assert_eq!(report["retention"]["manifests_deleted"], 4, "{report}");
     assert_eq!(report["chunk_phase"], "done");
     assert!(report["blobs_removed"].as_u64().unwrap() >= 4, "{report}");
+    assert_eq!(
+        report["blobs_removed"].as_u64().unwrap(),
+        would,
+        "the dry run counted what the pass removes: {dry}"
+    );
     assert!(report["chunks_removed"].as_u64().unwrap() > 0, "{report}");
     assert!(
         report["containers_removed"].as_u64().unwrap()

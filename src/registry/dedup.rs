@@ -538,11 +538,24 @@ impl Registry {
         let inner = self.inner.clone();
         let again = blocking(move || {
             let m = &inner.meta;
+            let found: Vec<_> = {
+                let t = m.read()?;
+                m.all_blobs(&t)?
+                    .into_iter()
+                    .filter(
+                        |(_, r)| matches!(&r.state, BlobState::Raw { reason } if transient(reason)),
+                    )
+                    .collect()
+            };
+            if found.is_empty() {
+                return Ok(found.into_iter().map(|(d, r)| (d, r.size)).collect());
+            }
             let mut w = m.write()?;
             let mut again = Vec::new();
-            for (d, rec) in m.all_blobs(&w)? {
-                if let BlobState::Raw { reason } = &rec.state {
-                    if transient(reason) {
+            for (d, _) in found {
+                // Checked again in the transaction: another pass may have queued it.
+                if let Some(rec) = m.blob(&w, &d)? {
+                    if matches!(&rec.state, BlobState::Raw { reason } if transient(reason)) {
                         m.set_blob_state(&mut w, &d, BlobState::Staged)?;
                         again.push((d, rec.size));
                     }

@@ -39,7 +39,7 @@ use stowage_actors::engine::container::{self, container_path, read_stored, split
 use stowage_actors::pipeline::failpoint;
 
 use super::retention::RetentionReport;
-use super::{blocking, manifest, Inner, Registry};
+use super::{manifest, Inner, Registry};
 use crate::error::{RegistryError, Result};
 use crate::meta::{now, DeadChunk, Meta};
 use crate::names::{Digest, RepoName};
@@ -229,13 +229,14 @@ impl Registry {
             ..Default::default()
         };
         let inner = self.inner.clone();
-        report.stored_bytes_before = blocking(move || Ok(inner.store.disk_usage()?)).await?;
+        report.stored_bytes_before = background(move || Ok(inner.store.disk_usage()?)).await?;
         progress("retention", 0, 1);
         report.retention = self.apply_retention(opts.dry_run).await?;
         // Everything older than this is past the grace period.
         let cutoff = now().saturating_sub(opts.delay.as_secs());
         let inner = self.inner.clone();
-        let swept = blocking(move || sweep_links(&inner, cutoff, opts.dry_run)).await?;
+        let planned = std::mem::take(&mut report.retention.planned);
+        let swept = background(move || sweep_links(&inner, cutoff, opts.dry_run, &planned)).await?;
         report.links_removed = swept.links;
         report.manifests_removed = swept.manifests;
         report.repositories_removed = swept.repos;
@@ -244,7 +245,7 @@ impl Registry {
         if opts.dry_run {
             let inner = self.inner.clone();
             let listed = doomed.clone();
-            let sizes = blocking(move || {
+            let sizes = background(move || {
                 let t = inner.meta.read()?;
                 let mut n = 0;
                 for d in &listed {
@@ -261,26 +262,20 @@ impl Registry {
             return Ok(report);
         }
         failpoint("gc-links-committed");
-        let inner = self.inner.clone();
-        let p = progress;
         let blobs = {
-            let inner2 = inner.clone();
             let total = doomed.len() as u64;
             progress("blobs", 0, total);
-            // The progress callback is not 'static: report per batch from here.
             let mut out = BlobSweep::default();
             let all: Arc<HashSet<String>> =
                 Arc::new(doomed.iter().map(|d| d.to_string()).collect());
             for (i, batch) in doomed.chunks(BLOB_BATCH).enumerate() {
-                let (inner3, deps, all) = (inner2.clone(), deps.clone(), all.clone());
+                let (inner, deps, all) = (self.inner.clone(), deps.clone(), all.clone());
                 let batch = batch.to_vec();
-                let r = blocking(move || sweep_blobs(&inner3, &batch, cutoff, &deps, &all)).await?;
+                let r =
+                    background(move || sweep_blobs(&inner, &batch, cutoff, &deps, &all)).await?;
                 out.add(&r);
-                p(
-                    "blobs",
-                    ((i + 1) * BLOB_BATCH).min(doomed.len()) as u64,
-                    total,
-                );
+                let done = ((i + 1) * BLOB_BATCH).min(doomed.len()) as u64;
+                progress("blobs", done, total);
             }
             out
         };
@@ -299,7 +294,7 @@ impl Registry {
                 let inner = self.inner.clone();
                 let compact_below = self.inner.cfg.gc_compact_below;
                 progress("chunks", 0, 1);
-                let r = blocking(move || {
+                let r = background(move || {
                     let _guard = guard;
                     sweep_chunks(&inner, cutoff, compact_below)
                 })
@@ -309,7 +304,7 @@ impl Registry {
                 report.containers_removed = r.containers_removed;
                 report.containers_compacted = r.containers_compacted;
                 report.container_bytes_freed = r.container_bytes;
-                report.orphan_files_removed = r.orphans + blobs.orphans;
+                report.orphan_files_removed = r.orphans;
                 report.chunk_phase = if r.compaction_failures == 0 {
                     "done".into()
                 } else {
@@ -322,7 +317,7 @@ impl Registry {
             }
         }
         let inner = self.inner.clone();
-        report.stored_bytes_after = blocking(move || Ok(inner.store.disk_usage()?)).await?;
+        report.stored_bytes_after = background(move || Ok(inner.store.disk_usage()?)).await?;
         report.seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             seconds = report.seconds,
@@ -343,7 +338,15 @@ impl Registry {
 /// them), unlinked manifests and empty repositories. Returns the links removed, the blobs no
 /// repository links any more that are past the grace period (patched layers first), and the
 /// manifests and repositories removed.
-fn sweep_links(inner: &Arc<Inner>, cutoff: u64, dry_run: bool) -> Result<LinkSweep> {
+///
+/// A dry run changes nothing; it treats the manifests retention would delete (`planned`) as
+/// gone, so that its report counts what the real pass would free.
+fn sweep_links(
+    inner: &Arc<Inner>,
+    cutoff: u64,
+    dry_run: bool,
+    planned: &HashSet<(RepoName, Digest)>,
+) -> Result<LinkSweep> {
     let m = &inner.meta;
     // Mark: what each repository's manifests reference.
     let mut candidates: Vec<(RepoName, Digest)> = Vec::new();
@@ -353,6 +356,9 @@ fn sweep_links(inner: &Arc<Inner>, cutoff: u64, dry_run: bool) -> Result<LinkSwe
             let mut referenced: HashSet<Digest> = HashSet::new();
             let mut unreadable = false;
             for (d, _) in m.manifest_links_of(&t, &repo)? {
+                if planned.contains(&(repo.clone(), d.clone())) {
+                    continue;
+                }
                 match m.manifest(&t, &d)? {
                     Some((rec, body)) => match manifest::parse(Some(&rec.media_type), &body) {
                         Ok(p) => referenced.extend(p.blobs),
@@ -415,7 +421,13 @@ fn sweep_links(inner: &Arc<Inner>, cutoff: u64, dry_run: bool) -> Result<LinkSwe
             removed += 1;
         }
     }
-    w.commit()?;
+    // An empty transaction is aborted, not committed: a commit costs an fsync. (Either way it
+    // ends here: a shadowed transaction would keep the writer lock.)
+    if removed > 0 {
+        w.commit()?;
+    } else {
+        w.abort();
+    }
     drop(touched);
     let mut w = m.write()?;
     let manifests = m.remove_unlinked_manifests(&mut w)?;
@@ -433,7 +445,11 @@ fn sweep_links(inner: &Arc<Inner>, cutoff: u64, dry_run: bool) -> Result<LinkSwe
     for d in &doomed {
         m.retire_reference(&mut w, d)?;
     }
-    w.commit()?;
+    if manifests + repos > 0 || !doomed.is_empty() {
+        w.commit()?;
+    } else {
+        w.abort();
+    }
     // Patched layers before the layers they are patched against.
     let dependent: HashSet<&String> = deps.values().flatten().collect();
     doomed.sort_by_key(|d| !dependent.contains(&d.to_string()));
@@ -463,7 +479,6 @@ struct BlobSweep {
     bytes: u64,
     recipes: u64,
     raw_bytes: u64,
-    orphans: u64,
 }
 
 impl BlobSweep {
@@ -472,7 +487,6 @@ impl BlobSweep {
         self.bytes += o.bytes;
         self.recipes += o.recipes;
         self.raw_bytes += o.raw_bytes;
-        self.orphans += o.orphans;
     }
 }
 
@@ -744,4 +758,22 @@ fn remove_chunks(
     }
     w.commit()?;
     Ok((next, n, bytes))
+}
+
+/// Run a step of a pass on a thread of its own at background priority (nice 10, like the
+/// deduplication pipeline), so that a pass takes the CPU pulls and pushes leave.
+async fn background<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("stowage-gc".into())
+        .spawn(move || {
+            stowage_actors::pipeline::background_priority();
+            let _ = tx.send(f());
+        })?;
+    rx.await
+        .map_err(|_| RegistryError::Internal("a garbage collection step panicked".into()))?
 }

@@ -26,6 +26,10 @@ pub struct RetentionReport {
     pub by_policy: BTreeMap<String, PolicyDeletions>,
     /// `repo:tag` and `repo@digest` of what went, the first [`LISTED`].
     pub deleted: Vec<String>,
+    /// In a dry run, every manifest that would go (for the rest of the pass to count what
+    /// it would free).
+    #[serde(skip)]
+    pub planned: HashSet<(RepoName, Digest)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -255,6 +259,9 @@ impl Registry {
                 if dry_run {
                     tags_done = plan.tags.iter().map(|(t, _)| t.clone()).collect();
                     manifests_done = plan.manifests.clone();
+                    report
+                        .planned
+                        .extend(plan.manifests.iter().map(|d| (repo.clone(), d.clone())));
                 } else {
                     let mut w = m.write()?;
                     for (tag, digest) in &plan.tags {
