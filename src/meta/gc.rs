@@ -581,6 +581,37 @@ impl Meta {
         Ok(moved)
     }
 
+    /// Drop from a container's feature block the entries of chunks no longer stored whole in
+    /// it (removed by a collection), so they are not loaded as bases after a restart. (The
+    /// in-memory index keeps them until then; a lookup through a removed chunk finds nothing.)
+    pub fn prune_feature_block(&self, w: &mut RwTxn<'_>, container: u64) -> Result<()> {
+        let key = container.to_be_bytes();
+        let Some(block) = self.container_features.get(w, &key)? else {
+            return Ok(());
+        };
+        let entries = features::decode_block(block)?;
+        let mut kept = Vec::with_capacity(entries.len());
+        for (k, prefix) in entries {
+            let live = match self.chunks.prefix_iter(w, &prefix)?.next() {
+                Some(item) => {
+                    let r = ChunkRecord::decode(item?.1)?;
+                    r.loc.container == container && r.loc.encoding.is_whole()
+                }
+                None => false,
+            };
+            if live {
+                kept.push((k, prefix));
+            }
+        }
+        if kept.is_empty() {
+            self.container_features.delete(w, &key)?;
+        } else {
+            self.container_features
+                .put(w, &key, &features::encode_block(&kept))?;
+        }
+        Ok(())
+    }
+
     /// Drop the records of a container no chunk lives in any more.
     pub fn forget_container(&self, w: &mut RwTxn<'_>, id: u64) -> Result<()> {
         self.containers.delete(w, &id.to_be_bytes())?;
@@ -767,6 +798,40 @@ mod tests {
         let t = m.read().unwrap();
         assert_eq!(m.similar(&t, &[5]).unwrap(), vec![Some(ids[0])]);
         assert_eq!(m.similar(&t, &[6, 6]).unwrap()[0], None);
+    }
+
+    #[test]
+    fn removed_chunks_leave_their_containers_feature_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Meta::open(dir.path(), 1 << 26).unwrap();
+        let ids: Vec<ChunkId> = (0u8..2).map(|i| ChunkId::of(&[i]).unwrap()).collect();
+        let sealed = SealedContainer {
+            id: 1,
+            entries: (0..2)
+                .map(|i| (ids[i], loc(1, 32 + 200 * i as u64, ChunkEncoding::Zstd)))
+                .collect(),
+            features: vec![(ids[0], vec![5, 6]), (ids[1], vec![7, 8])],
+            ..Default::default()
+        };
+        let mut w = m.write().unwrap();
+        m.add_container(&mut w, &sealed).unwrap();
+        m.remove_chunk(&mut w, &ids[1], None).unwrap();
+        m.prune_feature_block(&mut w, 1).unwrap();
+        w.commit().unwrap();
+        let t = m.read().unwrap();
+        let blocks: Vec<(u64, usize)> = m
+            .feature_blocks(&t)
+            .unwrap()
+            .into_iter()
+            .map(|(c, n)| (c, n.unwrap()))
+            .collect();
+        assert_eq!(blocks, vec![(1, 2)], "chunk 0's two super-features stay");
+        drop(t);
+        let mut w = m.write().unwrap();
+        m.remove_chunk(&mut w, &ids[0], None).unwrap();
+        m.prune_feature_block(&mut w, 1).unwrap();
+        w.commit().unwrap();
+        assert!(m.feature_blocks(&m.read().unwrap()).unwrap().is_empty());
     }
 
     #[test]

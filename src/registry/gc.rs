@@ -590,6 +590,7 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
     // dead: those are gathered for a second round (one level: invariant 5).
     let mut after: Option<ChunkId> = None;
     let mut bases_left: Vec<DeadChunk> = Vec::new();
+    let mut pruned: HashSet<u64> = HashSet::new();
     loop {
         let (dead, next_after) = {
             let t = m.read()?;
@@ -598,6 +599,11 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             })?
         };
         let (bases, n, bytes) = remove_chunks(m, &dir, &dead, &young)?;
+        pruned.extend(
+            dead.iter()
+                .filter(|c| c.loc.encoding.is_whole())
+                .map(|c| c.loc.container),
+        );
         out.chunks += n;
         out.chunk_bytes += bytes;
         bases_left.extend(bases);
@@ -611,11 +617,20 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         let mut next = Vec::new();
         for batch in dead.chunks(TXN_CHUNKS as usize) {
             let (bases, n, bytes) = remove_chunks(m, &dir, batch, &young)?;
+            pruned.extend(batch.iter().map(|c| c.loc.container));
             out.chunks += n;
             out.chunk_bytes += bytes;
             next.extend(bases);
         }
         dead = next;
+    }
+    // The feature blocks of the containers that lost chunks forget them.
+    if !pruned.is_empty() {
+        let mut w = m.write()?;
+        for c in &pruned {
+            m.prune_feature_block(&mut w, *c)?;
+        }
+        w.commit()?;
     }
     failpoint("gc-chunks-committed");
     // Containers: empty ones go, sparse ones are rewritten.
