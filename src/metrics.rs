@@ -53,6 +53,22 @@ impl Default for HttpMetrics {
     }
 }
 
+/// The `method` label of a request: the methods the API uses, anything else `other` (a
+/// client choosing the method must not create series at will).
+pub fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 fn gauge(r: &PromRegistry, name: &str, help: &str, v: i64) {
     let g = IntGauge::new(name, help).expect("valid metric");
     g.set(v);

@@ -494,3 +494,48 @@ fn restored_layer_cache_serves_repeat_pulls() {
         "{st}"
     );
 }
+
+/// A client that stops reading a large deduplicated layer holds the only restore thread; a
+/// small deduplicated blob (a config, say) is still served, exact, since small blobs are
+/// restored as they are asked for instead of queueing behind large ones.
+#[test]
+fn a_small_blob_is_served_while_a_stalled_reader_holds_the_restore_thread() {
+    use std::io::{Read, Write as _};
+    let s = Server::start_at(
+        &tempfile::tempdir().unwrap().keep(),
+        &["--dedup", "inline", "--restore-threads", "1"],
+    );
+    let c = Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let tar_of = |name: &str, data: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    };
+    let big = tar_of("big.bin", &common::pseudo_random(48 << 20, 5));
+    let small = tar_of("config.json", &common::pseudo_random(10_000, 6));
+    let (db, ds) = (push(&s, &c, "r", &big), push(&s, &c, "r", &small));
+    let st: Value = c.get(s.url("/_stats")).send().unwrap().json().unwrap();
+    assert_eq!(st["layers"]["deduplicated"], 2, "{}", st["layers"]);
+
+    // The stalled reader: asks for the large layer, reads the response head, then nothing.
+    let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(sock, "GET /v2/r/blobs/{db} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    sock.read_exact(&mut head).unwrap();
+    assert_eq!(
+        &head, b"HTTP/1.1 200",
+        "the large layer's restore has started"
+    );
+
+    let got = pull(&s, &c, "r", &ds);
+    assert!(got == small, "the small blob came back different");
+    drop(sock);
+    assert!(pull(&s, &c, "r", &db) == big);
+}

@@ -51,8 +51,30 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         .unwrap();
     assert!(got.as_ref() == &blob[..]);
 
+    // Once the pipeline is idle, no batch is counted in flight on any edge.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+        let busy: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("stowage_pipeline_queue_depth{") && !l.ends_with(" 0"))
+            .collect();
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue depth stays up when idle: {busy:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let r = c.post(s.url("/_gc")).send().unwrap();
     assert_eq!(r.status(), 200);
+    // Methods a client makes up share one label.
+    for m in ["FOO1", "FOO2"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        c.request(method, s.url("/v2/")).send().unwrap();
+    }
     let r = c.get(s.url("/metrics")).send().unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -70,6 +92,7 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         "stowage_pipeline_queue_depth{edge=\"chunk_similarity\"}",
         "stowage_policy_layers_total{effect=\"raw\",policy=\"hot/*\"} 0",
         "stowage_gc_passes_total 1",
+        "stowage_http_requests_total{method=\"other\",status=\"200\"} 2",
         "stowage_gc_reclaimed_objects_total{kind=\"chunks\"} 0",
         "stowage_gc_reclaimed_bytes_total{kind=\"containers\"} 0",
         "stowage_retention_deleted_total{kind=\"tags\",policy=\"ci/*\"} 0",

@@ -273,19 +273,36 @@ impl Bounded {
         }
     }
 
-    fn send(&mut self, b: Batch) {
+    fn send(&mut self, mut b: Batch) {
         while self.inflight.len() >= QUEUE_DEPTH {
             self.wait_one();
         }
         self.stats.queue_depth[self.edge].fetch_add(1, Ordering::Relaxed);
+        b.queued = Some(Queued {
+            stats: self.stats.clone(),
+            edge: self.edge,
+        });
         self.inflight.push_back(Box::pin(self.next.send(b)));
     }
 
     fn wait_one(&mut self) {
         if let Some(r) = self.inflight.pop_front() {
             let _ = futures_executor::block_on(r);
-            self.stats.queue_depth[self.edge].fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Counts a batch on its edge's `queue_depth` from its send until the next stage is done with
+/// it (dropped), so the gauge returns to 0 when the pipeline is idle, whether or not the
+/// sender ever collects the reply.
+struct Queued {
+    stats: Arc<StageStats>,
+    edge: usize,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.stats.queue_depth[self.edge].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -293,6 +310,8 @@ impl Bounded {
 pub struct Batch {
     job: Arc<JobCtx>,
     body: Body,
+    /// Set by the sender: keeps the batch counted while queued or handled.
+    queued: Option<Queued>,
 }
 
 impl Message for Batch {
@@ -374,6 +393,7 @@ impl SegSink<'_> {
             let items = std::mem::take(&mut self.batch);
             self.bytes = 0;
             self.next.send(Batch {
+                queued: None,
                 job: self.job.clone(),
                 body: Body::Segments(items),
             });
@@ -415,6 +435,7 @@ impl Handler<Dedup> for Extract {
         });
         let end = self.extract(&job);
         self.next.send(Batch {
+            queued: None,
             job,
             body: Body::EndOfLayer(end),
         });
@@ -527,6 +548,7 @@ impl Handler<Batch> for Chunk {
                     }
                 };
                 self.next.send(Batch {
+                    queued: None,
                     job: b.job,
                     body: Body::Finished(result),
                 });
@@ -549,6 +571,7 @@ impl Chunk {
             .chunks
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         self.next.send(Batch {
+            queued: None,
             job: job.clone(),
             body: Body::Chunks(chunks),
         });
@@ -626,7 +649,11 @@ impl Handler<Batch> for Similarity {
             }
             other => other,
         };
-        self.next.send(Batch { job: b.job, body });
+        self.next.send(Batch {
+            queued: None,
+            job: b.job,
+            body,
+        });
     }
 }
 
@@ -935,6 +962,7 @@ impl Handler<Batch> for Pack {
                         .map_err(|e| format!("sealing container: {e}")),
                 };
                 self.next.send(Batch {
+                    queued: None,
                     job: b.job,
                     body: Body::Finished(result),
                 });

@@ -64,11 +64,12 @@ where
         );
         let elapsed = start.elapsed();
         if let Some(h) = http {
+            let label = crate::metrics::method_label(&method);
             h.requests
-                .with_label_values(&[method.as_str(), res.status().as_str()])
+                .with_label_values(&[label, res.status().as_str()])
                 .inc();
             h.latency
-                .with_label_values(&[method.as_str()])
+                .with_label_values(&[label])
                 .observe(elapsed.as_secs_f64());
         }
         tracing::info!(

@@ -491,6 +491,9 @@ impl Registry {
                 RegistryError::Internal(format!("{d} is deduplicated but has no recipe"))
             })?
         };
+        if size <= SMALL_RESTORE {
+            return self.restore_small(d, size, recipe, range).await;
+        }
         let restore = self
             .inner
             .restore
@@ -589,6 +592,62 @@ impl Registry {
         .await
         .unwrap_or_default();
         self.decide(&repos)
+    }
+}
+
+/// Deduplicated blobs up to this size (configs, small layers) are restored on the blocking
+/// pool as they are asked for, never queued behind the Restore actor's large layers.
+pub const SMALL_RESTORE: u64 = 256 * 1024;
+
+impl Registry {
+    /// Restore a small blob whole in memory, check its digest, then serve it (or its range).
+    /// A mismatch fails the request before any byte is sent (invariant 1).
+    async fn restore_small(
+        &self,
+        d: &Digest,
+        size: u64,
+        recipe: Recipe,
+        range: Option<(u64, u64)>,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
+        let inner = self.inner.clone();
+        let d2 = d.clone();
+        let bytes = blocking(move || {
+            let reader = stowage_actors::restore::ChunkReader::new(
+                Arc::new(MetaCatalog(inner.meta.clone())),
+                inner.cfg.root.join("containers"),
+            );
+            let mut out = Vec::with_capacity(size as usize);
+            let stats = &inner.restore_stats;
+            let restored = stowage_actors::restore::restore_layer(&recipe, &reader, &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            });
+            use std::sync::atomic::Ordering::Relaxed;
+            if let Err(e) = restored {
+                stats.failures.fetch_add(1, Relaxed);
+                return Err(RegistryError::Internal(format!("restoring {d2}: {e}")));
+            }
+            let got = Digest::of(d2.algorithm(), &out);
+            if got != d2 {
+                stats.mismatches.fetch_add(1, Relaxed);
+                tracing::error!(digest = %d2, restored = %got, "restored blob does not match its digest; request failed");
+                return Err(RegistryError::Internal(format!(
+                    "restored bytes of {d2} do not match the digest"
+                )));
+            }
+            stats.layers.fetch_add(1, Relaxed);
+            Ok(Bytes::from(out))
+        })
+        .await?;
+        let body = match range {
+            Some((start, len)) => bytes.slice(start as usize..(start + len) as usize),
+            None => bytes,
+        };
+        self.inner
+            .restore_stats
+            .bytes
+            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(futures_util::stream::once(async move { Ok(body) }).boxed())
     }
 }
 
