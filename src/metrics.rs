@@ -33,10 +33,11 @@ impl Default for HttpMetrics {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "stowage_http_request_duration_seconds",
-                "HTTP request latency until the response head",
+                "HTTP request time until the last byte of the response (or the client left), by \
+                 method and route (blob, manifest, upload, other)",
             )
             .buckets(vec![0.001, 0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 60.0]),
-            &["method"],
+            &["method", "route"],
         )
         .expect("valid metric");
         registry
@@ -66,6 +67,22 @@ pub fn method_label(m: &actix_web::http::Method) -> &'static str {
         Method::DELETE => "DELETE",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
+    }
+}
+
+/// The `route` label of a request: what it is for, from its path.
+pub fn route_label(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return "other";
+    };
+    if rest.contains("/blobs/uploads") {
+        "upload"
+    } else if rest.contains("/blobs/") {
+        "blob"
+    } else if rest.contains("/manifests/") {
+        "manifest"
+    } else {
+        "other"
     }
 }
 

@@ -92,6 +92,7 @@ fn metrics_pass_promtool_and_count_the_pipeline() {
         "stowage_pipeline_queue_depth{edge=\"chunk_similarity\"}",
         "stowage_policy_layers_total{effect=\"raw\",policy=\"hot/*\"} 0",
         "stowage_gc_passes_total 1",
+        "stowage_http_request_duration_seconds_count{method=\"GET\",route=\"blob\"} 1",
         "stowage_http_requests_total{method=\"other\",status=\"200\"} 2",
         "stowage_gc_reclaimed_objects_total{kind=\"chunks\"} 0",
         "stowage_gc_reclaimed_bytes_total{kind=\"containers\"} 0",
@@ -156,4 +157,42 @@ fn metric_names(expr: &str) -> Vec<String> {
         rest = &tail[end..];
     }
     out
+}
+
+/// Request latency is measured to the last byte: a client that takes its time reading a blob
+/// is recorded as slow, not at the moment the response head went out.
+#[test]
+fn a_slow_reader_is_timed_to_the_last_byte() {
+    use std::io::{Read, Write as _};
+    let s = Server::start_at(&tempfile::tempdir().unwrap().keep(), &["--dedup", "off"]);
+    let c = reqwest::blocking::Client::new();
+    // Far more than the loopback socket buffers hold.
+    let blob = common::pseudo_random(64 << 20, 9);
+    let d = common::push_blob(&s, &c, "slow", &blob);
+    let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        sock,
+        "GET /v2/slow/blobs/{d} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // The reader dawdles before taking the body.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut got = Vec::new();
+    sock.read_to_end(&mut got).unwrap();
+    assert!(got.len() > blob.len(), "the whole response arrived");
+    let text = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    let sum: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "stowage_http_request_duration_seconds_sum{method=\"GET\",route=\"blob\"} ",
+            )
+        })
+        .expect("a blob GET was timed")
+        .parse()
+        .unwrap();
+    assert!(
+        sum >= 1.4,
+        "recorded {sum} s for a response the client took 1.5 s to read"
+    );
 }

@@ -37,17 +37,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_layers/{digest}/files", web::get().to(layer_files));
 }
 
-/// Add the API version header to every response and log each request.
+/// Add the API version header to every response; count, time and log each request. A
+/// request is timed to the last byte of its response (or until the client went away), so a
+/// pull's blob GETs count what the client waited, not the response head.
 pub fn middleware<S, B>(
     req: actix_web::dev::ServiceRequest,
     srv: &S,
-) -> impl std::future::Future<Output = std::result::Result<ServiceResponse<B>, actix_web::Error>>
+) -> impl std::future::Future<
+    Output = std::result::Result<ServiceResponse<TimedBody<B>>, actix_web::Error>,
+>
 where
     S: Service<
         actix_web::dev::ServiceRequest,
         Response = ServiceResponse<B>,
         Error = actix_web::Error,
     >,
+    B: actix_web::body::MessageBody,
 {
     let start = Instant::now();
     let method = req.method().clone();
@@ -62,24 +67,82 @@ where
             header::HeaderName::from_static("docker-distribution-api-version"),
             header::HeaderValue::from_static(API_VERSION.1),
         );
-        let elapsed = start.elapsed();
-        if let Some(h) = http {
-            let label = crate::metrics::method_label(&method);
+        let status = res.status();
+        let label = crate::metrics::method_label(&method);
+        if let Some(h) = &http {
             h.requests
-                .with_label_values(&[label, res.status().as_str()])
+                .with_label_values(&[label, status.as_str()])
                 .inc();
-            h.latency
-                .with_label_values(&[label])
-                .observe(elapsed.as_secs_f64());
+        }
+        let done = Done {
+            start,
+            latency: http.map(|h| {
+                h.latency
+                    .with_label_values(&[label, crate::metrics::route_label(&path)])
+            }),
+            method,
+            path,
+            status: status.as_u16(),
+        };
+        Ok(res.map_body(|_, body| TimedBody {
+            inner: body,
+            done: Some(done),
+        }))
+    }
+}
+
+/// What is recorded when a response ends.
+struct Done {
+    start: Instant,
+    latency: Option<prometheus::Histogram>,
+    method: actix_web::http::Method,
+    path: String,
+    status: u16,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        if let Some(h) = &self.latency {
+            h.observe(elapsed.as_secs_f64());
         }
         tracing::info!(
-            %method,
-            %path,
-            status = res.status().as_u16(),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
             ms = elapsed.as_millis() as u64,
             "request"
         );
-        Ok(res)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its request when its last byte is sent, or when it is
+    /// dropped unfinished (the client went away).
+    pub struct TimedBody<B> {
+        #[pin]
+        inner: B,
+        done: Option<Done>,
+    }
+}
+
+impl<B: actix_web::body::MessageBody> actix_web::body::MessageBody for TimedBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<bytes::Bytes, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_next(cx);
+        if let std::task::Poll::Ready(None) = r {
+            this.done.take();
+        }
+        r
     }
 }
 
