@@ -551,7 +551,7 @@ impl Registry {
                     .collect()
             };
             if found.is_empty() {
-                return Ok(found.into_iter().map(|(d, r)| (d, r.size)).collect());
+                return Ok(Vec::new());
             }
             let mut w = m.write()?;
             let mut again = Vec::new();

@@ -200,10 +200,11 @@ impl Registry {
                     stats.totals.lock().expect("gc totals lock").add(r);
                     // Space given back: layers that could not be packed for want of it are
                     // tried again.
-                    let low = super::disk_space(&self.inner.cfg.root)
-                        .map_or(true, |(free, total)| {
-                            (free as f64) < super::LOW_SPACE_FRACTION * total as f64
-                        });
+                    let low = self
+                        .inner
+                        .store
+                        .disk_space()
+                        .map_or(true, |(free, total)| super::low_space(free, total));
                     if !low {
                         if let Err(e) = self.retry_transient_raw().await {
                             tracing::error!(error = %e, "queueing layers kept raw for want of space failed");
@@ -638,23 +639,29 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         let t = m.read()?;
         (m.all_containers(&t)?, m.live_per_container(&t)?)
     };
-    let mut sparse = Vec::new();
+    let (mut empty, mut sparse) = (Vec::new(), Vec::new());
     for (id, rec) in &records {
         if young.contains(id) {
             continue;
         }
-        let path = container_path(&dir, *id);
-        let file_len = std::fs::metadata(&path).map_or(0, |md| md.len());
+        let file_len = std::fs::metadata(container_path(&dir, *id)).map_or(0, |md| md.len());
         let (n, bytes) = live.get(id).copied().unwrap_or((0, 0));
         if n == 0 {
-            let mut w = m.write()?;
-            m.forget_container(&mut w, *id)?;
-            w.commit()?;
-            remove_if_present(&path)?;
-            out.containers_removed += 1;
-            out.container_bytes += file_len;
+            empty.push((*id, file_len));
         } else if rec.bytes > 0 && (bytes as f64) < compact_below * rec.bytes as f64 {
             sparse.push((*id, file_len));
+        }
+    }
+    if !empty.is_empty() {
+        let mut w = m.write()?;
+        for (id, _) in &empty {
+            m.forget_container(&mut w, *id)?;
+        }
+        w.commit()?;
+        for (id, file_len) in &empty {
+            remove_if_present(&container_path(&dir, *id))?;
+            out.containers_removed += 1;
+            out.container_bytes += file_len;
         }
     }
     for (old, old_len) in sparse {
@@ -667,11 +674,12 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         // A record is copied when the index still places its chunk in this container (a
         // container may also hold copies the index never pointed at).
         let t = m.read()?;
-        let keep = |id: &ChunkId| {
-            m.chunk(&t, id)
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.loc.container == old)
+        // A record that cannot be read is copied: the repointing then fails on it too, and
+        // the old file stays.
+        let keep = |id: &ChunkId| match m.chunk(&t, id) {
+            Ok(Some(r)) => r.loc.container == old,
+            Ok(None) => false,
+            Err(_) => true,
         };
         let rewritten = container::rewrite(&container_path(&dir, old), &dir, new, &keep);
         drop(t);

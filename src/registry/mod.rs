@@ -145,18 +145,9 @@ pub struct DiskStats {
 /// Below this fraction of free space, `/_stats` `disk.low_space` and its metric warn.
 pub const LOW_SPACE_FRACTION: f64 = 0.05;
 
-/// Free and total bytes of the file system holding `p`.
-pub fn disk_space(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path with a NUL byte"))?;
-    // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+/// Whether `free` of `total` bytes is low (see [`LOW_SPACE_FRACTION`]).
+pub fn low_space(free: u64, total: u64) -> bool {
+    (free as f64) < LOW_SPACE_FRACTION * total as f64
 }
 
 #[derive(Serialize)]
@@ -627,7 +618,7 @@ impl Registry {
             }
             drop(t);
             let stored = inner.store.disk_usage()?;
-            let (free, total) = disk_space(&inner.cfg.root)?;
+            let (free, total) = inner.store.disk_space()?;
             let g = &inner.gc_stats;
             let gc = {
                 use std::sync::atomic::Ordering::Relaxed;
@@ -686,7 +677,7 @@ impl Registry {
                 disk: DiskStats {
                     free_bytes: free,
                     total_bytes: total,
-                    low_space: (free as f64) < LOW_SPACE_FRACTION * total as f64,
+                    low_space: low_space(free, total),
                 },
                 dedup_ratio: if stored == 0 {
                     0.0

@@ -212,6 +212,20 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// Free and total bytes of the file system holding the root.
+    pub fn disk_space(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("path with a NUL byte"))?;
+        // SAFETY: statvfs fills the struct it is given; the path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let frsize = st.f_frsize as u64;
+        Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    }
+
     /// Bytes the whole root occupies (apparent sizes, as `du -sb` counts them). Files removed
     /// or renamed while it walks (uploads committed, containers compacted) are skipped.
     pub fn disk_usage(&self) -> io::Result<u64> {
