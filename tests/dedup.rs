@@ -465,13 +465,18 @@ fn corrupted_bytes_abort_the_response() {
 #[test]
 fn restored_layer_cache_serves_repeat_pulls() {
     let root = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let blobs: Vec<Vec<u8>> = (70..73).map(|v| gzip(&layer(v, 5), 6)).collect();
+    // Pushed without a hot tier: nothing is kept.
+    let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let ds: Vec<String> = blobs.iter().map(|b| push(&s, &c, "hot/app", b)).collect();
+    assert_eq!(stats(&s, &c)["restore"]["cache_bytes"], 0);
+    assert!(s.stop());
     let s = Server::start_at(
         root.path(),
         &["--dedup", "inline", "--restore-cache-bytes", "4000000"],
     );
-    let c = Client::new();
-    let blobs: Vec<Vec<u8>> = (70..73).map(|v| gzip(&layer(v, 5), 6)).collect();
-    let ds: Vec<String> = blobs.iter().map(|b| push(&s, &c, "hot/app", b)).collect();
+    // A cold layer is restored, and kept for the next pull.
     assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
     assert_eq!(stats(&s, &c)["restore"]["cache_hits"], 0);
     assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
@@ -493,6 +498,48 @@ fn restored_layer_cache_serves_repeat_pulls() {
         st["restore"]["cache_bytes"].as_u64().unwrap() <= 4_000_000,
         "{st}"
     );
+}
+
+/// With a hot tier, a layer just deduplicated keeps its pushed bytes (verified redundant)
+/// there: the pull that follows the push is a file read, not a restore; a collection that
+/// removes the layer removes its hot copy too.
+#[test]
+fn a_just_pushed_layer_stays_hot_until_collected() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(
+        root.path(),
+        &[
+            "--dedup",
+            "inline",
+            "--hot-bytes",
+            "8000000",
+            "--gc-interval",
+            "0",
+            "--gc-delay",
+            "0s",
+        ],
+    );
+    let c = Client::new();
+    let blob = gzip(&layer(80, 5), 6);
+    let d = push(&s, &c, "ci/app", &blob);
+    let st = stats(&s, &c);
+    assert_eq!(st["layers"]["deduplicated"], 1, "{}", st["layers"]);
+    assert_eq!(st["restore"]["cache_bytes"], blob.len(), "{st}");
+    assert!(pull(&s, &c, "ci/app", &d) == blob);
+    let st = stats(&s, &c);
+    assert_eq!(st["restore"]["cache_hits"], 1, "{st}");
+    assert_eq!(st["restore"]["layers"], 0, "no restore ran: {st}");
+    // Unlinked and collected: the hot copy goes with the chunks.
+    let r = c
+        .delete(s.url(&format!("/v2/ci/app/blobs/{d}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let report: Value = c.post(s.url("/_gc")).send().unwrap().json().unwrap();
+    assert_eq!(report["blobs_removed"], 1, "{report}");
+    assert_eq!(report["raw_bytes_freed"], blob.len(), "{report}");
+    assert_eq!(stats(&s, &c)["restore"]["cache_bytes"], 0);
 }
 
 /// A client that stops reading a large deduplicated layer holds the only restore thread; a

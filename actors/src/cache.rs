@@ -1,5 +1,6 @@
-//! A bounded cache of restored layers, `<root>/cache/<algorithm>/<hex>`: the exact bytes of
-//! deduplicated layers that were pulled whole, so that the next pull of a hot layer is a file
+//! A bounded cache of layers' exact bytes, `<root>/cache/<algorithm>/<hex>` (the hot tier):
+//! deduplicated layers that were pulled whole, and layers just deduplicated whose pushed bytes
+//! are kept (CI pulls what it just pushed), so that the next pull of a hot layer is a file
 //! read instead of a restore. Its files are plain layer bytes (their digest is their checksum;
 //! whoever serves them re-hashes them on the way out), written to a temporary name, fsynced and
 //! renamed into place only after the restore matched the digest. Least recently used entries
@@ -14,13 +15,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::digest::{Algorithm, Digest};
 
+#[derive(Debug)]
 pub struct LayerCache {
     dir: PathBuf,
     budget: u64,
     state: Mutex<State>,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct State {
     /// size and last use (a counter) of each cached layer
     entries: HashMap<Digest, (u64, u64)>,
@@ -111,6 +113,27 @@ impl LayerCache {
             }
         }
         Ok(())
+    }
+
+    /// Keep the file at `path` (a pushed layer just deduplicated and verified, durable already)
+    /// as `d`'s hot copy when it fits, evicting the least recently used; false when it does not
+    /// fit (the caller removes it). Renamed, not copied: `path` must be on the cache's file
+    /// system.
+    pub fn adopt(&self, d: &Digest, path: &std::path::Path) -> io::Result<bool> {
+        let size = fs::metadata(path)?.len();
+        if self.budget == 0 || size > self.budget / 2 {
+            return Ok(false);
+        }
+        self.evict(size)?;
+        fs::rename(path, self.path(d))?;
+        let mut st = self.state.lock().expect("cache lock");
+        st.clock += 1;
+        let now = st.clock;
+        if let Some((old, _)) = st.entries.insert(d.clone(), (size, now)) {
+            st.total -= old;
+        }
+        st.total += size;
+        Ok(true)
     }
 
     /// Drop the cached copy of `d` (its blob was garbage-collected). Returns the bytes freed.

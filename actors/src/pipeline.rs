@@ -83,6 +83,8 @@ pub struct PipelineConfig {
     pub container_target: u64,
     pub zstd_level: i32,
     pub similarity: SimilarityConfig,
+    /// Where a verified layer's pushed bytes go instead of being removed, when they fit.
+    pub hot: Option<Arc<crate::cache::LayerCache>>,
 }
 
 /// Near-duplicate detection and its selective policies.
@@ -1049,8 +1051,18 @@ impl Commit {
                 "committing the recipe failed".to_string()
             })?;
         failpoint("recipe-committed-before-discard");
-        if let Err(e) = std::fs::remove_file(&job.path) {
-            tracing::warn!(path = %job.path.display(), error = %e, "could not remove raw blob");
+        // The pushed bytes, verified redundant now, stay hot when the budget allows.
+        let kept = match &self.cfg.hot {
+            Some(hot) => hot.adopt(&job.digest, &job.path).unwrap_or_else(|e| {
+                tracing::warn!(digest = %job.digest, error = %e, "could not keep a layer hot");
+                false
+            }),
+            None => false,
+        };
+        if !kept {
+            if let Err(e) = std::fs::remove_file(&job.path) {
+                tracing::warn!(path = %job.path.display(), error = %e, "could not remove raw blob");
+            }
         }
         Ok(Outcome::Deduplicated {
             encoding: recipe.encoding.label(),

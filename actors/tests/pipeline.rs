@@ -122,6 +122,7 @@ fn config(containers: &Path) -> PipelineConfig {
         container_target: 1 << 20,
         zstd_level: 3,
         similarity: Default::default(),
+        hot: None,
     }
 }
 

@@ -70,8 +70,10 @@ pub struct ServeArgs {
     /// Threads restoring deduplicated layers for pulls [default: 2].
     #[arg(long, env = "STOWAGE_RESTORE_THREADS")]
     pub restore_threads: Option<usize>,
-    /// Bytes of restored layers kept for the next pulls (0: no cache) [default: 0].
-    #[arg(long, env = "STOWAGE_RESTORE_CACHE_BYTES")]
+    /// The hot tier: bytes of layers kept exact for the next pulls, as file reads: layers
+    /// just deduplicated keep their pushed bytes, and restored layers pulled whole are kept;
+    /// least recently used go first (0: none) [default: 0]. Also `--hot-bytes`.
+    #[arg(long, alias = "hot-bytes", env = "STOWAGE_RESTORE_CACHE_BYTES")]
     pub restore_cache_bytes: Option<u64>,
     /// Near-duplicate detection: store new chunks as zstd deltas against similar ones
     /// [default: true].

@@ -256,6 +256,10 @@ impl Registry {
         std::fs::create_dir_all(&containers)?;
         let catalog: Arc<dyn stowage_actors::pipeline::Catalog> =
             Arc::new(dedup::MetaCatalog(meta.clone()));
+        let layer_cache = stowage_actors::cache::LayerCache::open(
+            cfg.root.join("cache"),
+            cfg.restore_cache_bytes,
+        )?;
         let (pipeline, restore, restore_stats) = if actors {
             let p = Pipeline::start(
                 catalog.clone(),
@@ -265,6 +269,7 @@ impl Registry {
                     container_target: cfg.container_size,
                     zstd_level: cfg.chunk_zstd_level,
                     similarity: cfg.similarity.clone(),
+                    hot: Some(layer_cache.clone()),
                 },
             )?;
             let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers);
@@ -272,10 +277,6 @@ impl Registry {
         } else {
             (None, None, Default::default())
         };
-        let layer_cache = stowage_actors::cache::LayerCache::open(
-            cfg.root.join("cache"),
-            cfg.restore_cache_bytes,
-        )?;
         let reg = Registry {
             inner: Arc::new(Inner {
                 layer_cache,
