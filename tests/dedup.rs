@@ -556,17 +556,8 @@ fn a_small_blob_is_served_while_a_stalled_reader_holds_the_restore_thread() {
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .unwrap();
-    let tar_of = |name: &str, data: &[u8]| {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, data).unwrap();
-        b.into_inner().unwrap()
-    };
-    let big = tar_of("big.bin", &common::pseudo_random(48 << 20, 5));
-    let small = tar_of("config.json", &common::pseudo_random(10_000, 6));
+    let big = common::tar_of("big.bin", &common::pseudo_random(48 << 20, 5));
+    let small = common::tar_of("config.json", &common::pseudo_random(10_000, 6));
     let (db, ds) = (push(&s, &c, "r", &big), push(&s, &c, "r", &small));
     let st: Value = c.get(s.url("/_stats")).send().unwrap().json().unwrap();
     assert_eq!(st["layers"]["deduplicated"], 2, "{}", st["layers"]);

@@ -175,6 +175,17 @@ pub fn push_blob(s: &Server, c: &reqwest::blocking::Client, repo: &str, data: &[
     d
 }
 
+/// An uncompressed tar layer holding one regular file.
+pub fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).expect("tar entry");
+    b.into_inner().expect("tar")
+}
+
 /// `n` deterministic pseudo-random bytes (xorshift), different per seed.
 pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
