@@ -49,6 +49,8 @@ pub enum RegistryError {
     Unsupported(String),
     #[error("the registry is out of space ({0}); the request is refused and nothing acknowledged was lost: retry once space is freed")]
     StorageFull(String),
+    #[error("too many requests: {0}; retry shortly")]
+    TooManyRequests(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,6 +75,7 @@ impl RegistryError {
             Unsupported(_) | NotFound(_) => "UNSUPPORTED",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             StorageFull(_) => "DENIED",
+            TooManyRequests(_) => "TOOMANYREQUESTS",
             Internal(_) => "UNKNOWN",
         }
     }
@@ -94,6 +97,7 @@ impl RegistryError {
             RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -231,6 +231,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
+    // Restored layers whose announced pulls never came.
+    let spool_pruner = {
+        let reg = reg.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(stowage_actors::flight::LINGER / 2);
+            loop {
+                tick.tick().await;
+                reg.prune_flights();
+            }
+        })
+    };
+
     // Pull times by tag, written in batches.
     let pull_times = {
         let reg = reg.clone();
@@ -284,6 +296,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // `shutdown_timeout` seconds to finish.
     server.run().await?;
     sweeper.abort();
+    spool_pruner.abort();
     let _ = sweeper.await;
     pull_times.abort();
     if let Some(c) = collector {

@@ -426,6 +426,64 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         "Restores that failed (response aborted)",
         stats.restore.failures,
     );
+    counter(
+        &r,
+        "stowage_restore_started_total",
+        "Whole-layer restores started (each shared by every concurrent pull of its layer)",
+        stats.restore.started,
+    );
+    counter(
+        &r,
+        "stowage_restore_joined_total",
+        "Pulls that joined a restore of their layer already under way",
+        stats.restore.joined,
+    );
+    counter(
+        &r,
+        "stowage_restore_announced_total",
+        "Restores started by a manifest GET before the layer was asked for",
+        stats.restore.announced,
+    );
+    counter(
+        &r,
+        "stowage_restore_abandoned_total",
+        "Restores stopped early because nobody read them any more",
+        stats.restore.abandoned,
+    );
+    counter(
+        &r,
+        "stowage_restore_paused_total",
+        "Times a restore ahead of its readers yielded its thread to a waiting one",
+        stats.restore.paused,
+    );
+    {
+        let g = prometheus::CounterVec::new(
+            prometheus::Opts::new(
+                "stowage_restore_stage_seconds_total",
+                "Busy time of restores by stage: read (container files), decode (zstd and \
+                 deltas), wait (re-encoder waiting for chunks), encode (exact re-encoding), \
+                 hash, send (spool or client)",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric");
+        for (stage, secs) in &stats.restore.stage_seconds {
+            g.with_label_values(&[*stage]).inc_by(*secs);
+        }
+        r.register(Box::new(g)).expect("register");
+    }
+    gauge(
+        &r,
+        "stowage_hot_bytes",
+        "Bytes of exact layer copies in the hot tier (part of stowage_stored_bytes)",
+        stats.bytes.hot as i64,
+    );
+    gauge(
+        &r,
+        "stowage_spool_bytes",
+        "Bytes of restore spool files (temporary; part of stowage_stored_bytes)",
+        stats.bytes.spool as i64,
+    );
 
     gc_metrics(&r, stats);
 

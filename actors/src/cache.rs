@@ -1,19 +1,23 @@
 //! A bounded cache of layers' exact bytes, `<root>/cache/<algorithm>/<hex>` (the hot tier):
-//! deduplicated layers that were pulled whole, and layers just deduplicated whose pushed bytes
-//! are kept (CI pulls what it just pushed), so that the next pull of a hot layer is a file
-//! read instead of a restore. Its files are plain layer bytes (their digest is their checksum;
-//! whoever serves them re-hashes them on the way out), written to a temporary name, fsynced and
-//! renamed into place only after the restore matched the digest. Least recently used entries
+//! deduplicated layers pulled more than once (admission counts recent pulls, see
+//! [`LayerCache::note_pull`]), and layers just deduplicated whose pushed bytes are kept (CI
+//! pulls what it just pushed), so that the next pull of a hot layer is a file read instead of
+//! a restore. Its files are plain layer bytes (their digest is their checksum; whoever serves
+//! them re-hashes them on the way out): a restore's verified spool file, fsynced and renamed
+//! into place only after the restore matched the digest. Least recently used entries
 //! go first when the configured size would be exceeded; a size of 0 disables the cache. Every
 //! byte here counts in the store's `bytes.stored`.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs;
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::digest::{Algorithm, Digest};
+
+/// Layers whose pulls the admission filter remembers.
+pub const PULL_MEMORY: usize = 65536;
 
 #[derive(Debug)]
 pub struct LayerCache {
@@ -26,6 +30,8 @@ pub struct LayerCache {
 struct State {
     /// size and last use (a counter) of each cached layer
     entries: HashMap<Digest, (u64, u64)>,
+    /// Recent pulls of layers not (yet) hot: admission needs a second pull.
+    pulls: HashMap<Digest, u32>,
     total: u64,
     clock: u64,
 }
@@ -75,24 +81,26 @@ impl LayerCache {
         Some(self.path(d))
     }
 
-    /// A writer for `d` of `size` bytes, when it can fit at all.
-    pub fn writer(self: &Arc<Self>, d: &Digest, size: u64) -> Option<CacheWriter> {
-        if self.budget == 0 || size > self.budget / 2 {
-            return None;
+    /// Count a pull of `d` that the hot tier did not serve; returns its recent pulls, this one
+    /// included. The counts are an admission filter, kept for at most [`PULL_MEMORY`] layers
+    /// (halved when full, so old one-off pulls fade).
+    pub fn note_pull(&self, d: &Digest) -> u32 {
+        let mut st = self.state.lock().expect("cache lock");
+        if st.pulls.len() >= PULL_MEMORY && !st.pulls.contains_key(d) {
+            st.pulls.retain(|_, n| {
+                *n /= 2;
+                *n > 0
+            });
         }
-        let tmp = self.dir.join(d.algorithm().as_str()).join(format!(
-            "{}.tmp-{}",
-            d.hex(),
-            std::process::id()
-        ));
-        let file = File::create(&tmp).ok()?;
-        Some(CacheWriter {
-            cache: self.clone(),
-            digest: d.clone(),
-            tmp,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
-            written: 0,
-        })
+        let n = st.pulls.entry(d.clone()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Whether a restored layer of `size` bytes pulled `pulls` times is to be kept hot:
+    /// pulled more than once, and small enough for the budget.
+    pub fn admits(&self, size: u64, pulls: u32) -> bool {
+        pulls >= 2 && self.budget > 0 && size <= self.budget / 2
     }
 
     /// Remove least recently used entries until `incoming` more bytes fit.
@@ -127,6 +135,7 @@ impl LayerCache {
         self.evict(size)?;
         fs::rename(path, self.path(d))?;
         let mut st = self.state.lock().expect("cache lock");
+        st.pulls.remove(d);
         st.clock += 1;
         let now = st.clock;
         if let Some((old, _)) = st.entries.insert(d.clone(), (size, now)) {
@@ -155,90 +164,62 @@ impl LayerCache {
     }
 }
 
-/// Writes one restored layer into the cache; only [`CacheWriter::commit`] makes it visible.
-/// Dropped without commit, it removes its temporary file.
-pub struct CacheWriter {
-    cache: Arc<LayerCache>,
-    digest: Digest,
-    tmp: PathBuf,
-    out: Option<BufWriter<File>>,
-    written: u64,
-}
-
-impl CacheWriter {
-    pub fn write(&mut self, b: &[u8]) {
-        if let Some(o) = self.out.as_mut() {
-            if o.write_all(b).is_err() {
-                self.out = None;
-            } else {
-                self.written += b.len() as u64;
-            }
-        }
-    }
-
-    /// The layer matched its digest: make it durable and visible, evicting as needed.
-    pub fn commit(mut self) -> io::Result<()> {
-        let Some(out) = self.out.take() else {
-            return Err(io::Error::other("cache write failed earlier"));
-        };
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        self.cache.evict(self.written)?;
-        let dest = self.cache.path(&self.digest);
-        fs::rename(&self.tmp, &dest)?;
-        let mut st = self.cache.state.lock().expect("cache lock");
-        st.clock += 1;
-        let now = st.clock;
-        if let Some((old, _)) = st.entries.insert(self.digest.clone(), (self.written, now)) {
-            st.total -= old;
-        }
-        st.total += self.written;
-        Ok(())
-    }
-}
-
-impl Drop for CacheWriter {
-    fn drop(&mut self) {
-        if self.tmp.exists() {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn put(c: &LayerCache, dir: &std::path::Path, d: &Digest, bytes: &[u8]) -> bool {
+        let p = dir.join("incoming");
+        fs::write(&p, bytes).unwrap();
+        let kept = c.adopt(d, &p).unwrap();
+        let _ = fs::remove_file(&p);
+        kept
+    }
+
     #[test]
     fn bounded_lru_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let c = LayerCache::open(dir.path().to_path_buf(), 1000).unwrap();
+        let c = LayerCache::open(dir.path().join("cache"), 1000).unwrap();
         let ds: Vec<Digest> = (0..4u8).map(|i| Digest::sha256_of(&[i])).collect();
         for d in &ds[..2] {
-            let mut w = c.writer(d, 400).unwrap();
-            w.write(&[1u8; 400]);
-            w.commit().unwrap();
+            assert!(put(&c, dir.path(), d, &[1u8; 400]));
         }
         assert!(c.lookup(&ds[0]).is_some()); // ds[1] is now the least recently used
-        let mut w = c.writer(&ds[2], 400).unwrap();
-        w.write(&[2u8; 400]);
-        w.commit().unwrap();
+        assert!(put(&c, dir.path(), &ds[2], &[2u8; 400]));
         assert!(c.lookup(&ds[1]).is_none(), "LRU evicted");
         assert!(c.lookup(&ds[0]).is_some() && c.lookup(&ds[2]).is_some());
         assert!(c.bytes() <= 1000);
-        // An abandoned write leaves nothing.
-        let mut w = c.writer(&ds[3], 100).unwrap();
-        w.write(b"partial");
-        drop(w);
-        assert!(c.lookup(&ds[3]).is_none());
-        let c2 = LayerCache::open(dir.path().to_path_buf(), 1000).unwrap();
+        let c2 = LayerCache::open(dir.path().join("cache"), 1000).unwrap();
         assert_eq!(c2.bytes(), 800);
         assert!(
-            c2.writer(&ds[3], 600).is_none(),
+            !put(&c2, dir.path(), &ds[3], &[3u8; 600]),
             "larger than half the budget"
         );
-        let off = LayerCache::open(dir.path().to_path_buf(), 0).unwrap();
+        let off = LayerCache::open(dir.path().join("cache"), 0).unwrap();
         assert_eq!(off.bytes(), 0);
-        assert_eq!(fs::read_dir(dir.path().join("sha256")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("cache/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn admission_needs_a_second_pull_and_a_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LayerCache::open(dir.path().join("cache"), 1000).unwrap();
+        let d = Digest::sha256_of(b"layer");
+        let first = c.note_pull(&d);
+        assert!(!c.admits(100, first), "pulled once");
+        assert!(c.admits(100, c.note_pull(&d)), "pulled twice");
+        assert!(!c.admits(600, 2), "larger than half the budget");
+        let off = LayerCache::open(dir.path().join("off"), 0).unwrap();
+        assert!(!off.admits(1, 5));
+        // The memory of pulls is bounded: old one-off pulls fade when it is full.
+        for i in 0..PULL_MEMORY as u32 + 10 {
+            c.note_pull(&Digest::sha256_of(&i.to_le_bytes()));
+        }
+        assert!(c.state.lock().unwrap().pulls.len() <= PULL_MEMORY);
     }
 }

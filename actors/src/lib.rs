@@ -6,5 +6,6 @@
 pub mod cache;
 pub mod digest;
 pub mod engine;
+pub mod flight;
 pub mod pipeline;
 pub mod restore;

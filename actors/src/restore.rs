@@ -8,8 +8,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::path::Path;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use crate::engine::chunk::ChunkId;
 use crate::engine::container::{
@@ -17,6 +20,7 @@ use crate::engine::container::{
 };
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore, Recipe};
+use crate::flight::{Flight, Flights, AHEAD};
 use crate::pipeline::Catalog;
 
 /// Chunks read ahead of the re-encoder.
@@ -81,16 +85,32 @@ impl ChunkReader {
 
     /// The raw bytes of `id`, through `session`'s cache; a delta is decoded against its base.
     pub fn read(&self, id: &ChunkId, session: &mut ReadSession) -> io::Result<Vec<u8>> {
+        self.read_timed(id, session, None)
+    }
+
+    /// [`ChunkReader::read`], adding the time spent reading and decoding to `times`.
+    pub fn read_timed(
+        &self,
+        id: &ChunkId,
+        session: &mut ReadSession,
+        times: Option<&StageTimes>,
+    ) -> io::Result<Vec<u8>> {
         if let Some(hit) = session.cache.get(id) {
             return Ok(hit);
         }
+        let t = Instant::now();
         let (loc, stored) = self.record(id, &mut session.files)?;
+        let first_read_ns = elapsed_ns(t);
+        let mut base_read_ns = 0;
+        let t = Instant::now();
         let raw = if loc.encoding == ChunkEncoding::Delta {
             let (base_id, delta) = split_delta(&stored)?;
             let base = match session.cache.get(&base_id) {
                 Some(b) => b,
                 None => {
+                    let tr = Instant::now();
                     let (bloc, bstored) = self.record(&base_id, &mut session.files)?;
+                    base_read_ns = elapsed_ns(tr);
                     if !bloc.encoding.is_whole() {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -106,6 +126,12 @@ impl ChunkReader {
         } else {
             decode_chunk(loc.encoding, &stored, loc.raw_len)?
         };
+        if let Some(times) = times {
+            // A base's read happens inside the decode span: counted as a read only.
+            let decode_ns = elapsed_ns(t).saturating_sub(base_read_ns);
+            times.read.fetch_add(first_read_ns + base_read_ns, Relaxed);
+            times.decode.fetch_add(decode_ns, Relaxed);
+        }
         session.cache.put(*id, &raw);
         Ok(raw)
     }
@@ -180,19 +206,68 @@ impl ChunkCache {
     }
 }
 
+/// Where a restore's time went, in nanoseconds, summed over restores.
+#[derive(Default, Debug)]
+pub struct StageTimes {
+    /// Reading stored chunks from container files.
+    pub read: AtomicU64,
+    /// Decompressing chunks and decoding deltas.
+    pub decode: AtomicU64,
+    /// The re-encoder waiting for chunks (reads and decodes not keeping up).
+    pub wait: AtomicU64,
+    /// Interleaving chunks along the tar framing and re-encoding them exactly.
+    pub encode: AtomicU64,
+    /// Hashing the restored bytes against the digest.
+    pub hash: AtomicU64,
+    /// Handing bytes on: writing the spool file, or sending to the client.
+    pub send: AtomicU64,
+}
+
+impl StageTimes {
+    /// (stage name, seconds) for metrics.
+    pub fn seconds(&self) -> [(&'static str, f64); 6] {
+        let s = |a: &AtomicU64| a.load(Relaxed) as f64 / 1e9;
+        [
+            ("read", s(&self.read)),
+            ("decode", s(&self.decode)),
+            ("wait", s(&self.wait)),
+            ("encode", s(&self.encode)),
+            ("hash", s(&self.hash)),
+            ("send", s(&self.send)),
+        ]
+    }
+}
+
+fn elapsed_ns(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}
+
 /// Rebuild the layer described by `recipe`, handing its exact bytes to `out` in order.
 pub fn restore_layer(
     recipe: &Recipe,
     reader: &ChunkReader,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
+    restore_layer_timed(recipe, reader, &StageTimes::default(), out)
+}
+
+/// [`restore_layer`], adding the time spent reading, decoding, waiting for chunks and
+/// re-encoding to `times` (the caller times what `out` does; the re-encode is what remains).
+pub fn restore_layer_timed(
+    recipe: &Recipe,
+    reader: &ChunkReader,
+    times: &StageTimes,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let order = recipe.read_order();
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PREFETCH);
-    std::thread::scope(|s| {
+    let started = Instant::now();
+    let (mut waited, mut outside) = (0u64, 0u64);
+    let r = std::thread::scope(|s| {
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
             for (id, _) in order {
-                let r = reader.read(&id, &mut session);
+                let r = reader.read_timed(&id, &mut session, Some(times));
                 let stop = r.is_err();
                 if tx.send(r).is_err() || stop {
                     break;
@@ -202,48 +277,193 @@ pub fn restore_layer(
         // Own the receiver here: it must be dropped before the scope joins the reader, so a
         // reader blocked on a full channel wakes up when the restore stops early.
         let rx = rx;
-        let mut it = rx.iter();
-        restore(recipe, &mut it, out)
-    })
+        let mut it = std::iter::from_fn(|| {
+            let t = Instant::now();
+            let next = rx.recv().ok();
+            waited += elapsed_ns(t);
+            next
+        });
+        restore(recipe, &mut it, &mut |b| {
+            let t = Instant::now();
+            let r = out(b);
+            outside += elapsed_ns(t);
+            r
+        })
+    });
+    times.wait.fetch_add(waited, Relaxed);
+    times.encode.fetch_add(
+        elapsed_ns(started).saturating_sub(waited + outside),
+        Relaxed,
+    );
+    r
 }
 
-/// Serves deduplicated layers: each request restores one layer (or a byte range of it) on one
-/// of the actor's threads and streams it into `tx` in pieces of about 256 KiB. The digest is
-/// recomputed on the fly whenever the whole layer is produced; on mismatch the stream ends
-/// with an error instead of its last bytes, so the response is aborted, never completed with
-/// wrong bytes. Mailbox: requests queue until a thread is free (each holds a bounded channel of
-/// [`RESTORE_CHANNEL`] pieces towards its client). A failed restore ends its stream with an
-/// error and leaves the actor serving.
+/// Restore threads allowed to run at once (`--restore-threads`): a restore takes a permit to
+/// run and gives it back when it ends or pauses. Restores starting (or serving readers that
+/// keep up) come first; one that paused ahead of its readers gets a permit back only when
+/// none of those waits.
+#[derive(Debug, Default)]
+pub struct Permits {
+    state: Mutex<PermitState>,
+    freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PermitState {
+    free: usize,
+    waiting: usize,
+    waiting_low: usize,
+}
+
+impl Permits {
+    pub fn new(n: usize) -> Permits {
+        Permits {
+            state: Mutex::new(PermitState {
+                free: n.max(1),
+                ..Default::default()
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Take a permit (first in line).
+    pub fn acquire(&self) {
+        let mut g = self.state.lock().expect("permits lock");
+        g.waiting += 1;
+        while g.free == 0 {
+            g = self.freed.wait(g).expect("permits lock");
+        }
+        g.free -= 1;
+        g.waiting -= 1;
+    }
+
+    /// Take a permit once no [`Permits::acquire`] waits.
+    pub fn acquire_low(&self) {
+        let mut g = self.state.lock().expect("permits lock");
+        g.waiting_low += 1;
+        while g.free == 0 || g.waiting > 0 {
+            g = self.freed.wait(g).expect("permits lock");
+        }
+        g.free -= 1;
+        g.waiting_low -= 1;
+    }
+
+    pub fn release(&self) {
+        self.state.lock().expect("permits lock").free += 1;
+        self.freed.notify_all();
+    }
+
+    /// Some restore waits for a permit, first in line.
+    pub fn contended(&self) -> bool {
+        self.state.lock().expect("permits lock").waiting > 0
+    }
+}
+
+/// Serves deduplicated layers. A whole-layer restore runs on a thread of its own and writes
+/// into its [`Flight`]'s spool file at the re-encoder's pace, whoever reads it
+/// (`crate::flight`); a direct restore (when the disk has no room for a spool) runs on one of
+/// the actor's threads and streams into a bounded channel of [`RESTORE_CHANNEL`] pieces of
+/// about 256 KiB towards one client, and may serve a byte range. Either way at most
+/// `--restore-threads` restores run at once ([`Permits`]); one running ahead of its readers
+/// yields while others wait. The digest is recomputed on the fly whenever the whole layer is
+/// produced; on mismatch readers get an error instead of the last bytes, so a response is
+/// aborted, never completed with wrong bytes.
+///
+/// Mailbox: unbounded, in arrival order, but what it holds is bounded by the registry: at
+/// most [`crate::flight::MAX_FLIGHTS`] flights exist (concurrent pulls of one layer share
+/// one), announced restores are capped, and direct restores are one per request. A failed
+/// restore fails its readers and leaves the actor serving; a flight nobody reads, expects or
+/// wants any more stops early, and a paused one whose readers took nothing for
+/// [`crate::flight::IDLE`] is given up.
 pub struct Restore {
     reader: ChunkReader,
     stats: Arc<RestoreStats>,
+    permits: Arc<Permits>,
 }
 
-/// Pieces buffered between a restore thread and the HTTP response.
+/// Pieces buffered between a direct restore and the HTTP response.
 pub const RESTORE_CHANNEL: usize = 8;
 
 #[derive(Default, Debug)]
 pub struct RestoreStats {
-    pub layers: std::sync::atomic::AtomicU64,
-    pub bytes: std::sync::atomic::AtomicU64,
-    pub mismatches: std::sync::atomic::AtomicU64,
-    pub failures: std::sync::atomic::AtomicU64,
-    /// Pulls served from the cache of restored layers.
-    pub cache_hits: std::sync::atomic::AtomicU64,
+    /// Layers restored whole and verified.
+    pub layers: AtomicU64,
+    pub bytes: AtomicU64,
+    pub mismatches: AtomicU64,
+    pub failures: AtomicU64,
+    /// Pulls served from the hot tier.
+    pub cache_hits: AtomicU64,
+    /// Restores stopped because nobody read them any more.
+    pub abandoned: AtomicU64,
+    /// Restores started by a manifest GET before their blob GETs.
+    pub announced: AtomicU64,
+    /// Times a restore ahead of its readers yielded its thread to a waiting one.
+    pub paused: AtomicU64,
+    pub times: StageTimes,
 }
 
 impl actix::Actor for Restore {
     type Context = actix::SyncContext<Self>;
 }
 
+/// Where a restore's bytes go.
+pub enum Target {
+    /// The flight's spool file (the whole layer).
+    Spool(SpoolJob),
+    /// One client, the whole layer or the range (first byte, length).
+    Direct {
+        range: Option<(u64, u64)>,
+        tx: tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+    },
+}
+
+/// Keeps a verified spool file (the hot tier renames it); answers whether it did.
+pub type Adopt = Box<dyn FnOnce(&Path) -> bool + Send>;
+
+/// A flight to restore. Dropped unfinished (the actor stopped before a thread took it, or the
+/// restore panicked), it fails the flight, so its readers never wait for a restore that will
+/// not run.
+pub struct SpoolJob {
+    flight: Arc<Flight>,
+    flights: Arc<Flights>,
+    /// May keep the verified file (the hot tier renames it); answers whether it did.
+    adopt: Option<Adopt>,
+}
+
+impl SpoolJob {
+    pub fn new(
+        flight: Arc<Flight>,
+        flights: Arc<Flights>,
+        adopt: Adopt,
+    ) -> SpoolJob {
+        SpoolJob {
+            flight,
+            flights,
+            adopt: Some(adopt),
+        }
+    }
+
+    fn finish(mut self, r: Result<(), String>) {
+        let adopt = self.adopt.take().expect("finished once");
+        self.flights.finish(&self.flight, r, adopt);
+    }
+}
+
+impl Drop for SpoolJob {
+    fn drop(&mut self) {
+        if self.adopt.is_some() {
+            self.flights
+                .finish(&self.flight, Err("the restore did not run".into()), |_| {
+                    false
+                });
+        }
+    }
+}
+
 pub struct RestoreLayer {
     pub recipe: Arc<Recipe>,
     pub digest: crate::digest::Digest,
-    /// First byte and length to send; `None` for the whole layer.
-    pub range: Option<(u64, u64)>,
-    pub tx: tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
-    /// Where to keep a copy of a whole layer once it matched its digest.
-    pub cache: Option<crate::cache::CacheWriter>,
+    pub target: Target,
 }
 
 impl actix::Message for RestoreLayer {
@@ -259,35 +479,119 @@ impl Restore {
         let stats = Arc::new(RestoreStats::default());
         let s = stats.clone();
         let reader = ChunkReader::new(catalog, containers);
+        let permits = Arc::new(Permits::new(threads));
+        // The actor's threads only hand spooled restores to threads of their own (which
+        // run under the permits) and run direct ones (under the permits too).
         let addr = actix::SyncArbiter::start(threads.max(1), move || Restore {
             reader: reader.clone(),
             stats: s.clone(),
+            permits: permits.clone(),
         });
         (addr, stats)
     }
-}
 
-impl actix::Handler<RestoreLayer> for Restore {
-    type Result = ();
+    /// Restore into the flight's spool file, publishing progress after each piece. While
+    /// other restores wait for a permit, one more than [`AHEAD`] bytes ahead of its fastest
+    /// reader yields its permit until they catch up (or gives up after [`IDLE`] without a
+    /// read), so slow clients cost their own pace, not everyone's.
+    fn spool(
+        &self,
+        recipe: &Recipe,
+        digest: &crate::digest::Digest,
+        flight: &Flight,
+    ) -> Result<(), String> {
+        if flight.abandoned() {
+            self.stats.abandoned.fetch_add(1, Relaxed);
+            return Err("nobody reads it any more".into());
+        }
+        let times = &self.stats.times;
+        let permits = &self.permits;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(flight.path())
+            .map_err(|e| format!("opening the spool: {e}"))?;
+        let mut w = io::BufWriter::with_capacity(crate::flight::PIECE, file);
+        let mut hasher = digest.algorithm().hasher();
+        let mut written = 0u64;
+        let r = restore_layer_timed(recipe, &self.reader, times, &mut |b| {
+            let t = Instant::now();
+            hasher.update(b);
+            times.hash.fetch_add(elapsed_ns(t), Relaxed);
+            let t = Instant::now();
+            io::Write::write_all(&mut w, b)?;
+            io::Write::flush(&mut w)?;
+            times.send.fetch_add(elapsed_ns(t), Relaxed);
+            written += b.len() as u64;
+            flight.publish(crate::flight::Progress::Written(written));
+            if written > flight.read_upto() + AHEAD && permits.contended() {
+                self.stats.paused.fetch_add(1, Relaxed);
+                permits.release();
+                let go_on = flight.wait_for_readers(written - AHEAD / 2, || !permits.contended());
+                permits.acquire_low();
+                if !go_on {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "its readers took nothing for too long",
+                    ));
+                }
+            }
+            if flight.abandoned() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "abandoned"));
+            }
+            Ok(())
+        });
+        self.stats.bytes.fetch_add(written, Relaxed);
+        match r {
+            Ok(()) => {
+                let got = hasher.finish();
+                if &got == digest {
+                    self.stats.layers.fetch_add(1, Relaxed);
+                    Ok(())
+                } else {
+                    self.stats.mismatches.fetch_add(1, Relaxed);
+                    tracing::error!(%digest, restored = %got, "restored layer does not match its digest; responses aborted");
+                    Err("restored bytes do not match the digest".into())
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.stats.abandoned.fetch_add(1, Relaxed);
+                Err("nobody reads it any more".into())
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                self.stats.abandoned.fetch_add(1, Relaxed);
+                tracing::warn!(%digest, "restore given up: {e}");
+                Err(format!("restore given up: {e}"))
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Relaxed);
+                tracing::error!(%digest, error = %e, "restore failed; responses aborted");
+                Err(format!("restore failed: {e}"))
+            }
+        }
+    }
 
-    fn handle(&mut self, mut m: RestoreLayer, _: &mut actix::SyncContext<Self>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut cache = m.cache.take();
-        let total = m.recipe.as_ref();
-        let (start, len) = m.range.unwrap_or((0, u64::MAX));
+    /// Restore straight to one client (whole or a range).
+    fn direct(
+        &self,
+        recipe: &Recipe,
+        digest: &crate::digest::Digest,
+        range: Option<(u64, u64)>,
+        tx: &tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+    ) {
+        let times = &self.stats.times;
+        let (start, len) = range.unwrap_or((0, u64::MAX));
         let end = start.saturating_add(len);
-        let mut hasher = m.digest.algorithm().hasher();
+        let mut hasher = digest.algorithm().hasher();
         let mut pos = 0u64;
         let mut sent = 0u64;
         // The last piece of a whole layer is held back until its digest is checked, so that a
         // mismatch can end the response short of its Content-Length.
         let mut held: Option<bytes::Bytes> = None;
-        let whole = m.range.is_none();
-        let r = restore_layer(total, &self.reader, &mut |b| {
+        let whole = range.is_none();
+        let r = restore_layer_timed(recipe, &self.reader, times, &mut |b| {
+            let t = Instant::now();
             hasher.update(b);
-            if let Some(c) = cache.as_mut() {
-                c.write(b);
-            }
+            times.hash.fetch_add(elapsed_ns(t), Relaxed);
             let (bs, be) = (pos, pos + b.len() as u64);
             pos = be;
             let (s, e) = (bs.max(start), be.min(end));
@@ -301,10 +605,12 @@ impl actix::Handler<RestoreLayer> for Restore {
                     }
                 }
                 sent += piece.len() as u64;
-                m.tx.blocking_send(Ok(piece))
+                let t = Instant::now();
+                tx.blocking_send(Ok(piece))
                     .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
+                times.send.fetch_add(elapsed_ns(t), Relaxed);
             }
-            if m.range.is_some() && pos >= end {
+            if range.is_some() && pos >= end {
                 // A partial range: stop once it is served.
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "range served"));
             }
@@ -313,22 +619,17 @@ impl actix::Handler<RestoreLayer> for Restore {
         self.stats.bytes.fetch_add(sent, Relaxed);
         match r {
             Ok(()) => {
-                self.stats.layers.fetch_add(1, Relaxed);
                 let got = hasher.finish();
-                if got == m.digest {
+                if &got == digest {
+                    self.stats.layers.fetch_add(1, Relaxed);
                     if let Some(last) = held.take() {
                         self.stats.bytes.fetch_add(last.len() as u64, Relaxed);
-                        let _ = m.tx.blocking_send(Ok(last));
-                    }
-                    if let Some(c) = cache.take() {
-                        if let Err(e) = c.commit() {
-                            tracing::warn!(digest = %m.digest, error = %e, "could not cache the restored layer");
-                        }
+                        let _ = tx.blocking_send(Ok(last));
                     }
                 } else {
                     self.stats.mismatches.fetch_add(1, Relaxed);
-                    tracing::error!(digest = %m.digest, restored = %got, "restored layer does not match its digest; response aborted");
-                    let _ = m.tx.blocking_send(Err(io::Error::new(
+                    tracing::error!(%digest, restored = %got, "restored layer does not match its digest; response aborted");
+                    let _ = tx.blocking_send(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "restored bytes do not match the digest",
                     )));
@@ -338,8 +639,43 @@ impl actix::Handler<RestoreLayer> for Restore {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
             Err(e) => {
                 self.stats.failures.fetch_add(1, Relaxed);
-                tracing::error!(digest = %m.digest, error = %e, "restore failed; response aborted");
-                let _ = m.tx.blocking_send(Err(e));
+                tracing::error!(%digest, error = %e, "restore failed; response aborted");
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    }
+}
+
+impl actix::Handler<RestoreLayer> for Restore {
+    type Result = ();
+
+    fn handle(&mut self, m: RestoreLayer, _: &mut actix::SyncContext<Self>) {
+        match m.target {
+            Target::Spool(job) => {
+                // Its own thread: it may pause, and a paused restore must not hold one of
+                // the actor's threads. At most `MAX_FLIGHTS` exist at a time.
+                let me = Restore {
+                    reader: self.reader.clone(),
+                    stats: self.stats.clone(),
+                    permits: self.permits.clone(),
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("restore".into())
+                    .spawn(move || {
+                        me.permits.acquire();
+                        let r = me.spool(&m.recipe, &m.digest, &job.flight);
+                        me.permits.release();
+                        job.finish(r);
+                    });
+                if let Err(e) = spawned {
+                    // The job was dropped with the closure: its flight failed.
+                    tracing::error!(error = %e, "could not start a restore thread");
+                }
+            }
+            Target::Direct { range, tx } => {
+                self.permits.acquire();
+                self.direct(&m.recipe, &m.digest, range, &tx);
+                self.permits.release();
             }
         }
     }
@@ -348,6 +684,40 @@ impl actix::Handler<RestoreLayer> for Restore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paused_restores_wait_behind_new_ones() {
+        let p = Arc::new(Permits::new(1));
+        p.acquire();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let low = {
+            let (p, order) = (p.clone(), order.clone());
+            std::thread::spawn(move || {
+                p.acquire_low();
+                order.lock().unwrap().push("low");
+                p.release();
+            })
+        };
+        // Wait (by its state, not by time) until the low one is queued.
+        while p.state.lock().unwrap().waiting_low == 0 {
+            std::thread::yield_now();
+        }
+        let high = {
+            let (p, order) = (p.clone(), order.clone());
+            std::thread::spawn(move || {
+                p.acquire();
+                order.lock().unwrap().push("high");
+                p.release();
+            })
+        };
+        while !p.contended() {
+            std::thread::yield_now();
+        }
+        p.release();
+        high.join().unwrap();
+        low.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["high", "low"]);
+    }
 
     #[test]
     fn chunk_cache_is_bounded_and_evicts_oldest() {

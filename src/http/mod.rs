@@ -526,6 +526,7 @@ fn get_manifest(
     if req.method() == Method::HEAD {
         return Ok(b.body(HeadBody(m.body.len() as u64)));
     }
+    reg.announce_pulls(repo, &m.media_type, &m.body);
     Ok(b.body(m.body))
 }
 

@@ -15,9 +15,6 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures_util::stream::{BoxStream, StreamExt};
-
 use std::time::Duration;
 use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::ChunkLoc;
@@ -25,7 +22,6 @@ use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::tar::FileEntry;
 
 use stowage_actors::pipeline::{Catalog, LayerPolicy, Outcome, SealedContainer};
-use stowage_actors::restore::RestoreLayer;
 
 use super::blocking;
 use super::Registry;
@@ -454,68 +450,6 @@ impl Registry {
         });
         Ok(n)
     }
-
-    /// Stream a deduplicated blob (or a range of it) from its recipe.
-    pub(super) async fn restore_stream(
-        &self,
-        d: &Digest,
-        size: u64,
-        range: Option<(u64, u64)>,
-    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
-        if let Some(path) = self.inner.layer_cache.lookup(d) {
-            let (start, len) = range.unwrap_or((0, size));
-            let opened = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-                let mut f = std::fs::File::open(path)?;
-                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
-                Ok(f)
-            })
-            .await
-            .map_err(|e| RegistryError::Internal(e.to_string()))?;
-            if let Ok(f) = opened {
-                self.inner
-                    .restore_stats
-                    .cache_hits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(super::file_stream(
-                    f,
-                    len,
-                    d,
-                    range,
-                    &self.inner.restore_stats,
-                ));
-            }
-        }
-        let recipe = {
-            let t = self.inner.meta.read()?;
-            self.inner.meta.recipe(&t, d)?.ok_or_else(|| {
-                RegistryError::Internal(format!("{d} is deduplicated but has no recipe"))
-            })?
-        };
-        if size <= SMALL_RESTORE {
-            return self.restore_small(d, size, recipe, range).await;
-        }
-        let restore = self
-            .inner
-            .restore
-            .as_ref()
-            .ok_or_else(|| RegistryError::Internal("restore actor not running".into()))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(stowage_actors::restore::RESTORE_CHANNEL);
-        let cache = match range {
-            None => self.inner.layer_cache.writer(d, size),
-            Some(_) => None,
-        };
-        restore.do_send(RestoreLayer {
-            recipe: Arc::new(recipe),
-            digest: d.clone(),
-            range,
-            tx,
-            cache,
-        });
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .boxed())
-    }
 }
 
 /// Whether a layer was kept raw for a passing condition (the disk or the metadata map was
@@ -592,62 +526,6 @@ impl Registry {
         .await
         .unwrap_or_default();
         self.decide(&repos)
-    }
-}
-
-/// Deduplicated blobs up to this size (configs, small layers) are restored on the blocking
-/// pool as they are asked for, never queued behind the Restore actor's large layers.
-pub const SMALL_RESTORE: u64 = 256 * 1024;
-
-impl Registry {
-    /// Restore a small blob whole in memory, check its digest, then serve it (or its range).
-    /// A mismatch fails the request before any byte is sent (invariant 1).
-    async fn restore_small(
-        &self,
-        d: &Digest,
-        size: u64,
-        recipe: Recipe,
-        range: Option<(u64, u64)>,
-    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
-        let inner = self.inner.clone();
-        let d2 = d.clone();
-        let bytes = blocking(move || {
-            let reader = stowage_actors::restore::ChunkReader::new(
-                Arc::new(MetaCatalog(inner.meta.clone())),
-                inner.cfg.root.join("containers"),
-            );
-            let mut out = Vec::with_capacity(size as usize);
-            let stats = &inner.restore_stats;
-            let restored = stowage_actors::restore::restore_layer(&recipe, &reader, &mut |b| {
-                out.extend_from_slice(b);
-                Ok(())
-            });
-            use std::sync::atomic::Ordering::Relaxed;
-            if let Err(e) = restored {
-                stats.failures.fetch_add(1, Relaxed);
-                return Err(RegistryError::Internal(format!("restoring {d2}: {e}")));
-            }
-            let got = Digest::of(d2.algorithm(), &out);
-            if got != d2 {
-                stats.mismatches.fetch_add(1, Relaxed);
-                tracing::error!(digest = %d2, restored = %got, "restored blob does not match its digest; request failed");
-                return Err(RegistryError::Internal(format!(
-                    "restored bytes of {d2} do not match the digest"
-                )));
-            }
-            stats.layers.fetch_add(1, Relaxed);
-            Ok(Bytes::from(out))
-        })
-        .await?;
-        let body = match range {
-            Some((start, len)) => bytes.slice(start as usize..(start + len) as usize),
-            None => bytes,
-        };
-        self.inner
-            .restore_stats
-            .bytes
-            .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(futures_util::stream::once(async move { Ok(body) }).boxed())
     }
 }
 

@@ -7,6 +7,7 @@
 pub(crate) mod dedup;
 pub mod gc;
 pub mod manifest;
+mod restore;
 pub(crate) mod retention;
 mod upload;
 
@@ -34,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) restore: Option<actix::Addr<Restore>>,
     pub(crate) restore_stats: Arc<RestoreStats>,
     pub(crate) layer_cache: Arc<stowage_actors::cache::LayerCache>,
+    /// Restores under way, shared by concurrent pulls (`restore`).
+    pub(crate) flights: Arc<stowage_actors::flight::Flights>,
     /// Raw copies being restored for `raw` repositories, at most two at a time (each holds a
     /// restore's chunk cache and re-encoder).
     pub(crate) raw_copies: tokio::sync::Semaphore,
@@ -204,6 +207,16 @@ pub struct RestoreCounts {
     pub cache_hits: u64,
     /// Bytes in the cache of restored layers (part of `bytes.stored`).
     pub cache_bytes: u64,
+    /// Restores started (whole layers, spooled), pulls that joined one already under way,
+    /// restores started by a manifest GET, and restores stopped because nobody read them.
+    pub started: u64,
+    pub joined: u64,
+    pub announced: u64,
+    pub abandoned: u64,
+    /// Times a restore ahead of its readers yielded its thread to one waiting.
+    pub paused: u64,
+    /// Busy time by stage, in seconds (read, decode, wait, encode, hash, send).
+    pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
 }
 
 #[derive(Serialize)]
@@ -226,6 +239,10 @@ pub struct ByteStats {
     pub logical: u64,
     /// Bytes the store occupies on disk, metadata included.
     pub stored: u64,
+    /// Of `stored`: exact copies of layers in the hot tier.
+    pub hot: u64,
+    /// Of `stored`: spool files of restores under way (temporary).
+    pub spool: u64,
 }
 
 #[derive(Serialize)]
@@ -260,6 +277,7 @@ impl Registry {
             cfg.root.join("cache"),
             cfg.restore_cache_bytes,
         )?;
+        let flights = stowage_actors::flight::Flights::open(cfg.root.join("cache").join("spool"))?;
         let (pipeline, restore, restore_stats) = if actors {
             let p = Pipeline::start(
                 catalog.clone(),
@@ -280,6 +298,7 @@ impl Registry {
         let reg = Registry {
             inner: Arc::new(Inner {
                 layer_cache,
+                flights,
                 cfg,
                 meta,
                 store,
@@ -649,6 +668,8 @@ impl Registry {
                 bytes: ByteStats {
                     logical: counts.logical_bytes,
                     stored,
+                    hot: inner.layer_cache.bytes(),
+                    spool: inner.flights.spool_bytes(),
                 },
                 layers,
                 chunks: ChunkStats {
@@ -695,6 +716,12 @@ impl Registry {
                         failures: r.failures.load(Relaxed),
                         cache_hits: r.cache_hits.load(Relaxed),
                         cache_bytes: inner.layer_cache.bytes(),
+                        started: inner.flights.started.load(Relaxed),
+                        joined: inner.flights.joins.load(Relaxed),
+                        announced: r.announced.load(Relaxed),
+                        abandoned: r.abandoned.load(Relaxed),
+                        paused: r.paused.load(Relaxed),
+                        stage_seconds: r.times.seconds().into_iter().collect(),
                     }
                 },
             })
