@@ -11,13 +11,13 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
 use crate::engine::container::{
     container_path, decode_chunk, read_stored, split_delta, ChunkEncoding,
 };
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore, Recipe};
-use crate::pipeline::Catalog;
 
 /// Chunks read ahead of the re-encoder.
 pub const PREFETCH: usize = 64;
