@@ -10,11 +10,11 @@
 
 use std::path::Path;
 
+use stowage_actors::catalog::SealedContainer;
 use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::{ChunkEncoding, ContainerWriter};
 use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::recompress::Encoding;
-use stowage_actors::pipeline::SealedContainer;
 
 use crate::meta::{Descriptor, Meta};
 use crate::names::{Digest, RepoName, Tag};

@@ -5,6 +5,13 @@
 //!   ──(Encoded)──> Pack ──(Finished)──> Commit (restore + verify, recipe commit, raw blob dropped)
 //! ```
 //!
+//! Each actor has a file of its own, with its messages, bounds and failure behaviour at the
+//! top: [`upload`](crate::upload), [`extract`](crate::extract), [`chunk`](crate::chunk),
+//! [`similarity`](crate::similarity), [`pack`](crate::pack), [`commit`](crate::commit). The
+//! metadata they need is the [`Catalog`] (in [`catalog`](crate::catalog)). This module holds
+//! what they share (the [`Batch`] they exchange, the credits that bound each edge, the
+//! settings, the outcome and the counters) and [`Pipeline`], which wires them.
+//!
 //! Upload is an async actor on the server's event loop: it queues committed blobs (small
 //! messages, one per blob) and hands them to Extract one at a time, so the sync stages never
 //! hold more than one layer's worth of batches per edge.
@@ -21,9 +28,8 @@
 //! committed chunks and matched its digest (invariant 1). A crash at any point leaves either the
 //! raw blob in staging (and the layer pending, resumed at start-up) or a verified recipe.
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Read};
+use std::collections::VecDeque;
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,49 +37,27 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::digest::Digest;
-use crate::engine::chunk::{ChunkId, ChunkParams};
-use crate::engine::container::{
-    delta_record, encode_chunk, ChunkEncoding, ChunkLoc, ContainerWriter,
-};
-use crate::engine::delta::DeltaCoder;
-use crate::engine::features::{pick_bases, super_features, FeatureParams};
-use crate::engine::recipe::{NewChunk, Origin, Recipe, RecipeBuilder};
-use crate::engine::recompress::{Compression, Encoding, LayerDecoder};
-use crate::engine::tar::{FileEntry, TarSink, TarSplitter};
-use crate::restore::{restore_layer, ChunkReader, ReadSession};
+use crate::engine::chunk::ChunkParams;
+use crate::engine::features::FeatureParams;
+use crate::engine::recipe::{NewChunk, Recipe};
+use crate::engine::recompress::Encoding;
+use crate::engine::tar::FileEntry;
+use crate::extract::Segment;
+use crate::similarity::EncodedChunk;
+
+// The items that moved to their own modules, still reachable under their old paths.
+pub use crate::catalog::{Catalog, SealedContainer};
+pub use crate::chunk::Chunk;
+pub use crate::commit::Commit;
+pub use crate::extract::{Dedup, Extract};
+pub use crate::pack::Pack;
+pub use crate::similarity::{Similarity, SIMILARITY_CACHE_BYTES};
+pub use crate::upload::{BlobCommitted, Upload};
 
 /// Batches in flight on each edge between two stages.
 pub const QUEUE_DEPTH: usize = 4;
 /// Target size of a batch.
 pub const BATCH_BYTES: usize = 1 << 20;
-
-/// The metadata side the pipeline needs, implemented by the server over LMDB.
-pub trait Catalog: Send + Sync + 'static {
-    fn chunk(&self, id: &ChunkId) -> io::Result<Option<ChunkLoc>>;
-    /// The feature index: for each super-feature `i`, the chunk registered under `(i, sf[i])`.
-    fn similar(&self, sf: &[u64]) -> io::Result<Vec<Option<ChunkId>>>;
-    fn allocate_container(&self) -> io::Result<u64>;
-    /// Record a sealed container's chunks, the bases its deltas depend on and the features of
-    /// its whole chunks, in one transaction.
-    fn commit_container(&self, sealed: &SealedContainer) -> io::Result<()>;
-    /// Store the verified recipe and file index, count the chunk references and mark the blob
-    /// deduplicated, in one transaction.
-    fn commit_recipe(&self, blob: &Digest, recipe: &Recipe, files: &[FileEntry]) -> io::Result<()>;
-    /// Keep the blob raw, for `reason`.
-    fn keep_raw(&self, blob: &Digest, reason: &str) -> io::Result<()>;
-}
-
-/// A sealed container, as committed to the catalog.
-#[derive(Debug, Default)]
-pub struct SealedContainer {
-    pub id: u64,
-    pub entries: Vec<(ChunkId, ChunkLoc)>,
-    /// (delta chunk, its base) for every delta in the container: the base must not be removed
-    /// while the delta exists.
-    pub bases: Vec<(ChunkId, ChunkId)>,
-    /// Super-features of the whole chunks that may serve as future bases.
-    pub features: Vec<(ChunkId, Vec<u64>)>,
-}
 
 /// Pipeline settings.
 #[derive(Clone, Debug)]
@@ -210,17 +194,17 @@ pub struct StageStats {
     pub queue_depth: [AtomicI64; 4],
 }
 
-type Reply = tokio::sync::oneshot::Sender<Outcome>;
+pub(crate) type Reply = tokio::sync::oneshot::Sender<Outcome>;
 
-struct JobCtx {
-    digest: Digest,
-    path: PathBuf,
-    policy: LayerPolicy,
-    reply: std::sync::Mutex<Option<Reply>>,
+pub(crate) struct JobCtx {
+    pub(crate) digest: Digest,
+    pub(crate) path: PathBuf,
+    pub(crate) policy: LayerPolicy,
+    pub(crate) reply: std::sync::Mutex<Option<Reply>>,
 }
 
 impl JobCtx {
-    fn finish(&self, o: Outcome) {
+    pub(crate) fn finish(&self, o: Outcome) {
         if let Some(tx) = self.reply.lock().expect("reply lock").take() {
             let _ = tx.send(o);
         }
@@ -258,7 +242,7 @@ type Pending =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), MailboxError>> + Send>>;
 
 /// A sender that keeps at most [`QUEUE_DEPTH`] batches in flight to the next stage.
-struct Bounded {
+pub(crate) struct Bounded {
     next: Recipient<Batch>,
     inflight: VecDeque<Pending>,
     stats: Arc<StageStats>,
@@ -266,7 +250,7 @@ struct Bounded {
 }
 
 impl Bounded {
-    fn new(next: Recipient<Batch>, stats: Arc<StageStats>, edge: usize) -> Self {
+    pub(crate) fn new(next: Recipient<Batch>, stats: Arc<StageStats>, edge: usize) -> Self {
         Bounded {
             next,
             inflight: VecDeque::new(),
@@ -275,7 +259,7 @@ impl Bounded {
         }
     }
 
-    fn send(&mut self, mut b: Batch) {
+    pub(crate) fn send(&mut self, mut b: Batch) {
         while self.inflight.len() >= QUEUE_DEPTH {
             self.wait_one();
         }
@@ -297,7 +281,7 @@ impl Bounded {
 /// Counts a batch on its edge's `queue_depth` from its send until the next stage is done with
 /// it (dropped), so the gauge returns to 0 when the pipeline is idle, whether or not the
 /// sender ever collects the reply.
-struct Queued {
+pub(crate) struct Queued {
     stats: Arc<StageStats>,
     edge: usize,
 }
@@ -310,36 +294,17 @@ impl Drop for Queued {
 
 /// The one message type between stages: a job's batch of work.
 pub struct Batch {
-    job: Arc<JobCtx>,
-    body: Body,
+    pub(crate) job: Arc<JobCtx>,
+    pub(crate) body: Body,
     /// Set by the sender: keeps the batch counted while queued or handled.
-    queued: Option<Queued>,
+    pub(crate) queued: Option<Queued>,
 }
 
 impl Message for Batch {
     type Result = ();
 }
 
-enum Segment {
-    Meta(Vec<u8>),
-    FileStart(u64),
-    FileData(Vec<u8>),
-    FileEnd,
-}
-
-struct EncodedChunk {
-    id: ChunkId,
-    raw_len: u32,
-    /// None: already stored (a duplicate).
-    stored: Option<(ChunkEncoding, Vec<u8>)>,
-    /// For a delta: its base, and the chunk encoded whole, used if the base is not available
-    /// when the delta is packed.
-    delta: Option<(ChunkId, (ChunkEncoding, Vec<u8>))>,
-    /// Super-features, registered if the chunk is stored whole.
-    features: Option<Vec<u64>>,
-}
-
-enum Body {
+pub(crate) enum Body {
     /// Extract → Chunk.
     Segments(Vec<Segment>),
     /// Extract → Chunk: end of the layer.
@@ -350,724 +315,6 @@ enum Body {
     Encoded(Vec<EncodedChunk>),
     /// Chunk → Similarity → Pack → Commit: the layer's recipe (or why there is none).
     Finished(Result<(Recipe, Vec<FileEntry>), String>),
-}
-
-// ---- Extract -------------------------------------------------------------------------------
-
-/// Reads a staged blob, identifies and inflates its compression, splits the tar stream.
-/// Messages in: [`Dedup`] (from the server). Out: [`Body::Segments`], [`Body::EndOfLayer`].
-pub struct Extract {
-    next: Bounded,
-    cfg: PipelineConfig,
-    stats: Arc<StageStats>,
-}
-
-impl Actor for Extract {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        background_priority();
-    }
-}
-
-/// Deduplicate the staged blob `digest` at `path`; the outcome is sent on `reply`.
-pub struct Dedup {
-    pub digest: Digest,
-    pub path: PathBuf,
-    pub policy: LayerPolicy,
-    pub reply: Reply,
-}
-
-impl Message for Dedup {
-    type Result = ();
-}
-
-struct SegSink<'a> {
-    batch: Vec<Segment>,
-    bytes: usize,
-    next: &'a mut Bounded,
-    job: &'a Arc<JobCtx>,
-}
-
-impl SegSink<'_> {
-    fn flush(&mut self) {
-        if !self.batch.is_empty() {
-            let items = std::mem::take(&mut self.batch);
-            self.bytes = 0;
-            self.next.send(Batch {
-                queued: None,
-                job: self.job.clone(),
-                body: Body::Segments(items),
-            });
-        }
-    }
-    fn add(&mut self, s: Segment, n: usize) {
-        self.batch.push(s);
-        self.bytes += n;
-        if self.bytes >= BATCH_BYTES {
-            self.flush();
-        }
-    }
-}
-
-impl TarSink for SegSink<'_> {
-    fn meta(&mut self, b: &[u8]) {
-        self.add(Segment::Meta(b.to_vec()), b.len());
-    }
-    fn file_start(&mut self, size: u64) {
-        self.add(Segment::FileStart(size), 0);
-    }
-    fn file_data(&mut self, b: &[u8]) {
-        self.add(Segment::FileData(b.to_vec()), b.len());
-    }
-    fn file_end(&mut self) {
-        self.add(Segment::FileEnd, 0);
-    }
-}
-
-impl Handler<Dedup> for Extract {
-    type Result = ();
-
-    fn handle(&mut self, msg: Dedup, _: &mut SyncContext<Self>) {
-        let job = Arc::new(JobCtx {
-            digest: msg.digest,
-            path: msg.path,
-            policy: msg.policy,
-            reply: std::sync::Mutex::new(Some(msg.reply)),
-        });
-        let end = self.extract(&job);
-        self.next.send(Batch {
-            queued: None,
-            job,
-            body: Body::EndOfLayer(end),
-        });
-    }
-}
-
-impl Extract {
-    fn extract(&mut self, job: &Arc<JobCtx>) -> Result<(Encoding, Vec<FileEntry>), String> {
-        let mut f = File::open(&job.path).map_err(|e| format!("opening staged blob: {e}"))?;
-        let mut buf = vec![0u8; BATCH_BYTES];
-        let mut n = read_full(&mut f, &mut buf).map_err(|e| e.to_string())?;
-        let mut decoder = LayerDecoder::new(Compression::detect(&buf[..n]));
-        let mut split = TarSplitter::new(self.cfg.chunk.min as u64);
-        let mut sink = SegSink {
-            batch: Vec::new(),
-            bytes: 0,
-            next: &mut self.next,
-            job,
-        };
-        let mut failure = None;
-        while n > 0 {
-            self.stats
-                .extract_bytes
-                .fetch_add(n as u64, Ordering::Relaxed);
-            let stats = &self.stats;
-            if let Err(e) = decoder.feed(&buf[..n], &mut |raw| {
-                stats
-                    .raw_bytes
-                    .fetch_add(raw.len() as u64, Ordering::Relaxed);
-                split.push(raw, &mut sink)
-            }) {
-                failure = Some(e.to_string());
-                break;
-            }
-            n = read_full(&mut f, &mut buf).map_err(|e| e.to_string())?;
-        }
-        let summary = split.finish(&mut sink);
-        sink.flush();
-        if let Some(f) = failure {
-            return Err(f);
-        }
-        let enc = decoder.finish().map_err(|e| e.to_string())?;
-        Ok((enc, summary.files))
-    }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-// ---- Chunk ---------------------------------------------------------------------------------
-
-/// Cuts file contents and the inline stream into content-defined chunks and builds the recipe.
-/// In: Segments, EndOfLayer. Out: Chunks, Finished.
-pub struct Chunk {
-    next: Bounded,
-    cfg: PipelineConfig,
-    builders: HashMap<usize, RecipeBuilder>,
-    stats: Arc<StageStats>,
-}
-
-impl Actor for Chunk {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        background_priority();
-    }
-}
-
-impl Handler<Batch> for Chunk {
-    type Result = ();
-
-    fn handle(&mut self, b: Batch, _: &mut SyncContext<Self>) {
-        let key = Arc::as_ptr(&b.job) as usize;
-        match b.body {
-            Body::Segments(items) => {
-                let builder = self
-                    .builders
-                    .entry(key)
-                    .or_insert_with(|| RecipeBuilder::new(self.cfg.chunk));
-                for s in items {
-                    match s {
-                        Segment::Meta(d) => builder.meta(&d),
-                        Segment::FileStart(n) => builder.file_start(n),
-                        Segment::FileData(d) => builder.file_data(&d),
-                        Segment::FileEnd => builder.file_end(),
-                    }
-                }
-                let chunks = builder.take_chunks();
-                self.forward(&b.job, chunks);
-            }
-            Body::EndOfLayer(end) => {
-                let builder = self
-                    .builders
-                    .remove(&key)
-                    .unwrap_or_else(|| RecipeBuilder::new(self.cfg.chunk));
-                let result = match end {
-                    Err(e) => Err(e),
-                    Ok((enc, files)) => {
-                        let (recipe, last) = builder.finish(enc);
-                        self.forward(&b.job, last);
-                        recipe.map(|r| (r, files)).map_err(|e| e.to_string())
-                    }
-                };
-                self.next.send(Batch {
-                    queued: None,
-                    job: b.job,
-                    body: Body::Finished(result),
-                });
-            }
-            _ => unreachable!("Chunk receives segments only"),
-        }
-    }
-}
-
-impl Chunk {
-    fn forward(&mut self, job: &Arc<JobCtx>, chunks: Vec<NewChunk>) {
-        if chunks.is_empty() {
-            return;
-        }
-        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
-        self.stats
-            .chunk_bytes
-            .fetch_add(bytes as u64, Ordering::Relaxed);
-        self.stats
-            .chunks
-            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
-        self.next.send(Batch {
-            queued: None,
-            job: job.clone(),
-            body: Body::Chunks(chunks),
-        });
-    }
-}
-
-// ---- Similarity ----------------------------------------------------------------------------
-
-/// Looks each chunk up in the chunk index and encodes the new ones: whole (zstd), or as a zstd
-/// delta against a similar chunk stored whole, found through the super-feature index, when
-/// that is at most `threshold` of the whole encoding. Chunks the selective policies exclude
-/// are stored whole without a lookup. In: Chunks, Finished. Out: Encoded, Finished.
-///
-/// State: a delta coder, a read session for bases (its cache also keeps the chunks this stage
-/// encoded whole until they are indexed, so near-duplicates within a layer find each other)
-/// and the features of those pending chunks. A base that does not make it into a container
-/// (its layer failed) is caught by Pack, which then stores the chunk whole.
-pub struct Similarity {
-    next: Bounded,
-    catalog: Arc<dyn Catalog>,
-    cfg: PipelineConfig,
-    stats: Arc<StageStats>,
-    coder: DeltaCoder,
-    reader: ChunkReader,
-    bases: ReadSession,
-    pending: HashMap<(usize, u64), ChunkId>,
-    /// Skipped chunks seen per [`SkipReason`] (every [`SKIP_TRIAL_EVERY`]th is tried).
-    skipped_seen: [u64; 3],
-}
-
-/// Bytes of recent whole chunks and bases the similarity stage keeps decoded.
-pub const SIMILARITY_CACHE_BYTES: usize = 32 << 20;
-/// Features of not-yet-indexed chunks kept in memory (cleared when exceeded).
-const PENDING_FEATURES: usize = 1 << 20;
-
-impl Actor for Similarity {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        background_priority();
-    }
-}
-
-impl Handler<Batch> for Similarity {
-    type Result = ();
-
-    fn handle(&mut self, b: Batch, _: &mut SyncContext<Self>) {
-        let body = match b.body {
-            Body::Chunks(chunks) => {
-                let t = std::time::Instant::now();
-                let mut out = Vec::with_capacity(chunks.len());
-                let mut bytes = 0u64;
-                for c in chunks {
-                    if matches!(self.catalog.chunk(&c.id), Ok(Some(_))) {
-                        self.stats.duplicate_chunks.fetch_add(1, Ordering::Relaxed);
-                        out.push(EncodedChunk {
-                            id: c.id,
-                            raw_len: c.data.len() as u32,
-                            stored: None,
-                            delta: None,
-                            features: None,
-                        });
-                        continue;
-                    }
-                    bytes += c.data.len() as u64;
-                    out.push(self.encode(&b.job, c));
-                }
-                self.stats
-                    .similarity_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                self.stats
-                    .similarity_nanos
-                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                Body::Encoded(out)
-            }
-            other => other,
-        };
-        self.next.send(Batch {
-            queued: None,
-            job: b.job,
-            body,
-        });
-    }
-}
-
-impl Similarity {
-    fn skip_reason(
-        &self,
-        job: &JobCtx,
-        c: &NewChunk,
-        whole: &(ChunkEncoding, Vec<u8>),
-    ) -> Option<SkipReason> {
-        let s = &self.cfg.similarity;
-        if !job.policy.similarity {
-            return Some(SkipReason::Repository);
-        }
-        if let Origin::File { size, compressed } = c.origin {
-            if s.skip_compressed && compressed {
-                return Some(SkipReason::Compressed);
-            }
-            if size < s.min_file_size {
-                return Some(SkipReason::SmallFile);
-            }
-        }
-        // Decided from the bytes: what zstd cannot shrink by 3% is compressed data.
-        if s.skip_compressed && whole.1.len() * 100 > c.data.len() * 97 {
-            return Some(SkipReason::Compressed);
-        }
-        None
-    }
-
-    /// The smallest delta for chunk `id` against the best-ranked candidate bases. `count`: a
-    /// real lookup (false for the policies' trials, which must not skew the hit rate).
-    fn try_delta(
-        &mut self,
-        id: &ChunkId,
-        data: &[u8],
-        sf: &[u64],
-        count: bool,
-    ) -> Option<(ChunkId, Vec<u8>)> {
-        if count {
-            self.stats
-                .similarity_lookups
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let indexed = match self.catalog.similar(sf) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "feature index lookup failed");
-                vec![None; sf.len()]
-            }
-        };
-        let pending = &self.pending;
-        let cands = pick_bases(sf, self.cfg.similarity.candidates.max(1), |i, f| {
-            pending
-                .get(&(i, f))
-                .copied()
-                .or(indexed[i])
-                .filter(|b| b != id)
-        });
-        if cands.is_empty() {
-            return None;
-        }
-        if count {
-            self.stats.similarity_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut best: Option<(ChunkId, Vec<u8>)> = None;
-        for (base, _) in cands {
-            let base_data = match self.reader.read(&base, &mut self.bases) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(%base, error = %e, "candidate base unreadable");
-                    continue;
-                }
-            };
-            match self.coder.encode(&base_data, data) {
-                Ok(d) if best.as_ref().is_none_or(|(_, b)| d.len() < b.len()) => {
-                    best = Some((base, d))
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "delta encoding failed"),
-            }
-        }
-        best
-    }
-
-    fn encode(&mut self, job: &JobCtx, c: NewChunk) -> EncodedChunk {
-        let whole = encode_chunk(&c.data, self.cfg.zstd_level);
-        let raw_len = c.data.len() as u32;
-        let plain = |whole, features| EncodedChunk {
-            id: c.id,
-            raw_len,
-            stored: Some(whole),
-            delta: None,
-            features,
-        };
-        if !self.cfg.similarity.enabled {
-            return plain(whole, None);
-        }
-        if let Some(reason) = self.skip_reason(job, &c, &whole) {
-            let stats = self.stats.clone();
-            let st = &stats.skipped[reason as usize];
-            st.chunks.fetch_add(1, Ordering::Relaxed);
-            st.bytes.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-            self.skipped_seen[reason as usize] += 1;
-            if self.skipped_seen[reason as usize].is_multiple_of(SKIP_TRIAL_EVERY) {
-                // A trial, stored whole regardless: what would similarity have done here?
-                let t = std::time::Instant::now();
-                let trial = super_features(&c.data, &self.cfg.similarity.features)
-                    .and_then(|sf| self.try_delta(&c.id, &c.data, &sf, false));
-                let lost = trial.map_or(0, |(_, d)| {
-                    let size = (d.len() + 20) as f64;
-                    if size <= whole.1.len() as f64 * self.cfg.similarity.threshold {
-                        whole.1.len() as u64 - (d.len() as u64 + 20)
-                    } else {
-                        0
-                    }
-                });
-                let nanos = t.elapsed().as_nanos() as u64;
-                st.estimated_saved_nanos
-                    .fetch_add(nanos * SKIP_TRIAL_EVERY, Ordering::Relaxed);
-                st.estimated_lost_bytes
-                    .fetch_add(lost * SKIP_TRIAL_EVERY, Ordering::Relaxed);
-            }
-            return plain(whole, None);
-        }
-        let Some(sf) = super_features(&c.data, &self.cfg.similarity.features) else {
-            return plain(whole, None);
-        };
-        if let Some((base, d)) = self.try_delta(&c.id, &c.data, &sf, true) {
-            let record = delta_record(&base, &d);
-            if record.len() as f64 <= whole.1.len() as f64 * self.cfg.similarity.threshold {
-                failpoint("delta-encoded");
-                return EncodedChunk {
-                    id: c.id,
-                    raw_len,
-                    stored: Some((ChunkEncoding::Delta, record)),
-                    delta: Some((base, whole)),
-                    features: Some(sf),
-                };
-            }
-        }
-        // Stored whole: a future base. Remember it until it is indexed.
-        if self.pending.len() >= PENDING_FEATURES {
-            self.pending.clear();
-        }
-        for (i, f) in sf.iter().enumerate() {
-            self.pending.insert((i, *f), c.id);
-        }
-        self.bases.remember(c.id, &c.data);
-        plain(whole, Some(sf))
-    }
-}
-
-// ---- Pack ----------------------------------------------------------------------------------
-
-/// Appends new chunks to the open container in arrival order; seals (fsync) and commits the
-/// container's chunk entries when it reaches its target size and at the end of each layer.
-/// In: Encoded, Finished. Out: Finished (to Commit).
-pub struct Pack {
-    next: Bounded,
-    catalog: Arc<dyn Catalog>,
-    cfg: PipelineConfig,
-    open: Option<ContainerWriter>,
-    /// Chunks in the open container: whether each is stored whole.
-    in_open: HashMap<ChunkId, bool>,
-    /// Deltas and features of the open container, committed with it.
-    open_bases: Vec<(ChunkId, ChunkId)>,
-    open_features: Vec<(ChunkId, Vec<u64>)>,
-    failed: HashMap<usize, String>,
-    stats: Arc<StageStats>,
-}
-
-impl Actor for Pack {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        background_priority();
-    }
-}
-
-impl Pack {
-    /// Whether `base` is stored whole in the open container or the index (invariant 5).
-    fn base_available(&self, base: &ChunkId) -> io::Result<bool> {
-        Ok(match self.in_open.get(base) {
-            Some(whole) => *whole,
-            None => self
-                .catalog
-                .chunk(base)?
-                .is_some_and(|l| l.encoding.is_whole()),
-        })
-    }
-
-    fn append(&mut self, c: EncodedChunk) -> io::Result<()> {
-        let Some((mut enc, mut data)) = c.stored else {
-            return Ok(());
-        };
-        if self.in_open.contains_key(&c.id) || self.catalog.chunk(&c.id)?.is_some() {
-            self.stats.duplicate_chunks.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let mut base = None;
-        if let Some((b, whole)) = c.delta {
-            if self.base_available(&b)? {
-                self.stats.chunks_delta.fetch_add(1, Ordering::Relaxed);
-                self.stats.delta_saved_bytes.fetch_add(
-                    (whole.1.len() as u64).saturating_sub(data.len() as u64),
-                    Ordering::Relaxed,
-                );
-                base = Some(b);
-            } else {
-                self.stats.delta_fallbacks.fetch_add(1, Ordering::Relaxed);
-                (enc, data) = whole;
-            }
-        }
-        if base.is_none() {
-            self.stats.chunks_whole.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.open.is_none() {
-            let id = self.catalog.allocate_container()?;
-            self.open = Some(ContainerWriter::create(&self.cfg.containers, id)?);
-        }
-        let w = self.open.as_mut().expect("open container");
-        w.append(c.id, enc, c.raw_len, &data)?;
-        self.in_open.insert(c.id, base.is_none());
-        match base {
-            Some(b) => self.open_bases.push((c.id, b)),
-            None => {
-                if let Some(f) = c.features {
-                    self.open_features.push((c.id, f));
-                }
-            }
-        }
-        self.stats.new_chunks.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .stored_chunk_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if w.len() >= self.cfg.container_target {
-            self.seal()?;
-        }
-        Ok(())
-    }
-
-    fn seal(&mut self) -> io::Result<()> {
-        if let Some(w) = self.open.take() {
-            let id = w.id();
-            let entries = w.seal()?;
-            failpoint("sealed-before-commit");
-            let sealed = SealedContainer {
-                id,
-                entries,
-                bases: std::mem::take(&mut self.open_bases),
-                features: std::mem::take(&mut self.open_features),
-            };
-            self.catalog.commit_container(&sealed)?;
-            failpoint("container-committed");
-            self.stats.containers_sealed.fetch_add(1, Ordering::Relaxed);
-        }
-        self.clear_open();
-        Ok(())
-    }
-
-    fn clear_open(&mut self) {
-        self.in_open.clear();
-        self.open_bases.clear();
-        self.open_features.clear();
-    }
-}
-
-impl Handler<Batch> for Pack {
-    type Result = ();
-
-    fn handle(&mut self, b: Batch, _: &mut SyncContext<Self>) {
-        let key = Arc::as_ptr(&b.job) as usize;
-        match b.body {
-            Body::Encoded(chunks) => {
-                if self.failed.contains_key(&key) {
-                    return;
-                }
-                for c in chunks {
-                    if let Err(e) = self.append(c) {
-                        tracing::error!(error = %e, "packing chunks failed");
-                        if let Some(w) = self.open.take() {
-                            let _ = w.discard();
-                        }
-                        self.clear_open();
-                        self.failed.insert(key, format!("packing: {e}"));
-                        return;
-                    }
-                }
-            }
-            Body::Finished(result) => {
-                let result = match (self.failed.remove(&key), result) {
-                    (Some(e), _) | (None, Err(e)) => {
-                        // The open container holds only this layer's new chunks (containers
-                        // are sealed at every layer's end): nothing refers to them.
-                        if let Some(w) = self.open.take() {
-                            if let Err(err) = w.discard() {
-                                tracing::warn!(error = %err, "could not remove unused container");
-                            }
-                        }
-                        self.clear_open();
-                        Err(e)
-                    }
-                    (None, Ok(r)) => self
-                        .seal()
-                        .map(|_| r)
-                        .map_err(|e| format!("sealing container: {e}")),
-                };
-                self.next.send(Batch {
-                    queued: None,
-                    job: b.job,
-                    body: Body::Finished(result),
-                });
-            }
-            _ => unreachable!("Pack receives encoded chunks only"),
-        }
-    }
-}
-
-// ---- Commit --------------------------------------------------------------------------------
-
-/// Verify-before-discard: restores the layer from its committed chunks, compares the digest,
-/// then commits the recipe and removes the raw blob. A layer that fails any step stays raw.
-/// In: Finished.
-pub struct Commit {
-    catalog: Arc<dyn Catalog>,
-    cfg: PipelineConfig,
-    stats: Arc<StageStats>,
-}
-
-impl Actor for Commit {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        background_priority();
-    }
-}
-
-impl Handler<Batch> for Commit {
-    type Result = ();
-
-    fn handle(&mut self, b: Batch, _: &mut SyncContext<Self>) {
-        let job = b.job;
-        let Body::Finished(result) = b.body else {
-            unreachable!("Commit receives finished layers only")
-        };
-        let outcome = match result
-            .and_then(|(recipe, files)| self.verify_and_commit(&job, &recipe, &files))
-        {
-            Ok(o) => o,
-            Err(reason) => {
-                if let Err(e) = self.catalog.keep_raw(&job.digest, &reason) {
-                    tracing::error!(digest = %job.digest, error = %e, "recording raw layer failed");
-                }
-                tracing::info!(digest = %job.digest, %reason, "layer kept raw");
-                Outcome::Raw { reason }
-            }
-        };
-        job.finish(outcome);
-    }
-}
-
-impl Commit {
-    fn verify_and_commit(
-        &self,
-        job: &JobCtx,
-        recipe: &Recipe,
-        files: &[FileEntry],
-    ) -> Result<Outcome, String> {
-        let reader = ChunkReader::new(self.catalog.clone(), self.cfg.containers.clone());
-        let mut hasher = job.digest.algorithm().hasher();
-        let mut n = 0u64;
-        restore_layer(recipe, &reader, &mut |b| {
-            hasher.update(b);
-            n += b.len() as u64;
-            Ok(())
-        })
-        .map_err(|e| {
-            tracing::error!(digest = %job.digest, error = %e, "verify: restore failed");
-            "verify: restore failed".to_string()
-        })?;
-        self.stats.verify_bytes.fetch_add(n, Ordering::Relaxed);
-        let got = hasher.finish();
-        if got != job.digest {
-            // The reason is a metric label: keep it free of per-layer values.
-            tracing::error!(digest = %job.digest, restored = %got, "verify: restore differs");
-            return Err("verify: the restored bytes do not match the digest".to_string());
-        }
-        failpoint("verified-before-recipe-commit");
-        self.catalog
-            .commit_recipe(&job.digest, recipe, files)
-            .map_err(|e| {
-                tracing::error!(digest = %job.digest, error = %e, "committing recipe failed");
-                "committing the recipe failed".to_string()
-            })?;
-        failpoint("recipe-committed-before-discard");
-        // The pushed bytes, verified redundant now, stay hot when the budget allows.
-        let kept = match &self.cfg.hot {
-            Some(hot) => hot.adopt(&job.digest, &job.path).unwrap_or_else(|e| {
-                tracing::warn!(digest = %job.digest, error = %e, "could not keep a layer hot");
-                false
-            }),
-            None => false,
-        };
-        if !kept {
-            if let Err(e) = std::fs::remove_file(&job.path) {
-                tracing::warn!(path = %job.path.display(), error = %e, "could not remove raw blob");
-            }
-        }
-        Ok(Outcome::Deduplicated {
-            encoding: recipe.encoding.label(),
-        })
-    }
 }
 
 // ---- wiring --------------------------------------------------------------------------------
@@ -1086,57 +333,30 @@ impl Pipeline {
         let stats = Arc::new(StageStats::default());
         let (c, s) = (cfg.clone(), stats.clone());
         let cat = catalog.clone();
-        let commit = SyncArbiter::start(1, move || Commit {
-            catalog: cat.clone(),
-            cfg: c.clone(),
-            stats: s.clone(),
+        let commit = SyncArbiter::start(1, move || Commit::new(cat.clone(), c.clone(), s.clone()));
+        let (c, s) = (cfg.clone(), stats.clone());
+        let cat = catalog.clone();
+        let pack = SyncArbiter::start(1, move || {
+            let next = Bounded::new(commit.clone().recipient(), s.clone(), 3);
+            Pack::new(next, cat.clone(), c.clone(), s.clone())
         });
         let (c, s) = (cfg.clone(), stats.clone());
         let cat = catalog.clone();
-        let pack = SyncArbiter::start(1, move || Pack {
-            next: Bounded::new(commit.clone().recipient(), s.clone(), 3),
-            catalog: cat.clone(),
-            cfg: c.clone(),
-            open: None,
-            in_open: HashMap::new(),
-            open_bases: Vec::new(),
-            open_features: Vec::new(),
-            failed: HashMap::new(),
-            stats: s.clone(),
+        let similarity = SyncArbiter::start(1, move || {
+            let next = Bounded::new(pack.clone().recipient(), s.clone(), 2);
+            Similarity::new(next, cat.clone(), c.clone(), s.clone())
         });
         let (c, s) = (cfg.clone(), stats.clone());
-        let cat = catalog.clone();
-        let similarity = SyncArbiter::start(1, move || Similarity {
-            next: Bounded::new(pack.clone().recipient(), s.clone(), 2),
-            catalog: cat.clone(),
-            cfg: c.clone(),
-            stats: s.clone(),
-            coder: DeltaCoder::new(c.zstd_level),
-            reader: ChunkReader::new(cat.clone(), c.containers.clone()),
-            bases: ReadSession::new(SIMILARITY_CACHE_BYTES),
-            pending: HashMap::new(),
-            skipped_seen: [0; 3],
+        let chunk = SyncArbiter::start(1, move || {
+            let next = Bounded::new(similarity.clone().recipient(), s.clone(), 1);
+            Chunk::new(next, c.clone(), s.clone())
         });
         let (c, s) = (cfg.clone(), stats.clone());
-        let chunk = SyncArbiter::start(1, move || Chunk {
-            next: Bounded::new(similarity.clone().recipient(), s.clone(), 1),
-            cfg: c.clone(),
-            builders: HashMap::new(),
-            stats: s.clone(),
+        let extract = SyncArbiter::start(1, move || {
+            let next = Bounded::new(chunk.clone().recipient(), s.clone(), 0);
+            Extract::new(next, c.clone(), s.clone())
         });
-        let (c, s) = (cfg.clone(), stats.clone());
-        let extract = SyncArbiter::start(1, move || Extract {
-            next: Bounded::new(chunk.clone().recipient(), s.clone(), 0),
-            cfg: c.clone(),
-            stats: s.clone(),
-        });
-        let upload = Upload {
-            extract,
-            queue: VecDeque::new(),
-            busy: false,
-            stats: stats.clone(),
-        }
-        .start();
+        let upload = Upload::new(extract, stats.clone()).start();
         Ok(Pipeline { upload, stats })
     }
 
@@ -1157,75 +377,5 @@ impl Pipeline {
         rx.await.unwrap_or(Outcome::Raw {
             reason: "pipeline dropped the layer".into(),
         })
-    }
-}
-
-// ---- Upload --------------------------------------------------------------------------------
-
-/// A blob was committed (its upload verified and made durable) and waits for deduplication.
-pub struct BlobCommitted {
-    pub digest: Digest,
-    pub path: PathBuf,
-    pub policy: LayerPolicy,
-    pub reply: Reply,
-}
-
-impl Message for BlobCommitted {
-    type Result = ();
-}
-
-/// Takes committed blobs from the upload path and feeds Extract one layer at a time, in
-/// arrival order. In: [`BlobCommitted`]. Out: [`Dedup`]. Its queue holds one small message per
-/// waiting blob (its length is the `queued` gauge); blobs not yet deduplicated after a crash
-/// are found again from the metadata at start-up, so the queue itself need not be durable.
-/// If Extract is gone, the layer's outcome is "pipeline stopped" (it stays pending).
-pub struct Upload {
-    extract: Addr<Extract>,
-    queue: VecDeque<BlobCommitted>,
-    busy: bool,
-    stats: Arc<StageStats>,
-}
-
-impl Actor for Upload {
-    type Context = Context<Self>;
-}
-
-impl Upload {
-    fn next(&mut self, ctx: &mut Context<Self>) {
-        self.stats
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
-        if self.busy {
-            return;
-        }
-        let Some(b) = self.queue.pop_front() else {
-            return;
-        };
-        self.busy = true;
-        let msg = Dedup {
-            digest: b.digest,
-            path: b.path,
-            policy: b.policy,
-            reply: b.reply,
-        };
-        // Extract answers once it has read the whole layer: then the next one may start.
-        self.extract
-            .send(msg)
-            .into_actor(self)
-            .then(|_, act, ctx| {
-                act.busy = false;
-                act.next(ctx);
-                fut::ready(())
-            })
-            .spawn(ctx);
-    }
-}
-
-impl Handler<BlobCommitted> for Upload {
-    type Result = ();
-
-    fn handle(&mut self, msg: BlobCommitted, ctx: &mut Context<Self>) {
-        self.queue.push_back(msg);
-        self.next(ctx);
     }
 }

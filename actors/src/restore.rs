@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
 use crate::engine::container::{
     container_path, decode_chunk, read_stored, split_delta, ChunkEncoding,
@@ -21,7 +22,6 @@ use crate::engine::container::{
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore, Recipe};
 use crate::flight::{Flight, Flights, AHEAD};
-use crate::pipeline::Catalog;
 
 /// Chunks read ahead of the re-encoder.
 pub const PREFETCH: usize = 64;
@@ -431,11 +431,7 @@ pub struct SpoolJob {
 }
 
 impl SpoolJob {
-    pub fn new(
-        flight: Arc<Flight>,
-        flights: Arc<Flights>,
-        adopt: Adopt,
-    ) -> SpoolJob {
+    pub fn new(flight: Arc<Flight>, flights: Arc<Flights>, adopt: Adopt) -> SpoolJob {
         SpoolJob {
             flight,
             flights,

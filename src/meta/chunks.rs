@@ -7,9 +7,9 @@ use std::ops::Bound;
 
 use heed::{RoTxn, RwTxn};
 
+use stowage_actors::catalog::SealedContainer;
 use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::{ChunkEncoding, ChunkLoc};
-use stowage_actors::pipeline::SealedContainer;
 
 use super::*;
 

@@ -623,10 +623,10 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stowage_actors::catalog::SealedContainer;
     use stowage_actors::engine::container::ChunkEncoding;
     use stowage_actors::engine::recipe::Recipe;
     use stowage_actors::engine::recompress::Encoding;
-    use stowage_actors::pipeline::SealedContainer;
 
     fn loc(container: u64, offset: u64, encoding: ChunkEncoding) -> ChunkLoc {
         ChunkLoc {

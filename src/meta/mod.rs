@@ -755,10 +755,10 @@ fn key2_str(a: &str, b: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stowage_actors::catalog::SealedContainer;
     use stowage_actors::engine::chunk::ChunkId;
     use stowage_actors::engine::container::{ChunkEncoding, ChunkLoc};
     use stowage_actors::engine::recompress::Encoding;
-    use stowage_actors::pipeline::SealedContainer;
 
     #[test]
     fn a_recipe_committed_twice_counts_its_chunks_once() {

@@ -21,7 +21,8 @@ use stowage_actors::engine::container::ChunkLoc;
 use stowage_actors::engine::recipe::Recipe;
 use stowage_actors::engine::tar::FileEntry;
 
-use stowage_actors::pipeline::{Catalog, LayerPolicy, Outcome, SealedContainer};
+use stowage_actors::catalog::{Catalog, SealedContainer};
+use stowage_actors::pipeline::{LayerPolicy, Outcome};
 
 use super::blocking;
 use super::Registry;

@@ -1,0 +1,135 @@
+//! Commit: verify before discard. It restores the whole layer from its committed chunks,
+//! compares the digest of the restored bytes with the blob's, then commits the recipe and file
+//! index and drops the raw blob (or adopts it into the hot tier when that has room). Nothing is
+//! discarded before the restored layer matched its digest.
+//!
+//! - **In:** `Body::Finished`, from Pack.
+//! - **Out:** the layer's [`Outcome`], on the reply channel of the [`Dedup`](crate::extract::Dedup)
+//!   that started it: `Deduplicated` with the recipe's encoding, or `Raw` with the reason.
+//! - **Bounds:** one thread ([`SyncArbiter`]), at nice 10. Its input is edge 3 (at most
+//!   [`QUEUE_DEPTH`](crate::pipeline::QUEUE_DEPTH) batches from Pack); it sends nothing on.
+//! - **Failure:** a layer that failed upstream, or fails here (the restore fails, the digest
+//!   differs, the recipe cannot be committed), is kept raw: the reason is recorded through
+//!   [`Catalog::keep_raw`] (a failure to record it is logged) and the outcome is `Raw`. The
+//!   reasons given here are metric labels, free of per-layer values. Once the recipe is
+//!   committed, a raw blob that cannot be removed is only logged. Crash tests stop here at
+//!   the failpoints `verified-before-recipe-commit` and `recipe-committed-before-discard`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::catalog::Catalog;
+use crate::engine::recipe::Recipe;
+use crate::engine::tar::FileEntry;
+use crate::pipeline::{
+    background_priority, failpoint, Batch, Body, JobCtx, Outcome, PipelineConfig, StageStats,
+};
+use crate::restore::{restore_layer, ChunkReader};
+
+/// Verify-before-discard: restores the layer from its committed chunks, compares the digest,
+/// then commits the recipe and removes the raw blob. A layer that fails any step stays raw.
+/// In: Finished.
+pub struct Commit {
+    catalog: Arc<dyn Catalog>,
+    cfg: PipelineConfig,
+    stats: Arc<StageStats>,
+}
+
+impl Actor for Commit {
+    type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        background_priority();
+    }
+}
+
+impl Handler<Batch> for Commit {
+    type Result = ();
+
+    fn handle(&mut self, b: Batch, _: &mut SyncContext<Self>) {
+        let job = b.job;
+        let Body::Finished(result) = b.body else {
+            unreachable!("Commit receives finished layers only")
+        };
+        let outcome = match result
+            .and_then(|(recipe, files)| self.verify_and_commit(&job, &recipe, &files))
+        {
+            Ok(o) => o,
+            Err(reason) => {
+                if let Err(e) = self.catalog.keep_raw(&job.digest, &reason) {
+                    tracing::error!(digest = %job.digest, error = %e, "recording raw layer failed");
+                }
+                tracing::info!(digest = %job.digest, %reason, "layer kept raw");
+                Outcome::Raw { reason }
+            }
+        };
+        job.finish(outcome);
+    }
+}
+
+impl Commit {
+    pub(crate) fn new(
+        catalog: Arc<dyn Catalog>,
+        cfg: PipelineConfig,
+        stats: Arc<StageStats>,
+    ) -> Commit {
+        Commit {
+            catalog,
+            cfg,
+            stats,
+        }
+    }
+
+    fn verify_and_commit(
+        &self,
+        job: &JobCtx,
+        recipe: &Recipe,
+        files: &[FileEntry],
+    ) -> Result<Outcome, String> {
+        let reader = ChunkReader::new(self.catalog.clone(), self.cfg.containers.clone());
+        let mut hasher = job.digest.algorithm().hasher();
+        let mut n = 0u64;
+        restore_layer(recipe, &reader, &mut |b| {
+            hasher.update(b);
+            n += b.len() as u64;
+            Ok(())
+        })
+        .map_err(|e| {
+            tracing::error!(digest = %job.digest, error = %e, "verify: restore failed");
+            "verify: restore failed".to_string()
+        })?;
+        self.stats.verify_bytes.fetch_add(n, Ordering::Relaxed);
+        let got = hasher.finish();
+        if got != job.digest {
+            // The reason is a metric label: keep it free of per-layer values.
+            tracing::error!(digest = %job.digest, restored = %got, "verify: restore differs");
+            return Err("verify: the restored bytes do not match the digest".to_string());
+        }
+        failpoint("verified-before-recipe-commit");
+        self.catalog
+            .commit_recipe(&job.digest, recipe, files)
+            .map_err(|e| {
+                tracing::error!(digest = %job.digest, error = %e, "committing recipe failed");
+                "committing the recipe failed".to_string()
+            })?;
+        failpoint("recipe-committed-before-discard");
+        // The pushed bytes, verified redundant now, stay hot when the budget allows.
+        let kept = match &self.cfg.hot {
+            Some(hot) => hot.adopt(&job.digest, &job.path).unwrap_or_else(|e| {
+                tracing::warn!(digest = %job.digest, error = %e, "could not keep a layer hot");
+                false
+            }),
+            None => false,
+        };
+        if !kept {
+            if let Err(e) = std::fs::remove_file(&job.path) {
+                tracing::warn!(path = %job.path.display(), error = %e, "could not remove raw blob");
+            }
+        }
+        Ok(Outcome::Deduplicated {
+            encoding: recipe.encoding.label(),
+        })
+    }
+}
