@@ -56,6 +56,19 @@ fn stats(s: &Server, c: &Client) -> Value {
     c.get(s.url("/_stats")).send().unwrap().json().unwrap()
 }
 
+/// Until the hot tier holds `bytes` (a restored layer is adopted just after its last byte
+/// went out); the stats then.
+fn wait_hot(s: &Server, c: &Client, bytes: usize) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = stats(s, c);
+        if st["bytes"]["hot"] == bytes || std::time::Instant::now() > deadline {
+            return st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn layers_are_deduplicated_and_pull_back_exactly() {
     let s = Server::start_at(&tempfile::tempdir().unwrap().keep(), &["--dedup", "inline"]);
@@ -481,6 +494,7 @@ fn restored_layer_cache_serves_repeat_pulls() {
     assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
     assert_eq!(stats(&s, &c)["restore"]["cache_bytes"], 0);
     assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
+    wait_hot(&s, &c, blobs[0].len());
     assert_eq!(stats(&s, &c)["restore"]["cache_hits"], 0);
     assert!(pull(&s, &c, "hot/app", &ds[0]) == blobs[0]);
     let st = stats(&s, &c);
@@ -582,4 +596,44 @@ fn a_small_blob_is_served_while_a_stalled_reader_holds_the_restore_thread() {
     assert!(got == small, "the small blob came back different");
     drop(sock);
     assert!(pull(&s, &c, "r", &db) == big);
+}
+
+/// A hot tier sized as a share of the store (the default is 10%) follows it: its budget is
+/// that share of the logical bytes once a pass (or the periodic refresh) has looked, and a
+/// layer that fits is kept after its second pull.
+#[test]
+fn a_hot_tier_sized_as_a_share_follows_the_store() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(
+        root.path(),
+        &[
+            "--dedup",
+            "inline",
+            "--hot-bytes",
+            "50%",
+            "--gc-interval",
+            "0",
+        ],
+    );
+    let c = Client::new();
+    assert_eq!(stats(&s, &c)["restore"]["hot_budget"], 0, "an empty store");
+    let blobs: Vec<Vec<u8>> = (90..96).map(|v| gzip(&layer(v, 5), 6)).collect();
+    let ds: Vec<String> = blobs.iter().map(|b| push(&s, &c, "share/app", b)).collect();
+    assert_eq!(
+        stats(&s, &c)["bytes"]["hot"],
+        0,
+        "pushed while the budget was 0"
+    );
+    let r = c.post(s.url("/_gc")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let st = stats(&s, &c);
+    let logical = st["bytes"]["logical"].as_u64().unwrap();
+    let budget = st["restore"]["hot_budget"].as_u64().unwrap();
+    assert_eq!(budget, logical / 2, "{}", st["restore"]);
+    assert!(blobs[0].len() as u64 <= budget / 2);
+    for _ in 0..2 {
+        assert!(pull(&s, &c, "share/app", &ds[0]) == blobs[0]);
+    }
+    let st = wait_hot(&s, &c, blobs[0].len());
+    assert_eq!(st["bytes"]["hot"], blobs[0].len(), "{}", st["bytes"]);
 }

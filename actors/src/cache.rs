@@ -22,7 +22,7 @@ pub const PULL_MEMORY: usize = 65536;
 #[derive(Debug)]
 pub struct LayerCache {
     dir: PathBuf,
-    budget: u64,
+    budget: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
 }
 
@@ -60,7 +60,7 @@ impl LayerCache {
         }
         let cache = Arc::new(LayerCache {
             dir,
-            budget,
+            budget: budget.into(),
             state: Mutex::new(st),
         });
         cache.evict(0)?;
@@ -100,13 +100,27 @@ impl LayerCache {
     /// Whether a restored layer of `size` bytes pulled `pulls` times is to be kept hot:
     /// pulled more than once, and small enough for the budget.
     pub fn admits(&self, size: u64, pulls: u32) -> bool {
-        pulls >= 2 && self.budget > 0 && size <= self.budget / 2
+        let budget = self.budget();
+        pulls >= 2 && budget > 0 && size <= budget / 2
+    }
+
+    /// The budget now, in bytes.
+    pub fn budget(&self) -> u64 {
+        self.budget.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Change the budget (it follows the store's size), evicting what no longer fits.
+    pub fn set_budget(&self, budget: u64) -> io::Result<()> {
+        self.budget
+            .store(budget, std::sync::atomic::Ordering::Relaxed);
+        self.evict(0)
     }
 
     /// Remove least recently used entries until `incoming` more bytes fit.
     fn evict(&self, incoming: u64) -> io::Result<()> {
+        let budget = self.budget();
         let mut st = self.state.lock().expect("cache lock");
-        while st.total + incoming > self.budget && !st.entries.is_empty() {
+        while st.total + incoming > budget && !st.entries.is_empty() {
             let (victim, (size, _)) = st
                 .entries
                 .iter()
@@ -129,7 +143,8 @@ impl LayerCache {
     /// system.
     pub fn adopt(&self, d: &Digest, path: &std::path::Path) -> io::Result<bool> {
         let size = fs::metadata(path)?.len();
-        if self.budget == 0 || size > self.budget / 2 {
+        let budget = self.budget();
+        if budget == 0 || size > budget / 2 {
             return Ok(false);
         }
         self.evict(size)?;

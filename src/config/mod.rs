@@ -70,11 +70,14 @@ pub struct ServeArgs {
     /// Threads restoring deduplicated layers for pulls [default: 2].
     #[arg(long, env = "STOWAGE_RESTORE_THREADS")]
     pub restore_threads: Option<usize>,
-    /// The hot tier: bytes of layers kept exact for the next pulls, as file reads: layers
-    /// just deduplicated keep their pushed bytes, and restored layers pulled whole are kept;
-    /// least recently used go first (0: none) [default: 0]. Also `--hot-bytes`.
+    /// The hot tier: layers kept exact for the next pulls, as file reads (layers just
+    /// deduplicated keep their pushed bytes; layers pulled more than once are kept once
+    /// restored; least recently used go first). A byte count, or `N%` of the logical bytes
+    /// (the blobs as pushed, what a plain registry stores), so the tier never costs more than
+    /// that share on top of the deduplicated store; `0`: none [default: 10%]. Also
+    /// `--hot-bytes`.
     #[arg(long, alias = "hot-bytes", env = "STOWAGE_RESTORE_CACHE_BYTES")]
-    pub restore_cache_bytes: Option<u64>,
+    pub restore_cache_bytes: Option<HotBudget>,
     /// Near-duplicate detection: store new chunks as zstd deltas against similar ones
     /// [default: true].
     #[arg(long, env = "STOWAGE_SIMILARITY")]
@@ -214,6 +217,59 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// The hot tier's budget: bytes, or a share of the logical bytes (the blobs as pushed).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HotBudget {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl HotBudget {
+    /// The budget in bytes for a store holding `logical` bytes of blobs.
+    pub fn resolve(self, logical: u64) -> u64 {
+        match self {
+            HotBudget::Bytes(n) => n,
+            HotBudget::Percent(p) => (logical as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+impl std::str::FromStr for HotBudget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: expected a percentage like 10%"))?;
+            if !(0.0..=1000.0).contains(&p) {
+                return Err(format!("{s:?}: a percentage between 0% and 1000%"));
+            }
+            return Ok(HotBudget::Percent(p));
+        }
+        s.parse()
+            .map(HotBudget::Bytes)
+            .map_err(|_| format!("{s:?}: expected a byte count or a percentage like 10%"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HotBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(HotBudget::Bytes(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DedupMode {
@@ -253,7 +309,7 @@ struct FileConfig {
     container_size: Option<u64>,
     chunk_zstd_level: Option<i32>,
     restore_threads: Option<usize>,
-    restore_cache_bytes: Option<u64>,
+    restore_cache_bytes: Option<HotBudget>,
     similarity: Option<bool>,
     similarity_features: Option<usize>,
     similarity_super_features: Option<usize>,
@@ -291,7 +347,7 @@ pub struct Config {
     pub container_size: u64,
     pub chunk_zstd_level: i32,
     pub restore_threads: usize,
-    pub restore_cache_bytes: u64,
+    pub restore_cache_bytes: HotBudget,
     pub similarity: stowage_actors::pipeline::SimilarityConfig,
     pub similarity_index_entries: usize,
     pub repo_policies: Vec<RepoPolicy>,
@@ -319,7 +375,7 @@ impl Default for Config {
             container_size: 4 << 20,
             chunk_zstd_level: 3,
             restore_threads: 2,
-            restore_cache_bytes: 0,
+            restore_cache_bytes: HotBudget::Percent(10.0),
             similarity: Default::default(),
             similarity_index_entries: 2_000_000,
             repo_policies: Vec::new(),
@@ -513,6 +569,36 @@ mod tests {
         assert_eq!(cfg.addr, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(cfg.upload_ttl, Duration::from_secs(7200));
         assert_eq!(cfg.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn hot_budget_in_bytes_or_a_share_of_the_store() {
+        assert_eq!(
+            Config::resolve(&ServeArgs::default())
+                .unwrap()
+                .restore_cache_bytes,
+            HotBudget::Percent(10.0),
+            "default: a tenth of the logical bytes"
+        );
+        assert_eq!("0".parse(), Ok(HotBudget::Bytes(0)));
+        assert_eq!("5%".parse(), Ok(HotBudget::Percent(5.0)));
+        assert_eq!(HotBudget::Percent(10.0).resolve(1_000_000), 100_000);
+        assert_eq!(HotBudget::Bytes(42).resolve(1_000_000), 42);
+        assert!("lots".parse::<HotBudget>().is_err());
+        assert!("-5%".parse::<HotBudget>().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        for (text, want) in [
+            ("restore_cache_bytes = 1000\n", HotBudget::Bytes(1000)),
+            ("restore_cache_bytes = \"25%\"\n", HotBudget::Percent(25.0)),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let args = ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            };
+            assert_eq!(Config::resolve(&args).unwrap().restore_cache_bytes, want);
+        }
     }
 
     #[test]

@@ -198,6 +198,10 @@ impl Registry {
                 if !r.dry_run {
                     stats.passes.fetch_add(1, Relaxed);
                     stats.totals.lock().expect("gc totals lock").add(r);
+                    // The store shrank: so does a hot tier sized as a share of it.
+                    if let Err(e) = self.refresh_hot_budget().await {
+                        tracing::warn!(error = %e, "could not size the hot tier");
+                    }
                     // Space given back: layers that could not be packed for want of it are
                     // tried again.
                     let low = self

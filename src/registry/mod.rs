@@ -207,6 +207,8 @@ pub struct RestoreCounts {
     pub cache_hits: u64,
     /// Bytes in the cache of restored layers (part of `bytes.stored`).
     pub cache_bytes: u64,
+    /// The hot tier's budget now (it follows the store when set as a share of it).
+    pub hot_budget: u64,
     /// Restores started (whole layers, spooled), pulls that joined one already under way,
     /// restores started by a manifest GET, and restores stopped because nobody read them.
     pub started: u64,
@@ -273,9 +275,13 @@ impl Registry {
         std::fs::create_dir_all(&containers)?;
         let catalog: Arc<dyn stowage_actors::pipeline::Catalog> =
             Arc::new(dedup::MetaCatalog(meta.clone()));
+        let logical = {
+            let t = meta.read()?;
+            meta.counts(&t)?.logical_bytes
+        };
         let layer_cache = stowage_actors::cache::LayerCache::open(
             cfg.root.join("cache"),
-            cfg.restore_cache_bytes,
+            cfg.restore_cache_bytes.resolve(logical),
         )?;
         let flights = stowage_actors::flight::Flights::open(cfg.root.join("cache").join("spool"))?;
         let (pipeline, restore, restore_stats) = if actors {
@@ -716,6 +722,7 @@ impl Registry {
                         failures: r.failures.load(Relaxed),
                         cache_hits: r.cache_hits.load(Relaxed),
                         cache_bytes: inner.layer_cache.bytes(),
+                        hot_budget: inner.layer_cache.budget(),
                         started: inner.flights.started.load(Relaxed),
                         joined: inner.flights.joins.load(Relaxed),
                         announced: r.announced.load(Relaxed),

@@ -80,6 +80,22 @@ impl Registry {
         self.inner.flights.prune();
     }
 
+    /// Set the hot tier's budget from the store's logical bytes now (when it is a share of
+    /// them), evicting what no longer fits.
+    pub async fn refresh_hot_budget(&self) -> Result<u64> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let logical = {
+                let t = inner.meta.read()?;
+                inner.meta.counts(&t)?.logical_bytes
+            };
+            let budget = inner.cfg.restore_cache_bytes.resolve(logical);
+            inner.layer_cache.set_budget(budget)?;
+            Ok(budget)
+        })
+        .await
+    }
+
     /// The hot copy of `d`, if there is one.
     async fn hot_stream(
         &self,
