@@ -40,6 +40,32 @@ impl Default for HttpMetrics {
             &["method", "route"],
         )
         .expect("valid metric");
+        // The series a registry's traffic is made of exist from the start, at zero: a series
+        // born with its first request would hide that request from rate() (Prometheus needs
+        // two samples), so the first pull after a start would never show on the dashboard.
+        for (method, route) in [
+            ("GET", "blob"),
+            ("HEAD", "blob"),
+            ("GET", "manifest"),
+            ("HEAD", "manifest"),
+            ("PUT", "manifest"),
+            ("POST", "upload"),
+            ("PATCH", "upload"),
+            ("PUT", "upload"),
+        ] {
+            latency.with_label_values(&[method, route]);
+        }
+        for (method, status) in [
+            ("GET", "200"),
+            ("GET", "404"),
+            ("HEAD", "200"),
+            ("HEAD", "404"),
+            ("POST", "202"),
+            ("PATCH", "202"),
+            ("PUT", "201"),
+        ] {
+            requests.with_label_values(&[method, status]);
+        }
         registry
             .register(Box::new(requests.clone()))
             .expect("register");
@@ -399,7 +425,8 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
     counter(
         &r,
         "stowage_restore_bytes_total",
-        "Bytes served from deduplicated layers",
+        "Bytes of deduplicated layers re-created from chunks (once per restore, however many \
+         pulls share it; hot-tier reads not included)",
         stats.restore.bytes,
     );
     counter(

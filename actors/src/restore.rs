@@ -261,8 +261,17 @@ pub fn restore_layer_timed(
 ) -> io::Result<()> {
     let order = recipe.read_order();
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PREFETCH);
-    let started = Instant::now();
-    let (mut waited, mut outside) = (0u64, 0u64);
+    // Counted piece by piece, so a long restore shows in metrics while it runs: time waiting
+    // for chunks since the last piece, and when the re-encoder last took over.
+    let waited = std::cell::Cell::new(0u64);
+    let mut mark = Instant::now();
+    let account = |since: Instant| {
+        let w = waited.replace(0);
+        times.wait.fetch_add(w, Relaxed);
+        times
+            .encode
+            .fetch_add(elapsed_ns(since).saturating_sub(w), Relaxed);
+    };
     let r = std::thread::scope(|s| {
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
@@ -280,21 +289,17 @@ pub fn restore_layer_timed(
         let mut it = std::iter::from_fn(|| {
             let t = Instant::now();
             let next = rx.recv().ok();
-            waited += elapsed_ns(t);
+            waited.set(waited.get() + elapsed_ns(t));
             next
         });
         restore(recipe, &mut it, &mut |b| {
-            let t = Instant::now();
+            account(mark);
             let r = out(b);
-            outside += elapsed_ns(t);
+            mark = Instant::now();
             r
         })
     });
-    times.wait.fetch_add(waited, Relaxed);
-    times.encode.fetch_add(
-        elapsed_ns(started).saturating_sub(waited + outside),
-        Relaxed,
-    );
+    account(mark);
     r
 }
 
@@ -313,6 +318,9 @@ struct PermitState {
     free: usize,
     waiting: usize,
     waiting_low: usize,
+    /// Restores paused (holding their buffers, not a permit), at most `max_paused`.
+    paused: usize,
+    max_paused: usize,
 }
 
 impl Permits {
@@ -320,6 +328,7 @@ impl Permits {
         Permits {
             state: Mutex::new(PermitState {
                 free: n.max(1),
+                max_paused: PAUSED_PER_PERMIT * n.max(1),
                 ..Default::default()
             }),
             freed: Condvar::new(),
@@ -357,7 +366,31 @@ impl Permits {
     pub fn contended(&self) -> bool {
         self.state.lock().expect("permits lock").waiting > 0
     }
+
+    /// Give the permit back to pause, if fewer than the most paused restores allowed are
+    /// paused (each keeps its read-ahead, chunk cache and re-encoder while it waits, so their
+    /// number bounds memory); false: go on running.
+    pub fn pause(&self) -> bool {
+        let mut g = self.state.lock().expect("permits lock");
+        if g.paused >= g.max_paused {
+            return false;
+        }
+        g.paused += 1;
+        g.free += 1;
+        drop(g);
+        self.freed.notify_all();
+        true
+    }
+
+    /// Take a permit back after [`Permits::pause`], once no new restore waits.
+    pub fn resume(&self) {
+        self.state.lock().expect("permits lock").paused -= 1;
+        self.acquire_low();
+    }
 }
+
+/// Paused restores allowed per permit (see [`Permits::pause`]).
+pub const PAUSED_PER_PERMIT: usize = 4;
 
 /// Serves deduplicated layers. A whole-layer restore runs on a thread of its own and writes
 /// into its [`Flight`]'s spool file at the re-encoder's pace, whoever reads it
@@ -518,12 +551,12 @@ impl Restore {
             io::Write::flush(&mut w)?;
             times.send.fetch_add(elapsed_ns(t), Relaxed);
             written += b.len() as u64;
+            self.stats.bytes.fetch_add(b.len() as u64, Relaxed);
             flight.publish(crate::flight::Progress::Written(written));
-            if written > flight.read_upto() + AHEAD && permits.contended() {
+            if written > flight.read_upto() + AHEAD && permits.contended() && permits.pause() {
                 self.stats.paused.fetch_add(1, Relaxed);
-                permits.release();
                 let go_on = flight.wait_for_readers(written - AHEAD / 2, || !permits.contended());
-                permits.acquire_low();
+                permits.resume();
                 if !go_on {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -536,7 +569,6 @@ impl Restore {
             }
             Ok(())
         });
-        self.stats.bytes.fetch_add(written, Relaxed);
         match r {
             Ok(()) => {
                 let got = hasher.finish();
@@ -713,6 +745,20 @@ mod tests {
         high.join().unwrap();
         low.join().unwrap();
         assert_eq!(*order.lock().unwrap(), ["high", "low"]);
+    }
+
+    #[test]
+    fn paused_restores_are_bounded() {
+        let p = Permits::new(1);
+        p.acquire();
+        for _ in 0..PAUSED_PER_PERMIT {
+            assert!(p.pause());
+            p.acquire(); // the permit another restore took meanwhile
+        }
+        assert!(!p.pause(), "no more may pause: they go on running");
+        p.release();
+        p.resume();
+        assert!(p.pause(), "one resumed: room for another");
     }
 
     #[test]
