@@ -109,6 +109,12 @@ impl LayerCache {
         self.budget.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Raise the budget by `more` bytes (the store grew).
+    pub fn grow_budget(&self, more: u64) {
+        self.budget
+            .fetch_add(more, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Change the budget (it follows the store's size), evicting what no longer fits.
     pub fn set_budget(&self, budget: u64) -> io::Result<()> {
         self.budget

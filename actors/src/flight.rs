@@ -12,8 +12,8 @@
 //! gets an error instead of it, so no response completes with wrong bytes.
 //!
 //! Life of a spool file: created (empty) with the flight; when the restore matches, it is
-//! either adopted by the hot tier (renamed into `cache/<alg>/<hex>`) or, when manifest GETs
-//! announced pulls that have not come yet ([`Flights::expect`]), kept until they have come or
+//! either adopted by the hot tier (renamed into `cache/<alg>/<hex>`) or, when a manifest GET
+//! announced a pull that has not come yet ([`Flights::expect`]), kept until it has come or
 //! [`LINGER`] has passed; otherwise, and on failure, it is unlinked. A flight leaves the map
 //! before its file is renamed or unlinked, and readers open the file while they join under the
 //! map's lock, so a reader always holds an open descriptor of the right bytes (an unlinked
@@ -27,7 +27,10 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,10 @@ pub const MAX_FLIGHTS: usize = 64;
 pub const AHEAD: u64 = 8 << 20;
 /// A paused restore whose readers took nothing for this long is given up (they get an error).
 pub const IDLE: Duration = Duration::from_secs(300);
+/// How much of a layer a restore announced by a manifest GET writes before a pull of it comes:
+/// a client that has the layer already never asks, and a wrong guess should cost little. The
+/// restore then waits up to [`LINGER`] for the pull, and goes on when it comes.
+pub const ANNOUNCED_HEAD: u64 = 4 << 20;
 
 /// How far a flight got.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,9 +97,11 @@ impl Flight {
 
     /// Nobody reads, expects or wants the result any more.
     pub fn abandoned(&self) -> bool {
-        self.readers.load(Relaxed) == 0
-            && self.expected.load(Relaxed) == 0
-            && !self.wanted.load(Relaxed)
+        // SeqCst with the updates in `Flights::join`: a reader counted there is seen here
+        // before the announced pull it claimed stops counting.
+        self.readers.load(SeqCst) == 0
+            && self.expected.load(SeqCst) == 0
+            && !self.wanted.load(SeqCst)
     }
 
     /// Readers that joined so far.
@@ -123,16 +132,27 @@ impl Flight {
         self.wake.notify_all();
     }
 
+    /// Announced by a manifest GET and not joined by any pull yet (nor wanted by the hot tier).
+    pub fn unclaimed(&self) -> bool {
+        self.joined() == 0 && !self.wanted.load(Relaxed)
+    }
+
     /// For a paused restore: wait until a reader reaches `upto`, or `resume()` says to go on
     /// (checked every 100 ms), or nobody reads any more. False when the readers took nothing
-    /// for [`IDLE`]: the restore should give up.
-    pub fn wait_for_readers(&self, upto: u64, resume: impl Fn() -> bool) -> bool {
+    /// for `give_up` (since the flight began, when nobody has read yet): the restore should
+    /// give up.
+    pub fn wait_for_readers(
+        &self,
+        upto: u64,
+        resume: impl Fn() -> bool,
+        give_up: Duration,
+    ) -> bool {
         let mut g = self.last_read.lock().expect("flight lock");
         loop {
             if self.read_upto() >= upto || resume() || self.abandoned() {
                 return true;
             }
-            if g.elapsed() >= IDLE {
+            if g.elapsed() >= give_up {
                 return false;
             }
             g = self
@@ -221,11 +241,14 @@ impl Flights {
         self.prune_locked(&mut map);
         if let Some(f) = map.get(d) {
             let f = f.clone();
+            // The reader counts before the announced pull it claims stops counting: the
+            // restore thread, which reads both without this lock, must never see neither and
+            // stop a restore someone is joining.
+            let reader = FlightReader::open(f.clone())?;
             let _ = f
                 .expected
-                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
             self.joins.fetch_add(1, Relaxed);
-            let reader = FlightReader::open(f.clone())?;
             if f.finished() && f.expected.load(Relaxed) == 0 {
                 // Every announced pull has come: the file goes once its readers have it open.
                 map.remove(d);
@@ -240,12 +263,16 @@ impl Flights {
     }
 
     /// A manifest GET announced a pull of `d`: start its restore unless one is under way (then
-    /// only count the announced pull). Returns the new flight the caller must start.
+    /// only note that a pull is announced). Returns the new flight the caller must start.
+    ///
+    /// At most one pull is pending per layer: a client may fetch a manifest more than once
+    /// before its blobs, and a restored layer kept for pulls that never come costs disk. Pulls
+    /// arriving together join the restore while it runs anyway.
     pub fn expect(&self, d: &Digest, size: u64) -> io::Result<Option<Arc<Flight>>> {
         let mut map = self.lock();
         self.prune_locked(&mut map);
         if let Some(f) = map.get(d) {
-            f.expected.fetch_add(1, Relaxed);
+            f.expected.store(1, Relaxed);
             return Ok(None);
         }
         let f = self.create(&map, d, size)?;
@@ -341,7 +368,7 @@ pub struct FlightReader {
 impl FlightReader {
     fn open(flight: Arc<Flight>) -> io::Result<FlightReader> {
         let file = Arc::new(File::open(&flight.path)?);
-        flight.readers.fetch_add(1, Relaxed);
+        flight.readers.fetch_add(1, SeqCst);
         flight.joined.fetch_add(1, Relaxed);
         let rx = flight.progress.subscribe();
         Ok(FlightReader { flight, file, rx })
@@ -485,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn announced_pulls_keep_a_restored_layer_until_they_come() {
+    fn an_announced_pull_keeps_a_restored_layer_until_it_comes() {
         let dir = tempfile::tempdir().unwrap();
         let flights = Flights::open(dir.path().join("spool")).unwrap();
         let d = Digest::sha256_of(b"layer");
@@ -497,17 +524,18 @@ mod tests {
         assert!(!f.abandoned());
         std::fs::write(f.path(), b"layer").unwrap();
         flights.finish(&f, Ok(()), |_| false);
-        assert!(f.path().exists(), "lingers for the announced pulls");
+        assert!(f.path().exists(), "lingers for the announced pull");
         let rt = rt();
-        for _ in 0..2 {
-            let Joined::Attached(mut r) = flights.join(&d, 5).unwrap() else {
-                panic!("attaches to the restored layer")
-            };
-            assert_eq!(rt.block_on(read_all(&mut r, 0, 5)).unwrap(), b"layer");
-        }
-        assert!(!f.path().exists(), "gone once both came");
+        let Joined::Attached(mut r) = flights.join(&d, 5).unwrap() else {
+            panic!("attaches to the restored layer")
+        };
+        assert_eq!(rt.block_on(read_all(&mut r, 0, 5)).unwrap(), b"layer");
+        assert!(
+            !f.path().exists(),
+            "gone once it came: one pull pending at most"
+        );
         assert_eq!(flights.started.load(Relaxed), 1);
-        assert_eq!(f.joined(), 2);
+        assert_eq!(f.joined(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::engine::container::{
 };
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore, Recipe};
-use crate::flight::{Flight, Flights, AHEAD};
+use crate::flight::{Flight, Flights, AHEAD, ANNOUNCED_HEAD, IDLE, LINGER};
 
 /// Chunks read ahead of the re-encoder.
 pub const PREFETCH: usize = 64;
@@ -553,9 +553,22 @@ impl Restore {
             written += b.len() as u64;
             self.stats.bytes.fetch_add(b.len() as u64, Relaxed);
             flight.publish(crate::flight::Progress::Written(written));
-            if written > flight.read_upto() + AHEAD && permits.contended() && permits.pause() {
+            if flight.unclaimed() && written > ANNOUNCED_HEAD {
+                // Announced, and no pull of it yet: wait for one with what is done.
+                if !permits.pause() {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "not pulled"));
+                }
                 self.stats.paused.fetch_add(1, Relaxed);
-                let go_on = flight.wait_for_readers(written - AHEAD / 2, || !permits.contended());
+                let pulled = flight.wait_for_readers(u64::MAX, || flight.joined() > 0, LINGER);
+                permits.resume();
+                if !pulled {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "not pulled"));
+                }
+            } else if written > flight.read_upto() + AHEAD && permits.contended() && permits.pause()
+            {
+                self.stats.paused.fetch_add(1, Relaxed);
+                let go_on =
+                    flight.wait_for_readers(written - AHEAD / 2, || !permits.contended(), IDLE);
                 permits.resume();
                 if !go_on {
                     return Err(io::Error::new(

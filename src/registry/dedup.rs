@@ -307,6 +307,7 @@ impl Registry {
 
     /// Hand a freshly committed blob (linked from `repo`) to the pipeline, as configured.
     pub(super) async fn after_commit(&self, d: &Digest, repo: &RepoName, size: u64) {
+        self.grow_hot_budget(size);
         let decision = self.decide(std::slice::from_ref(repo));
         self.schedule(d.clone(), size, decision, Duration::ZERO)
             .await;

@@ -80,6 +80,15 @@ impl Registry {
         self.inner.flights.prune();
     }
 
+    /// A new blob of `size` bytes was committed: a hot tier sized as a share of the store
+    /// grows by that share at once (the periodic refresh and each collection recount).
+    pub(super) fn grow_hot_budget(&self, size: u64) {
+        if let crate::config::HotBudget::Percent(_) = self.inner.cfg.restore_cache_bytes {
+            let more = self.inner.cfg.restore_cache_bytes.resolve(size);
+            self.inner.layer_cache.grow_budget(more);
+        }
+    }
+
     /// Set the hot tier's budget from the store's logical bytes now (when it is a share of
     /// them), evicting what no longer fits.
     pub async fn refresh_hot_budget(&self) -> Result<u64> {
