@@ -46,9 +46,11 @@ pub const PIECE: usize = 256 * 1024;
 /// Flights at a time (running, paused or waiting for a restore thread); a pull that would
 /// start one more is refused with 429 until some finish.
 pub const MAX_FLIGHTS: usize = 64;
-/// How far a restore may run ahead of its fastest reader while other restores wait for a
-/// thread; beyond that it yields its thread until its readers catch up (see `restore`).
-pub const AHEAD: u64 = 8 << 20;
+/// How far a restore may run ahead of its fastest reader while other restores run or wait;
+/// beyond that it yields its thread until its readers catch up or nothing else runs (see
+/// `restore`). Small, since the kernel's socket buffers already hold a few MiB a slow client
+/// has not read.
+pub const AHEAD: u64 = 2 << 20;
 /// A paused restore whose readers took nothing for this long is given up (they get an error).
 pub const IDLE: Duration = Duration::from_secs(300);
 /// How much of a layer a restore announced by a manifest GET writes before a pull of it comes:

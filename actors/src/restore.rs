@@ -311,6 +311,7 @@ pub fn restore_layer_timed(
 pub struct Permits {
     state: Mutex<PermitState>,
     freed: Condvar,
+    total: usize,
 }
 
 #[derive(Debug, Default)]
@@ -332,6 +333,7 @@ impl Permits {
                 ..Default::default()
             }),
             freed: Condvar::new(),
+            total: n.max(1),
         }
     }
 
@@ -367,6 +369,18 @@ impl Permits {
         self.state.lock().expect("permits lock").waiting > 0
     }
 
+    /// Another restore than the caller's (which holds a permit) runs or waits to run.
+    pub fn others_busy(&self) -> bool {
+        let g = self.state.lock().expect("permits lock");
+        self.total - g.free > 1 || g.waiting > 0
+    }
+
+    /// No restore runs or waits to run (paused ones aside).
+    pub fn idle(&self) -> bool {
+        let g = self.state.lock().expect("permits lock");
+        g.free == self.total && g.waiting == 0
+    }
+
     /// Give the permit back to pause, if fewer than the most paused restores allowed are
     /// paused (each keeps its read-ahead, chunk cache and re-encoder while it waits, so their
     /// number bounds memory); false: go on running.
@@ -398,7 +412,7 @@ pub const PAUSED_PER_PERMIT: usize = 4;
 /// the actor's threads and streams into a bounded channel of [`RESTORE_CHANNEL`] pieces of
 /// about 256 KiB towards one client, and may serve a byte range. Either way at most
 /// `--restore-threads` restores run at once ([`Permits`]); one running ahead of its readers
-/// yields while others wait. The digest is recomputed on the fly whenever the whole layer is
+/// yields while others run. The digest is recomputed on the fly whenever the whole layer is
 /// produced; on mismatch readers get an error instead of the last bytes, so a response is
 /// aborted, never completed with wrong bytes.
 ///
@@ -520,9 +534,10 @@ impl Restore {
     }
 
     /// Restore into the flight's spool file, publishing progress after each piece. While
-    /// other restores wait for a permit, one more than [`AHEAD`] bytes ahead of its fastest
-    /// reader yields its permit until they catch up (or gives up after [`IDLE`] without a
-    /// read), so slow clients cost their own pace, not everyone's.
+    /// another restore runs or waits, one more than [`AHEAD`] bytes ahead of its fastest
+    /// reader yields its permit until they catch up or nothing else runs (or gives up after
+    /// [`IDLE`] without a read), so slow clients cost their own pace, not everyone's. One
+    /// announced by a manifest GET writes [`ANNOUNCED_HEAD`] bytes, then waits for a pull.
     fn spool(
         &self,
         recipe: &Recipe,
@@ -564,11 +579,13 @@ impl Restore {
                 if !pulled {
                     return Err(io::Error::new(io::ErrorKind::Interrupted, "not pulled"));
                 }
-            } else if written > flight.read_upto() + AHEAD && permits.contended() && permits.pause()
+            } else if written > flight.read_upto() + AHEAD
+                && permits.others_busy()
+                && permits.pause()
             {
                 self.stats.paused.fetch_add(1, Relaxed);
-                let go_on =
-                    flight.wait_for_readers(written - AHEAD / 2, || !permits.contended(), IDLE);
+                // Back when its readers caught up, or when no other restore runs or waits.
+                let go_on = flight.wait_for_readers(written - AHEAD / 2, || permits.idle(), IDLE);
                 permits.resume();
                 if !go_on {
                     return Err(io::Error::new(
