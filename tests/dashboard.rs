@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -269,26 +268,6 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A gzip (level 6) layer of 1 MiB text files, one per seed: layers sharing seeds share the
-/// files' chunks.
-fn layer(seeds: &[u64]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for &seed in seeds {
-        let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-        let data = common::xorshift_text(&mut x, 1 << 20, b"abcdefghijklmnop \n");
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, format!("opt/data/file-{seed}"), &data[..])
-            .unwrap();
-    }
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    e.write_all(&b.into_inner().unwrap()).unwrap();
-    e.finish().unwrap()
-}
-
 fn stats(s: &Server, c: &Client) -> Value {
     c.get(s.url("/_stats"))
         .send()
@@ -333,8 +312,8 @@ fn every_panel_shows_what_a_pull_did() {
     prom.wait_for(&c, &format!("up{sel}"), |v| v == 1.0);
 
     // Two layers sharing four of their files: the second pushed dedups against the first.
-    let shared = layer(&[1, 2, 3, 4]);
-    let pulled = layer(&[1, 2, 3, 4, 5]);
+    let shared = common::text_layer([1, 2, 3, 4]);
+    let pulled = common::text_layer([1, 2, 3, 4, 5]);
     // Far above the 256 KiB up to which blobs are restored in memory, off the Restore actor.
     assert!(pulled.len() > 1 << 20, "{} bytes", pulled.len());
     let d = common::digest_of(&pulled);

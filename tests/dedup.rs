@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{assert_fsck_clean, push_blob as push, Server};
+use common::{assert_fsck_clean, pull_blob as pull, push_blob as push, Server};
 use reqwest::blocking::Client;
 use reqwest::header::RANGE;
 use reqwest::StatusCode;
@@ -36,15 +36,6 @@ fn gzip(raw: &[u8], level: u32) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
     e.write_all(raw).unwrap();
     e.finish().unwrap()
-}
-
-fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {
-    let r = c
-        .get(s.url(&format!("/v2/{repo}/blobs/{d}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.bytes().unwrap().to_vec()
 }
 
 /// `stowage fsck --root <root>` (the server must be stopped).

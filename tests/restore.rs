@@ -7,33 +7,19 @@
 mod common;
 
 use std::io::{Read, Write};
+
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{push_blob as push, Server};
+use common::{pull_blob as pull, push_blob as push, Server};
 use reqwest::blocking::Client;
 use reqwest::header::RANGE;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// A gzip layer of `mb` files of 1 MiB of text (compressible, so its restore re-encodes for
-/// a while).
+/// A gzip layer of `mb` files of 1 MiB of text (see `common::text_layer`).
 fn big_layer(seed: u64, mb: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut b = tar::Builder::new(Vec::new());
-    for i in 0..mb {
-        let data = common::xorshift_text(&mut x, 1 << 20, b"abcdefghijklmnop \n");
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, format!("opt/data/file-{i}"), &data[..])
-            .unwrap();
-    }
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    e.write_all(&b.into_inner().unwrap()).unwrap();
-    e.finish().unwrap()
+    common::text_layer((0..mb as u64).map(|i| seed * 1000 + i))
 }
 
 fn client() -> Client {
@@ -49,15 +35,6 @@ fn stats(s: &Server, c: &Client) -> Value {
 
 fn restore_count(s: &Server, c: &Client, what: &str) -> u64 {
     stats(s, c)["restore"][what].as_u64().unwrap()
-}
-
-fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {
-    let r = c
-        .get(s.url(&format!("/v2/{repo}/blobs/{d}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.bytes().unwrap().to_vec()
 }
 
 /// A raw HTTP/1.1 GET whose body the caller reads at its own pace.

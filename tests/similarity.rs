@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{assert_fsck_clean, push_blob as push, wait_dedup_idle, Server};
+use common::{assert_fsck_clean, pull_blob as pull, push_blob as push, wait_dedup_idle, Server};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -51,15 +51,6 @@ fn gzip(raw: &[u8]) -> Vec<u8> {
 
 fn stats(s: &Server, c: &Client) -> Value {
     c.get(s.url("/_stats")).send().unwrap().json().unwrap()
-}
-
-fn pull(s: &Server, c: &Client, repo: &str, d: &str) -> Vec<u8> {
-    let r = c
-        .get(s.url(&format!("/v2/{repo}/blobs/{d}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.bytes().unwrap().to_vec()
 }
 
 fn push_series(s: &Server, c: &Client, repo: &str, versions: &[Vec<u8>]) -> Vec<String> {

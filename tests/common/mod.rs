@@ -254,3 +254,34 @@ pub fn wait_dedup_idle(stats_url: &str) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A gzip (level 6) layer of one 1 MiB text file per seed, `opt/data/file-<seed>`: layers
+/// built from overlapping seeds share files, and their restores re-encode for a while.
+pub fn text_layer(seeds: impl IntoIterator<Item = u64>) -> Vec<u8> {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    for seed in seeds {
+        let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+        let data = xorshift_text(&mut x, 1 << 20, b"abcdefghijklmnop \n");
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, format!("opt/data/file-{seed}"), &data[..])
+            .unwrap();
+    }
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(&b.into_inner().unwrap()).unwrap();
+    e.finish().unwrap()
+}
+
+/// GET a blob linked in `repo`: it must answer 200; its bytes.
+pub fn pull_blob(s: &Server, c: &reqwest::blocking::Client, repo: &str, d: &str) -> Vec<u8> {
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/blobs/{d}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    r.bytes().unwrap().to_vec()
+}
