@@ -231,21 +231,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
-    // Restored layers whose announced pulls never came; the hot tier's budget when it follows
-    // the store's size.
+    // Restored layers whose announced pulls never came.
     let spool_pruner = {
         let reg = reg.clone();
-        let follows = matches!(cfg.restore_cache_bytes, config::HotBudget::Percent(_));
         actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            let mut tick = tokio::time::interval(stowage_actors::flight::LINGER / 2);
             loop {
                 tick.tick().await;
                 reg.prune_flights();
-                if follows {
-                    if let Err(e) = reg.refresh_hot_budget().await {
-                        tracing::warn!(error = %e, "could not size the hot tier");
-                    }
-                }
             }
         })
     };

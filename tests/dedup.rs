@@ -591,7 +591,7 @@ fn a_small_blob_is_served_while_a_stalled_reader_holds_the_restore_thread() {
 
 /// A hot tier sized as a share of the store (the default is 10%) follows it: its budget grows
 /// with every new blob (so layers just pushed can stay hot from the first push on), is
-/// recounted by a collection pass, and bounds what the tier holds.
+/// recounted by a collection pass (the only way blobs leave), and bounds what the tier holds.
 #[test]
 fn a_hot_tier_sized_as_a_share_follows_the_store() {
     let root = tempfile::tempdir().unwrap();

@@ -81,7 +81,8 @@ impl Registry {
     }
 
     /// A new blob of `size` bytes was committed: a hot tier sized as a share of the store
-    /// grows by that share at once (the periodic refresh and each collection recount).
+    /// grows by that share at once. Blobs leave the store only through a collection pass,
+    /// which recounts (`refresh_hot_budget`), so no periodic scan of the blobs is needed.
     pub(super) fn grow_hot_budget(&self, size: u64) {
         if let crate::config::HotBudget::Percent(_) = self.inner.cfg.restore_cache_bytes {
             let more = self.inner.cfg.restore_cache_bytes.resolve(size);
