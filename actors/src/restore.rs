@@ -349,7 +349,7 @@ impl Permits {
     }
 
     /// Take a permit once no [`Permits::acquire`] waits.
-    pub fn acquire_low(&self) {
+    fn acquire_low(&self) {
         let mut g = self.state.lock().expect("permits lock");
         g.waiting_low += 1;
         while g.free == 0 || g.waiting > 0 {
@@ -362,11 +362,6 @@ impl Permits {
     pub fn release(&self) {
         self.state.lock().expect("permits lock").free += 1;
         self.freed.notify_all();
-    }
-
-    /// Some restore waits for a permit, first in line.
-    pub fn contended(&self) -> bool {
-        self.state.lock().expect("permits lock").waiting > 0
     }
 
     /// Another restore than the caller's (which holds a permit) runs or waits to run.
@@ -768,7 +763,7 @@ mod tests {
                 p.release();
             })
         };
-        while !p.contended() {
+        while p.state.lock().unwrap().waiting == 0 {
             std::thread::yield_now();
         }
         p.release();
