@@ -483,6 +483,18 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
         "Times a restore ahead of its readers yielded its thread to a waiting one",
         stats.restore.paused,
     );
+    counter(
+        &r,
+        "stowage_restore_resumed_total",
+        "Ranges restored from a block boundary before them instead of the layer's start",
+        stats.restore.resumed,
+    );
+    counter(
+        &r,
+        "stowage_restore_resumed_skipped_bytes_total",
+        "Uncompressed bytes before resumed ranges that were not restored",
+        stats.restore.resumed_skipped_bytes,
+    );
     {
         let g = prometheus::CounterVec::new(
             prometheus::Opts::new(

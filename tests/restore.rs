@@ -76,12 +76,13 @@ fn concurrent_pulls_share_one_restore() {
                     2 => {
                         let r = c
                             .get(&url)
-                            .header(RANGE, "bytes=3000000-3999999")
+                            .header(RANGE, "bytes=100000-999999")
                             .send()
                             .unwrap();
                         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
                         let got = r.bytes().unwrap();
-                        assert!(got.as_ref() == &blob[3_000_000..4_000_000], "range differs");
+                        // Before the layer's first restart point: it joins the restore.
+                        assert!(got.as_ref() == &blob[100_000..1_000_000], "range differs");
                     }
                     _ => {
                         let mut r = c.get(&url).send().unwrap();
@@ -108,6 +109,47 @@ fn concurrent_pulls_share_one_restore() {
     assert_eq!(st["restore"]["failures"], 0);
     // Nothing left behind once the restore is done and nobody reads.
     assert_eq!(st["bytes"]["spool"], 0, "{}", st["bytes"]);
+}
+
+/// A range far into a cold layer is restored from the block boundary before it, not from
+/// the layer's start, and its bytes are exact (end of the layer included).
+#[test]
+fn a_range_resumes_at_the_boundary_before_it() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let c = client();
+    let blob = big_layer(7, 24);
+    let d = push(&s, &c, "ci/app", &blob);
+    assert_eq!(stats(&s, &c)["layers"]["deduplicated"], 1);
+    let url = s.url(&format!("/v2/ci/app/blobs/{d}"));
+    let n = blob.len();
+    let mid = n * 2 / 3;
+    for (range, want) in [
+        ("bytes=-100".to_string(), &blob[n - 100..]),
+        (
+            format!("bytes={mid}-{}", mid + 99_999),
+            &blob[mid..mid + 100_000],
+        ),
+        (format!("bytes={}-", n - 1), &blob[n - 1..]),
+    ] {
+        let r = c.get(&url).header(RANGE, &range).send().unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert!(r.bytes().unwrap().as_ref() == want, "{range}: bytes differ");
+    }
+    let st = stats(&s, &c);
+    assert_eq!(st["restore"]["resumed"], 3, "{}", st["restore"]);
+    assert_eq!(
+        st["restore"]["started"], 0,
+        "no whole restore: {}",
+        st["restore"]
+    );
+    // Boundaries are recorded about every 4 MiB of the 24 MiB: each of the two ranges at the
+    // end skipped all but the last two segments (16 MiB at least).
+    let skipped = st["restore"]["resumed_skipped_bytes"].as_u64().unwrap();
+    assert!(skipped > 30 << 20, "{skipped} bytes skipped");
+    assert_eq!(st["restore"]["failures"], 0);
+    // The whole layer still restores exact.
+    assert!(pull(&s, &c, "ci/app", &d) == blob);
 }
 
 /// A layer whose container rotted: every concurrent reader's response is cut short (never a

@@ -283,6 +283,11 @@ impl Flights {
         Ok(Some(f))
     }
 
+    /// Whether a flight of `d` exists (under way, queued or lingering for its pulls).
+    pub fn has(&self, d: &Digest) -> bool {
+        self.lock().contains_key(d)
+    }
+
     /// Flights not yet finished (restores under way or queued).
     pub fn running(&self) -> usize {
         self.lock().values().filter(|f| !f.finished()).count()

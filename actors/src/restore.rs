@@ -20,7 +20,8 @@ use crate::engine::container::{
     container_path, decode_chunk, read_stored, split_delta, ChunkEncoding,
 };
 use crate::engine::delta::DeltaCoder;
-use crate::engine::recipe::{restore, Recipe};
+use crate::engine::recipe::{restore_from, Recipe};
+use crate::engine::recompress::Reencoder;
 use crate::flight::{Flight, Flights, AHEAD, ANNOUNCED_HEAD, IDLE, LINGER};
 
 /// Chunks read ahead of the re-encoder.
@@ -259,7 +260,24 @@ pub fn restore_layer_timed(
     times: &StageTimes,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let order = recipe.read_order();
+    let enc = Reencoder::new(&recipe.encoding);
+    restore_tail_timed(recipe, 0, enc, false, reader, times, out)
+}
+
+/// [`restore_layer_timed`] from uncompressed offset `from` on, through `enc` (resumed there:
+/// [`Reencoder::resume`]); chunks wholly before `from` are not read. With `verify_chunks`, each
+/// chunk read is checked against its id (SHA-1), for restores that cannot be checked against
+/// the layer's digest (a part of a layer); the time counts as hashing.
+pub fn restore_tail_timed(
+    recipe: &Recipe,
+    from: u64,
+    enc: Reencoder,
+    verify_chunks: bool,
+    reader: &ChunkReader,
+    times: &StageTimes,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let order = recipe.read_order_from(from);
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PREFETCH);
     // Counted piece by piece, so a long restore shows in metrics while it runs: time waiting
     // for chunks since the last piece, and when the re-encoder last took over.
@@ -276,7 +294,17 @@ pub fn restore_layer_timed(
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
             for (id, _) in order {
-                let r = reader.read_timed(&id, &mut session, Some(times));
+                let mut r = reader.read_timed(&id, &mut session, Some(times));
+                if let (true, Ok(data)) = (verify_chunks, &r) {
+                    let t = Instant::now();
+                    if ChunkId::of(data).ok() != Some(id) {
+                        r = Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("chunk {id} read back with other bytes"),
+                        ));
+                    }
+                    times.hash.fetch_add(elapsed_ns(t), Relaxed);
+                }
                 let stop = r.is_err();
                 if tx.send(r).is_err() || stop {
                     break;
@@ -292,7 +320,7 @@ pub fn restore_layer_timed(
             waited.set(waited.get() + elapsed_ns(t));
             next
         });
-        restore(recipe, &mut it, &mut |b| {
+        restore_from(recipe, from, enc, &mut it, &mut |b| {
             account(mark);
             let r = out(b);
             mark = Instant::now();
@@ -441,6 +469,10 @@ pub struct RestoreStats {
     pub announced: AtomicU64,
     /// Times a restore ahead of its readers yielded its thread to a waiting one.
     pub paused: AtomicU64,
+    /// Ranges restored from a block boundary recorded at ingest instead of the layer's start,
+    /// and the uncompressed bytes before it they did not restore.
+    pub resumed: AtomicU64,
+    pub resumed_skipped_bytes: AtomicU64,
     pub times: StageTimes,
 }
 
@@ -623,7 +655,10 @@ impl Restore {
         }
     }
 
-    /// Restore straight to one client (whole or a range).
+    /// Restore straight to one client (whole or a range). A range is restored from the last
+    /// block boundary before it when the layer has one (skipping the work before it); its
+    /// chunks are then checked against their ids, as its bytes cannot be checked against the
+    /// layer's digest.
     fn direct(
         &self,
         recipe: &Recipe,
@@ -635,42 +670,64 @@ impl Restore {
         let (start, len) = range.unwrap_or((0, u64::MAX));
         let end = start.saturating_add(len);
         let mut hasher = digest.algorithm().hasher();
-        let mut pos = 0u64;
+        let resumed = range.and_then(|(start, _)| Reencoder::resume(&recipe.encoding, start));
+        let (from, mut pos, enc) = match resumed {
+            Some((enc, at)) => {
+                self.stats.resumed.fetch_add(1, Relaxed);
+                (self.stats.resumed_skipped_bytes).fetch_add(at.plain, Relaxed);
+                (at.plain, at.offset, enc)
+            }
+            None => (0, 0, Reencoder::new(&recipe.encoding)),
+        };
+        let verify_chunks = from > 0;
         let mut sent = 0u64;
         // The last piece of a whole layer is held back until its digest is checked, so that a
         // mismatch can end the response short of its Content-Length.
         let mut held: Option<bytes::Bytes> = None;
         let whole = range.is_none();
-        let r = restore_layer_timed(recipe, &self.reader, times, &mut |b| {
-            let t = Instant::now();
-            hasher.update(b);
-            times.hash.fetch_add(elapsed_ns(t), Relaxed);
-            let (bs, be) = (pos, pos + b.len() as u64);
-            pos = be;
-            let (s, e) = (bs.max(start), be.min(end));
-            if s < e {
-                let mut piece =
-                    bytes::Bytes::copy_from_slice(&b[(s - bs) as usize..(e - bs) as usize]);
-                if whole {
-                    match held.replace(piece) {
-                        Some(prev) => piece = prev,
-                        None => return Ok(()),
-                    }
+        let r = restore_tail_timed(
+            recipe,
+            from,
+            enc,
+            verify_chunks,
+            &self.reader,
+            times,
+            &mut |b| {
+                if !verify_chunks {
+                    let t = Instant::now();
+                    hasher.update(b);
+                    times.hash.fetch_add(elapsed_ns(t), Relaxed);
                 }
-                sent += piece.len() as u64;
-                let t = Instant::now();
-                tx.blocking_send(Ok(piece))
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
-                times.send.fetch_add(elapsed_ns(t), Relaxed);
-            }
-            if range.is_some() && pos >= end {
-                // A partial range: stop once it is served.
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "range served"));
-            }
-            Ok(())
-        });
+                let (bs, be) = (pos, pos + b.len() as u64);
+                pos = be;
+                let (s, e) = (bs.max(start), be.min(end));
+                if s < e {
+                    let mut piece =
+                        bytes::Bytes::copy_from_slice(&b[(s - bs) as usize..(e - bs) as usize]);
+                    if whole {
+                        match held.replace(piece) {
+                            Some(prev) => piece = prev,
+                            None => return Ok(()),
+                        }
+                    }
+                    sent += piece.len() as u64;
+                    let t = Instant::now();
+                    tx.blocking_send(Ok(piece)).map_err(|_| {
+                        io::Error::new(io::ErrorKind::BrokenPipe, "client went away")
+                    })?;
+                    times.send.fetch_add(elapsed_ns(t), Relaxed);
+                }
+                if range.is_some() && pos >= end {
+                    // A partial range: stop once it is served.
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "range served"));
+                }
+                Ok(())
+            },
+        );
         self.stats.bytes.fetch_add(sent, Relaxed);
         match r {
+            // A range to the end from a boundary: its chunks were checked.
+            Ok(()) if verify_chunks => {}
             Ok(()) => {
                 let got = hasher.finish();
                 if &got == digest {

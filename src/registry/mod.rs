@@ -217,6 +217,10 @@ pub struct RestoreCounts {
     pub abandoned: u64,
     /// Times a restore ahead of its readers yielded its thread to one waiting.
     pub paused: u64,
+    /// Ranges restored from a block boundary before them rather than from the layer's start,
+    /// and the uncompressed bytes they skipped.
+    pub resumed: u64,
+    pub resumed_skipped_bytes: u64,
     /// Busy time by stage, in seconds (read, decode, wait, encode, hash, send).
     pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
 }
@@ -728,6 +732,8 @@ impl Registry {
                         announced: r.announced.load(Relaxed),
                         abandoned: r.abandoned.load(Relaxed),
                         paused: r.paused.load(Relaxed),
+                        resumed: r.resumed.load(Relaxed),
+                        resumed_skipped_bytes: r.resumed_skipped_bytes.load(Relaxed),
                         stage_seconds: r.times.seconds().into_iter().collect(),
                     }
                 },

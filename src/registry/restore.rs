@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use stowage_actors::engine::recipe::Recipe;
+use stowage_actors::engine::recompress::Reencoder;
 use stowage_actors::flight::{Flight, FlightReader, Joined};
 use stowage_actors::restore::{RestoreLayer, SpoolJob, Target};
 
@@ -44,6 +45,16 @@ impl Registry {
         if size <= SMALL_RESTORE {
             let recipe = self.recipe_of(d)?;
             return self.restore_small(d, size, recipe, range).await;
+        }
+        if let Some((start, _)) = range {
+            // A range past the layer's start that no restore under way will reach: restore it
+            // from the block boundary before it instead of the whole layer up to it.
+            if start > 0 && !self.inner.flights.has(d) {
+                let recipe = self.recipe_of(d)?;
+                if Reencoder::resume(&recipe.encoding, start).is_some() {
+                    return self.restore_direct_with(d, recipe, range);
+                }
+            }
         }
         let cache = &self.inner.layer_cache;
         let admitted = cache.admits(size, cache.note_pull(d));
@@ -209,6 +220,15 @@ impl Registry {
         range: Option<(u64, u64)>,
     ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
         let recipe = self.recipe_of(d)?;
+        self.restore_direct_with(d, recipe, range)
+    }
+
+    fn restore_direct_with(
+        &self,
+        d: &Digest,
+        recipe: Recipe,
+        range: Option<(u64, u64)>,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
         let restore = self
             .inner
             .restore

@@ -10,6 +10,8 @@ pub mod kpflate;
 pub mod pigz;
 pub mod recipe;
 pub mod recompress;
+pub mod reencode;
+pub mod segmented;
 pub mod tar;
 
 /// Deterministic pseudo-random bytes (xorshift64) for the engine's unit tests.

@@ -193,29 +193,51 @@ impl Recipe {
 
     /// Every chunk reference in the order a restore reads them.
     pub fn read_order(&self) -> Vec<(ChunkId, u32)> {
-        let mut out = Vec::with_capacity(self.inline.len() + self.files.len());
-        let (mut ii, mut fi) = (0usize, 0usize);
-        // Bytes still available in the current chunk of each stream.
-        let (mut il, mut fl) = (0u64, 0u64);
+        self.read_order_from(0)
+    }
+
+    /// The chunk references a restore from uncompressed offset `from` reads, in order: those
+    /// with at least one byte at or after `from`.
+    pub fn read_order_from(&self, from: u64) -> Vec<(ChunkId, u32)> {
+        let opens = self.opens(from);
+        let mut out = Vec::with_capacity(opens.len());
+        out.extend(opens.iter().filter(|o| o.needed).map(|o| o.chunk));
+        out
+    }
+
+    /// The chunks in the order the framing opens them (each stream takes its next chunk when
+    /// the current one is used up), with whether any of their bytes lies at or after `from`.
+    fn opens(&self, from: u64) -> Vec<Open> {
+        let mut out: Vec<Open> = Vec::with_capacity(self.inline.len() + self.files.len());
+        // Per stream: next reference, bytes left in the current chunk, its index in `out`.
+        let mut idx = [0usize; 2];
+        let mut left = [0u64; 2];
+        let mut cur = [0usize; 2];
+        let mut pos = 0u64;
         for (k, &n) in self.framing.iter().enumerate() {
-            let (refs, idx, left) = if k % 2 == 0 {
-                (&self.inline, &mut ii, &mut il)
-            } else {
-                (&self.files, &mut fi, &mut fl)
-            };
+            let s = k % 2;
+            let refs = if s == 0 { &self.inline } else { &self.files };
             let mut need = n;
             while need > 0 {
-                if *left == 0 {
-                    let Some(&(id, len)) = refs.get(*idx) else {
+                if left[s] == 0 {
+                    let Some(&(id, len)) = refs.get(idx[s]) else {
                         break;
                     };
-                    out.push((id, len));
-                    *idx += 1;
-                    *left = len as u64;
+                    cur[s] = out.len();
+                    out.push(Open {
+                        chunk: (id, len),
+                        needed: false,
+                    });
+                    idx[s] += 1;
+                    left[s] = len as u64;
                 }
-                let t = need.min(*left);
+                let t = need.min(left[s]);
+                if pos + t > from {
+                    out[cur[s]].needed = true;
+                }
+                pos += t;
                 need -= t;
-                *left -= t;
+                left[s] -= t;
             }
         }
         out
@@ -229,6 +251,13 @@ impl Recipe {
         }
         m
     }
+}
+
+/// A chunk as the framing opens it, for a restore from an offset.
+struct Open {
+    chunk: (ChunkId, u32),
+    /// Some byte of it is at or after the offset (else the restore skips it unread).
+    needed: bool,
 }
 
 /// A chunk produced while building a recipe.
@@ -396,26 +425,60 @@ pub fn restore(
     chunks: &mut dyn Iterator<Item = io::Result<Vec<u8>>>,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut enc = Reencoder::new(&recipe.encoding);
+    restore_from(recipe, 0, Reencoder::new(&recipe.encoding), chunks, out)
+}
+
+/// [`restore`] from uncompressed offset `from` on, through `enc` (a re-encoder resumed there,
+/// see [`Reencoder::resume`]): `chunks` yields the chunks of [`Recipe::read_order_from`];
+/// those wholly before `from` are skipped unread.
+pub fn restore_from(
+    recipe: &Recipe,
+    from: u64,
+    mut enc: Reencoder,
+    chunks: &mut dyn Iterator<Item = io::Result<Vec<u8>>>,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let opens = recipe.opens(from);
+    let mut opened = opens.iter();
     let mut buf = Vec::with_capacity(512 * 1024);
-    // Unconsumed bytes of the current chunk of each stream.
-    let mut cur: [(Vec<u8>, usize); 2] = [(Vec::new(), 0), (Vec::new(), 0)];
+    // The current chunk of each stream: its bytes (empty when skipped unread), its length
+    // and how much of it is used.
+    let mut cur: [(Vec<u8>, usize, usize); 2] = [(Vec::new(), 0, 0), (Vec::new(), 0, 0)];
     let mut raw_total = 0u64;
     for (k, &n) in recipe.framing.iter().enumerate() {
-        let (data, pos) = &mut cur[k % 2];
+        let (data, len, pos) = &mut cur[k % 2];
         let mut need = n;
         while need > 0 {
-            if *pos == data.len() {
-                *data = chunks
+            if *pos == *len {
+                let o = opened
                     .next()
-                    .ok_or_else(|| bad("fewer chunks than the framing needs"))??;
+                    .ok_or_else(|| bad("fewer chunks than the framing needs"))?;
+                if o.needed {
+                    *data = chunks
+                        .next()
+                        .ok_or_else(|| bad("fewer chunks than the read order"))??;
+                    *len = data.len();
+                    if *len != o.chunk.1 as usize {
+                        return Err(bad("a chunk's length differs from its reference"));
+                    }
+                } else {
+                    data.clear();
+                    *len = o.chunk.1 as usize;
+                }
                 *pos = 0;
-                if data.is_empty() {
+                if *len == 0 {
                     return Err(bad("empty chunk"));
                 }
             }
-            let t = (need as usize).min(data.len() - *pos);
-            enc.push(&data[*pos..*pos + t], &mut buf);
+            let t = (need as usize).min(*len - *pos);
+            // The part of these `t` bytes at or after `from`.
+            let skip = from.saturating_sub(raw_total).min(t as u64) as usize;
+            if skip < t {
+                if data.is_empty() {
+                    return Err(bad("a skipped chunk holds bytes after the resume point"));
+                }
+                enc.push(&data[*pos + skip..*pos + t], &mut buf);
+            }
             *pos += t;
             need -= t as u64;
             raw_total += t as u64;
@@ -531,6 +594,46 @@ mod tests {
         b[n - 3] ^= 0xff;
         assert!(Recipe::from_bytes(&b).is_err(), "a damaged body is refused");
         assert!(Recipe::from_bytes(&r.to_bytes()[..n / 2]).is_err());
+    }
+
+    /// A restore from an offset reads only the chunks holding bytes at or after it and
+    /// yields the layer's tail: at chunk edges, mid-chunk, in tar headers and file data.
+    #[test]
+    fn restores_from_an_offset_skip_what_comes_before() {
+        let raw = layer_tar(0);
+        let (r, store) = build(&raw, ChunkParams::default());
+        let all = r.read_order().len();
+        for from in [
+            1,
+            511,
+            512,
+            4096,
+            70_001,
+            raw.len() as u64 / 2,
+            raw.len() as u64 - 1,
+        ] {
+            let order = r.read_order_from(from);
+            assert!(order.len() <= all);
+            let mut it = order.iter().map(|(id, _)| Ok(store[id].clone()));
+            let (enc, resume) = Reencoder::resume(&r.encoding, from).unwrap();
+            assert_eq!(resume.plain, from);
+            let mut out = Vec::new();
+            restore_from(&r, from, enc, &mut it, &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            assert!(out == raw[from as usize..], "from {from}");
+            assert!(
+                it.next().is_none(),
+                "from {from}: every chunk of the order used"
+            );
+        }
+        let late = r.read_order_from(raw.len() as u64 - 1).len();
+        assert!(
+            late < all / 4,
+            "{late} of {all} chunks read for the last byte"
+        );
     }
 
     /// Recipes written by version 1 (stores from before recipes were compressed) still read.

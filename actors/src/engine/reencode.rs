@@ -1,0 +1,366 @@
+//! Pull side of exact re-compression: re-create the exact compressed stream of a layer from its
+//! uncompressed bytes and the [`Encoding`] recorded at ingest (see [`super::recompress`] for
+//! how that is identified).
+
+use std::io::Write;
+
+use super::goflate::GoDeflater;
+use super::kpflate;
+use super::pigz::PigzEncoder;
+use super::recompress::{Encoding, GoEncoder, GzipMember};
+use super::segmented::{SegmentKind, Segmented};
+
+enum ReState {
+    None,
+    Gzip {
+        members: Vec<GzipMember>,
+        trailing: Vec<u8>,
+        /// Index of the member being written, its encoder and the raw bytes it still takes.
+        idx: usize,
+        enc: Option<MemberEnc>,
+        left: u64,
+        started: bool,
+    },
+    Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+}
+
+/// The deflate encoder of one gzip member.
+enum MemberEnc {
+    Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
+    Pigz(Box<PigzEncoder>),
+    Go(Box<GoDeflater>),
+    Segmented(Box<Segmented>),
+    Pgzip(Box<PgzipParallel>),
+}
+
+/// Re-encodes a pgzip member: its blocks are independent given the previous block's tail, so
+/// they are encoded several at a time on the rayon pool.
+struct PgzipParallel {
+    level: i32,
+    block: usize,
+    total: u64,
+    /// Index of the next block to encode; the last block is `total / block` (possibly empty).
+    next: u64,
+    /// Plaintext from absolute offset `buf_base` (includes the next block's dictionary).
+    buf: Vec<u8>,
+    buf_base: u64,
+}
+
+impl PgzipParallel {
+    fn new(level: i32, block: usize, total: u64) -> PgzipParallel {
+        PgzipParallel {
+            level,
+            block,
+            total,
+            next: 0,
+            buf: Vec::new(),
+            buf_base: 0,
+        }
+    }
+
+    fn last_block(&self) -> u64 {
+        self.total / self.block as u64
+    }
+
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        self.buf.extend_from_slice(raw);
+        let have = self.buf_base + self.buf.len() as u64;
+        let ready = (have / self.block as u64).min(self.last_block()) - self.next;
+        let threads = rayon::current_num_threads().max(1) as u64;
+        if ready >= threads {
+            self.encode(ready, out);
+        }
+    }
+
+    fn encode(&mut self, count: u64, out: &mut Vec<u8>) {
+        use rayon::prelude::*;
+        let last = self.last_block();
+        let b = self.block as u64;
+        let bodies: Vec<Vec<u8>> = (self.next..self.next + count)
+            .into_par_iter()
+            .map(|i| {
+                let start = i * b;
+                let end = ((i + 1) * b).min(self.total);
+                let dict_from = start.saturating_sub(kpflate::PGZIP_TAIL as u64);
+                let at = |abs: u64| (abs - self.buf_base) as usize;
+                let mut body = Vec::with_capacity(self.block / 2);
+                if end > self.buf_base + self.buf.len() as u64 {
+                    // The plaintext ended early (a corrupt restore): the digest check fails it.
+                    tracing::error!(block = i, "pgzip block missing plaintext");
+                    return body;
+                }
+                kpflate::pgzip_block(
+                    self.level,
+                    &self.buf[at(dict_from)..at(start)],
+                    &self.buf[at(start)..at(end)],
+                    i == last,
+                    &mut body,
+                )
+                .expect("level checked at ingest");
+                body
+            })
+            .collect();
+        for body in bodies {
+            out.extend_from_slice(&body);
+        }
+        self.next += count;
+        let keep_from = (self.next * b).saturating_sub(kpflate::PGZIP_TAIL as u64);
+        if keep_from > self.buf_base {
+            let drop = ((keep_from - self.buf_base) as usize).min(self.buf.len());
+            self.buf.drain(..drop);
+            self.buf_base += drop as u64;
+        }
+    }
+
+    fn finish(mut self, out: &mut Vec<u8>) {
+        let left = self.last_block() + 1 - self.next;
+        self.encode(left, out);
+    }
+}
+
+/// How a member with recorded block boundaries is re-encoded in segments (`None`: it has none,
+/// or its encoder is not re-encoded that way).
+fn segment_kind(m: &GzipMember) -> Option<SegmentKind> {
+    if m.splits.is_empty() {
+        return None;
+    }
+    match &m.go {
+        Some(GoEncoder::Std { level, .. }) => Some(SegmentKind::Go(*level)),
+        Some(GoEncoder::Pgzip { .. }) => None,
+        None if m.pigz_block.is_none() => Some(SegmentKind::Zlib(m.level as i32)),
+        None => None,
+    }
+}
+
+/// Where a resumed re-encoder starts in its layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The compressed stream's byte its first output byte is.
+    pub offset: u64,
+    /// The uncompressed offset it is fed from.
+    pub plain: u64,
+}
+
+impl MemberEnc {
+    fn open(m: &GzipMember) -> MemberEnc {
+        if let Some(GoEncoder::Pgzip { level, block, .. }) = &m.go {
+            return MemberEnc::Pgzip(Box::new(PgzipParallel::new(
+                *level,
+                *block as usize,
+                m.raw_len,
+            )));
+        }
+        if let Some(kind) = segment_kind(m) {
+            return MemberEnc::Segmented(Box::new(Segmented::new(kind, m.raw_len, &m.splits)));
+        }
+        if let Some(GoEncoder::Std { level, .. }) = &m.go {
+            return MemberEnc::Go(Box::new(
+                GoDeflater::new(*level).expect("level checked at ingest"),
+            ));
+        }
+        match m.pigz_block {
+            Some(block) => MemberEnc::Pigz(Box::new(PigzEncoder::new(
+                m.level,
+                block as usize,
+                m.raw_len,
+            ))),
+            None => MemberEnc::Zlib(flate2::write::DeflateEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(m.level),
+            )),
+        }
+    }
+
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        match self {
+            MemberEnc::Zlib(e) => {
+                e.write_all(raw).expect("writing to memory");
+                out.append(e.get_mut());
+            }
+            MemberEnc::Pigz(p) => p.push(raw, out),
+            MemberEnc::Go(g) => {
+                g.write(raw);
+                g.take_output(out);
+            }
+            MemberEnc::Segmented(g) => g.write(raw, out),
+            MemberEnc::Pgzip(p) => p.write(raw, out),
+        }
+    }
+
+    fn finish(self, out: &mut Vec<u8>) {
+        match self {
+            MemberEnc::Zlib(e) => out.extend_from_slice(&e.finish().expect("finishing in memory")),
+            MemberEnc::Pigz(p) => p.finish(out),
+            MemberEnc::Go(mut g) => {
+                g.close();
+                g.take_output(out);
+            }
+            MemberEnc::Segmented(g) => g.finish(out),
+            MemberEnc::Pgzip(p) => p.finish(out),
+        }
+    }
+}
+
+/// Re-creates the exact compressed stream from the uncompressed bytes pushed into it.
+pub struct Reencoder {
+    st: ReState,
+}
+
+impl Reencoder {
+    pub fn new(e: &Encoding) -> Reencoder {
+        let st = match e {
+            Encoding::None => ReState::None,
+            Encoding::Gzip { members, trailing } => ReState::Gzip {
+                members: members.clone(),
+                trailing: trailing.clone(),
+                idx: 0,
+                enc: None,
+                left: 0,
+                started: false,
+            },
+            Encoding::Zstd {
+                level,
+                checksum,
+                content_size,
+                raw_len,
+            } => {
+                let mut z =
+                    zstd::stream::write::Encoder::new(Vec::new(), *level).expect("zstd encoder");
+                z.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(*checksum))
+                    .expect("zstd parameter");
+                z.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(*content_size))
+                    .expect("zstd parameter");
+                if *content_size {
+                    z.set_pledged_src_size(Some(*raw_len))
+                        .expect("zstd pledged size");
+                }
+                ReState::Zstd(Box::new(z))
+            }
+        };
+        Reencoder { st }
+    }
+
+    /// A re-encoder of the stream from as close before compressed byte `at` as a block
+    /// boundary recorded at ingest allows, to serve a range without re-encoding what comes
+    /// before it. An uncompressed stream resumes at `at` itself; of the compressed ones only
+    /// single-member gzip streams re-encoded in segments have such boundaries. `None` when
+    /// there is none after the start at or before `at`.
+    pub fn resume(e: &Encoding, at: u64) -> Option<(Reencoder, Resume)> {
+        let (members, trailing) = match e {
+            Encoding::None if at > 0 => {
+                let r = Resume {
+                    offset: at,
+                    plain: at,
+                };
+                return Some((Reencoder { st: ReState::None }, r));
+            }
+            Encoding::Gzip { members, trailing } => (members, trailing),
+            _ => return None,
+        };
+        let [m] = &members[..] else {
+            return None;
+        };
+        let kind = segment_kind(m)?;
+        let header = m.header.len() as u64;
+        let k = m
+            .splits
+            .iter()
+            .rposition(|&[_, bit]| header + bit.div_ceil(8) <= at)?
+            + 1;
+        let (seg, plain) = Segmented::resume(kind, m.raw_len, &m.splits, k);
+        let st = ReState::Gzip {
+            members: members.clone(),
+            trailing: trailing.clone(),
+            idx: 0,
+            enc: Some(MemberEnc::Segmented(Box::new(seg))),
+            left: m.raw_len - plain,
+            started: true,
+        };
+        let offset = header + m.splits[k - 1][1].div_ceil(8);
+        Some((Reencoder { st }, Resume { offset, plain }))
+    }
+
+    /// Add uncompressed bytes; compressed output is appended to `out`.
+    pub fn push(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
+        match &mut self.st {
+            ReState::None => out.extend_from_slice(raw),
+            ReState::Zstd(z) => {
+                z.write_all(raw).expect("writing to memory");
+                out.append(z.get_mut());
+            }
+            ReState::Gzip {
+                members,
+                idx,
+                enc,
+                left,
+                started,
+                ..
+            } => loop {
+                if !*started || (enc.is_none() && *left == 0) {
+                    // Open the next member (members of zero bytes open and close at once).
+                    if *started {
+                        *idx += 1;
+                    }
+                    *started = true;
+                    let Some(m) = members.get(*idx) else {
+                        // More input than the recipe describes: not ours to encode.
+                        out.extend_from_slice(raw);
+                        return;
+                    };
+                    out.extend_from_slice(&m.header);
+                    *enc = Some(MemberEnc::open(m));
+                    *left = m.raw_len;
+                }
+                let e = enc.as_mut().expect("open member");
+                let take = (*left).min(raw.len() as u64) as usize;
+                e.write(&raw[..take], out);
+                *left -= take as u64;
+                raw = &raw[take..];
+                if *left == 0 {
+                    enc.take().expect("open member").finish(out);
+                    out.extend_from_slice(&members[*idx].trailer);
+                    if raw.is_empty() && *idx + 1 >= members.len() {
+                        return;
+                    }
+                } else {
+                    return;
+                }
+            },
+        }
+    }
+
+    /// End of the uncompressed stream.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        match &mut self.st {
+            ReState::None => {}
+            ReState::Zstd(_) => {
+                if let ReState::Zstd(z) = std::mem::replace(&mut self.st, ReState::None) {
+                    out.extend_from_slice(&z.finish().expect("finishing in memory"));
+                }
+            }
+            ReState::Gzip {
+                members,
+                trailing,
+                idx,
+                enc,
+                started,
+                ..
+            } => {
+                // Close an open member and emit any remaining empty members.
+                let mut next = if *started { *idx + 1 } else { 0 };
+                if let Some(e) = enc.take() {
+                    e.finish(out);
+                    out.extend_from_slice(&members[*idx].trailer);
+                }
+                while next < members.len() {
+                    let m = &members[next];
+                    out.extend_from_slice(&m.header);
+                    MemberEnc::open(m).finish(out);
+                    out.extend_from_slice(&m.trailer);
+                    next += 1;
+                }
+                out.extend_from_slice(trailing);
+            }
+        }
+    }
+}
