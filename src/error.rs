@@ -49,6 +49,14 @@ pub enum RegistryError {
     Unsupported(String),
     #[error("the registry is out of space ({0}); the request is refused and nothing acknowledged was lost: retry once space is freed")]
     StorageFull(String),
+    #[error("authentication required: {message}")]
+    Unauthorized {
+        message: String,
+        /// The `WWW-Authenticate` challenge.
+        challenge: String,
+    },
+    #[error("requested access to the resource is denied: {0}")]
+    Denied(String),
     #[error("too many requests: {0}; retry shortly")]
     TooManyRequests(String),
     #[error("internal error: {0}")]
@@ -74,7 +82,8 @@ impl RegistryError {
             RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
             Unsupported(_) | NotFound(_) => "UNSUPPORTED",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            StorageFull(_) => "DENIED",
+            StorageFull(_) | Denied(_) => "DENIED",
+            Unauthorized { .. } => "UNAUTHORIZED",
             TooManyRequests(_) => "TOOMANYREQUESTS",
             Internal(_) => "UNKNOWN",
         }
@@ -97,6 +106,8 @@ impl RegistryError {
             RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Denied(_) => StatusCode::FORBIDDEN,
             TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -155,6 +166,9 @@ impl ResponseError for RegistryError {
             // Tell the client where the upload stands so it can resume from there.
             let end = offset.saturating_sub(1);
             resp.insert_header(("Range", format!("0-{end}")));
+        }
+        if let RegistryError::Unauthorized { challenge, .. } = self {
+            resp.insert_header(("WWW-Authenticate", challenge.as_str()));
         }
         resp.json(json!({
             "errors": [{

@@ -1,5 +1,6 @@
 //! `stowage`: a deduplicating OCI container registry.
 
+mod auth;
 mod config;
 mod error;
 mod fsck;
@@ -273,12 +274,56 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     });
 
+    let gate = web::Data::new(match &cfg.htpasswd {
+        Some(path) => auth::Gate::new(path, &cfg.access)?,
+        None => auth::Gate::off(),
+    });
+    if gate.enabled() && !cfg.addr.ip().is_loopback() {
+        tracing::warn!(addr = %cfg.addr, "authentication is on over plain HTTP on a non-loopback address: passwords travel in clear text; put TLS in front");
+    }
+    // SIGHUP: read the htpasswd file again.
+    let hup = {
+        let gate = gate.clone();
+        actix_web::rt::spawn(async move {
+            let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while s.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                gate.reload();
+            }
+        })
+    };
+
     let data = web::Data::new(reg.clone());
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
+    let mut metrics_addrs = Vec::new();
+    let metrics_server = match cfg.metrics_addr {
+        Some(addr) => {
+            let (data, http_metrics, gate) = (data.clone(), http_metrics.clone(), gate.clone());
+            let s = HttpServer::new(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .app_data(http_metrics.clone())
+                    .app_data(gate.clone())
+                    .route("/metrics", web::get().to(http::open_metrics))
+            })
+            .workers(1)
+            .bind(addr)
+            .map_err(|e| anyhow::anyhow!("binding the metrics address {addr}: {e}"))?;
+            metrics_addrs = s.addrs();
+            Some(s.run())
+        }
+        None => None,
+    };
+    let metrics_handle = metrics_server.as_ref().map(|s| s.handle());
+    let metrics_task = metrics_server.map(actix_web::rt::spawn);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(http_metrics.clone())
+            .app_data(gate.clone())
             .wrap_fn(http::middleware)
             .configure(http::configure)
     })
@@ -291,10 +336,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         println!("stowage listening on http://{addr}");
         tracing::info!(%addr, "listening");
     }
+    for addr in metrics_addrs {
+        // After the main address: scripts read the first line for it.
+        println!("stowage metrics on http://{addr}/metrics");
+        tracing::info!(%addr, "metrics listening");
+    }
     std::io::stdout().flush()?;
     // actix-web stops gracefully on SIGTERM and SIGINT: in-flight requests get
     // `shutdown_timeout` seconds to finish.
     server.run().await?;
+    hup.abort();
+    if let Some(h) = metrics_handle {
+        h.stop(true).await;
+    }
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     sweeper.abort();
     spool_pruner.abort();
     let _ = sweeper.await;

@@ -125,7 +125,12 @@ fn counter(r: &PromRegistry, name: &str, help: &str, v: u64) {
 }
 
 /// Render every metric in the text format.
-pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
+pub fn render(
+    reg: &Registry,
+    stats: &Stats,
+    http: &HttpMetrics,
+    gate: &crate::auth::Gate,
+) -> String {
     let r = PromRegistry::new();
     gauge(
         &r,
@@ -525,6 +530,22 @@ pub fn render(reg: &Registry, stats: &Stats, http: &HttpMetrics) -> String {
     );
 
     gc_metrics(&r, stats);
+    if gate.enabled() {
+        let c = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "stowage_auth_decisions_total",
+                "Authentication and authorization decisions by result (allowed, denied) and \
+                 reason (policy, admin, login, anyone; anonymous, forbidden, bad_credentials, \
+                 malformed, throttled)",
+            ),
+            &["result", "reason"],
+        )
+        .expect("metric");
+        for ((result, reason), n) in gate.decisions() {
+            c.with_label_values(&[result, reason]).inc_by(n);
+        }
+        r.register(Box::new(c)).expect("register");
+    }
 
     let mut families = r.gather();
     families.extend(http.registry.gather());

@@ -135,6 +135,16 @@ pub struct ServeArgs {
     /// First matching policy per repository; a repository matched by none keeps everything.
     #[arg(long = "retention", env = "STOWAGE_RETENTION", value_delimiter = ';', value_parser = RetentionPolicy::parse)]
     pub retention: Vec<RetentionPolicy>,
+    /// htpasswd file of users (bcrypt entries, `htpasswd -B`): turns authentication on. Who
+    /// may do what is set by `[[access]]`, `[[anonymous]]`, `admins` and `[groups]` in the
+    /// config file (without them, every user may do everything). Re-read when it changes
+    /// and on SIGHUP.
+    #[arg(long, env = "STOWAGE_HTPASSWD")]
+    pub htpasswd: Option<PathBuf>,
+    /// Serve `/metrics` on this address too, without authentication (for Prometheus); with
+    /// authentication on, `/metrics` on the main address needs an admin.
+    #[arg(long, env = "STOWAGE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How a repository policy stores layers.
@@ -328,6 +338,16 @@ struct FileConfig {
     gc_compact_below: Option<f64>,
     #[serde(default)]
     retention: Vec<RetentionPolicy>,
+    htpasswd: Option<PathBuf>,
+    metrics_addr: Option<SocketAddr>,
+    #[serde(default)]
+    access: Vec<crate::auth::policy::AccessRule>,
+    #[serde(default)]
+    anonymous: Vec<crate::auth::policy::AnonymousRule>,
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    groups: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// The resolved settings.
@@ -356,6 +376,10 @@ pub struct Config {
     pub gc_delay: Duration,
     pub gc_compact_below: f64,
     pub retention: Vec<RetentionPolicy>,
+    /// Authentication is on when set.
+    pub htpasswd: Option<PathBuf>,
+    pub access: crate::auth::AccessConfig,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -383,6 +407,9 @@ impl Default for Config {
             gc_delay: Duration::from_secs(3600),
             gc_compact_below: 0.5,
             retention: Vec::new(),
+            htpasswd: None,
+            access: Default::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -500,7 +527,22 @@ impl Config {
             } else {
                 args.retention.clone()
             },
+            htpasswd: args.htpasswd.clone().or(file.htpasswd),
+            access: crate::auth::AccessConfig {
+                access: file.access,
+                anonymous: file.anonymous,
+                admins: file.admins,
+                groups: file.groups,
+            },
+            metrics_addr: args.metrics_addr.or(file.metrics_addr),
         };
+        crate::auth::Policy::new(&cfg.access).map_err(|e| anyhow::anyhow!("access rules: {e}"))?;
+        let a = &cfg.access;
+        anyhow::ensure!(
+            cfg.htpasswd.is_some()
+                || (a.access.is_empty() && a.anonymous.is_empty() && a.admins.is_empty()),
+            "access rules need an htpasswd file (htpasswd / --htpasswd): without one nobody is authenticated"
+        );
         anyhow::ensure!(
             (0.0..=1.0).contains(&cfg.gc_compact_below),
             "gc_compact_below must be in [0, 1] (got {})",

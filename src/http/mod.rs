@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::auth::{Action, Gate, Identity, Need};
 use crate::error::{RegistryError, Result};
 use crate::names::{parse_digest, Digest, Reference, RepoName, UploadId};
 use crate::registry::{cursor, manifest, BlobContent, Page, Registry};
@@ -146,14 +147,20 @@ impl<B: actix_web::body::MessageBody> actix_web::body::MessageBody for TimedBody
     }
 }
 
-async fn base() -> HttpResponse {
-    HttpResponse::Ok()
+async fn base(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse> {
+    gate.check(&req, Need::Login)?;
+    Ok(HttpResponse::Ok()
         .insert_header(API_VERSION)
         .content_type("application/json")
-        .body("{}")
+        .body("{}"))
 }
 
-async fn stats(reg: web::Data<Registry>) -> Result<HttpResponse> {
+async fn stats(
+    req: HttpRequest,
+    gate: web::Data<Gate>,
+    reg: web::Data<Registry>,
+) -> Result<HttpResponse> {
+    gate.check(&req, Need::Admin)?;
     Ok(HttpResponse::Ok().json(reg.stats().await?))
 }
 
@@ -165,7 +172,13 @@ struct GcQuery {
 
 /// `POST /_gc[?dry_run=true]`: run a collection pass now (after any pass in progress) and
 /// answer its report.
-async fn gc(reg: web::Data<Registry>, q: web::Query<GcQuery>) -> Result<HttpResponse> {
+async fn gc(
+    req: HttpRequest,
+    gate: web::Data<Gate>,
+    reg: web::Data<Registry>,
+    q: web::Query<GcQuery>,
+) -> Result<HttpResponse> {
+    gate.check(&req, Need::Admin)?;
     let opts = crate::registry::gc::GcOptions {
         dry_run: q.dry_run,
         delay: reg.config().gc_delay,
@@ -174,17 +187,56 @@ async fn gc(reg: web::Data<Registry>, q: web::Query<GcQuery>) -> Result<HttpResp
 }
 
 async fn metrics(
+    req: HttpRequest,
+    gate: web::Data<Gate>,
     reg: web::Data<Registry>,
     http: web::Data<crate::metrics::HttpMetrics>,
+) -> Result<HttpResponse> {
+    gate.check(&req, Need::Admin)?;
+    serve_metrics(reg, http, gate).await
+}
+
+/// `/metrics` on its own listener (`--metrics-addr`): no authentication.
+pub async fn open_metrics(
+    reg: web::Data<Registry>,
+    http: web::Data<crate::metrics::HttpMetrics>,
+    gate: web::Data<Gate>,
+) -> Result<HttpResponse> {
+    serve_metrics(reg, http, gate).await
+}
+
+async fn serve_metrics(
+    reg: web::Data<Registry>,
+    http: web::Data<crate::metrics::HttpMetrics>,
+    gate: web::Data<Gate>,
 ) -> Result<HttpResponse> {
     let stats = reg.stats().await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::render(&reg, &stats, &http)))
+        .body(crate::metrics::render(&reg, &stats, &http, &gate)))
 }
 
-async fn layer_files(path: web::Path<String>, reg: web::Data<Registry>) -> Result<HttpResponse> {
+/// `GET /_layers/<digest>/files[?repository=NAME]`: with authentication on, an admin's, or
+/// the pull of a repository that links the layer (named in `repository`); a layer the
+/// repository does not link is unknown, as a blob GET would say.
+async fn layer_files(
+    req: HttpRequest,
+    path: web::Path<String>,
+    gate: web::Data<Gate>,
+    reg: web::Data<Registry>,
+) -> Result<HttpResponse> {
     let d = parse_digest(&path)?;
+    let repo = query(&req).get("repository").cloned();
+    match repo {
+        Some(name) => {
+            let repo: RepoName = name.parse()?;
+            gate.check(&req, Need::Repo(repo.as_str(), Action::Pull))?;
+            reg.stat_blob(&repo, &d)?;
+        }
+        None => {
+            gate.check(&req, Need::Admin)?;
+        }
+    }
     Ok(HttpResponse::Ok().json(reg.layer_files(&d)?))
 }
 
@@ -229,9 +281,20 @@ fn query(req: &HttpRequest) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The action a request on `endpoint` needs.
+fn action_of(m: &Method, endpoint: &Endpoint<'_>) -> Action {
+    match endpoint {
+        Endpoint::Upload(_) | Endpoint::Uploads => Action::Push,
+        _ if m == Method::GET || m == Method::HEAD => Action::Pull,
+        Endpoint::Manifest(_) | Endpoint::Blob(_) if m == Method::DELETE => Action::Delete,
+        _ => Action::Push,
+    }
+}
+
 async fn dispatch(
     req: HttpRequest,
     payload: web::Payload,
+    gate: web::Data<Gate>,
     reg: web::Data<Registry>,
 ) -> Result<HttpResponse> {
     let tail = req.match_info().get("tail").unwrap_or("").to_string();
@@ -239,6 +302,7 @@ async fn dispatch(
         .ok_or_else(|| RegistryError::NotFound(format!("no such endpoint: /v2/{tail}")))?;
     let repo: RepoName = name.parse()?;
     let m = req.method().clone();
+    let who = gate.check(&req, Need::Repo(repo.as_str(), action_of(&m, &endpoint)))?;
     match endpoint {
         Endpoint::Tags if m == Method::GET => tags_list(&req, &reg, &repo),
         Endpoint::Manifest(r) if m == Method::GET || m == Method::HEAD => {
@@ -258,7 +322,9 @@ async fn dispatch(
             reg.delete_blob(&repo, &parse_digest(d)?).await?;
             Ok(HttpResponse::Accepted().finish())
         }
-        Endpoint::Uploads if m == Method::POST => start_upload(&req, payload, &reg, &repo).await,
+        Endpoint::Uploads if m == Method::POST => {
+            start_upload(&req, payload, &reg, &repo, &gate, &who).await
+        }
         Endpoint::Upload(id) => {
             let id: UploadId = id.parse()?;
             match m {
@@ -487,12 +553,16 @@ async fn start_upload(
     payload: web::Payload,
     reg: &Registry,
     repo: &RepoName,
+    gate: &Gate,
+    who: &Identity,
 ) -> Result<HttpResponse> {
     let q = query(req);
     if let (Some(mount), Some(from)) = (q.get("mount"), q.get("from")) {
         let d = parse_digest(mount)?;
         let from: RepoName = from.parse()?;
-        if reg.mount_blob(repo, &from, &d).await? {
+        // A mount needs pull on `from`; without it, it is an ordinary upload (as the spec
+        // says of a mount that cannot be done), telling nothing of what `from` holds.
+        if gate.may_pull(who, from.as_str()) && reg.mount_blob(repo, &from, &d).await? {
             return Ok(blob_created(repo, &d));
         }
     }
@@ -607,9 +677,15 @@ fn tags_list(req: &HttpRequest, reg: &Registry, repo: &RepoName) -> Result<HttpR
     Ok(b.json(json!({ "name": repo.as_str(), "tags": page.items })))
 }
 
-async fn catalog(req: HttpRequest, reg: web::Data<Registry>) -> Result<HttpResponse> {
+/// The catalog lists the repositories the caller may pull.
+async fn catalog(
+    req: HttpRequest,
+    gate: web::Data<Gate>,
+    reg: web::Data<Registry>,
+) -> Result<HttpResponse> {
+    let who = gate.check(&req, Need::Anyone)?;
     let (n, last) = page_params(&req)?;
-    let page = reg.catalog(cursor(last.as_deref()), n)?;
+    let page = reg.catalog(cursor(last.as_deref()), n, &|r| gate.may_pull(&who, r))?;
     let mut b = HttpResponse::Ok();
     paginate(&mut b, "/v2/_catalog", n, &page);
     Ok(b.json(json!({ "repositories": page.items })))

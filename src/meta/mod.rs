@@ -369,11 +369,13 @@ impl Meta {
     }
 
     /// Repository names in lexical order, after `last`, at most `n`; and whether more follow.
+    /// Up to `n` repositories after `last` for which `visible` holds, and whether more follow.
     pub fn list_repos(
         &self,
         t: &RoTxn<'_>,
         last: Option<&str>,
         n: usize,
+        visible: &dyn Fn(&str) -> bool,
     ) -> Result<(Vec<String>, bool)> {
         let lower = match last {
             Some(l) => Bound::Excluded(l.as_bytes()),
@@ -383,11 +385,15 @@ impl Meta {
         let mut more = false;
         for item in self.repos.range(t, &(lower, Bound::Unbounded))? {
             let (k, _) = item?;
+            let name = utf8(k)?;
+            if !visible(name) {
+                continue;
+            }
             if out.len() == n {
                 more = true;
                 break;
             }
-            out.push(utf8(k)?.to_string());
+            out.push(name.to_string());
         }
         Ok((out, more))
     }

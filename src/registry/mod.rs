@@ -586,15 +586,22 @@ impl Registry {
         Ok(Page { items, more })
     }
 
-    pub fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page> {
+    /// Repositories after `last`, those `visible` says the caller may see.
+    pub fn catalog(
+        &self,
+        last: Option<&str>,
+        n: Option<usize>,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<Page> {
         let m = &self.inner.meta;
         let t = m.read()?;
-        let (items, more) = m.list_repos(&t, last, n.unwrap_or(DEFAULT_PAGE))?;
+        let (items, more) = m.list_repos(&t, last, n.unwrap_or(DEFAULT_PAGE), visible)?;
         Ok(Page { items, more })
     }
 
     /// The file index (path, size, mode, sha256 of each regular file) of a deduplicated layer.
-    /// `GET /_layers/<digest>/files` is an operator endpoint: it is not scoped to a repository.
+    /// The HTTP edge scopes `GET /_layers/<digest>/files` (admins, or pull on a repository
+    /// linking the layer).
     pub fn layer_files(&self, digest: &Digest) -> Result<serde_json::Value> {
         let m = &self.inner.meta;
         let t = m.read()?;

@@ -15,6 +15,8 @@ pub struct Server {
     pub addr: String,
     pub root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// The lines the server prints after its address.
+    lines: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -55,11 +57,10 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
                 let _ = tx.send(line);
             }
-            for _ in lines {}
         });
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(l) => l,
@@ -79,7 +80,17 @@ impl Server {
             addr,
             root: root.to_path_buf(),
             _tmp: None,
+            lines: std::sync::Mutex::new(rx),
         }
+    }
+
+    /// The next line the server prints on stdout (bounded wait).
+    pub fn next_line(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from stowage within 30 s")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -58,6 +58,8 @@ pub(super) struct Segmented {
     partial: Vec<u8>,
     /// Resumed mid-byte: the first output byte lacks the bits before the boundary.
     drop_first: bool,
+    /// A segment failed: the output stops there.
+    failed: bool,
 }
 
 impl Segmented {
@@ -79,6 +81,7 @@ impl Segmented {
             out_bits: 0,
             partial: Vec::new(),
             drop_first: false,
+            failed: false,
         }
     }
 
@@ -174,24 +177,26 @@ impl Segmented {
     fn encode(&mut self, count: usize, out: &mut Vec<u8>) {
         use rayon::prelude::*;
         let range = self.next..self.next + count;
-        let segs: Vec<goflate::Segment> = range
+        let segs: Vec<Option<goflate::Segment>> = range
             .clone()
             .into_par_iter()
             .map(|i| {
-                self.segment(i).unwrap_or_else(|e| {
-                    // The restore's sha256 check turns this into an aborted response; at
-                    // ingest verify-before-discard keeps the layer raw.
-                    tracing::error!(error = %e, "segment re-encoding failed");
-                    goflate::Segment {
-                        bytes: Vec::new(),
-                        bits: self.cuts[i].bit % 8,
-                    }
-                })
+                self.segment(i)
+                    .inspect_err(|e| {
+                        // The restore's sha256 check turns the short stream into an aborted
+                        // response; at ingest verify-before-discard keeps the layer raw.
+                        tracing::error!(error = %e, "segment re-encoding failed");
+                    })
+                    .ok()
             })
             .collect();
         let mut acc = std::mem::take(&mut self.partial);
         for seg in &segs {
-            goflate::splice(&mut acc, &mut self.out_bits, seg);
+            match seg {
+                Some(seg) if !self.failed => goflate::splice(&mut acc, &mut self.out_bits, seg),
+                // Nothing after a failed segment can be spliced on: the stream ends short.
+                _ => self.failed = true,
+            }
         }
         // Hand out the whole bytes; keep a partial last byte for the next splice.
         let keep = usize::from(!self.out_bits.is_multiple_of(8));
