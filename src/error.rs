@@ -57,6 +57,10 @@ pub enum RegistryError {
     },
     #[error("requested access to the resource is denied: {0}")]
     Denied(String),
+    /// A valid bearer token that does not grant the access (RFC 6750: 403 with a challenge
+    /// naming the scope needed, so a client may fetch a token for it).
+    #[error("requested access to the resource is denied: {message}")]
+    InsufficientScope { message: String, challenge: String },
     #[error("too many requests: {0}; retry shortly")]
     TooManyRequests(String),
     #[error("internal error: {0}")]
@@ -82,7 +86,7 @@ impl RegistryError {
             RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
             Unsupported(_) | NotFound(_) => "UNSUPPORTED",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            StorageFull(_) | Denied(_) => "DENIED",
+            StorageFull(_) | Denied(_) | InsufficientScope { .. } => "DENIED",
             Unauthorized { .. } => "UNAUTHORIZED",
             TooManyRequests(_) => "TOOMANYREQUESTS",
             Internal(_) => "UNKNOWN",
@@ -107,7 +111,7 @@ impl RegistryError {
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Denied(_) => StatusCode::FORBIDDEN,
+            Denied(_) | InsufficientScope { .. } => StatusCode::FORBIDDEN,
             TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -167,7 +171,9 @@ impl ResponseError for RegistryError {
             let end = offset.saturating_sub(1);
             resp.insert_header(("Range", format!("0-{end}")));
         }
-        if let RegistryError::Unauthorized { challenge, .. } = self {
+        if let RegistryError::Unauthorized { challenge, .. }
+        | RegistryError::InsufficientScope { challenge, .. } = self
+        {
             resp.insert_header(("WWW-Authenticate", challenge.as_str()));
         }
         resp.json(json!({

@@ -274,14 +274,29 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         })
     });
 
-    let gate = web::Data::new(match &cfg.htpasswd {
-        Some(path) => auth::Gate::new(path, &cfg.access)?,
-        None => auth::Gate::off(),
+    let gate = web::Data::new(if cfg.htpasswd.is_some() || cfg.token.is_some() {
+        auth::Gate::new(
+            cfg.htpasswd.as_deref(),
+            cfg.token.as_ref(),
+            &cfg.access,
+            &cfg.root.join("auth"),
+        )?
+    } else {
+        auth::Gate::off()
     });
-    if gate.enabled() && !cfg.addr.ip().is_loopback() {
+    let certificate = match &cfg.tls {
+        Some((cert, key)) => Some(auth::tls::Certificate::open(cert, key)?),
+        None => None,
+    };
+    let gate = web::Data::new(
+        std::sync::Arc::into_inner(gate.into_inner())
+            .expect("the gate is not shared yet")
+            .with_certificate(certificate.clone()),
+    );
+    if gate.enabled() && certificate.is_none() && !cfg.addr.ip().is_loopback() {
         tracing::warn!(addr = %cfg.addr, "authentication is on over plain HTTP on a non-loopback address: passwords travel in clear text; put TLS in front");
     }
-    // SIGHUP: read the htpasswd file again.
+    // SIGHUP: read the htpasswd file and the TLS certificate again.
     let hup = {
         let gate = gate.clone();
         actix_web::rt::spawn(async move {
@@ -328,12 +343,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .configure(http::configure)
     })
     .workers(cfg.workers)
-    .shutdown_timeout(cfg.shutdown_timeout)
-    .bind(cfg.addr)
+    .shutdown_timeout(cfg.shutdown_timeout);
+    let server = match &certificate {
+        Some(c) => server.bind_rustls_0_23(cfg.addr, c.server_config()?),
+        None => server.bind(cfg.addr),
+    }
     .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.addr))?;
+    let scheme = if certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     for addr in server.addrs() {
         // Tests and scripts read this line to learn the port when --addr ends in :0.
-        println!("stowage listening on http://{addr}");
+        println!("stowage listening on {scheme}://{addr}");
         tracing::info!(%addr, "listening");
     }
     for addr in metrics_addrs {

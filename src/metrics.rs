@@ -546,6 +546,22 @@ pub fn render(
         }
         r.register(Box::new(c)).expect("register");
     }
+    let reloads = gate.reloads();
+    if !reloads.is_empty() {
+        let c = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "stowage_reloads_total",
+                "Reloads of the htpasswd file and the TLS certificate (SIGHUP, or the file \
+                 changed) by result: failed ones keep what was in use",
+            ),
+            &["what", "result"],
+        )
+        .expect("metric");
+        for ((what, result), n) in reloads {
+            c.with_label_values(&[what, result]).inc_by(n);
+        }
+        r.register(Box::new(c)).expect("register");
+    }
 
     let mut families = r.gather();
     families.extend(http.registry.gather());

@@ -15,19 +15,8 @@ use serde_json::{json, Value};
 
 const PASSWORD: &str = "pw-of-";
 
-/// htpasswd written by Apache's own `htpasswd -B` (bcrypt), one user per name.
 fn htpasswd(dir: &Path, users: &[&str]) -> std::path::PathBuf {
-    let path = dir.join("htpasswd");
-    for (i, u) in users.iter().enumerate() {
-        let mut c = std::process::Command::new(common::tool("htpasswd"));
-        c.args(["-B", "-C", "4", "-b"]);
-        if i == 0 {
-            c.arg("-c");
-        }
-        c.arg(&path).arg(u).arg(format!("{PASSWORD}{u}"));
-        common::run(&mut c);
-    }
-    path
+    common::htpasswd(dir, users)
 }
 
 const CONFIG: &str = r#"
@@ -636,4 +625,506 @@ fn the_htpasswd_file_is_followed() {
         .send()
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+// ---- bearer tokens ----------------------------------------------------------------------------
+
+fn start_tokens(dir: &Path, token_section: &str) -> Server {
+    let pw = htpasswd(
+        dir,
+        &["admin", "reader", "writer", "deleter", "other", "intruder"],
+    );
+    let cfg = dir.join("stowage.toml");
+    std::fs::write(&cfg, format!("{CONFIG}\n[token]\n{token_section}\n")).unwrap();
+    let root = dir.join("root");
+    Server::start_at(
+        &root,
+        &[
+            "--htpasswd",
+            pw.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dedup",
+            "inline",
+        ],
+    )
+}
+
+/// The challenge's parameters.
+fn challenge(r: &reqwest::blocking::Response) -> std::collections::HashMap<String, String> {
+    let v = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let rest = v
+        .strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("not a Bearer challenge: {v}"));
+    rest.split("\",")
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// A token from stowage's `/token` for `who` and `scope`.
+fn token_for(s: &Server, c: &Client, who: Who, scope: &str) -> String {
+    let r = as_who(
+        c.get(s.url(&format!("/token?service=stowage&scope={scope}"))),
+        who,
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "token for {who:?}");
+    let v: Value = r.json().unwrap();
+    assert!(v["expires_in"].as_u64().unwrap() > 0);
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn sign_hs256(secret: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &key,
+    )
+    .unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn bearer_token_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_tokens(dir.path(), "");
+    let c = Client::new();
+    push_image(&s, &c, "team/app", "v1", 1);
+    push_image(&s, &c, "other/app", "v1", 3);
+    push_image(&s, &c, "public/app", "v1", 2);
+
+    // The challenge sends clients to this server's /token with the scope they need.
+    let r = c.get(s.url("/v2/team/app/manifests/v1")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let ch = challenge(&r);
+    assert_eq!(ch["realm"], s.url("/token"));
+    assert_eq!(ch["service"], "stowage");
+    assert_eq!(ch["scope"], "repository:team/app:pull");
+    let r = c.get(s.url("/v2/")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(!challenge(&r).contains_key("scope"));
+
+    let secret = std::fs::read(s.root.join("auth/token-secret")).unwrap();
+    let claims = |sub: &str, name: &str, actions: &[&str], iss: &str, aud: &str, exp: u64| {
+        json!({"iss": iss, "sub": sub, "aud": aud, "exp": exp, "nbf": unix_now() - 10, "iat": unix_now() - 10,
+               "jti": "t", "access": [{"type": "repository", "name": name, "actions": actions}]})
+    };
+    let now = unix_now();
+    let bearers: Vec<(&str, Option<String>)> = vec![
+        ("anonymous", None),
+        (
+            "anonymous token",
+            Some(token_for(
+                &s,
+                &c,
+                Who::Anonymous,
+                "repository:team/app:pull,push",
+            )),
+        ),
+        (
+            "reader token",
+            Some(token_for(
+                &s,
+                &c,
+                Who::Reader,
+                "repository:team/app:pull,push",
+            )),
+        ),
+        (
+            "writer token",
+            Some(token_for(
+                &s,
+                &c,
+                Who::Writer,
+                "repository:team/app:pull,push",
+            )),
+        ),
+        (
+            "token for another repository",
+            Some(token_for(
+                &s,
+                &c,
+                Who::Other,
+                "repository:other/app:pull,push",
+            )),
+        ),
+        (
+            "expired token",
+            Some(sign_hs256(
+                &secret,
+                &claims(
+                    "writer",
+                    "team/app",
+                    &["pull", "push"],
+                    "stowage",
+                    "stowage",
+                    now - 60,
+                ),
+            )),
+        ),
+        (
+            "token of an unknown key",
+            Some(sign_hs256(
+                b"some other secret, not stowage's",
+                &claims(
+                    "writer",
+                    "team/app",
+                    &["pull", "push"],
+                    "stowage",
+                    "stowage",
+                    now + 300,
+                ),
+            )),
+        ),
+        (
+            "token for another service",
+            Some(sign_hs256(
+                &secret,
+                &claims(
+                    "writer",
+                    "team/app",
+                    &["pull", "push"],
+                    "stowage",
+                    "elsewhere",
+                    now + 300,
+                ),
+            )),
+        ),
+        (
+            "token of another issuer",
+            Some(sign_hs256(
+                &secret,
+                &claims(
+                    "writer",
+                    "team/app",
+                    &["pull", "push"],
+                    "mallory",
+                    "stowage",
+                    now + 300,
+                ),
+            )),
+        ),
+        ("garbage", Some("not.a.token".into())),
+    ];
+    // (what, bearer name) -> expected status for: pull team/app, push team/app, pull other/app.
+    let expect = |name: &str| -> [u16; 3] {
+        match name {
+            // A user's token from stowage: the rules decide (403 beyond them); an anonymous
+            // token lacking the scope: 401 (log in for a better one).
+            "reader token" => [200, 403, 403],
+            "writer token" => [200, 202, 403],
+            "token for another repository" => [403, 403, 200],
+            _ => [401, 401, 401],
+        }
+    };
+    let mut wrong = Vec::new();
+    for (name, bearer) in &bearers {
+        let requests = [
+            c.get(s.url("/v2/team/app/manifests/v1")),
+            c.post(s.url("/v2/team/app/blobs/uploads/")),
+            c.get(s.url("/v2/other/app/manifests/v1")),
+        ];
+        for (i, rb) in requests.into_iter().enumerate() {
+            let rb = match bearer {
+                Some(t) => rb.bearer_auth(t),
+                None => rb,
+            };
+            let r = rb
+                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .unwrap();
+            let got = r.status().as_u16();
+            if got == 401 || got == 403 {
+                let ch = challenge(&r);
+                assert!(
+                    ch.contains_key("realm") && ch.contains_key("scope"),
+                    "{name}: {ch:?}"
+                );
+                if bearer.is_some() {
+                    assert!(
+                        ch.contains_key("error"),
+                        "{name}: a refused token says why: {ch:?}"
+                    );
+                }
+            }
+            if got != expect(name)[i] {
+                wrong.push(format!(
+                    "{name} request {i}: {got}, expected {}",
+                    expect(name)[i]
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "unexpected:\n{}", wrong.join("\n"));
+
+    // Anonymous tokens get what anonymous may do; a wrong password gets no token at all.
+    let t = token_for(&s, &c, Who::Anonymous, "repository:public/app:pull,push");
+    let r = c
+        .get(s.url("/v2/public/app/manifests/v1"))
+        .bearer_auth(&t)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = as_who(
+        c.get(s.url("/token?scope=repository:team/app:pull")),
+        Who::WrongPassword,
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Operator endpoints: an admin's token, not a user's.
+    let t = token_for(&s, &c, Who::Admin, "registry:catalog:*");
+    assert_eq!(
+        c.get(s.url("/_stats"))
+            .bearer_auth(&t)
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let t = token_for(&s, &c, Who::Writer, "registry:catalog:*");
+    assert_eq!(
+        c.get(s.url("/_stats"))
+            .bearer_auth(&t)
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // The catalog with a user's token lists what that user may pull.
+    let v: Value = c
+        .get(s.url("/v2/_catalog"))
+        .bearer_auth(&t)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["repositories"], json!(["public/app", "team/app"]));
+}
+
+/// Tokens of an external token server, checked against its public key without calling it.
+#[test]
+fn tokens_of_an_external_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = common::tool("openssl");
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("public.pem");
+    let out = common::run(std::process::Command::new(&openssl).args([
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+    ]));
+    std::fs::write(dir.path().join("ec.pem"), &out.stdout).unwrap();
+    common::run(
+        std::process::Command::new(&openssl)
+            .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+            .arg(dir.path().join("ec.pem"))
+            .arg("-out")
+            .arg(&key),
+    );
+    common::run(
+        std::process::Command::new(&openssl)
+            .args(["ec", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public),
+    );
+    let s = start_tokens(
+        dir.path(),
+        &format!("realm = \"https://auth.example.com/token\"\nservice = \"registry.example.com\"\nissuer = \"auth.example.com\"\npublic_keys = [\"{}\"]", public.display()),
+    );
+    let c = Client::new();
+    push_image(&s, &c, "team/app", "v1", 1);
+    let r = c.get(s.url("/v2/team/app/manifests/v1")).send().unwrap();
+    let ch = challenge(&r);
+    assert_eq!(ch["realm"], "https://auth.example.com/token");
+    assert_eq!(ch["service"], "registry.example.com");
+    assert_eq!(
+        c.get(s.url("/token")).send().unwrap().status(),
+        StatusCode::NOT_FOUND,
+        "no token server here"
+    );
+
+    let sign = |pem: &[u8], iss: &str, name: &str| {
+        let k = jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap();
+        let claims = json!({"iss": iss, "sub": "ci", "aud": "registry.example.com", "exp": unix_now() + 300,
+                            "nbf": unix_now() - 10, "iat": unix_now() - 10, "jti": "x",
+                            "access": [{"type": "repository", "name": name, "actions": ["pull"]}]});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &k,
+        )
+        .unwrap()
+    };
+    let pem = std::fs::read(&key).unwrap();
+    let get = |t: &str| {
+        c.get(s.url("/v2/team/app/manifests/v1"))
+            .bearer_auth(t)
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(
+        get(&sign(&pem, "auth.example.com", "team/app")),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&sign(&pem, "auth.example.com", "team/other")),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&sign(&pem, "someone.else", "team/app")),
+        StatusCode::UNAUTHORIZED
+    );
+    let out = common::run(std::process::Command::new(&openssl).args([
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+    ]));
+    let other_ec = dir.path().join("other-ec.pem");
+    std::fs::write(&other_ec, &out.stdout).unwrap();
+    let other = common::run(
+        std::process::Command::new(&openssl)
+            .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+            .arg(&other_ec),
+    )
+    .stdout;
+    assert_eq!(
+        get(&sign(&other, "auth.example.com", "team/app")),
+        StatusCode::UNAUTHORIZED,
+        "unknown key"
+    );
+}
+
+// ---- TLS ---------------------------------------------------------------------------------------
+
+/// The serial of the certificate the server presents.
+fn served_serial(addr: &str) -> String {
+    let out = std::process::Command::new(common::tool("openssl"))
+        .args(["s_client", "-connect", addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let mut x = std::process::Command::new(common::tool("openssl"))
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    x.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    String::from_utf8(x.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// HTTPS with a test CA: credentials accepted over TLS, plain HTTP refused on the TLS port, a
+/// renewed certificate served after SIGHUP without a restart (and a broken one ignored).
+#[test]
+fn tls_serves_and_reloads_its_certificate_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::test_ca(dir.path());
+    let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls-key.pem"));
+    std::fs::copy(&ca.cert, &cert).unwrap();
+    std::fs::copy(&ca.key, &key).unwrap();
+    let pw = htpasswd(dir.path(), &["writer"]);
+    let s = Server::start_at(
+        &dir.path().join("root"),
+        &[
+            "--htpasswd",
+            pw.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let curl = |user: &str| {
+        let out = common::run(
+            std::process::Command::new(common::tool("curl"))
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .arg(&ca.ca)
+                .args(["-u", user])
+                .arg(format!("https://{}/v2/", s.addr)),
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(curl("writer:pw-of-writer"), "200");
+    assert_eq!(curl("writer:wrong"), "401");
+    let plain = Client::new().get(format!("http://{}/v2/", s.addr)).send();
+    assert!(
+        plain.map_or(true, |r| !r.status().is_success()),
+        "plain HTTP answered on the TLS port"
+    );
+    assert_eq!(served_serial(&s.addr), "serial=01");
+
+    let reloads = |result: &str| -> u64 {
+        let out = common::run(
+            std::process::Command::new(common::tool("curl"))
+                .args(["-sS", "--cacert"])
+                .arg(&ca.ca)
+                .args(["-u", "writer:pw-of-writer"])
+                .arg(format!("https://{}/metrics", s.addr)),
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let series = format!("stowage_reloads_total{{result=\"{result}\",what=\"tls\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    // A broken certificate on SIGHUP: the one in use stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    // SAFETY: kill(2) on the server this test started.
+    unsafe { libc::kill(s.pid(), libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reloads("failed") == 0 {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP not handled");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        served_serial(&s.addr),
+        "serial=01",
+        "the broken one was not taken"
+    );
+    // A renewed certificate: served after the next SIGHUP.
+    let renewed = common::server_cert(dir.path(), 2);
+    std::fs::copy(&renewed.cert, &cert).unwrap();
+    std::fs::copy(&renewed.key, &key).unwrap();
+    assert_eq!(
+        curl("writer:pw-of-writer"),
+        "200",
+        "still serving after a broken reload"
+    );
+    unsafe { libc::kill(s.pid(), libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served_serial(&s.addr) != "serial=02" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "renewed certificate not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(curl("writer:pw-of-writer"), "200");
 }

@@ -350,3 +350,113 @@ fn docker_versions_collected_and_the_kept_one_pulls_back() {
     assert!(s.stop());
     common::assert_fsck_clean(root.path(), "docker versions collected");
 }
+
+/// `docker login` then push and pull, with Basic authentication and with bearer tokens from
+/// stowage's own token server: refused before login, refused for a user without push, the
+/// image id unchanged after the pull.
+#[test]
+fn docker_login_push_pull_with_basic_and_bearer_auth() {
+    let d = Dockerd::start();
+    let ctx = tempfile::tempdir().unwrap();
+    rootfs_tar(&ctx.path().join("rootfs.tar"));
+    d.ok(&[
+        "import",
+        ctx.path().join("rootfs.tar").to_str().unwrap(),
+        "stowage-auth-base:1",
+    ]);
+    let id = d
+        .ok(&["image", "inspect", "-f", "{{.Id}}", "stowage-auth-base:1"])
+        .trim()
+        .to_string();
+    for token in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = common::htpasswd(dir.path(), &["writer", "reader"]);
+        let cfg = dir.path().join("stowage.toml");
+        let mut text = String::from(
+            "[[access]]\nrepositories = [\"team/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
+             [[access]]\nrepositories = [\"team/**\"]\nusers = [\"reader\"]\nactions = [\"pull\"]\n",
+        );
+        if token {
+            text.push_str("[token]\n");
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let s = Server::start_at(
+            &dir.path().join("root"),
+            &[
+                "--htpasswd",
+                pw.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        );
+        let mode = if token { "bearer" } else { "basic" };
+        let image = format!("{}/team/app:{mode}", s.addr);
+        d.ok(&["tag", "stowage-auth-base:1", &image]);
+        let out = d.docker(&["push", &image]);
+        assert!(
+            !out.status.success(),
+            "{mode}: a push without login went through"
+        );
+        let login = |user: &str| {
+            let mut c = d.cmd();
+            c.args(["login", "-u", user, "--password-stdin", &s.addr]);
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("pw-of-{user}\n").as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let bad = {
+            let mut c = d.cmd();
+            c.args(["login", "-u", "writer", "--password-stdin", &s.addr]);
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(b"wrong\n").unwrap();
+            child.wait_with_output().unwrap()
+        };
+        assert!(
+            !bad.status.success(),
+            "{mode}: login with a wrong password succeeded"
+        );
+        let out = login("reader");
+        assert!(
+            out.status.success(),
+            "{mode}: reader login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = d.docker(&["push", &image]);
+        assert!(!out.status.success(), "{mode}: reader pushed");
+        let out = login("writer");
+        assert!(
+            out.status.success(),
+            "{mode}: writer login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d.ok(&["push", &image]);
+        d.ok(&["rmi", &image]);
+        d.ok(&["logout", &s.addr]);
+        assert!(
+            !d.docker(&["pull", &image]).status.success(),
+            "{mode}: pulled after logout"
+        );
+        assert!(login("reader").status.success());
+        d.ok(&["pull", &image]);
+        let got = d
+            .ok(&["image", "inspect", "-f", "{{.Id}}", &image])
+            .trim()
+            .to_string();
+        assert_eq!(got, id, "{mode}: image id after the pull");
+        d.ok(&["rmi", &image]);
+        d.ok(&["logout", &s.addr]);
+    }
+}

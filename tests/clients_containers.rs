@@ -57,6 +57,8 @@ impl Env {
             .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
             .env("CONTAINERS_CONF", self.path("containers.conf"))
             .env("TMPDIR", self.tmp.path())
+            // Logins stay in the test's own file, not the host's /run/containers/<uid>.
+            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
             .stdin(Stdio::null());
         c
     }
@@ -792,4 +794,158 @@ fn buildah_commit_push_and_pull_back() {
     assert_eq!(stdout(&out).lines().last(), Some(image_id.as_str()));
 
     assert!(s.stop(), "server exits cleanly on SIGTERM");
+}
+
+/// skopeo (`--dest-creds`, `--creds`), podman (`login`) and buildah (`--creds`) against
+/// authentication, Basic and bearer: refused without credentials or without push, the image
+/// pulled back exact, anonymous pulls of a public repository.
+#[test]
+fn skopeo_podman_buildah_with_basic_and_bearer_auth() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_layout(&env, &src, "v1", 11);
+    let img = oci_image(&src, "v1");
+    let oci_src = format!("oci:{}:v1", src.display());
+    for token in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = common::htpasswd(dir.path(), &["writer", "reader"]);
+        let cfg = dir.path().join("stowage.toml");
+        let mut text = String::from(
+            "[[access]]\nrepositories = [\"team/**\", \"public/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
+             [[access]]\nrepositories = [\"team/**\"]\nusers = [\"reader\"]\nactions = [\"pull\"]\n\
+             [[anonymous]]\nrepositories = [\"public/**\"]\nactions = [\"pull\"]\n",
+        );
+        if token {
+            text.push_str("[token]\n");
+        }
+        fs::write(&cfg, text).unwrap();
+        let s = Server::start_at(
+            &dir.path().join("root"),
+            &[
+                "--htpasswd",
+                pw.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        );
+        let mode = if token { "bearer" } else { "basic" };
+        let app = docker_ref(&s, "team/app:v1");
+        let copy = |args: &[&str]| {
+            env.skopeo()
+                .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        assert!(
+            !copy(&[&oci_src, &app]).status.success(),
+            "{mode}: anonymous push"
+        );
+        assert!(
+            !copy(&["--dest-creds", "reader:pw-of-reader", &oci_src, &app])
+                .status
+                .success(),
+            "{mode}: reader pushed"
+        );
+        assert!(
+            !copy(&["--dest-creds", "writer:wrong", &oci_src, &app])
+                .status
+                .success(),
+            "{mode}: wrong password pushed"
+        );
+        let out = copy(&["--dest-creds", "writer:pw-of-writer", &oci_src, &app]);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info = json_out(&run(env.skopeo().args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            "reader:pw-of-reader",
+            &app,
+        ])));
+        assert_eq!(info["Digest"], img.manifest_digest.as_str(), "{mode}");
+        let out = env
+            .skopeo()
+            .args(["inspect", "--tls-verify=false", &app])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{mode}: anonymous inspect of team/app"
+        );
+
+        // podman: login, pull, tag, push to a public repository, pull it anonymously.
+        let reg = s.addr.clone();
+        let out = env
+            .podman()
+            .args([
+                "login",
+                "--tls-verify=false",
+                "-u",
+                "reader",
+                "-p",
+                "pw-of-reader",
+                &reg,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: podman login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let app = format!("{reg}/team/app:v1");
+        run(env.podman().args(["pull", "--tls-verify=false", &app]));
+        let public = format!("{reg}/public/app:{mode}");
+        run(env.podman().args(["tag", &app, &public]));
+        let out = env
+            .podman()
+            .args(["push", "--tls-verify=false", &public])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{mode}: reader pushed to public/");
+        run(env.podman().args([
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "writer",
+            "-p",
+            "pw-of-writer",
+            &reg,
+        ]));
+        run(env.podman().args(["push", "--tls-verify=false", &public]));
+        run(env.podman().args(["logout", &reg]));
+        run(env.podman().args(["rmi", &public, &app]));
+        run(env.podman().args(["pull", "--tls-verify=false", &public]));
+
+        // buildah with --creds.
+        let b = format!("localhost/buildah-{mode}:1");
+        let ctr =
+            String::from_utf8(run(env.buildah().args(["from", "--pull-never", &public])).stdout)
+                .unwrap();
+        run(env.buildah().args(["commit", ctr.trim(), &b]));
+        let dest = docker_ref(&s, &format!("team/buildah:{mode}"));
+        let out = env
+            .buildah()
+            .args(["push", "--tls-verify=false", &b, &dest])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{mode}: buildah pushed without credentials"
+        );
+        run(env.buildah().args([
+            "push",
+            "--tls-verify=false",
+            "--creds",
+            "writer:pw-of-writer",
+            &b,
+            &dest,
+        ]));
+        run(env.buildah().args(["rm", ctr.trim()]));
+        run(env.podman().args(["rmi", &public, &b]));
+    }
 }

@@ -505,3 +505,50 @@ fn python_dxf_blobs_and_aliases() {
         &d_streamed,
     );
 }
+
+/// oras-py (`login`, chunked push, pull; plain HTTP) and python-dxf (`authenticate`; it sends
+/// credentials only over TLS, so over HTTPS with a test CA) with Basic authentication and with
+/// bearer tokens from stowage's `/token`.
+#[test]
+fn oras_and_dxf_with_basic_and_bearer_auth() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = common::test_ca(certs.path());
+    for (token, https) in [(false, false), (true, false), (false, true), (true, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = common::htpasswd(dir.path(), &["writer", "reader"]);
+        let cfg = dir.path().join("stowage.toml");
+        let mut text = String::from(
+            "[[access]]\nrepositories = [\"team/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
+             [[access]]\nrepositories = [\"team/**\"]\nusers = [\"reader\"]\nactions = [\"pull\"]\n",
+        );
+        if token {
+            text.push_str("[token]\n");
+        }
+        fs::write(&cfg, text).unwrap();
+        let mut args = vec![
+            "--htpasswd".to_string(),
+            pw.display().to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ];
+        if https {
+            args.extend(["--tls-cert".into(), tls.cert.display().to_string()]);
+            args.extend(["--tls-key".into(), tls.key.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let s = Server::start_at(&dir.path().join("root"), &args);
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path().to_str().unwrap();
+        if https {
+            let out = py(
+                "auth_clients.py",
+                &["dxf", &s.addr, w, tls.ca.to_str().unwrap()],
+            );
+            assert!(out.contains("dxf ok"), "{out}");
+        } else {
+            let backend = if token { "token" } else { "basic" };
+            let out = py("auth_clients.py", &["oras", &s.addr, w, backend]);
+            assert!(out.contains("oras ok"), "{out}");
+        }
+    }
+}

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +26,9 @@ const DUMMY: &str = "$2y$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOe
 pub struct Htpasswd {
     path: PathBuf,
     state: Mutex<State>,
+    /// Reloads after the first load that took, and that failed (the users before stayed).
+    pub reloaded: AtomicU64,
+    pub reload_failures: AtomicU64,
 }
 
 #[derive(Default)]
@@ -68,14 +72,25 @@ impl Htpasswd {
         let h = Htpasswd {
             path: path.to_path_buf(),
             state: Mutex::new(State::default()),
+            reloaded: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
         };
-        h.reload()
+        h.load()
             .map_err(|e| anyhow::anyhow!("htpasswd {}: {e}", path.display()))?;
         Ok(h)
     }
 
     /// Read the file again (on SIGHUP, or when it changed).
     pub fn reload(&self) -> std::io::Result<usize> {
+        let r = self.load();
+        match &r {
+            Ok(_) => self.reloaded.fetch_add(1, Relaxed),
+            Err(_) => self.reload_failures.fetch_add(1, Relaxed),
+        };
+        r
+    }
+
+    fn load(&self) -> std::io::Result<usize> {
         let v = version(&self.path)?;
         let text = std::fs::read_to_string(&self.path)?;
         let (users, skipped) = parse(&text);
@@ -106,6 +121,16 @@ impl Htpasswd {
                 tracing::error!(file = %self.path.display(), error = %e, "htpasswd not reloaded; the users loaded before stay");
             }
         }
+    }
+
+    /// Whether `user` is in the file (as last read).
+    pub fn has_user(&self, user: &str) -> bool {
+        self.refresh();
+        self.state
+            .lock()
+            .expect("htpasswd lock")
+            .users
+            .contains_key(user)
     }
 
     /// Whether `user` has password `password`.

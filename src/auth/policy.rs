@@ -116,7 +116,10 @@ impl Glob {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
     Anonymous,
+    /// Authenticated with a password.
     User(String),
+    /// Holding a verified bearer token (what it may do is in the token).
+    Token(Box<super::token::Token>),
 }
 
 impl Identity {
@@ -124,6 +127,8 @@ impl Identity {
         match self {
             Identity::Anonymous => "-",
             Identity::User(u) => u,
+            Identity::Token(t) if t.sub.is_empty() => "-",
+            Identity::Token(t) => &t.sub,
         }
     }
 }
@@ -197,8 +202,8 @@ impl Policy {
 
     pub fn is_admin(&self, who: &Identity) -> bool {
         match who {
-            Identity::Anonymous => false,
             Identity::User(u) => self.open_to_users || self.admins.contains(u),
+            _ => false,
         }
     }
 

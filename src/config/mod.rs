@@ -141,6 +141,13 @@ pub struct ServeArgs {
     /// and on SIGHUP.
     #[arg(long, env = "STOWAGE_HTPASSWD")]
     pub htpasswd: Option<PathBuf>,
+    /// TLS certificate chain (PEM): with `--tls-key`, the registry serves HTTPS (HTTP/2 and
+    /// HTTP/1.1) instead of plain HTTP. Read again on SIGHUP.
+    #[arg(long, env = "STOWAGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "STOWAGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Serve `/metrics` on this address too, without authentication (for Prometheus); with
     /// authentication on, `/metrics` on the main address needs an admin.
     #[arg(long, env = "STOWAGE_METRICS_ADDR")]
@@ -340,6 +347,8 @@ struct FileConfig {
     retention: Vec<RetentionPolicy>,
     htpasswd: Option<PathBuf>,
     metrics_addr: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     access: Vec<crate::auth::policy::AccessRule>,
     #[serde(default)]
@@ -348,6 +357,7 @@ struct FileConfig {
     admins: Vec<String>,
     #[serde(default)]
     groups: std::collections::HashMap<String, Vec<String>>,
+    token: Option<crate::auth::TokenConfig>,
 }
 
 /// The resolved settings.
@@ -379,7 +389,11 @@ pub struct Config {
     /// Authentication is on when set.
     pub htpasswd: Option<PathBuf>,
     pub access: crate::auth::AccessConfig,
+    /// Bearer tokens (`[token]`): authentication is on when set.
+    pub token: Option<crate::auth::TokenConfig>,
     pub metrics_addr: Option<SocketAddr>,
+    /// HTTPS when set: (certificate chain, private key).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -409,7 +423,9 @@ impl Default for Config {
             retention: Vec::new(),
             htpasswd: None,
             access: Default::default(),
+            token: None,
             metrics_addr: None,
+            tls: None,
         }
     }
 }
@@ -534,14 +550,24 @@ impl Config {
                 admins: file.admins,
                 groups: file.groups,
             },
+            token: file.token,
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
+            tls: match (
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => anyhow::bail!("TLS needs both tls_cert and tls_key"),
+            },
         };
         crate::auth::Policy::new(&cfg.access).map_err(|e| anyhow::anyhow!("access rules: {e}"))?;
         let a = &cfg.access;
         anyhow::ensure!(
             cfg.htpasswd.is_some()
+                || cfg.token.is_some()
                 || (a.access.is_empty() && a.anonymous.is_empty() && a.admins.is_empty()),
-            "access rules need an htpasswd file (htpasswd / --htpasswd): without one nobody is authenticated"
+            "access rules need an htpasswd file (htpasswd / --htpasswd) or a [token] section: without one nobody is authenticated"
         );
         anyhow::ensure!(
             (0.0..=1.0).contains(&cfg.gc_compact_below),

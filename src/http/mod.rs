@@ -35,7 +35,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/_stats", web::get().to(stats))
         .route("/_gc", web::post().to(gc))
         .route("/metrics", web::get().to(metrics))
-        .route("/_layers/{digest}/files", web::get().to(layer_files));
+        .route("/_layers/{digest}/files", web::get().to(layer_files))
+        .route("/token", web::get().to(token));
+}
+
+/// `GET /token`: the token server of the Docker token protocol, when stowage issues tokens.
+async fn token(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse> {
+    let body = gate.issue_token(&req)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
 }
 
 /// Add the API version header to every response; count, time and log each request. A

@@ -70,7 +70,7 @@ impl Server {
             }
         };
         let addr = line
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .expect("address line")
             .trim()
@@ -111,6 +111,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         true
+    }
+
+    /// The server's process id (for signals).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
     /// SIGKILL, as a crash would.
@@ -295,4 +300,82 @@ pub fn pull_blob(s: &Server, c: &reqwest::blocking::Client, repo: &str, d: &str)
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     r.bytes().unwrap().to_vec()
+}
+
+/// An htpasswd file under `dir` written by Apache's own `htpasswd -B` (bcrypt, cost 4 to keep
+/// tests fast): each user's password is `pw-of-<user>`.
+pub fn htpasswd(dir: &Path, users: &[&str]) -> PathBuf {
+    let path = dir.join("htpasswd");
+    for (i, u) in users.iter().enumerate() {
+        let mut c = Command::new(tool("htpasswd"));
+        c.args(["-B", "-C", "4", "-b"]);
+        if i == 0 {
+            c.arg("-c");
+        }
+        c.arg(&path).arg(u).arg(format!("pw-of-{u}"));
+        run(&mut c);
+    }
+    path
+}
+
+/// A test certificate authority and a server certificate it signed for 127.0.0.1, made with
+/// the openssl command line.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Make a CA under `dir` and a server certificate (`serial`) for 127.0.0.1 signed by it.
+pub fn test_ca(dir: &Path) -> TestCa {
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca-key.pem");
+    let openssl = tool("openssl");
+    if !ca.exists() {
+        run(Command::new(&openssl)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=stowage test CA", "-keyout"])
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca));
+    }
+    server_cert(dir, 1)
+}
+
+/// A server certificate for 127.0.0.1 with serial `serial`, signed by the CA under `dir`.
+pub fn server_cert(dir: &Path, serial: u32) -> TestCa {
+    let openssl = tool("openssl");
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let key = dir.join(format!("server-{serial}-key.pem"));
+    let csr = dir.join(format!("server-{serial}.csr"));
+    let cert = dir.join(format!("server-{serial}.pem"));
+    let ext = dir.join("san.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(Command::new(&openssl)
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    run(Command::new(&openssl)
+        .args(["x509", "-req", "-days", "2", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .args(["-set_serial", &serial.to_string(), "-extfile"])
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    TestCa { ca, cert, key }
 }
