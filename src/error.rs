@@ -37,8 +37,13 @@ pub enum RegistryError {
     SizeInvalid(String),
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
+    /// An upload chunk's range that does not fit the upload.
     #[error("requested range not satisfiable: {0}")]
     RangeNotSatisfiable(String),
+    /// A blob GET's `Range` outside the blob (the spec has no code of its own for it: the
+    /// blob's size is what the range misses).
+    #[error("requested range not satisfiable: {0}")]
+    RangeInvalid(String),
     #[error("chunk out of order: {message}")]
     ChunkOutOfOrder { message: String, offset: u64 },
     #[error("{0}")]
@@ -82,7 +87,7 @@ impl RegistryError {
             NameInvalid(_) => "NAME_INVALID",
             NameUnknown(_) => "NAME_UNKNOWN",
             TagInvalid(_) => "MANIFEST_INVALID",
-            SizeInvalid(_) | TooLarge { .. } => "SIZE_INVALID",
+            SizeInvalid(_) | TooLarge { .. } | RangeInvalid(_) => "SIZE_INVALID",
             RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
             Unsupported(_) | NotFound(_) => "UNSUPPORTED",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
@@ -107,7 +112,9 @@ impl RegistryError {
             | SizeInvalid(_)
             | PaginationInvalid(_) => StatusCode::BAD_REQUEST,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RangeNotSatisfiable(_) | ChunkOutOfOrder { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            RangeNotSatisfiable(_) | RangeInvalid(_) | ChunkOutOfOrder { .. } => {
+                StatusCode::RANGE_NOT_SATISFIABLE
+            }
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,

@@ -1128,3 +1128,71 @@ fn tls_serves_and_reloads_its_certificate_on_sighup() {
     }
     assert_eq!(curl("writer:pw-of-writer"), "200");
 }
+
+/// An upload session belongs to its repository and to the user who started it: another user
+/// with push on the same repository cannot see, continue, finish or cancel it.
+#[test]
+fn upload_sessions_belong_to_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &["alice", "bob"]);
+    let cfg = dir.path().join("stowage.toml");
+    std::fs::write(
+        &cfg,
+        "[[access]]\nrepositories = [\"team/**\"]\nusers = [\"alice\", \"bob\"]\nactions = [\"pull\", \"push\"]\n",
+    )
+    .unwrap();
+    let s = Server::start_at(
+        &dir.path().join("root"),
+        &[
+            "--htpasswd",
+            pw.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let c = Client::new();
+    let as_user = |rb: RequestBuilder, u: &str| rb.basic_auth(u, Some(format!("pw-of-{u}")));
+    let r = as_user(c.post(s.url("/v2/team/app/blobs/uploads/")), "alice")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let url = if loc.starts_with("http") {
+        loc
+    } else {
+        s.url(&loc)
+    };
+    let data = b"alice's bytes".to_vec();
+    let d = digest_of(&data);
+    for (m, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(data.clone())),
+        (Method::DELETE, None),
+    ] {
+        let mut rb = as_user(c.request(m.clone(), &url), "bob");
+        if let Some(b) = body {
+            rb = rb.body(b);
+        }
+        let r = rb.send().unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "bob's {m} of alice's upload"
+        );
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = as_user(c.put(format!("{url}{sep}digest={d}")), "bob")
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "bob finishing alice's upload"
+    );
+    let r = as_user(c.put(format!("{url}{sep}digest={d}")), "alice")
+        .body(data)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "alice finishes her own");
+}

@@ -38,6 +38,8 @@ impl Env {
         // No search registries, no mirrors, nothing from the host's configuration.
         fs::write(e.path("registries.conf"), "").unwrap();
         fs::write(e.path("containers.conf"), "").unwrap();
+        // podman and buildah refuse a REGISTRY_AUTH_FILE that does not exist.
+        fs::write(e.path("auth.json"), r#"{"auths":{}}"#).unwrap();
         fs::write(
             e.path("policy.json"),
             r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,

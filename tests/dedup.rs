@@ -124,6 +124,24 @@ fn layers_are_deduplicated_and_pull_back_exactly() {
     let files = files.as_array().unwrap();
     assert_eq!(files.len(), 24);
     assert_eq!(files[0]["path"], "opt/app/file-0");
+    // Paged: `n` entries from `start`, a Link to the next page while more follow.
+    let mut paged = Vec::new();
+    let mut next = format!("/_layers/{}/files?n=10", digests[0]);
+    loop {
+        let r = c.get(s.url(&next)).send().unwrap();
+        let link = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_string());
+        let page: Vec<Value> = r.json().unwrap();
+        assert!(page.len() <= 10);
+        paged.extend(page);
+        match link {
+            Some(l) => next = l[1..l.find('>').unwrap()].to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, files, "the pages make the whole index");
     // The second version's index (stored as a delta against the first's) reads back whole:
     // the same paths and sizes, and file-3's new hash.
     let files2: Value = c

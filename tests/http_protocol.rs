@@ -194,6 +194,7 @@ fn blob_get_head_range_and_isolation() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&r, "content-range"), "bytes */100000");
+    assert_eq!(code(r), "SIZE_INVALID", "a GET's range is not an upload's");
 
     // Invariant 6: another repository cannot read it without a link.
     let r = c
@@ -568,6 +569,21 @@ fn manifests_validation() {
         .send()
         .unwrap();
     assert_eq!(code(r), "MANIFEST_BLOB_UNKNOWN");
+
+    // A descriptor whose size is not the blob's (clients verify it: every pull would fail).
+    for m in [
+        image_manifest(&(cfg.clone(), 2), &[(layer.clone(), 6)]),
+        image_manifest(&(cfg.clone(), 3), &[(layer.clone(), 5)]),
+    ] {
+        let r = c
+            .put(s.url("/v2/m/v/manifests/misstated"))
+            .header(CONTENT_TYPE, OCI_MANIFEST)
+            .body(m)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(code(r), "MANIFEST_INVALID");
+    }
 
     let good = image_manifest(&(cfg.clone(), 2), &[(layer.clone(), 5)]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![

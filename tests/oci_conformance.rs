@@ -23,11 +23,35 @@ fn conformance_bin() -> Option<PathBuf> {
 #[test]
 #[ignore = "needs the OCI conformance binary (STOWAGE_CONFORMANCE_BIN); scripts/test runs it when present"]
 fn oci_distribution_conformance_suite() {
+    run_suite(&Server::start(), &[]);
+}
+
+/// The same with authentication on: an htpasswd user (who may do everything, as no rule
+/// says otherwise), passed to the suite as `OCI_USERNAME` / `OCI_PASSWORD`.
+#[test]
+#[ignore = "needs the OCI conformance binary (STOWAGE_CONFORMANCE_BIN); scripts/test runs it when present"]
+fn oci_distribution_conformance_suite_with_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = common::htpasswd(dir.path(), &["conformance"]);
+    let s = Server::start_at(
+        &dir.path().join("root"),
+        &["--htpasswd", pw.to_str().unwrap()],
+    );
+    run_suite(
+        &s,
+        &[
+            ("OCI_USERNAME", "conformance"),
+            ("OCI_PASSWORD", "pw-of-conformance"),
+        ],
+    );
+}
+
+fn run_suite(s: &Server, env: &[(&str, &str)]) {
     let bin = conformance_bin()
         .expect("OCI conformance binary not found: set STOWAGE_CONFORMANCE_BIN (see README)");
-    let s = Server::start();
     let reports = tempfile::tempdir().unwrap();
     let out = Command::new(&bin)
+        .envs(env.iter().copied())
         .current_dir(reports.path())
         .env("OCI_ROOT_URL", s.url(""))
         .env("OCI_NAMESPACE", "conformance/repo")

@@ -225,9 +225,15 @@ async fn serve_metrics(
         .body(crate::metrics::render(&reg, &stats, &http, &gate)))
 }
 
-/// `GET /_layers/<digest>/files[?repository=NAME]`: with authentication on, an admin's, or
-/// the pull of a repository that links the layer (named in `repository`); a layer the
-/// repository does not link is unknown, as a blob GET would say.
+/// Entries of a file index per page, by default and at most.
+const FILES_PAGE: usize = 1000;
+const FILES_PAGE_MAX: usize = 10_000;
+
+/// `GET /_layers/<digest>/files[?repository=NAME][&n=N][&start=K]`: a page of a layer's file
+/// index (a JSON array; `Link: <…&start=…>; rel="next"` when more follow). With authentication
+/// on, an admin's, or the pull of a repository that links the layer (named in `repository`); a
+/// layer the repository does not link is unknown, as a blob GET would say. At most two are
+/// built at a time (an index of many files is large while it is parsed).
 async fn layer_files(
     req: HttpRequest,
     path: web::Path<String>,
@@ -246,7 +252,36 @@ async fn layer_files(
             gate.check(&req, Need::Admin)?;
         }
     }
-    Ok(HttpResponse::Ok().json(reg.layer_files(&d)?))
+    let q = query(&req);
+    let num = |k: &str, default: usize| -> Result<usize> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| RegistryError::PaginationInvalid(format!("{k}={v}"))),
+        }
+    };
+    let n = num("n", FILES_PAGE)?.clamp(1, FILES_PAGE_MAX);
+    let start = num("start", 0)?;
+    static BUILDING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _permit = BUILDING
+        .acquire()
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?;
+    let reg2 = reg.clone();
+    let d2 = d.clone();
+    let (files, more) = web::block(move || reg2.layer_files(&d2, start, n))
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))??;
+    let mut b = HttpResponse::Ok();
+    if more {
+        let mut next = format!("/_layers/{d}/files?n={n}&start={}", start + files.len());
+        if let Some(r) = q.get("repository") {
+            next.push_str(&format!("&repository={r}"));
+        }
+        b.insert_header((header::LINK, format!("<{next}>; rel=\"next\"")));
+    }
+    Ok(b.json(files))
 }
 
 /// The endpoints below `/v2/<name>/`.
@@ -336,6 +371,13 @@ async fn dispatch(
         }
         Endpoint::Upload(id) => {
             let id: UploadId = id.parse()?;
+            // A session belongs to whoever started it: to anyone else it does not exist.
+            if gate.enabled() {
+                let owner = reg.upload_owner(&repo, &id)?;
+                if owner.is_some_and(|o| o != who.name()) {
+                    return Err(RegistryError::BlobUploadUnknown);
+                }
+            }
             match m {
                 Method::GET => {
                     let st = reg.upload_status(&repo, &id)?;
@@ -426,7 +468,7 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
         return Ok(None);
     };
     let (a, b) = (a.trim(), b.trim());
-    let unsatisfiable = || RegistryError::RangeNotSatisfiable(format!("{v} of {size} bytes"));
+    let unsatisfiable = || RegistryError::RangeInvalid(format!("{v} of {size} bytes"));
     let range = if a.is_empty() {
         let Ok(n) = b.parse::<u64>() else {
             return Ok(None);
@@ -469,7 +511,7 @@ async fn get_blob(
 ) -> Result<HttpResponse> {
     let size = reg.stat_blob(repo, d)?;
     let range = match parse_range(req.headers(), size) {
-        Err(e @ RegistryError::RangeNotSatisfiable(_)) => {
+        Err(e @ RegistryError::RangeInvalid(_)) => {
             return Ok(HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
                 .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
                 .insert_header((header::ACCEPT_RANGES, "bytes"))
@@ -581,7 +623,8 @@ async fn start_upload(
         reg.put_blob(repo, &d, len, payload).await?;
         return Ok(blob_created(repo, &d));
     }
-    let st = reg.start_upload(repo).await?;
+    let owner = gate.enabled().then(|| who.name());
+    let st = reg.start_upload(repo, owner).await?;
     Ok(upload_response(
         StatusCode::ACCEPTED,
         repo,

@@ -83,6 +83,32 @@ impl Meta {
     }
 
     pub fn layer_files(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<serde_json::Value>> {
+        match self.file_index_json(t, d)? {
+            Some(json) => dec("file index", &json).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries `start..start + n` of a layer's file index, and whether more follow. Only
+    /// that page is built: the others are skipped as they are parsed.
+    pub fn layer_files_page(
+        &self,
+        t: &RoTxn<'_>,
+        d: &Digest,
+        start: usize,
+        n: usize,
+    ) -> Result<Option<(Vec<stowage_actors::engine::tar::FileEntry>, bool)>> {
+        let Some(json) = self.file_index_json(t, d)? else {
+            return Ok(None);
+        };
+        let mut de = serde_json::Deserializer::from_slice(&json);
+        let page = serde::de::DeserializeSeed::deserialize(Page { start, n }, &mut de)
+            .map_err(|e| RegistryError::Internal(format!("corrupt file index of {d}: {e}")))?;
+        Ok(Some(page))
+    }
+
+    /// A layer's file index as stored (JSON), unpatched.
+    fn file_index_json(&self, t: &RoTxn<'_>, d: &Digest) -> Result<Option<Vec<u8>>> {
         let dk = d.to_string();
         let Some(v) = self.layer_files.get(t, dk.as_bytes())? else {
             return Ok(None);
@@ -98,7 +124,7 @@ impl Meta {
                 patch::unpatch(&ref_json, frame)?
             }
         };
-        dec("file index", &json).map(Some)
+        Ok(Some(json))
     }
 
     /// The raw form (uncompressed body) of a layer's recipe, if it is stored whole.
@@ -184,5 +210,54 @@ impl Meta {
             }
         }
         Ok(())
+    }
+}
+
+/// Deserializes one page of a JSON array of file entries, skipping the rest unbuilt.
+struct Page {
+    start: usize,
+    n: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Page {
+    type Value = (Vec<stowage_actors::engine::tar::FileEntry>, bool);
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Page {
+    type Value = (Vec<stowage_actors::engine::tar::FileEntry>, bool);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of file entries")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(self.n.min(4096));
+        let mut i = 0usize;
+        let mut more = false;
+        loop {
+            if i < self.start || out.len() >= self.n {
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                    break;
+                }
+                more |= i >= self.start;
+            } else {
+                match seq.next_element()? {
+                    Some(e) => out.push(e),
+                    None => break,
+                }
+            }
+            i += 1;
+        }
+        Ok((out, more))
     }
 }

@@ -166,6 +166,9 @@ pub struct UploadRecord {
     pub created: u64,
     pub updated: u64,
     pub offset: u64,
+    /// Who started it, with authentication on: only they may go on with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A sealed container.

@@ -56,8 +56,12 @@ pub struct ParsedManifest {
     pub media_type: String,
     /// Blobs (config and layers) that must be linked in the repository.
     pub blobs: Vec<Digest>,
+    /// The size each descriptor of `blobs` declares (clients verify it: it must be the blob's).
+    pub blob_sizes: Vec<u64>,
     /// Child manifests (of an index) that must be in the repository.
     pub children: Vec<Digest>,
+    /// The size each descriptor of `children` declares.
+    pub child_sizes: Vec<u64>,
     pub subject: Option<Digest>,
     /// `artifactType`, or for an image manifest without one, its config media type (what the
     /// referrers API reports).
@@ -144,7 +148,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> 
     };
 
     let mut blobs = Vec::new();
+    let mut blob_sizes = Vec::new();
     let mut children = Vec::new();
+    let mut child_sizes = Vec::new();
     let mut artifact_type = raw.artifact_type.clone();
     match kind {
         Kind::Image => {
@@ -157,6 +163,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> 
                 RegistryError::ManifestInvalid(format!("{media_type} needs a config descriptor"))
             })?;
             blobs.push(descriptor_digest(config, "config")?);
+            blob_sizes.push(config.size as u64);
             if artifact_type.is_none() {
                 artifact_type = config.media_type.clone();
             }
@@ -178,6 +185,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> 
                             .is_some_and(|t| t.contains("nondistributable")));
                 if !foreign {
                     blobs.push(d);
+                    blob_sizes.push(l.size as u64);
                 }
             }
         }
@@ -192,6 +200,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> 
             })?;
             for m in manifests {
                 children.push(descriptor_digest(m, "manifest")?);
+                child_sizes.push(m.size as u64);
             }
         }
     }
@@ -203,7 +212,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest> 
     Ok(ParsedManifest {
         media_type,
         blobs,
+        blob_sizes,
         children,
+        child_sizes,
         subject,
         artifact_type,
         annotations: raw.annotations,

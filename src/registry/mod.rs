@@ -516,15 +516,33 @@ impl Registry {
         blocking(move || {
             let m = &inner.meta;
             let mut w = m.write()?;
-            for b in &parsed.blobs {
+            let wrong_size = |what: &str, d: &Digest, said: u64, is: u64| {
+                RegistryError::ManifestInvalid(format!(
+                    "the {what} descriptor of {d} says {said} bytes; it has {is}"
+                ))
+            };
+            for (b, &size) in parsed.blobs.iter().zip(&parsed.blob_sizes) {
                 // Refreshed: a collection's cutoff is older than any link a new manifest names.
                 if !m.refresh_blob_link(&mut w, &repo, b)? {
                     return Err(RegistryError::ManifestBlobUnknown(b.clone()));
                 }
+                // Clients verify sizes: a manifest that misstates one would fail every pull.
+                match m.blob(&w, b)? {
+                    Some(rec) if rec.size != size => {
+                        return Err(wrong_size("blob", b, size, rec.size))
+                    }
+                    Some(_) => {}
+                    None => return Err(RegistryError::ManifestBlobUnknown(b.clone())),
+                }
             }
-            for c in &parsed.children {
+            for (c, &size) in parsed.children.iter().zip(&parsed.child_sizes) {
                 if m.manifest_link(&w, &repo, c)?.is_none() {
                     return Err(RegistryError::ManifestBlobUnknown(c.clone()));
+                }
+                if let Some((rec, _)) = m.manifest(&w, c)? {
+                    if rec.size != size {
+                        return Err(wrong_size("manifest", c, size, rec.size));
+                    }
                 }
             }
             m.put_manifest(&mut w, &repo, &desc, &body, parsed.subject.as_ref())?;
@@ -602,14 +620,19 @@ impl Registry {
     /// The file index (path, size, mode, sha256 of each regular file) of a deduplicated layer.
     /// The HTTP edge scopes `GET /_layers/<digest>/files` (admins, or pull on a repository
     /// linking the layer).
-    pub fn layer_files(&self, digest: &Digest) -> Result<serde_json::Value> {
+    pub fn layer_files(
+        &self,
+        digest: &Digest,
+        start: usize,
+        n: usize,
+    ) -> Result<(Vec<stowage_actors::engine::tar::FileEntry>, bool)> {
         let m = &self.inner.meta;
         let t = m.read()?;
         let rec = m
             .blob(&t, digest)?
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
-        match m.layer_files(&t, digest)? {
-            Some(files) => Ok(files),
+        match m.layer_files_page(&t, digest, start, n)? {
+            Some(page) => Ok(page),
             None => Err(RegistryError::NotFound(format!(
                 "no file index for {digest}: it is {}",
                 match rec.state {

@@ -61,11 +61,12 @@ impl Registry {
         }
     }
 
-    /// Open a new upload session in `repo`.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+    /// Open a new upload session in `repo`, for `owner` (with authentication on).
+    pub async fn start_upload(&self, repo: &RepoName, owner: Option<&str>) -> Result<UploadStatus> {
         let id = UploadId::new();
         let inner = self.inner.clone();
         let repo = repo.clone();
+        let owner = owner.map(str::to_string);
         blocking(move || {
             inner.store.create_upload(&id)?;
             let mut w = inner.meta.write()?;
@@ -78,6 +79,7 @@ impl Registry {
                     created: t,
                     updated: t,
                     offset: 0,
+                    owner,
                 },
             )?;
             w.commit()?;
@@ -85,6 +87,11 @@ impl Registry {
         })
         .await?;
         Ok(UploadStatus { id, offset: 0 })
+    }
+
+    /// Who started upload `id` in `repo` (with authentication on).
+    pub fn upload_owner(&self, repo: &RepoName, id: &UploadId) -> Result<Option<String>> {
+        Ok(self.upload_record(repo, id)?.owner)
     }
 
     pub fn upload_status(&self, repo: &RepoName, id: &UploadId) -> Result<UploadStatus> {
@@ -209,7 +216,7 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let st = self.start_upload(repo).await?;
+        let st = self.start_upload(repo, None).await?;
         let res = self
             .finish_upload(repo, &st.id, digest, None, len, body)
             .await;
