@@ -951,3 +951,65 @@ fn skopeo_podman_buildah_with_basic_and_bearer_auth() {
         run(env.podman().args(["rmi", &public, &b]));
     }
 }
+
+/// skopeo over HTTPS with a test CA (`--dest-cert-dir`, `--cert-dir`) and credentials: the
+/// certificate is verified (a client without the CA refuses it), the image round-trips.
+#[test]
+fn skopeo_over_tls_with_a_test_ca() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_layout(&env, &src, "v1", 12);
+    let img = oci_image(&src, "v1");
+    let certs = env.path("certs");
+    fs::create_dir_all(&certs).unwrap();
+    let tls = common::test_ca(&certs);
+    // containers/image reads a directory of CA certificates named *.crt.
+    let ca_dir = env.path("ca-dir");
+    fs::create_dir_all(&ca_dir).unwrap();
+    fs::copy(&tls.ca, ca_dir.join("ca.crt")).unwrap();
+    let pw = common::htpasswd(&env.path("home"), &["writer"]);
+    let s = Server::start_at(
+        &env.path("root"),
+        &[
+            "--htpasswd",
+            pw.to_str().unwrap(),
+            "--tls-cert",
+            tls.cert.to_str().unwrap(),
+            "--tls-key",
+            tls.key.to_str().unwrap(),
+        ],
+    );
+    let app = docker_ref(&s, "team/tls:v1");
+    let oci_src = format!("oci:{}:v1", src.display());
+    let out = env
+        .skopeo()
+        .args([
+            "copy",
+            "--dest-creds",
+            "writer:pw-of-writer",
+            &oci_src,
+            &app,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a certificate from an unknown CA was accepted"
+    );
+    run(env
+        .skopeo()
+        .args([
+            "copy",
+            "--dest-creds",
+            "writer:pw-of-writer",
+            "--dest-cert-dir",
+        ])
+        .arg(&ca_dir)
+        .args([&oci_src, &app]));
+    let info = json_out(&run(env
+        .skopeo()
+        .args(["inspect", "--creds", "writer:pw-of-writer", "--cert-dir"])
+        .arg(&ca_dir)
+        .arg(&app)));
+    assert_eq!(info["Digest"], img.manifest_digest.as_str());
+}
