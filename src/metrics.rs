@@ -530,24 +530,28 @@ pub fn render(
     );
 
     gc_metrics(&r, stats);
-    if gate.enabled() {
+    // Both families exist with every series at zero from the start (authentication off, or
+    // nothing decided yet): a series born with its first event hides it from rate().
+    {
         let c = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "stowage_auth_decisions_total",
                 "Authentication and authorization decisions by result (allowed, denied) and \
-                 reason (policy, admin, login, anyone; anonymous, forbidden, bad_credentials, \
-                 malformed, throttled)",
+                 reason (policy, admin, login, anyone, token_issued; anonymous, forbidden, \
+                 insufficient_scope, bad_credentials, bad_token, malformed, throttled)",
             ),
             &["result", "reason"],
         )
         .expect("metric");
+        for (result, reason) in crate::auth::DECISIONS {
+            c.with_label_values(&[result, reason]);
+        }
         for ((result, reason), n) in gate.decisions() {
             c.with_label_values(&[result, reason]).inc_by(n);
         }
         r.register(Box::new(c)).expect("register");
     }
-    let reloads = gate.reloads();
-    if !reloads.is_empty() {
+    {
         let c = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "stowage_reloads_total",
@@ -557,7 +561,12 @@ pub fn render(
             &["what", "result"],
         )
         .expect("metric");
-        for ((what, result), n) in reloads {
+        for what in ["htpasswd", "tls"] {
+            for result in ["ok", "failed"] {
+                c.with_label_values(&[what, result]);
+            }
+        }
+        for ((what, result), n) in gate.reloads() {
             c.with_label_values(&[what, result]).inc_by(n);
         }
         r.register(Box::new(c)).expect("register");

@@ -45,6 +45,22 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked for failed logins at most (the oldest windows go first).
 const TRACKED: usize = 10_000;
 
+/// Every (result, reason) a decision is counted under.
+pub const DECISIONS: [(&str, &str); 12] = [
+    ("allowed", "policy"),
+    ("allowed", "admin"),
+    ("allowed", "login"),
+    ("allowed", "anyone"),
+    ("allowed", "token_issued"),
+    ("denied", "anonymous"),
+    ("denied", "forbidden"),
+    ("denied", "insufficient_scope"),
+    ("denied", "bad_credentials"),
+    ("denied", "bad_token"),
+    ("denied", "malformed"),
+    ("denied", "throttled"),
+];
+
 /// What a route needs.
 #[derive(Clone, Copy, Debug)]
 pub enum Need<'a> {
