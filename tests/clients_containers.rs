@@ -810,26 +810,10 @@ fn skopeo_podman_buildah_with_basic_and_bearer_auth() {
     let oci_src = format!("oci:{}:v1", src.display());
     for token in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let pw = common::htpasswd(dir.path(), &["writer", "reader"]);
-        let cfg = dir.path().join("stowage.toml");
-        let mut text = String::from(
-            "[[access]]\nrepositories = [\"team/**\", \"public/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
+        let rules = "[[access]]\nrepositories = [\"team/**\", \"public/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
              [[access]]\nrepositories = [\"team/**\"]\nusers = [\"reader\"]\nactions = [\"pull\"]\n\
-             [[anonymous]]\nrepositories = [\"public/**\"]\nactions = [\"pull\"]\n",
-        );
-        if token {
-            text.push_str("[token]\n");
-        }
-        fs::write(&cfg, text).unwrap();
-        let s = Server::start_at(
-            &dir.path().join("root"),
-            &[
-                "--htpasswd",
-                pw.to_str().unwrap(),
-                "--config",
-                cfg.to_str().unwrap(),
-            ],
-        );
+             [[anonymous]]\nrepositories = [\"public/**\"]\nactions = [\"pull\"]\n";
+        let s = common::auth_server(dir.path(), &["writer", "reader"], rules, token, None);
         let mode = if token { "bearer" } else { "basic" };
         let app = docker_ref(&s, "team/app:v1");
         let copy = |args: &[&str]| {
@@ -967,18 +951,9 @@ fn skopeo_over_tls_with_a_test_ca() {
     let ca_dir = env.path("ca-dir");
     fs::create_dir_all(&ca_dir).unwrap();
     fs::copy(&tls.ca, ca_dir.join("ca.crt")).unwrap();
-    let pw = common::htpasswd(&env.path("home"), &["writer"]);
-    let s = Server::start_at(
-        &env.path("root"),
-        &[
-            "--htpasswd",
-            pw.to_str().unwrap(),
-            "--tls-cert",
-            tls.cert.to_str().unwrap(),
-            "--tls-key",
-            tls.key.to_str().unwrap(),
-        ],
-    );
+    let srv = env.path("srv");
+    fs::create_dir_all(&srv).unwrap();
+    let s = common::auth_server(&srv, &["writer"], "", false, Some(&tls));
     let app = docker_ref(&s, "team/tls:v1");
     let oci_src = format!("oci:{}:v1", src.display());
     let out = env

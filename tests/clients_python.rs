@@ -515,28 +515,13 @@ fn oras_and_dxf_with_basic_and_bearer_auth() {
     let tls = common::test_ca(certs.path());
     for (token, https) in [(false, false), (true, false), (false, true), (true, true)] {
         let dir = tempfile::tempdir().unwrap();
-        let pw = common::htpasswd(dir.path(), &["writer", "reader"]);
-        let cfg = dir.path().join("stowage.toml");
-        let mut text = String::from(
-            "[[access]]\nrepositories = [\"team/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
-             [[access]]\nrepositories = [\"team/**\"]\nusers = [\"reader\"]\nactions = [\"pull\"]\n",
+        let s = common::auth_server(
+            dir.path(),
+            &["writer", "reader"],
+            common::TEAM_RULES,
+            token,
+            https.then_some(&tls),
         );
-        if token {
-            text.push_str("[token]\n");
-        }
-        fs::write(&cfg, text).unwrap();
-        let mut args = vec![
-            "--htpasswd".to_string(),
-            pw.display().to_string(),
-            "--config".into(),
-            cfg.display().to_string(),
-        ];
-        if https {
-            args.extend(["--tls-cert".into(), tls.cert.display().to_string()]);
-            args.extend(["--tls-key".into(), tls.key.display().to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let s = Server::start_at(&dir.path().join("root"), &args);
         let work = tempfile::tempdir().unwrap();
         let w = work.path().to_str().unwrap();
         if https {

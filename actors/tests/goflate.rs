@@ -22,13 +22,7 @@ fn go_gzip(bin: &Path, level: i32, chunk: usize, input: &[u8]) -> Vec<u8> {
 }
 
 fn our_gzip(level: i32, input: &[u8]) -> Vec<u8> {
-    let mut out = goflate::gzip_header(level).to_vec();
-    out.extend(goflate::deflate(level, input).unwrap());
-    let mut crc = flate2::Crc::new();
-    crc.update(input);
-    out.extend(crc.sum().to_le_bytes());
-    out.extend((input.len() as u32).to_le_bytes());
-    out
+    common::go_gzip(level, input)
 }
 
 fn assert_same(name: &str, level: i32, ours: &[u8], go: &[u8]) {

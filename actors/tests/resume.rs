@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Write;
 
-use stowage_actors::engine::goflate;
 use stowage_actors::engine::recompress::{Compression, Encoding, LayerDecoder, Reencoder};
 
 fn zlib_gzip(level: u32, input: &[u8]) -> Vec<u8> {
@@ -15,16 +14,6 @@ fn zlib_gzip(level: u32, input: &[u8]) -> Vec<u8> {
         .write(Vec::new(), flate2::Compression::new(level));
     e.write_all(input).unwrap();
     e.finish().unwrap()
-}
-
-fn go_gzip(level: i32, input: &[u8]) -> Vec<u8> {
-    let mut out = goflate::gzip_header(level).to_vec();
-    out.extend(goflate::deflate(level, input).unwrap());
-    let mut crc = flate2::Crc::new();
-    crc.update(input);
-    out.extend(crc.sum().to_le_bytes());
-    out.extend((input.len() as u32).to_le_bytes());
-    out
 }
 
 fn ingest(gz: &[u8]) -> (Encoding, Vec<u8>) {
@@ -95,8 +84,8 @@ fn zlib_streams_resume_at_every_recorded_boundary() {
 #[test]
 fn go_streams_resume_at_every_recorded_boundary() {
     let input = common::files_under(&["/usr/lib/x86_64-linux-gnu", "/usr/share/doc"], 24 << 20);
-    check("go-6", &go_gzip(6, &input));
-    check("go-default", &go_gzip(-1, &input));
+    check("go-6", &common::go_gzip(6, &input));
+    check("go-default", &common::go_gzip(-1, &input));
 }
 
 #[test]

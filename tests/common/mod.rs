@@ -379,3 +379,36 @@ pub fn server_cert(dir: &Path, serial: u32) -> TestCa {
         .arg(&cert));
     TestCa { ca, cert, key }
 }
+
+/// Access rules the client tests share: `writer` may pull and push `team/**`, `reader` may
+/// pull it.
+pub const TEAM_RULES: &str = "[[access]]\nrepositories = [\"team/**\"]\nusers = [\"writer\"]\nactions = [\"pull\", \"push\"]\n\
+     [[access]]\nrepositories = [\"team/**\"]\nusers = [\"reader\"]\nactions = [\"pull\"]\n";
+
+/// A server with authentication on, under `dir`: users `users` (passwords `pw-of-<user>`),
+/// the access `rules` (TOML), bearer tokens from its own `/token` when `token`, and HTTPS
+/// with `tls` when given.
+pub fn auth_server(
+    dir: &Path,
+    users: &[&str],
+    rules: &str,
+    token: bool,
+    tls: Option<&TestCa>,
+) -> Server {
+    let pw = htpasswd(dir, users);
+    let cfg = dir.join("stowage.toml");
+    let token_section = if token { "[token]\n" } else { "" };
+    std::fs::write(&cfg, format!("{rules}{token_section}")).unwrap();
+    let mut args = vec![
+        "--htpasswd".to_string(),
+        pw.display().to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ];
+    if let Some(t) = tls {
+        args.extend(["--tls-cert".into(), t.cert.display().to_string()]);
+        args.extend(["--tls-key".into(), t.key.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_at(&dir.join("root"), &args)
+}

@@ -177,3 +177,15 @@ impl Rng {
             .collect()
     }
 }
+
+/// A gzip stream as Go's compress/gzip writes it at `level`, made by our Go encoder.
+pub fn go_gzip(level: i32, input: &[u8]) -> Vec<u8> {
+    use stowage_actors::engine::goflate;
+    let mut out = goflate::gzip_header(level).to_vec();
+    out.extend(goflate::deflate(level, input).unwrap());
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    out.extend(crc.sum().to_le_bytes());
+    out.extend((input.len() as u32).to_le_bytes());
+    out
+}
