@@ -233,28 +233,21 @@ impl Tokens {
             v.leeway = 5;
             v
         };
+        // Our own secret for HS256, then every external key that verifies the header's
+        // algorithm.
+        let own = (self.own.as_ref())
+            .filter(|_| header.alg == Algorithm::HS256)
+            .map(|(_, dec)| (dec, true));
+        let external = (self.external.iter())
+            .filter(|(_, algs)| algs.contains(&header.alg))
+            .map(|(key, _)| (key, false));
         let mut why = "signed by an unknown key".to_string();
-        if let (Some((_, dec)), Algorithm::HS256) = (&self.own, header.alg) {
-            match jsonwebtoken::decode::<Claims>(token, dec, &validation(Algorithm::HS256)) {
-                Ok(d) => {
-                    return Ok(Token {
-                        sub: d.claims.sub,
-                        own: true,
-                        access: d.claims.access,
-                    })
-                }
-                Err(e) => why = e.to_string(),
-            }
-        }
-        for (key, algs) in &self.external {
-            if !algs.contains(&header.alg) {
-                continue;
-            }
+        for (key, own) in own.into_iter().chain(external) {
             match jsonwebtoken::decode::<Claims>(token, key, &validation(header.alg)) {
                 Ok(d) => {
                     return Ok(Token {
                         sub: d.claims.sub,
-                        own: false,
+                        own,
                         access: d.claims.access,
                     })
                 }
