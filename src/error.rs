@@ -68,6 +68,13 @@ pub enum RegistryError {
     InsufficientScope { message: String, challenge: String },
     #[error("too many requests: {0}; retry shortly")]
     TooManyRequests(String),
+    /// A request head that is not HTTP/1.1 the server reads (found before any route: see
+    /// `http::wire`); 431 when it is too large, 400 otherwise.
+    #[error("malformed request: {message}")]
+    MalformedRequest {
+        message: String,
+        head_too_large: bool,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -89,7 +96,7 @@ impl RegistryError {
             TagInvalid(_) => "MANIFEST_INVALID",
             SizeInvalid(_) | TooLarge { .. } | RangeInvalid(_) => "SIZE_INVALID",
             RangeNotSatisfiable(_) => "BLOB_UPLOAD_INVALID",
-            Unsupported(_) | NotFound(_) => "UNSUPPORTED",
+            Unsupported(_) | NotFound(_) | MalformedRequest { .. } => "UNSUPPORTED",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             StorageFull(_) | Denied(_) | InsufficientScope { .. } => "DENIED",
             Unauthorized { .. } => "UNAUTHORIZED",
@@ -116,6 +123,11 @@ impl RegistryError {
                 StatusCode::RANGE_NOT_SATISFIABLE
             }
             Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            MalformedRequest {
+                head_too_large: true,
+                ..
+            } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            MalformedRequest { .. } => StatusCode::BAD_REQUEST,
             StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Denied(_) | InsufficientScope { .. } => StatusCode::FORBIDDEN,

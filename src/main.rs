@@ -334,31 +334,31 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let metrics_handle = metrics_server.as_ref().map(|s| s.handle());
     let metrics_task = metrics_server.map(actix_web::rt::spawn);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(http_metrics.clone())
-            .app_data(gate.clone())
-            .wrap_fn(http::middleware)
-            .configure(http::configure)
-    })
-    .workers(cfg.workers)
-    .shutdown_timeout(cfg.shutdown_timeout);
-    let server = match &certificate {
-        Some(c) => server.bind_rustls_0_23(cfg.addr, c.server_config()?),
-        None => server.bind(cfg.addr),
-    }
-    .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.addr))?;
-    let scheme = if certificate.is_some() {
-        "https"
-    } else {
-        "http"
+    let tls = match &certificate {
+        Some(c) => Some(c.server_config()?),
+        None => None,
     };
-    for addr in server.addrs() {
-        // Tests and scripts read this line to learn the port when --addr ends in :0.
-        println!("stowage listening on {scheme}://{addr}");
-        tracing::info!(%addr, "listening");
-    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (server, addr) = http::server::serve(
+        http::server::Listen {
+            addr: cfg.addr,
+            workers: cfg.workers,
+            shutdown_timeout: cfg.shutdown_timeout,
+            tls,
+        },
+        move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(http_metrics.clone())
+                .app_data(gate.clone())
+                .wrap_fn(http::middleware)
+                .configure(http::configure)
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.addr))?;
+    // Tests and scripts read this line to learn the port when --addr ends in :0.
+    println!("stowage listening on {scheme}://{addr}");
+    tracing::info!(%addr, "listening");
     for addr in metrics_addrs {
         // After the main address: scripts read the first line for it.
         println!("stowage metrics on http://{addr}/metrics");
@@ -367,7 +367,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     // actix-web stops gracefully on SIGTERM and SIGINT: in-flight requests get
     // `shutdown_timeout` seconds to finish.
-    server.run().await?;
+    server.await?;
     hup.abort();
     if let Some(h) = metrics_handle {
         h.stop(true).await;

@@ -1071,6 +1071,37 @@ fn tls_serves_and_reloads_its_certificate_on_sighup() {
     };
     assert_eq!(curl("writer:pw-of-writer"), "200");
     assert_eq!(curl("writer:wrong"), "401");
+    // HTTP/2 is offered by ALPN and served; HTTP/1.1 heads get the same checks as in plain.
+    let out = common::run(
+        std::process::Command::new(common::tool("curl"))
+            .args([
+                "-sS",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&ca.ca)
+            .args(["-u", "writer:pw-of-writer"])
+            .arg(format!("https://{}/v2/", s.addr)),
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "2 200");
+    let out = common::run(
+        std::process::Command::new(common::tool("curl"))
+            .args(["-sS", "--http1.1", "--cacert"])
+            .arg(&ca.ca)
+            .args(["-u", "writer:pw-of-writer", "-H", "Content-Length: 1"])
+            .args(["-H", "Transfer-Encoding: chunked", "--data-binary", "x"])
+            .arg(format!("https://{}/v2/", s.addr)),
+    );
+    let body = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        body.contains("\"UNSUPPORTED\"")
+            && body.contains("both Content-Length and Transfer-Encoding"),
+        "{body}"
+    );
     let plain = Client::new().get(format!("http://{}/v2/", s.addr)).send();
     assert!(
         plain.map_or(true, |r| !r.status().is_success()),

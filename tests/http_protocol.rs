@@ -1060,3 +1060,93 @@ fn graceful_shutdown_and_upload_expiry() {
     assert_eq!(left, 0, "the upload file went with its session");
     assert!(s.stop(), "SIGTERM gives a clean exit");
 }
+
+/// Sends `raw` on a new connection and reads until the server closes it.
+fn raw_exchange(addr: &str, raw: &[u8]) -> String {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.write_all(raw).unwrap();
+    let mut resp = Vec::new();
+    sock.read_to_end(&mut resp).unwrap();
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// Request heads actix-http would answer itself with a bare 400 or 431 get the error
+/// envelope, also after good requests on the same connection, and the connection closes.
+#[test]
+fn malformed_heads_get_the_error_envelope() {
+    let s = Server::start();
+    let host = &s.addr;
+    let many: String = (0..100).map(|i| format!("X-{i}: v\r\n")).collect();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("GET /v2/{} HTTP/1.1\r\nHost: {host}\r\n\r\n", "a".repeat(70_000)),
+            "431",
+            "longer than",
+        ),
+        (
+            format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n", "b".repeat(200_000)),
+            "431",
+            "longer than",
+        ),
+        (
+            format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{many}\r\n"),
+            "431",
+            "header fields",
+        ),
+        (
+            format!("POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            "400",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            format!("PUT /v2/x/manifests/t HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+            "400",
+            "Content-Length",
+        ),
+        ("GET /v2/ HTTP/1.1\r\n\r\n".to_string(), "400", "Host"),
+        (format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nBad Header: x\r\n\r\n"), "400", "not valid HTTP/1.1"),
+    ];
+    for (raw, status, message) in &cases {
+        let resp = raw_exchange(host, raw.as_bytes());
+        let short = &raw[..raw.len().min(80)];
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{short:?}: {resp}"
+        );
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_lowercase()
+                .contains("content-type: application/json"),
+            "{short:?}: {head}"
+        );
+        let v: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{short:?}: {e}: {body}"));
+        assert_eq!(v["errors"][0]["code"], "UNSUPPORTED", "{short:?}");
+        let text = v["errors"][0]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{short:?}: {text}");
+    }
+
+    // Good requests first on the same connection (with a chunked body holding bytes that look
+    // like a head), then a bad one: each good one answered, the bad one enveloped, then close.
+    let inner = "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+    let good = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\nPOST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{inner}\r\n0\r\n\r\n",
+        inner.len()
+    );
+    let bad = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let after = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let resp = raw_exchange(host, format!("{good}{bad}{after}").as_bytes());
+    let statuses: Vec<&str> = resp
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &resp[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "202", "400"], "{resp}");
+    assert!(
+        resp.contains("both Content-Length and Transfer-Encoding"),
+        "{resp}"
+    );
+
+    // The server still serves.
+    let r = client().get(s.url("/v2/")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

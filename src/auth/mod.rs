@@ -86,6 +86,8 @@ struct Auth {
     tokens: Option<token::Tokens>,
     policy: Policy,
     realm: String,
+    /// Whether the listener speaks TLS (the scheme of the token realm we serve).
+    tls: bool,
     /// (address, user or "" for all) -> (failures, window start)
     failures: Mutex<HashMap<(IpAddr, String), (u32, Instant)>>,
     decisions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
@@ -101,6 +103,9 @@ impl Gate {
 
     /// Reload `c` with the rest on SIGHUP, and report its reloads.
     pub fn with_certificate(mut self, c: Option<std::sync::Arc<tls::Certificate>>) -> Gate {
+        if let Some(a) = &mut self.auth {
+            a.tls = c.is_some();
+        }
         self.certificate = c;
         self
     }
@@ -120,6 +125,7 @@ impl Gate {
                 tokens: token.map(|t| token::Tokens::new(t, auth_dir)).transpose()?,
                 policy,
                 realm: "stowage".into(),
+                tls: false,
                 failures: Mutex::new(HashMap::new()),
                 decisions: Mutex::new(BTreeMap::new()),
             }),
@@ -359,7 +365,16 @@ impl Auth {
             Some(t) => {
                 let realm = t.cfg.realm.clone().unwrap_or_else(|| {
                     let c = req.connection_info();
-                    format!("{}://{}/token", c.scheme(), c.host())
+                    // A proxy's Forwarded/X-Forwarded-Proto decides; otherwise our own TLS.
+                    let forwarded = ["forwarded", "x-forwarded-proto"]
+                        .iter()
+                        .any(|h| req.headers().contains_key(*h));
+                    let scheme = if self.tls && !forwarded {
+                        "https"
+                    } else {
+                        c.scheme()
+                    };
+                    format!("{scheme}://{}/token", c.host())
                 });
                 let mut v = format!("Bearer realm=\"{realm}\",service=\"{}\"", t.cfg.service);
                 match need {

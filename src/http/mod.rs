@@ -23,6 +23,9 @@ use crate::error::{RegistryError, Result};
 use crate::names::{parse_digest, Digest, Reference, RepoName, UploadId};
 use crate::registry::{cursor, manifest, BlobContent, Page, Registry};
 
+pub mod server;
+pub mod wire;
+
 const API_VERSION: (&str, &str) = ("Docker-Distribution-API-Version", "registry/2.0");
 const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -32,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v2/", web::to(base))
         .route("/v2/_catalog", web::get().to(catalog))
         .route("/v2/{tail:.*}", web::to(dispatch))
+        .route("/_malformed/{reason}", web::to(malformed))
         .route("/_stats", web::get().to(stats))
         .route("/_gc", web::post().to(gc))
         .route("/metrics", web::get().to(metrics))
@@ -50,6 +54,21 @@ async fn token(req: HttpRequest, gate: web::Data<Gate>) -> Result<HttpResponse> 
 /// Add the API version header to every response; count, time and log each request. A
 /// request is timed to the last byte of its response (or until the client went away), so a
 /// pull's blob GETs count what the client waited, not the response head.
+/// The answer to a request head actix-http would have refused bare: [`wire::Wire`] hands
+/// actix-http this request in its place.
+async fn malformed(reason: web::Path<String>) -> Result<HttpResponse> {
+    match wire::head::Malformed::from_slug(&reason) {
+        Some(m) => Err(RegistryError::MalformedRequest {
+            message: m.message(),
+            head_too_large: m.too_large(),
+        }),
+        None => Err(RegistryError::NotFound(format!(
+            "no route for {}",
+            reason.as_str()
+        ))),
+    }
+}
+
 pub fn middleware<S, B>(
     req: actix_web::dev::ServiceRequest,
     srv: &S,
