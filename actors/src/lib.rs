@@ -19,4 +19,5 @@ pub mod pack;
 pub mod pipeline;
 pub mod restore;
 pub mod similarity;
+pub mod storage;
 pub mod upload;

@@ -2,6 +2,8 @@
 //! a temporary root, find external clients, and clean up every process a test starts.
 #![allow(dead_code)]
 
+pub mod garage;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
