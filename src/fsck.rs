@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
+use stowage_actors::storage::containers::Containers;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,7 +35,11 @@ pub struct FsckReport {
     pub strays: Vec<String>,
 }
 
-pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
+pub fn run(
+    root: &Path,
+    map_size: usize,
+    storage: &crate::config::StorageConfig,
+) -> anyhow::Result<FsckReport> {
     anyhow::ensure!(
         root.join("meta").exists(),
         "{} holds no stowage store",
@@ -42,7 +47,7 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
     );
     let meta = Arc::new(Meta::open(&root.join("meta"), map_size)?);
     let store = LocalStore::at(root);
-    let containers = root.join("containers");
+    let containers = Arc::new(crate::registry::open_containers(root, storage)?);
     let blobs = {
         let t = meta.read()?;
         meta.all_blobs(&t)?
@@ -61,11 +66,30 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
         meta.all_chunks(&t)?.into_iter().collect()
     };
     let mut dependents: HashMap<ChunkId, u64> = HashMap::new();
-    if containers.exists() {
-        for e in std::fs::read_dir(&containers)? {
-            let p = e?.path();
-            match read_index(&p) {
-                Err(err) => problems.push(format!("container {}: {err}", p.display())),
+    // Every container here, then (with a bucket) every committed one that is not, fetched.
+    let mut seen = std::collections::HashSet::new();
+    for e in std::fs::read_dir(containers.dir())? {
+        let p = e?.path();
+        if let Some(id) = stowage_actors::engine::container::container_id(&p) {
+            seen.insert(id);
+        }
+        match read_index(&p) {
+            Err(err) => problems.push(format!("container {}: {err}", p.display())),
+            Ok((_, index)) => check_deltas(&p, &index, &chunks, &mut dependents, &mut problems),
+        }
+    }
+    if containers.bucket().is_some() {
+        let committed: Vec<u64> = {
+            let t = meta.read()?;
+            meta.all_containers(&t)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for id in committed.into_iter().filter(|id| !seen.contains(id)) {
+            let p = containers.path(id);
+            match containers.open(id).and_then(|_| read_index(&p)) {
+                Err(err) => problems.push(format!("container {id:016x} (from the bucket): {err}")),
                 Ok((_, index)) => check_deltas(&p, &index, &chunks, &mut dependents, &mut problems),
             }
         }
@@ -100,7 +124,14 @@ pub fn run(root: &Path, map_size: usize) -> anyhow::Result<FsckReport> {
     }
 
     let mut strays = Vec::new();
-    check_references(&meta, root, &chunks, &mut problems, &mut strays)?;
+    check_references(
+        &meta,
+        root,
+        &containers,
+        &chunks,
+        &mut problems,
+        &mut strays,
+    )?;
     let reader = ChunkReader::new(Arc::new(MetaCatalog(meta.clone())), containers);
     let mut bytes = 0u64;
     for (d, rec) in &blobs {
@@ -208,6 +239,7 @@ fn check(d: &Digest, got: Digest, n: u64, size: u64, problems: &mut Vec<String>)
 fn check_references(
     meta: &Meta,
     root: &Path,
+    containers: &Containers,
     chunks: &HashMap<ChunkId, ChunkRecord>,
     problems: &mut Vec<String>,
     strays: &mut Vec<String>,
@@ -276,7 +308,7 @@ fn check_references(
         problems.push(format!("manifest link to {d}, which has no record"));
     }
     // Files no record names.
-    if let Ok(rd) = std::fs::read_dir(root.join("containers")) {
+    if let Ok(rd) = std::fs::read_dir(containers.dir()) {
         for e in rd {
             let p = e?.path();
             if let Some(id) = stowage_actors::engine::container::container_id(&p) {
@@ -284,6 +316,13 @@ fn check_references(
                     strays.push(format!("container file {} has no record", p.display()));
                 }
             }
+        }
+    }
+    for (id, _) in containers.published()?.unwrap_or_default() {
+        if !meta.container_known(&t, id)? {
+            strays.push(format!(
+                "object containers/{id:016x} in the bucket has no record"
+            ));
         }
     }
     for (p, d) in LocalStore::at(root).staged_files()? {

@@ -41,6 +41,9 @@ enum Command {
         /// Data directory [default: ./stowage-data].
         #[arg(long, env = "STOWAGE_ROOT", default_value = "./stowage-data")]
         root: std::path::PathBuf,
+        /// Where the containers are, as for `serve`.
+        #[command(flatten)]
+        storage: config::StorageArgs,
     },
     /// Collect garbage offline: apply the retention policies, then remove unreachable blobs,
     /// chunks and containers older than the grace period, and compact sparse containers.
@@ -147,11 +150,12 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Fsck { root } => {
+        Command::Fsck { root, storage } => {
             init_logging(LogFormat::Text);
             let _lock = lock::RootLock::acquire(&root)?;
             let started = std::time::Instant::now();
-            let r = fsck::run(&root, Config::default().meta_map_size)?;
+            let storage = config::StorageConfig::resolve(&storage, None)?;
+            let r = fsck::run(&root, Config::default().meta_map_size, &storage)?;
             let secs = started.elapsed().as_secs_f64();
             for p in &r.strays {
                 eprintln!("fsck: STRAY {p} (removed at the next start or collection)");

@@ -117,7 +117,7 @@ impl Pack {
         }
         if self.open.is_none() {
             let id = self.catalog.allocate_container()?;
-            self.open = Some(ContainerWriter::create(&self.cfg.containers, id)?);
+            self.open = Some(ContainerWriter::create(self.cfg.containers.dir(), id)?);
         }
         let w = self.open.as_mut().expect("open container");
         w.append(c.id, enc, c.raw_len, &data)?;
@@ -144,6 +144,8 @@ impl Pack {
         if let Some(w) = self.open.take() {
             let id = w.id();
             let entries = w.seal()?;
+            // With a bucket, the container is uploaded before its chunks are committed.
+            self.cfg.containers.publish(id)?;
             failpoint("sealed-before-commit");
             let sealed = SealedContainer {
                 id,

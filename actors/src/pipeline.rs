@@ -62,7 +62,8 @@ pub const BATCH_BYTES: usize = 1 << 20;
 /// Pipeline settings.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
-    pub containers: PathBuf,
+    /// Where sealed containers go (a directory, and a bucket when there is one).
+    pub containers: Arc<crate::storage::containers::Containers>,
     pub chunk: ChunkParams,
     pub container_target: u64,
     pub zstd_level: i32,
@@ -329,7 +330,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Start the stages (must run inside an actix `System`).
     pub fn start(catalog: Arc<dyn Catalog>, cfg: PipelineConfig) -> io::Result<Pipeline> {
-        std::fs::create_dir_all(&cfg.containers)?;
+        std::fs::create_dir_all(cfg.containers.dir())?;
         let stats = Arc::new(StageStats::default());
         let (c, s) = (cfg.clone(), stats.clone());
         let cat = catalog.clone();

@@ -9,20 +9,18 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
-use crate::engine::container::{
-    container_path, decode_chunk, read_stored, split_delta, ChunkEncoding,
-};
+use crate::engine::container::{decode_chunk, read_stored, split_delta, ChunkEncoding};
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore_from, Recipe};
 use crate::engine::recompress::Reencoder;
 use crate::flight::{Flight, Flights, AHEAD, ANNOUNCED_HEAD, IDLE, LINGER};
+use crate::storage::containers::Containers;
 
 /// Chunks read ahead of the re-encoder.
 pub const PREFETCH: usize = 64;
@@ -36,14 +34,14 @@ const OPEN_FILES: usize = 16;
 #[derive(Clone)]
 pub struct ChunkReader {
     catalog: Arc<dyn Catalog>,
-    dir: PathBuf,
+    containers: Arc<Containers>,
 }
 
 impl ChunkReader {
-    pub fn new(catalog: Arc<dyn Catalog>, containers: PathBuf) -> ChunkReader {
+    pub fn new(catalog: Arc<dyn Catalog>, containers: Arc<Containers>) -> ChunkReader {
         ChunkReader {
             catalog,
-            dir: containers,
+            containers,
         }
     }
 
@@ -68,7 +66,7 @@ impl ChunkReader {
                 if files.len() >= OPEN_FILES {
                     files.clear();
                 }
-                match File::open(container_path(&self.dir, loc.container)) {
+                match self.containers.open(loc.container) {
                     Ok(f) => {
                         files.insert(loc.container, f);
                     }
@@ -544,7 +542,7 @@ impl Restore {
     pub fn start(
         threads: usize,
         catalog: Arc<dyn Catalog>,
-        containers: PathBuf,
+        containers: Arc<Containers>,
     ) -> (actix::Addr<Restore>, Arc<RestoreStats>) {
         let stats = Arc::new(RestoreStats::default());
         let s = stats.clone();

@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
+use stowage_actors::storage::containers::Containers;
 
 use stowage_actors::digest::Digest;
 use stowage_actors::engine::chunk::ChunkId;
@@ -150,7 +151,7 @@ fn one_base_many_deltas_and_a_rewritten_base_container() {
     }
     commit(&cat, w.seal().unwrap());
 
-    let reader = ChunkReader::new(cat.clone(), dir.path().to_path_buf());
+    let reader = ChunkReader::new(cat.clone(), Arc::new(Containers::local(dir.path())));
     let check = |reader: &ChunkReader| {
         let mut s = ReadSession::new(1 << 20);
         for (id, t) in &targets {
@@ -209,7 +210,7 @@ fn a_delta_whose_base_is_a_delta_is_refused() {
     )
     .unwrap();
     commit(&cat, w.seal().unwrap());
-    let reader = ChunkReader::new(cat.clone(), dir.path().to_path_buf());
+    let reader = ChunkReader::new(cat.clone(), Arc::new(Containers::local(dir.path())));
     let mut s = ReadSession::new(0);
     assert!(reader.read(&ib, &mut s).unwrap() == b);
     let err = reader.read(&ic, &mut s).unwrap_err();

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use stowage_actors::storage::containers::Containers;
 
 use std::sync::atomic::Ordering::Relaxed;
 use stowage_actors::digest::Digest;
@@ -117,7 +118,7 @@ fn gzip(raw: &[u8]) -> Vec<u8> {
 
 fn config(containers: &Path) -> PipelineConfig {
     PipelineConfig {
-        containers: containers.to_path_buf(),
+        containers: Arc::new(Containers::local(containers)),
         chunk: ChunkParams::default(),
         container_target: 1 << 20,
         zstd_level: 3,
@@ -148,7 +149,7 @@ fn dedup_all(
 /// The bytes of committed layer `d`, restored from its recipe.
 fn restored(cat: &Arc<MemCatalog>, containers: &Path, d: &Digest) -> Vec<u8> {
     let recipe = cat.recipes.lock().unwrap()[d].0.clone();
-    let reader = ChunkReader::new(cat.clone(), containers.to_path_buf());
+    let reader = ChunkReader::new(cat.clone(), Arc::new(Containers::local(containers)));
     let mut out = Vec::new();
     restore_layer(&recipe, &reader, &mut |b| {
         out.extend_from_slice(b);
@@ -237,7 +238,7 @@ fn early_stops_do_not_hang() {
         .unwrap()
         .0
         .clone();
-    let reader = ChunkReader::new(cat.clone(), containers);
+    let reader = ChunkReader::new(cat.clone(), Arc::new(Containers::local(&containers)));
     for _ in 0..20 {
         let r = restore_layer(&recipe, &reader, &mut |_| {
             Err(io::Error::new(io::ErrorKind::BrokenPipe, "stop"))

@@ -11,7 +11,9 @@ use clap::Args;
 use serde::Deserialize;
 
 mod retention;
+mod storage;
 pub use retention::RetentionPolicy;
+pub use storage::{StorageArgs, StorageConfig};
 
 /// `stowage serve` flags. Each is optional so that the config file can fill what is not given
 /// here or in the environment (clap reads `STOWAGE_*` itself).
@@ -152,6 +154,8 @@ pub struct ServeArgs {
     /// authentication on, `/metrics` on the main address needs an admin.
     #[arg(long, env = "STOWAGE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// How a repository policy stores layers.
@@ -358,6 +362,7 @@ struct FileConfig {
     #[serde(default)]
     groups: std::collections::HashMap<String, Vec<String>>,
     token: Option<crate::auth::TokenConfig>,
+    storage: Option<storage::StorageFile>,
 }
 
 /// The resolved settings.
@@ -394,6 +399,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// HTTPS when set: (certificate chain, private key).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where containers are stored.
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -426,6 +433,7 @@ impl Default for Config {
             token: None,
             metrics_addr: None,
             tls: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -551,6 +559,7 @@ impl Config {
                 groups: file.groups,
             },
             token: file.token,
+            storage: StorageConfig::resolve(&args.storage, file.storage)?,
             metrics_addr: args.metrics_addr.or(file.metrics_addr),
             tls: match (
                 args.tls_cert.clone().or(file.tls_cert),

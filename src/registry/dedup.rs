@@ -100,17 +100,16 @@ impl Registry {
     /// before the seal's LMDB commit; nothing can refer to them) and raw copies of blobs whose
     /// recipe is committed.
     pub(super) fn remove_uncommitted_containers(&self) -> Result<()> {
-        let dir = self.inner.cfg.root.join("containers");
+        let dir = self.inner.containers.dir().to_path_buf();
         let t = self.inner.meta.read()?;
         for e in std::fs::read_dir(&dir)? {
             let path = e?.path();
-            let keep = match stowage_actors::engine::container::container_id(&path) {
-                Some(id) => self.inner.meta.container_known(&t, id)?,
-                None => true, // not ours: leave it for the operator
+            let Some(id) = stowage_actors::engine::container::container_id(&path) else {
+                continue; // not ours: leave it for the operator
             };
-            if !keep {
+            if !self.inner.meta.container_known(&t, id)? {
                 tracing::info!(path = %path.display(), "removing uncommitted container");
-                std::fs::remove_file(&path)?;
+                self.inner.containers.drop_local(id)?;
             }
         }
         // A crash between a recipe's commit and the removal of the raw blob leaves the raw
@@ -252,7 +251,7 @@ impl Registry {
                 };
                 let reader = stowage_actors::restore::ChunkReader::new(
                     Arc::new(MetaCatalog(m.clone())),
-                    inner.cfg.root.join("containers"),
+                    inner.containers.clone(),
                 );
                 inner.store.stage_with(&d2, &mut |f| {
                     let mut h = d2.algorithm().hasher();

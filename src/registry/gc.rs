@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stowage_actors::storage::containers::Containers;
 
 use serde::Serialize;
 
@@ -569,11 +570,11 @@ struct ChunkSweep {
 }
 
 /// The base a stored delta names (its record starts with the base's id).
-fn delta_base(dir: &std::path::Path, c: &DeadChunk) -> Result<Option<ChunkId>> {
+fn delta_base(containers: &Containers, c: &DeadChunk) -> Result<Option<ChunkId>> {
     if c.loc.encoding.is_whole() {
         return Ok(None);
     }
-    let f = std::fs::File::open(container_path(dir, c.loc.container))?;
+    let f = containers.open(c.loc.container)?;
     let stored = read_stored(&f, &c.loc)?;
     Ok(Some(split_delta(&stored)?.0))
 }
@@ -581,7 +582,8 @@ fn delta_base(dir: &std::path::Path, c: &DeadChunk) -> Result<Option<ChunkId>> {
 /// Step 4, with the pipeline held at its gate.
 fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<ChunkSweep> {
     let m: &Meta = &inner.meta;
-    let dir = inner.cfg.root.join("containers");
+    let containers: &Containers = &inner.containers;
+    let dir = containers.dir().to_path_buf();
     let mut out = ChunkSweep::default();
     let young: HashSet<u64> = {
         let t = m.read()?;
@@ -603,7 +605,7 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
                 young.contains(&c)
             })?
         };
-        let (bases, n, bytes) = remove_chunks(m, &dir, &dead, &young)?;
+        let (bases, n, bytes) = remove_chunks(m, containers, &dead, &young)?;
         pruned.extend(
             dead.iter()
                 .filter(|c| c.loc.encoding.is_whole())
@@ -621,7 +623,7 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
     while !dead.is_empty() {
         let mut next = Vec::new();
         for batch in dead.chunks(TXN_CHUNKS as usize) {
-            let (bases, n, bytes) = remove_chunks(m, &dir, batch, &young)?;
+            let (bases, n, bytes) = remove_chunks(m, containers, batch, &young)?;
             pruned.extend(batch.iter().map(|c| c.loc.container));
             out.chunks += n;
             out.chunk_bytes += bytes;
@@ -648,7 +650,9 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         if young.contains(id) {
             continue;
         }
-        let file_len = std::fs::metadata(container_path(&dir, *id)).map_or(0, |md| md.len());
+        // With a bucket the file may not be cached here: its recorded size stands in.
+        let file_len =
+            std::fs::metadata(container_path(&dir, *id)).map_or(rec.bytes, |md| md.len());
         let (n, bytes) = live.get(id).copied().unwrap_or((0, 0));
         if n == 0 {
             empty.push((*id, file_len));
@@ -662,8 +666,9 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             m.forget_container(&mut w, *id)?;
         }
         w.commit()?;
-        for (id, file_len) in &empty {
-            remove_if_present(&container_path(&dir, *id))?;
+        let ids: Vec<u64> = empty.iter().map(|(id, _)| *id).collect();
+        containers.remove(&ids)?;
+        for (_, file_len) in &empty {
             out.containers_removed += 1;
             out.container_bytes += file_len;
         }
@@ -685,7 +690,12 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             Ok(None) => false,
             Err(_) => true,
         };
-        let rewritten = container::rewrite(&container_path(&dir, old), &dir, new, &keep);
+        // With a bucket: fetched into the cache first, and the new one uploaded before the
+        // commit that points the chunks at it.
+        let rewritten = containers
+            .open(old)
+            .and_then(|_| container::rewrite(&container_path(&dir, old), &dir, new, &keep))
+            .and_then(|e| containers.publish(new).map(|_| e));
         drop(t);
         let entries = match rewritten {
             Ok(e) => e,
@@ -703,7 +713,7 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         m.repoint_container(&mut w, old, new, &entries)?;
         w.commit()?;
         failpoint("gc-compact-committed");
-        remove_if_present(&container_path(&dir, old))?;
+        containers.remove(&[old])?;
         let new_len = std::fs::metadata(container_path(&dir, new)).map_or(0, |md| md.len());
         out.containers_compacted += 1;
         out.container_bytes += old_len.saturating_sub(new_len);
@@ -723,10 +733,21 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         };
         if !known_now.contains(&id) {
             let len = std::fs::metadata(&path).map_or(0, |md| md.len());
-            remove_if_present(&path)?;
+            containers.drop_local(id)?;
             out.orphans += 1;
             out.container_bytes += len;
         }
+    }
+    // Objects no record names (uploaded, then the process stopped before the commit).
+    if let Some(published) = containers.published()? {
+        let stray: Vec<(u64, u64)> = published
+            .into_iter()
+            .filter(|(id, _)| !known_now.contains(id))
+            .collect();
+        let ids: Vec<u64> = stray.iter().map(|(id, _)| *id).collect();
+        containers.remove(&ids)?;
+        out.orphans += stray.len() as u64;
+        out.container_bytes += stray.iter().map(|(_, len)| len).sum::<u64>();
     }
     sync_dir(&dir)?;
     // Staged files no blob record names (a crash between a batch's commit and its removals).
@@ -758,7 +779,7 @@ fn sync_dir(p: &std::path::Path) -> Result<()> {
 /// this left dead (outside `young` containers), and the chunks and stored bytes removed.
 fn remove_chunks(
     m: &Meta,
-    dir: &std::path::Path,
+    containers: &Containers,
     batch: &[DeadChunk],
     young: &HashSet<u64>,
 ) -> Result<(Vec<DeadChunk>, u64, u64)> {
@@ -767,7 +788,7 @@ fn remove_chunks(
     }
     let bases: Vec<Option<ChunkId>> = batch
         .iter()
-        .map(|c| delta_base(dir, c))
+        .map(|c| delta_base(containers, c))
         .collect::<Result<_>>()?;
     let (mut next, mut n, mut bytes) = (Vec::new(), 0u64, 0u64);
     let mut w = m.write()?;

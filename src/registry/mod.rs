@@ -12,6 +12,7 @@ pub(crate) mod retention;
 mod upload;
 
 use std::sync::Arc;
+use stowage_actors::storage::containers::Containers;
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
@@ -30,6 +31,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: Config,
     pub(crate) meta: Arc<Meta>,
     pub(crate) store: LocalStore,
+    /// Sealed containers: the data directory's `containers/`, or a bucket it caches.
+    pub(crate) containers: Arc<Containers>,
     pub(crate) sessions: upload::Sessions,
     pub(crate) pipeline: Option<Pipeline>,
     pub(crate) restore: Option<actix::Addr<Restore>>,
@@ -262,6 +265,32 @@ pub struct LayerStats {
     pub encodings: std::collections::BTreeMap<String, u64>,
 }
 
+/// Where sealed containers live: the data directory's `containers/`, another directory's, or a
+/// bucket the data directory's `containers/` caches.
+pub(crate) fn open_containers(
+    root: &std::path::Path,
+    storage: &crate::config::StorageConfig,
+) -> Result<Containers> {
+    use stowage_actors::storage::{Bucket, Location};
+    let dir = root.join("containers");
+    Ok(match &storage.location {
+        None => {
+            std::fs::create_dir_all(&dir)?;
+            Containers::local(&dir)
+        }
+        Some(Location::Local(other)) => {
+            let dir = other.join("containers");
+            std::fs::create_dir_all(&dir)?;
+            Containers::local(&dir)
+        }
+        Some(loc @ Location::S3 { .. }) => {
+            let bucket = Bucket::open(loc, &storage.s3)
+                .map_err(|e| RegistryError::Internal(format!("opening the bucket: {e}")))?;
+            Containers::with_bucket(&dir, Arc::new(bucket), storage.cache_bytes)?
+        }
+    })
+}
+
 /// Largest page a listing returns when the client gives no `n`.
 pub const DEFAULT_PAGE: usize = 1000;
 
@@ -275,8 +304,7 @@ impl Registry {
             meta.load_feature_index(cfg.similarity_index_entries)?;
         }
         let store = LocalStore::open(&cfg.root)?;
-        let containers = cfg.root.join("containers");
-        std::fs::create_dir_all(&containers)?;
+        let containers = Arc::new(open_containers(&cfg.root, &cfg.storage)?);
         let catalog: Arc<dyn stowage_actors::pipeline::Catalog> =
             Arc::new(dedup::MetaCatalog(meta.clone()));
         let logical = {
@@ -300,7 +328,7 @@ impl Registry {
                     hot: Some(layer_cache.clone()),
                 },
             )?;
-            let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers);
+            let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers.clone());
             (Some(p), Some(r), rs)
         } else {
             (None, None, Default::default())
@@ -312,6 +340,7 @@ impl Registry {
                 cfg,
                 meta,
                 store,
+                containers,
                 sessions: Default::default(),
                 pipeline,
                 restore,
@@ -329,6 +358,11 @@ impl Registry {
         reg.remove_orphan_uploads()?;
         reg.remove_uncommitted_containers()?;
         Ok(reg)
+    }
+
+    /// Where sealed containers live.
+    pub fn containers(&self) -> &Containers {
+        &self.inner.containers
     }
 
     pub fn config(&self) -> &Config {
@@ -677,7 +711,21 @@ impl Registry {
                 }
             }
             drop(t);
-            let stored = inner.store.disk_usage()?;
+            // With a bucket, the cached containers are a copy: the committed ones count at
+            // their chunk bytes instead (their objects, less headers and indexes).
+            let stored = match inner.containers.cache_reading() {
+                None => inner.store.disk_usage()?,
+                Some(cache) => {
+                    let t = inner.meta.read()?;
+                    let in_bucket: u64 = inner
+                        .meta
+                        .all_containers(&t)?
+                        .iter()
+                        .map(|(_, r)| r.bytes)
+                        .sum();
+                    (inner.store.disk_usage()? + in_bucket).saturating_sub(cache.bytes)
+                }
+            };
             let (free, total) = inner.store.disk_space()?;
             let g = &inner.gc_stats;
             let gc = {

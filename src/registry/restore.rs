@@ -260,7 +260,7 @@ impl Registry {
         let bytes = blocking(move || {
             let reader = stowage_actors::restore::ChunkReader::new(
                 Arc::new(MetaCatalog(inner.meta.clone())),
-                inner.cfg.root.join("containers"),
+                inner.containers.clone(),
             );
             let mut out = Vec::with_capacity(size as usize);
             let stats = &inner.restore_stats;

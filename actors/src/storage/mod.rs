@@ -10,6 +10,7 @@
 //! than [`PART_SIZE`] go up as multipart uploads, aborted when any part fails, so a failed
 //! upload leaves no object behind.
 
+pub mod containers;
 pub mod stats;
 
 use std::ops::Range;
@@ -184,9 +185,6 @@ impl Bucket {
                 (Arc::new(fs), String::new(), "local")
             }
             Location::S3 { bucket, prefix } => {
-                // The S3 client's TLS uses rustls with ring, as the server's does; installing
-                // it twice is harmless.
-                let _ = rustls::crypto::ring::default_provider().install_default();
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_http_connector(Connector {

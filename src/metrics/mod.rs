@@ -3,6 +3,8 @@
 //! Store-wide numbers (the same as `/_stats`) and the pipeline's counters are read at scrape
 //! time into a fresh registry; HTTP request counters and latencies live in [`HttpMetrics`].
 
+mod storage;
+
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::{
@@ -578,7 +580,9 @@ pub fn render(
     TextEncoder::new()
         .encode(&families, &mut out)
         .expect("text encoding");
-    String::from_utf8(out).expect("UTF-8 exposition")
+    let mut text = String::from_utf8(out).expect("UTF-8 exposition");
+    text.push_str(&storage::render(reg.containers()));
+    text
 }
 
 /// Garbage collection, retention and free space.

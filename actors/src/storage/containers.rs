@@ -1,0 +1,352 @@
+//! Sealed containers where they live: files in `<root>/containers/`, and, with an object
+//! store, objects `containers/<id>` in the bucket with the local directory only a cache.
+//!
+//! With a bucket, a sealed container is uploaded ([`Containers::publish`]) before the commit
+//! that makes its chunks reachable, so no committed chunk exists only on this disk; a read of
+//! a container not in the cache fetches the whole object (a few MiB) into it, by a temporary
+//! name then a rename, one download per container however many readers want it. The cache
+//! keeps at most `cache_bytes`, dropping the least recently used published containers (a file
+//! open in a reader stays readable after its removal). Object keys use the file names
+//! (`containers/<16 hex digits>`), so a local directory and a bucket hold the same layout.
+//!
+//! The calls block: they serve the pipeline's threads and the restore's readers, which are
+//! synchronous. Object-store requests run on a small runtime of their own.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{Bucket, StorageError};
+use crate::engine::container::{container_id, container_path};
+
+/// The object key of container `id`.
+pub fn key(id: u64) -> String {
+    format!("containers/{id:016x}")
+}
+
+pub struct Containers {
+    dir: PathBuf,
+    remote: Option<Remote>,
+}
+
+impl std::fmt::Debug for Containers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containers")
+            .field("dir", &self.dir)
+            .field("bucket", &self.remote.as_ref().map(|r| r.bucket.kind()))
+            .finish()
+    }
+}
+
+struct Remote {
+    bucket: Arc<Bucket>,
+    /// Always there but while dropping (see `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
+    cache_bytes: u64,
+    cache: Mutex<Cache>,
+    fetched: Condvar,
+}
+
+impl Drop for Remote {
+    /// The registry may be dropped on an async thread, where a runtime may not block to stop.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Published containers on disk: id -> (bytes, last use).
+    files: HashMap<u64, (u64, u64)>,
+    bytes: u64,
+    clock: u64,
+    /// Downloads under way.
+    fetching: std::collections::HashSet<u64>,
+    /// Counters for the metrics.
+    hits: u64,
+    misses: u64,
+    evicted: u64,
+}
+
+/// A reading of the cache's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheReading {
+    pub files: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evicted: u64,
+}
+
+fn storage_io(e: StorageError) -> io::Error {
+    match e {
+        StorageError::NotFound(k) => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("object {k} not in the bucket"),
+        ),
+        StorageError::Io(_, e) => e,
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+impl Containers {
+    /// Containers in `dir` only.
+    pub fn local(dir: &Path) -> Containers {
+        Containers {
+            dir: dir.to_path_buf(),
+            remote: None,
+        }
+    }
+
+    /// Containers in `bucket`, with `dir` a cache of at most `cache_bytes`. The files already
+    /// in `dir` are taken as cached (they were published before they were committed).
+    pub fn with_bucket(
+        dir: &Path,
+        bucket: Arc<Bucket>,
+        cache_bytes: u64,
+    ) -> io::Result<Containers> {
+        std::fs::create_dir_all(dir)?;
+        let mut cache = Cache::default();
+        let mut found: Vec<(std::time::SystemTime, u64, u64)> = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if let Some(id) = container_id(&e.path()) {
+                let md = e.metadata()?;
+                found.push((md.modified().unwrap_or(std::time::UNIX_EPOCH), id, md.len()));
+            }
+        }
+        found.sort();
+        for (_, id, len) in found {
+            cache.clock += 1;
+            cache.files.insert(id, (len, cache.clock));
+            cache.bytes += len;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("stowage-storage")
+            .enable_all()
+            .build()?;
+        let c = Containers {
+            dir: dir.to_path_buf(),
+            remote: Some(Remote {
+                bucket: bucket.clone(),
+                rt: Some(rt),
+                cache_bytes,
+                cache: Mutex::new(cache),
+                fetched: Condvar::new(),
+            }),
+        };
+        // Fail at start, not at the first seal, when the bucket cannot be reached or read.
+        c.wait(async move { bucket.head("containers/.reachable").await })
+            .map_err(|e| io::Error::other(format!("the bucket cannot be reached: {e}")))?;
+        Ok(c)
+    }
+
+    /// The local directory (the store, or the cache).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, id: u64) -> PathBuf {
+        container_path(&self.dir, id)
+    }
+
+    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
+        self.remote.as_ref().map(|r| &r.bucket)
+    }
+
+    /// Runs an object-store request on the storage runtime and waits for it (from any thread).
+    fn wait<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
+    ) -> io::Result<T> {
+        let r = self.remote.as_ref().expect("a bucket");
+        let rt = r.rt.as_ref().expect("the storage runtime");
+        futures_executor::block_on(rt.spawn(f))
+            .map_err(|e| io::Error::other(format!("storage task: {e}")))?
+            .map_err(storage_io)
+    }
+
+    /// Makes sealed container `id` durable where it must be before it is committed: uploads
+    /// it to the bucket (nothing to do for a local directory: it is fsynced).
+    pub fn publish(&self, id: u64) -> io::Result<()> {
+        let Some(r) = &self.remote else {
+            return Ok(());
+        };
+        let bucket = r.bucket.clone();
+        let path = self.path(id);
+        let size = self.wait(async move { bucket.put_file(&key(id), &path).await })?;
+        self.cached(id, size);
+        Ok(())
+    }
+
+    /// Records `id` (of `size` bytes) as in the cache, then trims the cache to its budget.
+    fn cached(&self, id: u64, size: u64) {
+        let Some(r) = &self.remote else { return };
+        let mut evict = Vec::new();
+        {
+            let mut c = r.cache.lock().expect("cache lock");
+            c.clock += 1;
+            let clock = c.clock;
+            if let Some((old, _)) = c.files.insert(id, (size, clock)) {
+                c.bytes -= old;
+            }
+            c.bytes += size;
+            while c.bytes > r.cache_bytes && c.files.len() > 1 {
+                let (&victim, &(len, _)) = c
+                    .files
+                    .iter()
+                    .filter(|(v, _)| **v != id)
+                    .min_by_key(|(_, (_, used))| *used)
+                    .expect("more than one file");
+                c.files.remove(&victim);
+                c.bytes -= len;
+                c.evicted += 1;
+                evict.push(victim);
+            }
+        }
+        for victim in evict {
+            if let Err(e) = std::fs::remove_file(self.path(victim)) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(container = victim, error = %e, "dropping a cached container failed");
+                }
+            }
+        }
+    }
+
+    /// Opens container `id` for reading, fetching it from the bucket if it is not here.
+    pub fn open(&self, id: u64) -> io::Result<File> {
+        match File::open(self.path(id)) {
+            Ok(f) => {
+                if let Some(r) = &self.remote {
+                    let mut c = r.cache.lock().expect("cache lock");
+                    c.clock += 1;
+                    let clock = c.clock;
+                    c.hits += 1;
+                    if let Some(e) = c.files.get_mut(&id) {
+                        e.1 = clock;
+                    }
+                }
+                Ok(f)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.remote.is_some() => {
+                self.fetch(id)?;
+                File::open(self.path(id))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Downloads container `id` into the cache (once, however many ask at the same time).
+    fn fetch(&self, id: u64) -> io::Result<()> {
+        let r = self.remote.as_ref().expect("a bucket");
+        {
+            let mut c = r.cache.lock().expect("cache lock");
+            c.misses += 1;
+            while c.fetching.contains(&id) {
+                c = r.fetched.wait(c).expect("cache lock");
+            }
+            if self.path(id).exists() {
+                return Ok(());
+            }
+            c.fetching.insert(id);
+        }
+        let result = self.download(id);
+        let mut c = r.cache.lock().expect("cache lock");
+        c.fetching.remove(&id);
+        r.fetched.notify_all();
+        drop(c);
+        let size = result?;
+        self.cached(id, size);
+        Ok(())
+    }
+
+    fn download(&self, id: u64) -> io::Result<u64> {
+        let r = self.remote.as_ref().expect("a bucket");
+        let bucket = r.bucket.clone();
+        let data = self.wait(async move { bucket.get(&key(id)).await })?;
+        let tmp = self
+            .dir
+            .join(format!(".fetch-{id:016x}-{}", std::process::id()));
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, self.path(id))?;
+        Ok(data.len() as u64)
+    }
+
+    /// Removes the local file of container `id` (an uncommitted one, at start); its object,
+    /// if any, is left to garbage collection.
+    pub fn drop_local(&self, id: u64) -> io::Result<()> {
+        match std::fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if let Some(r) = &self.remote {
+            let mut c = r.cache.lock().expect("cache lock");
+            if let Some((len, _)) = c.files.remove(&id) {
+                c.bytes -= len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes containers `ids`: their files, and their objects.
+    pub fn remove(&self, ids: &[u64]) -> io::Result<()> {
+        for id in ids {
+            match std::fs::remove_file(self.path(*id)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        if let Some(r) = &self.remote {
+            {
+                let mut c = r.cache.lock().expect("cache lock");
+                for id in ids {
+                    if let Some((len, _)) = c.files.remove(id) {
+                        c.bytes -= len;
+                    }
+                }
+            }
+            let bucket = r.bucket.clone();
+            let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
+            self.wait(async move { bucket.delete(&keys).await })?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the containers in the bucket (None without one).
+    pub fn published(&self) -> io::Result<Option<Vec<(u64, u64)>>> {
+        let Some(r) = &self.remote else {
+            return Ok(None);
+        };
+        let bucket = r.bucket.clone();
+        let listed = self.wait(async move { bucket.list("containers").await })?;
+        Ok(Some(
+            listed
+                .into_iter()
+                .filter_map(|l| {
+                    let name = l.key.strip_prefix("containers/")?;
+                    container_id(Path::new(name)).map(|id| (id, l.size))
+                })
+                .collect(),
+        ))
+    }
+
+    /// The cache's counters (None without a bucket).
+    pub fn cache_reading(&self) -> Option<CacheReading> {
+        let r = self.remote.as_ref()?;
+        let c = r.cache.lock().expect("cache lock");
+        Some(CacheReading {
+            files: c.files.len() as u64,
+            bytes: c.bytes,
+            capacity: r.cache_bytes,
+            hits: c.hits,
+            misses: c.misses,
+            evicted: c.evicted,
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! Object-store and container-cache metrics, when containers live in a bucket: written as
+//! exposition text (the counters are kept by `stowage_actors::storage`, the histogram
+//! pre-bucketed there).
+
+use std::fmt::Write as _;
+
+use stowage_actors::storage::containers::Containers;
+use stowage_actors::storage::stats::LATENCY_BUCKETS;
+use stowage_actors::storage::Op;
+
+/// The exposition text of the object-store metrics (empty without a bucket).
+pub fn render(containers: &Containers) -> String {
+    let (Some(bucket), Some(cache)) = (containers.bucket(), containers.cache_reading()) else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let readings: Vec<_> = Op::ALL
+        .iter()
+        .map(|op| (op.as_str(), bucket.stats().read(*op)))
+        .collect();
+    let family = |s: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut s,
+        "stowage_object_requests_total",
+        "counter",
+        "Object-store requests by operation (put, get, head, list, delete, upload_part) and result",
+    );
+    for (op, r) in &readings {
+        let _ = writeln!(
+            s,
+            "stowage_object_requests_total{{op=\"{op}\",result=\"ok\"}} {}",
+            r.requests - r.failures
+        );
+        let _ = writeln!(
+            s,
+            "stowage_object_requests_total{{op=\"{op}\",result=\"error\"}} {}",
+            r.failures
+        );
+    }
+    family(
+        &mut s,
+        "stowage_object_bytes_total",
+        "counter",
+        "Bytes moved by object-store requests, by operation",
+    );
+    for (op, r) in &readings {
+        let _ = writeln!(s, "stowage_object_bytes_total{{op=\"{op}\"}} {}", r.bytes);
+    }
+    family(
+        &mut s,
+        "stowage_object_request_duration_seconds",
+        "histogram",
+        "Object-store request time by operation, retries included",
+    );
+    for (op, r) in &readings {
+        for (le, n) in LATENCY_BUCKETS.iter().zip(&r.buckets) {
+            let _ = writeln!(
+                s,
+                "stowage_object_request_duration_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "stowage_object_request_duration_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}",
+            r.requests
+        );
+        let _ = writeln!(
+            s,
+            "stowage_object_request_duration_seconds_sum{{op=\"{op}\"}} {}",
+            r.seconds
+        );
+        let _ = writeln!(
+            s,
+            "stowage_object_request_duration_seconds_count{{op=\"{op}\"}} {}",
+            r.requests
+        );
+    }
+    family(
+        &mut s,
+        "stowage_object_http_attempts_total",
+        "counter",
+        "HTTP requests the S3 client sent, retries included (retries: this minus the requests)",
+    );
+    let _ = writeln!(
+        s,
+        "stowage_object_http_attempts_total {}",
+        bucket.attempts()
+    );
+    for (name, kind, help, v) in [
+        (
+            "stowage_container_cache_bytes",
+            "gauge",
+            "Bytes of containers cached in the data directory",
+            cache.bytes,
+        ),
+        (
+            "stowage_container_cache_capacity_bytes",
+            "gauge",
+            "The container cache's budget (--cache-bytes)",
+            cache.capacity,
+        ),
+        (
+            "stowage_container_cache_files",
+            "gauge",
+            "Containers cached in the data directory",
+            cache.files,
+        ),
+        (
+            "stowage_container_cache_hits_total",
+            "counter",
+            "Container opens served from the cache",
+            cache.hits,
+        ),
+        (
+            "stowage_container_cache_misses_total",
+            "counter",
+            "Container opens that fetched from the bucket",
+            cache.misses,
+        ),
+        (
+            "stowage_container_cache_evictions_total",
+            "counter",
+            "Containers dropped from the cache to keep its budget",
+            cache.evicted,
+        ),
+    ] {
+        family(&mut s, name, kind, help);
+        let _ = writeln!(s, "{name} {v}");
+    }
+    s
+}

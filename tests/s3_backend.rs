@@ -1,0 +1,280 @@
+//! The registry with its containers in an S3 bucket (a real Garage): containers are uploaded
+//! before they are committed, pulls fetch what the local cache lacks, garbage collection
+//! deletes objects, fsck checks the bucket, and the metrics count object-store requests.
+//!
+//! Not yet here (issue 15 stays open): recipes, manifests and tags still live only in the
+//! local LMDB, so losing the data directory still loses the store.
+
+mod common;
+
+use std::path::Path;
+
+use common::garage::{Garage, BUCKET};
+use common::{digest_of, push_blob, text_layer, wait_dedup_idle, Server};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use stowage_actors::storage::{Bucket, Location, S3Options};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn flags(g: &Garage, prefix: &str) -> Vec<String> {
+    [
+        "--storage",
+        &format!("s3://{BUCKET}/{prefix}"),
+        "--s3-endpoint",
+        &g.endpoint,
+        "--s3-region",
+        "garage",
+        "--s3-path-style",
+        "true",
+        "--dedup",
+        "inline",
+        "--gc-interval",
+        "0",
+        "--gc-delay",
+        "0s",
+        "--gc-compact-below",
+        "0.9",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start(g: &Garage, root: &Path, prefix: &str) -> Server {
+    let flags = flags(g, prefix);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env = g.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_with_env(root, &args, &env)
+}
+
+/// The container objects under `prefix`.
+fn objects(g: &Garage, prefix: &str) -> Vec<String> {
+    let b = Bucket::open(
+        &Location::parse(&format!("s3://{BUCKET}/{prefix}")).unwrap(),
+        &S3Options {
+            endpoint: Some(g.endpoint.clone()),
+            region: Some("garage".into()),
+            path_style: true,
+            access_key_id: Some(g.key_id().into()),
+            secret_access_key: Some(g.secret().into()),
+            timeout: None,
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut keys: Vec<String> = rt
+        .block_on(b.list("containers"))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+struct Image {
+    layer: Vec<u8>,
+    config: Vec<u8>,
+}
+
+fn image(seeds: &[u64]) -> Image {
+    Image {
+        layer: text_layer(seeds.iter().copied()),
+        config: format!(r#"{{"architecture":"amd64","os":"linux","seeds":{seeds:?}}}"#)
+            .into_bytes(),
+    }
+}
+
+fn manifest(img: &Image) -> Vec<u8> {
+    let d = |media: &str, b: &[u8]| json!({"mediaType": media, "digest": digest_of(b), "size": b.len()});
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": d("application/vnd.oci.image.config.v1+json", &img.config),
+        "layers": [d("application/vnd.oci.image.layer.v1.tar+gzip", &img.layer)],
+    }))
+    .unwrap()
+}
+
+fn push(s: &Server, c: &Client, tag: &str, img: &Image) -> String {
+    push_blob(s, c, "s3/app", &img.layer);
+    push_blob(s, c, "s3/app", &img.config);
+    let m = manifest(img);
+    let r = c
+        .put(s.url(&format!("/v2/s3/app/manifests/{tag}")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    digest_of(&m)
+}
+
+fn assert_pulls(s: &Server, c: &Client, img: &Image) {
+    for b in [&img.layer, &img.config] {
+        let r = c
+            .get(s.url(&format!("/v2/s3/app/blobs/{}", digest_of(b))))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.bytes().unwrap() == *b, "a blob came back different");
+    }
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let text = reqwest::blocking::get(s.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+/// The object-store metrics are written by hand: Prometheus' own checker reads them.
+fn promtool_accepts(s: &Server) {
+    use std::io::Write;
+    let text = reqwest::blocking::get(s.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(text.contains("stowage_object_request_duration_seconds_bucket{op=\"get\",le=\"+Inf\"}"));
+    let mut p = std::process::Command::new(common::tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wipe_cache(root: &Path) {
+    for e in std::fs::read_dir(root.join("containers")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+}
+
+fn fsck(g: &Garage, root: &Path, prefix: &str) -> String {
+    let flags = flags(g, prefix);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .arg("fsck")
+        .arg("--root")
+        .arg(root)
+        .args(&flags[..8])
+        .envs(g.env())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "fsck failed:\n{text}");
+    text
+}
+
+#[test]
+fn containers_live_in_the_bucket_and_pulls_fetch_them() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let c = Client::new();
+    let (v1, v2) = (image(&[1, 2, 3]), image(&[2, 3, 4]));
+
+    let mut s = start(&g, &root, "e2e");
+    let m1 = push(&s, &c, "v1", &v1);
+    push(&s, &c, "v2", &v2);
+    let st: Value = wait_dedup_idle(&s.url("/_stats"));
+    assert_eq!(st["layers"]["deduplicated"], 4, "layers and configs: {st}");
+    let uploaded = objects(&g, "e2e");
+    assert!(!uploaded.is_empty(), "sealed containers are in the bucket");
+    assert!(
+        metric(
+            &s,
+            "stowage_object_requests_total{op=\"put\",result=\"ok\"}"
+        ) >= 1.0
+    );
+    assert_pulls(&s, &c, &v1);
+    assert_pulls(&s, &c, &v2);
+    assert!(s.stop());
+
+    // The cache lost: every pull fetches its containers from the bucket.
+    wipe_cache(&root);
+    let mut s = start(&g, &root, "e2e");
+    assert_pulls(&s, &c, &v1);
+    assert_pulls(&s, &c, &v2);
+    assert!(metric(&s, "stowage_container_cache_misses_total") >= uploaded.len() as f64);
+    assert!(
+        metric(
+            &s,
+            "stowage_object_requests_total{op=\"get\",result=\"ok\"}"
+        ) >= 1.0
+    );
+    promtool_accepts(&s);
+    assert!(s.stop());
+    let report = fsck(&g, &root, "e2e");
+    assert!(
+        !report.contains("STRAY") && !report.contains("PROBLEM"),
+        "{report}"
+    );
+
+    // Collection: v1 goes; the bucket keeps only what v2 needs, which still pulls exact from
+    // the bucket alone.
+    let s = start(&g, &root, "e2e");
+    let r = c
+        .delete(s.url(&format!("/v2/s3/app/manifests/{m1}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let report: Value = c.post(s.url("/_gc")).send().unwrap().json().unwrap();
+    assert!(
+        report["containers_removed"].as_u64().unwrap_or(0)
+            + report["containers_compacted"].as_u64().unwrap_or(0)
+            > 0,
+        "{report}"
+    );
+    let after = objects(&g, "e2e");
+    assert_ne!(after, uploaded, "collection changed the bucket");
+    drop(s);
+    wipe_cache(&root);
+    let s = start(&g, &root, "e2e");
+    assert_pulls(&s, &c, &v2);
+    drop(s);
+    let report = fsck(&g, &root, "e2e");
+    assert!(
+        !report.contains("STRAY") && !report.contains("PROBLEM"),
+        "{report}"
+    );
+}
+
+/// A bucket that cannot be reached stops the start with a clear message.
+#[test]
+fn an_unreachable_bucket_fails_the_start() {
+    let mut g = Garage::start();
+    g.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = flags(&g, "down");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .arg("serve")
+        .arg("--root")
+        .arg(dir.path())
+        .args(["--addr", "127.0.0.1:0"])
+        .args(&flags)
+        .envs(g.env())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the bucket cannot be reached"), "{err}");
+}
