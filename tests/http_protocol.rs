@@ -1146,6 +1146,20 @@ fn malformed_heads_get_the_error_envelope() {
         "{resp}"
     );
 
+    // A TLS hello on the plain port (clients try HTTPS first) is answered at once, while the
+    // client still waits for its server hello: not after the server's request timeout.
+    let mut sock = TcpStream::connect(host).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    sock.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .unwrap();
+    let mut first = [0u8; 12];
+    sock.read_exact(&mut first)
+        .expect("an answer before the client gives up");
+    assert_eq!(&first, b"HTTP/1.1 400");
+
     // The server still serves.
     let r = client().get(s.url("/v2/")).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -32,6 +32,9 @@ pub const STAND_IN_PATH: &str = "/_malformed/";
 /// How much is read from the socket at a time while a head is held.
 const READ_AHEAD: usize = 8 * 1024;
 
+/// A head still incomplete is judged again after this many more bytes.
+const JUDGE_EVERY: usize = 4 * 1024;
+
 #[derive(Debug)]
 enum State {
     /// Reading a request head; `Wire::held` has what came of it so far.
@@ -54,6 +57,8 @@ pub struct Wire<T> {
     held: BytesMut,
     /// How far `held` was searched for the end of the head.
     searched: usize,
+    /// How much of `held` was there when the head was last judged (0: not yet).
+    judged: usize,
     state: State,
 }
 
@@ -73,6 +78,7 @@ impl<T> Wire<T> {
             io,
             held: BytesMut::new(),
             searched: 0,
+            judged: 0,
             state,
         }
     }
@@ -80,6 +86,7 @@ impl<T> Wire<T> {
     /// The state after a head's bytes, from how its body is framed.
     fn body(&mut self, body: Body) -> State {
         self.searched = 0;
+        self.judged = 0;
         match body {
             Body::None => State::Head,
             Body::Length(n) => State::Length(n),
@@ -88,15 +95,25 @@ impl<T> Wire<T> {
         }
     }
 
-    /// Whether `held` may now hold a whole head: an empty line was seen, or it is too long.
-    fn head_may_be_complete(&mut self) -> bool {
+    /// Whether to judge the held bytes now: the first bytes of a head (what is not HTTP at
+    /// all, a TLS hello on the plain port say, is answered at once, not after the client's
+    /// timeout), an empty line seen, the limit reached, or another [`JUDGE_EVERY`] bytes
+    /// (httparse finds a bad request line before the head ends; judging at every byte of a
+    /// slowly sent head would cost its square).
+    fn time_to_judge(&mut self) -> bool {
         let from = self.searched.saturating_sub(2);
-        let found = self.held[from..]
+        let ended = self.held[from..]
             .windows(2)
-            .any(|w| w == b"\n\n" || w == b"\n\r")
-            || self.held.len() >= head::MAX_HEAD;
+            .any(|w| w == b"\n\n" || w == b"\n\r");
         self.searched = self.held.len();
-        found
+        let due = self.judged == 0
+            || ended
+            || self.held.len() >= head::MAX_HEAD
+            || self.held.len() - self.judged >= JUDGE_EVERY;
+        if due {
+            self.judged = self.held.len();
+        }
+        due
     }
 
     fn refuse(&mut self, why: Malformed) {
@@ -169,7 +186,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Wire<T> {
         loop {
             match this.state {
                 State::Head => {
-                    if !this.held.is_empty() && this.head_may_be_complete() {
+                    if !this.held.is_empty() && this.time_to_judge() {
                         match head::inspect(&this.held) {
                             Verdict::Complete { len, body } => {
                                 this.state = State::Release(len, body);
@@ -390,6 +407,23 @@ mod tests {
                 "pieces {piece}, reads {read}"
             );
         }
+    }
+
+    #[actix_web::test]
+    async fn stands_in_at_once_for_what_is_not_http() {
+        // The start of a TLS ClientHello, as a client trying HTTPS first sends: answered
+        // without waiting for a head that will never end.
+        let hello = [
+            0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 7, 7,
+        ];
+        let mut wire = Wire::watch(pieces(&hello, hello.len()));
+        let mut buf = vec![0u8; 4096];
+        let n = wire.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"GET /_malformed/syntax "),
+            "{:?}",
+            &buf[..n]
+        );
     }
 
     #[actix_web::test]
