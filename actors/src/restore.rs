@@ -30,6 +30,39 @@ pub const CHUNK_CACHE_BYTES: usize = 8 << 20;
 /// Container files kept open by one reader.
 const OPEN_FILES: usize = 16;
 
+/// Chunks of a layer's read order that the prefetch of containers from a bucket keeps ahead
+/// of its reader (a few containers' worth).
+const PREFETCH_AHEAD_CHUNKS: usize = 2048;
+
+/// Keeps the containers of the next [`PREFETCH_AHEAD_CHUNKS`] chunks of a read order coming
+/// from the bucket while the reader works (nothing without a bucket).
+pub struct Ahead<'a> {
+    reader: &'a ChunkReader,
+    order: &'a [(ChunkId, u32)],
+    /// Chunks of `order` looked at so far.
+    next: usize,
+    last: Option<u64>,
+}
+
+impl Ahead<'_> {
+    /// The reader is at chunk `i`: look `PREFETCH_AHEAD_CHUNKS` further.
+    pub fn reached(&mut self, i: usize) {
+        if self.reader.containers.bucket().is_none() {
+            return;
+        }
+        let until = (i + PREFETCH_AHEAD_CHUNKS).min(self.order.len());
+        while self.next < until {
+            if let Ok(Some(loc)) = self.reader.catalog.chunk(&self.order[self.next].0) {
+                if self.last != Some(loc.container) {
+                    self.reader.containers.prefetch(loc.container);
+                    self.last = Some(loc.container);
+                }
+            }
+            self.next += 1;
+        }
+    }
+}
+
 /// Reads chunks by id through the catalog's index.
 #[derive(Clone)]
 pub struct ChunkReader {
@@ -79,6 +112,16 @@ impl ChunkReader {
             }
             let stored = read_stored(&files[&loc.container], &loc)?;
             return Ok((loc, stored));
+        }
+    }
+
+    /// A prefetch of the containers `order` will read (see [`Ahead`]).
+    pub fn prefetch_ahead<'a>(&'a self, order: &'a [(ChunkId, u32)]) -> Ahead<'a> {
+        Ahead {
+            reader: self,
+            order,
+            next: 0,
+            last: None,
         }
     }
 
@@ -291,7 +334,9 @@ pub fn restore_tail_timed(
     let r = std::thread::scope(|s| {
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
-            for (id, _) in order {
+            let mut ahead = reader.prefetch_ahead(&order);
+            for (i, (id, _)) in order.iter().copied().enumerate() {
+                ahead.reached(i);
                 let mut r = reader.read_timed(&id, &mut session, Some(times));
                 if let (true, Ok(data)) = (verify_chunks, &r) {
                     let t = Instant::now();

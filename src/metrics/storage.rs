@@ -125,6 +125,12 @@ pub fn render(containers: &Containers) -> String {
             "Containers dropped from the cache to keep its budget",
             cache.evicted,
         ),
+        (
+            "stowage_container_cache_prefetches_total",
+            "counter",
+            "Container downloads started ahead of a restore's reader",
+            cache.prefetched,
+        ),
     ] {
         family(&mut s, name, kind, help);
         let _ = writeln!(s, "{name} {v}");

@@ -37,6 +37,7 @@ impl Server {
 
     /// As [`Server::start_at`], with extra environment variables.
     pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let s3 = s3_flags(root, extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
             // The hot tier off unless a test asks for it: by default its size follows the
             // store (10%), which would make what a pull restores depend on timing.
@@ -47,6 +48,7 @@ impl Server {
             .arg(root)
             .args(["--addr", "127.0.0.1:0", "--workers", "2"])
             .args(extra)
+            .args(&s3)
             .env(
                 "STOWAGE_LOG",
                 std::env::var("STOWAGE_LOG").unwrap_or("warn".into()),
@@ -145,6 +147,40 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// With `STOWAGE_TEST_S3_ENDPOINT` and `STOWAGE_TEST_S3_BUCKET` set (`scripts/test` runs the
+/// real-client tests a second time so, against a Garage it started, with the `AWS_*`
+/// credentials in the environment), the
+/// flags that put a server's containers in that bucket, under a prefix of its own that a
+/// restart on the same root finds again; none otherwise, or when the test chose a storage.
+fn s3_flags(root: &Path, extra: &[&str]) -> Vec<String> {
+    let (Ok(endpoint), Ok(bucket)) = (
+        std::env::var("STOWAGE_TEST_S3_ENDPOINT"),
+        std::env::var("STOWAGE_TEST_S3_BUCKET"),
+    ) else {
+        return Vec::new();
+    };
+    if extra.iter().any(|a| a.starts_with("--storage")) {
+        return Vec::new();
+    }
+    // FNV-1a of the root's path: one prefix per root.
+    let prefix = root
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+    vec![
+        "--storage".into(),
+        format!("s3://{bucket}/{prefix:016x}"),
+        "--s3-endpoint".into(),
+        endpoint,
+        "--s3-region".into(),
+        "garage".into(),
+        "--s3-path-style".into(),
+        "true".into(),
+    ]
 }
 
 /// The path of an external tool the test needs. The test command (`scripts/test`) installs

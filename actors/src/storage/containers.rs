@@ -21,6 +21,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::{Bucket, StorageError};
 use crate::engine::container::{container_id, container_path};
 
+/// Containers a restore's prefetch downloads at once.
+const PREFETCHES: usize = 4;
+
 /// The object key of container `id`.
 pub fn key(id: u64) -> String {
     format!("containers/{id:016x}")
@@ -42,6 +45,8 @@ impl std::fmt::Debug for Containers {
 
 struct Remote {
     bucket: Arc<Bucket>,
+    /// Prefetches downloading at once.
+    prefetches: Arc<tokio::sync::Semaphore>,
     /// Always there but while dropping (see `Drop`).
     rt: Option<tokio::runtime::Runtime>,
     cache_bytes: u64,
@@ -70,6 +75,7 @@ struct Cache {
     hits: u64,
     misses: u64,
     evicted: u64,
+    prefetched: u64,
 }
 
 /// A reading of the cache's counters.
@@ -81,6 +87,8 @@ pub struct CacheReading {
     pub hits: u64,
     pub misses: u64,
     pub evicted: u64,
+    /// Downloads started ahead of a reader.
+    pub prefetched: u64,
 }
 
 fn storage_io(e: StorageError) -> io::Error {
@@ -135,6 +143,7 @@ impl Containers {
             dir: dir.to_path_buf(),
             remote: Some(Remote {
                 bucket: bucket.clone(),
+                prefetches: Arc::new(tokio::sync::Semaphore::new(PREFETCHES)),
                 rt: Some(rt),
                 cache_bytes,
                 cache: Mutex::new(cache),
@@ -242,6 +251,48 @@ impl Containers {
         }
     }
 
+    /// Starts downloading container `id` into the cache if it is neither there nor on its way,
+    /// and returns at once; a reader that needs it meanwhile waits for that download. Without
+    /// a bucket, nothing to do.
+    pub fn prefetch(self: &Arc<Self>, id: u64) {
+        let Some(r) = &self.remote else { return };
+        {
+            let mut c = r.cache.lock().expect("cache lock");
+            if c.files.contains_key(&id) || c.fetching.contains(&id) || self.path(id).exists() {
+                return;
+            }
+            c.fetching.insert(id);
+            c.prefetched += 1;
+        }
+        let (this, permits) = (self.clone(), r.prefetches.clone());
+        let rt = r.rt.as_ref().expect("the storage runtime");
+        rt.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let bucket = this.remote.as_ref().expect("a bucket").bucket.clone();
+            let fetched = match bucket.get(&key(id)).await {
+                Ok(data) => tokio::task::spawn_blocking({
+                    let this = this.clone();
+                    move || this.keep_fetched(id, &data)
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string()))),
+                Err(e) => Err(storage_io(e)),
+            };
+            let r = this.remote.as_ref().expect("a bucket");
+            let mut c = r.cache.lock().expect("cache lock");
+            c.fetching.remove(&id);
+            r.fetched.notify_all();
+            drop(c);
+            match fetched {
+                Ok(size) => this.cached(id, size),
+                // The reader that needs it fetches it again and reports the error.
+                Err(e) => {
+                    tracing::debug!(container = id, error = %e, "prefetching a container failed")
+                }
+            }
+        });
+    }
+
     /// Downloads container `id` into the cache (once, however many ask at the same time).
     fn fetch(&self, id: u64) -> io::Result<()> {
         let r = self.remote.as_ref().expect("a bucket");
@@ -270,10 +321,16 @@ impl Containers {
         let r = self.remote.as_ref().expect("a bucket");
         let bucket = r.bucket.clone();
         let data = self.wait(async move { bucket.get(&key(id)).await })?;
+        self.keep_fetched(id, &data)
+    }
+
+    /// Puts the fetched bytes of container `id` in the cache directory: a temporary name,
+    /// then a rename, so a reader never opens a part.
+    fn keep_fetched(&self, id: u64, data: &[u8]) -> io::Result<u64> {
         let tmp = self
             .dir
             .join(format!(".fetch-{id:016x}-{}", std::process::id()));
-        std::fs::write(&tmp, &data)?;
+        std::fs::write(&tmp, data)?;
         std::fs::rename(&tmp, self.path(id))?;
         Ok(data.len() as u64)
     }
@@ -347,6 +404,7 @@ impl Containers {
             hits: c.hits,
             misses: c.misses,
             evicted: c.evicted,
+            prefetched: c.prefetched,
         })
     }
 }
