@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::garage::{Garage, BUCKET};
+use common::garage::Garage;
 use common::{pseudo_random, sha256_hex};
 use stowage_actors::storage::{Bucket, Created, Location, Op, S3Options, StorageError};
 
@@ -19,23 +19,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn s3_options(g: &Garage, timeout: Option<Duration>) -> S3Options {
-    S3Options {
-        endpoint: Some(g.endpoint.clone()),
-        region: Some("garage".into()),
-        path_style: true,
-        access_key_id: Some(g.key_id().into()),
-        secret_access_key: Some(g.secret().into()),
-        timeout,
-    }
-}
-
-fn s3_bucket(g: &Garage, prefix: &str) -> Bucket {
-    let loc = Location::parse(&format!("s3://{BUCKET}/{prefix}")).unwrap();
-    Bucket::open(&loc, &s3_options(g, None)).unwrap()
-}
-
-/// The checks every backend passes.
 /// `enforced`: whether the store enforces conditional creates (Garage 2.5 does not).
 async fn contract(b: &Bucket, scratch: &std::path::Path, enforced: bool) {
     // Missing objects.
@@ -165,7 +148,7 @@ fn local_directory_backend() {
 fn s3_backend_on_garage() {
     let g = Garage::start();
     let dir = tempfile::tempdir().unwrap();
-    let b = s3_bucket(&g, "contract");
+    let b = g.bucket("contract", None);
     assert_eq!(b.kind(), "s3");
     // Garage 2.5 ignores `If-None-Match` on PUT (its S3 API reads it on GET only).
     runtime().block_on(contract(&b, dir.path(), false));
@@ -176,7 +159,7 @@ fn s3_backend_on_garage() {
     );
 
     // Another prefix sees none of it.
-    let other = s3_bucket(&g, "elsewhere");
+    let other = g.bucket("elsewhere", None);
     runtime().block_on(async {
         assert_eq!(other.head("blobs/a").await.unwrap(), None);
         assert!(other.list("containers").await.unwrap().is_empty());
@@ -188,8 +171,7 @@ fn s3_backend_on_garage() {
 #[test]
 fn s3_errors_are_clean_and_bounded_while_garage_is_down() {
     let mut g = Garage::start();
-    let loc = Location::parse(&format!("s3://{BUCKET}/faults")).unwrap();
-    let b = Bucket::open(&loc, &s3_options(&g, Some(Duration::from_secs(3)))).unwrap();
+    let b = g.bucket("faults", Some(Duration::from_secs(3)));
     let rt = runtime();
     rt.block_on(b.put("k", "v".into())).unwrap();
     g.stop();

@@ -14,7 +14,6 @@ use common::{digest_of, push_blob, text_layer, wait_dedup_idle, Server};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use stowage_actors::storage::{Bucket, Location, S3Options};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -52,18 +51,7 @@ fn start(g: &Garage, root: &Path, prefix: &str) -> Server {
 
 /// The container objects under `prefix`.
 fn objects(g: &Garage, prefix: &str) -> Vec<String> {
-    let b = Bucket::open(
-        &Location::parse(&format!("s3://{BUCKET}/{prefix}")).unwrap(),
-        &S3Options {
-            endpoint: Some(g.endpoint.clone()),
-            region: Some("garage".into()),
-            path_style: true,
-            access_key_id: Some(g.key_id().into()),
-            secret_access_key: Some(g.secret().into()),
-            timeout: None,
-        },
-    )
-    .unwrap();
+    let b = g.bucket(prefix, None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut keys: Vec<String> = rt
         .block_on(b.list("containers"))
@@ -136,27 +124,16 @@ fn metric(s: &Server, name: &str) -> f64 {
 
 /// The object-store metrics are written by hand: Prometheus' own checker reads them.
 fn promtool_accepts(s: &Server) {
-    use std::io::Write;
     let text = reqwest::blocking::get(s.url("/metrics"))
         .unwrap()
         .text()
         .unwrap();
     assert!(text.contains("stowage_object_request_duration_seconds_bucket{op=\"get\",le=\"+Inf\"}"));
-    let mut p = std::process::Command::new(common::tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_promtool_accepts(&text);
+    let checked = common::assert_dashboards_query_what_exists(&text, |title| {
+        title.ends_with(common::S3_PANELS)
+    });
+    assert!(checked >= 8, "the S3 panels reference {checked} metrics");
 }
 
 fn wipe_cache(root: &Path) {

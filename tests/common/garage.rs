@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use stowage_actors::storage::{Bucket, Location, S3Options};
+
 /// The bucket every test server has; tests keep apart by prefix.
 pub const BUCKET: &str = "stowage-test";
 const KEY_ID: &str = "GK0123456789abcdef01234567";
@@ -152,6 +154,24 @@ root_domain = ".s3.garage.localhost"
             ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
             ("AWS_REGION", "garage".to_string()),
         ]
+    }
+
+    /// How stowage reaches this Garage (requests given up after `timeout`, if set).
+    pub fn s3_options(&self, timeout: Option<Duration>) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("garage".into()),
+            path_style: true,
+            access_key_id: Some(KEY_ID.into()),
+            secret_access_key: Some(SECRET.into()),
+            timeout,
+        }
+    }
+
+    /// The test bucket under `prefix`, as a [`Bucket`].
+    pub fn bucket(&self, prefix: &str, timeout: Option<Duration>) -> Bucket {
+        let loc = Location::parse(&format!("s3://{BUCKET}/{prefix}")).unwrap();
+        Bucket::open(&loc, &self.s3_options(timeout)).unwrap()
     }
 
     pub fn key_id(&self) -> &'static str {

@@ -195,6 +195,73 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("{name} is not installed: run scripts/test, which installs every client the tests use");
 }
 
+/// How the titles of the dashboard panels about the S3 backend end.
+pub const S3_PANELS: &str = "(S3 backend)";
+
+/// Every `stowage_*` metric the shipped dashboards' panels (those `panel` selects by title)
+/// query is in the exposition `text`; returns how many were checked.
+pub fn assert_dashboards_query_what_exists(text: &str, panel: impl Fn(&str) -> bool) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let dash: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for p in dash["panels"].as_array().unwrap() {
+            let title = p["title"].as_str().unwrap_or("");
+            if !panel(title) {
+                continue;
+            }
+            for target in p["targets"].as_array().unwrap() {
+                for name in metric_names(target["expr"].as_str().unwrap()) {
+                    assert!(
+                        text.contains(&format!("\n{name}")) || text.starts_with(&name),
+                        "{}: panel {title:?} queries {name}, which /metrics does not expose",
+                        path.display(),
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    checked
+}
+
+/// `stowage_*` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("stowage_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Prometheus' own checker (`promtool check metrics`) accepts the exposition `text`.
+pub fn assert_promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut p = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
