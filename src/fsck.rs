@@ -308,14 +308,9 @@ fn check_references(
         problems.push(format!("manifest link to {d}, which has no record"));
     }
     // Files no record names.
-    if let Ok(rd) = std::fs::read_dir(containers.dir()) {
-        for e in rd {
-            let p = e?.path();
-            if let Some(id) = stowage_actors::engine::container::container_id(&p) {
-                if !meta.container_known(&t, id)? {
-                    strays.push(format!("container file {} has no record", p.display()));
-                }
-            }
+    for (id, p) in containers.local_files()? {
+        if !meta.container_known(&t, id)? {
+            strays.push(format!("container file {} has no record", p.display()));
         }
     }
     for (id, _) in containers.published()?.unwrap_or_default() {

@@ -100,13 +100,9 @@ impl Registry {
     /// before the seal's LMDB commit; nothing can refer to them) and raw copies of blobs whose
     /// recipe is committed.
     pub(super) fn remove_uncommitted_containers(&self) -> Result<()> {
-        let dir = self.inner.containers.dir().to_path_buf();
         let t = self.inner.meta.read()?;
-        for e in std::fs::read_dir(&dir)? {
-            let path = e?.path();
-            let Some(id) = stowage_actors::engine::container::container_id(&path) else {
-                continue; // not ours: leave it for the operator
-            };
+        // Files that are not containers are not ours: left for the operator.
+        for (id, path) in self.inner.containers.local_files()? {
             if !self.inner.meta.container_known(&t, id)? {
                 tracing::info!(path = %path.display(), "removing uncommitted container");
                 self.inner.containers.drop_local(id)?;

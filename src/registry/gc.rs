@@ -726,11 +726,7 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             .map(|(id, _)| id)
             .collect()
     };
-    for e in std::fs::read_dir(&dir)? {
-        let path = e?.path();
-        let Some(id) = container::container_id(&path) else {
-            continue;
-        };
+    for (id, path) in containers.local_files()? {
         if !known_now.contains(&id) {
             let len = std::fs::metadata(&path).map_or(0, |md| md.len());
             containers.drop_local(id)?;

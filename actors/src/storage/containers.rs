@@ -165,6 +165,18 @@ impl Containers {
         container_path(&self.dir, id)
     }
 
+    /// The container files in the local directory, by id (other files are left out).
+    pub fn local_files(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let path = e?.path();
+            if let Some(id) = container_id(&path) {
+                out.push((id, path));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn bucket(&self) -> Option<&Arc<Bucket>> {
         self.remote.as_ref().map(|r| &r.bucket)
     }
