@@ -75,6 +75,10 @@ pub enum RegistryError {
         message: String,
         head_too_large: bool,
     },
+    /// The object store failed or could not be reached: nothing of the request was
+    /// acknowledged, and it may be retried.
+    #[error("the object store is unavailable ({0}); nothing of this request was stored: retry")]
+    ObjectStore(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -101,7 +105,7 @@ impl RegistryError {
             StorageFull(_) | Denied(_) | InsufficientScope { .. } => "DENIED",
             Unauthorized { .. } => "UNAUTHORIZED",
             TooManyRequests(_) => "TOOMANYREQUESTS",
-            Internal(_) => "UNKNOWN",
+            ObjectStore(_) | Internal(_) => "UNKNOWN",
         }
     }
 
@@ -132,6 +136,7 @@ impl RegistryError {
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Denied(_) | InsufficientScope { .. } => StatusCode::FORBIDDEN,
             TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ObjectStore(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -45,9 +45,9 @@ pub fn run(
         "{} holds no stowage store",
         root.display()
     );
-    let meta = Arc::new(Meta::open(&root.join("meta"), map_size)?);
-    let store = LocalStore::at(root);
     let containers = Arc::new(crate::registry::open_containers(root, storage)?);
+    let meta = Arc::new(crate::registry::open_meta(root, map_size, &containers)?);
+    let store = LocalStore::at(root);
     let blobs = {
         let t = meta.read()?;
         meta.all_blobs(&t)?
@@ -132,7 +132,7 @@ pub fn run(
         &mut problems,
         &mut strays,
     )?;
-    let reader = ChunkReader::new(Arc::new(MetaCatalog(meta.clone())), containers);
+    let reader = ChunkReader::new(Arc::new(MetaCatalog(meta.clone())), containers.clone());
     let mut bytes = 0u64;
     for (d, rec) in &blobs {
         bar.set_message(d.hex()[..12].to_string());
@@ -157,7 +157,16 @@ pub fn run(
                 Ok(())
             })(),
             BlobState::Staged | BlobState::Raw { .. } => (|| {
-                let mut f = store.open_blob(d, 0)?;
+                let mut f: Box<dyn Read> = match (store.open_blob(d, 0), containers.blocking()) {
+                    (Ok(f), _) => Box::new(f),
+                    // Only in the bucket (a rebuilt index, or another node's push).
+                    (Err(e), Some(b)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let key = crate::registry::blob_key(d);
+                        let data = b.call(|b| async move { b.get(&key).await })?;
+                        Box::new(std::io::Cursor::new(data))
+                    }
+                    (Err(e), _) => return Err(e.into()),
+                };
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let k = f.read(&mut buf)?;
@@ -178,6 +187,9 @@ pub fn run(
         }
     }
     bar.finish_and_clear();
+    for d in crate::registry::missing_blobs(&meta, &containers)? {
+        problems.push(format!("{d}: kept whole, but not in the bucket"));
+    }
     Ok(FsckReport {
         blobs: blobs.len() as u64,
         bytes,

@@ -68,6 +68,18 @@ enum Command {
         #[arg(long, default_value_t = 0.4)]
         kept: f64,
     },
+    /// Rebuild the local index (the metadata store under ROOT/meta) from the bucket: its newest
+    /// metadata checkpoint, then every journal entry after it. `serve` does this by itself on
+    /// an empty data directory; this starts over when the local index is damaged or stale (the
+    /// old one is kept beside it). Offline: refused while a server holds the directory.
+    RebuildIndex {
+        /// Data directory [default: ./stowage-data].
+        #[arg(long, env = "STOWAGE_ROOT", default_value = "./stowage-data")]
+        root: std::path::PathBuf,
+        /// The bucket, as for `serve` (`--storage s3://...`).
+        #[command(flatten)]
+        storage: config::StorageArgs,
+    },
     /// Rewrite the metadata store without its free pages (offline). LMDB reuses freed pages
     /// but never shrinks its file; this gives the space back after heavy churn.
     Compact {
@@ -134,6 +146,12 @@ fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             let _lock = lock::RootLock::acquire(&root)?;
             synthetic::build(&root, chunks, kept, Config::default().meta_map_size)
+        }
+        Command::RebuildIndex { root, storage } => {
+            init_logging(LogFormat::Text);
+            let _lock = lock::RootLock::acquire(&root)?;
+            let storage = config::StorageConfig::resolve(&storage, None)?;
+            rebuild_index(&root, &storage)
         }
         Command::Compact { root } => {
             init_logging(LogFormat::Text);
@@ -215,6 +233,64 @@ async fn offline_gc(cfg: Config, dry_run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn rebuild_index(root: &std::path::Path, storage: &config::StorageConfig) -> anyhow::Result<()> {
+    use meta::checkpoint::Progress;
+    let containers = registry::open_containers(root, storage)?;
+    let Some(bucket) = containers.blocking() else {
+        anyhow::bail!("rebuild-index rebuilds from a bucket: give --storage s3://BUCKET/PREFIX");
+    };
+    let dir = root.join("meta");
+    let data = dir.join("data.mdb");
+    if data.exists() {
+        let kept = dir.join(format!("data.mdb.before-rebuild-{}", meta::now()));
+        std::fs::rename(&data, &kept)?;
+        let _ = std::fs::remove_file(dir.join("lock.mdb"));
+        eprintln!("rebuild-index: the old index is kept as {}", kept.display());
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "rebuild-index: {msg} [{bar:30}] {pos}/{len} entries",
+        )
+        .expect("valid template"),
+    );
+    let progress = |p: Progress| match p {
+        Progress::Checkpoint { seq, bytes } => bar.println(format!(
+            "rebuild-index: checkpoint at entry {seq} fetched ({:.1} MB)",
+            bytes as f64 / 1e6
+        )),
+        Progress::Replayed { done, of } => {
+            bar.set_length(of);
+            bar.set_position(done);
+            bar.set_message("replaying the journal");
+        }
+    };
+    let (meta, rec) = meta::Meta::open_journaled(
+        &dir,
+        config::Config::default().meta_map_size,
+        bucket.clone(),
+        &progress,
+    )?;
+    bar.finish_and_clear();
+    let counts = {
+        let t = meta.read()?;
+        meta.counts(&t)?
+    };
+    meta.close();
+    println!(
+        "rebuild-index: {} repositories, {} manifests, {} tags, {} blobs; checkpoint {}, {} journal entries replayed, index at entry {} in {:.1} s",
+        counts.repositories,
+        counts.manifests,
+        counts.tags,
+        counts.blobs,
+        rec.checkpoint.map_or("none".to_string(), |s| s.to_string()),
+        rec.replayed,
+        rec.seq,
+        rec.seconds
+    );
+    Ok(())
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock::RootLock::acquire(&cfg.root)?;
     let reg = Registry::open(cfg.clone(), true)
@@ -257,6 +333,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 tick.tick().await;
                 if let Err(e) = reg.flush_pull_times().await {
                     tracing::error!(error = %e, "recording pull times failed");
+                }
+            }
+        })
+    };
+    // With the store on an object store: metadata checkpoints, so a rebuild replays little.
+    let checkpoints = {
+        let reg = reg.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            let mut last = std::time::Instant::now();
+            loop {
+                tick.tick().await;
+                if let Err(e) = reg.maybe_checkpoint(&mut last).await {
+                    tracing::error!(error = %e, "writing a metadata checkpoint failed");
                 }
             }
         })
@@ -383,6 +473,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     spool_pruner.abort();
     let _ = sweeper.await;
     pull_times.abort();
+    checkpoints.abort();
     if let Some(c) = collector {
         c.abort();
         let _ = c.await;

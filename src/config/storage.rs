@@ -12,7 +12,11 @@
 //! access_key_id = "GK..."              # or AWS_ACCESS_KEY_ID
 //! secret_access_key = "..."            # or AWS_SECRET_ACCESS_KEY
 //! cache_bytes = 10737418240            # --cache-bytes
+//! checkpoint_entries = 1000            # --checkpoint-entries
 //! ```
+//!
+//! With a bucket, the metadata is journaled there too (`meta::journal`), with a checkpoint of
+//! the local index every `checkpoint_entries` journal entries (or 10 minutes after an entry).
 
 use clap::Args;
 use serde::Deserialize;
@@ -41,6 +45,10 @@ pub struct StorageArgs {
     /// [default: 10737418240].
     #[arg(long, env = "STOWAGE_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
+    /// With a bucket: write a checkpoint of the metadata index once this many journal entries
+    /// follow the last (a rebuild replays at most about this many) [default: 1000].
+    #[arg(long, env = "STOWAGE_CHECKPOINT_ENTRIES")]
+    pub checkpoint_entries: Option<u64>,
 }
 
 /// The config file's `[storage]`.
@@ -54,6 +62,7 @@ pub struct StorageFile {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     cache_bytes: Option<u64>,
+    checkpoint_entries: Option<u64>,
 }
 
 /// The resolved storage settings.
@@ -63,6 +72,7 @@ pub struct StorageConfig {
     pub location: Option<Location>,
     pub s3: S3Options,
     pub cache_bytes: u64,
+    pub checkpoint_entries: u64,
 }
 
 impl Default for StorageConfig {
@@ -71,6 +81,7 @@ impl Default for StorageConfig {
             location: None,
             s3: S3Options::default(),
             cache_bytes: 10 << 30,
+            checkpoint_entries: 1000,
         }
     }
 }
@@ -99,6 +110,11 @@ impl StorageConfig {
                 .cache_bytes
                 .or(file.cache_bytes)
                 .unwrap_or(d.cache_bytes),
+            checkpoint_entries: args
+                .checkpoint_entries
+                .or(file.checkpoint_entries)
+                .unwrap_or(d.checkpoint_entries)
+                .max(1),
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::ops::Bound;
 
-use heed::{RoTxn, RwTxn};
+use heed::RoTxn;
 
 use stowage_actors::catalog::SealedContainer;
 use stowage_actors::engine::chunk::ChunkId;
@@ -209,7 +209,7 @@ impl Meta {
     /// location), count each new delta as a dependent of its base, and register the features
     /// of its whole chunks. A container file without a record was never committed and can be
     /// removed.
-    pub fn add_container(&self, w: &mut RwTxn<'_>, sealed: &SealedContainer) -> Result<()> {
+    pub fn add_container(&self, w: &mut Wtx<'_>, sealed: &SealedContainer) -> Result<()> {
         let rec = ContainerRecord {
             created: now(),
             chunks: sealed.entries.len() as u64,
@@ -291,7 +291,7 @@ impl Meta {
     /// Index the chunks not indexed yet; returns those.
     pub(super) fn add_chunks(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         entries: &[(ChunkId, ChunkLoc)],
     ) -> Result<std::collections::HashSet<ChunkId>> {
         let mut added = std::collections::HashSet::new();
@@ -321,7 +321,7 @@ impl Meta {
     /// Change the totals over `chunks` (in the transaction that changes the records).
     pub(super) fn update_chunk_counts(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         f: impl FnOnce(&mut ChunkCounts),
     ) -> Result<()> {
         let mut c = self
@@ -335,7 +335,7 @@ impl Meta {
     }
 
     /// The next value of a named counter (starting at 1).
-    pub fn next_counter(&self, w: &mut RwTxn<'_>, name: &str) -> Result<u64> {
+    pub fn next_counter(&self, w: &mut Wtx<'_>, name: &str) -> Result<u64> {
         let cur = match self.counters.get(w, name.as_bytes())? {
             Some(v) if v.len() == 8 => u64::from_le_bytes(v.try_into().expect("8 bytes")),
             _ => 0,

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use heed::{RoTxn, RwTxn};
+use heed::RoTxn;
 
 use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::ChunkLoc;
@@ -70,7 +70,7 @@ impl Meta {
     // ---- tag times ----------------------------------------------------------------------
 
     /// Record a push of `repo:tag` now (the pull time is kept).
-    pub(super) fn tag_pushed(&self, w: &mut RwTxn<'_>, repo: &RepoName, tag: &Tag) -> Result<()> {
+    pub(super) fn tag_pushed(&self, w: &mut Wtx<'_>, repo: &RepoName, tag: &Tag) -> Result<()> {
         let k = key2(repo.as_str(), tag.as_str());
         let pulled = self
             .tag_times
@@ -81,14 +81,14 @@ impl Meta {
         Ok(())
     }
 
-    pub(super) fn forget_tag_times(&self, w: &mut RwTxn<'_>, key: &[u8]) -> Result<()> {
+    pub(super) fn forget_tag_times(&self, w: &mut Wtx<'_>, key: &[u8]) -> Result<()> {
         self.tag_times.delete(w, key)?;
         Ok(())
     }
 
     /// Record pulls by tag (batched by the caller): the latest time per tag wins; tags deleted
     /// meanwhile are skipped.
-    pub fn record_pulls(&self, w: &mut RwTxn<'_>, pulls: &[(RepoName, Tag, u64)]) -> Result<()> {
+    pub fn record_pulls(&self, w: &mut Wtx<'_>, pulls: &[(RepoName, Tag, u64)]) -> Result<()> {
         for (repo, tag, at) in pulls {
             let k = key2(repo.as_str(), tag.as_str());
             if self.tags.get(w, &k)?.is_none() {
@@ -189,12 +189,7 @@ impl Meta {
     }
 
     /// Set the time of `repo`'s link to `d` to now; false if there is no such link.
-    pub fn refresh_blob_link(
-        &self,
-        w: &mut RwTxn<'_>,
-        repo: &RepoName,
-        d: &Digest,
-    ) -> Result<bool> {
+    pub fn refresh_blob_link(&self, w: &mut Wtx<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
         let k = key2(repo.as_str(), &d.to_string());
         if self.blob_links.get(w, &k)?.is_none() {
             return Ok(false);
@@ -263,7 +258,7 @@ impl Meta {
 
     /// Remove manifests no repository links any more (their bodies go with them). Returns
     /// how many.
-    pub fn remove_unlinked_manifests(&self, w: &mut RwTxn<'_>) -> Result<u64> {
+    pub fn remove_unlinked_manifests(&self, w: &mut Wtx<'_>) -> Result<u64> {
         let mut gone = Vec::new();
         for item in self.manifests.iter(w)? {
             let (k, v) = item?;
@@ -280,7 +275,7 @@ impl Meta {
     }
 
     /// Remove repositories that link nothing and tag nothing. Returns how many.
-    pub fn remove_empty_repos(&self, w: &mut RwTxn<'_>) -> Result<u64> {
+    pub fn remove_empty_repos(&self, w: &mut Wtx<'_>) -> Result<u64> {
         let mut uploading = HashSet::new();
         for item in self.uploads.iter(w)? {
             let (_, v) = item?;
@@ -336,7 +331,7 @@ impl Meta {
     }
 
     /// Stop `d` from serving as the reference of new patches: drop its path-sketch entries.
-    pub fn retire_reference(&self, w: &mut RwTxn<'_>, d: &Digest) -> Result<()> {
+    pub fn retire_reference(&self, w: &mut Wtx<'_>, d: &Digest) -> Result<()> {
         let dk = d.to_string();
         for h in patch::sketch(&self.file_entries(w, d)?) {
             let k = h.to_be_bytes();
@@ -353,7 +348,7 @@ impl Meta {
     /// against another reference, first. Returns None when the blob is linked again or gone.
     pub fn remove_blob(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         d: &Digest,
         dependents: Option<&HashSet<String>>,
     ) -> Result<Option<RemovedBlob>> {
@@ -468,7 +463,7 @@ impl Meta {
     /// a dependent. Returns whether it was removed, and the base if that left it dead too.
     pub fn remove_chunk(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         id: &ChunkId,
         base: Option<&ChunkId>,
     ) -> Result<(bool, Option<DeadChunk>)> {
@@ -533,7 +528,7 @@ impl Meta {
     /// many chunks moved.
     pub fn repoint_container(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         old: u64,
         new: u64,
         entries: &[(ChunkId, ChunkLoc)],
@@ -584,7 +579,7 @@ impl Meta {
     /// Drop from a container's feature block the entries of chunks no longer stored whole in
     /// it (removed by a collection), so they are not loaded as bases after a restart. (The
     /// in-memory index keeps them until then; a lookup through a removed chunk finds nothing.)
-    pub fn prune_feature_block(&self, w: &mut RwTxn<'_>, container: u64) -> Result<()> {
+    pub fn prune_feature_block(&self, w: &mut Wtx<'_>, container: u64) -> Result<()> {
         let key = container.to_be_bytes();
         let Some(block) = self.container_features.get(w, &key)? else {
             return Ok(());
@@ -613,7 +608,7 @@ impl Meta {
     }
 
     /// Drop the records of a container no chunk lives in any more.
-    pub fn forget_container(&self, w: &mut RwTxn<'_>, id: u64) -> Result<()> {
+    pub fn forget_container(&self, w: &mut Wtx<'_>, id: u64) -> Result<()> {
         self.containers.delete(w, &id.to_be_bytes())?;
         self.container_features.delete(w, &id.to_be_bytes())?;
         Ok(())

@@ -2,7 +2,7 @@
 //! sketches (`layer_sketches`) that pick the reference a new recipe or index is patched against
 //! (see [`super::patch`]).
 
-use heed::{RoTxn, RwTxn};
+use heed::RoTxn;
 
 use super::*;
 
@@ -11,7 +11,7 @@ impl Meta {
     /// each chunk, and mark the blob deduplicated.
     pub fn commit_recipe(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         d: &Digest,
         recipe: &Recipe,
         files: &[FileEntry],
@@ -51,7 +51,7 @@ impl Meta {
         Ok(())
     }
 
-    pub fn set_blob_state(&self, w: &mut RwTxn<'_>, d: &Digest, state: BlobState) -> Result<()> {
+    pub fn set_blob_state(&self, w: &mut Wtx<'_>, d: &Digest, state: BlobState) -> Result<()> {
         let dk = d.to_string();
         if let Some(v) = self.blobs.get(w, dk.as_bytes())? {
             let mut rec: BlobRecord = dec("blob", v)?;
@@ -156,7 +156,7 @@ impl Meta {
     /// layer with both stored whole registers its sketch, to serve as the next reference.
     pub(super) fn put_layer_meta(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         dk: &str,
         recipe: &Recipe,
         files: &[FileEntry],

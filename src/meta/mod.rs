@@ -53,22 +53,25 @@
 //! Durability: the environment is opened without `NO_SYNC`/`NO_META_SYNC`, so a returned
 //! commit is on disk (invariant 2).
 
+pub mod checkpoint;
 mod chunks;
 pub mod features;
 mod gc;
+pub mod journal;
 mod layers;
 pub mod patch;
+mod table;
 mod upgrade;
 
 pub use chunks::ChunkRecord;
 pub use gc::{DeadChunk, RemovedBlob, TagEntry};
+pub use table::Wtx;
 
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
-use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{Env, EnvOpenOptions, RoTxn, WithoutTls};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -217,7 +220,7 @@ fn utf8(bytes: &[u8]) -> Result<&str> {
     std::str::from_utf8(bytes).map_err(|_| RegistryError::Internal("non-UTF-8 key".into()))
 }
 
-type Db = Database<Bytes, Bytes>;
+use table::{Db, Table};
 
 /// `stowage compact`: open the store at `dir` (upgrading it if needed), write a copy without
 /// free pages beside it, fsync it and rename it over the original. The caller holds the root
@@ -243,26 +246,29 @@ pub fn compact(dir: &Path, map_size: usize) -> Result<(u64, u64)> {
 /// The LMDB environment and its databases.
 pub struct Meta {
     env: Env<WithoutTls>,
-    repos: Db,
-    blobs: Db,
-    blob_links: Db,
-    manifests: Db,
-    manifest_bodies: Db,
-    manifest_links: Db,
-    tags: Db,
-    referrers: Db,
-    uploads: Db,
-    chunks: Db,
-    recipes: Db,
-    layer_files: Db,
-    layer_sketches: Db,
-    counters: Db,
-    containers: Db,
+    repos: Table,
+    blobs: Table,
+    blob_links: Table,
+    manifests: Table,
+    manifest_bodies: Table,
+    manifest_links: Table,
+    tags: Table,
+    referrers: Table,
+    uploads: Table,
+    chunks: Table,
+    recipes: Table,
+    layer_files: Table,
+    layer_sketches: Table,
+    counters: Table,
+    containers: Table,
     /// Version 2's feature index, emptied by the upgrade.
-    features: Db,
-    container_features: Db,
-    tag_times: Db,
+    features: Table,
+    container_features: Table,
+    tag_times: Table,
     index: Mutex<features::FeatureIndex>,
+    dir: std::path::PathBuf,
+    /// With the store on an object store: where durable commits go first.
+    journal: Option<journal::Journal>,
 }
 
 impl Meta {
@@ -304,27 +310,46 @@ impl Meta {
             }),
         )?;
         let meta = Meta {
-            repos: env.create_database(&mut w, Some("repos"))?,
-            blobs: env.create_database(&mut w, Some("blobs"))?,
-            blob_links: env.create_database(&mut w, Some("blob_links"))?,
-            manifests: env.create_database(&mut w, Some("manifests"))?,
-            manifest_bodies: env.create_database(&mut w, Some("manifest_bodies"))?,
-            manifest_links: env.create_database(&mut w, Some("manifest_links"))?,
-            tags: env.create_database(&mut w, Some("tags"))?,
-            referrers: env.create_database(&mut w, Some("referrers"))?,
-            uploads: env.create_database(&mut w, Some("uploads"))?,
-            chunks: env.create_database(&mut w, Some("chunks"))?,
-            recipes: env.create_database(&mut w, Some("recipes"))?,
-            layer_files: env.create_database(&mut w, Some("layer_files"))?,
-            layer_sketches: env.create_database(&mut w, Some("layer_sketches"))?,
-            counters: env.create_database(&mut w, Some("counters"))?,
-            containers: env.create_database(&mut w, Some("containers"))?,
-            features: env.create_database(&mut w, Some("features"))?,
-            container_features: env.create_database(&mut w, Some("container_features"))?,
-            tag_times: env.create_database(&mut w, Some("tag_times"))?,
+            repos: Table::new(env.create_database(&mut w, Some("repos"))?, 1, true),
+            blobs: Table::new(env.create_database(&mut w, Some("blobs"))?, 2, true),
+            blob_links: Table::new(env.create_database(&mut w, Some("blob_links"))?, 3, true),
+            manifests: Table::new(env.create_database(&mut w, Some("manifests"))?, 4, true),
+            manifest_bodies: Table::new(
+                env.create_database(&mut w, Some("manifest_bodies"))?,
+                5,
+                true,
+            ),
+            manifest_links: Table::new(
+                env.create_database(&mut w, Some("manifest_links"))?,
+                6,
+                true,
+            ),
+            tags: Table::new(env.create_database(&mut w, Some("tags"))?, 7, true),
+            referrers: Table::new(env.create_database(&mut w, Some("referrers"))?, 9, true),
+            uploads: Table::new(env.create_database(&mut w, Some("uploads"))?, 10, false),
+            chunks: Table::new(env.create_database(&mut w, Some("chunks"))?, 11, true),
+            recipes: Table::new(env.create_database(&mut w, Some("recipes"))?, 12, true),
+            layer_files: Table::new(env.create_database(&mut w, Some("layer_files"))?, 13, true),
+            layer_sketches: Table::new(
+                env.create_database(&mut w, Some("layer_sketches"))?,
+                14,
+                true,
+            ),
+            counters: Table::new(env.create_database(&mut w, Some("counters"))?, 15, true),
+            containers: Table::new(env.create_database(&mut w, Some("containers"))?, 16, true),
+            features: Table::new(env.create_database(&mut w, Some("features"))?, 18, false),
+            container_features: Table::new(
+                env.create_database(&mut w, Some("container_features"))?,
+                17,
+                true,
+            ),
+            tag_times: Table::new(env.create_database(&mut w, Some("tag_times"))?, 8, true),
             index: Mutex::new(features::FeatureIndex::new(0)),
+            dir: dir.to_path_buf(),
+            journal: None,
             env: env.clone(),
         };
+        let mut w = Wtx::new(w, None, false);
         if stored_version < 5 {
             meta.compact_chunk_records(&mut w)?;
         }
@@ -343,8 +368,58 @@ impl Meta {
         Ok(self.env.read_txn()?)
     }
 
-    pub fn write(&self) -> Result<RwTxn<'_>> {
-        Ok(self.env.write_txn()?)
+    /// A write transaction; with a journal its commit reaches the bucket first.
+    pub fn write(&self) -> Result<Wtx<'_>> {
+        Ok(Wtx::new(
+            self.env.write_txn()?,
+            self.journal.as_ref(),
+            false,
+        ))
+    }
+
+    /// A write transaction whose changes nothing depends on for correctness (pull times): with
+    /// a journal they go out with the next durable commit, not one of their own.
+    pub fn write_lazy(&self) -> Result<Wtx<'_>> {
+        Ok(Wtx::new(self.env.write_txn()?, self.journal.as_ref(), true))
+    }
+
+    /// Writes the changes of lazy transactions not yet in the journal.
+    pub fn flush_journal(&self) -> Result<()> {
+        match &self.journal {
+            Some(j) if j.has_pending() => self.write()?.commit(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The journal's position and counters (None without one).
+    pub fn journal_reading(&self) -> Option<journal::JournalReading> {
+        self.journal.as_ref().map(|j| j.reading())
+    }
+
+    /// The table with journal id `id`.
+    fn table(&self, id: u8) -> Option<&Table> {
+        [
+            &self.repos,
+            &self.blobs,
+            &self.blob_links,
+            &self.manifests,
+            &self.manifest_bodies,
+            &self.manifest_links,
+            &self.tags,
+            &self.tag_times,
+            &self.referrers,
+            &self.uploads,
+            &self.chunks,
+            &self.recipes,
+            &self.layer_files,
+            &self.layer_sketches,
+            &self.counters,
+            &self.containers,
+            &self.container_features,
+            &self.features,
+        ]
+        .into_iter()
+        .find(|t| t.id == id)
     }
 
     pub fn sync(&self) {
@@ -353,6 +428,9 @@ impl Meta {
 
     /// Flush and close the environment (on shutdown).
     pub fn close(self) {
+        if let Err(e) = self.flush_journal() {
+            tracing::warn!(error = %e, "writing the last pull times to the journal failed");
+        }
         let _ = self.env.force_sync();
         self.env.prepare_for_closing().wait();
     }
@@ -363,7 +441,7 @@ impl Meta {
         Ok(self.repos.get(t, repo.as_str().as_bytes())?.is_some())
     }
 
-    fn ensure_repo(&self, w: &mut RwTxn<'_>, repo: &RepoName) -> Result<()> {
+    fn ensure_repo(&self, w: &mut Wtx<'_>, repo: &RepoName) -> Result<()> {
         let k = repo.as_str().as_bytes();
         if self.repos.get(w, k)?.is_none() {
             self.repos.put(w, k, &enc(&RepoRecord { created: now() }))?;
@@ -418,13 +496,7 @@ impl Meta {
     }
 
     /// Record a blob (if new) and link it into `repo` (if not yet linked).
-    pub fn link_blob(
-        &self,
-        w: &mut RwTxn<'_>,
-        repo: &RepoName,
-        d: &Digest,
-        size: u64,
-    ) -> Result<()> {
+    pub fn link_blob(&self, w: &mut Wtx<'_>, repo: &RepoName, d: &Digest, size: u64) -> Result<()> {
         self.ensure_repo(w, repo)?;
         let dk = d.to_string();
         let mut rec = match self.blobs.get(w, dk.as_bytes())? {
@@ -487,7 +559,7 @@ impl Meta {
 
     /// Remove `repo`'s link to a blob. Returns false if it was not linked. The blob record
     /// stays (with its count lowered) until garbage collection.
-    pub fn unlink_blob(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
+    pub fn unlink_blob(&self, w: &mut Wtx<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
         let dk = d.to_string();
         if !self.blob_links.delete(w, &key2(repo.as_str(), &dk))? {
             return Ok(false);
@@ -531,7 +603,7 @@ impl Meta {
     /// subject.
     pub fn put_manifest(
         &self,
-        w: &mut RwTxn<'_>,
+        w: &mut Wtx<'_>,
         repo: &RepoName,
         desc: &Descriptor,
         body: &[u8],
@@ -572,7 +644,7 @@ impl Meta {
 
     /// Unlink a manifest from `repo`: its tags there and its referrer entry go with it.
     /// Returns false if it was not linked.
-    pub fn unlink_manifest(&self, w: &mut RwTxn<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
+    pub fn unlink_manifest(&self, w: &mut Wtx<'_>, repo: &RepoName, d: &Digest) -> Result<bool> {
         let dk = d.to_string();
         let lk = key2(repo.as_str(), &dk);
         let Some(link) = self.manifest_links.get(w, &lk)? else {
@@ -638,7 +710,7 @@ impl Meta {
         }
     }
 
-    pub fn set_tag(&self, w: &mut RwTxn<'_>, repo: &RepoName, tag: &Tag, d: &Digest) -> Result<()> {
+    pub fn set_tag(&self, w: &mut Wtx<'_>, repo: &RepoName, tag: &Tag, d: &Digest) -> Result<()> {
         self.tags.put(
             w,
             &key2(repo.as_str(), tag.as_str()),
@@ -647,7 +719,7 @@ impl Meta {
         self.tag_pushed(w, repo, tag)
     }
 
-    pub fn delete_tag(&self, w: &mut RwTxn<'_>, repo: &RepoName, tag: &Tag) -> Result<bool> {
+    pub fn delete_tag(&self, w: &mut Wtx<'_>, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let k = key2(repo.as_str(), tag.as_str());
         self.forget_tag_times(w, &k)?;
         Ok(self.tags.delete(w, &k)?)
@@ -688,12 +760,12 @@ impl Meta {
             .transpose()
     }
 
-    pub fn put_upload(&self, w: &mut RwTxn<'_>, id: &UploadId, rec: &UploadRecord) -> Result<()> {
+    pub fn put_upload(&self, w: &mut Wtx<'_>, id: &UploadId, rec: &UploadRecord) -> Result<()> {
         self.uploads.put(w, id.to_string().as_bytes(), &enc(rec))?;
         Ok(())
     }
 
-    pub fn delete_upload(&self, w: &mut RwTxn<'_>, id: &UploadId) -> Result<bool> {
+    pub fn delete_upload(&self, w: &mut Wtx<'_>, id: &UploadId) -> Result<bool> {
         Ok(self.uploads.delete(w, id.to_string().as_bytes())?)
     }
 
@@ -813,7 +885,7 @@ mod tests {
     }
 
     /// Make the store say it is at `version`, which kept no chunk totals.
-    fn pretend_version(m: &Meta, w: &mut RwTxn<'_>, version: u32) {
+    fn pretend_version(m: &Meta, w: &mut Wtx<'_>, version: u32) {
         let info: Db = m.env.open_database(w, Some("info")).unwrap().unwrap();
         let format = enc(&FormatRecord {
             magic: MAGIC.into(),

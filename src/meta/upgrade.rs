@@ -2,14 +2,12 @@
 
 use std::ops::Bound;
 
-use heed::RwTxn;
-
 use super::*;
 
 impl Meta {
     /// Version 4 → 5: rewrite every fixed-width chunk record as varints, in batches so memory
     /// stays bounded on a large index.
-    pub(super) fn compact_chunk_records(&self, w: &mut RwTxn<'_>) -> Result<()> {
+    pub(super) fn compact_chunk_records(&self, w: &mut Wtx<'_>) -> Result<()> {
         const BATCH: usize = 65536;
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -42,7 +40,7 @@ impl Meta {
     }
 
     /// Version 2 → 3: move each entry of `features` into its chunk's container's block.
-    pub(super) fn regroup_features(&self, w: &mut RwTxn<'_>) -> Result<()> {
+    pub(super) fn regroup_features(&self, w: &mut Wtx<'_>) -> Result<()> {
         let mut by_container: std::collections::BTreeMap<u64, Vec<(u32, [u8; 8])>> =
             Default::default();
         for item in self.features.iter(w)? {

@@ -582,6 +582,7 @@ pub fn render(
         .expect("text encoding");
     let mut text = String::from_utf8(out).expect("UTF-8 exposition");
     text.push_str(&storage::render(reg.containers()));
+    text.push_str(&storage::render_journal(reg.journal_reading().as_ref()));
     text
 }
 

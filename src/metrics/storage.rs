@@ -137,3 +137,57 @@ pub fn render(containers: &Containers) -> String {
     }
     s
 }
+
+/// The exposition text of the metadata journal's metrics (empty without one).
+pub fn render_journal(r: Option<&crate::meta::journal::JournalReading>) -> String {
+    let Some(r) = r else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    metric(
+        "stowage_journal_entries_total",
+        "counter",
+        "Metadata journal entries written to the bucket since start-up",
+        r.entries,
+    );
+    metric(
+        "stowage_journal_bytes_total",
+        "counter",
+        "Bytes of metadata journal entries written since start-up",
+        r.bytes,
+    );
+    metric(
+        "stowage_journal_failures_total",
+        "counter",
+        "Commits refused because their journal entry could not be written",
+        r.failures,
+    );
+    metric(
+        "stowage_journal_seq",
+        "gauge",
+        "The last metadata journal entry written",
+        r.seq,
+    );
+    metric(
+        "stowage_journal_entries_since_checkpoint",
+        "gauge",
+        "Journal entries a rebuild of the local index would replay after the newest checkpoint",
+        r.since_checkpoint,
+    );
+    metric(
+        "stowage_checkpoints_total",
+        "counter",
+        "Metadata checkpoints written since start-up",
+        r.checkpoints,
+    );
+    metric(
+        "stowage_checkpoint_bytes_total",
+        "counter",
+        "Bytes of metadata checkpoints written since start-up",
+        r.checkpoint_bytes,
+    );
+    s
+}

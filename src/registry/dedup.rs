@@ -204,6 +204,23 @@ impl Registry {
 
     /// After `d` was deduplicated: a `raw` repository may have linked it meanwhile.
     async fn after_dedup(&self, d: &Digest) {
+        // Deduplicated: the chunks hold it, its whole copy in the bucket goes (a failure
+        // leaves it to garbage collection's sweep).
+        let inner = self.inner.clone();
+        let d2 = d.clone();
+        let dropped = blocking(move || {
+            let t = inner.meta.read()?;
+            if let Some(BlobState::Deduplicated { .. }) = inner.meta.blob(&t, &d2)?.map(|r| r.state)
+            {
+                drop(t);
+                inner.unpublish_blobs(std::slice::from_ref(&d2))?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = dropped {
+            tracing::warn!(digest = %d, error = %e, "dropping a deduplicated blob's object failed");
+        }
         if let Some(decision) = self.raw_decision(d).await {
             self.keep_raw_copy(d.clone(), decision).await
         }
@@ -327,6 +344,22 @@ impl Registry {
             self.count_policy(&decision, "no_similarity", size);
         }
         let path = self.staged_path(&d);
+        if !path.exists() {
+            // Staged on another node, or before the local index was rebuilt: in the bucket.
+            let inner = self.inner.clone();
+            let d2 = d.clone();
+            match blocking(move || inner.fetch_blob(&d2)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(digest = %d, "a staged blob is neither here nor in the bucket");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %d, error = %e, "fetching a staged blob failed; retried at the next start");
+                    return;
+                }
+            }
+        }
         // Inline mode is for tests: the PUT waits for the commit, and ages are ignored.
         if self.inner.cfg.dedup == DedupMode::Inline {
             let _gate = self.inner.dedup_gate.read().await;
@@ -427,6 +460,9 @@ impl Registry {
                     if let Err(e) = std::fs::remove_file(&p) {
                         tracing::warn!(digest = %d, error = %e, "removing a raw copy failed");
                     }
+                }
+                if let Err(e) = inner.unpublish_blobs(&back) {
+                    tracing::warn!(error = %e, "dropping the objects of raw copies failed");
                 }
                 Ok(back)
             })

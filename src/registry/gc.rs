@@ -555,6 +555,8 @@ fn remove_blob_files(
         }
         out.raw_bytes += inner.layer_cache.remove(&r.digest)?;
     }
+    let digests: Vec<_> = removed.iter().map(|r| r.digest.clone()).collect();
+    inner.unpublish_blobs(&digests)?;
     Ok(())
 }
 
@@ -756,6 +758,10 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
             out.orphans += 1;
         }
     }
+    drop(t);
+    // Blob objects no blob needs whole (with a bucket).
+    let grace = std::time::Duration::from_secs(now().saturating_sub(cutoff));
+    out.orphans += super::durability::sweep_blob_objects(inner, grace)?;
     Ok(out)
 }
 

@@ -5,6 +5,8 @@
 //! blocking thread pool, never on the async reactor.
 
 pub(crate) mod dedup;
+mod durability;
+pub(crate) use durability::{blob_key, missing_blobs};
 pub mod gc;
 pub mod manifest;
 mod restore;
@@ -271,7 +273,7 @@ pub(crate) fn open_containers(
     root: &std::path::Path,
     storage: &crate::config::StorageConfig,
 ) -> Result<Containers> {
-    use stowage_actors::storage::{Bucket, Location};
+    use stowage_actors::storage::{blocking::BlockingBucket, Bucket, Location};
     let dir = root.join("containers");
     Ok(match &storage.location {
         None => {
@@ -286,9 +288,48 @@ pub(crate) fn open_containers(
         Some(loc @ Location::S3 { .. }) => {
             let bucket = Bucket::open(loc, &storage.s3)
                 .map_err(|e| RegistryError::Internal(format!("opening the bucket: {e}")))?;
-            Containers::with_bucket(&dir, Arc::new(bucket), storage.cache_bytes)?
+            let bucket = Arc::new(BlockingBucket::new(Arc::new(bucket))?);
+            Containers::with_bucket(&dir, bucket, storage.cache_bytes)?
         }
     })
+}
+
+/// The metadata store of `root`: with the containers in a bucket, the index of the metadata
+/// journaled there (rebuilt from the bucket when `root` has none, brought up to date with it
+/// otherwise); else the store itself.
+pub(crate) fn open_meta(
+    root: &std::path::Path,
+    map_size: usize,
+    containers: &Containers,
+) -> Result<Meta> {
+    let dir = root.join("meta");
+    let Some(bucket) = containers.blocking() else {
+        return Meta::open(&dir, map_size);
+    };
+    let progress = |p: crate::meta::checkpoint::Progress| match p {
+        crate::meta::checkpoint::Progress::Checkpoint { seq, bytes } => tracing::info!(
+            seq,
+            mb = bytes as f64 / 1e6,
+            "local index made from the bucket's metadata checkpoint"
+        ),
+        crate::meta::checkpoint::Progress::Replayed { done, of } => {
+            tracing::info!(done, of, "metadata journal entries applied")
+        }
+    };
+    let (meta, rec) = Meta::open_journaled(&dir, map_size, bucket.clone(), &progress)?;
+    tracing::info!(
+        seq = rec.seq,
+        replayed = rec.replayed,
+        from_checkpoint = ?rec.checkpoint,
+        seconds = rec.seconds,
+        "local index up to date with the bucket"
+    );
+    if rec.bootstrap {
+        // A store moved onto a bucket: its metadata goes there before anything is served.
+        let (seq, bytes) = meta.checkpoint()?.expect("a journal");
+        tracing::info!(seq, bytes, "first metadata checkpoint written");
+    }
+    Ok(meta)
 }
 
 /// Largest page a listing returns when the client gives no `n`.
@@ -299,12 +340,12 @@ impl Registry {
     /// (this must run inside an actix `System`); without, blobs stay as pushed (offline tools).
     pub fn open(cfg: Config, actors: bool) -> Result<Registry> {
         std::fs::create_dir_all(&cfg.root)?;
-        let meta = Arc::new(Meta::open(&cfg.root.join("meta"), cfg.meta_map_size)?);
+        let containers = Arc::new(open_containers(&cfg.root, &cfg.storage)?);
+        let meta = Arc::new(open_meta(&cfg.root, cfg.meta_map_size, &containers)?);
         if actors && cfg.similarity.enabled {
             meta.load_feature_index(cfg.similarity_index_entries)?;
         }
         let store = LocalStore::open(&cfg.root)?;
-        let containers = Arc::new(open_containers(&cfg.root, &cfg.storage)?);
         let catalog: Arc<dyn stowage_actors::pipeline::Catalog> =
             Arc::new(dedup::MetaCatalog(meta.clone()));
         let logical = {
@@ -419,8 +460,15 @@ impl Registry {
         let d = digest.clone();
         let opened = blocking(move || match inner.store.open_blob(&d, start) {
             Ok(f) => Ok(Some(f)),
-            // Deduplicated (and its raw copy dropped) since we looked.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // Only in the bucket (another node's, or a rebuilt index's): fetched into staging/;
+            // or deduplicated (and its raw copy dropped) since we looked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if inner.fetch_blob(&d)? {
+                    Ok(Some(inner.store.open_blob(&d, start)?))
+                } else {
+                    Ok(None)
+                }
+            }
             Err(e) => Err(e.into()),
         })
         .await?;

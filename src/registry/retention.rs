@@ -218,7 +218,8 @@ impl Registry {
         }
         let inner = self.inner.clone();
         blocking(move || {
-            let mut w = inner.meta.write()?;
+            // Lazy: pull times go to the journal with the next durable commit.
+            let mut w = inner.meta.write_lazy()?;
             inner.meta.record_pulls(&mut w, &batch)?;
             w.commit()?;
             Ok(())

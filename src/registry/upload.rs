@@ -178,6 +178,15 @@ impl Registry {
         let linked_repo = repo.clone();
         let fresh = blocking(move || {
             let m = &inner.meta;
+            // With a bucket, a new blob is there before the commit that links it (uploaded
+            // before the write lock is taken: content-addressed, so a race only repeats it).
+            let known_before = {
+                let t = m.read()?;
+                m.blob(&t, &d)?.is_some()
+            };
+            if !known_before {
+                inner.publish_blob(&d, &inner.store.upload_path(&id))?;
+            }
             // A blob the store already has (staged or deduplicated) is only linked. The write
             // transaction is taken first so that the check and the link are one step; the
             // staging lock keeps a collection from removing a file of this digest meanwhile.
@@ -187,6 +196,10 @@ impl Registry {
             if known {
                 inner.store.remove_upload(&id)?;
             } else {
+                if known_before {
+                    // Collected meanwhile: uploaded after all.
+                    inner.publish_blob(&d, &inner.store.upload_path(&id))?;
+                }
                 inner.store.commit_upload(&id, &d)?;
             }
             m.link_blob(&mut w, &repo, &d, size)?;

@@ -59,7 +59,7 @@ impl LocalStore {
         })
     }
 
-    fn upload_path(&self, id: &UploadId) -> PathBuf {
+    pub fn upload_path(&self, id: &UploadId) -> PathBuf {
         self.uploads.join(id.to_string())
     }
 

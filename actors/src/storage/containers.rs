@@ -10,7 +10,7 @@
 //! (`containers/<16 hex digits>`), so a local directory and a bucket hold the same layout.
 //!
 //! The calls block: they serve the pipeline's threads and the restore's readers, which are
-//! synchronous. Object-store requests run on a small runtime of their own.
+//! synchronous (see [`BlockingBucket`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,7 +18,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::{Bucket, StorageError};
+use super::blocking::{storage_io, BlockingBucket};
+use super::Bucket;
 use crate::engine::container::{container_id, container_path};
 
 /// Containers a restore's prefetch downloads at once.
@@ -38,29 +39,21 @@ impl std::fmt::Debug for Containers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Containers")
             .field("dir", &self.dir)
-            .field("bucket", &self.remote.as_ref().map(|r| r.bucket.kind()))
+            .field(
+                "bucket",
+                &self.remote.as_ref().map(|r| r.bucket.bucket().kind()),
+            )
             .finish()
     }
 }
 
 struct Remote {
-    bucket: Arc<Bucket>,
+    bucket: Arc<BlockingBucket>,
     /// Prefetches downloading at once.
     prefetches: Arc<tokio::sync::Semaphore>,
-    /// Always there but while dropping (see `Drop`).
-    rt: Option<tokio::runtime::Runtime>,
     cache_bytes: u64,
     cache: Mutex<Cache>,
     fetched: Condvar,
-}
-
-impl Drop for Remote {
-    /// The registry may be dropped on an async thread, where a runtime may not block to stop.
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 #[derive(Default)]
@@ -91,17 +84,6 @@ pub struct CacheReading {
     pub prefetched: u64,
 }
 
-fn storage_io(e: StorageError) -> io::Error {
-    match e {
-        StorageError::NotFound(k) => io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("object {k} not in the bucket"),
-        ),
-        StorageError::Io(_, e) => e,
-        e => io::Error::other(e.to_string()),
-    }
-}
-
 impl Containers {
     /// Containers in `dir` only.
     pub fn local(dir: &Path) -> Containers {
@@ -115,7 +97,7 @@ impl Containers {
     /// in `dir` are taken as cached (they were published before they were committed).
     pub fn with_bucket(
         dir: &Path,
-        bucket: Arc<Bucket>,
+        bucket: Arc<BlockingBucket>,
         cache_bytes: u64,
     ) -> io::Result<Containers> {
         std::fs::create_dir_all(dir)?;
@@ -134,24 +116,19 @@ impl Containers {
             cache.files.insert(id, (len, cache.clock));
             cache.bytes += len;
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("stowage-storage")
-            .enable_all()
-            .build()?;
         let c = Containers {
             dir: dir.to_path_buf(),
             remote: Some(Remote {
                 bucket: bucket.clone(),
                 prefetches: Arc::new(tokio::sync::Semaphore::new(PREFETCHES)),
-                rt: Some(rt),
                 cache_bytes,
                 cache: Mutex::new(cache),
                 fetched: Condvar::new(),
             }),
         };
         // Fail at start, not at the first seal, when the bucket cannot be reached or read.
-        c.wait(async move { bucket.head("containers/.reachable").await })
+        bucket
+            .call(|b| async move { b.head("containers/.reachable").await })
             .map_err(|e| io::Error::other(format!("the bucket cannot be reached: {e}")))?;
         Ok(c)
     }
@@ -178,19 +155,12 @@ impl Containers {
     }
 
     pub fn bucket(&self) -> Option<&Arc<Bucket>> {
-        self.remote.as_ref().map(|r| &r.bucket)
+        self.remote.as_ref().map(|r| r.bucket.bucket())
     }
 
-    /// Runs an object-store request on the storage runtime and waits for it (from any thread).
-    fn wait<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
-    ) -> io::Result<T> {
-        let r = self.remote.as_ref().expect("a bucket");
-        let rt = r.rt.as_ref().expect("the storage runtime");
-        futures_executor::block_on(rt.spawn(f))
-            .map_err(|e| io::Error::other(format!("storage task: {e}")))?
-            .map_err(storage_io)
+    /// The bucket, for synchronous callers (None for a local directory).
+    pub fn blocking(&self) -> Option<&Arc<BlockingBucket>> {
+        self.remote.as_ref().map(|r| &r.bucket)
     }
 
     /// Makes sealed container `id` durable where it must be before it is committed: uploads
@@ -199,9 +169,10 @@ impl Containers {
         let Some(r) = &self.remote else {
             return Ok(());
         };
-        let bucket = r.bucket.clone();
         let path = self.path(id);
-        let size = self.wait(async move { bucket.put_file(&key(id), &path).await })?;
+        let size = r
+            .bucket
+            .call(|b| async move { b.put_file(&key(id), &path).await })?;
         self.cached(id, size);
         Ok(())
     }
@@ -277,10 +248,15 @@ impl Containers {
             c.prefetched += 1;
         }
         let (this, permits) = (self.clone(), r.prefetches.clone());
-        let rt = r.rt.as_ref().expect("the storage runtime");
-        rt.spawn(async move {
+        r.bucket.runtime().spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let bucket = this.remote.as_ref().expect("a bucket").bucket.clone();
+            let bucket = this
+                .remote
+                .as_ref()
+                .expect("a bucket")
+                .bucket
+                .bucket()
+                .clone();
             let fetched = match bucket.get(&key(id)).await {
                 Ok(data) => tokio::task::spawn_blocking({
                     let this = this.clone();
@@ -331,8 +307,7 @@ impl Containers {
 
     fn download(&self, id: u64) -> io::Result<u64> {
         let r = self.remote.as_ref().expect("a bucket");
-        let bucket = r.bucket.clone();
-        let data = self.wait(async move { bucket.get(&key(id)).await })?;
+        let data = r.bucket.call(|b| async move { b.get(&key(id)).await })?;
         self.keep_fetched(id, &data)
     }
 
@@ -380,9 +355,8 @@ impl Containers {
                     }
                 }
             }
-            let bucket = r.bucket.clone();
             let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
-            self.wait(async move { bucket.delete(&keys).await })?;
+            r.bucket.call(|b| async move { b.delete(&keys).await })?;
         }
         Ok(())
     }
@@ -392,8 +366,9 @@ impl Containers {
         let Some(r) = &self.remote else {
             return Ok(None);
         };
-        let bucket = r.bucket.clone();
-        let listed = self.wait(async move { bucket.list("containers").await })?;
+        let listed = r
+            .bucket
+            .call(|b| async move { b.list("containers").await })?;
         Ok(Some(
             listed
                 .into_iter()

@@ -10,6 +10,7 @@
 //! than [`PART_SIZE`] go up as multipart uploads, aborted when any part fails, so a failed
 //! upload leaves no object behind.
 
+pub mod blocking;
 pub mod containers;
 pub mod stats;
 
@@ -168,6 +169,8 @@ pub struct Listed {
     /// The key under the bucket's prefix.
     pub key: String,
     pub size: u64,
+    /// When it was written.
+    pub modified: std::time::SystemTime,
 }
 
 impl Bucket {
@@ -423,6 +426,7 @@ impl Bucket {
             .map(|m| Listed {
                 key: m.location.as_ref()[strip..].to_string(),
                 size: m.size,
+                modified: m.last_modified.into(),
             })
             .collect())
     }

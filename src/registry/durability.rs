@@ -1,0 +1,183 @@
+//! What reaches the bucket with the store on an object store, beyond the containers: blobs
+//! kept whole (staged, or raw) as objects `blobs/<algorithm>/<hex>`, and checkpoints of the
+//! metadata journal (see `meta::journal`, `meta::checkpoint`).
+//!
+//! A pushed blob is uploaded before the commit that links it, so an acknowledged blob is in the
+//! bucket whether or not it is deduplicated yet; once its recipe is committed the object goes
+//! (the chunks hold it). A node that lacks the local copy of a blob kept whole fetches it from
+//! the bucket into `staging/`.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use stowage_actors::storage::containers::Containers;
+
+use super::{blocking, Inner, Registry};
+use crate::error::{RegistryError, Result};
+use crate::meta::{BlobState, Meta};
+use crate::names::Digest;
+
+/// A checkpoint is written once `checkpoint_entries` journal entries follow the last, or once
+/// any entry is this old without one.
+pub const CHECKPOINT_AGE: Duration = Duration::from_secs(600);
+
+/// The object key of blob `d` kept whole.
+pub fn blob_key(d: &Digest) -> String {
+    format!("blobs/{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+fn store_err(what: &str, e: io::Error) -> RegistryError {
+    RegistryError::ObjectStore(format!("{what}: {e}"))
+}
+
+impl Inner {
+    /// Uploads the file at `path`, the bytes of blob `d`, to the bucket (nothing to do without
+    /// one).
+    pub(crate) fn publish_blob(&self, d: &Digest, path: &Path) -> Result<()> {
+        let Some(b) = self.containers.blocking() else {
+            return Ok(());
+        };
+        let (key, path) = (blob_key(d), path.to_path_buf());
+        b.call(|b| async move { b.put_file(&key, &path).await })
+            .map_err(|e| store_err("uploading a blob", e))?;
+        Ok(())
+    }
+
+    /// Drops the objects of blobs `ds` (their recipes hold them now, or they are gone).
+    pub(crate) fn unpublish_blobs(&self, ds: &[Digest]) -> Result<()> {
+        let Some(b) = self.containers.blocking() else {
+            return Ok(());
+        };
+        if ds.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = ds.iter().map(blob_key).collect();
+        b.call(|b| async move { b.delete(&keys).await })
+            .map_err(|e| store_err("dropping blob objects", e))?;
+        Ok(())
+    }
+
+    /// Makes sure blob `d`'s whole copy is in `staging/`, fetching it from the bucket when only
+    /// the bucket has it. False when neither has it.
+    pub(crate) fn fetch_blob(&self, d: &Digest) -> Result<bool> {
+        let path = self.store.blob_path(d);
+        if path.exists() {
+            return Ok(true);
+        }
+        let Some(b) = self.containers.blocking() else {
+            return Ok(false);
+        };
+        let key = blob_key(d);
+        let data = match b.call(|b| async move { b.get(&key).await }) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(store_err("fetching a blob", e)),
+        };
+        let mut h = d.algorithm().hasher();
+        h.update(&data);
+        let got = h.finish();
+        if got != *d {
+            return Err(RegistryError::Internal(format!(
+                "the bucket's copy of {d} hashes to {got}"
+            )));
+        }
+        self.store
+            .stage_with(d, &mut |f| io::Write::write_all(f, &data))?;
+        Ok(true)
+    }
+}
+
+impl Registry {
+    /// The metadata journal's position and counters (None without a bucket).
+    pub fn journal_reading(&self) -> Option<crate::meta::journal::JournalReading> {
+        self.inner.meta.journal_reading()
+    }
+
+    /// Writes a metadata checkpoint when enough journal entries, or old enough ones, follow the
+    /// last (with the store on an object store; nothing to do otherwise).
+    pub async fn maybe_checkpoint(&self, last: &mut Instant) -> Result<()> {
+        let Some(r) = self.inner.meta.journal_reading() else {
+            return Ok(());
+        };
+        if r.since_checkpoint == 0 {
+            *last = Instant::now();
+            return Ok(());
+        }
+        let every = self.inner.cfg.storage.checkpoint_entries;
+        if r.since_checkpoint < every && last.elapsed() < CHECKPOINT_AGE {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let done = blocking(move || inner.meta.checkpoint()).await?;
+        if let Some((seq, bytes)) = done {
+            tracing::info!(seq, bytes, "metadata checkpoint written");
+        }
+        *last = Instant::now();
+        Ok(())
+    }
+}
+
+/// The blob objects in the bucket: (digest, when written); None without a bucket.
+fn blob_objects(containers: &Containers) -> Result<Option<Vec<(Digest, SystemTime)>>> {
+    let Some(b) = containers.blocking() else {
+        return Ok(None);
+    };
+    let listed = b
+        .call(|b| async move { b.list("blobs").await })
+        .map_err(|e| store_err("listing blob objects", e))?;
+    Ok(Some(
+        listed
+            .into_iter()
+            .filter_map(|l| {
+                let rest = l.key.strip_prefix("blobs/")?;
+                let (alg, hex) = rest.split_once('/')?;
+                let d = crate::names::parse_digest(&format!("{alg}:{hex}")).ok()?;
+                Some((d, l.modified))
+            })
+            .collect(),
+    ))
+}
+
+/// Blobs kept whole whose object is missing from the bucket (for fsck; empty without one).
+pub(crate) fn missing_blobs(meta: &Meta, containers: &Containers) -> Result<Vec<Digest>> {
+    let Some(objects) = blob_objects(containers)? else {
+        return Ok(Vec::new());
+    };
+    let present: HashSet<Digest> = objects.into_iter().map(|(d, _)| d).collect();
+    let t = meta.read()?;
+    Ok(meta
+        .all_blobs(&t)?
+        .into_iter()
+        .filter(|(d, rec)| {
+            !matches!(rec.state, BlobState::Deduplicated { .. }) && !present.contains(d)
+        })
+        .map(|(d, _)| d)
+        .collect())
+}
+
+/// Garbage collection's sweep of blob objects no blob needs: those of deduplicated blobs (a
+/// crash between the recipe's commit and the object's removal), and those with no record
+/// written more than `grace` ago (an upload whose link never committed). Returns how many went.
+pub(crate) fn sweep_blob_objects(inner: &Arc<Inner>, grace: Duration) -> Result<u64> {
+    let Some(objects) = blob_objects(&inner.containers)? else {
+        return Ok(0);
+    };
+    let m = &inner.meta;
+    let t = m.read()?;
+    let now = SystemTime::now();
+    let mut doomed = Vec::new();
+    for (d, written) in objects {
+        let old = now.duration_since(written).unwrap_or_default() > grace;
+        match m.blob(&t, &d)?.map(|r| r.state) {
+            Some(BlobState::Deduplicated { .. }) => doomed.push(d),
+            None if old => doomed.push(d),
+            _ => {}
+        }
+    }
+    drop(t);
+    inner.unpublish_blobs(&doomed)?;
+    Ok(doomed.len() as u64)
+}
