@@ -46,7 +46,12 @@ pub fn run(
         root.display()
     );
     let containers = Arc::new(crate::registry::open_containers(root, storage)?);
-    let meta = Arc::new(crate::registry::open_meta(root, map_size, &containers)?);
+    let meta = Arc::new(crate::registry::open_meta(
+        root,
+        map_size,
+        &containers,
+        true,
+    )?);
     let store = LocalStore::at(root);
     let blobs = {
         let t = meta.read()?;

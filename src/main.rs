@@ -269,6 +269,7 @@ fn rebuild_index(root: &std::path::Path, storage: &config::StorageConfig) -> any
         &dir,
         config::Config::default().meta_map_size,
         bucket.clone(),
+        false,
         &progress,
     )?;
     bar.finish_and_clear();
@@ -337,6 +338,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+    // A replica follows the writer's journal.
+    let follower = reg.is_replica().then(|| {
+        let reg = reg.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(registry::FOLLOW_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = reg.follow().await {
+                    tracing::error!(error = %e, "following the writer's journal failed");
+                }
+            }
+        })
+    });
     // With the store on an object store: metadata checkpoints, so a rebuild replays little.
     let checkpoints = {
         let reg = reg.clone();
@@ -351,7 +365,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
-    let collector = (!cfg.gc_interval.is_zero()).then(|| {
+    let collector = (!cfg.gc_interval.is_zero() && !cfg.storage.replica).then(|| {
         let reg = reg.clone();
         let (every, delay) = (cfg.gc_interval, cfg.gc_delay);
         actix_web::rt::spawn(async move {
@@ -474,6 +488,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = sweeper.await;
     pull_times.abort();
     checkpoints.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     if let Some(c) = collector {
         c.abort();
         let _ = c.await;

@@ -262,6 +262,10 @@ fn containers_live_in_the_bucket_and_pulls_fetch_them() {
     );
     let after = objects(&g, "e2e");
     assert_ne!(after, uploaded, "collection changed the bucket");
+    // With no grace period, the trash was emptied in the same pass: the whole copies of the
+    // deduplicated blobs and the removed containers are gone.
+    assert!(objects_under(&g, "e2e", "trash").is_empty());
+    assert!(objects_under(&g, "e2e", "blobs").is_empty());
     drop(s);
     wipe_cache(&root);
     let s = start(&g, &root, "e2e");
@@ -336,18 +340,22 @@ fn a_node_on_an_empty_directory_serves_everything_from_the_bucket() {
         (1..=2).contains(&checkpoints.len()),
         "the two newest checkpoints are kept: {checkpoints:?}"
     );
-    // Deduplicated blobs need no whole copy in the bucket.
-    assert!(objects_under(&g, prefix, "blobs").is_empty());
+    // Deduplicated blobs need no whole copy in the bucket: theirs wait in the trash for the
+    // next collection after the grace period (a replica may still read them meanwhile).
+    assert!(!objects_under(&g, prefix, "trash").is_empty());
 
     // v3 is pushed with deduplication off (it stays staged), and the node is killed: no clean
     // shutdown, no checkpoint after it; only the journal and the staged blob objects have it.
     let mut s = start_with(&g, &first, flags_with(&g, prefix, "off", &[]));
     let (_, m3) = push_manifest(&s, &c, "v3", &v3);
-    assert_eq!(
-        objects_under(&g, prefix, "blobs").len(),
-        2,
-        "v3's layer and config"
-    );
+    let blobs = objects_under(&g, prefix, "blobs");
+    for b in [&v3.layer, &v3.config] {
+        let key = digest_of(b).replace(':', "/");
+        assert!(
+            blobs.iter().any(|k| k.ends_with(&key)),
+            "v3's staged blobs are in the bucket: {blobs:?}"
+        );
+    }
     s.kill9();
     std::fs::remove_dir_all(&first).unwrap();
 
@@ -375,4 +383,192 @@ fn a_node_on_an_empty_directory_serves_everything_from_the_bucket() {
     let s = start(&g, &third, prefix);
     assert_tag(&s, &c, "v3", &m3);
     assert_pulls(&s, &c, &v3);
+}
+
+/// Two nodes on one bucket: a writer and a replica following its journal. What the writer
+/// acknowledges is pullable from the replica within seconds; the replica refuses pushes; the
+/// writer killed (-9) in the middle of pushes loses nothing it acknowledged: a new writer on an
+/// empty directory serves all of it, and the replica goes on following.
+#[test]
+fn a_replica_serves_what_the_writer_pushed_and_a_killed_writer_loses_nothing_acknowledged() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let prefix = "pair";
+    let mut writer = start(&g, &dir.path().join("writer"), prefix);
+    let replica = start_with(
+        &g,
+        &dir.path().join("replica"),
+        flags_with(&g, prefix, "inline", &["--replica"]),
+    );
+
+    let v1 = image(&[1, 2]);
+    let (_, m1) = push_manifest(&writer, &c, "v1", &v1);
+    let pushed = std::time::Instant::now();
+    loop {
+        let r = c
+            .get(replica.url("/v2/s3/app/manifests/v1"))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            pushed.elapsed() < std::time::Duration::from_secs(10),
+            "the replica did not see v1 within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("replica saw the push after {:?}", pushed.elapsed());
+    assert_tag(&replica, &c, "v1", &m1);
+    assert_pulls(&replica, &c, &v1);
+    assert!(metric(&replica, "stowage_replica_applied_seq") >= 1.0);
+    let r = c
+        .post(replica.url("/v2/s3/app/blobs/uploads/"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.text().unwrap().contains("UNSUPPORTED"));
+
+    // Pushes go on in another thread; the writer is killed once two are acknowledged.
+    let images: Vec<Image> = (2..9u64).map(|i| image(&[i, i + 1, 100 + i])).collect();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pusher = {
+        let (acked, addr) = (acked.clone(), writer.addr.clone());
+        let manifests: Vec<(String, Image)> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                (
+                    format!("k{i}"),
+                    Image {
+                        layer: img.layer.clone(),
+                        config: img.config.clone(),
+                    },
+                )
+            })
+            .collect();
+        std::thread::spawn(move || {
+            let c = Client::new();
+            let url = |p: &str| format!("http://{addr}{p}");
+            for (tag, img) in manifests {
+                for b in [&img.layer, &img.config] {
+                    let ok = c
+                        .post(url(&format!(
+                            "/v2/s3/app/blobs/uploads/?digest={}",
+                            digest_of(b)
+                        )))
+                        .body(b.clone())
+                        .send()
+                        .is_ok_and(|r| r.status() == StatusCode::CREATED);
+                    if !ok {
+                        return;
+                    }
+                }
+                let m = manifest(&img);
+                let ok = c
+                    .put(url(&format!("/v2/s3/app/manifests/{tag}")))
+                    .header("Content-Type", OCI_MANIFEST)
+                    .body(m.clone())
+                    .send()
+                    .is_ok_and(|r| r.status() == StatusCode::CREATED);
+                if !ok {
+                    return;
+                }
+                acked.lock().unwrap().push((tag, m, img));
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "pushes stalled");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    writer.kill9();
+    pusher.join().unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(
+        acked.len() < images.len(),
+        "the kill came before the last push"
+    );
+    std::fs::remove_dir_all(dir.path().join("writer")).unwrap();
+
+    // A new writer on an empty directory: everything acknowledged is there, bit-exact.
+    let writer = start(&g, &dir.path().join("writer2"), prefix);
+    assert_tag(&writer, &c, "v1", &m1);
+    for (tag, m, img) in &acked {
+        assert_tag(&writer, &c, tag, m);
+        assert_pulls(&writer, &c, img);
+    }
+    // It writes on from where the journal ends, and the replica follows.
+    let v9 = image(&[9, 10]);
+    let (_, m9) = push_manifest(&writer, &c, "v9", &v9);
+    let pushed = std::time::Instant::now();
+    while c
+        .get(replica.url("/v2/s3/app/manifests/v9"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .unwrap()
+        .status()
+        != StatusCode::OK
+    {
+        assert!(pushed.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_tag(&replica, &c, "v9", &m9);
+    assert_pulls(&replica, &c, &v9);
+    for (tag, m, img) in &acked {
+        assert_tag(&replica, &c, tag, m);
+        assert_pulls(&replica, &c, img);
+    }
+}
+
+/// The bucket down in the middle of a node's life: what was acknowledged still pulls (from the
+/// local cache), a push gets a clean 503 and is not acknowledged, and once the bucket is back
+/// the push succeeds and a node on an empty directory finds everything.
+#[test]
+fn a_bucket_outage_refuses_pushes_cleanly_and_loses_nothing_acknowledged() {
+    let mut g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let prefix = "outage";
+    let s = start(&g, &dir.path().join("node"), prefix);
+    let (v1, v2) = (image(&[1, 2]), image(&[3, 4]));
+    let (_, m1) = push_manifest(&s, &c, "v1", &v1);
+
+    g.stop();
+    assert_tag(&s, &c, "v1", &m1);
+    assert_pulls(&s, &c, &v1);
+    let started = std::time::Instant::now();
+    let r = c
+        .post(s.url(&format!(
+            "/v2/s3/app/blobs/uploads/?digest={}",
+            digest_of(&v2.layer)
+        )))
+        .body(v2.layer.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = r.text().unwrap();
+    assert!(body.contains("object store"), "{body}");
+    eprintln!("refused after {:?}: {body}", started.elapsed());
+    let r = c
+        .head(s.url(&format!("/v2/s3/app/blobs/{}", digest_of(&v2.layer))))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a refused blob is not there"
+    );
+
+    g.restart();
+    let (_, m2) = push_manifest(&s, &c, "v2", &v2);
+    drop(s);
+    let s = start(&g, &dir.path().join("empty"), prefix);
+    assert_tag(&s, &c, "v1", &m1);
+    assert_tag(&s, &c, "v2", &m2);
+    assert_pulls(&s, &c, &v1);
+    assert_pulls(&s, &c, &v2);
 }

@@ -13,6 +13,7 @@
 //! secret_access_key = "..."            # or AWS_SECRET_ACCESS_KEY
 //! cache_bytes = 10737418240            # --cache-bytes
 //! checkpoint_entries = 1000            # --checkpoint-entries
+//! replica = false                      # --replica
 //! ```
 //!
 //! With a bucket, the metadata is journaled there too (`meta::journal`), with a checkpoint of
@@ -49,6 +50,11 @@ pub struct StorageArgs {
     /// follow the last (a rebuild replays at most about this many) [default: 1000].
     #[arg(long, env = "STOWAGE_CHECKPOINT_ENTRIES")]
     pub checkpoint_entries: Option<u64>,
+    /// With a bucket: serve pulls of the store another node writes, following its metadata
+    /// journal (new entries are applied within about a second); pushes, deletes and
+    /// collections are refused (405). One node per bucket writes; any number follow.
+    #[arg(long, env = "STOWAGE_REPLICA")]
+    pub replica: bool,
 }
 
 /// The config file's `[storage]`.
@@ -63,6 +69,7 @@ pub struct StorageFile {
     secret_access_key: Option<String>,
     cache_bytes: Option<u64>,
     checkpoint_entries: Option<u64>,
+    replica: Option<bool>,
 }
 
 /// The resolved storage settings.
@@ -73,6 +80,8 @@ pub struct StorageConfig {
     pub s3: S3Options,
     pub cache_bytes: u64,
     pub checkpoint_entries: u64,
+    /// Follows the writer's journal and serves pulls only.
+    pub replica: bool,
 }
 
 impl Default for StorageConfig {
@@ -82,6 +91,7 @@ impl Default for StorageConfig {
             s3: S3Options::default(),
             cache_bytes: 10 << 30,
             checkpoint_entries: 1000,
+            replica: false,
         }
     }
 }
@@ -96,6 +106,11 @@ impl StorageConfig {
             .or(file.url)
             .map(|s| Location::parse(&s))
             .transpose()?;
+        let replica = args.replica || file.replica.unwrap_or(false);
+        anyhow::ensure!(
+            !replica || matches!(location, Some(Location::S3 { .. })),
+            "--replica follows a store in a bucket: give --storage s3://BUCKET/PREFIX"
+        );
         Ok(StorageConfig {
             location,
             s3: S3Options {
@@ -115,6 +130,7 @@ impl StorageConfig {
                 .or(file.checkpoint_entries)
                 .unwrap_or(d.checkpoint_entries)
                 .max(1),
+            replica,
         })
     }
 }

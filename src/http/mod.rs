@@ -207,6 +207,11 @@ async fn gc(
     q: web::Query<GcQuery>,
 ) -> Result<HttpResponse> {
     gate.check(&req, Need::Admin)?;
+    if reg.is_replica() {
+        return Err(RegistryError::Unsupported(
+            "garbage collection on a replica: the node that writes the store collects it".into(),
+        ));
+    }
     let opts = crate::registry::gc::GcOptions {
         dry_run: q.dry_run,
         delay: reg.config().gc_delay,
@@ -366,6 +371,11 @@ async fn dispatch(
     let repo: RepoName = name.parse()?;
     let m = req.method().clone();
     let who = gate.check(&req, Need::Repo(repo.as_str(), action_of(&m, &endpoint)))?;
+    if reg.is_replica() && m != Method::GET && m != Method::HEAD {
+        return Err(RegistryError::Unsupported(format!(
+            "{m} on a replica: this node serves pulls of a store another node writes; push to that node"
+        )));
+    }
     match endpoint {
         Endpoint::Tags if m == Method::GET => tags_list(&req, &reg, &repo),
         Endpoint::Manifest(r) if m == Method::GET || m == Method::HEAD => {

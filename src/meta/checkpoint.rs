@@ -121,11 +121,13 @@ fn restore_checkpoint(bucket: &BlockingBucket, dir: &Path) -> Result<Option<(u64
 impl Meta {
     /// Opens the metadata store at `dir` as the index of the store in `bucket`: an empty `dir`
     /// is made from the newest checkpoint; then every journal entry after what it holds is
-    /// applied. Commits are then journaled.
+    /// applied. A `writer`'s commits are then journaled; a replica only follows (see
+    /// [`Meta::catch_up`]) and writes nothing of its own.
     pub fn open_journaled(
         dir: &Path,
         map_size: usize,
         bucket: Arc<BlockingBucket>,
+        writer: bool,
         progress: &dyn Fn(Progress),
     ) -> Result<(Meta, Recovery)> {
         let start = Instant::now();
@@ -145,10 +147,40 @@ impl Meta {
             meta.uploads.clear(&mut w)?;
             w.commit()?;
         }
-        let local = meta.journal_seq()?;
         let entries = journal::list(&bucket)?;
         let checkpoints = list(&bucket)?;
-        let after: Vec<u64> = entries.iter().copied().filter(|&s| s > local).collect();
+        rec.replayed = meta.catch_up(&bucket, progress)?;
+        let last_entry = entries.last().copied().unwrap_or(0);
+        let newest_checkpoint = checkpoints.last().copied().unwrap_or(0);
+        rec.seq = meta.journal_seq()?;
+        if rec.seq < last_entry.max(newest_checkpoint) {
+            return Err(RegistryError::Internal(format!(
+                "the bucket's metadata reaches entry {} but the local index only {}",
+                last_entry.max(newest_checkpoint),
+                rec.seq
+            )));
+        }
+        if writer && entries.is_empty() && checkpoints.is_empty() {
+            let t = meta.read()?;
+            rec.bootstrap = meta.counts(&t)?.blobs > 0 || meta.repos.len(&t)? > 0;
+        }
+        if writer {
+            meta.journal = Some(journal::Journal::new(
+                bucket,
+                *meta.counters,
+                rec.seq,
+                newest_checkpoint,
+            ));
+        }
+        rec.seconds = start.elapsed().as_secs_f64();
+        Ok((meta, rec))
+    }
+
+    /// Applies the bucket's journal entries after the last this index holds; returns how many.
+    /// A replica calls it again and again to follow the writer.
+    pub fn catch_up(&self, bucket: &BlockingBucket, progress: &dyn Fn(Progress)) -> Result<u64> {
+        let local = self.journal_seq()?;
+        let after = journal::list_after(bucket, local)?;
         // Entries must follow on from what the index holds: a gap is metadata lost.
         if let Some(&first) = after.first() {
             if first != local + 1 {
@@ -160,37 +192,14 @@ impl Meta {
             }
         }
         let total = after.len() as u64;
+        let mut done = 0;
         for batch in after.chunks(APPLY_BATCH) {
-            let fetched = journal::fetch(&bucket, batch)?;
-            meta.apply(&fetched)?;
-            rec.replayed += fetched.len() as u64;
-            progress(Progress::Replayed {
-                done: rec.replayed,
-                of: total,
-            });
+            let fetched = journal::fetch(bucket, batch)?;
+            self.apply(&fetched)?;
+            done += fetched.len() as u64;
+            progress(Progress::Replayed { done, of: total });
         }
-        let last_entry = entries.last().copied().unwrap_or(0);
-        let newest_checkpoint = checkpoints.last().copied().unwrap_or(0);
-        rec.seq = meta.journal_seq()?;
-        if rec.seq < last_entry.max(newest_checkpoint) {
-            return Err(RegistryError::Internal(format!(
-                "the bucket's metadata reaches entry {} but the local index only {}",
-                last_entry.max(newest_checkpoint),
-                rec.seq
-            )));
-        }
-        if entries.is_empty() && checkpoints.is_empty() {
-            let t = meta.read()?;
-            rec.bootstrap = meta.counts(&t)?.blobs > 0 || meta.repos.len(&t)? > 0;
-        }
-        meta.journal = Some(journal::Journal::new(
-            bucket,
-            *meta.counters,
-            rec.seq,
-            newest_checkpoint,
-        ));
-        rec.seconds = start.elapsed().as_secs_f64();
-        Ok((meta, rec))
+        Ok(done)
     }
 
     /// The last journal entry this index holds (0 for none).
@@ -204,7 +213,7 @@ impl Meta {
     }
 
     /// Applies journal entries (in order) without journaling them again.
-    fn apply(&self, entries: &[(u64, Vec<journal::Op>)]) -> Result<()> {
+    pub(super) fn apply(&self, entries: &[(u64, Vec<journal::Op>)]) -> Result<()> {
         let mut w = Wtx::new(self.env.write_txn()?, None, false);
         for (seq, ops) in entries {
             for op in ops {
@@ -295,5 +304,70 @@ impl Meta {
             .call(|b| async move { b.delete(&doomed).await })
             .map_err(store_err("dropping old metadata checkpoints"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{parse_digest, RepoName};
+    use stowage_actors::storage::{Bucket, Location, S3Options};
+
+    fn bucket(dir: &Path) -> Arc<BlockingBucket> {
+        let b = Bucket::open(&Location::Local(dir.to_path_buf()), &S3Options::default()).unwrap();
+        Arc::new(BlockingBucket::new(Arc::new(b)).unwrap())
+    }
+
+    fn open(dir: &Path, b: &Arc<BlockingBucket>, writer: bool) -> (Meta, Recovery) {
+        Meta::open_journaled(dir, 1 << 26, b.clone(), writer, &|_| {}).unwrap()
+    }
+
+    fn link(m: &Meta, repo: &str, n: u8) -> Result<()> {
+        let d = parse_digest(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap();
+        let repo: RepoName = repo.parse().unwrap();
+        let mut w = m.write()?;
+        m.link_blob(&mut w, &repo, &d, 5)?;
+        w.commit()
+    }
+
+    fn linked(m: &Meta, repo: &str, n: u8) -> bool {
+        let d = parse_digest(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap();
+        let t = m.read().unwrap();
+        m.blob_linked(&t, &repo.parse().unwrap(), &d).unwrap()
+    }
+
+    #[test]
+    fn an_empty_index_rebuilds_from_checkpoint_and_journal_and_a_second_writer_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = bucket(&tmp.path().join("bucket"));
+        let (a, rec) = open(&tmp.path().join("a"), &b, true);
+        assert_eq!((rec.seq, rec.replayed, rec.checkpoint), (0, 0, None));
+        // Another writer started on the same (empty) bucket.
+        let (other, _) = open(&tmp.path().join("other"), &b, true);
+        link(&a, "team/app", 1).unwrap();
+        let err = link(&other, "team/app", 2).unwrap_err().to_string();
+        assert!(err.contains("another node"), "{err}");
+        assert!(
+            !linked(&other, "team/app", 2),
+            "the refused change was not committed"
+        );
+
+        link(&a, "team/app", 3).unwrap();
+        let (seq, _) = a.checkpoint().unwrap().unwrap();
+        assert_eq!(seq, 2);
+        link(&a, "team/other", 4).unwrap();
+
+        // A fresh index: the checkpoint, then the one entry after it.
+        let (r, rec) = open(&tmp.path().join("rebuilt"), &b, false);
+        assert_eq!((rec.checkpoint, rec.replayed, rec.seq), (Some(2), 1, 3));
+        for (repo, n) in [("team/app", 1), ("team/app", 3), ("team/other", 4)] {
+            assert!(linked(&r, repo, n), "{repo} {n}");
+        }
+        assert!(!linked(&r, "team/app", 2));
+        // A replica follows what the writer adds.
+        link(&a, "team/app", 5).unwrap();
+        assert_eq!(r.catch_up(&b, &|_| {}).unwrap(), 1);
+        assert!(linked(&r, "team/app", 5));
+        assert_eq!(r.catch_up(&b, &|_| {}).unwrap(), 0);
     }
 }

@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use heed::RwTxn;
 use stowage_actors::storage::blocking::BlockingBucket;
+use stowage_actors::storage::Created;
 
 use super::chunks::{put_varint, take_varint};
 use super::table::Db;
@@ -197,6 +198,17 @@ struct State {
     pending: Vec<Op>,
     /// The entry the last checkpoint holds.
     checkpoint: u64,
+    /// An entry whose write failed in a way that left unknown whether it is in the bucket.
+    unknown: Option<u64>,
+}
+
+/// Whether an entry is in the bucket.
+enum Landed {
+    Yes,
+    No,
+    /// Another writer's entry holds the key.
+    Other,
+    Unknown(std::io::Error),
 }
 
 /// Where durable commits write their entries.
@@ -226,6 +238,7 @@ impl Journal {
                 next: last + 1,
                 pending: Vec::new(),
                 checkpoint,
+                unknown: None,
             }),
             stats: JournalStats::default(),
         }
@@ -249,15 +262,44 @@ impl Journal {
             .put(&mut txn, JOURNAL_SEQ, &seq.to_le_bytes())?;
         let entry = Bytes::from(encode(seq, self.writer, &[&st.pending, &ops]));
         let n = entry.len() as u64;
-        if let Err(e) = self
-            .bucket
-            .call(|b| async move { b.put(&key(seq), entry).await })
-        {
-            // The transaction is dropped (aborted); pending changes wait for the next entry.
-            self.stats.failures.fetch_add(1, Relaxed);
-            return Err(RegistryError::ObjectStore(format!(
-                "writing metadata journal entry {seq}: {e}"
-            )));
+        // A conditional put: where the store enforces it (AWS S3, MinIO, a directory) a second
+        // writer on the bucket finds its entry taken and fails instead of overwriting it.
+        let k = key(seq);
+        let written = self.bucket.call({
+            let (k, entry) = (k.clone(), entry.clone());
+            |b| async move { b.create(&k, entry).await }
+        });
+        let landed = match written {
+            Ok(Created::New) => Landed::Yes,
+            // Ours (a retried request whose first attempt landed), or another writer's.
+            Ok(Created::Existed) => self.landed(&k, &entry),
+            // It may have landed all the same (the answer was lost).
+            Err(_) => self.landed(&k, &entry),
+        };
+        match landed {
+            Landed::Yes => {}
+            Landed::No => {
+                // The transaction is dropped (aborted); pending changes wait for the next entry.
+                self.stats.failures.fetch_add(1, Relaxed);
+                return Err(RegistryError::ObjectStore(format!(
+                    "writing metadata journal entry {seq} failed"
+                )));
+            }
+            Landed::Unknown(e) => {
+                // Found out before the next transaction starts (see `Meta::write`).
+                st.unknown = Some(seq);
+                self.stats.failures.fetch_add(1, Relaxed);
+                return Err(RegistryError::ObjectStore(format!(
+                    "writing metadata journal entry {seq}: {e}"
+                )));
+            }
+            Landed::Other => {
+                self.stats.failures.fetch_add(1, Relaxed);
+                return Err(RegistryError::Internal(format!(
+                    "metadata journal entry {seq} was written by another node: two writers on one \
+                     bucket (start every node but one with --replica); this change is dropped"
+                )));
+            }
         }
         st.pending.clear();
         st.next += 1;
@@ -266,6 +308,48 @@ impl Journal {
         // Written: a failed LMDB commit now is replayed from the entry at the next start.
         txn.commit()?;
         Ok(())
+    }
+
+    /// Reads entry `k` back: whether it holds `entry`.
+    fn landed(&self, k: &str, entry: &Bytes) -> Landed {
+        let k = k.to_string();
+        match self.bucket.call(|b| async move { b.get(&k).await }) {
+            Ok(d) if d == *entry => Landed::Yes,
+            Ok(_) => Landed::Other,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Landed::No,
+            Err(e) => Landed::Unknown(e),
+        }
+    }
+
+    /// An entry whose write left unknown whether it landed: resolved before the next write
+    /// transaction. Returns the entry's changes if it did land (to apply here, with the lazy
+    /// changes committed since, which are newer), None if it did not.
+    pub(super) fn resolve(&self) -> Result<Option<(u64, Vec<Op>)>> {
+        let mut st = self.state.lock().expect("journal lock");
+        let Some(seq) = st.unknown else {
+            return Ok(None);
+        };
+        let k = key(seq);
+        match self.bucket.call(|b| async move { b.get(&k).await }) {
+            Ok(d) => {
+                let mut ops = decode(seq, &d)?;
+                ops.extend(st.pending.iter().cloned());
+                st.unknown = None;
+                st.next = seq + 1;
+                Ok(Some((seq, ops)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                st.unknown = None;
+                Ok(None)
+            }
+            Err(e) => Err(RegistryError::ObjectStore(format!(
+                "finding out whether metadata journal entry {seq} was written: {e}"
+            ))),
+        }
+    }
+
+    pub(super) fn unsure(&self) -> bool {
+        self.state.lock().expect("journal lock").unknown.is_some()
     }
 
     pub(super) fn checkpointed(&self, seq: u64, bytes: u64) {
@@ -300,6 +384,21 @@ pub(super) fn list(bucket: &BlockingBucket) -> Result<Vec<u64>> {
         .call(|b| async move { b.list(PREFIX).await })
         .map_err(|e| RegistryError::ObjectStore(format!("listing the metadata journal: {e}")))?;
     let mut seqs: Vec<u64> = listed.iter().filter_map(|l| seq_of(&l.key)).collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// The sequence numbers of the entries after `seq`, in order (listed from there on).
+pub(super) fn list_after(bucket: &BlockingBucket, seq: u64) -> Result<Vec<u64>> {
+    let from = key(seq);
+    let listed = bucket
+        .call(|b| async move { b.list_after(PREFIX, &from).await })
+        .map_err(|e| RegistryError::ObjectStore(format!("listing the metadata journal: {e}")))?;
+    let mut seqs: Vec<u64> = listed
+        .iter()
+        .filter_map(|l| seq_of(&l.key))
+        .filter(|&s| s > seq)
+        .collect();
     seqs.sort_unstable();
     Ok(seqs)
 }

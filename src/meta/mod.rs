@@ -370,6 +370,7 @@ impl Meta {
 
     /// A write transaction; with a journal its commit reaches the bucket first.
     pub fn write(&self) -> Result<Wtx<'_>> {
+        self.resolve_journal()?;
         Ok(Wtx::new(
             self.env.write_txn()?,
             self.journal.as_ref(),
@@ -377,9 +378,29 @@ impl Meta {
         ))
     }
 
+    /// An entry whose write failed ambiguously: if it did land, its changes are applied here
+    /// before anything else is written (the bucket is the truth).
+    fn resolve_journal(&self) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        if !j.unsure() {
+            return Ok(());
+        }
+        if let Some(entry) = j.resolve()? {
+            tracing::warn!(
+                seq = entry.0,
+                "a journal entry whose write failed had landed: applied"
+            );
+            self.apply(&[entry])?;
+        }
+        Ok(())
+    }
+
     /// A write transaction whose changes nothing depends on for correctness (pull times): with
     /// a journal they go out with the next durable commit, not one of their own.
     pub fn write_lazy(&self) -> Result<Wtx<'_>> {
+        self.resolve_journal()?;
         Ok(Wtx::new(self.env.write_txn()?, self.journal.as_ref(), true))
     }
 

@@ -583,6 +583,7 @@ pub fn render(
     let mut text = String::from_utf8(out).expect("UTF-8 exposition");
     text.push_str(&storage::render(reg.containers()));
     text.push_str(&storage::render_journal(reg.journal_reading().as_ref()));
+    text.push_str(&storage::render_follow(reg.follow_stats()));
     text
 }
 

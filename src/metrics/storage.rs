@@ -191,3 +191,34 @@ pub fn render_journal(r: Option<&crate::meta::journal::JournalReading>) -> Strin
     );
     s
 }
+
+/// The exposition text of a replica's progress (empty on the writer).
+pub fn render_follow(f: Option<&crate::registry::FollowStats>) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(f) = f else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    metric(
+        "stowage_replica_applied_seq",
+        "gauge",
+        "The last entry of the writer's metadata journal this replica applied",
+        f.applied.load(Relaxed),
+    );
+    metric(
+        "stowage_replica_synced_timestamp_seconds",
+        "gauge",
+        "When this replica last read the writer's journal without error",
+        f.synced.load(Relaxed),
+    );
+    metric(
+        "stowage_replica_failures_total",
+        "counter",
+        "Attempts to follow the writer's journal that failed",
+        f.failures.load(Relaxed),
+    );
+    s
+}

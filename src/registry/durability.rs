@@ -5,7 +5,8 @@
 //! A pushed blob is uploaded before the commit that links it, so an acknowledged blob is in the
 //! bucket whether or not it is deduplicated yet; once its recipe is committed the object goes
 //! (the chunks hold it). A node that lacks the local copy of a blob kept whole fetches it from
-//! the bucket into `staging/`.
+//! the bucket into `staging/`. Objects are dropped through the bucket's trash (deleted after
+//! the collection grace period), so a replica that has not caught up still finds them.
 
 use std::collections::HashSet;
 use std::io;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use stowage_actors::storage::containers::Containers;
+use stowage_actors::storage::trash;
 
 use super::{blocking, Inner, Registry};
 use crate::error::{RegistryError, Result};
@@ -46,18 +48,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Drops the objects of blobs `ds` (their recipes hold them now, or they are gone).
+    /// Drops the objects of blobs `ds` (their recipes hold them now, or they are gone), once a
+    /// grace period has passed (a replica may not know yet).
     pub(crate) fn unpublish_blobs(&self, ds: &[Digest]) -> Result<()> {
         let Some(b) = self.containers.blocking() else {
             return Ok(());
         };
-        if ds.is_empty() {
-            return Ok(());
-        }
         let keys: Vec<String> = ds.iter().map(blob_key).collect();
-        b.call(|b| async move { b.delete(&keys).await })
-            .map_err(|e| store_err("dropping blob objects", e))?;
-        Ok(())
+        trash::defer(b, &keys).map_err(|e| store_err("dropping blob objects", e))
     }
 
     /// Makes sure blob `d`'s whole copy is in `staging/`, fetching it from the bucket when only
@@ -90,7 +88,55 @@ impl Inner {
     }
 }
 
+/// A replica's progress following the writer's journal.
+#[derive(Debug, Default)]
+pub struct FollowStats {
+    /// The last entry applied.
+    pub applied: std::sync::atomic::AtomicU64,
+    /// When the bucket was last read without error (Unix seconds).
+    pub synced: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+/// How often a replica looks for new journal entries.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Registry {
+    /// Whether this node follows another's store (pulls only).
+    pub fn is_replica(&self) -> bool {
+        self.inner.cfg.storage.replica
+    }
+
+    /// A replica: applies the journal entries the writer added since the last call.
+    pub async fn follow(&self) -> Result<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let inner = self.inner.clone();
+        let r = blocking(move || {
+            let Some(b) = inner.containers.blocking() else {
+                return Ok((0, 0));
+            };
+            let n = inner.meta.catch_up(b, &|_| {})?;
+            Ok((n, inner.meta.journal_seq()?))
+        })
+        .await;
+        let f = &self.inner.follow;
+        match r {
+            Ok((n, seq)) => {
+                f.applied.store(seq, Relaxed);
+                f.synced.store(crate::meta::now(), Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                f.failures.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn follow_stats(&self) -> Option<&FollowStats> {
+        self.is_replica().then_some(&self.inner.follow)
+    }
+
     /// The metadata journal's position and counters (None without a bucket).
     pub fn journal_reading(&self) -> Option<crate::meta::journal::JournalReading> {
         self.inner.meta.journal_reading()
@@ -162,14 +208,21 @@ pub(crate) fn missing_blobs(meta: &Meta, containers: &Containers) -> Result<Vec<
 /// crash between the recipe's commit and the object's removal), and those with no record
 /// written more than `grace` ago (an upload whose link never committed). Returns how many went.
 pub(crate) fn sweep_blob_objects(inner: &Arc<Inner>, grace: Duration) -> Result<u64> {
-    let Some(objects) = blob_objects(&inner.containers)? else {
+    let (Some(objects), Some(b)) = (
+        blob_objects(&inner.containers)?,
+        inner.containers.blocking(),
+    ) else {
         return Ok(0);
     };
+    let trashed = trash::pending(b).map_err(|e| store_err("reading the trash", e))?;
     let m = &inner.meta;
     let t = m.read()?;
     let now = SystemTime::now();
     let mut doomed = Vec::new();
     for (d, written) in objects {
+        if trashed.contains(&blob_key(&d)) {
+            continue;
+        }
         let old = now.duration_since(written).unwrap_or_default() > grace;
         match m.blob(&t, &d)?.map(|r| r.state) {
             Some(BlobState::Deduplicated { .. }) => doomed.push(d),

@@ -759,9 +759,11 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
         }
     }
     drop(t);
-    // Blob objects no blob needs whole (with a bucket).
+    // Blob objects no blob needs whole (with a bucket); then the objects removed more than a
+    // grace period ago.
     let grace = std::time::Duration::from_secs(now().saturating_sub(cutoff));
     out.orphans += super::durability::sweep_blob_objects(inner, grace)?;
+    inner.containers.empty_trash(grace)?;
     Ok(out)
 }
 

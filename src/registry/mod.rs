@@ -7,6 +7,7 @@
 pub(crate) mod dedup;
 mod durability;
 pub(crate) use durability::{blob_key, missing_blobs};
+pub use durability::{FollowStats, FOLLOW_INTERVAL};
 pub mod gc;
 pub mod manifest;
 mod restore;
@@ -56,6 +57,8 @@ pub(crate) struct Inner {
     /// Taken by an upload's commit into `staging/` and by garbage collection's removals there.
     pub(crate) staging_lock: std::sync::Mutex<()>,
     pub(crate) touched: gc::Touched,
+    /// A replica's progress following the writer.
+    pub(crate) follow: durability::FollowStats,
     /// Pulls by tag not yet written (see `retention`).
     pub(crate) pulls: std::sync::Mutex<std::collections::HashMap<(RepoName, Tag), u64>>,
 }
@@ -301,6 +304,7 @@ pub(crate) fn open_meta(
     root: &std::path::Path,
     map_size: usize,
     containers: &Containers,
+    writer: bool,
 ) -> Result<Meta> {
     let dir = root.join("meta");
     let Some(bucket) = containers.blocking() else {
@@ -316,7 +320,7 @@ pub(crate) fn open_meta(
             tracing::info!(done, of, "metadata journal entries applied")
         }
     };
-    let (meta, rec) = Meta::open_journaled(&dir, map_size, bucket.clone(), &progress)?;
+    let (meta, rec) = Meta::open_journaled(&dir, map_size, bucket.clone(), writer, &progress)?;
     tracing::info!(
         seq = rec.seq,
         replayed = rec.replayed,
@@ -341,8 +345,14 @@ impl Registry {
     pub fn open(cfg: Config, actors: bool) -> Result<Registry> {
         std::fs::create_dir_all(&cfg.root)?;
         let containers = Arc::new(open_containers(&cfg.root, &cfg.storage)?);
-        let meta = Arc::new(open_meta(&cfg.root, cfg.meta_map_size, &containers)?);
-        if actors && cfg.similarity.enabled {
+        let replica = cfg.storage.replica;
+        let meta = Arc::new(open_meta(
+            &cfg.root,
+            cfg.meta_map_size,
+            &containers,
+            !replica,
+        )?);
+        if actors && !replica && cfg.similarity.enabled {
             meta.load_feature_index(cfg.similarity_index_entries)?;
         }
         let store = LocalStore::open(&cfg.root)?;
@@ -358,19 +368,24 @@ impl Registry {
         )?;
         let flights = stowage_actors::flight::Flights::open(cfg.root.join("cache").join("spool"))?;
         let (pipeline, restore, restore_stats) = if actors {
-            let p = Pipeline::start(
-                catalog.clone(),
-                PipelineConfig {
-                    containers: containers.clone(),
-                    chunk: cfg.chunk,
-                    container_target: cfg.container_size,
-                    zstd_level: cfg.chunk_zstd_level,
-                    similarity: cfg.similarity.clone(),
-                    hot: Some(layer_cache.clone()),
-                },
-            )?;
+            // A replica stores nothing: no pipeline.
+            let p = (!replica)
+                .then(|| {
+                    Pipeline::start(
+                        catalog.clone(),
+                        PipelineConfig {
+                            containers: containers.clone(),
+                            chunk: cfg.chunk,
+                            container_target: cfg.container_size,
+                            zstd_level: cfg.chunk_zstd_level,
+                            similarity: cfg.similarity.clone(),
+                            hot: Some(layer_cache.clone()),
+                        },
+                    )
+                })
+                .transpose()?;
             let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers.clone());
-            (Some(p), Some(r), rs)
+            (p, Some(r), rs)
         } else {
             (None, None, Default::default())
         };
@@ -393,6 +408,7 @@ impl Registry {
                 dedup_gate: Default::default(),
                 staging_lock: Default::default(),
                 touched: Default::default(),
+                follow: Default::default(),
                 pulls: Default::default(),
             }),
         };

@@ -338,7 +338,8 @@ impl Containers {
         Ok(())
     }
 
-    /// Removes containers `ids`: their files, and their objects.
+    /// Removes containers `ids`: their files at once, and their objects once a grace period
+    /// has passed (see [`super::trash`]: a node may still read them by an older index).
     pub fn remove(&self, ids: &[u64]) -> io::Result<()> {
         for id in ids {
             match std::fs::remove_file(self.path(*id)) {
@@ -356,12 +357,12 @@ impl Containers {
                 }
             }
             let keys: Vec<String> = ids.iter().map(|id| key(*id)).collect();
-            r.bucket.call(|b| async move { b.delete(&keys).await })?;
+            super::trash::defer(&r.bucket, &keys)?;
         }
         Ok(())
     }
 
-    /// The ids of the containers in the bucket (None without one).
+    /// The ids of the containers in the bucket and not waiting in its trash (None without one).
     pub fn published(&self) -> io::Result<Option<Vec<(u64, u64)>>> {
         let Some(r) = &self.remote else {
             return Ok(None);
@@ -369,15 +370,26 @@ impl Containers {
         let listed = r
             .bucket
             .call(|b| async move { b.list("containers").await })?;
+        let trashed = super::trash::pending(&r.bucket)?;
         Ok(Some(
             listed
                 .into_iter()
+                .filter(|l| !trashed.contains(&l.key))
                 .filter_map(|l| {
                     let name = l.key.strip_prefix("containers/")?;
                     container_id(Path::new(name)).map(|id| (id, l.size))
                 })
                 .collect(),
         ))
+    }
+
+    /// Deletes the objects whose removal is older than `grace` (see [`super::trash`]); returns
+    /// how many went (0 without a bucket).
+    pub fn empty_trash(&self, grace: std::time::Duration) -> io::Result<usize> {
+        match &self.remote {
+            Some(r) => super::trash::empty(&r.bucket, grace),
+            None => Ok(0),
+        }
     }
 
     /// The cache's counters (None without a bucket).

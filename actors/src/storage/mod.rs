@@ -13,6 +13,7 @@
 pub mod blocking;
 pub mod containers;
 pub mod stats;
+pub mod trash;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -411,6 +412,16 @@ impl Bucket {
 
     /// Every object whose key starts with `prefix/` (a directory-like prefix), in no set order.
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        self.list_from(prefix, None).await
+    }
+
+    /// The objects under `prefix/` whose keys sort after `after` (S3's `start-after`: a
+    /// follower lists only what is new).
+    pub async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<Listed>> {
+        self.list_from(prefix, Some(after)).await
+    }
+
+    async fn list_from(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Listed>> {
         let under = self.key(prefix);
         let strip = if self.prefix.is_empty() {
             0
@@ -418,7 +429,15 @@ impl Bucket {
             self.prefix.len() + 1
         };
         let start = Instant::now();
-        let r: object_store::Result<Vec<_>> = self.store.list(Some(&under)).try_collect().await;
+        let r: object_store::Result<Vec<_>> = match after {
+            Some(a) => {
+                self.store
+                    .list_with_offset(Some(&under), &self.key(a))
+                    .try_collect()
+                    .await
+            }
+            None => self.store.list(Some(&under)).try_collect().await,
+        };
         self.stats.record(Op::List, start.elapsed(), 0, r.is_ok());
         let metas = r.map_err(|e| StorageError::Store("list", e.to_string()))?;
         Ok(metas
@@ -458,7 +477,7 @@ impl Bucket {
 }
 
 /// A key part no other process picks: time, pid and a counter.
-fn uuid_like() -> String {
+pub(crate) fn uuid_like() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
