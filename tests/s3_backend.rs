@@ -340,9 +340,8 @@ fn a_node_on_an_empty_directory_serves_everything_from_the_bucket() {
         (1..=2).contains(&checkpoints.len()),
         "the two newest checkpoints are kept: {checkpoints:?}"
     );
-    // Deduplicated blobs need no whole copy in the bucket: theirs wait in the trash for the
-    // next collection after the grace period (a replica may still read them meanwhile).
-    assert!(!objects_under(&g, prefix, "trash").is_empty());
+    // Deduplicated blobs need no whole copy in the bucket: theirs went with their recipes.
+    assert!(objects_under(&g, prefix, "blobs").is_empty());
 
     // v3 is pushed with deduplication off (it stays staged), and the node is killed: no clean
     // shutdown, no checkpoint after it; only the journal and the staged blob objects have it.

@@ -213,8 +213,23 @@ impl Meta {
     }
 
     /// Applies journal entries (in order) without journaling them again.
-    pub(super) fn apply(&self, entries: &[(u64, Vec<journal::Op>)]) -> Result<()> {
-        let mut w = Wtx::new(self.env.write_txn()?, None, false);
+    fn apply(&self, entries: &[(u64, Vec<journal::Op>)]) -> Result<()> {
+        let mut w = self.write_unlogged()?;
+        self.apply_into(&mut w, entries)?;
+        w.commit()
+    }
+
+    /// A write transaction whose changes are not journaled (they come from the journal).
+    pub(super) fn write_unlogged(&self) -> Result<Wtx<'_>> {
+        Ok(Wtx::new(self.env.write_txn()?, None, false))
+    }
+
+    /// Applies journal entries in `w` (not journaled again).
+    pub(super) fn apply_into(
+        &self,
+        w: &mut Wtx<'_>,
+        entries: &[(u64, Vec<journal::Op>)],
+    ) -> Result<()> {
         for (seq, ops) in entries {
             for op in ops {
                 let id = match op {
@@ -226,16 +241,16 @@ impl Meta {
                     RegistryError::Internal(format!("journal entry {seq}: unknown table {id}"))
                 })?;
                 match op {
-                    journal::Op::Put { key, value, .. } => t.put(&mut w, key, value)?,
+                    journal::Op::Put { key, value, .. } => t.put(w, key, value)?,
                     journal::Op::Delete { key, .. } => {
-                        t.delete(&mut w, key)?;
+                        t.delete(w, key)?;
                     }
-                    journal::Op::Clear { .. } => t.clear(&mut w)?,
+                    journal::Op::Clear { .. } => t.clear(w)?,
                 }
             }
-            self.counters.put(&mut w, JOURNAL_SEQ, &seq.to_le_bytes())?;
+            self.counters.put(w, JOURNAL_SEQ, &seq.to_le_bytes())?;
         }
-        w.commit()
+        Ok(())
     }
 
     /// Writes a checkpoint of this index to the bucket (after shipping pending lazy changes),

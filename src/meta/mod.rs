@@ -387,14 +387,17 @@ impl Meta {
         if !j.unsure() {
             return Ok(());
         }
+        // Under LMDB's write lock (taken before the journal's, as commits do), so no other
+        // transaction runs between finding out and applying.
+        let mut w = self.write_unlogged()?;
         if let Some(entry) = j.resolve()? {
             tracing::warn!(
                 seq = entry.0,
                 "a journal entry whose write failed had landed: applied"
             );
-            self.apply(&[entry])?;
+            self.apply_into(&mut w, &[entry])?;
         }
-        Ok(())
+        w.commit()
     }
 
     /// A write transaction whose changes nothing depends on for correctness (pull times): with

@@ -213,7 +213,7 @@ impl Registry {
             if let Some(BlobState::Deduplicated { .. }) = inner.meta.blob(&t, &d2)?.map(|r| r.state)
             {
                 drop(t);
-                inner.unpublish_blobs(std::slice::from_ref(&d2))?;
+                inner.drop_deduplicated(std::slice::from_ref(&d2))?;
             }
             Ok(())
         })
@@ -461,7 +461,7 @@ impl Registry {
                         tracing::warn!(digest = %d, error = %e, "removing a raw copy failed");
                     }
                 }
-                if let Err(e) = inner.unpublish_blobs(&back) {
+                if let Err(e) = inner.drop_deduplicated(&back) {
                     tracing::warn!(error = %e, "dropping the objects of raw copies failed");
                 }
                 Ok(back)

@@ -5,8 +5,10 @@
 //! A pushed blob is uploaded before the commit that links it, so an acknowledged blob is in the
 //! bucket whether or not it is deduplicated yet; once its recipe is committed the object goes
 //! (the chunks hold it). A node that lacks the local copy of a blob kept whole fetches it from
-//! the bucket into `staging/`. Objects are dropped through the bucket's trash (deleted after
-//! the collection grace period), so a replica that has not caught up still finds them.
+//! the bucket into `staging/`. Collected objects are dropped through the bucket's trash
+//! (deleted after the collection grace period), so a replica that has not caught up still
+//! finds them; the whole copies of deduplicated blobs go at once (they would double the
+//! bucket meanwhile), and a replica that misses one catches up and restores the blob.
 
 use std::collections::HashSet;
 use std::io;
@@ -48,14 +50,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Drops the objects of blobs `ds` (their recipes hold them now, or they are gone), once a
-    /// grace period has passed (a replica may not know yet).
+    /// Drops the objects of blobs `ds`, collected: once a grace period has passed (a replica
+    /// may still serve them meanwhile).
     pub(crate) fn unpublish_blobs(&self, ds: &[Digest]) -> Result<()> {
         let Some(b) = self.containers.blocking() else {
             return Ok(());
         };
         let keys: Vec<String> = ds.iter().map(blob_key).collect();
         trash::defer(b, &keys).map_err(|e| store_err("dropping blob objects", e))
+    }
+
+    /// Drops the objects of blobs `ds` whose recipes hold them now, at once: they would double
+    /// the bucket for the grace period. A replica that has not applied the recipe yet and finds
+    /// the object gone catches up and restores instead (see `Registry::get_blob`).
+    pub(crate) fn drop_deduplicated(&self, ds: &[Digest]) -> Result<()> {
+        let Some(b) = self.containers.blocking() else {
+            return Ok(());
+        };
+        if ds.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = ds.iter().map(blob_key).collect();
+        b.call(|b| async move { b.delete(&keys).await })
+            .map(|_| ())
+            .map_err(|e| store_err("dropping blob objects", e))
     }
 
     /// Makes sure blob `d`'s whole copy is in `staging/`, fetching it from the bucket when only
@@ -218,19 +236,20 @@ pub(crate) fn sweep_blob_objects(inner: &Arc<Inner>, grace: Duration) -> Result<
     let m = &inner.meta;
     let t = m.read()?;
     let now = SystemTime::now();
-    let mut doomed = Vec::new();
+    let (mut deduplicated, mut unknown) = (Vec::new(), Vec::new());
     for (d, written) in objects {
         if trashed.contains(&blob_key(&d)) {
             continue;
         }
         let old = now.duration_since(written).unwrap_or_default() > grace;
         match m.blob(&t, &d)?.map(|r| r.state) {
-            Some(BlobState::Deduplicated { .. }) => doomed.push(d),
-            None if old => doomed.push(d),
+            Some(BlobState::Deduplicated { .. }) => deduplicated.push(d),
+            None if old => unknown.push(d),
             _ => {}
         }
     }
     drop(t);
-    inner.unpublish_blobs(&doomed)?;
-    Ok(doomed.len() as u64)
+    inner.drop_deduplicated(&deduplicated)?;
+    inner.unpublish_blobs(&unknown)?;
+    Ok((deduplicated.len() + unknown.len()) as u64)
 }

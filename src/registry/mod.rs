@@ -489,6 +489,11 @@ impl Registry {
         })
         .await?;
         let Some(file) = opened else {
+            if self.is_replica() {
+                // Deduplicated on the writer (its whole copy dropped) by an entry not applied
+                // here yet: applied now, so the recipe is here to restore from.
+                self.follow().await?;
+            }
             let body = self.restore_stream(digest, rec.size, range).await?;
             return Ok(BlobContent { len, body });
         };

@@ -340,10 +340,16 @@ pub fn xorshift_text(x: &mut u64, n: usize, alphabet: &[u8]) -> Vec<u8> {
 
 /// Run the offline command `stowage ARGS --root ROOT` to completion.
 pub fn stowage(args: &[&str], root: &Path) -> Output {
+    // The offline commands that read the store find it where the server keeps it.
+    let s3 = match args.first() {
+        Some(&("fsck" | "gc" | "rebuild-index")) => s3_flags(root, args),
+        _ => Vec::new(),
+    };
     Command::new(env!("CARGO_BIN_EXE_stowage"))
         .args(args)
         .arg("--root")
         .arg(root)
+        .args(s3)
         .output()
         .expect("run stowage")
 }
