@@ -420,6 +420,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let data = web::Data::new(reg.clone());
+    // A replica forwards writes to the writer, when told where it is.
+    let writer = web::Data::new(
+        cfg.storage
+            .writer_url
+            .as_deref()
+            .map(http::forward::Writer::new),
+    );
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
     let mut metrics_addrs = Vec::new();
     let metrics_server = match cfg.metrics_addr {
@@ -459,6 +466,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .app_data(data.clone())
                 .app_data(http_metrics.clone())
                 .app_data(gate.clone())
+                .app_data(writer.clone())
                 .wrap_fn(http::middleware)
                 .configure(http::configure)
         },

@@ -571,3 +571,99 @@ fn a_bucket_outage_refuses_pushes_cleanly_and_loses_nothing_acknowledged() {
     assert_pulls(&s, &c, &v1);
     assert_pulls(&s, &c, &v2);
 }
+
+/// Pushes a blob in two PATCHes (POST, PATCH, PATCH, PUT), following the Location headers.
+fn push_chunked(s: &Server, c: &Client, data: &[u8]) {
+    let r = c.post(s.url("/v2/s3/app/blobs/uploads/")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let mut at = r.headers()["location"].to_str().unwrap().to_string();
+    let half = data.len() / 2;
+    for (start, piece) in [(0, &data[..half]), (half, &data[half..])] {
+        let r = c
+            .patch(s.url(&at))
+            .header("Content-Type", "application/octet-stream")
+            .header(
+                "Content-Range",
+                format!("{start}-{}", start + piece.len() - 1),
+            )
+            .body(piece.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        at = r.headers()["location"].to_str().unwrap().to_string();
+    }
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(s.url(&format!("{at}{sep}digest={}", digest_of(data))))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// A replica told where the writer is forwards writes there: a chunked push and a monolithic one
+/// through the replica land on the writer; the same image pushed at once through both nodes
+/// loses nothing; both nodes serve everything.
+#[test]
+fn a_replica_forwards_pushes_to_the_writer() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let prefix = "forward";
+    let writer = start(&g, &dir.path().join("writer"), prefix);
+    let url = format!("http://{}", writer.addr);
+    let replica = start_with(
+        &g,
+        &dir.path().join("replica"),
+        flags_with(&g, prefix, "inline", &["--replica", "--writer-url", &url]),
+    );
+
+    let v1 = image(&[1, 2]);
+    push_chunked(&replica, &c, &v1.layer);
+    push_blob(&replica, &c, "s3/app", &v1.config);
+    let m1 = manifest(&v1);
+    let r = c
+        .put(replica.url("/v2/s3/app/manifests/v1"))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(m1.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_tag(&writer, &c, "v1", &m1);
+    assert_pulls(&writer, &c, &v1);
+
+    // The same image through both nodes at once, under two tags.
+    let v2 = image(&[3, 4, 5]);
+    let m2 = manifest(&v2);
+    std::thread::scope(|scope| {
+        for (node, tag) in [(&writer, "a"), (&replica, "b")] {
+            let (c, v2) = (&c, &v2);
+            scope.spawn(move || {
+                push(node, c, tag, v2);
+            });
+        }
+    });
+    for tag in ["a", "b"] {
+        assert_tag(&writer, &c, tag, &m2);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c
+        .get(replica.url("/v2/s3/app/manifests/b"))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .unwrap()
+        .status()
+        != StatusCode::OK
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not follow"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for tag in ["v1", "a", "b"] {
+        let m = if tag == "v1" { &m1 } else { &m2 };
+        assert_tag(&replica, &c, tag, m);
+    }
+    assert_pulls(&replica, &c, &v1);
+    assert_pulls(&replica, &c, &v2);
+}

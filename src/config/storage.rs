@@ -14,6 +14,7 @@
 //! cache_bytes = 10737418240            # --cache-bytes
 //! checkpoint_entries = 1000            # --checkpoint-entries
 //! replica = false                      # --replica
+//! writer_url = "http://writer:5000"    # --writer-url (a replica forwards writes there)
 //! ```
 //!
 //! With a bucket, the metadata is journaled there too (`meta::journal`), with a checkpoint of
@@ -55,6 +56,11 @@ pub struct StorageArgs {
     /// collections are refused (405). One node per bucket writes; any number follow.
     #[arg(long, env = "STOWAGE_REPLICA")]
     pub replica: bool,
+    /// On a replica: forward pushes, deletes and upload requests to the writer at this URL
+    /// (e.g. `http://writer:5000`) instead of refusing them, so one name in front of all
+    /// nodes takes pushes too.
+    #[arg(long, env = "STOWAGE_WRITER_URL")]
+    pub writer_url: Option<String>,
 }
 
 /// The config file's `[storage]`.
@@ -70,6 +76,7 @@ pub struct StorageFile {
     cache_bytes: Option<u64>,
     checkpoint_entries: Option<u64>,
     replica: Option<bool>,
+    writer_url: Option<String>,
 }
 
 /// The resolved storage settings.
@@ -82,6 +89,8 @@ pub struct StorageConfig {
     pub checkpoint_entries: u64,
     /// Follows the writer's journal and serves pulls only.
     pub replica: bool,
+    /// A replica forwards writes there.
+    pub writer_url: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -92,6 +101,7 @@ impl Default for StorageConfig {
             cache_bytes: 10 << 30,
             checkpoint_entries: 1000,
             replica: false,
+            writer_url: None,
         }
     }
 }
@@ -111,6 +121,17 @@ impl StorageConfig {
             !replica || matches!(location, Some(Location::S3 { .. })),
             "--replica follows a store in a bucket: give --storage s3://BUCKET/PREFIX"
         );
+        let writer_url = args.writer_url.clone().or(file.writer_url);
+        anyhow::ensure!(
+            writer_url.is_none() || replica,
+            "--writer-url is where a replica forwards writes: give --replica too"
+        );
+        if let Some(u) = &writer_url {
+            anyhow::ensure!(
+                u.starts_with("http://") || u.starts_with("https://"),
+                "--writer-url must be an http:// or https:// URL (got {u:?})"
+            );
+        }
         Ok(StorageConfig {
             location,
             s3: S3Options {
@@ -131,6 +152,7 @@ impl StorageConfig {
                 .unwrap_or(d.checkpoint_entries)
                 .max(1),
             replica,
+            writer_url,
         })
     }
 }

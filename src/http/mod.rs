@@ -23,6 +23,7 @@ use crate::error::{RegistryError, Result};
 use crate::names::{parse_digest, Digest, Reference, RepoName, UploadId};
 use crate::registry::{cursor, manifest, BlobContent, Page, Registry};
 
+pub mod forward;
 pub mod server;
 pub mod wire;
 
@@ -364,6 +365,7 @@ async fn dispatch(
     payload: web::Payload,
     gate: web::Data<Gate>,
     reg: web::Data<Registry>,
+    writer: web::Data<Option<forward::Writer>>,
 ) -> Result<HttpResponse> {
     let tail = req.match_info().get("tail").unwrap_or("").to_string();
     let (name, endpoint) = split_route(&tail)
@@ -372,6 +374,9 @@ async fn dispatch(
     let m = req.method().clone();
     let who = gate.check(&req, Need::Repo(repo.as_str(), action_of(&m, &endpoint)))?;
     if reg.is_replica() && m != Method::GET && m != Method::HEAD {
+        if let Some(w) = writer.as_ref() {
+            return w.forward(&req, payload).await;
+        }
         return Err(RegistryError::Unsupported(format!(
             "{m} on a replica: this node serves pulls of a store another node writes; push to that node"
         )));
