@@ -423,6 +423,15 @@ fn a_replica_serves_what_the_writer_pushed_and_a_killed_writer_loses_nothing_ack
     assert_tag(&replica, &c, "v1", &m1);
     assert_pulls(&replica, &c, &v1);
     assert!(metric(&replica, "stowage_replica_applied_seq") >= 1.0);
+    let text = reqwest::blocking::get(replica.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    common::assert_promtool_accepts(&text);
+    let checked = common::assert_dashboards_query_what_exists(&text, |title| {
+        title.ends_with(common::S3_REPLICA_PANELS)
+    });
+    assert_eq!(checked, 2, "the replica panels' metrics");
     let r = c
         .post(replica.url("/v2/s3/app/blobs/uploads/"))
         .send()

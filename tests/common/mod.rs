@@ -198,6 +198,9 @@ pub fn tool(name: &str) -> PathBuf {
 /// How the titles of the dashboard panels about the S3 backend end.
 pub const S3_PANELS: &str = "(S3 backend)";
 
+/// How the titles of the dashboard panels about replicas of a store in S3 end.
+pub const S3_REPLICA_PANELS: &str = "(S3 replicas)";
+
 /// Every `stowage_*` metric the shipped dashboards' panels (those `panel` selects by title)
 /// query is in the exposition `text`; returns how many were checked.
 pub fn assert_dashboards_query_what_exists(text: &str, panel: impl Fn(&str) -> bool) -> usize {
