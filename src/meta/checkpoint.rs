@@ -141,6 +141,25 @@ impl Meta {
             }
         }
         let mut meta = Meta::open(dir, map_size)?;
+        if !fresh {
+            // An index so far behind that the entries it lacks were pruned (a node down for a
+            // while): set aside, and made again from the newest checkpoint.
+            let local = meta.journal_seq()?;
+            let next = journal::list_after(&bucket, local)?.first().copied();
+            if next.is_some_and(|n| n > local + 1) {
+                meta.close();
+                let aside = dir.join(format!("data.mdb.behind-{local}"));
+                tracing::warn!(
+                    local,
+                    next,
+                    aside = %aside.display(),
+                    "the local index is older than the bucket's journal reaches back: rebuilding it"
+                );
+                std::fs::rename(dir.join("data.mdb"), &aside)?;
+                let _ = std::fs::remove_file(dir.join("lock.mdb"));
+                return Meta::open_journaled(dir, map_size, bucket, writer, progress);
+            }
+        }
         if rec.checkpoint.is_some() {
             // Upload sessions are this node's own (their files are not in the bucket).
             let mut w = meta.write()?;
@@ -384,5 +403,29 @@ mod tests {
         assert_eq!(r.catch_up(&b, &|_| {}).unwrap(), 1);
         assert!(linked(&r, "team/app", 5));
         assert_eq!(r.catch_up(&b, &|_| {}).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_index_older_than_the_journal_reaches_back_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = bucket(&tmp.path().join("bucket"));
+        let (a, _) = open(&tmp.path().join("a"), &b, true);
+        link(&a, "team/app", 1).unwrap();
+        let (lagging, rec) = open(&tmp.path().join("lagging"), &b, false);
+        assert_eq!(rec.seq, 1);
+        lagging.close();
+        // Three checkpoints: the oldest goes, with the entries up to the second.
+        for n in 2..5 {
+            link(&a, "team/app", n).unwrap();
+            a.checkpoint().unwrap();
+        }
+        link(&a, "team/app", 5).unwrap();
+        assert_eq!(journal::list(&b).unwrap(), vec![4, 5]);
+        let (lagging, rec) = open(&tmp.path().join("lagging"), &b, false);
+        assert_eq!((rec.checkpoint, rec.seq), (Some(4), 5));
+        for n in 1..=5 {
+            assert!(linked(&lagging, "team/app", n), "{n}");
+        }
+        assert!(tmp.path().join("lagging/data.mdb.behind-1").exists());
     }
 }
