@@ -122,6 +122,26 @@ fn push_manifest(s: &Server, c: &Client, tag: &str, img: &Image) -> (String, Vec
     (digest_of(&m), m)
 }
 
+/// Waits (at most 10 s) until `tag` is served by `s` (a replica following a writer); how long.
+fn wait_for_tag(s: &Server, c: &Client, tag: &str) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let r = c
+            .get(s.url(&format!("/v2/s3/app/manifests/{tag}")))
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{tag} not served within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `tag` answers with exactly `manifest`.
 fn assert_tag(s: &Server, c: &Client, tag: &str, manifest: &[u8]) {
     let r = c
@@ -403,23 +423,10 @@ fn a_replica_serves_what_the_writer_pushed_and_a_killed_writer_loses_nothing_ack
 
     let v1 = image(&[1, 2]);
     let (_, m1) = push_manifest(&writer, &c, "v1", &v1);
-    let pushed = std::time::Instant::now();
-    loop {
-        let r = c
-            .get(replica.url("/v2/s3/app/manifests/v1"))
-            .header("Accept", OCI_MANIFEST)
-            .send()
-            .unwrap();
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert!(
-            pushed.elapsed() < std::time::Duration::from_secs(10),
-            "the replica did not see v1 within 10 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    eprintln!("replica saw the push after {:?}", pushed.elapsed());
+    eprintln!(
+        "replica saw the push after {:?}",
+        wait_for_tag(&replica, &c, "v1")
+    );
     assert_tag(&replica, &c, "v1", &m1);
     assert_pulls(&replica, &c, &v1);
     assert!(metric(&replica, "stowage_replica_applied_seq") >= 1.0);
@@ -512,18 +519,7 @@ fn a_replica_serves_what_the_writer_pushed_and_a_killed_writer_loses_nothing_ack
     // It writes on from where the journal ends, and the replica follows.
     let v9 = image(&[9, 10]);
     let (_, m9) = push_manifest(&writer, &c, "v9", &v9);
-    let pushed = std::time::Instant::now();
-    while c
-        .get(replica.url("/v2/s3/app/manifests/v9"))
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .unwrap()
-        .status()
-        != StatusCode::OK
-    {
-        assert!(pushed.elapsed() < std::time::Duration::from_secs(10));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_tag(&replica, &c, "v9");
     assert_tag(&replica, &c, "v9", &m9);
     assert_pulls(&replica, &c, &v9);
     for (tag, m, img) in &acked {
@@ -654,21 +650,7 @@ fn a_replica_forwards_pushes_to_the_writer() {
     for tag in ["a", "b"] {
         assert_tag(&writer, &c, tag, &m2);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while c
-        .get(replica.url("/v2/s3/app/manifests/b"))
-        .header("Accept", OCI_MANIFEST)
-        .send()
-        .unwrap()
-        .status()
-        != StatusCode::OK
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica did not follow"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_tag(&replica, &c, "b");
     for tag in ["v1", "a", "b"] {
         let m = if tag == "v1" { &m1 } else { &m2 };
         assert_tag(&replica, &c, tag, m);

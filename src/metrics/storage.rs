@@ -144,9 +144,8 @@ pub fn render_journal(r: Option<&crate::meta::journal::JournalReading>) -> Strin
         return String::new();
     };
     let mut s = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
+    let mut metric =
+        |name: &str, kind: &str, help: &str, v: u64| scalar(&mut s, name, kind, help, v);
     metric(
         "stowage_journal_entries_total",
         "counter",
@@ -199,9 +198,8 @@ pub fn render_follow(f: Option<&crate::registry::FollowStats>) -> String {
         return String::new();
     };
     let mut s = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    };
+    let mut metric =
+        |name: &str, kind: &str, help: &str, v: u64| scalar(&mut s, name, kind, help, v);
     metric(
         "stowage_replica_applied_seq",
         "gauge",
@@ -221,4 +219,9 @@ pub fn render_follow(f: Option<&crate::registry::FollowStats>) -> String {
         f.failures.load(Relaxed),
     );
     s
+}
+
+/// One metric family of one unlabelled sample.
+fn scalar(s: &mut String, name: &str, kind: &str, help: &str, v: u64) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
 }
