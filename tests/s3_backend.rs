@@ -709,3 +709,56 @@ fn collected_objects_stay_in_the_bucket_for_the_grace_period() {
     );
     assert_pulls(&s, &c, &v2);
 }
+
+/// An upload session outlives its node: half a blob acknowledged, the node killed and its data
+/// directory lost, a new node on an empty one reports the same offset and takes the rest.
+#[test]
+fn an_upload_session_resumes_on_a_new_node_after_the_first_is_lost() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let prefix = "resume";
+    let mut s = start(&g, &dir.path().join("first"), prefix);
+    let img = image(&[1, 2, 3]);
+    let r = c.post(s.url("/v2/s3/app/blobs/uploads/")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let at = r.headers()["location"].to_str().unwrap().to_string();
+    let half = img.layer.len() / 2;
+    let r = c
+        .patch(s.url(&at))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("0-{}", half - 1))
+        .body(img.layer[..half].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    s.kill9();
+    std::fs::remove_dir_all(dir.path().join("first")).unwrap();
+
+    let s = start(&g, &dir.path().join("second"), prefix);
+    let r = c.get(s.url(&at)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "the session is known");
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", half - 1)
+    );
+    let r = c
+        .patch(s.url(&at))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("{half}-{}", img.layer.len() - 1))
+        .body(img.layer[half..].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let at = r.headers()["location"].to_str().unwrap().to_string();
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(s.url(&format!("{at}{sep}digest={}", digest_of(&img.layer))))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    push_blob(&s, &c, "s3/app", &img.config);
+    assert_pulls(&s, &c, &img);
+    // The session's chunks went with it.
+    assert!(objects_under(&g, prefix, "uploads").is_empty());
+}

@@ -160,12 +160,6 @@ impl Meta {
                 return Meta::open_journaled(dir, map_size, bucket, writer, progress);
             }
         }
-        if rec.checkpoint.is_some() {
-            // Upload sessions are this node's own (their files are not in the bucket).
-            let mut w = meta.write()?;
-            meta.uploads.clear(&mut w)?;
-            w.commit()?;
-        }
         let entries = journal::list(&bucket)?;
         let checkpoints = list(&bucket)?;
         rec.replayed = meta.catch_up(&bucket, progress)?;

@@ -21,7 +21,8 @@
 //! 2 clear), table id u8 (see `Meta::open`), and for put and delete the key (varint length,
 //! bytes), for put the value (varint length, bytes). Changes are physical (the values as
 //! written), so applying entries in order is idempotent from any earlier state a checkpoint
-//! holds. Tables only this node needs (upload sessions) are not journaled.
+//! holds. Upload sessions are journaled too (their acknowledged bytes are objects, see
+//! `registry::durability`), so a session outlives its node.
 //!
 //! A commit holds LMDB's single write lock while its entry is written, so entries are in commit
 //! order; an entry written whose LMDB commit then failed (a crash between the two) is applied at

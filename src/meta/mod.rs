@@ -326,7 +326,7 @@ impl Meta {
             ),
             tags: Table::new(env.create_database(&mut w, Some("tags"))?, 7, true),
             referrers: Table::new(env.create_database(&mut w, Some("referrers"))?, 9, true),
-            uploads: Table::new(env.create_database(&mut w, Some("uploads"))?, 10, false),
+            uploads: Table::new(env.create_database(&mut w, Some("uploads"))?, 10, true),
             chunks: Table::new(env.create_database(&mut w, Some("chunks"))?, 11, true),
             recipes: Table::new(env.create_database(&mut w, Some("recipes"))?, 12, true),
             layer_files: Table::new(env.create_database(&mut w, Some("layer_files"))?, 13, true),

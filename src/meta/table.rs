@@ -23,8 +23,8 @@ pub(super) struct Table {
     db: Db,
     /// Its id in journal entries (stable across versions; see `journal`).
     pub(super) id: u8,
-    /// Whether its changes are journaled: false for what only this node needs (upload
-    /// sessions, the legacy feature table).
+    /// Whether its changes are journaled: false for the legacy feature table (emptied by an
+    /// upgrade, never written since).
     logged: bool,
 }
 

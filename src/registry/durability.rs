@@ -12,17 +12,19 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use stowage_actors::storage::blocking::BlockingBucket;
 use stowage_actors::storage::containers::Containers;
 use stowage_actors::storage::trash;
 
 use super::{blocking, Inner, Registry};
 use crate::error::{RegistryError, Result};
 use crate::meta::{BlobState, Meta};
-use crate::names::Digest;
+use crate::names::{Digest, UploadId};
 
 /// A checkpoint is written once `checkpoint_entries` journal entries follow the last, or once
 /// any entry is this old without one.
@@ -118,6 +120,116 @@ pub struct FollowStats {
 
 /// How often a replica looks for new journal entries.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The object of the chunk of upload `id` that starts at byte `start`.
+fn upload_chunk_key(id: &UploadId, start: u64) -> String {
+    format!("uploads/{id}/{start:020}")
+}
+
+impl Inner {
+    /// Uploads bytes `range` of upload `id`'s file, acknowledged by the commit that follows,
+    /// as an object of their own (nothing to do without a bucket).
+    pub(crate) fn publish_upload_chunk(&self, id: &UploadId, range: Range<u64>) -> Result<()> {
+        let Some(b) = self.containers.blocking() else {
+            return Ok(());
+        };
+        if range.is_empty() {
+            return Ok(());
+        }
+        let (key, path) = (
+            upload_chunk_key(id, range.start),
+            self.store.upload_path(id),
+        );
+        b.call(|b| async move { b.put_file_range(&key, &path, Some(range)).await })
+            .map_err(|e| store_err("uploading an upload's chunk", e))?;
+        Ok(())
+    }
+
+    /// The chunk objects of upload `id`: (start, size), in order.
+    fn upload_chunks(&self, b: &BlockingBucket, id: &UploadId) -> Result<Vec<(u64, u64)>> {
+        let under = format!("uploads/{id}");
+        let listed = b
+            .call(|b| async move { b.list(&under).await })
+            .map_err(|e| store_err("listing an upload's chunks", e))?;
+        let mut out: Vec<(u64, u64)> = listed
+            .iter()
+            .filter_map(|l| Some((l.key.rsplit('/').next()?.parse().ok()?, l.size)))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Makes upload `id`'s bytes (`size` of them, digest `d`) the object of blob `d`: a copy
+    /// inside the store when one chunk object holds them all (a push in one PATCH or PUT:
+    /// nothing sent twice), else an upload of the local file.
+    pub(crate) fn publish_upload_as_blob(
+        &self,
+        id: &UploadId,
+        d: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let Some(b) = self.containers.blocking() else {
+            return Ok(());
+        };
+        if self.upload_chunks(b, id)? == [(0, size)] {
+            let (from, to) = (upload_chunk_key(id, 0), blob_key(d));
+            b.call(|b| async move { b.copy(&from, &to).await })
+                .map_err(|e| store_err("copying an upload to its blob", e))?;
+            return Ok(());
+        }
+        self.publish_blob(d, &self.store.upload_path(id))
+    }
+
+    /// Drops upload `id`'s chunk objects (its session is over); a failure leaves them to
+    /// garbage collection.
+    pub(crate) fn drop_upload_chunks(&self, id: &UploadId) {
+        let Some(b) = self.containers.blocking() else {
+            return;
+        };
+        let r = self.upload_chunks(b, id).and_then(|chunks| {
+            let keys: Vec<String> = chunks
+                .iter()
+                .map(|(s, _)| upload_chunk_key(id, *s))
+                .collect();
+            b.call(|b| async move { b.delete(&keys).await })
+                .map_err(|e| store_err("dropping an upload's chunks", e))
+        });
+        if let Err(e) = r {
+            tracing::warn!(upload = %id, error = %e, "dropping an upload's chunk objects failed");
+        }
+    }
+
+    /// Writes upload `id`'s file (`offset` bytes acknowledged) from its chunk objects: a session
+    /// that lives on after its node was lost. False when the bucket does not hold them all.
+    pub(crate) fn restore_upload(&self, id: &UploadId, offset: u64) -> Result<bool> {
+        let Some(b) = self.containers.blocking() else {
+            return Ok(false);
+        };
+        let chunks = self.upload_chunks(b, id)?;
+        let mut at = 0;
+        for (start, size) in &chunks {
+            if *start != at {
+                return Ok(false);
+            }
+            at += size;
+        }
+        if at < offset {
+            return Ok(false);
+        }
+        self.store.create_upload(id)?;
+        let mut f = self.store.open_upload_at(id, 0)?;
+        for (start, _) in chunks {
+            let key = upload_chunk_key(id, start);
+            let data = b
+                .call(|b| async move { b.get(&key).await })
+                .map_err(|e| store_err("fetching an upload's chunk", e))?;
+            io::Write::write_all(&mut f, &data)?;
+        }
+        f.set_len(offset)?;
+        f.sync_all()?;
+        Ok(true)
+    }
+}
 
 impl Registry {
     /// Whether this node follows another's store (pulls only).
@@ -249,7 +361,31 @@ pub(crate) fn sweep_blob_objects(inner: &Arc<Inner>, grace: Duration) -> Result<
         }
     }
     drop(t);
+    // Chunks of upload sessions no record names any more, older than the grace period.
+    let uploads = b
+        .call(|b| async move { b.list("uploads").await })
+        .map_err(|e| store_err("listing upload chunks", e))?;
+    let t = m.read()?;
+    let mut stray = Vec::new();
+    for l in uploads {
+        let Some(id) = l
+            .key
+            .split('/')
+            .nth(1)
+            .and_then(|s| s.parse::<UploadId>().ok())
+        else {
+            continue;
+        };
+        let old = now.duration_since(l.modified).unwrap_or_default() > grace;
+        if old && m.upload(&t, &id)?.is_none() {
+            stray.push(l.key);
+        }
+    }
+    drop(t);
+    let strays = stray.len();
+    b.call(|b| async move { b.delete(&stray).await })
+        .map_err(|e| store_err("dropping stray upload chunks", e))?;
     inner.drop_deduplicated(&deduplicated)?;
     inner.unpublish_blobs(&unknown)?;
-    Ok((deduplicated.len() + unknown.len()) as u64)
+    Ok((deduplicated.len() + unknown.len() + strays) as u64)
 }

@@ -5,6 +5,12 @@
 //! chunk is fsynced and its new offset committed before the 202 goes out (invariant 2). The
 //! running sha256 lives in memory between chunks; after a restart it is recomputed from the
 //! file. Requests on one session are serialized by a per-session async lock.
+//!
+//! With a bucket, each acknowledged chunk is also an object `uploads/<id>/<start>` (written
+//! before the commit of its offset) and the session record is journaled: a node that lost its
+//! data directory finds the session again (its file rebuilt from the chunks at start) and the
+//! client resumes where it was. A blob pushed in one request is then copied inside the store
+//! to its own object, not sent again.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -166,6 +172,7 @@ impl Registry {
                 inner.meta.delete_upload(&mut w, &id)?;
                 w.commit()?;
                 inner.store.remove_upload(&id)?;
+                inner.drop_upload_chunks(&id);
                 Ok(())
             })
             .await?;
@@ -185,7 +192,7 @@ impl Registry {
                 m.blob(&t, &d)?.is_some()
             };
             if !known_before {
-                inner.publish_blob(&d, &inner.store.upload_path(&id))?;
+                inner.publish_upload_as_blob(&id, &d, size)?;
             }
             // A blob the store already has (staged or deduplicated) is only linked. The write
             // transaction is taken first so that the check and the link are one step; the
@@ -198,13 +205,14 @@ impl Registry {
             } else {
                 if known_before {
                     // Collected meanwhile: uploaded after all.
-                    inner.publish_blob(&d, &inner.store.upload_path(&id))?;
+                    inner.publish_upload_as_blob(&id, &d, size)?;
                 }
                 inner.store.commit_upload(&id, &d)?;
             }
             m.link_blob(&mut w, &repo, &d, size)?;
             m.delete_upload(&mut w, &id)?;
             w.commit()?;
+            inner.drop_upload_chunks(&id);
             Ok(!known)
         })
         .await?;
@@ -255,6 +263,7 @@ impl Registry {
             m.delete_upload(&mut w, &id)?;
             w.commit()?;
             inner.store.remove_upload(&id)?;
+            inner.drop_upload_chunks(&id);
             Ok(())
         })
         .await;
@@ -375,6 +384,8 @@ impl Registry {
         updated.updated = now();
         let updated = blocking(move || {
             file.sync_data()?;
+            // With a bucket, the acknowledged bytes are there too: the session outlives its node.
+            inner.publish_upload_chunk(&id, offset..new_offset)?;
             let mut w = inner.meta.write()?;
             inner.meta.put_upload(&mut w, &id, &updated)?;
             w.commit()?;
@@ -410,6 +421,7 @@ impl Registry {
                     m.delete_upload(&mut w, &id)?;
                     w.commit()?;
                     inner.store.remove_upload(&id)?;
+                    inner.drop_upload_chunks(&id);
                 }
                 Ok(still_stale)
             })
@@ -426,6 +438,10 @@ impl Registry {
     /// At start-up: delete upload files no session knows (a crash between creating the file
     /// and committing its record) and sessions whose file is gone.
     pub(super) fn remove_orphan_uploads(&self) -> Result<()> {
+        if self.is_replica() {
+            // The writer's sessions, not this node's.
+            return Ok(());
+        }
         let m = &self.inner.meta;
         let known = {
             let t = m.read()?;
@@ -438,6 +454,12 @@ impl Registry {
         let mut w = m.write()?;
         for id in &known {
             if !self.inner.store.has_upload(id) {
+                // With a bucket, the session's acknowledged bytes are there (its node was lost).
+                let offset = m.upload(&w, id)?.map_or(0, |r| r.offset);
+                if self.inner.restore_upload(id, offset)? {
+                    tracing::info!(upload = %id, offset, "upload session restored from the bucket");
+                    continue;
+                }
                 tracing::warn!(upload = %id, "upload session lost its file; removing it");
                 m.delete_upload(&mut w, id)?;
             }

@@ -315,13 +315,36 @@ impl Bucket {
     /// Uploads the file at `path` to `key`, as a multipart upload when it is larger than
     /// [`PART_SIZE`] (parts read one at a time, a few in flight); returns its size.
     pub async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<u64> {
-        use tokio::io::AsyncReadExt;
+        self.put_file_range(key, path, None).await
+    }
+
+    /// Uploads bytes `range` of the file at `path` (all of it for None) to `key`, as
+    /// [`Bucket::put_file`] does; returns how many.
+    pub async fn put_file_range(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        range: Option<Range<u64>>,
+    ) -> Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let io = |e| StorageError::Io(path.display().to_string(), e);
         let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-        let size = file.metadata().await.map_err(io)?.len();
+        let size = match range {
+            Some(r) => {
+                file.seek(std::io::SeekFrom::Start(r.start))
+                    .await
+                    .map_err(io)?;
+                r.end - r.start
+            }
+            None => file.metadata().await.map_err(io)?.len(),
+        };
+        let mut file = file.take(size);
         if size <= PART_SIZE as u64 {
             let mut buf = Vec::with_capacity(size as usize);
             file.read_to_end(&mut buf).await.map_err(io)?;
+            if buf.len() as u64 != size {
+                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
             self.put(key, buf.into()).await?;
             return Ok(size);
         }
@@ -374,6 +397,17 @@ impl Bucket {
         self.stats.record(Op::Put, start.elapsed(), 0, r.is_ok());
         r.map_err(|e| StorageError::Store("put", e.to_string()))?;
         Ok(size)
+    }
+
+    /// Copies object `from` to `to` inside the store (S3's CopyObject: no bytes through here).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        self.timed(
+            Op::Put,
+            to,
+            self.store.copy(&self.key(from), &self.key(to)),
+            |_| 0,
+        )
+        .await
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes> {
