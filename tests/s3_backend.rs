@@ -584,19 +584,29 @@ fn push_chunked(s: &Server, c: &Client, data: &[u8]) {
     let mut at = r.headers()["location"].to_str().unwrap().to_string();
     let half = data.len() / 2;
     for (start, piece) in [(0, &data[..half]), (half, &data[half..])] {
-        let r = c
-            .patch(s.url(&at))
-            .header("Content-Type", "application/octet-stream")
-            .header(
-                "Content-Range",
-                format!("{start}-{}", start + piece.len() - 1),
-            )
-            .body(piece.to_vec())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::ACCEPTED);
-        at = r.headers()["location"].to_str().unwrap().to_string();
+        at = patch_chunk(s, c, &at, start, piece);
     }
+    finish_upload(s, c, &at, data);
+}
+
+/// PATCHes `piece` at byte `start` of the upload at `at`; the next location.
+fn patch_chunk(s: &Server, c: &Client, at: &str, start: usize, piece: &[u8]) -> String {
+    let r = c
+        .patch(s.url(at))
+        .header("Content-Type", "application/octet-stream")
+        .header(
+            "Content-Range",
+            format!("{start}-{}", start + piece.len() - 1),
+        )
+        .body(piece.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Completes the upload at `at`, which holds `data`.
+fn finish_upload(s: &Server, c: &Client, at: &str, data: &[u8]) {
     let sep = if at.contains('?') { '&' } else { '?' };
     let r = c
         .put(s.url(&format!("{at}{sep}digest={}", digest_of(data))))
@@ -724,14 +734,7 @@ fn an_upload_session_resumes_on_a_new_node_after_the_first_is_lost() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let at = r.headers()["location"].to_str().unwrap().to_string();
     let half = img.layer.len() / 2;
-    let r = c
-        .patch(s.url(&at))
-        .header("Content-Type", "application/octet-stream")
-        .header("Content-Range", format!("0-{}", half - 1))
-        .body(img.layer[..half].to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    patch_chunk(&s, &c, &at, 0, &img.layer[..half]);
     s.kill9();
     std::fs::remove_dir_all(dir.path().join("first")).unwrap();
 
@@ -742,21 +745,8 @@ fn an_upload_session_resumes_on_a_new_node_after_the_first_is_lost() {
         r.headers()["range"].to_str().unwrap(),
         format!("0-{}", half - 1)
     );
-    let r = c
-        .patch(s.url(&at))
-        .header("Content-Type", "application/octet-stream")
-        .header("Content-Range", format!("{half}-{}", img.layer.len() - 1))
-        .body(img.layer[half..].to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let at = r.headers()["location"].to_str().unwrap().to_string();
-    let sep = if at.contains('?') { '&' } else { '?' };
-    let r = c
-        .put(s.url(&format!("{at}{sep}digest={}", digest_of(&img.layer))))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let at = patch_chunk(&s, &c, &at, half, &img.layer[half..]);
+    finish_upload(&s, &c, &at, &img.layer);
     push_blob(&s, &c, "s3/app", &img.config);
     assert_pulls(&s, &c, &img);
     // The session's chunks went with it.
