@@ -686,6 +686,19 @@ fn get_manifest(
     Ok(b.body(m.body))
 }
 
+/// Reads and drops what is left of a refused body, up to a few times `limit`, so the client,
+/// still sending, reads the refusal instead of a reset connection (a body larger than that is
+/// cut off: the connection closes).
+async fn drain(payload: &mut web::Payload, limit: u64) {
+    let mut left = limit.saturating_mul(4).max(16 << 20);
+    while let Some(Ok(chunk)) = payload.next().await {
+        left = left.saturating_sub(chunk.len() as u64);
+        if left == 0 {
+            break;
+        }
+    }
+}
+
 async fn put_manifest(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -699,6 +712,7 @@ async fn put_manifest(
         limit,
     };
     if content_length(req.headers())?.is_some_and(|n| n > limit) {
+        drain(&mut payload, limit).await;
         return Err(too_large());
     }
     let mut body = BytesMut::new();
@@ -706,6 +720,7 @@ async fn put_manifest(
         let chunk = chunk
             .map_err(|e| RegistryError::ManifestInvalid(format!("reading request body: {e}")))?;
         if (body.len() + chunk.len()) as u64 > limit {
+            drain(&mut payload, limit).await;
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
