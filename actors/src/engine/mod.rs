@@ -13,6 +13,7 @@ pub mod recompress;
 pub mod reencode;
 pub mod segmented;
 pub mod tar;
+pub mod zstd_frames;
 
 /// Deterministic pseudo-random bytes (xorshift64) for the engine's unit tests.
 #[cfg(test)]

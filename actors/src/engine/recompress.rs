@@ -7,9 +7,8 @@
 //! gzip written by zlib (Python's gzip/zlib and other
 //! zlib-based tools) at levels 1-9 with the default memLevel 8 and strategy, or by pigz (levels
 //! 1-9, 128 KiB blocks; see [`super::pigz`]), one or more members, header and trailer stored
-//! verbatim, bounded trailing bytes (GNU gzip is not zlib and stays raw); zstd frames written by
-//! libzstd at levels 1-19 (single frame, no dictionary) with their checksum and content-size
-//! flags. The parameters are chosen by a probe over the first [`PROBE`] bytes of each member;
+//! verbatim, bounded trailing bytes (GNU gzip is not zlib and stays raw); zstd streams of one or
+//! more frames and skippable frames (see [`super::zstd_frames`]). The parameters are chosen by a probe over the first [`PROBE`] bytes of each member;
 //! the whole stream is proven only by the full restore of verify-before-discard. Anything else
 //! is [`NotExact`] and the layer stays raw.
 
@@ -19,6 +18,7 @@ use super::goflate::{self, GoDeflater};
 use super::inflate::BlockInflate;
 use super::kpflate;
 use super::pigz::{probe_pigz_level, DEFAULT_BLOCK};
+use super::zstd_frames::{ZstdDecoder, ZstdEncoder, ZstdPart};
 use serde::{Deserialize, Serialize};
 
 /// Uncompressed bytes of a member used to find its parameters.
@@ -58,12 +58,18 @@ pub enum Encoding {
         members: Vec<GzipMember>,
         trailing: Vec<u8>,
     },
+    /// One libzstd frame (recipes written before [`Encoding::ZstdFrames`]; still read).
     Zstd {
         level: i32,
         checksum: bool,
         /// The frame header carries the content size (pledged to the encoder).
         content_size: bool,
         raw_len: u64,
+    },
+    /// A stream of zstd frames (see [`super::zstd_frames`]).
+    ZstdFrames {
+        encoder: ZstdEncoder,
+        parts: Vec<ZstdPart>,
     },
 }
 
@@ -86,6 +92,7 @@ impl Encoding {
                 None => "gzip".into(),
             },
             Encoding::Zstd { level, .. } => format!("zstd-{level}"),
+            Encoding::ZstdFrames { encoder, .. } => encoder.label(),
         }
     }
 }
@@ -159,8 +166,9 @@ pub enum NotExact {
     Corrupt(&'static str),
     #[error("no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)")]
     UnknownDeflateEncoder,
-    #[error("no zstd level reproduces the frame")]
-    UnknownZstdEncoder,
+    /// What was tried and what the frame header says (from a small set: it is a metric label).
+    #[error("{0}")]
+    UnknownZstdEncoder(String),
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
 }
@@ -179,7 +187,7 @@ impl LayerDecoder {
         match c {
             Compression::None => LayerDecoder::None,
             Compression::Gzip => LayerDecoder::Gzip(Box::default()),
-            Compression::Zstd => LayerDecoder::Zstd(Box::new(ZstdDecoder::new())),
+            Compression::Zstd => LayerDecoder::Zstd(Box::default()),
         }
     }
 
@@ -199,7 +207,10 @@ impl LayerDecoder {
         match self {
             LayerDecoder::None => Ok(Encoding::None),
             LayerDecoder::Gzip(g) => g.finish(),
-            LayerDecoder::Zstd(z) => z.finish(),
+            LayerDecoder::Zstd(z) => {
+                let (encoder, parts) = z.finish()?;
+                Ok(Encoding::ZstdFrames { encoder, parts })
+            }
         }
     }
 }
@@ -652,149 +663,6 @@ impl GzipDecoder {
     }
 }
 
-/// Frame header facts of a zstd frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ZstdFrame {
-    checksum: bool,
-    content_size: Option<u64>,
-}
-
-fn parse_zstd_frame(b: &[u8]) -> Result<Option<ZstdFrame>, NotExact> {
-    if b.len() < 5 {
-        return Ok(None);
-    }
-    if b[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
-        return Err(NotExact::Corrupt("zstd frame"));
-    }
-    let fhd = b[4];
-    let fcs_flag = fhd >> 6;
-    let single = fhd & 0x20 != 0;
-    let checksum = fhd & 0x04 != 0;
-    let dict_flag = fhd & 0x03;
-    if dict_flag != 0 {
-        return Err(NotExact::Unsupported("zstd frame with a dictionary"));
-    }
-    let mut i = 5 + usize::from(!single);
-    let fcs_len = match (fcs_flag, single) {
-        (0, true) => 1,
-        (0, false) => 0,
-        (1, _) => 2,
-        (2, _) => 4,
-        _ => 8,
-    };
-    if b.len() < i + fcs_len {
-        return Ok(None);
-    }
-    let content_size = if fcs_len == 0 {
-        None
-    } else {
-        let mut v = [0u8; 8];
-        v[..fcs_len].copy_from_slice(&b[i..i + fcs_len]);
-        let mut n = u64::from_le_bytes(v);
-        if fcs_len == 2 {
-            n += 256;
-        }
-        Some(n)
-    };
-    i += fcs_len;
-    let _ = i;
-    Ok(Some(ZstdFrame {
-        checksum,
-        content_size,
-    }))
-}
-
-pub struct ZstdDecoder {
-    head: Vec<u8>,
-    frame: Option<ZstdFrame>,
-    dec: zstd::stream::raw::Decoder<'static>,
-    probe_raw: Vec<u8>,
-    probe_comp: Vec<u8>,
-    raw_len: u64,
-    frame_done: bool,
-    outbuf: Vec<u8>,
-}
-
-impl ZstdDecoder {
-    fn new() -> ZstdDecoder {
-        ZstdDecoder {
-            head: Vec::new(),
-            frame: None,
-            dec: zstd::stream::raw::Decoder::new().expect("zstd decoder"),
-            probe_raw: Vec::new(),
-            probe_comp: Vec::new(),
-            raw_len: 0,
-            frame_done: false,
-            outbuf: vec![0; 256 * 1024],
-        }
-    }
-
-    fn feed(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
-        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-        if self.frame.is_none() {
-            self.head.extend_from_slice(&input[..input.len().min(32)]);
-            self.frame = parse_zstd_frame(&self.head)?;
-        }
-        if self.probe_comp.len() < PROBE + (PROBE >> 3) {
-            self.probe_comp.extend_from_slice(input);
-        }
-        while !input.is_empty() {
-            if self.frame_done {
-                return Err(NotExact::Unsupported("more than one zstd frame"));
-            }
-            let mut inb = InBuffer::around(input);
-            let mut outb = OutBuffer::around(&mut self.outbuf[..]);
-            let hint = self
-                .dec
-                .run(&mut inb, &mut outb)
-                .map_err(|_| NotExact::Corrupt("zstd frame"))?;
-            let (used, made) = (inb.pos(), outb.pos());
-            let produced = &self.outbuf[..made];
-            if self.probe_raw.len() < PROBE {
-                let take = (PROBE - self.probe_raw.len()).min(made);
-                self.probe_raw.extend_from_slice(&produced[..take]);
-            }
-            self.raw_len += made as u64;
-            out(produced);
-            input = &input[used..];
-            if hint == 0 {
-                self.frame_done = true;
-            } else if used == 0 && made == 0 {
-                return Err(NotExact::Corrupt("zstd frame"));
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<Encoding, NotExact> {
-        let frame = self.frame.ok_or(NotExact::Corrupt("zstd frame"))?;
-        if !self.frame_done {
-            return Err(NotExact::Corrupt("truncated zstd frame"));
-        }
-        let complete = self.raw_len as usize == self.probe_raw.len();
-        for level in std::iter::once(3).chain((1..=19).filter(|&l| l != 3)) {
-            let enc = Encoding::Zstd {
-                level,
-                checksum: frame.checksum,
-                content_size: frame.content_size.is_some(),
-                raw_len: self.raw_len,
-            };
-            let mut r = Reencoder::new(&enc);
-            let mut out = Vec::new();
-            r.push(&self.probe_raw, &mut out);
-            if complete {
-                r.finish(&mut out);
-                if out == self.probe_comp {
-                    return Ok(enc);
-                }
-            } else if out.len() > 16 && self.probe_comp.starts_with(&out) {
-                return Ok(enc);
-            }
-        }
-        Err(NotExact::UnknownZstdEncoder)
-    }
-}
-
 pub use super::reencode::Reencoder;
 
 #[cfg(test)]
@@ -953,6 +821,20 @@ mod tests {
             roundtrip(&c, &raw).unwrap();
         }
         roundtrip(&zstd::stream::encode_all(&b""[..], 3).unwrap(), b"").unwrap();
+    }
+
+    #[test]
+    fn single_frame_recipes_of_earlier_versions_still_restore() {
+        let raw = text(300_000);
+        let c = zstd::stream::encode_all(&raw[..], 5).unwrap();
+        let old =
+            r#"{"kind":"zstd","level":5,"checksum":false,"content_size":false,"raw_len":300000}"#;
+        let enc: Encoding = serde_json::from_str(old).unwrap();
+        let mut r = Reencoder::new(&enc);
+        let mut out = Vec::new();
+        r.push(&raw, &mut out);
+        r.finish(&mut out);
+        assert!(out == c);
     }
 
     #[test]

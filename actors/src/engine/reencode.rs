@@ -9,6 +9,7 @@ use super::kpflate;
 use super::pigz::PigzEncoder;
 use super::recompress::{Encoding, GoEncoder, GzipMember};
 use super::segmented::{SegmentKind, Segmented};
+use super::zstd_frames::FramesEncoder;
 
 enum ReState {
     None,
@@ -22,6 +23,7 @@ enum ReState {
         started: bool,
     },
     Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+    ZstdFrames(Box<FramesEncoder>),
 }
 
 /// The deflate encoder of one gzip member.
@@ -236,14 +238,17 @@ impl Reencoder {
                 }
                 ReState::Zstd(Box::new(z))
             }
+            Encoding::ZstdFrames { encoder, parts } => {
+                ReState::ZstdFrames(Box::new(FramesEncoder::new(*encoder, parts.clone())))
+            }
         };
         Reencoder { st }
     }
 
     /// A re-encoder of the stream from as close before compressed byte `at` as a block
     /// boundary recorded at ingest allows, to serve a range without re-encoding what comes
-    /// before it. An uncompressed stream resumes at `at` itself; of the compressed ones only
-    /// single-member gzip streams re-encoded in segments have such boundaries. `None` when
+    /// before it. An uncompressed stream resumes at `at` itself; zstd streams at the frame `at`
+    /// falls in; single-member gzip streams re-encoded in segments at a recorded boundary. `None` when
     /// there is none after the start at or before `at`.
     pub fn resume(e: &Encoding, at: u64) -> Option<(Reencoder, Resume)> {
         let (members, trailing) = match e {
@@ -255,6 +260,11 @@ impl Reencoder {
                 return Some((Reencoder { st: ReState::None }, r));
             }
             Encoding::Gzip { members, trailing } => (members, trailing),
+            Encoding::ZstdFrames { encoder, parts } => {
+                let (f, offset, plain) = FramesEncoder::resume(*encoder, parts, at)?;
+                let st = ReState::ZstdFrames(Box::new(f));
+                return Some((Reencoder { st }, Resume { offset, plain }));
+            }
             _ => return None,
         };
         let [m] = &members[..] else {
@@ -288,6 +298,7 @@ impl Reencoder {
                 z.write_all(raw).expect("writing to memory");
                 out.append(z.get_mut());
             }
+            ReState::ZstdFrames(f) => f.push(raw, out),
             ReState::Gzip {
                 members,
                 idx,
@@ -333,9 +344,13 @@ impl Reencoder {
     pub fn finish(mut self, out: &mut Vec<u8>) {
         match &mut self.st {
             ReState::None => {}
-            ReState::Zstd(_) => {
-                if let ReState::Zstd(z) = std::mem::replace(&mut self.st, ReState::None) {
-                    out.extend_from_slice(&z.finish().expect("finishing in memory"));
+            ReState::Zstd(_) | ReState::ZstdFrames(_) => {
+                match std::mem::replace(&mut self.st, ReState::None) {
+                    ReState::Zstd(z) => {
+                        out.extend_from_slice(&z.finish().expect("finishing in memory"));
+                    }
+                    ReState::ZstdFrames(f) => f.finish(out),
+                    _ => unreachable!("matched above"),
                 }
             }
             ReState::Gzip {
