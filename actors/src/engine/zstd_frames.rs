@@ -59,15 +59,34 @@ pub fn is_skippable(b: &[u8]) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "lib", rename_all = "lowercase")]
 pub enum ZstdEncoder {
-    /// The libzstd stowage links (1.5.7), at `level`, single-threaded.
-    Libzstd { level: i32 },
+    /// The libzstd stowage links (1.5.7), at `level`, single-threaded; `long`: long-distance
+    /// matching with a 128 MiB window (`zstd --long`).
+    Libzstd {
+        level: i32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        long: bool,
+    },
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Window log of `zstd --long`.
+const LONG_WINDOW_LOG: u32 = 27;
+
 impl ZstdEncoder {
-    /// A short name for metrics and logs.
+    /// libzstd at `level`, single-threaded, no long-distance matching.
+    pub fn libzstd(level: i32) -> ZstdEncoder {
+        ZstdEncoder::Libzstd { level, long: false }
+    }
+
+    /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, ...
     pub fn label(&self) -> String {
         match self {
-            ZstdEncoder::Libzstd { level } => format!("zstd-{level}"),
+            ZstdEncoder::Libzstd { level, long } => {
+                format!("zstd-{level}{}", if *long { "-long" } else { "" })
+            }
         }
     }
 }
@@ -212,14 +231,19 @@ const LIBZSTD_WINDOW_LOG: [u32; 19] = [
 
 /// Encoders to try on a frame, most likely first.
 fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
-    let levels = std::iter::once(3).chain((1..=19).filter(|&l| l != 3));
-    levels
-        .filter(|&level| match (h.content_size, h.window_log) {
-            // Without a content size the window is the level's own.
-            (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
-            _ => true,
-        })
-        .map(|level| ZstdEncoder::Libzstd { level })
+    let long = h.window_log == Some(LONG_WINDOW_LOG);
+    let levels = || {
+        std::iter::once(3)
+            .chain((1..=19).filter(|&l| l != 3))
+            .filter(move |&level| match (h.content_size, h.window_log) {
+                _ if long => true,
+                // Without a content size the window is the level's own.
+                (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
+                _ => true,
+            })
+    };
+    levels()
+        .map(|level| ZstdEncoder::Libzstd { level, long })
         .collect()
 }
 
@@ -235,8 +259,14 @@ impl FrameWriter {
     /// A writer of a frame of `raw_len` bytes (used only if the header carries it).
     pub fn new(enc: &ZstdEncoder, raw_len: u64, flags: u8) -> FrameWriter {
         use zstd::zstd_safe::CParameter;
-        let ZstdEncoder::Libzstd { level } = *enc;
+        let ZstdEncoder::Libzstd { level, long } = *enc;
         let mut z = zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd encoder");
+        if long {
+            z.set_parameter(CParameter::EnableLongDistanceMatching(true))
+                .expect("zstd parameter");
+            z.set_parameter(CParameter::WindowLog(LONG_WINDOW_LOG))
+                .expect("zstd parameter");
+        }
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
         z.set_parameter(CParameter::ChecksumFlag(flags & FLAG_CHECKSUM != 0))
             .expect("zstd parameter");
@@ -541,8 +571,8 @@ impl ZstdDecoder {
             }
         }
         Err(NotExact::UnknownZstdEncoder(format!(
-            "no encoder stowage reproduces wrote the frame (libzstd 1.5.7 at levels 1-19 tried; \
-             another version or writer?): {}",
+            "no encoder stowage reproduces wrote the frame (libzstd 1.5.7 at levels 1-19 \
+             tried; multi-threaded libzstd is not reproduced; another version or writer?): {}",
             header.describe()
         )))
     }
@@ -586,7 +616,7 @@ impl ZstdDecoder {
         let encoder = match self.encoder {
             Some(e) => e,
             // Only skippable frames: nothing to encode, any encoder will do.
-            None if !self.parts.is_empty() => ZstdEncoder::Libzstd { level: 3 },
+            None if !self.parts.is_empty() => ZstdEncoder::libzstd(3),
             None => return Err(NotExact::Corrupt("empty zstd stream")),
         };
         Ok((encoder, self.parts))
@@ -795,7 +825,7 @@ mod tests {
         for level in [1, 3, 9, 19] {
             let c = zstd::stream::encode_all(&raw[..], level).unwrap();
             let (enc, _) = roundtrip(&c, &raw).unwrap();
-            assert_eq!(enc, ZstdEncoder::Libzstd { level });
+            assert_eq!(enc, ZstdEncoder::libzstd(level));
         }
         roundtrip(&zstd::stream::encode_all(&b""[..], 3).unwrap(), b"").unwrap();
         for flags in [
@@ -804,7 +834,7 @@ mod tests {
             FLAG_CONTENT_SIZE | FLAG_CHECKSUM,
             FLAG_FLUSHED,
         ] {
-            let enc = ZstdEncoder::Libzstd { level: 3 };
+            let enc = ZstdEncoder::libzstd(3);
             let c = encode_frame(&enc, &raw, flags);
             let (_, parts) = roundtrip(&c, &raw).unwrap();
             assert_eq!(
@@ -815,10 +845,24 @@ mod tests {
     }
 
     #[test]
+    fn long_distance_libzstd() {
+        // Repeats 20 MB apart: only a long window finds them.
+        let mut raw = text(3 << 20, 5);
+        raw.extend_from_slice(&crate::engine::test_bytes(17 << 20, 6));
+        raw.extend_from_slice(&text(3 << 20, 5));
+        for level in [3, 19] {
+            let enc = ZstdEncoder::Libzstd { level, long: true };
+            let c = encode_frame(&enc, &raw, FLAG_CHECKSUM);
+            let (found, _) = roundtrip(&c, &raw).unwrap();
+            assert_eq!(found, enc);
+        }
+    }
+
+    #[test]
     fn the_window_table_is_libzstds() {
         let raw = text(300_000, 2);
         for level in 1..=19 {
-            let enc = ZstdEncoder::Libzstd { level };
+            let enc = ZstdEncoder::libzstd(level);
             let mut w = FrameWriter::new(&enc, 0, FLAG_CHECKSUM);
             let mut out = Vec::new();
             w.write(&raw, &mut out);
@@ -835,7 +879,7 @@ mod tests {
     #[test]
     fn many_frames_and_skippable_frames() {
         // zstd:chunked's shape: a frame per file, big and small, then skippable frames.
-        let enc = ZstdEncoder::Libzstd { level: 3 };
+        let enc = ZstdEncoder::libzstd(3);
         let mut stream = Vec::new();
         let mut raw = Vec::new();
         for (i, n) in [512usize, 70_000, 1, 9_000_000, 3_000, 0, 200_000, 5 << 20]
