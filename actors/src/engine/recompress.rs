@@ -164,8 +164,10 @@ pub enum PgzipVariant {
 pub enum NotExact {
     #[error("corrupt {0}")]
     Corrupt(&'static str),
-    #[error("no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)")]
-    UnknownDeflateEncoder,
+    /// Which encoder the gzip header points to and that it did not reproduce the stream (one
+    /// of a few texts: it is a metric label); see [`unknown_deflate`].
+    #[error("{0}")]
+    UnknownDeflateEncoder(&'static str),
     /// What was tried and what the frame header says (from a small set: it is a metric label).
     #[error("{0}")]
     UnknownZstdEncoder(String),
@@ -486,6 +488,21 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
     }
 }
 
+/// Why no encoder reproduces a gzip member, from what its header says of its writer: an
+/// encoder version stowage does not have is named as such.
+fn unknown_deflate(header: &[u8]) -> NotExact {
+    NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
+        "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
+         versions stowage reproduces (1.15.11-1.15.14 at every level, 1.15.10-1.18.0 at the \
+         default level): a later (1.18.1+) or older (1.11.x) release"
+    } else if header[9] == 255 {
+        "gzip with Go's header (OS 255), but not written by Go 1.8-1.26's compress/flate nor \
+         by the other encoders stowage reproduces: Go 1.27+ or klauspost/compress gzip"
+    } else {
+        "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
+    })
+}
+
 /// Emitting what zlib already produced without flushing the stream (which would change it).
 trait FlushPending {
     fn flush_pending(&mut self);
@@ -553,7 +570,7 @@ impl GzipDecoder {
                         // another encoder is given up early instead of at its end.
                         p.level = Some(
                             probe_deflater(&self.header, &p.raw, &p.deflate, false)
-                                .ok_or(NotExact::UnknownDeflateEncoder)?,
+                                .ok_or_else(|| unknown_deflate(&self.header))?,
                         );
                         p.raw = Vec::new();
                         p.deflate = Vec::new();
@@ -616,7 +633,7 @@ impl GzipDecoder {
             None => {
                 let complete = p.raw_len as usize == p.raw.len();
                 probe_deflater(&self.header, &p.raw, &p.deflate, complete)
-                    .ok_or(NotExact::UnknownDeflateEncoder)?
+                    .ok_or_else(|| unknown_deflate(&self.header))?
             }
         };
         let splittable = match &found.go {
@@ -775,7 +792,10 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(refused, Some(NotExact::UnknownDeflateEncoder));
+        assert!(
+            matches!(&refused, Some(NotExact::UnknownDeflateEncoder(_))),
+            "{refused:?}"
+        );
         assert!(
             fed < stored.len() / 2,
             "refused after {fed} of {} bytes",
@@ -869,10 +889,24 @@ mod tests {
         e.write_all(&raw).unwrap();
         let stored = e.finish().unwrap();
         let mut d = LayerDecoder::new(Compression::Gzip);
-        assert_eq!(
-            d.feed(&stored, &mut |_| {}),
-            Err(NotExact::UnknownDeflateEncoder)
-        );
-        assert_eq!(d.finish(), Err(NotExact::UnknownDeflateEncoder));
+        assert_eq!(d.feed(&stored, &mut |_| {}), Err(unknown_deflate(&stored)));
+        assert_eq!(d.finish(), Err(unknown_deflate(&stored)));
+
+        // A Go-style header (OS 255) names the Go versions tried; pgzip's MTIME, klauspost's.
+        let mut go_like = stored.clone();
+        go_like[9] = 255;
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        let err = d.feed(&go_like, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("Go 1.27+"), "{err}");
+        let mut unix = stored.clone();
+        unix[9] = 3;
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        let err = d.feed(&unix, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("no zlib level"), "{err}");
+        let mut pgzip_like = stored.clone();
+        pgzip_like[4..8].copy_from_slice(&PGZIP_MTIME);
+        let mut d = LayerDecoder::new(Compression::Gzip);
+        let err = d.feed(&pgzip_like, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("1.18.1+"), "{err}");
     }
 }
