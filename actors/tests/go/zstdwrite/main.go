@@ -134,8 +134,10 @@ func main() {
 					fail(err)
 				}
 			case "c":
+				// A content size mismatch is an error after the last block; what
+				// was written (no checksum) is the output under test.
 				if err := enc.Close(); err != nil {
-					fail(err)
+					fmt.Fprintln(os.Stderr, "zstdwrite: close:", err)
 				}
 			case "r":
 				enc.Reset(out)
