@@ -7,6 +7,7 @@ pub mod features;
 pub mod goflate;
 pub mod inflate;
 pub mod kpflate;
+pub mod kpzstd;
 pub mod pigz;
 pub mod recipe;
 pub mod recompress;

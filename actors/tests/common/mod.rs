@@ -20,32 +20,46 @@ pub fn target_dir() -> PathBuf {
 /// (outside CI: CI must have it).
 pub fn gzwrite() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = target_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join(format!("gzwrite-{}", env!("CARGO_CRATE_NAME")));
-        let status = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./tests/go/gzwrite")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", dir.join("cache"))
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(bin),
-            Ok(s) => panic!("go build of gzwrite failed: {s}"),
-            Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("CI must have Go to check the exact encoders: {e}")
-            }
-            Err(e) => {
-                eprintln!("NOT RUN: no Go toolchain ({e}); scripts/test installs golang-go");
-                None
-            }
+    BIN.get_or_init(|| go_tool("gzwrite")).as_deref()
+}
+
+/// Builds `tests/go/zstdwrite` (klauspost/compress/zstd's streaming Encoder) once per test
+/// binary, like [`gzwrite`]; None, with a NOT RUN note, without Go (outside CI).
+pub fn zstdwrite() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| go_tool("zstdwrite")).as_deref()
+}
+
+/// `go build` of `tests/go/<name>` in GOPATH mode against Debian's packages.
+fn go_tool(name: &str) -> Option<PathBuf> {
+    let dir = target_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(format!("{name}-{}", env!("CARGO_CRATE_NAME")));
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(format!("./tests/go/{name}"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("cache"))
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(bin),
+        Ok(s) => panic!("go build of {name} failed: {s}"),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI must have Go to check the exact encoders: {e}")
         }
-    })
-    .as_deref()
+        Err(e) => {
+            eprintln!("NOT RUN: no Go toolchain ({e}); scripts/test installs golang-go");
+            None
+        }
+    }
+}
+
+/// Run the zstdwrite fixture writer with `args` (and GOMAXPROCS if given) on `input`.
+pub fn run_zstdwrite(bin: &Path, args: &[String], procs: Option<usize>, input: &[u8]) -> Vec<u8> {
+    run_gzwrite(bin, args, procs, input)
 }
 
 /// What a layer goes through: inflate while identifying the encoder, then re-encode from
@@ -89,7 +103,7 @@ pub fn run_gzwrite(bin: &Path, args: &[String], procs: Option<usize>, input: &[u
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(out.status.success(), "gzwrite {args:?} failed");
+    assert!(out.status.success(), "{} {args:?} failed", bin.display());
     out.stdout
 }
 

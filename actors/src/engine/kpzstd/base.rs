@@ -1,0 +1,208 @@
+//! Ports `zstd/enc_base.go` and `zstd/hash.go` (klauspost/compress 1.15.12):
+//! the history window, position offset (`cur`), checksum and block shared by
+//! the match finders, and the hash functions.
+
+use xxhash_rust::xxh64::Xxh64;
+
+use super::block::BlockEnc;
+use super::MAX_COMPRESSED_BLOCK_SIZE;
+
+/// `bufferReset`: `math.MaxInt32 - MaxWindowSize`.
+pub(crate) const BUFFER_RESET: i32 = i32::MAX - (1 << 29);
+/// `zstdMinMatch`.
+pub(crate) const ZSTD_MIN_MATCH: i32 = 3;
+/// `maxMatchLength`.
+pub(crate) const MAX_MATCH_LENGTH: i32 = 131074;
+
+const PRIME4BYTES: u32 = 2654435761;
+const PRIME5BYTES: u64 = 889523592379;
+const PRIME6BYTES: u64 = 227718039650203;
+const PRIME8BYTES: u64 = 0xcf1bbcdcb7a56463;
+
+/// `hashLen(u, length, 4)`.
+#[allow(dead_code)]
+#[inline(always)]
+pub(crate) fn hash4(u: u64, length: u32) -> usize {
+    ((u as u32).wrapping_mul(PRIME4BYTES) >> (32 - length)) as usize
+}
+
+/// `hashLen(u, length, 5)`.
+#[inline(always)]
+pub(crate) fn hash5(u: u64, length: u32) -> usize {
+    ((u << (64 - 40)).wrapping_mul(PRIME5BYTES) >> (64 - length)) as u32 as usize
+}
+
+/// `hashLen(u, length, 6)`.
+#[inline(always)]
+pub(crate) fn hash6(u: u64, length: u32) -> usize {
+    ((u << (64 - 48)).wrapping_mul(PRIME6BYTES) >> (64 - length)) as u32 as usize
+}
+
+/// `hashLen(u, length, 8)`.
+#[inline(always)]
+pub(crate) fn hash8(u: u64, length: u32) -> usize {
+    (u.wrapping_mul(PRIME8BYTES) >> (64 - length)) as u32 as usize
+}
+
+/// `load3232`.
+#[inline(always)]
+pub(crate) fn load32(b: &[u8], i: i32) -> u32 {
+    let i = i as usize;
+    u32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+}
+
+/// `load6432`.
+#[inline(always)]
+pub(crate) fn load64(b: &[u8], i: i32) -> u64 {
+    let i = i as usize;
+    u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
+}
+
+/// `matchLen` / `fastBase.matchlen`: how many bytes at `s` equal those at `t`, up to
+/// the end of `src` (counted from `s`).
+#[inline(always)]
+pub(crate) fn matchlen(s: i32, t: i32, src: &[u8]) -> i32 {
+    let a = &src[s as usize..];
+    let b = &src[t as usize..t as usize + a.len()];
+    let mut i = 0usize;
+    let end = a.len() & !7;
+    while i < end {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap());
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let diff = x ^ y;
+        if diff != 0 {
+            return (i + (diff.trailing_zeros() >> 3) as usize) as i32;
+        }
+        i += 8;
+    }
+    while i < a.len() {
+        if a[i] != b[i] {
+            return i as i32;
+        }
+        i += 1;
+    }
+    a.len() as i32
+}
+
+/// `tableEntry`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct TableEntry {
+    pub val: u32,
+    pub offset: i32,
+}
+
+/// `fastBase`.
+pub(crate) struct FastBase {
+    /// The offset at the start of `hist`.
+    pub cur: i32,
+    /// The window: the maximum match distance.
+    pub max_match_off: i32,
+    pub hist: Vec<u8>,
+    /// Go's `cap(e.hist)`, which decides when the history moves down.
+    hist_cap: usize,
+    pub crc: Xxh64,
+    pub blk: BlockEnc,
+}
+
+impl FastBase {
+    pub fn new(max_match_off: i32) -> Self {
+        FastBase {
+            cur: 0,
+            max_match_off,
+            hist: Vec::new(),
+            hist_cap: 0,
+            crc: Xxh64::new(0),
+            blk: BlockEnc::new(),
+        }
+    }
+
+    /// `WindowSize`: the window, or a power of two holding `size` if smaller.
+    pub fn window_size(&self, size: i64) -> i32 {
+        if size > 0 && size < i64::from(self.max_match_off) {
+            let mut b = 1i32 << (64 - (size as u64).leading_zeros());
+            if b < 1024 {
+                b = 1024;
+            }
+            return b;
+        }
+        self.max_match_off
+    }
+
+    /// `AppendCRC`: the low 32 bits of the XXH64, little endian.
+    pub fn append_crc(&self, dst: &mut Vec<u8>) {
+        dst.extend_from_slice(&(self.crc.digest() as u32).to_le_bytes());
+    }
+
+    /// `addBlock`: append `src` to the history (moving it down first if full);
+    /// returns where it starts.
+    pub fn add_block(&mut self, src: &[u8]) -> i32 {
+        if self.hist.len() + src.len() > self.hist_cap {
+            if self.hist_cap == 0 {
+                self.ensure_hist(src.len());
+            } else {
+                assert!(
+                    self.hist_cap >= (self.max_match_off as usize + MAX_COMPRESSED_BLOCK_SIZE),
+                    "unexpected buffer cap"
+                );
+                let offset = self.hist.len() as i32 - self.max_match_off;
+                self.hist.copy_within(offset as usize.., 0);
+                self.cur = self.cur.wrapping_add(offset);
+                self.hist.truncate(self.max_match_off as usize);
+            }
+        }
+        let s = self.hist.len() as i32;
+        self.hist.extend_from_slice(src);
+        s
+    }
+
+    /// `ensureHist` (never low-memory).
+    fn ensure_hist(&mut self, n: usize) {
+        if self.hist_cap >= n {
+            return;
+        }
+        let mut l = self.max_match_off as usize;
+        if self.max_match_off as usize <= MAX_COMPRESSED_BLOCK_SIZE {
+            l += MAX_COMPRESSED_BLOCK_SIZE;
+        } else {
+            l += self.max_match_off as usize;
+        }
+        if l < 1 << 20 {
+            l = 1 << 20;
+        }
+        if l < n {
+            l = n;
+        }
+        self.hist = Vec::with_capacity(l);
+        self.hist_cap = l;
+    }
+
+    /// `resetBase` without a dictionary: a new frame; earlier positions move out of
+    /// reach.
+    pub fn reset_base(&mut self) {
+        self.blk.reset();
+        self.blk.init_new_encode();
+        self.crc.reset(0);
+        if self.cur < BUFFER_RESET {
+            self.cur = self
+                .cur
+                .wrapping_add(self.max_match_off)
+                .wrapping_add(self.hist.len() as i32);
+        }
+        self.hist.clear();
+    }
+}
+
+/// What the stream driver needs of a match finder (`encoder` in Go, without the
+/// dictionary and block-swapping methods).
+pub(crate) trait Matcher: Send {
+    fn base(&mut self) -> &mut FastBase;
+    fn base_ref(&self) -> &FastBase;
+    /// `Encode`: find the sequences of `src`, a block continuing the history.
+    fn encode(&mut self, src: &[u8]);
+    /// `EncodeNoHist`: the same for a frame's only block, without keeping history.
+    fn encode_no_hist(&mut self, src: &[u8]);
+    /// `Reset(nil, _)`.
+    fn reset(&mut self) {
+        self.base().reset_base();
+    }
+}

@@ -1,0 +1,482 @@
+//! Port of the zstd encoder of github.com/klauspost/compress 1.15.12
+//! (BSD-3-Clause, Copyright (c) 2019 Klaus Post; the huff0/fse parts are based
+//! on work Copyright (c) 2013 Yann Collet, BSD License).
+//!
+//! A bit-exact re-encoder for the zstd streams that Go container tools write
+//! (containers/image, containers/storage `zstd` and `zstd:chunked`, BuildKit,
+//! containerd: all use `zstd.NewWriter(w, zstd.WithEncoderLevel(l))`, i.e. the
+//! streaming `Encoder` with the default window, GOMAXPROCS concurrency and
+//! the checksum on). The Rust code follows the Go step by step (match finders,
+//! block-type and table-reuse decisions, Huffman and FSE construction, even
+//! integer wrap-arounds), because any deviation changes bytes.
+//!
+//! # What the Go `Encoder` writes, call by call
+//!
+//! Input is buffered until a whole block is there (`blockSize`: 128 KiB for
+//! `SpeedDefault`, 64 KiB for `SpeedFastest`, capped at the window); a block
+//! is compressed as soon as the buffer is full, so **block cuts do not depend
+//! on the sizes of the `Write` calls**: they fall at every `blockSize` bytes
+//! of the frame's input, plus wherever `Flush` (or a `ReadFrom` that finds
+//! buffered data, which flushes it first) cut a short block.
+//!
+//! * **`Write`** / [`KpStreamEncoder::write`]: the first full block writes the
+//!   frame header, then each full block is written. Nothing is written while
+//!   less than a block is buffered.
+//! * **`Flush`** / [`KpStreamEncoder::flush`]: if data is buffered, the frame
+//!   header (if not yet written) and the buffered data as a (short) block.
+//!   With nothing buffered, nothing.
+//! * **`Close`** / [`KpStreamEncoder::close`]:
+//!   - nothing written and nothing buffered (empty input, or only empty
+//!     flushes): **no bytes at all** (not even a frame);
+//!   - no header written yet but data buffered (the whole frame's input is
+//!     under one block, with no `Flush`): `EncodeAll`'s single-block frame:
+//!     a single-segment header if the input is over 1 KiB (1 KiB and less:
+//!     a window descriptor and, from 256 bytes on, the content size; the
+//!     window is the smallest power of two above the size, at least 1 KiB),
+//!     the content size always present from 256 bytes on (always, for
+//!     single segment), a last block (the match finder's no-history variant),
+//!     the checksum;
+//!   - otherwise: the buffered data as the last block, or, if nothing is
+//!     buffered (e.g. `Write; Flush; Close`, or an input that is a multiple
+//!     of the block size), an empty last raw block `01 00 00`; then the
+//!     checksum (low 32 bits of XXH64, little endian).
+//! * **`Reset`** / **`ResetContentSize`** / [`KpStreamEncoder::reset`]: the next
+//!   bytes start a new, independent frame (history, offsets and the Huffman
+//!   and FSE tables to reuse are forgotten).
+//!
+//! The streamed frame header is `28 b5 2f fd`, a descriptor with the
+//! checksum flag (`0x04`), never single-segment, no dictionary; the window
+//! descriptor of the encoder's window (8 MiB `0x68` for `SpeedDefault`,
+//! 4 MiB `0x60` for `SpeedFastest`) unless `ResetContentSize` gave a size
+//! below the window (then the smallest power of two above it, at least
+//! 1 KiB); the content size only if `ResetContentSize` gave one of 256 or
+//! more (2, 4 or 8 bytes). If that size does not match the input, `Close`
+//! returns an error before writing the checksum, and so does this port (it
+//! writes no checksum).
+//!
+//! A compressed block that would not be smaller than its input, and a full
+//! block in which no match was found, are stored raw. A block whose matches
+//! save fewer than 16 bytes (plus 1/32 of its size) is coded as literals
+//! only: with `SpeedDefault` Huffman coded if that pays (or RLE), with
+//! `SpeedFastest` always raw (`allLitEntropy` is off at that level).
+//!
+//! # Concurrency, write sizes, window
+//!
+//! With GOMAXPROCS > 1 Go compresses block *n + 1* while block *n* is being
+//! entropy coded, passing the Huffman/FSE state along in the same order as
+//! the synchronous path, and the match finders never use repeat offsets
+//! before a block's third sequence, so the offsets handed between blocks
+//! (which do differ between the two paths) cannot reach the output: **the
+//! bytes do not depend on GOMAXPROCS or `WithEncoderConcurrency`**
+//! (checked in `tests/kpzstd.rs`); [`KpOptions::concurrency`] is accepted
+//! and ignored. Write sizes do not matter (see above). The window does:
+//! it bounds match distances, caps the block size and is in the header.
+//! [`KpOptions::window_size`] is applied after the level, as
+//! `NewWriter(w, WithEncoderLevel(l), WithWindowSize(n))` does.
+//!
+//! Go keeps a pool of encoders for `EncodeAll` separate from the stream's;
+//! they are reset before every use and their stale table entries can never
+//! match (they are more than a window behind), so one extra encoder stands
+//! in for the pool.
+//!
+//! # Levels
+//!
+//! `SpeedDefault` (`enc_dfast.go`) and `SpeedFastest` (`enc_fast.go`) are
+//! implemented; `SpeedBetterCompression` and `SpeedBestCompression` return
+//! [`KpZstdError::Level`]. Dictionaries, padding, `WithZeroFrames`,
+//! `WithNoEntropyCompression`, `WithAllLitEntropyCompression`,
+//! `WithLowerEncoderMem` and `WithSingleSegment` are not modelled (container
+//! tools do not set them).
+
+mod base;
+mod bitwriter;
+mod block;
+mod dfast;
+mod fast;
+mod fse;
+mod fsecompress;
+mod huff0;
+
+use base::Matcher;
+use block::{encode_raw_to, BlockError};
+
+/// `maxCompressedBlockSize`: the largest block (128 KiB).
+pub(crate) const MAX_COMPRESSED_BLOCK_SIZE: usize = 128 << 10;
+/// `MinWindowSize`.
+pub const MIN_WINDOW_SIZE: usize = 1 << 10;
+/// `MaxWindowSize`.
+pub const MAX_WINDOW_SIZE: usize = 1 << 29;
+
+/// `zstd.EncoderLevel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KpLevel {
+    /// `SpeedFastest` (zstd levels below 3).
+    Fastest,
+    /// `SpeedDefault` (zstd levels 3-5).
+    #[default]
+    Default,
+    /// `SpeedBetterCompression` (zstd levels 6-9): not implemented yet.
+    Better,
+    /// `SpeedBestCompression` (zstd levels 10+): not implemented yet.
+    Best,
+}
+
+impl KpLevel {
+    /// `zstd.EncoderLevelFromZstd`.
+    pub fn from_zstd(level: i32) -> KpLevel {
+        match level {
+            l if l < 3 => KpLevel::Fastest,
+            3..=5 => KpLevel::Default,
+            6..=9 => KpLevel::Better,
+            _ => KpLevel::Best,
+        }
+    }
+
+    /// The name Go prints (`EncoderLevel.String`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KpLevel::Fastest => "fastest",
+            KpLevel::Default => "default",
+            KpLevel::Better => "better",
+            KpLevel::Best => "best",
+        }
+    }
+}
+
+/// The encoder options container tools can set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KpOptions {
+    pub level: KpLevel,
+    /// `WithWindowSize` (after the level); 0 keeps the level's default
+    /// (4 MiB for `Fastest`, 8 MiB for `Default`).
+    pub window_size: usize,
+    /// `WithEncoderCRC` (default on).
+    pub crc: bool,
+    /// `WithEncoderConcurrency`: does not change the bytes, so it is ignored.
+    pub concurrency: usize,
+}
+
+impl Default for KpOptions {
+    fn default() -> Self {
+        KpOptions {
+            level: KpLevel::Default,
+            window_size: 0,
+            crc: true,
+            concurrency: 0,
+        }
+    }
+}
+
+/// What this encoder cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KpZstdError {
+    /// The level is not implemented (yet).
+    #[error("klauspost zstd level {0:?} is not implemented")]
+    Level(KpLevel),
+    /// `WithWindowSize` would refuse it.
+    #[error("window size {0} must be a power of two in {MIN_WINDOW_SIZE}..={MAX_WINDOW_SIZE}")]
+    Window(usize),
+}
+
+/// `frameHeader.appendTo` (no dictionary).
+fn append_frame_header(
+    dst: &mut Vec<u8>,
+    content_size: u64,
+    window_size: u32,
+    single_segment: bool,
+    checksum: bool,
+) {
+    dst.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let mut fhd = 0u8;
+    if checksum {
+        fhd |= 1 << 2;
+    }
+    if single_segment {
+        fhd |= 1 << 5;
+    }
+    let mut fcs = 0u8;
+    if content_size >= 256 {
+        fcs += 1;
+    }
+    if content_size >= 65536 + 256 {
+        fcs += 1;
+    }
+    if content_size >= 0xffff_ffff {
+        fcs += 1;
+    }
+    fhd |= fcs << 6;
+    dst.push(fhd);
+    if !single_segment {
+        let bits = 32 - window_size.wrapping_sub(1).leading_zeros();
+        dst.push(((bits as i32 - 10) << 3) as u8);
+    }
+    match fcs {
+        0 => {
+            if single_segment {
+                dst.push(content_size as u8);
+            }
+        }
+        1 => dst.extend_from_slice(&((content_size - 256) as u16).to_le_bytes()),
+        2 => dst.extend_from_slice(&(content_size as u32).to_le_bytes()),
+        _ => dst.extend_from_slice(&content_size.to_le_bytes()),
+    }
+}
+
+fn new_matcher(level: KpLevel, window: usize) -> Box<dyn Matcher> {
+    match level {
+        KpLevel::Fastest => Box::new(fast::FastEncoder::new(window as i32)),
+        KpLevel::Default => Box::new(dfast::DoubleFastEncoder::new(window as i32)),
+        KpLevel::Better | KpLevel::Best => unreachable!("checked in KpStreamEncoder::new"),
+    }
+}
+
+/// One zstd stream, like a `zstd.Encoder` used through `Write`/`Flush`/`Close`/
+/// `Reset` (synchronous: the bytes are the same at any concurrency).
+pub struct KpStreamEncoder {
+    level: KpLevel,
+    window_size: usize,
+    block_size: usize,
+    crc: bool,
+    all_lit_entropy: bool,
+    /// The stream's encoder (`state.encoder`).
+    enc: Box<dyn Matcher>,
+    /// Stands in for the `EncodeAll` pool.
+    single: Option<Box<dyn Matcher>>,
+    filling: Vec<u8>,
+    n_input: i64,
+    frame_content_size: i64,
+    header_written: bool,
+    eof_written: bool,
+    full_frame_written: bool,
+}
+
+impl KpStreamEncoder {
+    /// `zstd.NewWriter(w, WithEncoderLevel(level)[, WithWindowSize(n)][, WithEncoderCRC(crc)])`.
+    pub fn new(opts: &KpOptions) -> Result<Self, KpZstdError> {
+        let (mut window, mut block) = match opts.level {
+            KpLevel::Fastest => (4 << 20, 1 << 16),
+            KpLevel::Default => (8 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+            l @ (KpLevel::Better | KpLevel::Best) => return Err(KpZstdError::Level(l)),
+        };
+        if opts.window_size != 0 {
+            let n = opts.window_size;
+            if !(MIN_WINDOW_SIZE..=MAX_WINDOW_SIZE).contains(&n) || !n.is_power_of_two() {
+                return Err(KpZstdError::Window(n));
+            }
+            window = n;
+            block = block.min(n);
+        }
+        let mut e = KpStreamEncoder {
+            level: opts.level,
+            window_size: window,
+            block_size: block,
+            crc: opts.crc,
+            all_lit_entropy: opts.level != KpLevel::Fastest,
+            enc: new_matcher(opts.level, window),
+            single: None,
+            filling: Vec::with_capacity(block),
+            n_input: 0,
+            frame_content_size: 0,
+            header_written: false,
+            eof_written: false,
+            full_frame_written: false,
+        };
+        e.reset(None);
+        Ok(e)
+    }
+
+    /// The block size in use (`blockSize`).
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// `Encoder.Write`: buffers `data`, appending every block that fills up (and the
+    /// frame header before the first) to `out`.
+    pub fn write(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        while !data.is_empty() {
+            if data.len() + self.filling.len() < self.block_size {
+                if self.crc {
+                    self.enc.base().crc.update(data);
+                }
+                self.filling.extend_from_slice(data);
+                return;
+            }
+            let take = (self.block_size - self.filling.len()).min(data.len());
+            let add = &data[..take];
+            if self.crc {
+                self.enc.base().crc.update(add);
+            }
+            self.filling.extend_from_slice(add);
+            data = &data[take..];
+            if self.filling.len() < self.block_size {
+                return;
+            }
+            self.next_block(false, out);
+        }
+    }
+
+    /// `Encoder.ReadFrom` of `data` (what `io.Copy` into the encoder uses): buffered
+    /// data is first written out as a short block, then `data` is written.
+    pub fn read_from(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if !self.filling.is_empty() {
+            self.next_block(false, out);
+        }
+        self.write(data, out);
+    }
+
+    /// `Encoder.Flush`: the buffered data as a block (nothing if none).
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        if !self.filling.is_empty() {
+            self.next_block(false, out);
+        }
+    }
+
+    /// `Encoder.Close`: ends the frame (see the module doc for what that writes).
+    pub fn close(&mut self, out: &mut Vec<u8>) {
+        self.next_block(true, out);
+        if self.frame_content_size > 0 && self.n_input != self.frame_content_size {
+            // Go returns "frame content size %d given, but %d bytes was written".
+            return;
+        }
+        if self.full_frame_written {
+            return;
+        }
+        if self.crc {
+            self.enc.base_ref().append_crc(out);
+        }
+    }
+
+    /// `Encoder.Reset` (`None`) or `Encoder.ResetContentSize` (`Some(size)`): a new
+    /// frame follows.
+    pub fn reset(&mut self, content_size: Option<u64>) {
+        self.filling.clear();
+        self.enc.reset();
+        self.header_written = false;
+        self.eof_written = false;
+        self.full_frame_written = false;
+        self.n_input = 0;
+        self.frame_content_size = 0;
+        if let Some(size) = content_size {
+            self.frame_content_size = size.min(i64::MAX as u64) as i64;
+        }
+    }
+
+    /// `nextBlock`, on the synchronous path (`concurrent == 1`).
+    fn next_block(&mut self, mut final_: bool, out: &mut Vec<u8>) {
+        assert!(
+            self.filling.len() <= self.block_size,
+            "block > maxStoreBlockSize"
+        );
+        if !self.header_written {
+            if final_ && self.filling.is_empty() {
+                self.header_written = true;
+                self.full_frame_written = true;
+                self.eof_written = true;
+                return;
+            }
+            if final_ {
+                let src = std::mem::take(&mut self.filling);
+                self.encode_all(&src, out);
+                self.n_input += src.len() as i64;
+                self.filling = src;
+                self.filling.clear();
+                self.header_written = true;
+                self.full_frame_written = true;
+                self.eof_written = true;
+                return;
+            }
+            let ws = self.enc.base_ref().window_size(self.frame_content_size);
+            append_frame_header(
+                out,
+                self.frame_content_size as u64,
+                ws as u32,
+                false,
+                self.crc,
+            );
+            self.header_written = true;
+        }
+        if self.eof_written {
+            final_ = false;
+        }
+        if self.filling.is_empty() {
+            if final_ {
+                let blk = &mut self.enc.base().blk;
+                blk.reset();
+                blk.last = true;
+                blk.encode_raw(&[]);
+                out.extend_from_slice(&blk.output);
+                self.eof_written = true;
+            }
+            return;
+        }
+        let src = &self.filling[..];
+        self.n_input += src.len() as i64;
+        self.enc.base().blk.reset();
+        self.enc.encode(src);
+        let blk = &mut self.enc.base().blk;
+        blk.last = final_;
+        if final_ {
+            self.eof_written = true;
+        }
+        let mut incompressible = true;
+        if src.len() != blk.literals.len() || src.len() != self.block_size {
+            match blk.encode(src, false, !self.all_lit_entropy) {
+                Ok(()) => incompressible = false,
+                Err(BlockError::Incompressible) => {}
+                Err(BlockError::Internal(e)) => panic!("zstd block encode: {e}"),
+            }
+        }
+        if incompressible {
+            blk.encode_raw(src);
+        }
+        out.extend_from_slice(&blk.output);
+        self.filling.clear();
+    }
+
+    /// `EncodeAll` of a non-empty input of at most one block: a whole frame.
+    fn encode_all(&mut self, src: &[u8], out: &mut Vec<u8>) {
+        let single = src.len() <= self.window_size && src.len() > MIN_WINDOW_SIZE;
+        let (level, window) = (self.level, self.window_size);
+        let enc = self
+            .single
+            .get_or_insert_with(|| new_matcher(level, window));
+        let ws = enc.base_ref().window_size(src.len() as i64);
+        append_frame_header(out, src.len() as u64, ws as u32, single, self.crc);
+        debug_assert!(src.len() <= self.block_size);
+        enc.reset();
+        if self.crc {
+            enc.base().crc.update(src);
+        }
+        enc.base().blk.last = true;
+        enc.encode_no_hist(src);
+        let blk = &mut enc.base().blk;
+        let mut incompressible = true;
+        if blk.literals.len() != src.len() || src.len() != self.block_size {
+            match blk.encode(src, false, !self.all_lit_entropy) {
+                Ok(()) => incompressible = false,
+                Err(BlockError::Incompressible) => {}
+                Err(BlockError::Internal(e)) => panic!("zstd block encode: {e}"),
+            }
+        }
+        if incompressible {
+            encode_raw_to(out, src, blk.last);
+        } else {
+            out.extend_from_slice(&blk.output);
+        }
+        if self.crc {
+            enc.base_ref().append_crc(out);
+        }
+    }
+}
+
+/// The whole stream for `data`: `Write(data)` then `Close()`.
+///
+/// # Panics
+/// If [`KpStreamEncoder::new`] refuses the options.
+pub fn encode_stream(opts: &KpOptions, data: &[u8]) -> Vec<u8> {
+    let mut e = KpStreamEncoder::new(opts).expect("kpzstd options");
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    e.write(data, &mut out);
+    e.close(&mut out);
+    out
+}

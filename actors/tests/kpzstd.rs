@@ -1,0 +1,654 @@
+//! klauspost/compress/zstd's streaming Encoder reproduced bit for bit: every
+//! fixture is compressed at test time by `tests/go/zstdwrite` (built with the
+//! machine's Go toolchain against GOPATH=/usr/share/gocode) and `kpzstd` must
+//! produce the identical stream.
+//!
+//! The throughput comparison is `#[ignore]`d; run it with
+//! `cargo test --release -p stowage-actors --test kpzstd -- --ignored --nocapture`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+mod common;
+use common::{run_zstdwrite, zstdwrite, Rng};
+
+use stowage_actors::engine::kpzstd::{
+    encode_stream, KpLevel, KpOptions, KpStreamEncoder, KpZstdError,
+};
+
+/// The implemented levels.
+const LEVELS: [KpLevel; 2] = [KpLevel::Default, KpLevel::Fastest];
+
+/// One way of driving the encoder, mirrored by zstdwrite's flags.
+#[derive(Clone, Debug)]
+struct Drive<'a> {
+    level: KpLevel,
+    /// Size of each Write call.
+    chunk: usize,
+    window: usize,
+    crc: bool,
+    /// Go's WithEncoderConcurrency (0: GOMAXPROCS).
+    concurrency: usize,
+    /// GOMAXPROCS for the Go writer.
+    procs: Option<usize>,
+    /// ResetContentSize(total) first.
+    content_size: bool,
+    /// zstdwrite's -script; None: write everything, then Close.
+    script: Option<&'a str>,
+}
+
+impl Drive<'_> {
+    fn level(level: KpLevel) -> Self {
+        Drive {
+            level,
+            chunk: 32 << 10,
+            window: 0,
+            crc: true,
+            concurrency: 0,
+            procs: None,
+            content_size: false,
+            script: None,
+        }
+    }
+
+    fn opts(&self) -> KpOptions {
+        KpOptions {
+            level: self.level,
+            window_size: self.window,
+            crc: self.crc,
+            concurrency: self.concurrency,
+        }
+    }
+
+    fn go(&self, bin: &Path, input: &[u8]) -> Vec<u8> {
+        let mut args = vec![
+            "-level".to_string(),
+            self.level.name().into(),
+            "-chunk".into(),
+            self.chunk.to_string(),
+            "-window".into(),
+            self.window.to_string(),
+            format!("-crc={}", self.crc),
+            "-concurrency".into(),
+            self.concurrency.to_string(),
+        ];
+        if self.content_size {
+            args.push("-contentsize".into());
+        }
+        if let Some(s) = self.script {
+            args.push("-script".into());
+            args.push(s.into());
+        }
+        run_zstdwrite(bin, &args, self.procs, input)
+    }
+
+    /// The same calls on the port.
+    fn ours(&self, input: &[u8]) -> Vec<u8> {
+        let mut e = KpStreamEncoder::new(&self.opts()).unwrap();
+        let mut out = Vec::new();
+        let mut rest = input;
+        if self.content_size {
+            e.reset(Some(input.len() as u64));
+        }
+        let take = |n: Option<usize>, rest: &mut &[u8]| {
+            let n = n.unwrap_or(rest.len()).min(rest.len());
+            let (a, b) = rest.split_at(n);
+            *rest = b;
+            a.to_vec()
+        };
+        let write = |e: &mut KpStreamEncoder, data: &[u8], out: &mut Vec<u8>| {
+            for part in data.chunks(self.chunk.max(1)) {
+                e.write(part, out);
+            }
+        };
+        match self.script {
+            None => {
+                write(&mut e, input, &mut out);
+                e.close(&mut out);
+            }
+            Some(script) => {
+                for op in script.split(',') {
+                    let (name, arg) = match op.trim().split_once(':') {
+                        Some((n, a)) => (n, Some(a.parse::<usize>().unwrap())),
+                        None => (op.trim(), None),
+                    };
+                    match name {
+                        "w" => {
+                            let d = take(arg, &mut rest);
+                            write(&mut e, &d, &mut out);
+                        }
+                        "rf" => {
+                            let d = take(arg, &mut rest);
+                            e.read_from(&d, &mut out);
+                        }
+                        "f" => e.flush(&mut out),
+                        "c" => e.close(&mut out),
+                        "r" => e.reset(None),
+                        "rs" => e.reset(Some(arg.unwrap() as u64)),
+                        _ => panic!("unknown op {op}"),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn assert_same(name: &str, d: &Drive, ours: &[u8], go: &[u8]) {
+    if ours != go {
+        let at = ours
+            .iter()
+            .zip(go)
+            .position(|(a, b)| a != b)
+            .unwrap_or(ours.len().min(go.len()));
+        panic!(
+            "{name} {d:?}: {} bytes vs Go's {}, first difference at byte {at}",
+            ours.len(),
+            go.len()
+        );
+    }
+}
+
+fn check_drive(bin: &Path, name: &str, d: &Drive, input: &[u8]) {
+    let go = d.go(bin, input);
+    let ours = d.ours(input);
+    assert_same(name, d, &ours, &go);
+}
+
+/// Both levels, default options.
+fn check(bin: &Path, name: &str, input: &[u8]) {
+    for level in LEVELS {
+        check_drive(bin, name, &Drive::level(level), input);
+    }
+    eprintln!("{name}: {} bytes exact at {LEVELS:?}", input.len());
+}
+
+/// Regular files under `dir`, depth first and sorted, up to `cap` bytes in total.
+fn files(dir: &Path, cap: usize, filter: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                walk(&p, out);
+            } else if md.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(dir, &mut all);
+    let mut total = 0;
+    let mut picked = Vec::new();
+    for p in all.into_iter().filter(|p| filter(p)) {
+        let Ok(md) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if total + md.len() as usize > cap || std::fs::File::open(&p).is_err() {
+            continue;
+        }
+        total += md.len() as usize;
+        picked.push(p);
+    }
+    picked
+}
+
+/// A tar of regular files from `dir` whose names start with one of `prefixes`.
+fn tar_of(dir: &str, prefixes: &str, cap: usize) -> Vec<u8> {
+    let picked = files(Path::new(dir), cap, &|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.chars().next())
+            .is_some_and(|c| prefixes.contains(c))
+    });
+    let mut b = tar::Builder::new(Vec::new());
+    for p in picked {
+        let name = p.strip_prefix("/").unwrap();
+        b.append_path_with_name(&p, name).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// English-ish text: words from a fixed vocabulary with Zipf-like frequencies.
+fn english(n: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "a",
+        "is",
+        "that",
+        "for",
+        "it",
+        "as",
+        "was",
+        "with",
+        "be",
+        "by",
+        "on",
+        "not",
+        "he",
+        "this",
+        "are",
+        "or",
+        "his",
+        "from",
+        "at",
+        "which",
+        "but",
+        "have",
+        "an",
+        "had",
+        "they",
+        "you",
+        "were",
+        "their",
+        "one",
+        "all",
+        "we",
+        "can",
+        "her",
+        "has",
+        "there",
+        "been",
+        "if",
+        "more",
+        "when",
+        "will",
+        "would",
+        "who",
+        "so",
+        "no",
+        "container",
+        "registry",
+        "layer",
+        "compression",
+        "manifest",
+        "digest",
+        "blob",
+        "storage",
+        "encoder",
+        "window",
+        "block",
+        "sequence",
+        "literal",
+        "offset",
+        "table",
+    ];
+    let mut r = Rng(seed | 1);
+    let mut out = Vec::with_capacity(n + 16);
+    let mut line = 0;
+    while out.len() < n {
+        let a = r.index(WORDS.len());
+        let w = WORDS[r.index(a + 1)];
+        out.extend_from_slice(w.as_bytes());
+        line += w.len() + 1;
+        if line > 60 + r.index(20) {
+            out.extend_from_slice(b".\n");
+            line = 0;
+        } else {
+            out.push(b' ');
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    Rng(seed | 1).bytes(n, false)
+}
+
+/// Text, noise, zeros, runs and self-repeats in seeded random pieces.
+fn mixture(target: usize, seed: u64) -> Vec<u8> {
+    let text = english(1 << 20, seed ^ 0x5555);
+    let mut r = Rng(seed | 1);
+    let mut data = Vec::with_capacity(target);
+    while data.len() < target {
+        let len = r.index(40_000) + 1;
+        match r.index(6) {
+            0 => {
+                let at = r.index(text.len() - len);
+                data.extend_from_slice(&text[at..at + len]);
+            }
+            1 => data.extend(random(len, r.next())),
+            2 => data.extend(std::iter::repeat_n(r.next() as u8, len)),
+            3 if !data.is_empty() => {
+                let at = r.index(data.len());
+                let end = (at + len).min(data.len());
+                data.extend_from_within(at..end);
+            }
+            4 => {
+                let alphabet = r.index(6) as u8 + 2;
+                data.extend((0..len).map(|_| b'a' + (r.next() % alphabet as u64) as u8));
+            }
+            _ => data.extend(r.bytes(len, true)),
+        }
+    }
+    data.truncate(target);
+    data
+}
+
+#[test]
+fn options_and_levels() {
+    assert_eq!(KpLevel::from_zstd(1), KpLevel::Fastest);
+    assert_eq!(KpLevel::from_zstd(3), KpLevel::Default);
+    assert_eq!(KpLevel::from_zstd(7), KpLevel::Better);
+    assert_eq!(KpLevel::from_zstd(19), KpLevel::Best);
+    for l in [KpLevel::Better, KpLevel::Best] {
+        let o = KpOptions {
+            level: l,
+            ..KpOptions::default()
+        };
+        assert_eq!(KpStreamEncoder::new(&o).err(), Some(KpZstdError::Level(l)));
+    }
+    for w in [512, 3000, 1 << 30] {
+        let o = KpOptions {
+            window_size: w,
+            ..KpOptions::default()
+        };
+        assert_eq!(KpStreamEncoder::new(&o).err(), Some(KpZstdError::Window(w)));
+    }
+    // Close with nothing written writes nothing at all.
+    assert!(encode_stream(&KpOptions::default(), &[]).is_empty());
+}
+
+#[test]
+fn small_inputs() {
+    let Some(bin) = zstdwrite() else { return };
+    check(bin, "empty", &[]);
+    check(bin, "1 byte", b"x");
+    for n in [
+        2, 7, 8, 15, 16, 17, 31, 32, 33, 100, 255, 256, 1023, 1024, 1025, 4000,
+    ] {
+        check(bin, &format!("text {n}"), &english(n, n as u64));
+        check(bin, &format!("random {n}"), &random(n, n as u64));
+        check(bin, &format!("zeros {n}"), &vec![0u8; n]);
+    }
+}
+
+#[test]
+fn around_block_sizes() {
+    let Some(bin) = zstdwrite() else { return };
+    for base in [64 << 10, 128 << 10, 256 << 10] {
+        for n in [base - 1, base, base + 1] {
+            check(bin, &format!("text {n}"), &english(n, 7));
+            check(bin, &format!("random {n}"), &random(n, 7));
+            check(bin, &format!("zeros {n}"), &vec![0u8; n]);
+            check(bin, &format!("mixture {n}"), &mixture(n, n as u64));
+        }
+    }
+}
+
+#[test]
+fn one_megabyte() {
+    let Some(bin) = zstdwrite() else { return };
+    let n = 1_000_000;
+    check(bin, "text 1 MB", &english(n, 1));
+    check(bin, "random 1 MB", &random(n, 1));
+    check(bin, "zeros 1 MB", &vec![0u8; n]);
+    for seed in 0..6 {
+        check(bin, &format!("mixture 1 MB #{seed}"), &mixture(n, seed));
+    }
+}
+
+#[test]
+fn large_inputs() {
+    let Some(bin) = zstdwrite() else { return };
+    let n = 20 << 20;
+    check(bin, "text 20 MiB", &english(n, 2));
+    check(bin, "random 20 MiB", &random(n, 2));
+    check(bin, "zeros 20 MiB", &vec![0u8; n]);
+    check(bin, "mixture 20 MiB", &mixture(n, 2));
+}
+
+#[test]
+fn real_tars() {
+    let Some(bin) = zstdwrite() else { return };
+    let doc = tar_of("/usr/share/doc", "abcdefghijklmnopqrstuvwxyz", 20 << 20);
+    check(bin, "tar /usr/share/doc", &doc);
+    let libs = tar_of(
+        "/usr/lib/x86_64-linux-gnu",
+        "abcdefghijklmnopqrstuvwxyz",
+        24 << 20,
+    );
+    assert!(
+        libs.len() > 16 << 20,
+        "only {} bytes of libraries",
+        libs.len()
+    );
+    check(bin, "tar of libraries", &libs);
+}
+
+/// Write sizes, GOMAXPROCS and WithEncoderConcurrency do not change Go's bytes.
+#[test]
+fn write_sizes_and_concurrency() {
+    let Some(bin) = zstdwrite() else { return };
+    let data = mixture(3 << 20, 11);
+    let small = mixture(300_000, 12);
+    for level in LEVELS {
+        let reference = Drive::level(level).ours(&data);
+        for (chunk, procs, concurrency) in [
+            (4095, Some(1), 0),
+            (4095, Some(2), 0),
+            (1 << 20, Some(2), 0),
+            (1 << 20, Some(1), 1),
+            (65536, Some(2), 4),
+            (131072, Some(2), 1),
+        ] {
+            let d = Drive {
+                chunk,
+                procs,
+                concurrency,
+                ..Drive::level(level)
+            };
+            assert_same("mixture 3 MiB", &d, &reference, &d.go(bin, &data));
+            assert_same("mixture 3 MiB", &d, &d.ours(&data), &reference);
+        }
+        let d = Drive {
+            chunk: 1,
+            ..Drive::level(level)
+        };
+        check_drive(bin, "mixture 300 kB, 1-byte writes", &d, &small);
+    }
+}
+
+#[test]
+fn windows_crc_and_content_size() {
+    let Some(bin) = zstdwrite() else { return };
+    let data = mixture(2 << 20, 21);
+    for level in LEVELS {
+        for window in [1 << 10, 32 << 10, 1 << 20, 16 << 20] {
+            let d = Drive {
+                window,
+                ..Drive::level(level)
+            };
+            check_drive(bin, "mixture 2 MiB", &d, &data);
+        }
+        let d = Drive {
+            crc: false,
+            ..Drive::level(level)
+        };
+        check_drive(bin, "mixture 2 MiB", &d, &data);
+        for n in [0, 100, 255, 256, 5000, 70_000, 300_000, 2 << 20] {
+            let d = Drive {
+                content_size: true,
+                ..Drive::level(level)
+            };
+            check_drive(bin, &format!("content size {n}"), &d, &data[..n]);
+        }
+        // A content size that does not match: Close writes no checksum. (With
+        // concurrency > 1 Go returns that error without waiting for the blocks
+        // still being written, so only the synchronous encoder is deterministic.)
+        let d = Drive {
+            script: Some("rs:5000,w:300000,c"),
+            concurrency: 1,
+            ..Drive::level(level)
+        };
+        check_drive(bin, "wrong content size", &d, &data);
+    }
+}
+
+/// Flush, Close, Reset and ReadFrom sequences: zstd:chunked writes each file as
+/// its own frame (`Write; Close; Reset`) and ends with `Write; Flush; Close`.
+#[test]
+fn flush_close_reset_sequences() {
+    let Some(bin) = zstdwrite() else { return };
+    let data = mixture(2 << 20, 31);
+    let scripts = [
+        "w:1000,f,c",
+        "w,f,c",
+        "f,c",
+        "c",
+        "c,c",
+        "w:5000,c,c",
+        "w:300000,c,c",
+        "w:1000,f,f,w:1000,f,c",
+        "w:131072,f,c",
+        "w:131072,c",
+        "w:65536,c",
+        "w:200000,f,w:100,c",
+        "w:10,c,r,w:20000,c,r,w:300000,c,r,c,r,w:1,c",
+        "w:100,f,c,r,w:100,c",
+        "w:1000,rf:50000,w:10,rf:200000,c",
+        "rf,c",
+        "w:70000,r,w:70000,c",
+        "rs:256,w:256,c,rs:70000,w:70000,c,rs:0,w:10,c",
+        "w:500000,f,w:500000,f,c,r,w:1000,f,c",
+    ];
+    for level in LEVELS {
+        for script in scripts {
+            let d = Drive {
+                script: Some(script),
+                ..Drive::level(level)
+            };
+            check_drive(bin, "mixture", &d, &data);
+        }
+        // zstd:chunked-like: many small and some large per-file frames.
+        let mut r = Rng(77);
+        let mut script = String::new();
+        let mut used = 0;
+        while used < data.len() - 300_000 {
+            let n = match r.index(4) {
+                0 => r.index(100),
+                1 => r.index(5000),
+                2 => r.index(200_000),
+                _ => r.index(40_000),
+            };
+            script.push_str(&format!("w:{n},c,r,"));
+            used += n;
+        }
+        script.push_str("w:100000,f,c");
+        let d = Drive {
+            script: Some(&script),
+            ..Drive::level(level)
+        };
+        check_drive(bin, "zstd:chunked pattern", &d, &data);
+    }
+}
+
+/// Seeded mixtures at random sizes. `KPZSTD_MIXTURES=n` runs a longer soak.
+#[test]
+fn mixtures() {
+    let Some(bin) = zstdwrite() else { return };
+    let cases = std::env::var("KPZSTD_MIXTURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12u64);
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    for case in 0..cases {
+        let n = r.index(1_500_000) + 1;
+        check(bin, &format!("mixture {case}"), &mixture(n, r.next()));
+    }
+}
+
+/// Go's output and its own encoding time (`-bench`: NewWriter to Close, stdin
+/// already read), so process start-up and the pipe are not counted.
+fn go_timed(bin: &Path, d: &Drive, input: &[u8]) -> (Vec<u8>, f64) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .env("GOMAXPROCS", d.procs.unwrap_or(1).to_string())
+        .args([
+            "-bench",
+            "-level",
+            d.level.name(),
+            "-chunk",
+            &d.chunk.to_string(),
+            "-concurrency",
+            &d.concurrency.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ns: f64 = err
+        .split_whitespace()
+        .skip_while(|w| *w != "encode-ns")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no timing in {err:?}"));
+    (out.stdout, ns / 1e9)
+}
+
+/// Single-core MB/s per level, ours against Go's encoder (GOMAXPROCS=1,
+/// concurrency 1, timed inside the Go process), best of three runs each.
+/// The input is a tar of libraries, or the file named by `KPZSTD_BENCH_INPUT`.
+#[test]
+#[ignore]
+fn throughput() {
+    let Some(bin) = zstdwrite() else { return };
+    let (what, data) = match std::env::var_os("KPZSTD_BENCH_INPUT") {
+        Some(p) => (p.to_string_lossy().into_owned(), std::fs::read(&p).unwrap()),
+        None => (
+            "tar of libraries".to_string(),
+            tar_of(
+                "/usr/lib/x86_64-linux-gnu",
+                "abcdefghijklmnopqrstuvwxyz",
+                100 << 20,
+            ),
+        ),
+    };
+    let mb = data.len() as f64 / 1e6;
+    eprintln!("input: {what}, {mb:.1} MB");
+    for level in LEVELS {
+        let d = Drive {
+            chunk: 1 << 20,
+            procs: Some(1),
+            concurrency: 1,
+            ..Drive::level(level)
+        };
+        let (mut go_s, mut ours_s) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let (go, s) = go_timed(bin, &d, &data);
+            go_s = go_s.min(s);
+            let t = Instant::now();
+            let ours = encode_stream(&d.opts(), &data);
+            ours_s = ours_s.min(t.elapsed().as_secs_f64());
+            assert_same(&what, &d, &ours, &go);
+        }
+        let size = encode_stream(&d.opts(), &data).len();
+        eprintln!(
+            "{:>8}: ours {:>6.1} MB/s, Go (GOMAXPROCS=1) {:>6.1} MB/s, ratio {:.3}",
+            level.name(),
+            mb / ours_s,
+            mb / go_s,
+            size as f64 / data.len() as f64
+        );
+    }
+}
