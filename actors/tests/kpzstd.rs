@@ -318,7 +318,7 @@ fn mixture(target: usize, seed: u64) -> Vec<u8> {
     let mut data = Vec::with_capacity(target);
     while data.len() < target {
         let len = r.index(40_000) + 1;
-        match r.index(6) {
+        match r.index(8) {
             0 => {
                 let at = r.index(text.len() - len);
                 data.extend_from_slice(&text[at..at + len]);
@@ -333,6 +333,15 @@ fn mixture(target: usize, seed: u64) -> Vec<u8> {
             4 => {
                 let alphabet = r.index(6) as u8 + 2;
                 data.extend((0..len).map(|_| b'a' + (r.next() % alphabet as u64) as u8));
+            }
+            5 => {
+                // A few low byte values (small Huffman tables, raw weights).
+                let k = r.index(24) as u64 + 2;
+                data.extend((0..len).map(|_| (r.next() % k) as u8));
+            }
+            6 => {
+                // Geometric-ish byte frequencies (deep Huffman trees).
+                data.extend((0..len).map(|_| (r.next() | 1).trailing_zeros() as u8 * 7));
             }
             _ => data.extend(r.bytes(len, true)),
         }
