@@ -367,6 +367,44 @@ fn options_and_levels() {
     assert!(encode_stream(&KpOptions::default(), &[]).is_empty());
 }
 
+/// Without Go: every level's streams (several frames, flushes, content sizes)
+/// decode with libzstd to the input.
+#[test]
+fn decodes_with_libzstd() {
+    let data = mixture(3 << 20, 51);
+    for level in LEVELS {
+        let mut e = KpStreamEncoder::new(&KpOptions {
+            level,
+            ..KpOptions::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        let parts = [
+            0,
+            10,
+            5000,
+            200_000,
+            1 << 20,
+            (3 << 20) - 205_010 - (1 << 20),
+        ];
+        let mut at = 0;
+        for (i, &n) in parts.iter().enumerate() {
+            e.reset((i % 2 == 1).then_some(n as u64));
+            for c in data[at..at + n].chunks(70_001) {
+                e.write(c, &mut out);
+                if c.len() == 70_001 && i == 4 {
+                    e.flush(&mut out);
+                }
+            }
+            e.close(&mut out);
+            at += n;
+        }
+        assert_eq!(at, data.len());
+        let back = zstd::stream::decode_all(&out[..]).unwrap();
+        assert!(back == data, "{level:?}: libzstd decodes something else");
+    }
+}
+
 #[test]
 fn small_inputs() {
     let Some(bin) = zstdwrite() else { return };
