@@ -16,8 +16,13 @@ use stowage_actors::engine::kpzstd::{
     encode_stream, KpLevel, KpOptions, KpStreamEncoder, KpZstdError,
 };
 
-/// The implemented levels.
-const LEVELS: [KpLevel; 2] = [KpLevel::Default, KpLevel::Fastest];
+/// Every level, the container tools' default first.
+const LEVELS: [KpLevel; 4] = [
+    KpLevel::Default,
+    KpLevel::Fastest,
+    KpLevel::Better,
+    KpLevel::Best,
+];
 
 /// One way of driving the encoder, mirrored by zstdwrite's flags.
 #[derive(Clone, Debug)]
@@ -313,7 +318,7 @@ fn mixture(target: usize, seed: u64) -> Vec<u8> {
     let mut data = Vec::with_capacity(target);
     while data.len() < target {
         let len = r.index(40_000) + 1;
-        match r.index(6) {
+        match r.index(8) {
             0 => {
                 let at = r.index(text.len() - len);
                 data.extend_from_slice(&text[at..at + len]);
@@ -329,6 +334,15 @@ fn mixture(target: usize, seed: u64) -> Vec<u8> {
                 let alphabet = r.index(6) as u8 + 2;
                 data.extend((0..len).map(|_| b'a' + (r.next() % alphabet as u64) as u8));
             }
+            5 => {
+                // A few low byte values (small Huffman tables, raw weights).
+                let k = r.index(24) as u64 + 2;
+                data.extend((0..len).map(|_| (r.next() % k) as u8));
+            }
+            6 => {
+                // Geometric-ish byte frequencies (deep Huffman trees).
+                data.extend((0..len).map(|_| (r.next() | 1).trailing_zeros() as u8 * 7));
+            }
             _ => data.extend(r.bytes(len, true)),
         }
     }
@@ -342,13 +356,6 @@ fn options_and_levels() {
     assert_eq!(KpLevel::from_zstd(3), KpLevel::Default);
     assert_eq!(KpLevel::from_zstd(7), KpLevel::Better);
     assert_eq!(KpLevel::from_zstd(19), KpLevel::Best);
-    for l in [KpLevel::Better, KpLevel::Best] {
-        let o = KpOptions {
-            level: l,
-            ..KpOptions::default()
-        };
-        assert_eq!(KpStreamEncoder::new(&o).err(), Some(KpZstdError::Level(l)));
-    }
     for w in [512, 3000, 1 << 30] {
         let o = KpOptions {
             window_size: w,
@@ -358,6 +365,44 @@ fn options_and_levels() {
     }
     // Close with nothing written writes nothing at all.
     assert!(encode_stream(&KpOptions::default(), &[]).is_empty());
+}
+
+/// Without Go: every level's streams (several frames, flushes, content sizes)
+/// decode with libzstd to the input.
+#[test]
+fn decodes_with_libzstd() {
+    let data = mixture(3 << 20, 51);
+    for level in LEVELS {
+        let mut e = KpStreamEncoder::new(&KpOptions {
+            level,
+            ..KpOptions::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        let parts = [
+            0,
+            10,
+            5000,
+            200_000,
+            1 << 20,
+            (3 << 20) - 205_010 - (1 << 20),
+        ];
+        let mut at = 0;
+        for (i, &n) in parts.iter().enumerate() {
+            e.reset((i % 2 == 1).then_some(n as u64));
+            for c in data[at..at + n].chunks(70_001) {
+                e.write(c, &mut out);
+                if c.len() == 70_001 && i == 4 {
+                    e.flush(&mut out);
+                }
+            }
+            e.close(&mut out);
+            at += n;
+        }
+        assert_eq!(at, data.len());
+        let back = zstd::stream::decode_all(&out[..]).unwrap();
+        assert!(back == data, "{level:?}: libzstd decodes something else");
+    }
 }
 
 #[test]
@@ -551,6 +596,43 @@ fn flush_close_reset_sequences() {
             ..Drive::level(level)
         };
         check_drive(bin, "zstd:chunked pattern", &d, &data);
+    }
+}
+
+/// Go's positions are int32 offsets from `cur`, which each Reset moves on by a
+/// window: after ~1.5 GiB (`bufferReset`) the encoder clears its tables (between
+/// frames) or rebases them (when a long frame's history moves past it). Many
+/// tiny frames, then one long frame, cross both points.
+#[test]
+fn position_rebasing() {
+    let Some(bin) = zstdwrite() else { return };
+    const BUFFER_RESET: usize = (i32::MAX as usize) - (1 << 29);
+    for (level, window) in [(KpLevel::Fastest, 4 << 20), (KpLevel::Default, 8 << 20)] {
+        let crossing = BUFFER_RESET / window;
+        // (tiny frames, then one frame of this many bytes): crossing inside the long
+        // frame's history moves (rebase), or before a short one (clear, both the
+        // stream's encoder and the single-block one).
+        for (frames, last) in [(crossing - 6, 9 * window), (crossing + 4, 300_000)] {
+            let data = mixture(frames * 100 + last, 41);
+            let mut script = "w:100,c,r,".repeat(frames);
+            script.push_str(&format!("w:{last},c"));
+            let d = Drive {
+                script: Some(&script),
+                ..Drive::level(level)
+            };
+            check_drive(bin, "position rebasing", &d, &data);
+            eprintln!("{level:?}: {frames} tiny frames, then {last} bytes, exact");
+        }
+    }
+    // Better and best: the pool encoder's reset path (about 96 and 48 frames).
+    for level in [KpLevel::Better, KpLevel::Best] {
+        let data = mixture(300 * 3000, 42);
+        let script = "w:3000,c,r,".repeat(120) + "w:300000,c,r,w:200000,c";
+        let d = Drive {
+            script: Some(&script),
+            ..Drive::level(level)
+        };
+        check_drive(bin, "many frames", &d, &data);
     }
 }
 

@@ -20,7 +20,6 @@ const PRIME6BYTES: u64 = 227718039650203;
 const PRIME8BYTES: u64 = 0xcf1bbcdcb7a56463;
 
 /// `hashLen(u, length, 4)`.
-#[allow(dead_code)]
 #[inline(always)]
 pub(crate) fn hash4(u: u64, length: u32) -> usize {
     ((u as u32).wrapping_mul(PRIME4BYTES) >> (32 - length)) as usize
@@ -156,7 +155,7 @@ impl FastBase {
     }
 
     /// `ensureHist` (never low-memory).
-    fn ensure_hist(&mut self, n: usize) {
+    pub fn ensure_hist(&mut self, n: usize) {
         if self.hist_cap >= n {
             return;
         }
@@ -204,5 +203,35 @@ pub(crate) trait Matcher: Send {
     /// `Reset(nil, _)`.
     fn reset(&mut self) {
         self.base().reset_base();
+    }
+}
+
+/// `prevEntry`: a table entry that remembers the one it replaced (a chain of 2).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PrevEntry {
+    pub offset: i32,
+    pub prev: i32,
+}
+
+/// The wraparound shift of a `prevEntry` table (`Encode`'s `e.cur >= bufferReset`
+/// branch of the better and best encoders).
+pub(crate) fn shift_prev_table(t: &mut [PrevEntry], cur: i32, min_off: i32, max_match_off: i32) {
+    for e in t.iter_mut() {
+        let (mut v, mut v2) = (e.offset, e.prev);
+        if v < min_off {
+            v = 0;
+            v2 = 0;
+        } else {
+            v = v.wrapping_sub(cur).wrapping_add(max_match_off);
+            v2 = if v2 < min_off {
+                0
+            } else {
+                v2.wrapping_sub(cur).wrapping_add(max_match_off)
+            };
+        }
+        *e = PrevEntry {
+            offset: v,
+            prev: v2,
+        };
     }
 }

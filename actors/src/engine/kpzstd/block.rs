@@ -625,7 +625,7 @@ fn ll_code(lit_length: u32) -> u8 {
 
 /// `mlCode` (of matchLength - 3).
 #[inline(always)]
-fn ml_code(ml_base: u32) -> u8 {
+pub(crate) fn ml_code(ml_base: u32) -> u8 {
     if ml_base <= 127 {
         return ML_CODE_TABLE[(ml_base & 127) as usize];
     }
@@ -634,6 +634,6 @@ fn ml_code(ml_base: u32) -> u8 {
 
 /// `ofCode`.
 #[inline(always)]
-fn of_code(offset: u32) -> u8 {
+pub(crate) fn of_code(offset: u32) -> u8 {
     (32 - offset.leading_zeros()).wrapping_sub(1) as u8
 }

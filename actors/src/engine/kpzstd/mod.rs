@@ -12,8 +12,8 @@
 //!
 //! # What the Go `Encoder` writes, call by call
 //!
-//! Input is buffered until a whole block is there (`blockSize`: 128 KiB for
-//! `SpeedDefault`, 64 KiB for `SpeedFastest`, capped at the window); a block
+//! Input is buffered until a whole block is there (`blockSize`: 64 KiB for
+//! `SpeedFastest`, 128 KiB for the other levels, capped at the window); a block
 //! is compressed as soon as the buffer is full, so **block cuts do not depend
 //! on the sizes of the `Write` calls**: they fall at every `blockSize` bytes
 //! of the frame's input, plus wherever `Flush` (or a `ReadFrom` that finds
@@ -28,14 +28,13 @@
 //! * **`Close`** / [`KpStreamEncoder::close`]:
 //!   - nothing written and nothing buffered (empty input, or only empty
 //!     flushes): **no bytes at all** (not even a frame);
-//!   - no header written yet but data buffered (the whole frame's input is
-//!     under one block, with no `Flush`): `EncodeAll`'s single-block frame:
-//!     a single-segment header if the input is over 1 KiB (1 KiB and less:
-//!     a window descriptor and, from 256 bytes on, the content size; the
-//!     window is the smallest power of two above the size, at least 1 KiB),
-//!     the content size always present from 256 bytes on (always, for
-//!     single segment), a last block (the match finder's no-history variant),
-//!     the checksum;
+//!   - no header written yet but data buffered (the frame's whole input is
+//!     less than a block, with no `Flush`): `EncodeAll`'s single-block frame.
+//!     Its header always carries the input length as content size; it is
+//!     single-segment (no window descriptor) if the input is over 1 KiB;
+//!     otherwise it has a window descriptor for the smallest power of two
+//!     above the length (at least 1 KiB) and stores the content size only
+//!     from 256 bytes on. Then one last block, then the checksum;
 //!   - otherwise: the buffered data as the last block, or, if nothing is
 //!     buffered (e.g. `Write; Flush; Close`, or an input that is a multiple
 //!     of the block size), an empty last raw block `01 00 00`; then the
@@ -46,8 +45,8 @@
 //!
 //! The streamed frame header is `28 b5 2f fd`, a descriptor with the
 //! checksum flag (`0x04`), never single-segment, no dictionary; the window
-//! descriptor of the encoder's window (8 MiB `0x68` for `SpeedDefault`,
-//! 4 MiB `0x60` for `SpeedFastest`) unless `ResetContentSize` gave a size
+//! descriptor of the encoder's window (see the table below) unless
+//! `ResetContentSize` gave a size
 //! below the window (then the smallest power of two above it, at least
 //! 1 KiB); the content size only if `ResetContentSize` gave one of 256 or
 //! more (2, 4 or 8 bytes). If that size does not match the input, `Close`
@@ -57,15 +56,15 @@
 //! A compressed block that would not be smaller than its input, and a full
 //! block in which no match was found, are stored raw. A block whose matches
 //! save fewer than 16 bytes (plus 1/32 of its size) is coded as literals
-//! only: with `SpeedDefault` Huffman coded if that pays (or RLE), with
-//! `SpeedFastest` always raw (`allLitEntropy` is off at that level).
+//! only: Huffman coded if that pays (or RLE), except with `SpeedFastest`,
+//! where they are always raw (`allLitEntropy` is off at that level).
 //!
 //! # Concurrency, write sizes, window
 //!
 //! With GOMAXPROCS > 1 Go compresses block *n + 1* while block *n* is being
 //! entropy coded, passing the Huffman/FSE state along in the same order as
-//! the synchronous path, and the match finders never use repeat offsets
-//! before a block's third sequence, so the offsets handed between blocks
+//! the synchronous path, and no match finder uses repeat offsets before a
+//! block's third sequence, so the offsets handed between blocks
 //! (which do differ between the two paths) cannot reach the output: **the
 //! bytes do not depend on GOMAXPROCS or `WithEncoderConcurrency`**
 //! (checked in `tests/kpzstd.rs`); [`KpOptions::concurrency`] is accepted
@@ -81,14 +80,34 @@
 //!
 //! # Levels
 //!
-//! `SpeedDefault` (`enc_dfast.go`) and `SpeedFastest` (`enc_fast.go`) are
-//! implemented; `SpeedBetterCompression` and `SpeedBestCompression` return
-//! [`KpZstdError::Level`]. Dictionaries, padding, `WithZeroFrames`,
-//! `WithNoEntropyCompression`, `WithAllLitEntropyCompression`,
-//! `WithLowerEncoderMem` and `WithSingleSegment` are not modelled (container
-//! tools do not set them).
+//! All four levels are implemented and checked bit for bit against the Go
+//! library (`tests/kpzstd.rs`):
+//!
+//! | level | Go file | window | block | all-literal blocks |
+//! |---|---|---|---|---|
+//! | `SpeedFastest` (zstd < 3) | `enc_fast.go` | 4 MiB (`0x60`) | 64 KiB | raw |
+//! | `SpeedDefault` (zstd 3-5) | `enc_dfast.go` | 8 MiB (`0x68`) | 128 KiB | Huffman |
+//! | `SpeedBetterCompression` (zstd 6-9) | `enc_better.go` | 16 MiB (`0x70`) | 128 KiB | Huffman |
+//! | `SpeedBestCompression` (zstd 10+) | `enc_best.go` | 32 MiB (`0x78`) | 128 KiB | Huffman |
+//!
+//! For a frame's only block (`EncodeAll`) the fast and double-fast finders
+//! have a no-history variant; the better and best ones use their normal
+//! path. The best level estimates literal cost from the block's Shannon
+//! entropy, computed with a port of Go's amd64 `math.Log` so the float
+//! results (and the integer they are truncated to) are Go's.
+//!
+//! Dictionaries, padding, `WithZeroFrames`, `WithNoEntropyCompression`,
+//! `WithAllLitEntropyCompression`, `WithLowerEncoderMem` and
+//! `WithSingleSegment` are not modelled (container tools do not set them).
+//! Positions are `int32` offsets from `cur`, which every `Reset` moves a
+//! window (plus the history) on; once it passes `bufferReset` (1.5 GiB, about
+//! 190 frames at `SpeedDefault`) the tables are cleared or rebased, exactly
+//! as in Go (`tests/kpzstd.rs` crosses it between frames at every level and
+//! inside a frame at `SpeedFastest` and `SpeedDefault`).
 
 mod base;
+mod best;
+mod better;
 mod bitwriter;
 mod block;
 mod dfast;
@@ -115,9 +134,9 @@ pub enum KpLevel {
     /// `SpeedDefault` (zstd levels 3-5).
     #[default]
     Default,
-    /// `SpeedBetterCompression` (zstd levels 6-9): not implemented yet.
+    /// `SpeedBetterCompression` (zstd levels 6-9).
     Better,
-    /// `SpeedBestCompression` (zstd levels 10+): not implemented yet.
+    /// `SpeedBestCompression` (zstd levels 10+).
     Best,
 }
 
@@ -148,7 +167,7 @@ impl KpLevel {
 pub struct KpOptions {
     pub level: KpLevel,
     /// `WithWindowSize` (after the level); 0 keeps the level's default
-    /// (4 MiB for `Fastest`, 8 MiB for `Default`).
+    /// (4, 8, 16 and 32 MiB from `Fastest` to `Best`).
     pub window_size: usize,
     /// `WithEncoderCRC` (default on).
     pub crc: bool,
@@ -170,9 +189,6 @@ impl Default for KpOptions {
 /// What this encoder cannot do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KpZstdError {
-    /// The level is not implemented (yet).
-    #[error("klauspost zstd level {0:?} is not implemented")]
-    Level(KpLevel),
     /// `WithWindowSize` would refuse it.
     #[error("window size {0} must be a power of two in {MIN_WINDOW_SIZE}..={MAX_WINDOW_SIZE}")]
     Window(usize),
@@ -226,7 +242,8 @@ fn new_matcher(level: KpLevel, window: usize) -> Box<dyn Matcher> {
     match level {
         KpLevel::Fastest => Box::new(fast::FastEncoder::new(window as i32)),
         KpLevel::Default => Box::new(dfast::DoubleFastEncoder::new(window as i32)),
-        KpLevel::Better | KpLevel::Best => unreachable!("checked in KpStreamEncoder::new"),
+        KpLevel::Better => Box::new(better::BetterFastEncoder::new(window as i32)),
+        KpLevel::Best => Box::new(best::BestFastEncoder::new(window as i32)),
     }
 }
 
@@ -256,7 +273,8 @@ impl KpStreamEncoder {
         let (mut window, mut block) = match opts.level {
             KpLevel::Fastest => (4 << 20, 1 << 16),
             KpLevel::Default => (8 << 20, MAX_COMPRESSED_BLOCK_SIZE),
-            l @ (KpLevel::Better | KpLevel::Best) => return Err(KpZstdError::Level(l)),
+            KpLevel::Better => (16 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+            KpLevel::Best => (32 << 20, MAX_COMPRESSED_BLOCK_SIZE),
         };
         if opts.window_size != 0 {
             let n = opts.window_size;
