@@ -636,6 +636,59 @@ fn position_rebasing() {
     }
 }
 
+/// stowage keeps encoders between frames (`Reset`), as Go's writer does: whatever an
+/// encoder wrote before, a reset one must write what a new one writes, or a frame ingested
+/// on one thread would restore differently on another. Frames of every kind, in a row long
+/// enough to cross the position rebase (`bufferReset`) at the small windows.
+#[test]
+fn a_reset_encoder_writes_what_a_new_one_writes() {
+    let mut r = Rng(0x5eed_0f_f2a3e5);
+    for level in LEVELS {
+        for window in [0usize, 1 << 20] {
+            let opts = KpOptions {
+                level,
+                window_size: window,
+                ..KpOptions::default()
+            };
+            let mut kept = KpStreamEncoder::new(&opts).unwrap();
+            let frames = if window == 0 { 40 } else { 1800 };
+            for f in 0..frames {
+                let n = match r.index(8) {
+                    0 => 0,
+                    1..=4 => r.index(3000) + 1,
+                    5 => 131_072,
+                    6 => r.index(400_000) + 1,
+                    _ => r.index(3 << 20) + 1,
+                };
+                let n = if window != 0 { n.min(5000) } else { n };
+                let data = mixture(n.max(1), r.next());
+                let data = &data[..n];
+                let sized = r.index(3) == 0;
+                let flushed = r.index(4) == 0;
+                let run = |e: &mut KpStreamEncoder| {
+                    let mut out = Vec::new();
+                    e.reset(sized.then_some(n as u64));
+                    for c in data.chunks(65_537) {
+                        e.write(c, &mut out);
+                    }
+                    if flushed {
+                        e.flush(&mut out);
+                    }
+                    e.close(&mut out);
+                    out
+                };
+                let again = run(&mut kept);
+                let fresh = run(&mut KpStreamEncoder::new(&opts).unwrap());
+                assert!(
+                    again == fresh,
+                    "{level:?} window {window}: frame {f} ({n} bytes, sized {sized}, flushed \
+                     {flushed}) differs from a new encoder's"
+                );
+            }
+        }
+    }
+}
+
 /// Seeded mixtures at random sizes. `KPZSTD_MIXTURES=n` runs a longer soak.
 #[test]
 fn mixtures() {

@@ -35,6 +35,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 use zstd::stream::raw::Operation;
 
+use super::kpzstd::{KpLevel, KpOptions, KpStreamEncoder};
 use super::recompress::{NotExact, PROBE};
 
 /// A zstd data frame's magic number.
@@ -66,6 +67,66 @@ pub enum ZstdEncoder {
         #[serde(default, skip_serializing_if = "is_false")]
         long: bool,
     },
+    /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
+    /// tools leave at their defaults (see [`super::kpzstd`]).
+    Klauspost {
+        level: KpZstdLevel,
+        #[serde(default)]
+        variant: KpZstdVariant,
+    },
+}
+
+/// klauspost/compress/zstd's encoder levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KpZstdLevel {
+    Fastest,
+    Default,
+    Better,
+    Best,
+}
+
+impl KpZstdLevel {
+    fn kp(self) -> KpLevel {
+        match self {
+            KpZstdLevel::Fastest => KpLevel::Fastest,
+            KpZstdLevel::Default => KpLevel::Default,
+            KpZstdLevel::Better => KpLevel::Better,
+            KpZstdLevel::Best => KpLevel::Best,
+        }
+    }
+
+    fn from_kp(l: KpLevel) -> KpZstdLevel {
+        match l {
+            KpLevel::Fastest => KpZstdLevel::Fastest,
+            KpLevel::Default => KpZstdLevel::Default,
+            KpLevel::Better => KpZstdLevel::Better,
+            KpLevel::Best => KpZstdLevel::Best,
+        }
+    }
+
+    /// Most used first: containers/image, containers/storage and BuildKit default to zstd
+    /// level 3, `SpeedDefault`.
+    const ALL: [KpZstdLevel; 4] = [
+        KpZstdLevel::Default,
+        KpZstdLevel::Fastest,
+        KpZstdLevel::Better,
+        KpZstdLevel::Best,
+    ];
+}
+
+/// Which releases of klauspost/compress write the bytes [`super::kpzstd`] reproduces.
+/// Established by building every release's encoder and comparing outputs (README, "Exact
+/// re-compression").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KpZstdVariant {
+    /// klauspost/compress 1.15.12: the same bytes as 1.14.2-1.16.3 at `SpeedDefault`,
+    /// 1.14.3-1.16.3 at `SpeedFastest`, 1.15.10-1.16.3 at `SpeedBetterCompression`,
+    /// 1.14.2-1.15.12 at `SpeedBestCompression` (Debian's skopeo, podman and buildah link
+    /// 1.15.12).
+    #[default]
+    #[serde(rename = "klauspost1.15.12")]
+    Klauspost1_15_12,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -86,6 +147,9 @@ impl ZstdEncoder {
         match self {
             ZstdEncoder::Libzstd { level, long } => {
                 format!("zstd-{level}{}", if *long { "-long" } else { "" })
+            }
+            ZstdEncoder::Klauspost { level, .. } => {
+                format!("zstd-kp-{}", level.kp().name())
             }
         }
     }
@@ -242,56 +306,151 @@ fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
                 _ => true,
             })
     };
-    levels()
-        .map(|level| ZstdEncoder::Libzstd { level, long })
+    let klauspost = KpZstdLevel::ALL
+        .into_iter()
+        // The levels the port has.
+        .filter(|l| KpStreamEncoder::new(&kp_options(*l)).is_ok())
+        .map(|level| ZstdEncoder::Klauspost {
+            level,
+            variant: KpZstdVariant::default(),
+        });
+    klauspost
+        .chain(levels().map(|level| ZstdEncoder::Libzstd { level, long }))
         .collect()
+}
+
+/// What container tools set: the level, nothing else.
+fn kp_options(level: KpZstdLevel) -> KpOptions {
+    KpOptions {
+        level: level.kp(),
+        ..KpOptions::default()
+    }
 }
 
 // ---- writing one frame ---------------------------------------------------------------------
 
 /// Writes one data frame as its encoder did.
 pub struct FrameWriter {
-    inner: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    inner: Writer,
     flushed: bool,
+}
+
+enum Writer {
+    Libzstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+    Klauspost(Box<KpStreamEncoder>),
 }
 
 impl FrameWriter {
     /// A writer of a frame of `raw_len` bytes (used only if the header carries it).
     pub fn new(enc: &ZstdEncoder, raw_len: u64, flags: u8) -> FrameWriter {
         use zstd::zstd_safe::CParameter;
-        let ZstdEncoder::Libzstd { level, long } = *enc;
-        let mut z = zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd encoder");
-        if long {
-            z.set_parameter(CParameter::EnableLongDistanceMatching(true))
-                .expect("zstd parameter");
-            z.set_parameter(CParameter::WindowLog(LONG_WINDOW_LOG))
-                .expect("zstd parameter");
-        }
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
-        z.set_parameter(CParameter::ChecksumFlag(flags & FLAG_CHECKSUM != 0))
-            .expect("zstd parameter");
-        z.set_parameter(CParameter::ContentSizeFlag(content_size))
-            .expect("zstd parameter");
-        if content_size {
-            z.set_pledged_src_size(Some(raw_len))
-                .expect("zstd pledged size");
-        }
+        let inner = match *enc {
+            ZstdEncoder::Libzstd { level, long } => {
+                let mut z =
+                    zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd encoder");
+                if long {
+                    z.set_parameter(CParameter::EnableLongDistanceMatching(true))
+                        .expect("zstd parameter");
+                    z.set_parameter(CParameter::WindowLog(LONG_WINDOW_LOG))
+                        .expect("zstd parameter");
+                }
+                z.set_parameter(CParameter::ChecksumFlag(flags & FLAG_CHECKSUM != 0))
+                    .expect("zstd parameter");
+                z.set_parameter(CParameter::ContentSizeFlag(content_size))
+                    .expect("zstd parameter");
+                if content_size {
+                    z.set_pledged_src_size(Some(raw_len))
+                        .expect("zstd pledged size");
+                }
+                Writer::Libzstd(Box::new(z))
+            }
+            ZstdEncoder::Klauspost { level, .. } => {
+                let crc = flags & FLAG_CHECKSUM != 0;
+                let mut k = kp_pool::take(level, crc);
+                // Reset, or ResetContentSize: a streamed frame that declares its size.
+                k.reset(content_size.then_some(raw_len));
+                Writer::Klauspost(k)
+            }
+        };
         FrameWriter {
-            inner: z,
+            inner,
             flushed: flags & FLAG_FLUSHED != 0,
         }
     }
 
     pub fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
-        self.inner.write_all(raw).expect("writing to memory");
-        out.append(self.inner.get_mut());
+        match &mut self.inner {
+            Writer::Libzstd(z) => {
+                z.write_all(raw).expect("writing to memory");
+                out.append(z.get_mut());
+            }
+            Writer::Klauspost(k) => k.write(raw, out),
+        }
     }
 
-    pub fn finish(mut self, out: &mut Vec<u8>) {
-        if self.flushed {
-            self.inner.flush().expect("flushing in memory");
+    pub fn finish(self, out: &mut Vec<u8>) {
+        match self.inner {
+            Writer::Libzstd(mut z) => {
+                if self.flushed {
+                    z.flush().expect("flushing in memory");
+                }
+                out.extend_from_slice(&z.finish().expect("finishing in memory"));
+            }
+            Writer::Klauspost(mut k) => {
+                if self.flushed {
+                    k.flush(out);
+                }
+                k.close(out);
+                kp_pool::put(k);
+            }
         }
-        out.extend_from_slice(&self.inner.finish().expect("finishing in memory"));
+    }
+}
+
+/// klauspost encoders kept per thread between frames: a zstd:chunked layer is thousands of
+/// small frames, and an encoder's match tables are 1-34 MiB to allocate and clear. Go's own
+/// writer reuses one encoder across frames (`Reset`): entries left from an earlier frame
+/// are more than a window behind and never match, so the bytes are a new encoder's.
+mod kp_pool {
+    use std::cell::RefCell;
+
+    use super::{kp_options, KpStreamEncoder, KpZstdLevel};
+    use crate::engine::kpzstd::KpOptions;
+
+    type Pooled = (KpZstdLevel, bool, Box<KpStreamEncoder>);
+
+    thread_local! {
+        static POOL: RefCell<Vec<Pooled>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// At most this many idle encoders per thread.
+    const KEEP: usize = 2;
+
+    pub(super) fn take(level: KpZstdLevel, crc: bool) -> Box<KpStreamEncoder> {
+        let pooled = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|(l, c, _)| *l == level && *c == crc)?;
+            Some(p.swap_remove(i).2)
+        });
+        pooled.unwrap_or_else(|| {
+            let opts = KpOptions {
+                crc,
+                ..kp_options(level)
+            };
+            Box::new(KpStreamEncoder::new(&opts).expect("level checked at ingest"))
+        })
+    }
+
+    pub(super) fn put(k: Box<KpStreamEncoder>) {
+        let (level, crc) = (k.level(), k.crc());
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= KEEP {
+                p.remove(0);
+            }
+            p.push((KpZstdLevel::from_kp(level), crc, k));
+        });
     }
 }
 
@@ -317,8 +476,14 @@ fn frame_matches(
     let size = header.content_size.unwrap_or(probe.raw_len);
     if complete {
         let mut tries = vec![flags];
+        if matches!(enc, ZstdEncoder::Klauspost { .. }) && flags & FLAG_CONTENT_SIZE != 0 {
+            // klauspost writes a frame of less than a block with its size without being told
+            // it: try that first.
+            tries.insert(0, flags & !FLAG_CONTENT_SIZE);
+        }
         if probe.may_be_flushed(header.checksum) {
-            tries.insert(0, flags | FLAG_FLUSHED);
+            let flushed: Vec<u8> = tries.iter().map(|f| f | FLAG_FLUSHED).collect();
+            tries.splice(0..0, flushed);
         }
         tries
             .into_iter()
@@ -571,8 +736,9 @@ impl ZstdDecoder {
             }
         }
         Err(NotExact::UnknownZstdEncoder(format!(
-            "no encoder stowage reproduces wrote the frame (libzstd 1.5.7 at levels 1-19 \
-             tried; multi-threaded libzstd is not reproduced; another version or writer?): {}",
+            "no encoder stowage reproduces wrote the frame (klauspost/compress 1.15.12 at its \
+             four levels and libzstd 1.5.7 at levels 1-19 tried; multi-threaded libzstd is \
+             not reproduced; another version or writer?): {}",
             header.describe()
         )))
     }
@@ -846,15 +1012,39 @@ mod tests {
 
     #[test]
     fn long_distance_libzstd() {
-        // Repeats 20 MB apart: only a long window finds them.
-        let mut raw = text(3 << 20, 5);
-        raw.extend_from_slice(&crate::engine::test_bytes(17 << 20, 6));
-        raw.extend_from_slice(&text(3 << 20, 5));
-        for level in [3, 19] {
+        // Repeats 6 MB apart: beyond the windows of levels 1 and 3, not of a long one.
+        let mut raw = text(1 << 20, 5);
+        raw.extend_from_slice(&crate::engine::test_bytes(5 << 20, 6));
+        raw.extend_from_slice(&text(1 << 20, 5));
+        for level in [1, 3] {
             let enc = ZstdEncoder::Libzstd { level, long: true };
             let c = encode_frame(&enc, &raw, FLAG_CHECKSUM);
             let (found, _) = roundtrip(&c, &raw).unwrap();
             assert_eq!(found, enc);
+        }
+    }
+
+    #[test]
+    fn klauspost_frames() {
+        let raw = text(2_000_000, 8);
+        for level in [KpZstdLevel::Default, KpZstdLevel::Fastest] {
+            let enc = ZstdEncoder::Klauspost {
+                level,
+                variant: KpZstdVariant::default(),
+            };
+            let c = encode_frame(&enc, &raw, FLAG_CHECKSUM);
+            let (found, _) = roundtrip(&c, &raw).unwrap();
+            assert_eq!(found, enc);
+            assert_eq!(found.label(), format!("zstd-kp-{}", level.kp().name()));
+            // Frames of under a block carry their size unasked; later frames must match.
+            let mut stream = Vec::new();
+            for n in [100usize, 5000, 300_000] {
+                stream.extend_from_slice(&encode_frame(&enc, &raw[..n], FLAG_CHECKSUM));
+            }
+            let joined: Vec<u8> = [&raw[..100], &raw[..5000], &raw[..300_000]].concat();
+            let (found, parts) = roundtrip(&stream, &joined).unwrap();
+            assert_eq!(found, enc);
+            assert_eq!(parts.len(), 3);
         }
     }
 

@@ -303,6 +303,16 @@ impl KpStreamEncoder {
         Ok(e)
     }
 
+    /// The level it encodes at.
+    pub fn level(&self) -> KpLevel {
+        self.level
+    }
+
+    /// Whether frames get a checksum (`WithEncoderCRC`).
+    pub fn crc(&self) -> bool {
+        self.crc
+    }
+
     /// The block size in use (`blockSize`).
     pub fn block_size(&self) -> usize {
         self.block_size

@@ -1,0 +1,158 @@
+//! zstd layers as container tools write them, through ingest (decompress, identify the
+//! encoder frame by frame) and restore (re-encode), bit for bit: klauspost/compress/zstd
+//! streams written by `tests/go/zstdwrite` (built at test time against Debian's
+//! golang-github-klauspost-compress-dev, what Debian's skopeo, podman and buildah link),
+//! zstd:chunked's frame-per-file shape with skippable frames, and the `zstd` CLI.
+
+mod common;
+use common::{files_under, ingest_and_restore, run_zstdwrite, zstdwrite};
+
+use std::process::{Command, Stdio};
+
+/// Real files of this machine: text, binaries, already-compressed bits.
+fn corpus(n: usize) -> Vec<u8> {
+    files_under(&["/usr/share/doc", "/usr/lib/x86_64-linux-gnu"], n)
+}
+
+fn go(bin: &std::path::Path, level: &str, script: Option<&str>, input: &[u8]) -> Vec<u8> {
+    let mut args = vec!["-level".to_string(), level.to_string()];
+    if let Some(s) = script {
+        args.push("-script".into());
+        args.push(s.into());
+    }
+    run_zstdwrite(bin, &args, None, input)
+}
+
+fn assert_exact(name: &str, stream: &[u8], want_labels: &[String]) {
+    let (label, _, out) = ingest_and_restore(stream);
+    assert!(
+        want_labels.contains(&label),
+        "{name}: encoded as {label}, expected one of {want_labels:?}"
+    );
+    if out != stream {
+        let at = out.iter().zip(stream).position(|(a, b)| a != b);
+        panic!(
+            "{name}: re-encoded {} bytes vs {}, first difference at {at:?}",
+            out.len(),
+            stream.len()
+        );
+    }
+}
+
+#[test]
+fn klauspost_streams_at_each_level_and_size() {
+    let Some(bin) = zstdwrite() else { return };
+    let big = corpus(24 << 20);
+    let levels = ["default", "fastest", "better", "best"];
+    for level in levels {
+        let label = format!("zstd-kp-{level}");
+        for n in [1, 100, 1500, 131_072, 131_073, 5_000_000, big.len()] {
+            let input = &big[big.len() - n..];
+            let z = go(bin, level, None, input);
+            // Small inputs can come out the same at several levels; stowage names the first
+            // level it tries that matches, so any level writing these very bytes is right.
+            let same: Vec<String> = levels
+                .iter()
+                .filter(|l| **l == level || (n < 131_072 && go(bin, l, None, input) == z))
+                .map(|l| format!("zstd-kp-{l}"))
+                .collect();
+            assert_exact(&format!("{level} {n} bytes"), &z, &same);
+        }
+        // Flushed before closing (zstd:chunked's last frame does that), and a frame that
+        // declares its size up front (ResetContentSize).
+        let input = &big[..9_000_000];
+        let z = go(bin, level, Some("w,f,c"), input);
+        assert_exact(
+            &format!("{level} flushed"),
+            &z,
+            std::slice::from_ref(&label),
+        );
+        let z = go(bin, level, Some("rs:9000000,w,c"), input);
+        assert_exact(
+            &format!("{level} content size"),
+            &z,
+            std::slice::from_ref(&label),
+        );
+    }
+}
+
+/// containers/storage's zstd:chunked writer: a frame per file's payload (restartCompression:
+/// Close, Reset), tar headers in the frames between, `Write; Flush; Close` at the end, then
+/// the table of contents and the footer as skippable frames.
+#[test]
+fn zstd_chunked_shape() {
+    let Some(bin) = zstdwrite() else { return };
+    let data = corpus(12 << 20);
+    let sizes = [
+        512usize, 300, 512, 70_000, 1024, 4_000_000, 512, 1, 512, 200_000,
+    ];
+    let mut script = Vec::new();
+    for n in sizes {
+        script.push(format!("w:{n}"));
+        script.push("c".into());
+        script.push("r".into());
+    }
+    script.push("w:1024,f,c".into());
+    let total: usize = sizes.iter().sum::<usize>() + 1024;
+    let mut stream = go(bin, "default", Some(&script.join(",")), &data[..total]);
+    for payload in [&b"{\"version\":1,\"entries\":[]}"[..], &[7u8; 40][..]] {
+        stream.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18]);
+        stream.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        stream.extend_from_slice(payload);
+    }
+    assert_exact("zstd:chunked", &stream, &["zstd-kp-default".to_string()]);
+}
+
+/// Debian's `zstd` CLI: frames from its libzstd (1.5.4) differ from the libzstd stowage links
+/// (1.5.7), except where the level's algorithm did not change; whatever is not reproduced is
+/// refused with a reason that names what was tried, never restored wrong.
+#[test]
+fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
+    let data = corpus(3 << 20);
+    for args in [["-1"], ["-3"], ["-19"]] {
+        let Ok(mut child) = Command::new("zstd")
+            .args(["-q", "-c"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+        else {
+            assert!(std::env::var_os("CI").is_none(), "CI installs zstd");
+            eprintln!("NOT RUN: no zstd CLI");
+            return;
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        let input = data.clone();
+        let w = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&input).unwrap();
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        let stream = out.stdout;
+        use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
+        let mut d = LayerDecoder::new(Compression::detect(&stream));
+        let mut raw = Vec::new();
+        let fed = d.feed(&stream, &mut |b| raw.extend_from_slice(b));
+        match fed.and_then(|_| d.finish()) {
+            Ok(enc) => {
+                let mut r = Reencoder::new(&enc);
+                let mut back = Vec::new();
+                r.push(&raw, &mut back);
+                r.finish(&mut back);
+                assert!(
+                    back == stream,
+                    "zstd {args:?}: found {} but differs",
+                    enc.label()
+                );
+                eprintln!("zstd {args:?}: reproduced as {}", enc.label());
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                assert!(reason.contains("libzstd 1.5.7"), "{reason}");
+                assert!(reason.contains("checksum"), "{reason}");
+                eprintln!("zstd {args:?}: raw: {reason}");
+            }
+        }
+    }
+}
