@@ -73,7 +73,30 @@ fn klauspost_streams_at_each_level_and_size() {
             &z,
             std::slice::from_ref(&label),
         );
+        // containers/image compressing from local storage (podman, buildah push): the 8
+        // bytes it peeked at are written, then the rest is copied in (ReadFrom).
+        let z = go(bin, level, Some("w:8,rf,c"), input);
+        assert_exact(
+            &format!("{level} Write(8), ReadFrom"),
+            &z,
+            std::slice::from_ref(&label),
+        );
     }
+}
+
+/// A layer of hundreds of megabytes, as a base image's is: one frame of many blocks, written
+/// by the default level with the window sliding over its whole length.
+#[test]
+fn klauspost_stream_of_hundreds_of_megabytes() {
+    let Some(bin) = zstdwrite() else { return };
+    let input = files_under(&["/usr/lib", "/usr/share"], 256 << 20);
+    assert!(input.len() > 200 << 20, "{} bytes of files", input.len());
+    let z = go(bin, "default", None, &input);
+    assert_exact(
+        &format!("default {} bytes", input.len()),
+        &z,
+        &["zstd-kp-default".to_string()],
+    );
 }
 
 /// containers/storage's zstd:chunked writer: a frame per file's payload (restartCompression:

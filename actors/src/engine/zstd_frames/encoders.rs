@@ -1,0 +1,370 @@
+//! Which encoder wrote a stream's data frames, and writing one frame as it did: libzstd at a
+//! level (optionally `--long`) or klauspost/compress/zstd (see [`crate::engine::kpzstd`]) at
+//! one of its four levels; the candidates tried on a frame, most likely first.
+
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+
+use super::header::FrameHeader;
+use super::ingest::FrameProbe;
+use super::{FrameShape, FLAG_CHECKSUM, FLAG_CONTENT_SIZE, FLAG_FLUSHED};
+use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder};
+
+/// Which encoder wrote the data frames of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "lib", rename_all = "lowercase")]
+pub enum ZstdEncoder {
+    /// The libzstd stowage links (1.5.7), at `level`, single-threaded; `long`: long-distance
+    /// matching with a 128 MiB window (`zstd --long`).
+    Libzstd {
+        level: i32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        long: bool,
+    },
+    /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
+    /// tools leave at their defaults (see [`super::kpzstd`]).
+    Klauspost {
+        level: KpZstdLevel,
+        #[serde(default)]
+        variant: KpZstdVariant,
+    },
+}
+
+/// klauspost/compress/zstd's encoder levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KpZstdLevel {
+    Fastest,
+    Default,
+    Better,
+    Best,
+}
+
+impl KpZstdLevel {
+    pub(super) fn kp(self) -> KpLevel {
+        match self {
+            KpZstdLevel::Fastest => KpLevel::Fastest,
+            KpZstdLevel::Default => KpLevel::Default,
+            KpZstdLevel::Better => KpLevel::Better,
+            KpZstdLevel::Best => KpLevel::Best,
+        }
+    }
+
+    fn from_kp(l: KpLevel) -> KpZstdLevel {
+        match l {
+            KpLevel::Fastest => KpZstdLevel::Fastest,
+            KpLevel::Default => KpZstdLevel::Default,
+            KpLevel::Better => KpZstdLevel::Better,
+            KpLevel::Best => KpZstdLevel::Best,
+        }
+    }
+
+    /// Most used first: containers/image, containers/storage and BuildKit default to zstd
+    /// level 3, `SpeedDefault`.
+    const ALL: [KpZstdLevel; 4] = [
+        KpZstdLevel::Default,
+        KpZstdLevel::Fastest,
+        KpZstdLevel::Better,
+        KpZstdLevel::Best,
+    ];
+}
+
+/// Which releases of klauspost/compress write the bytes [`super::kpzstd`] reproduces.
+/// Established by building every release's encoder and comparing outputs (README, "Exact
+/// re-compression").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KpZstdVariant {
+    /// klauspost/compress 1.15.12: the same bytes as 1.14.2-1.16.3 at `SpeedDefault`,
+    /// 1.14.3-1.16.3 at `SpeedFastest`, 1.15.10-1.16.3 at `SpeedBetterCompression`,
+    /// 1.14.2-1.15.12 at `SpeedBestCompression` (Debian's skopeo, podman and buildah link
+    /// 1.15.12).
+    #[default]
+    #[serde(rename = "klauspost1.15.12")]
+    Klauspost1_15_12,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Window log of `zstd --long`.
+const LONG_WINDOW_LOG: u32 = 27;
+
+impl ZstdEncoder {
+    /// libzstd at `level`, single-threaded, no long-distance matching.
+    pub fn libzstd(level: i32) -> ZstdEncoder {
+        ZstdEncoder::Libzstd { level, long: false }
+    }
+
+    /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, ...
+    pub fn label(&self) -> String {
+        match self {
+            ZstdEncoder::Libzstd { level, long } => {
+                format!("zstd-{level}{}", if *long { "-long" } else { "" })
+            }
+            ZstdEncoder::Klauspost { level, .. } => {
+                format!("zstd-kp-{}", level.kp().name())
+            }
+        }
+    }
+}
+
+/// libzstd's window log at each level 1-19 when the content size is not known (its
+/// `ZSTD_defaultCParameters` for large inputs): which levels could have written a frame.
+pub(super) const LIBZSTD_WINDOW_LOG: [u32; 19] = [
+    19, 20, 21, 21, 21, 21, 21, 21, 22, 22, 22, 22, 22, 22, 22, 22, 23, 23, 23,
+];
+
+/// Encoders to try on a frame, most likely first.
+pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
+    let long = h.window_log == Some(LONG_WINDOW_LOG);
+    let levels = || {
+        std::iter::once(3)
+            .chain((1..=19).filter(|&l| l != 3))
+            .filter(move |&level| match (h.content_size, h.window_log) {
+                _ if long => true,
+                // Without a content size the window is the level's own.
+                (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
+                _ => true,
+            })
+    };
+    let klauspost = KpZstdLevel::ALL
+        .into_iter()
+        // The levels the port has.
+        .filter(|l| KpStreamEncoder::new(&kp_options(*l)).is_ok())
+        .map(|level| ZstdEncoder::Klauspost {
+            level,
+            variant: KpZstdVariant::default(),
+        });
+    klauspost
+        .chain(levels().map(|level| ZstdEncoder::Libzstd { level, long }))
+        .collect()
+}
+
+/// What container tools set: the level, nothing else.
+fn kp_options(level: KpZstdLevel) -> KpOptions {
+    KpOptions {
+        level: level.kp(),
+        ..KpOptions::default()
+    }
+}
+
+// ---- writing one frame ---------------------------------------------------------------------
+
+/// Writes one data frame as its encoder did.
+pub struct FrameWriter {
+    inner: Writer,
+    flushed: bool,
+    /// Plaintext bytes still to come before the first block is cut short, if it is.
+    cut: Option<u64>,
+}
+
+enum Writer {
+    Libzstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+    Klauspost(Box<KpStreamEncoder>),
+}
+
+impl FrameWriter {
+    /// A writer of a frame of `raw_len` bytes (used only if the header carries it).
+    pub fn new(enc: &ZstdEncoder, raw_len: u64, shape: FrameShape) -> FrameWriter {
+        let flags = shape.flags;
+        use zstd::zstd_safe::CParameter;
+        let content_size = flags & FLAG_CONTENT_SIZE != 0;
+        let inner = match *enc {
+            ZstdEncoder::Libzstd { level, long } => {
+                let mut z =
+                    zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd encoder");
+                if long {
+                    z.set_parameter(CParameter::EnableLongDistanceMatching(true))
+                        .expect("zstd parameter");
+                    z.set_parameter(CParameter::WindowLog(LONG_WINDOW_LOG))
+                        .expect("zstd parameter");
+                }
+                z.set_parameter(CParameter::ChecksumFlag(flags & FLAG_CHECKSUM != 0))
+                    .expect("zstd parameter");
+                z.set_parameter(CParameter::ContentSizeFlag(content_size))
+                    .expect("zstd parameter");
+                if content_size {
+                    z.set_pledged_src_size(Some(raw_len))
+                        .expect("zstd pledged size");
+                }
+                Writer::Libzstd(Box::new(z))
+            }
+            ZstdEncoder::Klauspost { level, .. } => {
+                let crc = flags & FLAG_CHECKSUM != 0;
+                let mut k = kp_pool::take(level, crc);
+                // Reset, or ResetContentSize: a streamed frame that declares its size.
+                k.reset(content_size.then_some(raw_len));
+                Writer::Klauspost(k)
+            }
+        };
+        FrameWriter {
+            inner,
+            flushed: flags & FLAG_FLUSHED != 0,
+            cut: shape.cut.filter(|&c| c > 0 && c < raw_len),
+        }
+    }
+
+    pub fn write(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
+        if let Some(left) = self.cut {
+            let take = left.min(raw.len() as u64) as usize;
+            self.write_on(&raw[..take], out);
+            raw = &raw[take..];
+            self.cut = Some(left - take as u64);
+            if left == take as u64 {
+                // `ReadFrom` begins: what is buffered goes out as a block.
+                self.cut = None;
+                self.flush_block(out);
+            }
+        }
+        self.write_on(raw, out);
+    }
+
+    fn flush_block(&mut self, out: &mut Vec<u8>) {
+        match &mut self.inner {
+            Writer::Libzstd(z) => {
+                z.flush().expect("flushing in memory");
+                out.append(z.get_mut());
+            }
+            Writer::Klauspost(k) => k.flush(out),
+        }
+    }
+
+    fn write_on(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        if raw.is_empty() {
+            return;
+        }
+        match &mut self.inner {
+            Writer::Libzstd(z) => {
+                z.write_all(raw).expect("writing to memory");
+                out.append(z.get_mut());
+            }
+            Writer::Klauspost(k) => k.write(raw, out),
+        }
+    }
+
+    pub fn finish(self, out: &mut Vec<u8>) {
+        match self.inner {
+            Writer::Libzstd(mut z) => {
+                if self.flushed {
+                    z.flush().expect("flushing in memory");
+                }
+                out.extend_from_slice(&z.finish().expect("finishing in memory"));
+            }
+            Writer::Klauspost(mut k) => {
+                if self.flushed {
+                    k.flush(out);
+                }
+                k.close(out);
+                kp_pool::put(k);
+            }
+        }
+    }
+}
+
+/// klauspost encoders kept per thread between frames: a zstd:chunked layer is thousands of
+/// small frames, and an encoder's match tables are 1-34 MiB to allocate and clear. Go's own
+/// writer reuses one encoder across frames (`Reset`): entries left from an earlier frame
+/// are more than a window behind and never match, so the bytes are a new encoder's.
+mod kp_pool {
+    use std::cell::RefCell;
+
+    use super::{kp_options, KpStreamEncoder, KpZstdLevel};
+    use crate::engine::kpzstd::KpOptions;
+
+    type Pooled = (KpZstdLevel, bool, Box<KpStreamEncoder>);
+
+    thread_local! {
+        static POOL: RefCell<Vec<Pooled>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// At most this many idle encoders per thread.
+    const KEEP: usize = 2;
+
+    pub(super) fn take(level: KpZstdLevel, crc: bool) -> Box<KpStreamEncoder> {
+        let pooled = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|(l, c, _)| *l == level && *c == crc)?;
+            Some(p.swap_remove(i).2)
+        });
+        pooled.unwrap_or_else(|| {
+            let opts = KpOptions {
+                crc,
+                ..kp_options(level)
+            };
+            Box::new(KpStreamEncoder::new(&opts).expect("level checked at ingest"))
+        })
+    }
+
+    pub(super) fn put(k: Box<KpStreamEncoder>) {
+        let (level, crc) = (k.level(), k.crc());
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= KEEP {
+                p.remove(0);
+            }
+            p.push((KpZstdLevel::from_kp(level), crc, k));
+        });
+    }
+}
+
+/// The frame `enc` writes from all of `raw`.
+pub fn encode_frame(enc: &ZstdEncoder, raw: &[u8], shape: FrameShape) -> Vec<u8> {
+    let mut w = FrameWriter::new(enc, raw.len() as u64, shape);
+    let mut out = Vec::with_capacity(raw.len() / 3 + 64);
+    w.write(raw, &mut out);
+    w.finish(&mut out);
+    out
+}
+
+/// How `enc` re-creates a frame, judged on its probe: all of it when `complete`, else its
+/// beginning. The flags in the header are the frame's; whether it ends flushed, and (for
+/// klauspost) whether its first block was cut short, are tried.
+pub(super) fn frame_matches(
+    enc: &ZstdEncoder,
+    probe: &FrameProbe,
+    header: &FrameHeader,
+    complete: bool,
+) -> Option<FrameShape> {
+    let flags = header.flags();
+    let size = header.content_size.unwrap_or(probe.raw_len);
+    let klauspost = matches!(enc, ZstdEncoder::Klauspost { .. });
+    let mut cuts = vec![None];
+    if klauspost {
+        if let Some(k) = probe.first_block_len(header) {
+            if k < probe.raw_len {
+                cuts.push(Some(k));
+            }
+        }
+    }
+    if complete {
+        let mut tries = vec![flags];
+        if klauspost && flags & FLAG_CONTENT_SIZE != 0 {
+            // klauspost writes a frame of less than a block with its size without being told
+            // it: try that first.
+            tries.insert(0, flags & !FLAG_CONTENT_SIZE);
+        }
+        if probe.may_be_flushed(header.checksum) {
+            let flushed: Vec<u8> = tries.iter().map(|f| f | FLAG_FLUSHED).collect();
+            tries.splice(0..0, flushed);
+        }
+        cuts.into_iter()
+            .flat_map(|cut| tries.iter().map(move |&flags| FrameShape { flags, cut }))
+            .find(|&shape| encode_frame(enc, &probe.raw, shape) == probe.comp)
+    } else {
+        cuts.into_iter().find_map(|cut| {
+            let shape = FrameShape { flags, cut };
+            let mut w = FrameWriter::new(enc, size, shape);
+            let mut out = Vec::new();
+            for piece in probe.raw.chunks(256 << 10) {
+                w.write(piece, &mut out);
+                if !probe.comp.starts_with(&out) {
+                    return None;
+                }
+            }
+            // At least one block must be out and match.
+            (out.len() > 16).then_some(shape)
+        })
+    }
+}

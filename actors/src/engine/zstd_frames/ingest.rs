@@ -1,0 +1,321 @@
+//! Ingest: decode a zstd stream frame by frame with libzstd, keep each data frame's probe and
+//! find (first frame) or check (later frames) the encoder that wrote it.
+
+use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+
+use super::encoders::{candidates, frame_matches, ZstdEncoder};
+use super::header::{parse_header, FrameHeader};
+use super::{
+    is_skippable, FrameShape, ZstdPart, FLAG_FLUSHED, MAX_FRAMES, MAX_SKIPPABLE, ZSTD_MAGIC,
+};
+use crate::engine::recompress::{NotExact, PROBE};
+
+/// The first bytes of a data frame, plain and compressed, and its last compressed bytes.
+#[derive(Default)]
+pub(super) struct FrameProbe {
+    pub(super) raw: Vec<u8>,
+    pub(super) comp: Vec<u8>,
+    pub(super) raw_len: u64,
+    pub(super) comp_len: u64,
+    pub(super) tail: Vec<u8>,
+    /// The beginning was already checked (the frame outgrew the probe).
+    pub(super) checked: Option<FrameShape>,
+}
+
+impl FrameProbe {
+    fn keep(&mut self, comp: &[u8], raw: &[u8]) {
+        if self.checked.is_none() {
+            if self.comp.len() < PROBE + (PROBE >> 3) {
+                self.comp.extend_from_slice(comp);
+            }
+            if self.raw.len() < PROBE {
+                let take = (PROBE - self.raw.len()).min(raw.len());
+                self.raw.extend_from_slice(&raw[..take]);
+            }
+        }
+        self.tail.extend_from_slice(comp);
+        if self.tail.len() > 64 {
+            self.tail.drain(..self.tail.len() - 16);
+        }
+        self.comp_len += comp.len() as u64;
+        self.raw_len += raw.len() as u64;
+    }
+
+    /// The plaintext length of the frame's first block, if the probe holds all of it: read
+    /// from the block header for raw and RLE blocks, by decoding it for compressed ones.
+    pub(super) fn first_block_len(&self, header: &FrameHeader) -> Option<u64> {
+        let h = self.comp.get(header.len..header.len + 3)?;
+        let h = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
+        let size = u64::from(h >> 3);
+        match (h >> 1) & 3 {
+            0 | 1 => Some(size),
+            2 => {
+                let end = header.len + 3 + size as usize;
+                let block = self.comp.get(..end)?;
+                let mut d = zstd::stream::raw::Decoder::new().ok()?;
+                let mut plain = vec![0u8; 128 << 10];
+                let mut inb = InBuffer::around(block);
+                let mut outb = OutBuffer::around(&mut plain[..]);
+                d.run(&mut inb, &mut outb).ok()?;
+                Some(outb.pos() as u64)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the frame ends with an empty raw last block (`01 00 00`), as a writer that
+    /// flushed before closing leaves.
+    pub(super) fn may_be_flushed(&self, checksum: bool) -> bool {
+        let end = self.tail.len() - if checksum { 4 } else { 0 };
+        end >= 3 && self.tail[end - 3..end] == [1, 0, 0]
+    }
+}
+
+enum St {
+    /// Between frames: the next one's first bytes.
+    Between,
+    Data(FrameHeader, Box<FrameProbe>),
+    /// Before a data frame's header is complete.
+    DataHeader(Vec<u8>),
+    Skippable {
+        bytes: Vec<u8>,
+        left: u64,
+    },
+}
+
+/// Streaming decompressor of a zstd layer that records how to re-create it.
+pub struct ZstdDecoder {
+    st: St,
+    pending: Vec<u8>,
+    dec: zstd::stream::raw::Decoder<'static>,
+    parts: Vec<ZstdPart>,
+    encoder: Option<ZstdEncoder>,
+    outbuf: Vec<u8>,
+    failed: Option<NotExact>,
+}
+
+impl Default for ZstdDecoder {
+    fn default() -> Self {
+        ZstdDecoder {
+            st: St::Between,
+            pending: Vec::new(),
+            dec: zstd::stream::raw::Decoder::new().expect("zstd decoder"),
+            parts: Vec::new(),
+            encoder: None,
+            outbuf: vec![0; 256 * 1024],
+            failed: None,
+        }
+    }
+}
+
+impl ZstdDecoder {
+    pub fn feed(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.feed_inner(input, out);
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn feed_inner(&mut self, mut input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
+        while !input.is_empty() {
+            match &mut self.st {
+                St::Between => {
+                    let need = 8 - self.pending.len().min(8);
+                    let take = need.min(input.len());
+                    self.pending.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.pending.len() < 4 {
+                        continue;
+                    }
+                    if self.parts.len() >= MAX_FRAMES {
+                        return Err(NotExact::Unsupported("more than 4 Mi zstd frames"));
+                    }
+                    if self.pending[..4] == ZSTD_MAGIC {
+                        self.st = St::DataHeader(std::mem::take(&mut self.pending));
+                    } else if is_skippable(&self.pending) {
+                        if self.pending.len() < 8 {
+                            continue;
+                        }
+                        let size = u32::from_le_bytes(self.pending[4..8].try_into().expect("4"));
+                        if u64::from(size) > MAX_SKIPPABLE {
+                            return Err(NotExact::Unsupported("skippable frame over 64 MiB"));
+                        }
+                        self.st = St::Skippable {
+                            bytes: std::mem::take(&mut self.pending),
+                            left: u64::from(size),
+                        };
+                        self.end_skippable();
+                    } else {
+                        return Err(NotExact::Unsupported(
+                            "bytes after the last zstd frame that are not a frame",
+                        ));
+                    }
+                }
+                St::DataHeader(head) => {
+                    let take = input.len().min(32);
+                    head.extend_from_slice(&input[..take]);
+                    let Some(h) = parse_header(head)? else {
+                        input = &input[take..];
+                        continue;
+                    };
+                    // Decode from the frame's first byte: put back what the header took.
+                    let before = head.len() - take;
+                    let head = std::mem::take(head);
+                    self.st = St::Data(h, Box::default());
+                    if before > 0 {
+                        self.feed_inner(&head[..before], out)?;
+                    }
+                }
+                St::Data(header, probe) => {
+                    let mut inb = InBuffer::around(input);
+                    let mut outb = OutBuffer::around(&mut self.outbuf[..]);
+                    let hint = self
+                        .dec
+                        .run(&mut inb, &mut outb)
+                        .map_err(|_| NotExact::Corrupt("zstd frame"))?;
+                    let (used, made) = (inb.pos(), outb.pos());
+                    let produced = &self.outbuf[..made];
+                    probe.keep(&input[..used], produced);
+                    out(produced);
+                    input = &input[used..];
+                    if probe.checked.is_none() && probe.raw.len() == PROBE && hint != 0 {
+                        // The frame goes on past the probe: decide now, so a stream from an
+                        // unknown encoder is given up early.
+                        let h = *header;
+                        let shape = self.check_frame(&h, false)?;
+                        if let St::Data(_, p) = &mut self.st {
+                            p.checked = Some(shape);
+                            p.raw = Vec::new();
+                            p.comp = Vec::new();
+                        }
+                    }
+                    if hint == 0 {
+                        self.end_frame()?;
+                    } else if used == 0 && made == 0 {
+                        return Err(NotExact::Corrupt("zstd frame"));
+                    }
+                }
+                St::Skippable { bytes, left } => {
+                    let take = (*left).min(input.len() as u64) as usize;
+                    bytes.extend_from_slice(&input[..take]);
+                    *left -= take as u64;
+                    input = &input[take..];
+                    self.end_skippable();
+                }
+            }
+        }
+        // Output the decoder could not hand over for want of room.
+        while let St::Data(..) = self.st {
+            let mut inb = InBuffer::around(&[]);
+            let mut outb = OutBuffer::around(&mut self.outbuf[..]);
+            let hint = self
+                .dec
+                .run(&mut inb, &mut outb)
+                .map_err(|_| NotExact::Corrupt("zstd frame"))?;
+            let made = outb.pos();
+            if made == 0 && hint != 0 {
+                break;
+            }
+            if let St::Data(_, probe) = &mut self.st {
+                probe.keep(&[], &self.outbuf[..made]);
+            }
+            out(&self.outbuf[..made]);
+            if hint == 0 {
+                self.end_frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_skippable(&mut self) {
+        if let St::Skippable { bytes, left: 0 } = &mut self.st {
+            self.parts.push(ZstdPart::Skippable(std::mem::take(bytes)));
+            self.st = St::Between;
+        }
+    }
+
+    /// How the frame being decoded was written, checked against the stream's encoder (found now
+    /// if this is the first frame).
+    fn check_frame(
+        &mut self,
+        header: &FrameHeader,
+        complete: bool,
+    ) -> Result<FrameShape, NotExact> {
+        let St::Data(_, probe) = &self.st else {
+            unreachable!("checking a data frame");
+        };
+        if let Some(f) = probe.checked {
+            return Ok(f);
+        }
+        if let Some(enc) = &self.encoder {
+            return frame_matches(enc, probe, header, complete).ok_or_else(|| {
+                NotExact::UnknownZstdEncoder(format!(
+                    "a later zstd frame is not written like the first ({}; {})",
+                    enc.label(),
+                    header.describe()
+                ))
+            });
+        }
+        for enc in candidates(header) {
+            if let Some(f) = frame_matches(&enc, probe, header, complete) {
+                self.encoder = Some(enc);
+                return Ok(f);
+            }
+        }
+        Err(NotExact::UnknownZstdEncoder(format!(
+            "no encoder stowage reproduces wrote the frame (klauspost/compress 1.15.12 at its \
+             four levels and libzstd 1.5.7 at levels 1-19 tried; multi-threaded libzstd is \
+             not reproduced; another version or writer?): {}",
+            header.describe()
+        )))
+    }
+
+    fn end_frame(&mut self) -> Result<(), NotExact> {
+        let St::Data(header, probe) = &self.st else {
+            unreachable!("ending a data frame");
+        };
+        let header = *header;
+        if let Some(n) = header.content_size {
+            if n != probe.raw_len {
+                return Err(NotExact::Corrupt("zstd frame (content size mismatch)"));
+            }
+        }
+        let complete = probe.raw_len == probe.raw.len() as u64 && probe.checked.is_none();
+        let mut shape = self.check_frame(&header, complete)?;
+        let St::Data(_, probe) = &self.st else {
+            unreachable!("ending a data frame");
+        };
+        if !complete && probe.may_be_flushed(header.checksum) {
+            // A long frame's end is not compared at ingest; an empty last block is what a
+            // flush before closing leaves (verify-before-discard proves the guess).
+            shape.flags |= FLAG_FLUSHED;
+        }
+        self.parts
+            .push(ZstdPart::frame(probe.raw_len, probe.comp_len, shape));
+        self.st = St::Between;
+        self.dec
+            .reinit()
+            .map_err(|_| NotExact::Corrupt("zstd frame"))?;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<(ZstdEncoder, Vec<ZstdPart>), NotExact> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if !matches!(self.st, St::Between) || !self.pending.is_empty() {
+            return Err(NotExact::Corrupt("truncated zstd stream"));
+        }
+        let encoder = match self.encoder {
+            Some(e) => e,
+            // Only skippable frames: nothing to encode, any encoder will do.
+            None if !self.parts.is_empty() => ZstdEncoder::libzstd(3),
+            None => return Err(NotExact::Corrupt("empty zstd stream")),
+        };
+        Ok((encoder, self.parts))
+    }
+}

@@ -1,0 +1,249 @@
+use super::encoders::LIBZSTD_WINDOW_LOG;
+use super::*;
+use crate::engine::recompress::NotExact;
+use std::io::Write;
+
+fn text(n: usize, seed: u64) -> Vec<u8> {
+    let words = ["frame", "skip", "zstd", "layer", "\n", "tar ", "chunk"];
+    let mut x = seed;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        v.extend_from_slice(words[(x >> 60) as usize % words.len()].as_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+fn skippable(data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x50, 0x2a, 0x4d, 0x18];
+    v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// Ingest then re-create, feeding odd piece sizes both ways.
+fn roundtrip(stream: &[u8], raw: &[u8]) -> Result<(ZstdEncoder, Vec<ZstdPart>), NotExact> {
+    let mut d = ZstdDecoder::default();
+    let mut got = Vec::new();
+    for piece in stream.chunks(9_973) {
+        d.feed(piece, &mut |b| got.extend_from_slice(b))?;
+    }
+    let (enc, parts) = d.finish()?;
+    assert_eq!(got, raw, "decompressed bytes");
+    let json = serde_json::to_string(&parts).unwrap();
+    let parts: Vec<ZstdPart> = serde_json::from_str(&json).unwrap();
+    for piece in [1usize << 20, 65_537, 777] {
+        let mut e = FramesEncoder::new(enc, parts.clone());
+        let mut out = Vec::new();
+        for p in raw.chunks(piece) {
+            e.push(p, &mut out);
+        }
+        e.finish(&mut out);
+        assert!(
+            out == stream,
+            "re-created stream differs (pieces of {piece})"
+        );
+    }
+    Ok((enc, parts))
+}
+
+#[test]
+fn libzstd_levels_and_flags() {
+    let raw = text(1_000_000, 1);
+    for level in [1, 3, 9, 19] {
+        let c = zstd::stream::encode_all(&raw[..], level).unwrap();
+        let (enc, _) = roundtrip(&c, &raw).unwrap();
+        assert_eq!(enc, ZstdEncoder::libzstd(level));
+    }
+    roundtrip(&zstd::stream::encode_all(&b""[..], 3).unwrap(), b"").unwrap();
+    for flags in [
+        0,
+        FLAG_CHECKSUM,
+        FLAG_CONTENT_SIZE | FLAG_CHECKSUM,
+        FLAG_FLUSHED,
+    ] {
+        let enc = ZstdEncoder::libzstd(3);
+        let c = encode_frame(&enc, &raw, FrameShape::flags(flags));
+        let (_, parts) = roundtrip(&c, &raw).unwrap();
+        assert_eq!(
+            parts,
+            vec![ZstdPart::Frame(raw.len() as u64, c.len() as u64, flags)]
+        );
+    }
+}
+
+#[test]
+fn long_distance_libzstd() {
+    // Repeats 6 MB apart: beyond the windows of levels 1 and 3, not of a long one.
+    let mut raw = text(1 << 20, 5);
+    raw.extend_from_slice(&crate::engine::test_bytes(5 << 20, 6));
+    raw.extend_from_slice(&text(1 << 20, 5));
+    for level in [1, 3] {
+        let enc = ZstdEncoder::Libzstd { level, long: true };
+        let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+        let (found, _) = roundtrip(&c, &raw).unwrap();
+        assert_eq!(found, enc);
+    }
+}
+
+#[test]
+fn klauspost_frames() {
+    let raw = text(2_000_000, 8);
+    for level in [KpZstdLevel::Default, KpZstdLevel::Fastest] {
+        let enc = ZstdEncoder::Klauspost {
+            level,
+            variant: KpZstdVariant::default(),
+        };
+        let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+        let (found, _) = roundtrip(&c, &raw).unwrap();
+        assert_eq!(found, enc);
+        assert_eq!(found.label(), format!("zstd-kp-{}", level.kp().name()));
+        // Frames of under a block carry their size unasked; later frames must match.
+        let mut stream = Vec::new();
+        for n in [100usize, 5000, 300_000] {
+            stream.extend_from_slice(&encode_frame(
+                &enc,
+                &raw[..n],
+                FrameShape::flags(FLAG_CHECKSUM),
+            ));
+        }
+        let joined: Vec<u8> = [&raw[..100], &raw[..5000], &raw[..300_000]].concat();
+        let (found, parts) = roundtrip(&stream, &joined).unwrap();
+        assert_eq!(found, enc);
+        assert_eq!(parts.len(), 3);
+    }
+}
+
+/// containers/image compressing from local storage (podman, buildah push): `Write` of the 8
+/// bytes it peeked at, then `ReadFrom` of the rest, which writes those 8 out as a block first.
+#[test]
+fn klauspost_first_block_cut_short() {
+    use crate::engine::kpzstd::{KpOptions, KpStreamEncoder};
+    let raw = text(6_000_000, 9);
+    for (level, cut, n) in [
+        (KpZstdLevel::Default, 8usize, 300_000usize),
+        (KpZstdLevel::Default, 8, raw.len()),
+        (KpZstdLevel::Best, 8, 200_000),
+        (KpZstdLevel::Fastest, 30_000, 1_000_000),
+    ] {
+        let mut e = KpStreamEncoder::new(&KpOptions {
+            level: level.kp(),
+            ..KpOptions::default()
+        })
+        .unwrap();
+        let mut stream = Vec::new();
+        e.write(&raw[..cut], &mut stream);
+        e.read_from(&raw[cut..n], &mut stream);
+        e.close(&mut stream);
+        let (found, parts) = roundtrip(&stream, &raw[..n]).unwrap();
+        assert_eq!(
+            found,
+            ZstdEncoder::Klauspost {
+                level,
+                variant: KpZstdVariant::default()
+            }
+        );
+        assert!(
+            matches!(parts[..], [ZstdPart::CutFrame(_, _, _, c)] if c == cut as u64),
+            "{level:?} {n}: {parts:?}"
+        );
+    }
+}
+
+#[test]
+fn the_window_table_is_libzstds() {
+    let raw = text(300_000, 2);
+    for level in 1..=19 {
+        let enc = ZstdEncoder::libzstd(level);
+        let mut w = FrameWriter::new(&enc, 0, FrameShape::flags(FLAG_CHECKSUM));
+        let mut out = Vec::new();
+        w.write(&raw, &mut out);
+        w.finish(&mut out);
+        let h = parse_header(&out).unwrap().unwrap();
+        assert_eq!(
+            h.window_log,
+            Some(LIBZSTD_WINDOW_LOG[level as usize - 1]),
+            "{level}"
+        );
+    }
+}
+
+#[test]
+fn many_frames_and_skippable_frames() {
+    // zstd:chunked's shape: a frame per file, big and small, then skippable frames.
+    let enc = ZstdEncoder::libzstd(3);
+    let mut stream = Vec::new();
+    let mut raw = Vec::new();
+    for (i, n) in [512usize, 70_000, 1, 9_000_000, 3_000, 0, 200_000, 5 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let part = text(n, i as u64 + 10);
+        stream.extend_from_slice(&encode_frame(&enc, &part, FrameShape::flags(FLAG_CHECKSUM)));
+        raw.extend_from_slice(&part);
+        if i == 2 {
+            stream.extend_from_slice(&skippable(b"in between"));
+        }
+    }
+    stream.extend_from_slice(&skippable(&text(5_000, 99)));
+    stream.extend_from_slice(&skippable(&[7u8; 40]));
+    let (_, parts) = roundtrip(&stream, &raw).unwrap();
+    assert_eq!(parts.len(), 11);
+
+    // A range request resumes at the frame it falls in.
+    let mut comp = 0;
+    for (k, p) in parts.iter().enumerate().skip(1) {
+        let before: u64 = parts[..k].iter().map(ZstdPart::comp_len).sum();
+        let (mut e, at, plain) = FramesEncoder::resume(enc, &parts, before + 1).unwrap();
+        assert_eq!(at, before);
+        let mut out = Vec::new();
+        e.push(&raw[plain as usize..], &mut out);
+        e.finish(&mut out);
+        assert!(out == stream[at as usize..], "resumed at part {k}");
+        comp += p.comp_len();
+    }
+    assert!(comp > 0);
+    assert!(FramesEncoder::resume(enc, &parts, 3).is_none());
+}
+
+#[test]
+fn bad_streams_are_refused() {
+    let raw = text(100_000, 3);
+    let c = zstd::stream::encode_all(&raw[..], 3).unwrap();
+    let mut d = ZstdDecoder::default();
+    d.feed(&c[..c.len() / 2], &mut |_| {}).unwrap();
+    assert!(matches!(d.finish(), Err(NotExact::Corrupt(_))), "truncated");
+
+    let mut trailing = c.clone();
+    trailing.extend_from_slice(b"garbage!");
+    let mut d = ZstdDecoder::default();
+    assert!(matches!(
+        d.feed(&trailing, &mut |_| {}),
+        Err(NotExact::Unsupported(_))
+    ));
+
+    let mut big = skippable(b"");
+    big[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut d = ZstdDecoder::default();
+    assert!(matches!(
+        d.feed(&big, &mut |_| {}),
+        Err(NotExact::Unsupported(_))
+    ));
+
+    // A frame from an encoder stowage does not have: libzstd with another minimum match.
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    z.set_parameter(zstd::zstd_safe::CParameter::MinMatch(7))
+        .unwrap();
+    z.write_all(&raw).unwrap();
+    let foreign = z.finish().unwrap();
+    let mut d = ZstdDecoder::default();
+    d.feed(&foreign, &mut |_| {}).unwrap_or(());
+    let err = d.finish().unwrap_err();
+    assert!(
+        matches!(&err, NotExact::UnknownZstdEncoder(m) if m.contains("window 2 MiB")),
+        "{err}"
+    );
+}
