@@ -70,6 +70,27 @@ pub const PGZIP_DEFAULT_BLOCK: usize = 1 << 20;
 /// The tail of each block pgzip passes to the next as dictionary (`tailSize`).
 pub const PGZIP_TAIL: usize = 16384;
 
+/// The klauspost/compress flate release whose output is produced. Later releases change
+/// only what their variant names; the census of which releases write identical bytes at
+/// which levels is on [`crate::engine::recompress::PgzipVariant`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KpVersion {
+    /// 1.15.12: dynamic blocks that may be followed by a reused table get full-size header
+    /// counts (HLIT 286, HDIST 30).
+    #[default]
+    V1_15_12,
+    /// 1.18.0: level 4 measures its next-long candidate from the wrong place (`lOff`);
+    /// levels 7-9 check for a better match at the end of a match in a new way, and level 9
+    /// weighs match gains differently.
+    V1_18_0,
+    /// 1.18.1: every dynamic header is trimmed to the codes used (HLIT/HDIST), counting the
+    /// end-of-block code only when a sync already added it.
+    V1_18_1,
+    /// 1.18.2 (through 1.19.1): the end-of-block code is counted before trimming; level 9
+    /// builds its literal cost estimate from at most 32 KiB ahead.
+    V1_18_2,
+}
+
 /// What this encoder cannot do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KpError {
@@ -102,8 +123,20 @@ pub fn pgzip_block(
     last: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), KpError> {
+    pgzip_block_version(KpVersion::V1_15_12, level, dict, block, last, out)
+}
+
+/// [`pgzip_block`] as pgzip on klauspost/compress `version` writes it.
+pub fn pgzip_block_version(
+    version: KpVersion,
+    level: i32,
+    dict: &[u8],
+    block: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), KpError> {
     check_level(level)?;
-    let mut c = Compressor::new(level, dict, std::mem::take(out))?;
+    let mut c = Compressor::new(level, dict, std::mem::take(out), version)?;
     c.write(block);
     c.sync_flush();
     if last {
@@ -137,11 +170,21 @@ fn check_block_size(block_size: usize) -> Result<(), KpError> {
 
 /// The whole deflate body of a pgzip member for `input` (no gzip header/trailer), blocks of `block_size`.
 pub fn pgzip_deflate(level: i32, block_size: usize, input: &[u8]) -> Result<Vec<u8>, KpError> {
+    pgzip_deflate_version(KpVersion::V1_15_12, level, block_size, input)
+}
+
+/// [`pgzip_deflate`] as pgzip on klauspost/compress `version` writes it.
+pub fn pgzip_deflate_version(
+    version: KpVersion,
+    level: i32,
+    block_size: usize,
+    input: &[u8],
+) -> Result<Vec<u8>, KpError> {
     check_level(level)?;
     check_block_size(block_size)?;
     let mut out = Vec::with_capacity(input.len() / 2 + 64);
     for (dict, block, last) in blocks(block_size, input) {
-        pgzip_block(level, dict, block, last, &mut out)?;
+        pgzip_block_version(version, level, dict, block, last, &mut out)?;
     }
     Ok(out)
 }
@@ -181,7 +224,17 @@ pub fn pgzip_header(level: i32) -> [u8; 10] {
 
 /// A complete pgzip gzip member: header, [`pgzip_deflate`] body, CRC-32 and size.
 pub fn pgzip_gzip(level: i32, block_size: usize, input: &[u8]) -> Result<Vec<u8>, KpError> {
-    let body = pgzip_deflate(level, block_size, input)?;
+    pgzip_gzip_version(KpVersion::V1_15_12, level, block_size, input)
+}
+
+/// [`pgzip_gzip`] as pgzip on klauspost/compress `version` writes it.
+pub fn pgzip_gzip_version(
+    version: KpVersion,
+    level: i32,
+    block_size: usize,
+    input: &[u8],
+) -> Result<Vec<u8>, KpError> {
+    let body = pgzip_deflate_version(version, level, block_size, input)?;
     let mut out = Vec::with_capacity(body.len() + 18);
     out.extend_from_slice(&pgzip_header(level));
     out.extend_from_slice(&body);
