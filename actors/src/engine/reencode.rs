@@ -38,6 +38,7 @@ enum MemberEnc {
 /// Re-encodes a pgzip member: its blocks are independent given the previous block's tail, so
 /// they are encoded several at a time on the rayon pool.
 struct PgzipParallel {
+    version: kpflate::KpVersion,
     level: i32,
     block: usize,
     total: u64,
@@ -49,8 +50,9 @@ struct PgzipParallel {
 }
 
 impl PgzipParallel {
-    fn new(level: i32, block: usize, total: u64) -> PgzipParallel {
+    fn new(version: kpflate::KpVersion, level: i32, block: usize, total: u64) -> PgzipParallel {
         PgzipParallel {
+            version,
             level,
             block,
             total,
@@ -91,7 +93,8 @@ impl PgzipParallel {
                     tracing::error!(block = i, "pgzip block missing plaintext");
                     return body;
                 }
-                kpflate::pgzip_block(
+                kpflate::pgzip_block_version(
+                    self.version,
                     self.level,
                     &self.buf[at(dict_from)..at(start)],
                     &self.buf[at(start)..at(end)],
@@ -145,8 +148,14 @@ pub struct Resume {
 
 impl MemberEnc {
     fn open(m: &GzipMember) -> MemberEnc {
-        if let Some(GoEncoder::Pgzip { level, block, .. }) = &m.go {
+        if let Some(GoEncoder::Pgzip {
+            level,
+            block,
+            variant,
+        }) = &m.go
+        {
             return MemberEnc::Pgzip(Box::new(PgzipParallel::new(
+                variant.kp_version(),
                 *level,
                 *block as usize,
                 m.raw_len,
