@@ -642,7 +642,7 @@ fn position_rebasing() {
 /// enough to cross the position rebase (`bufferReset`) at the small windows.
 #[test]
 fn a_reset_encoder_writes_what_a_new_one_writes() {
-    let mut r = Rng(0x5eed_0f_f2a3e5);
+    let mut r = Rng(0x5eed_0ff2_a3e5);
     for level in LEVELS {
         for window in [0usize, 1 << 20] {
             let opts = KpOptions {
