@@ -80,6 +80,14 @@ impl Encoding {
             Encoding::None => "none".into(),
             Encoding::Gzip { members, .. } => match members.first() {
                 Some(GzipMember {
+                    go:
+                        Some(GoEncoder::Std {
+                            level,
+                            variant: GoStdVariant::Go1_27,
+                        }),
+                    ..
+                }) => format!("gzip-go1.27-{level}"),
+                Some(GzipMember {
                     go: Some(GoEncoder::Std { level, .. }),
                     ..
                 }) => format!("gzip-go-{level}"),
@@ -147,6 +155,12 @@ pub enum GoStdVariant {
     #[default]
     #[serde(rename = "go1.8-1.26")]
     Go1_8,
+    /// Go 1.27's compress/flate: klauspost/compress's encoder as one stream (not pgzip
+    /// blocks), re-encoded by [`super::kpflate`] as [`kpflate::KpVersion::Go1_27`]. Modelled
+    /// on the development source; a stream is only ever recorded as this once re-encoding it
+    /// reproduced it (the probe, then the full restore before the raw bytes are dropped).
+    #[serde(rename = "go1.27")]
+    Go1_27,
 }
 
 /// Which releases of klauspost/compress write the bytes [`super::kpflate`] reproduces (with
@@ -432,6 +446,39 @@ pub fn probe_go_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Op
     None
 }
 
+/// Go 1.27's compress/flate level (klauspost's encoder, one stream) that reproduces a deflate
+/// stream, judged on its beginning like [`probe_go_level`].
+pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
+    let order: &[i32] = match xfl {
+        4 => &[1],
+        2 => &[9],
+        _ => &[6, 5, 4, 7, 8, 3, 2, 0, -2],
+    };
+    'level: for &level in order {
+        let mut enc =
+            kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, level).expect("valid level");
+        let mut out = Vec::new();
+        for piece in raw.chunks(64 * 1024) {
+            enc.write(piece);
+            enc.take_output(&mut out);
+            if !deflate.starts_with(&out) {
+                continue 'level;
+            }
+        }
+        let ok = if complete {
+            enc.close();
+            enc.take_output(&mut out);
+            out == deflate
+        } else {
+            !out.is_empty() && deflate.starts_with(&out)
+        };
+        if ok {
+            return Some(level);
+        }
+    }
+    None
+}
+
 /// pgzip block sizes seen in the wild, most common first: the library default (podman,
 /// buildah, skopeo via containers/image) and umoci's `SetConcurrency(256 KiB, ...)`.
 const PGZIP_BLOCKS: [usize; 6] = [1 << 20, 256 << 10, 512 << 10, 128 << 10, 2 << 20, 4 << 20];
@@ -509,14 +556,16 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
         })
     };
     let go = || {
-        probe_go_level(raw, deflate, complete, xfl).map(|level| Deflater {
-            level: 0,
-            pigz_block: None,
-            go: Some(GoEncoder::Std {
-                level,
-                variant: GoStdVariant::Go1_8,
-            }),
-        })
+        probe_go_level(raw, deflate, complete, xfl)
+            .map(|level| (level, GoStdVariant::Go1_8))
+            .or_else(|| {
+                probe_go127_level(raw, deflate, complete, xfl).map(|l| (l, GoStdVariant::Go1_27))
+            })
+            .map(|(level, variant)| Deflater {
+                level: 0,
+                pigz_block: None,
+                go: Some(GoEncoder::Std { level, variant }),
+            })
     };
     let zlib = || {
         probe_zlib_level(raw, deflate, complete).map(|level| Deflater {
@@ -553,8 +602,10 @@ fn unknown_deflate(header: &[u8]) -> NotExact {
          1.15.10-1.18.0 at the default level): another release (1.11-1.15.9, or 1.16-1.17 \
          at a level other than the default) or a newer encoder"
     } else if header[9] == 255 {
-        "gzip with Go's header (OS 255), but not written by Go 1.8-1.26's compress/flate nor \
-         by the other encoders stowage reproduces: Go 1.27+ or klauspost/compress gzip"
+        "gzip with Go's header (OS 255), but not written by Go 1.8-1.26's compress/flate, by \
+         Go 1.27's as stowage models it (klauspost's encoder, unconfirmed against a Go 1.27 \
+         build), nor by the other encoders stowage reproduces: a later Go, klauspost/compress \
+         gzip, or another Go encoder"
     } else {
         "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
     })
@@ -694,7 +745,11 @@ impl GzipDecoder {
             }
         };
         let splittable = match &found.go {
-            Some(GoEncoder::Std { level, .. }) => goflate::splittable(*level),
+            Some(GoEncoder::Std {
+                level,
+                variant: GoStdVariant::Go1_8,
+            }) => goflate::splittable(*level),
+            Some(GoEncoder::Std { .. }) => false,
             Some(GoEncoder::Pgzip { .. }) => false,
             None => found.pigz_block.is_none() && (4..=9).contains(&found.level),
         };
@@ -963,6 +1018,40 @@ mod tests {
         );
     }
 
+    /// A gzip member as Go 1.27's compress/gzip writes it, per the kpflate model.
+    fn go127_gzip(raw: &[u8], level: i32) -> Vec<u8> {
+        let mut out = goflate::gzip_header(level).to_vec();
+        out.extend(kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap());
+        let mut crc = flate2::Crc::new();
+        crc.update(raw);
+        out.extend(crc.sum().to_le_bytes());
+        out.extend((raw.len() as u32).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn go127_streams_are_identified_and_restored() {
+        let raw = text(1_200_000);
+        for level in [-1, 1, 9] {
+            let gz = go127_gzip(&raw, level);
+            let enc = roundtrip(&gz, &raw).unwrap();
+            let shown = if level == -1 { 6 } else { level };
+            assert_eq!(enc.label(), format!("gzip-go1.27-{shown}"));
+        }
+        // Longer than the probe: decided early, restored whole, no split points recorded.
+        let raw = text(PROBE + 300_000);
+        let enc = roundtrip(&go127_gzip(&raw, 6), &raw).unwrap();
+        assert_eq!(enc.label(), "gzip-go1.27-6");
+        let Encoding::Gzip { members, .. } = &enc else {
+            panic!("{enc:?}")
+        };
+        assert!(members[0].splits.is_empty());
+        assert_eq!(
+            serde_json::to_string(&GoStdVariant::Go1_27).unwrap(),
+            "\"go1.27\""
+        );
+    }
+
     #[test]
     fn zstd_levels() {
         let raw = text(1_000_000);
@@ -1027,7 +1116,7 @@ mod tests {
         go_like[9] = 255;
         let mut d = LayerDecoder::new(Compression::Gzip);
         let err = d.feed(&go_like, &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains("Go 1.27+"), "{err}");
+        assert!(err.contains("Go 1.27"), "{err}");
         let mut unix = stored.clone();
         unix[9] = 3;
         let mut d = LayerDecoder::new(Compression::Gzip);

@@ -346,6 +346,9 @@ impl BitWriter {
         let sync = sync || eof;
         if sync {
             tokens.add_eob();
+        } else if self.version == KpVersion::Go1_27 {
+            // Go 1.27: "Ensure we can always write EOB."
+            tokens.extra_hist[0] = 1;
         }
         if (self.last_huff_man || eof) && self.last_header > 0 {
             self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
@@ -365,6 +368,8 @@ impl BitWriter {
             KpVersion::V1_15_12 | KpVersion::V1_18_0 => self.index_tokens(tokens, !sync, false),
             KpVersion::V1_18_1 => self.index_tokens(tokens, false, false),
             KpVersion::V1_18_2 => self.index_tokens(tokens, false, true),
+            // EOB is already in the token histogram.
+            KpVersion::Go1_27 => self.index_tokens(tokens, false, false),
         };
         let mut extra_bits = 0;
         let (ssize, storable) = Self::stored_size(input);

@@ -102,7 +102,12 @@ impl Compressor {
             }
             -1 | 1..=6 => {
                 w.log_new_table_penalty = 7;
-                let level = if level == -1 { 5 } else { level };
+                // DefaultCompression: level 5 in klauspost/compress, 6 in Go 1.27.
+                let level = match (level, version) {
+                    (-1, KpVersion::Go1_27) => 6,
+                    (-1, _) => 5,
+                    _ => level,
+                };
                 let mut fast = FastEnc::new(level, version >= KpVersion::V1_18_0);
                 // ResetDict on a writer from the pool: the encoder is reset first.
                 fast.reset();
@@ -154,6 +159,11 @@ impl Compressor {
 
     pub fn into_output(self) -> Vec<u8> {
         self.w.out
+    }
+
+    /// Moves the complete bytes written so far to `dst`.
+    pub fn take_output(&mut self, dst: &mut Vec<u8>) {
+        dst.append(&mut self.w.out);
     }
 
     /// `fillWindow`: prime the match finder with a dictionary.

@@ -89,6 +89,52 @@ pub enum KpVersion {
     /// 1.18.2 (through 1.19.1): the end-of-block code is counted before trimming; level 9
     /// builds its literal cost estimate from at most 32 KiB ahead.
     V1_18_2,
+    /// Go 1.27's compress/flate, a copy of klauspost's encoder as in 1.18.2 except that a
+    /// block that is not flushed counts an end-of-block code in its token histogram up front
+    /// ("ensure we can always write EOB"), which enters the new-table size estimate. Modelled
+    /// on the golang/go development source, not yet checked against a Go 1.27 build.
+    Go1_27,
+}
+
+/// A streaming klauspost (or Go 1.27) `flate.Writer` without dictionary: output accumulates
+/// in an internal buffer, taken with [`KpDeflater::take_output`]. The bytes do not depend on
+/// how the input is cut into writes.
+pub struct KpDeflater {
+    c: Compressor,
+}
+
+impl KpDeflater {
+    /// `flate.NewWriter(w, level)` of `version`.
+    pub fn new(version: KpVersion, level: i32) -> Result<KpDeflater, KpError> {
+        check_level(level)?;
+        Ok(KpDeflater {
+            c: Compressor::new(level, &[], Vec::new(), version)?,
+        })
+    }
+
+    pub fn write(&mut self, b: &[u8]) {
+        self.c.write(b);
+    }
+
+    /// `Close`: the rest of the input and the final block.
+    pub fn close(&mut self) {
+        self.c.close();
+    }
+
+    /// Moves the bytes written so far to `dst`.
+    pub fn take_output(&mut self, dst: &mut Vec<u8>) {
+        self.c.take_output(dst);
+    }
+}
+
+/// The raw deflate stream `flate.NewWriter(level)`, `Write(input)`, `Close()` of `version`.
+pub fn deflate_version(version: KpVersion, level: i32, input: &[u8]) -> Result<Vec<u8>, KpError> {
+    let mut d = KpDeflater::new(version, level)?;
+    d.write(input);
+    d.close();
+    let mut out = Vec::new();
+    d.take_output(&mut out);
+    Ok(out)
 }
 
 /// What this encoder cannot do.
