@@ -7,12 +7,14 @@
 //! `scripts/flate-versions` builds them from local checkouts and runs these tests. A test
 //! whose writers are missing fails; it never passes without having compared anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod common;
 use common::{files_under, ingest_and_restore, run_gzwrite, Rng};
 
-use stowage_actors::engine::kpflate::{pgzip_gzip_version, KpVersion, PGZIP_DEFAULT_BLOCK};
+use stowage_actors::engine::kpflate::{
+    deflate_version, pgzip_gzip_version, KpVersion, PGZIP_DEFAULT_BLOCK,
+};
 
 const WHY: &str = "set STOWAGE_FLATE_FIXTURES to a directory of gzwrite builds (gzwrite-kp-<tag>, \
                    gzwrite-go1.27); see scripts/flate-versions";
@@ -189,7 +191,87 @@ fn klauspost_1_18_layers_round_trip() {
     }
 }
 
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.is_file()
+/// klauspost/compress/gzip (one flate stream, no pgzip blocks) of each tag against
+/// [`KpDeflater`]: the single-stream path Go 1.27 is reproduced with.
+#[test]
+#[ignore = "needs klauspost/compress 1.18.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn klauspost_1_18_single_stream_gzip() {
+    let writers = kp_writers(&["v1.18.2"]);
+    let inputs = inputs();
+    for (tag, bin, version) in &writers {
+        for (name, data) in &inputs {
+            for level in [-2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9] {
+                let args = ["-impl", "kpgzip", "-level", &level.to_string()].map(String::from);
+                let go = run_gzwrite(bin, &args, None, data);
+                let body = deflate_version(*version, level, data).unwrap();
+                let ours = gzip_member(level, &body, data);
+                assert!(
+                    ours == go,
+                    "klauspost/compress/gzip {tag} level {level}, {name}: {} bytes vs Go's {}, \
+                     first difference at {:?}",
+                    ours.len(),
+                    go.len(),
+                    first_difference(&ours, &go)
+                );
+            }
+        }
+        eprintln!("klauspost/compress/gzip {tag}: one stream exact as {version:?}");
+    }
+}
+
+/// A gzip member as Go's compress/gzip (and klauspost's) frames it: MTIME 0, OS 255.
+fn gzip_member(level: i32, body: &[u8], input: &[u8]) -> Vec<u8> {
+    let mut out = stowage_actors::engine::goflate::gzip_header(level).to_vec();
+    out.extend_from_slice(body);
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    out.extend(crc.sum().to_le_bytes());
+    out.extend((input.len() as u32).to_le_bytes());
+    out
+}
+
+fn go127_writer() -> PathBuf {
+    let p = fixtures().join("gzwrite-go1.27");
+    assert!(p.is_file(), "{} is missing: {WHY}", p.display());
+    p
+}
+
+/// Go 1.27's compress/gzip at every level against kpflate's Go 1.27 model.
+#[test]
+#[ignore = "needs a Go 1.27 build of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn go127_gzip_levels() {
+    let bin = go127_writer();
+    for (name, data) in &inputs() {
+        for level in [-1, 1, 9, -2, 0, 2, 3, 4, 5, 6, 7, 8] {
+            let args = ["-impl", "std", "-level", &level.to_string()].map(String::from);
+            let go = run_gzwrite(&bin, &args, None, data);
+            let body = deflate_version(KpVersion::Go1_27, level, data).unwrap();
+            let ours = gzip_member(level, &body, data);
+            assert!(
+                ours == go,
+                "Go 1.27 level {level}, {name}: {} bytes vs Go's {}, first difference at {:?}",
+                ours.len(),
+                go.len(),
+                first_difference(&ours, &go)
+            );
+        }
+        eprintln!("Go 1.27 {name}: exact at every level");
+    }
+}
+
+/// Docker/BuildKit/containerd layers built with Go 1.27: identified and restored exactly.
+#[test]
+#[ignore = "needs a Go 1.27 build of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn go127_layers_round_trip() {
+    let bin = go127_writer();
+    let data = files_under(&["/usr/lib/x86_64-linux-gnu"], 6 << 20);
+    for level in [-1, 1, 9] {
+        for input in [&data[..], &data[..200_000]] {
+            let args = ["-impl", "std", "-level", &level.to_string()].map(String::from);
+            let go = run_gzwrite(&bin, &args, None, input);
+            let (label, _, out) = ingest_and_restore(&go);
+            assert!(label.starts_with("gzip-go1.27-"), "level {level}: {label}");
+            assert!(out == go, "level {level}: restore differs ({label})");
+        }
+    }
 }
