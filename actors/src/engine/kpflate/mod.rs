@@ -1,6 +1,9 @@
 //! Port of github.com/klauspost/compress/flate 1.15.12 and
 //! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
-//! Authors, Copyright (c) 2015 Klaus Post).
+//! Authors, Copyright (c) 2015 Klaus Post), with the changes of the later
+//! releases that alter output selected by [`KpVersion`] (1.18.0, 1.18.1,
+//! 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and [`KpDeflater`] for
+//! klauspost's `flate.Writer` as one stream.
 //!
 //! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
 //! skopeo, buildah and umoci compress layers with), so that a layer stored
