@@ -90,8 +90,26 @@ pub(super) struct Compressor {
 }
 
 impl Compressor {
-    /// `NewWriterDict(level, nil)` followed by `ResetDict(dict)`, as `version` does it.
+    /// `NewWriterDict(level, nil)` followed by `ResetDict(dict)`, as `version` does it (what
+    /// pgzip does for each block).
     pub fn new(level: i32, dict: &[u8], out: Vec<u8>, version: KpVersion) -> Result<Self, KpError> {
+        Self::with_reset(level, dict, out, version, true)
+    }
+
+    /// `NewWriter(level)`: like [`Compressor::new`] without a dictionary, but the fast
+    /// encoder is not reset. (A reset moves its offset base, which only shows when the base
+    /// wraps, after about 2 GiB of one stream.)
+    pub fn new_writer(level: i32, out: Vec<u8>, version: KpVersion) -> Result<Self, KpError> {
+        Self::with_reset(level, &[], out, version, false)
+    }
+
+    fn with_reset(
+        level: i32,
+        dict: &[u8],
+        out: Vec<u8>,
+        version: KpVersion,
+        reset: bool,
+    ) -> Result<Self, KpError> {
         let mut w = BitWriter::new(out);
         w.version = version;
         let (kind, window_len) = match level {
@@ -110,7 +128,9 @@ impl Compressor {
                 };
                 let mut fast = FastEnc::new(level, version >= KpVersion::V1_18_0);
                 // ResetDict on a writer from the pool: the encoder is reset first.
-                fast.reset();
+                if reset {
+                    fast.reset();
+                }
                 (Kind::Fast(fast), MAX_STORE_BLOCK_SIZE)
             }
             7..=9 => {

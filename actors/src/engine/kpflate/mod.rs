@@ -111,7 +111,7 @@ impl KpDeflater {
     pub fn new(version: KpVersion, level: i32) -> Result<KpDeflater, KpError> {
         check_level(level)?;
         Ok(KpDeflater {
-            c: Compressor::new(level, &[], Vec::new(), version)?,
+            c: Compressor::new_writer(level, Vec::new(), version)?,
         })
     }
 
