@@ -80,6 +80,14 @@ impl Encoding {
             Encoding::None => "none".into(),
             Encoding::Gzip { members, .. } => match members.first() {
                 Some(GzipMember {
+                    go:
+                        Some(GoEncoder::Std {
+                            level,
+                            variant: GoStdVariant::Go1_27,
+                        }),
+                    ..
+                }) => format!("gzip-go1.27-{level}"),
+                Some(GzipMember {
                     go: Some(GoEncoder::Std { level, .. }),
                     ..
                 }) => format!("gzip-go-{level}"),
@@ -128,8 +136,8 @@ pub enum GoEncoder {
         #[serde(default)]
         variant: GoStdVariant,
     },
-    /// klauspost/pgzip 1.2.5 on klauspost/compress 1.15.12: independent blocks of `block`
-    /// bytes, each with the previous block's last 16 KiB as dictionary.
+    /// klauspost/pgzip 1.2.5 on klauspost/compress (the release `variant` names): independent
+    /// blocks of `block` bytes, each with the previous block's last 16 KiB as dictionary.
     Pgzip {
         level: i32,
         block: u32,
@@ -147,16 +155,72 @@ pub enum GoStdVariant {
     #[default]
     #[serde(rename = "go1.8-1.26")]
     Go1_8,
+    /// Go 1.27's compress/flate: klauspost/compress's encoder as one stream (not pgzip
+    /// blocks), re-encoded by [`super::kpflate`] as [`kpflate::KpVersion::Go1_27`]. Modelled
+    /// on the development source; a stream is only ever recorded as this once re-encoding it
+    /// reproduced it (the probe, then the full restore before the raw bytes are dropped).
+    #[serde(rename = "go1.27")]
+    Go1_27,
 }
 
-/// Which releases of klauspost/compress write the bytes [`super::kpflate`] reproduces.
+/// Which releases of klauspost/compress write the bytes [`super::kpflate`] reproduces (with
+/// pgzip 1.2.5-1.2.6, whose framing did not change). Established by compressing the same
+/// inputs with pgzip built against each tag (`tests/flate_versions.rs`,
+/// `scripts/flate-versions`); a variant is named by the first release that writes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PgzipVariant {
-    /// klauspost/compress 1.15.11-1.15.14 at every level, 1.15.10-1.18.0 at the default
-    /// level (5), with pgzip 1.2.5-1.2.6.
+    /// klauspost/compress 1.15.11-1.15.14 at every level; 1.15.10-1.18.0 at the default
+    /// level (5) and 1.18.0 at every level but 4 and 7-9.
     #[default]
     #[serde(rename = "klauspost1.15.12")]
     Klauspost1_15_12,
+    /// klauspost/compress 1.18.0 at levels 4 and 7-9 (at the others it writes what
+    /// [`PgzipVariant::Klauspost1_15_12`] does).
+    #[serde(rename = "klauspost1.18.0")]
+    Klauspost1_18_0,
+    /// klauspost/compress 1.18.1 (retracted upstream) at every level. Levels 1-6 nearly always
+    /// write what 1.18.2 does (they differ only where counting the end-of-block code tips a
+    /// table-reuse decision), so a stream is recorded as this only when 1.18.2 fails.
+    #[serde(rename = "klauspost1.18.1")]
+    Klauspost1_18_1,
+    /// klauspost/compress 1.18.2 through 1.19.1 (the latest checked) at every level.
+    #[serde(rename = "klauspost1.18.2")]
+    Klauspost1_18_2,
+}
+
+impl PgzipVariant {
+    /// The encoder version that writes this variant's bytes.
+    pub fn kp_version(self) -> kpflate::KpVersion {
+        match self {
+            PgzipVariant::Klauspost1_15_12 => kpflate::KpVersion::V1_15_12,
+            PgzipVariant::Klauspost1_18_0 => kpflate::KpVersion::V1_18_0,
+            PgzipVariant::Klauspost1_18_1 => kpflate::KpVersion::V1_18_1,
+            PgzipVariant::Klauspost1_18_2 => kpflate::KpVersion::V1_18_2,
+        }
+    }
+
+    /// The variants worth trying at `level`, most likely first given the first block header
+    /// of the stream: a dynamic block declaring all 286 literal/length and 30 distance codes
+    /// is what 1.15.12 writes for a block that is not flushed; later releases trim them.
+    fn candidates(level: i32, deflate: &[u8]) -> Vec<PgzipVariant> {
+        use PgzipVariant::*;
+        let full_header = deflate.len() >= 2 && {
+            let bits = u16::from_le_bytes([deflate[0], deflate[1]]);
+            (bits >> 1) & 3 == 2 && (bits >> 3) & 31 == 29 && (bits >> 8) & 31 == 29
+        };
+        let mut v = if full_header {
+            vec![Klauspost1_15_12, Klauspost1_18_2]
+        } else {
+            vec![Klauspost1_18_2, Klauspost1_15_12]
+        };
+        // 1.18.0 differs from 1.15.12 only at level 4 and the lazy levels.
+        if matches!(level, 4 | 7..=9) {
+            v.push(Klauspost1_18_0);
+        }
+        // 1.18.1 differs from 1.18.2 at levels 1-6 only rarely: try it last.
+        v.push(Klauspost1_18_1);
+        v
+    }
 }
 
 /// Why a stream cannot be re-created exactly (the layer is kept raw, with this reason).
@@ -382,12 +446,45 @@ pub fn probe_go_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Op
     None
 }
 
+/// Go 1.27's compress/flate level (klauspost's encoder, one stream) that reproduces a deflate
+/// stream, judged on its beginning like [`probe_go_level`].
+pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
+    let order: &[i32] = match xfl {
+        4 => &[1],
+        2 => &[9],
+        _ => &[6, 5, 4, 7, 8, 3, 2, 0, -2],
+    };
+    'level: for &level in order {
+        let mut enc =
+            kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, level).expect("valid level");
+        let mut out = Vec::new();
+        for piece in raw.chunks(64 * 1024) {
+            enc.write(piece);
+            enc.take_output(&mut out);
+            if !deflate.starts_with(&out) {
+                continue 'level;
+            }
+        }
+        let ok = if complete {
+            enc.close();
+            enc.take_output(&mut out);
+            out == deflate
+        } else {
+            !out.is_empty() && deflate.starts_with(&out)
+        };
+        if ok {
+            return Some(level);
+        }
+    }
+    None
+}
+
 /// pgzip block sizes seen in the wild, most common first: the library default (podman,
 /// buildah, skopeo via containers/image) and umoci's `SetConcurrency(256 KiB, ...)`.
 const PGZIP_BLOCKS: [usize; 6] = [1 << 20, 256 << 10, 512 << 10, 128 << 10, 2 << 20, 4 << 20];
 
-/// The pgzip level and block size that reproduce a deflate stream, judged on its first two
-/// blocks (all of it if `complete`).
+/// The pgzip level, block size and klauspost version that reproduce a deflate stream, judged
+/// on its first two blocks (all of it if `complete`).
 /// `all_blocks` false tries the default block size only (a stream without pgzip's MTIME is
 /// unlikely to be pgzip; probing it is not free).
 pub fn probe_pgzip(
@@ -396,7 +493,7 @@ pub fn probe_pgzip(
     complete: bool,
     xfl: u8,
     all_blocks: bool,
-) -> Option<(i32, usize)> {
+) -> Option<(i32, usize, PgzipVariant)> {
     let order: &[i32] = match xfl {
         4 => &[1],
         2 => &[9],
@@ -409,24 +506,28 @@ pub fn probe_pgzip(
     };
     for &level in order {
         for &block in blocks {
-            let ok = if complete {
-                kpflate::pgzip_deflate(level, block, raw).ok()? == deflate
-            } else {
-                let mut out = Vec::new();
-                let mut ok = true;
-                for i in 0..(raw.len() / block).min(2) {
-                    let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
-                    let blk = &raw[i * block..(i + 1) * block];
-                    kpflate::pgzip_block(level, dict, blk, false, &mut out).ok()?;
-                    if !deflate.starts_with(&out) {
-                        ok = false;
-                        break;
+            for variant in PgzipVariant::candidates(level, deflate) {
+                let version = variant.kp_version();
+                let ok = if complete {
+                    kpflate::pgzip_deflate_version(version, level, block, raw).ok()? == deflate
+                } else {
+                    let mut out = Vec::new();
+                    let mut ok = true;
+                    for i in 0..(raw.len() / block).min(2) {
+                        let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
+                        let blk = &raw[i * block..(i + 1) * block];
+                        kpflate::pgzip_block_version(version, level, dict, blk, false, &mut out)
+                            .ok()?;
+                        if !deflate.starts_with(&out) {
+                            ok = false;
+                            break;
+                        }
                     }
+                    ok && !out.is_empty()
+                };
+                if ok {
+                    return Some((level, block, variant));
                 }
-                ok && !out.is_empty()
-            };
-            if ok {
-                return Some((level, block));
             }
         }
     }
@@ -442,25 +543,29 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
     let (xfl, os) = (header[8], header[9]);
     let pgzip_mtime = header[4..8] == PGZIP_MTIME;
     let pgzip = || {
-        probe_pgzip(raw, deflate, complete, xfl, pgzip_mtime).map(|(level, block)| Deflater {
-            level: 0,
-            pigz_block: None,
-            go: Some(GoEncoder::Pgzip {
-                level,
-                block: block as u32,
-                variant: PgzipVariant::Klauspost1_15_12,
-            }),
+        probe_pgzip(raw, deflate, complete, xfl, pgzip_mtime).map(|(level, block, variant)| {
+            Deflater {
+                level: 0,
+                pigz_block: None,
+                go: Some(GoEncoder::Pgzip {
+                    level,
+                    block: block as u32,
+                    variant,
+                }),
+            }
         })
     };
     let go = || {
-        probe_go_level(raw, deflate, complete, xfl).map(|level| Deflater {
-            level: 0,
-            pigz_block: None,
-            go: Some(GoEncoder::Std {
-                level,
-                variant: GoStdVariant::Go1_8,
-            }),
-        })
+        probe_go_level(raw, deflate, complete, xfl)
+            .map(|level| (level, GoStdVariant::Go1_8))
+            .or_else(|| {
+                probe_go127_level(raw, deflate, complete, xfl).map(|l| (l, GoStdVariant::Go1_27))
+            })
+            .map(|(level, variant)| Deflater {
+                level: 0,
+                pigz_block: None,
+                go: Some(GoEncoder::Std { level, variant }),
+            })
     };
     let zlib = || {
         probe_zlib_level(raw, deflate, complete).map(|level| Deflater {
@@ -493,11 +598,14 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
 fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
-         versions stowage reproduces (1.15.11-1.15.14 at every level, 1.15.10-1.18.0 at the \
-         default level): a later (1.18.1+) or older (1.11.x) release"
+         versions stowage reproduces (1.15.11-1.15.14 and 1.18.0-1.19.1 at every level, \
+         1.15.10-1.18.0 at the default level): another release (1.11-1.15.9, or 1.16-1.17 \
+         at a level other than the default) or a newer encoder"
     } else if header[9] == 255 {
-        "gzip with Go's header (OS 255), but not written by Go 1.8-1.26's compress/flate nor \
-         by the other encoders stowage reproduces: Go 1.27+ or klauspost/compress gzip"
+        "gzip with Go's header (OS 255), but not written by Go 1.8-1.26's compress/flate, by \
+         Go 1.27's as stowage models it (klauspost's encoder, unconfirmed against a Go 1.27 \
+         build), nor by the other encoders stowage reproduces: a later Go, klauspost/compress \
+         gzip, or another Go encoder"
     } else {
         "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
     })
@@ -637,7 +745,11 @@ impl GzipDecoder {
             }
         };
         let splittable = match &found.go {
-            Some(GoEncoder::Std { level, .. }) => goflate::splittable(*level),
+            Some(GoEncoder::Std {
+                level,
+                variant: GoStdVariant::Go1_8,
+            }) => goflate::splittable(*level),
+            Some(GoEncoder::Std { .. }) => false,
             Some(GoEncoder::Pgzip { .. }) => false,
             None => found.pigz_block.is_none() && (4..=9).contains(&found.level),
         };
@@ -834,6 +946,113 @@ mod tests {
     }
 
     #[test]
+    fn pgzip_variants_are_identified_and_restored() {
+        use PgzipVariant::*;
+        let raw = text(1_500_000);
+        // At level 5, 1.18.1 writes what 1.18.2 does (and is recorded as it) but for rare
+        // table-reuse decisions; at level 9 every release writes its own bytes.
+        for (level, variants) in [
+            (5, &[Klauspost1_15_12, Klauspost1_18_2][..]),
+            (4, &[Klauspost1_18_0, Klauspost1_18_2][..]),
+            (
+                9,
+                &[
+                    Klauspost1_15_12,
+                    Klauspost1_18_0,
+                    Klauspost1_18_1,
+                    Klauspost1_18_2,
+                ][..],
+            ),
+        ] {
+            let mut seen = Vec::new();
+            for &v in variants {
+                let gz = kpflate::pgzip_gzip_version(v.kp_version(), level, 1 << 20, &raw).unwrap();
+                let enc = roundtrip(&gz, &raw).unwrap();
+                let Encoding::Gzip { members, .. } = &enc else {
+                    panic!("{enc:?}")
+                };
+                let Some(GoEncoder::Pgzip { variant, .. }) = members[0].go else {
+                    panic!("{enc:?}")
+                };
+                // Releases that write the same bytes may be recorded as each other; here they
+                // differ, so the one that wrote them is found.
+                assert_eq!(variant, v, "level {level}");
+                assert_eq!(enc.label(), format!("gzip-pgzip-{level}"));
+                seen.push(gz);
+            }
+            for (i, a) in seen.iter().enumerate() {
+                assert!(
+                    seen[i + 1..].iter().all(|b| a != b),
+                    "level {level}: same bytes"
+                );
+            }
+        }
+        // A recipe of an earlier version (no variant) restores as 1.15.12.
+        let m: GoEncoder =
+            serde_json::from_str(r#"{"lib":"pgzip","level":5,"block":1048576}"#).unwrap();
+        assert_eq!(
+            m,
+            GoEncoder::Pgzip {
+                level: 5,
+                block: 1 << 20,
+                variant: Klauspost1_15_12
+            }
+        );
+        let names: Vec<String> = [
+            Klauspost1_15_12,
+            Klauspost1_18_0,
+            Klauspost1_18_1,
+            Klauspost1_18_2,
+        ]
+        .iter()
+        .map(|v| serde_json::to_string(v).unwrap())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "\"klauspost1.15.12\"",
+                "\"klauspost1.18.0\"",
+                "\"klauspost1.18.1\"",
+                "\"klauspost1.18.2\""
+            ]
+        );
+    }
+
+    /// A gzip member as Go 1.27's compress/gzip writes it, per the kpflate model.
+    fn go127_gzip(raw: &[u8], level: i32) -> Vec<u8> {
+        let mut out = goflate::gzip_header(level).to_vec();
+        out.extend(kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap());
+        let mut crc = flate2::Crc::new();
+        crc.update(raw);
+        out.extend(crc.sum().to_le_bytes());
+        out.extend((raw.len() as u32).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn go127_streams_are_identified_and_restored() {
+        let raw = text(1_200_000);
+        for level in [-1, 1, 9] {
+            let gz = go127_gzip(&raw, level);
+            let enc = roundtrip(&gz, &raw).unwrap();
+            let shown = if level == -1 { 6 } else { level };
+            assert_eq!(enc.label(), format!("gzip-go1.27-{shown}"));
+        }
+        // Longer than the probe: decided early, restored whole, no split points recorded.
+        let raw = text(PROBE + 300_000);
+        let enc = roundtrip(&go127_gzip(&raw, 6), &raw).unwrap();
+        assert_eq!(enc.label(), "gzip-go1.27-6");
+        let Encoding::Gzip { members, .. } = &enc else {
+            panic!("{enc:?}")
+        };
+        assert!(members[0].splits.is_empty());
+        assert_eq!(
+            serde_json::to_string(&GoStdVariant::Go1_27).unwrap(),
+            "\"go1.27\""
+        );
+    }
+
+    #[test]
     fn zstd_levels() {
         let raw = text(1_000_000);
         for level in [1, 3, 9, 19] {
@@ -897,7 +1116,7 @@ mod tests {
         go_like[9] = 255;
         let mut d = LayerDecoder::new(Compression::Gzip);
         let err = d.feed(&go_like, &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains("Go 1.27+"), "{err}");
+        assert!(err.contains("Go 1.27"), "{err}");
         let mut unix = stored.clone();
         unix[9] = 3;
         let mut d = LayerDecoder::new(Compression::Gzip);
@@ -907,6 +1126,6 @@ mod tests {
         pgzip_like[4..8].copy_from_slice(&PGZIP_MTIME);
         let mut d = LayerDecoder::new(Compression::Gzip);
         let err = d.feed(&pgzip_like, &mut |_| {}).unwrap_err().to_string();
-        assert!(err.contains("1.18.1+"), "{err}");
+        assert!(err.contains("1.18.0-1.19.1"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::goflate::GoDeflater;
 use super::kpflate;
 use super::pigz::PigzEncoder;
-use super::recompress::{Encoding, GoEncoder, GzipMember};
+use super::recompress::{Encoding, GoEncoder, GoStdVariant, GzipMember};
 use super::segmented::{SegmentKind, Segmented};
 use super::zstd_frames::FramesEncoder;
 
@@ -31,6 +31,8 @@ enum MemberEnc {
     Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
     Pigz(Box<PigzEncoder>),
     Go(Box<GoDeflater>),
+    /// Go 1.27's compress/flate (klauspost's encoder as one stream).
+    Kp(Box<kpflate::KpDeflater>),
     Segmented(Box<Segmented>),
     Pgzip(Box<PgzipParallel>),
 }
@@ -38,6 +40,7 @@ enum MemberEnc {
 /// Re-encodes a pgzip member: its blocks are independent given the previous block's tail, so
 /// they are encoded several at a time on the rayon pool.
 struct PgzipParallel {
+    version: kpflate::KpVersion,
     level: i32,
     block: usize,
     total: u64,
@@ -49,8 +52,9 @@ struct PgzipParallel {
 }
 
 impl PgzipParallel {
-    fn new(level: i32, block: usize, total: u64) -> PgzipParallel {
+    fn new(version: kpflate::KpVersion, level: i32, block: usize, total: u64) -> PgzipParallel {
         PgzipParallel {
+            version,
             level,
             block,
             total,
@@ -91,7 +95,8 @@ impl PgzipParallel {
                     tracing::error!(block = i, "pgzip block missing plaintext");
                     return body;
                 }
-                kpflate::pgzip_block(
+                kpflate::pgzip_block_version(
+                    self.version,
                     self.level,
                     &self.buf[at(dict_from)..at(start)],
                     &self.buf[at(start)..at(end)],
@@ -127,7 +132,11 @@ fn segment_kind(m: &GzipMember) -> Option<SegmentKind> {
         return None;
     }
     match &m.go {
-        Some(GoEncoder::Std { level, .. }) => Some(SegmentKind::Go(*level)),
+        Some(GoEncoder::Std {
+            level,
+            variant: GoStdVariant::Go1_8,
+        }) => Some(SegmentKind::Go(*level)),
+        Some(GoEncoder::Std { .. }) => None,
         Some(GoEncoder::Pgzip { .. }) => None,
         None if m.pigz_block.is_none() => Some(SegmentKind::Zlib(m.level as i32)),
         None => None,
@@ -145,8 +154,14 @@ pub struct Resume {
 
 impl MemberEnc {
     fn open(m: &GzipMember) -> MemberEnc {
-        if let Some(GoEncoder::Pgzip { level, block, .. }) = &m.go {
+        if let Some(GoEncoder::Pgzip {
+            level,
+            block,
+            variant,
+        }) = &m.go
+        {
             return MemberEnc::Pgzip(Box::new(PgzipParallel::new(
+                variant.kp_version(),
                 *level,
                 *block as usize,
                 m.raw_len,
@@ -154,6 +169,16 @@ impl MemberEnc {
         }
         if let Some(kind) = segment_kind(m) {
             return MemberEnc::Segmented(Box::new(Segmented::new(kind, m.raw_len, &m.splits)));
+        }
+        if let Some(GoEncoder::Std {
+            level,
+            variant: GoStdVariant::Go1_27,
+        }) = &m.go
+        {
+            return MemberEnc::Kp(Box::new(
+                kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, *level)
+                    .expect("level checked at ingest"),
+            ));
         }
         if let Some(GoEncoder::Std { level, .. }) = &m.go {
             return MemberEnc::Go(Box::new(
@@ -184,6 +209,10 @@ impl MemberEnc {
                 g.write(raw);
                 g.take_output(out);
             }
+            MemberEnc::Kp(g) => {
+                g.write(raw);
+                g.take_output(out);
+            }
             MemberEnc::Segmented(g) => g.write(raw, out),
             MemberEnc::Pgzip(p) => p.write(raw, out),
         }
@@ -194,6 +223,10 @@ impl MemberEnc {
             MemberEnc::Zlib(e) => out.extend_from_slice(&e.finish().expect("finishing in memory")),
             MemberEnc::Pigz(p) => p.finish(out),
             MemberEnc::Go(mut g) => {
+                g.close();
+                g.take_output(out);
+            }
+            MemberEnc::Kp(mut g) => {
                 g.close();
                 g.take_output(out);
             }

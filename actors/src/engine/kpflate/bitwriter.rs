@@ -12,6 +12,7 @@ use super::tokens::{
     MATCH_OFFSET_ONLY_MASK, MAX_STORE_BLOCK_SIZE, OFFSET_CODE_COUNT, OFFSET_COMBINED,
     OFFSET_EXTRA_BITS, OFFSET_MASK,
 };
+use super::KpVersion;
 
 const CODEGEN_CODE_COUNT: usize = 19;
 const BAD_CODE: u8 = 255;
@@ -44,6 +45,8 @@ pub(super) struct BitWriter {
     codegen_encoding: HuffmanEncoder,
     last_header: i64,
     pub log_new_table_penalty: u32,
+    /// The release whose block headers are written (see [`KpVersion`]).
+    pub version: KpVersion,
     literal_freq: [u16; LENGTH_CODES_START + 32],
     offset_freq: [u16; 32],
     codegen_freq: [u16; CODEGEN_CODE_COUNT],
@@ -76,6 +79,7 @@ impl BitWriter {
             codegen_encoding: HuffmanEncoder::new(CODEGEN_CODE_COUNT),
             last_header: 0,
             log_new_table_penalty: 0,
+            version: KpVersion::V1_15_12,
             literal_freq: [0; LENGTH_CODES_START + 32],
             offset_freq: [0; 32],
             codegen_freq: [0; CODEGEN_CODE_COUNT],
@@ -342,6 +346,9 @@ impl BitWriter {
         let sync = sync || eof;
         if sync {
             tokens.add_eob();
+        } else if self.version == KpVersion::Go1_27 {
+            // Go 1.27: "Ensure we can always write EOB."
+            tokens.extra_hist[0] = 1;
         }
         if (self.last_huff_man || eof) && self.last_header > 0 {
             self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
@@ -353,7 +360,17 @@ impl BitWriter {
             self.last_header = 0;
         }
 
-        let (num_literals, num_offsets) = self.index_tokens(tokens, !sync);
+        // 1.15.12: `indexTokens(tokens, !sync)`, a block that may be reused gets full-size
+        // (286/30) header counts; 1.18.1: `indexTokens(tokens, fillReuse && !sync)` with
+        // `fillReuse` false, counts trimmed to the codes used (EOB counted only if a sync added
+        // it); 1.18.2+: `indexTokens(tokens, true)`, EOB counted before trimming.
+        let (num_literals, num_offsets) = match self.version {
+            KpVersion::V1_15_12 | KpVersion::V1_18_0 => self.index_tokens(tokens, !sync, false),
+            KpVersion::V1_18_1 => self.index_tokens(tokens, false, false),
+            KpVersion::V1_18_2 => self.index_tokens(tokens, false, true),
+            // EOB is already in the token histogram.
+            KpVersion::Go1_27 => self.index_tokens(tokens, false, false),
+        };
         let mut extra_bits = 0;
         let (ssize, storable) = Self::stored_size(input);
         if storable || self.last_header > 0 {
@@ -473,8 +490,9 @@ impl BitWriter {
         true
     }
 
-    /// `indexTokens`: copy histograms; count used literal and offset codes.
-    fn index_tokens(&mut self, t: &Tokens, filled: bool) -> (usize, usize) {
+    /// `indexTokens`: copy histograms; count used literal and offset codes. `filled` is
+    /// 1.15.12's parameter (return the maximum counts), `always_eob` 1.18.2's (count EOB).
+    fn index_tokens(&mut self, t: &Tokens, filled: bool, always_eob: bool) -> (usize, usize) {
         self.literal_freq[..256].copy_from_slice(&t.lit_hist);
         self.literal_freq[256..288].copy_from_slice(&t.extra_hist);
         self.offset_freq = t.off_hist;
@@ -483,6 +501,9 @@ impl BitWriter {
         }
         if filled {
             return (MAX_NUM_LIT, MAX_NUM_DIST);
+        }
+        if always_eob {
+            self.literal_freq[END_BLOCK_MARKER] = 1;
         }
         let mut num_literals = self.literal_freq.len();
         while self.literal_freq[num_literals - 1] == 0 {

@@ -8,7 +8,7 @@ use super::tokens::{
     match_len, offset_code, Tokens, LENGTH_CODES, LENGTH_EXTRA_BITS, MAX_STORE_BLOCK_SIZE,
     OFFSET_EXTRA_BITS,
 };
-use super::KpError;
+use super::{KpError, KpVersion};
 
 const LOG_WINDOW_SIZE: usize = 15;
 const WINDOW_SIZE: usize = 1 << LOG_WINDOW_SIZE;
@@ -64,6 +64,11 @@ pub(super) struct Lazy {
     hash_prev: Box<[u32]>,
     /// Literal code used by level 9 to estimate match gains.
     h: Option<HuffmanEncoder>,
+    /// klauspost 1.18.0+: the rewritten check for a better match at the end of a match, and
+    /// level 9's gain estimate with base cost 3 and minimum gain 4 (6 and 0 before).
+    v1_18: bool,
+    /// klauspost 1.18.2+: level 9's literal code is built from at most the next 32 KiB.
+    hist_cap: bool,
 }
 
 enum Kind {
@@ -85,9 +90,28 @@ pub(super) struct Compressor {
 }
 
 impl Compressor {
-    /// `NewWriterDict(level, nil)` followed by `ResetDict(dict)`.
-    pub fn new(level: i32, dict: &[u8], out: Vec<u8>) -> Result<Self, KpError> {
+    /// `NewWriterDict(level, nil)` followed by `ResetDict(dict)`, as `version` does it (what
+    /// pgzip does for each block).
+    pub fn new(level: i32, dict: &[u8], out: Vec<u8>, version: KpVersion) -> Result<Self, KpError> {
+        Self::with_reset(level, dict, out, version, true)
+    }
+
+    /// `NewWriter(level)`: like [`Compressor::new`] without a dictionary, but the fast
+    /// encoder is not reset. (A reset moves its offset base, which only shows when the base
+    /// wraps, after about 2 GiB of one stream.)
+    pub fn new_writer(level: i32, out: Vec<u8>, version: KpVersion) -> Result<Self, KpError> {
+        Self::with_reset(level, &[], out, version, false)
+    }
+
+    fn with_reset(
+        level: i32,
+        dict: &[u8],
+        out: Vec<u8>,
+        version: KpVersion,
+        reset: bool,
+    ) -> Result<Self, KpError> {
         let mut w = BitWriter::new(out);
+        w.version = version;
         let (kind, window_len) = match level {
             0 => (Kind::Store, MAX_STORE_BLOCK_SIZE),
             -2 => {
@@ -96,10 +120,17 @@ impl Compressor {
             }
             -1 | 1..=6 => {
                 w.log_new_table_penalty = 7;
-                let level = if level == -1 { 5 } else { level };
-                let mut fast = FastEnc::new(level);
+                // DefaultCompression: level 5 in klauspost/compress, 6 in Go 1.27.
+                let level = match (level, version) {
+                    (-1, KpVersion::Go1_27) => 6,
+                    (-1, _) => 5,
+                    _ => level,
+                };
+                let mut fast = FastEnc::new(level, version >= KpVersion::V1_18_0);
                 // ResetDict on a writer from the pool: the encoder is reset first.
-                fast.reset();
+                if reset {
+                    fast.reset();
+                }
                 (Kind::Fast(fast), MAX_STORE_BLOCK_SIZE)
             }
             7..=9 => {
@@ -125,6 +156,8 @@ impl Compressor {
                     hash_head: vec![0; HASH_SIZE].into_boxed_slice(),
                     hash_prev: vec![0; WINDOW_SIZE].into_boxed_slice(),
                     h: None,
+                    v1_18: version >= KpVersion::V1_18_0,
+                    hist_cap: version >= KpVersion::V1_18_2,
                 };
                 (Kind::Lazy(Box::new(state)), 2 * WINDOW_SIZE)
             }
@@ -146,6 +179,11 @@ impl Compressor {
 
     pub fn into_output(self) -> Vec<u8> {
         self.w.out
+    }
+
+    /// Moves the complete bytes written so far to `dst`.
+    pub fn take_output(&mut self, dst: &mut Vec<u8>) {
+        dst.append(&mut self.w.out);
     }
 
     /// `fillWindow`: prime the match finder with a dictionary.
@@ -355,7 +393,11 @@ impl Compressor {
         if window_end != s.index && s.chain > 100 {
             let h = s.h.get_or_insert_with(|| HuffmanEncoder::new(256));
             let mut tmp = [0u16; 256];
-            for &v in &window[s.index as usize..window_end as usize] {
+            let mut to_index = &window[s.index as usize..window_end as usize];
+            if s.hist_cap {
+                to_index = &to_index[..to_index.len().min(MAX_FLATE_BLOCK_TOKENS)];
+            }
+            for &v in to_index {
                 tmp[v as usize] = tmp[v as usize].wrapping_add(1);
             }
             h.generate(&tmp, 15);
@@ -425,21 +467,79 @@ impl Compressor {
 
             if prev_length >= MIN_MATCH_LENGTH && s.length <= prev_length {
                 const CHECK_OFF: isize = 2;
-                let prev_index = s.index - 1;
-                if prev_index + prev_length + CHECK_OFF < s.max_insert_index {
-                    let end = lookahead.min(MAX_MATCH_LENGTH) + prev_index;
-                    let idx = prev_index + prev_length - (4 - CHECK_OFF);
-                    let h = hash4(&window[idx as usize..]);
-                    let ch2 =
-                        s.hash_head[h] as isize - s.hash_offset - prev_length + (4 - CHECK_OFF);
-                    if ch2 > min_index {
-                        let length = match_len(
-                            &window[prev_index as usize..end as usize],
-                            &window[ch2 as usize..],
-                        ) as isize;
-                        if length > prev_length {
-                            prev_length = length;
-                            prev_offset = prev_index - ch2;
+                if s.v1_18 {
+                    // 1.18.0+: look for a match ending where this one does, from 2 bytes in,
+                    // then extend it back (emitting the bytes it does not cover as literals).
+                    if prev_length < MAX_MATCH_LENGTH - CHECK_OFF {
+                        let prev_index = s.index - 1;
+                        if prev_index + prev_length < s.max_insert_index {
+                            let end = lookahead.min(MAX_MATCH_LENGTH + CHECK_OFF) + prev_index;
+                            let h = hash4(&window[(prev_index + prev_length) as usize..]);
+                            let ch2 = s.hash_head[h] as isize - s.hash_offset - prev_length;
+                            if prev_index - ch2 != prev_offset && ch2 > min_index + CHECK_OFF {
+                                let length = match_len(
+                                    &window[(prev_index + CHECK_OFF) as usize..end as usize],
+                                    &window[(ch2 + CHECK_OFF) as usize..],
+                                ) as isize;
+                                if length > prev_length {
+                                    prev_length = length;
+                                    prev_offset = prev_index - ch2;
+                                    let mut i = CHECK_OFF - 1;
+                                    while i >= 0 {
+                                        if prev_length >= MAX_MATCH_LENGTH
+                                            || window[(prev_index + i) as usize]
+                                                != window[(ch2 + i) as usize]
+                                        {
+                                            for j in 0..=i {
+                                                tokens
+                                                    .add_literal(window[(prev_index + j) as usize]);
+                                                if tokens.n == MAX_FLATE_BLOCK_TOKENS {
+                                                    write_block(
+                                                        w,
+                                                        tokens,
+                                                        block_start,
+                                                        s.index,
+                                                        false,
+                                                    );
+                                                    tokens.reset();
+                                                }
+                                                s.index += 1;
+                                                if s.index < s.max_insert_index {
+                                                    let h = hash4(&window[s.index as usize..]);
+                                                    let ch = s.hash_head[h];
+                                                    s.chain_head = ch as isize;
+                                                    s.hash_prev[s.index as usize & WINDOW_MASK] =
+                                                        ch;
+                                                    s.hash_head[h] =
+                                                        (s.index + s.hash_offset) as u32;
+                                                }
+                                            }
+                                            break;
+                                        }
+                                        prev_length += 1;
+                                        i -= 1;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    let prev_index = s.index - 1;
+                    if prev_index + prev_length + CHECK_OFF < s.max_insert_index {
+                        let end = lookahead.min(MAX_MATCH_LENGTH) + prev_index;
+                        let idx = prev_index + prev_length - (4 - CHECK_OFF);
+                        let h = hash4(&window[idx as usize..]);
+                        let ch2 =
+                            s.hash_head[h] as isize - s.hash_offset - prev_length + (4 - CHECK_OFF);
+                        if ch2 > min_index {
+                            let length = match_len(
+                                &window[prev_index as usize..end as usize],
+                                &window[ch2 as usize..],
+                            ) as isize;
+                            if length > prev_length {
+                                prev_length = length;
+                                prev_offset = prev_index - ch2;
+                            }
                         }
                     }
                 }
@@ -562,16 +662,16 @@ fn find_match(
         return ok.then_some((length, offset));
     }
 
-    const BASE_COST: i64 = 6;
+    // 1.18.0+ wants a gain of more than 4 bits at a base cost of 3; 1.15.12 more than 0 at 6.
+    let (base_cost, mut c_gain): (i64, i64) = if s.v1_18 { (3, 4) } else { (6, 0) };
     let h = s.h.as_ref().expect("level 9 literal code");
-    let mut c_gain: i64 = 0;
     while tries > 0 {
         if w_end == win[(i + length) as usize] {
             let n = match_len(&win[i as usize..(i + min_match_look) as usize], w_pos) as isize;
             if n > length {
                 let new_gain = h.bit_length_raw(&w_pos[..n as usize])
                     - OFFSET_EXTRA_BITS[offset_code((pos - i) as u32) as usize] as i64
-                    - BASE_COST
+                    - base_cost
                     - LENGTH_EXTRA_BITS[LENGTH_CODES[((n - 3) & 255) as usize] as usize] as i64;
                 if new_gain > c_gain {
                     length = n;

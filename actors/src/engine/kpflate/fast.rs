@@ -140,7 +140,8 @@ pub(super) enum FastEnc {
 }
 
 impl FastEnc {
-    pub fn new(level: i32) -> Self {
+    /// The encoder of `level`; `l4_quirk` selects klauspost 1.18.0+'s level 4 (see [`L4`]).
+    pub fn new(level: i32, l4_quirk: bool) -> Self {
         let g = FastGen::new();
         match level {
             1 => FastEnc::L1(Box::new(L1 {
@@ -157,6 +158,7 @@ impl FastEnc {
             })),
             4 => FastEnc::L4(Box::new(L4 {
                 g,
+                l_off_quirk: l4_quirk,
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
                 b_table: vec![0; TABLE_SIZE].into_boxed_slice(),
             })),
@@ -597,6 +599,9 @@ impl L3 {
 
 pub(super) struct L4 {
     g: FastGen,
+    /// klauspost 1.18.0+: `lOff` became the candidate's position but is still used as a
+    /// distance when measuring the next-long candidate (`src[nextS-lOff+4:]`).
+    l_off_quirk: bool,
     table: Box<[i32]>,
     b_table: Box<[i32]>,
 }
@@ -651,10 +656,14 @@ impl L4 {
                     let l_off = next_s - (l_candidate - cur);
                     if l_off < MAX_MATCH_OFFSET && load32(src, l_candidate - cur) == next as u32 {
                         let l1 = match_len(&src[(s + 4) as usize..], &src[(t + 4) as usize..]);
-                        let l2 = match_len(
-                            &src[(next_s + 4) as usize..],
-                            &src[(next_s - l_off + 4) as usize..],
-                        );
+                        // 1.18.0+ reads from the distance as if it were a position.
+                        let from = if self.l_off_quirk {
+                            l_off
+                        } else {
+                            next_s - l_off
+                        };
+                        let l2 =
+                            match_len(&src[(next_s + 4) as usize..], &src[(from + 4) as usize..]);
                         if l2 > l1 {
                             s = next_s;
                             t = l_candidate - cur;

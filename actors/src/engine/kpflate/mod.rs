@@ -1,6 +1,9 @@
 //! Port of github.com/klauspost/compress/flate 1.15.12 and
 //! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
-//! Authors, Copyright (c) 2015 Klaus Post).
+//! Authors, Copyright (c) 2015 Klaus Post), with the changes of the later
+//! releases that alter output selected by [`KpVersion`] (1.18.0, 1.18.1,
+//! 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and [`KpDeflater`] for
+//! klauspost's `flate.Writer` as one stream.
 //!
 //! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
 //! skopeo, buildah and umoci compress layers with), so that a layer stored
@@ -70,6 +73,73 @@ pub const PGZIP_DEFAULT_BLOCK: usize = 1 << 20;
 /// The tail of each block pgzip passes to the next as dictionary (`tailSize`).
 pub const PGZIP_TAIL: usize = 16384;
 
+/// The klauspost/compress flate release whose output is produced. Later releases change
+/// only what their variant names; the census of which releases write identical bytes at
+/// which levels is on [`crate::engine::recompress::PgzipVariant`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KpVersion {
+    /// 1.15.12: dynamic blocks that may be followed by a reused table get full-size header
+    /// counts (HLIT 286, HDIST 30).
+    #[default]
+    V1_15_12,
+    /// 1.18.0: level 4 measures its next-long candidate from the wrong place (`lOff`);
+    /// levels 7-9 check for a better match at the end of a match in a new way, and level 9
+    /// weighs match gains differently.
+    V1_18_0,
+    /// 1.18.1: every dynamic header is trimmed to the codes used (HLIT/HDIST), counting the
+    /// end-of-block code only when a sync already added it.
+    V1_18_1,
+    /// 1.18.2 (through 1.19.1): the end-of-block code is counted before trimming; level 9
+    /// builds its literal cost estimate from at most 32 KiB ahead.
+    V1_18_2,
+    /// Go 1.27's compress/flate, a copy of klauspost's encoder as in 1.18.2 except that a
+    /// block that is not flushed counts an end-of-block code in its token histogram up front
+    /// ("ensure we can always write EOB"), which enters the new-table size estimate. Modelled
+    /// on the golang/go development source, not yet checked against a Go 1.27 build.
+    Go1_27,
+}
+
+/// A streaming klauspost (or Go 1.27) `flate.Writer` without dictionary: output accumulates
+/// in an internal buffer, taken with [`KpDeflater::take_output`]. The bytes do not depend on
+/// how the input is cut into writes.
+pub struct KpDeflater {
+    c: Compressor,
+}
+
+impl KpDeflater {
+    /// `flate.NewWriter(w, level)` of `version`.
+    pub fn new(version: KpVersion, level: i32) -> Result<KpDeflater, KpError> {
+        check_level(level)?;
+        Ok(KpDeflater {
+            c: Compressor::new_writer(level, Vec::new(), version)?,
+        })
+    }
+
+    pub fn write(&mut self, b: &[u8]) {
+        self.c.write(b);
+    }
+
+    /// `Close`: the rest of the input and the final block.
+    pub fn close(&mut self) {
+        self.c.close();
+    }
+
+    /// Moves the bytes written so far to `dst`.
+    pub fn take_output(&mut self, dst: &mut Vec<u8>) {
+        self.c.take_output(dst);
+    }
+}
+
+/// The raw deflate stream `flate.NewWriter(level)`, `Write(input)`, `Close()` of `version`.
+pub fn deflate_version(version: KpVersion, level: i32, input: &[u8]) -> Result<Vec<u8>, KpError> {
+    let mut d = KpDeflater::new(version, level)?;
+    d.write(input);
+    d.close();
+    let mut out = Vec::new();
+    d.take_output(&mut out);
+    Ok(out)
+}
+
 /// What this encoder cannot do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KpError {
@@ -102,8 +172,20 @@ pub fn pgzip_block(
     last: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), KpError> {
+    pgzip_block_version(KpVersion::V1_15_12, level, dict, block, last, out)
+}
+
+/// [`pgzip_block`] as pgzip on klauspost/compress `version` writes it.
+pub fn pgzip_block_version(
+    version: KpVersion,
+    level: i32,
+    dict: &[u8],
+    block: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), KpError> {
     check_level(level)?;
-    let mut c = Compressor::new(level, dict, std::mem::take(out))?;
+    let mut c = Compressor::new(level, dict, std::mem::take(out), version)?;
     c.write(block);
     c.sync_flush();
     if last {
@@ -137,11 +219,21 @@ fn check_block_size(block_size: usize) -> Result<(), KpError> {
 
 /// The whole deflate body of a pgzip member for `input` (no gzip header/trailer), blocks of `block_size`.
 pub fn pgzip_deflate(level: i32, block_size: usize, input: &[u8]) -> Result<Vec<u8>, KpError> {
+    pgzip_deflate_version(KpVersion::V1_15_12, level, block_size, input)
+}
+
+/// [`pgzip_deflate`] as pgzip on klauspost/compress `version` writes it.
+pub fn pgzip_deflate_version(
+    version: KpVersion,
+    level: i32,
+    block_size: usize,
+    input: &[u8],
+) -> Result<Vec<u8>, KpError> {
     check_level(level)?;
     check_block_size(block_size)?;
     let mut out = Vec::with_capacity(input.len() / 2 + 64);
     for (dict, block, last) in blocks(block_size, input) {
-        pgzip_block(level, dict, block, last, &mut out)?;
+        pgzip_block_version(version, level, dict, block, last, &mut out)?;
     }
     Ok(out)
 }
@@ -181,7 +273,17 @@ pub fn pgzip_header(level: i32) -> [u8; 10] {
 
 /// A complete pgzip gzip member: header, [`pgzip_deflate`] body, CRC-32 and size.
 pub fn pgzip_gzip(level: i32, block_size: usize, input: &[u8]) -> Result<Vec<u8>, KpError> {
-    let body = pgzip_deflate(level, block_size, input)?;
+    pgzip_gzip_version(KpVersion::V1_15_12, level, block_size, input)
+}
+
+/// [`pgzip_gzip`] as pgzip on klauspost/compress `version` writes it.
+pub fn pgzip_gzip_version(
+    version: KpVersion,
+    level: i32,
+    block_size: usize,
+    input: &[u8],
+) -> Result<Vec<u8>, KpError> {
+    let body = pgzip_deflate_version(version, level, block_size, input)?;
     let mut out = Vec::with_capacity(body.len() + 18);
     out.extend_from_slice(&pgzip_header(level));
     out.extend_from_slice(&body);

@@ -3,7 +3,11 @@
 // real thing. Built at test time with Debian's golang-go in GOPATH mode
 // (GOPATH=/usr/share/gocode for the klauspost packages); never committed as a binary.
 //
-//	gzwrite -impl std|pgzip -level N [-chunk BYTES] [-block BYTES] [-blocks N] < in > out
+//	gzwrite -impl std|pgzip|kpgzip -level N [-chunk BYTES] [-block BYTES] [-blocks N] < in > out
+//
+// kpgzip is klauspost/compress/gzip: klauspost's flate as one stream, no pgzip blocks.
+// scripts/flate-versions also builds this file against other klauspost/compress tags and
+// against Go 1.27's compress/gzip (by rewriting the import), outside the repository.
 package main
 
 import (
@@ -14,11 +18,12 @@ import (
 	"io"
 	"os"
 
+	kpgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/pgzip"
 )
 
 func main() {
-	impl := flag.String("impl", "std", "std (compress/gzip) or pgzip (klauspost/pgzip)")
+	impl := flag.String("impl", "std", "std (compress/gzip), pgzip (klauspost/pgzip) or kpgzip (klauspost/compress/gzip)")
 	level := flag.Int("level", -1, "compression level (-2..9, -1 default)")
 	chunk := flag.Int("chunk", 32*1024, "size of each Write call")
 	block := flag.Int("block", 0, "pgzip block size (0: library default)")
@@ -50,6 +55,12 @@ func main() {
 			if err := zw.SetConcurrency(b, n); err != nil {
 				fail(err)
 			}
+		}
+		w = zw
+	case "kpgzip":
+		zw, err := kpgzip.NewWriterLevel(out, *level)
+		if err != nil {
+			fail(err)
 		}
 		w = zw
 	default:
