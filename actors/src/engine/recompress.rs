@@ -115,6 +115,13 @@ pub struct GzipMember {
     /// the deflate stream can be re-encoded in parallel (Go levels 4-9, zlib levels 4-9).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub splits: Vec<[u64; 2]>,
+    /// Bytes of its deflate stream (between header and trailer). With the header and trailer
+    /// lengths it places every member in the compressed stream, so that a range is re-encoded
+    /// from the start of the member it falls in (eStargz readers fetch one file's member at a
+    /// time, and the footer first). Absent in recipes written before it was recorded: those
+    /// resume in single-member streams only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deflate_len: Option<u64>,
 }
 
 /// The Go deflate encoders stowage reproduces, with the output variant they were matched
@@ -260,6 +267,8 @@ struct MemberProbe {
     raw: Vec<u8>,
     deflate: Vec<u8>,
     raw_len: u64,
+    /// Compressed bytes of the deflate stream so far.
+    deflate_len: u64,
     crc: flate2::Crc,
     /// The encoder found once [`PROBE`] bytes were in (members longer than the probe).
     level: Option<Deflater>,
@@ -273,6 +282,7 @@ impl Default for MemberProbe {
             raw: Vec::new(),
             deflate: Vec::new(),
             raw_len: 0,
+            deflate_len: 0,
             crc: flate2::Crc::new(),
             level: None,
             splits: Vec::new(),
@@ -554,6 +564,7 @@ impl GzipDecoder {
                         .map_err(|_| NotExact::Corrupt("deflate stream"))?;
                     let (used, made) = (step.consumed, step.produced);
                     let p = &mut self.probe;
+                    p.deflate_len += used as u64;
                     if p.level.is_none() && p.deflate.len() < PROBE + (PROBE >> 3) {
                         p.deflate.extend_from_slice(&input[..used]);
                     }
@@ -659,6 +670,7 @@ impl GzipDecoder {
             pigz_block: found.pigz_block,
             go: found.go,
             splits,
+            deflate_len: Some(p.deflate_len),
         });
         self.state = GzState::Between;
         Ok(())

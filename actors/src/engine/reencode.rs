@@ -248,8 +248,10 @@ impl Reencoder {
     /// A re-encoder of the stream from as close before compressed byte `at` as a block
     /// boundary recorded at ingest allows, to serve a range without re-encoding what comes
     /// before it. An uncompressed stream resumes at `at` itself; zstd streams at the frame `at`
-    /// falls in; single-member gzip streams re-encoded in segments at a recorded boundary. `None` when
-    /// there is none after the start at or before `at`.
+    /// falls in; gzip streams at the start of the member `at` falls in (members are
+    /// independent: eStargz's per-file members, the TOC and the footer are each reached
+    /// directly), or inside it at a recorded block boundary when its encoder is re-encoded in
+    /// segments. `None` when there is none after the start at or before `at`.
     pub fn resume(e: &Encoding, at: u64) -> Option<(Reencoder, Resume)> {
         let (members, trailing) = match e {
             Encoding::None if at > 0 => {
@@ -267,27 +269,53 @@ impl Reencoder {
             }
             _ => return None,
         };
-        let [m] = &members[..] else {
-            return None;
+        // Where each member starts, compressed and uncompressed, as far as the recorded deflate
+        // lengths tell (recipes from before them: the first member only).
+        let mut starts = vec![(0u64, 0u64)];
+        for m in &members[..members.len().saturating_sub(1)] {
+            let Some(n) = m.deflate_len else { break };
+            let &(offset, plain) = starts.last().expect("one at least");
+            starts.push((offset + (m.header.len() + 8) as u64 + n, plain + m.raw_len));
+        }
+        let i = starts.iter().rposition(|&(offset, _)| offset <= at)?;
+        let (m, (m_offset, m_plain)) = (&members[i], starts[i]);
+        let header = m_offset + m.header.len() as u64;
+        let split = segment_kind(m).and_then(|kind| {
+            let k = (m.splits.iter()).rposition(|&[_, bit]| header + bit.div_ceil(8) <= at)? + 1;
+            Some((kind, k))
+        });
+        let (enc, idx, left, r) = match split {
+            Some((kind, k)) => {
+                // Inside the member, at the block boundary before `at`.
+                let (seg, plain) = Segmented::resume(kind, m.raw_len, &m.splits, k);
+                let r = Resume {
+                    offset: header + m.splits[k - 1][1].div_ceil(8),
+                    plain: m_plain + plain,
+                };
+                let enc = Some(MemberEnc::Segmented(Box::new(seg)));
+                (enc, i, m.raw_len - plain, r)
+            }
+            // Nothing to skip.
+            None if i == 0 => return None,
+            // At the member's start: the one before counts as written, so the next push or
+            // the finish opens this one.
+            None => {
+                let r = Resume {
+                    offset: m_offset,
+                    plain: m_plain,
+                };
+                (None, i - 1, 0, r)
+            }
         };
-        let kind = segment_kind(m)?;
-        let header = m.header.len() as u64;
-        let k = m
-            .splits
-            .iter()
-            .rposition(|&[_, bit]| header + bit.div_ceil(8) <= at)?
-            + 1;
-        let (seg, plain) = Segmented::resume(kind, m.raw_len, &m.splits, k);
         let st = ReState::Gzip {
             members: members.clone(),
             trailing: trailing.clone(),
-            idx: 0,
-            enc: Some(MemberEnc::Segmented(Box::new(seg))),
-            left: m.raw_len - plain,
+            idx,
+            enc,
+            left,
             started: true,
         };
-        let offset = header + m.splits[k - 1][1].div_ceil(8);
-        Some((Reencoder { st }, Resume { offset, plain }))
+        Some((Reencoder { st }, r))
     }
 
     /// Add uncompressed bytes; compressed output is appended to `out`.
@@ -377,5 +405,156 @@ impl Reencoder {
                 out.extend_from_slice(trailing);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::goflate;
+    use crate::engine::recompress::{Compression, LayerDecoder};
+
+    /// Words drawn at random: compressible, with matches at every distance.
+    fn text(n: usize, seed: u64) -> Vec<u8> {
+        let words: [&[u8]; 8] = [
+            b"usr ", b"lib ", b"share ", b"doc ", b"\n", b"0755 ", b"a", b"zz",
+        ];
+        let r = crate::engine::test_bytes(n, seed);
+        let mut v = Vec::with_capacity(n + 8);
+        for b in r {
+            if v.len() >= n {
+                break;
+            }
+            v.extend_from_slice(words[(b % 8) as usize]);
+        }
+        v.truncate(n);
+        v
+    }
+
+    fn go_member(level: i32, raw: &[u8]) -> Vec<u8> {
+        let mut out = goflate::gzip_header(level).to_vec();
+        out.extend(goflate::deflate(level, raw).unwrap());
+        let mut crc = flate2::Crc::new();
+        crc.update(raw);
+        out.extend(crc.sum().to_le_bytes());
+        out.extend((raw.len() as u32).to_le_bytes());
+        out
+    }
+
+    /// eStargz's footer: an empty member at NoCompression whose Extra field holds the TOC's
+    /// offset (51 bytes).
+    fn estargz_footer(toc_offset: u64) -> Vec<u8> {
+        let sub = format!("{toc_offset:016x}STARGZ");
+        let mut out = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255];
+        out.extend(((4 + sub.len()) as u16).to_le_bytes());
+        out.extend(b"SG");
+        out.extend((sub.len() as u16).to_le_bytes());
+        out.extend(sub.as_bytes());
+        out.extend(goflate::deflate(0, b"").unwrap());
+        out.extend([0; 8]);
+        assert_eq!(out.len(), 51);
+        out
+    }
+
+    /// Members as eStargz lays them out (one per file payload, an empty one among them, a
+    /// large one with block boundaries, the footer last); with where each starts.
+    fn layered() -> (Vec<u8>, Vec<u8>, Vec<u64>) {
+        let parts = [
+            text(3_000, 1),
+            text(200_000, 2),
+            Vec::new(),
+            text(5 << 20, 3),
+            text(700, 4),
+        ];
+        let (mut gz, mut raw, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+        for p in &parts {
+            starts.push(gz.len() as u64);
+            gz.extend(go_member(9, p));
+            raw.extend_from_slice(p);
+        }
+        starts.push(gz.len() as u64);
+        let toc = starts[4];
+        gz.extend(estargz_footer(toc));
+        (gz, raw, starts)
+    }
+
+    fn ingest(gz: &[u8]) -> (Encoding, Vec<u8>) {
+        let mut d = LayerDecoder::new(Compression::detect(gz));
+        let mut raw = Vec::new();
+        for part in gz.chunks(100_003) {
+            d.feed(part, &mut |b| raw.extend_from_slice(b)).unwrap();
+        }
+        (d.finish().unwrap(), raw)
+    }
+
+    fn tail(enc: &Encoding, raw: &[u8], at: u64) -> Option<(Resume, Vec<u8>)> {
+        let (mut r, resume) = Reencoder::resume(enc, at)?;
+        let mut out = Vec::new();
+        for part in raw[resume.plain as usize..].chunks(65_536) {
+            r.push(part, &mut out);
+        }
+        r.finish(&mut out);
+        Some((resume, out))
+    }
+
+    #[test]
+    fn multi_member_streams_resume_at_the_member_a_range_starts_in() {
+        let (gz, raw, starts) = layered();
+        let (enc, got) = ingest(&gz);
+        assert!(got == raw);
+        let Encoding::Gzip { members, .. } = &enc else {
+            panic!("{enc:?}")
+        };
+        assert_eq!(members.len(), 6);
+        assert!(!members[3].splits.is_empty(), "no boundary recorded");
+        assert!(Reencoder::resume(&enc, 0).is_none(), "nothing to skip");
+        assert!(Reencoder::resume(&enc, starts[1] - 1).is_none());
+        let last = gz.len() as u64 - 1;
+        let mut probes: Vec<u64> = starts.iter().skip(1).flat_map(|&s| [s, s + 1]).collect();
+        probes.extend([starts[4] - 1, last - 50, last]);
+        for at in probes {
+            let (resume, out) = tail(&enc, &raw, at).unwrap();
+            let member = starts.iter().rposition(|&s| s <= at).unwrap();
+            assert!(
+                starts[member] <= resume.offset && resume.offset <= at,
+                "{at}: {resume:?}, member {member} at {}",
+                starts[member]
+            );
+            assert!(
+                out == gz[resume.offset as usize..],
+                "{at}: resumed at {resume:?}: {} bytes, want {}",
+                out.len(),
+                gz.len() as u64 - resume.offset
+            );
+        }
+        // The footer alone, the way an eStargz reader asks for it first.
+        let (resume, out) = tail(&enc, &raw, gz.len() as u64 - 51).unwrap();
+        assert_eq!((resume.offset, resume.plain), (starts[5], raw.len() as u64));
+        assert!(out == gz[gz.len() - 51..]);
+        // Inside the large member, from a block boundary rather than its start.
+        let (resume, _) = tail(&enc, &raw, starts[4] - 1).unwrap();
+        assert!(resume.offset > starts[3], "{resume:?}");
+    }
+
+    /// Recipes written before deflate lengths were recorded resume only inside the first
+    /// member, and still exactly.
+    #[test]
+    fn multi_member_recipes_without_deflate_lengths_resume_in_the_first_member_only() {
+        let big = text(5 << 20, 5);
+        let mut gz = go_member(6, &big);
+        let second = gz.len() as u64;
+        gz.extend(go_member(6, &text(100_000, 6)));
+        let (mut enc, raw) = ingest(&gz);
+        let Encoding::Gzip { members, .. } = &mut enc else {
+            panic!("{enc:?}")
+        };
+        for m in members.iter_mut() {
+            m.deflate_len = None;
+        }
+        let (resume, out) = tail(&enc, &raw, second + 10).unwrap();
+        assert!(resume.offset < second, "{resume:?}");
+        assert!(out == gz[resume.offset as usize..]);
+        let json = serde_json::to_string(&enc).unwrap();
+        assert!(!json.contains("deflate_len"), "{json}");
     }
 }
