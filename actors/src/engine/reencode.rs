@@ -21,13 +21,96 @@ enum ReState {
         enc: Option<MemberEnc>,
         left: u64,
         started: bool,
+        /// Small members waiting to be re-encoded together.
+        queue: Box<MemberQueue>,
     },
     Zstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
     ZstdFrames(Box<FramesEncoder>),
 }
 
+/// Members smaller than this are re-encoded several at a time (larger ones stream, in
+/// segments where they can).
+const QUEUE_MEMBERS_BELOW: u64 = 8 << 20;
+/// Queued plaintext per pool thread (at most 8) before the queue is re-encoded: room for two
+/// of eStargz's 4 MiB chunks per thread.
+const QUEUE_PER_THREAD: usize = 4 << 20;
+
+/// Small gzip members whose plaintext is all in, re-encoded several at a time on the rayon
+/// pool: members are independent streams, and layers of many (eStargz: one or more per file)
+/// would otherwise be re-encoded one after another on the restore's own thread.
+struct MemberQueue {
+    /// Queued members: index and plaintext length (all of it, unless the plaintext ended
+    /// early: then the restore's digest check fails the stream).
+    queued: Vec<(usize, usize)>,
+    raw: Vec<u8>,
+    /// Plaintext that sets the queue off.
+    batch: usize,
+}
+
+impl MemberQueue {
+    fn new() -> MemberQueue {
+        MemberQueue {
+            queued: Vec::new(),
+            raw: Vec::new(),
+            batch: rayon::current_num_threads().clamp(1, 8) * QUEUE_PER_THREAD,
+        }
+    }
+
+    /// Whether member `m` waits in the queue rather than streams.
+    fn takes(m: &GzipMember) -> bool {
+        m.raw_len < QUEUE_MEMBERS_BELOW
+            && segment_kind(m).is_none()
+            && !matches!(m.go, Some(GoEncoder::Pgzip { .. }))
+    }
+
+    /// Member `idx` is in (its plaintext the last `len` bytes queued).
+    fn add(&mut self, members: &[GzipMember], idx: usize, len: usize, out: &mut Vec<u8>) {
+        self.queued.push((idx, len));
+        if self.raw.len() >= self.batch {
+            self.drain(members, out);
+        }
+    }
+
+    /// Re-encode the queued members, several at a time, and write them in order.
+    fn drain(&mut self, members: &[GzipMember], out: &mut Vec<u8>) {
+        use rayon::prelude::*;
+        if self.queued.is_empty() {
+            return;
+        }
+        let mut jobs = Vec::with_capacity(self.queued.len());
+        let mut at = 0usize;
+        for &(idx, len) in &self.queued {
+            jobs.push((idx, at, len));
+            at += len;
+        }
+        let raw = &self.raw;
+        let encode = |&(idx, at, len): &(usize, usize, usize)| {
+            let m = &members[idx];
+            let mut o = Vec::with_capacity(m.header.len() + len / 2 + 16);
+            o.extend_from_slice(&m.header);
+            let mut e = MemberEnc::open(m);
+            e.write(&raw[at..at + len], &mut o);
+            e.finish(&mut o);
+            o.extend_from_slice(&m.trailer);
+            o
+        };
+        let written: Vec<Vec<u8>> = if jobs.len() == 1 {
+            jobs.iter().map(encode).collect()
+        } else {
+            jobs.par_iter().map(encode).collect()
+        };
+        for w in written {
+            out.extend_from_slice(&w);
+        }
+        self.raw.clear();
+        self.queued.clear();
+    }
+}
+
 /// The deflate encoder of one gzip member.
 enum MemberEnc {
+    /// Not an encoder: the member's plaintext goes to the [`MemberQueue`].
+    Queued,
     Zlib(flate2::write::DeflateEncoder<Vec<u8>>),
     Pigz(Box<PigzEncoder>),
     Go(Box<GoDeflater>),
@@ -175,6 +258,7 @@ impl MemberEnc {
 
     fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         match self {
+            MemberEnc::Queued => unreachable!("queued members are written by the queue"),
             MemberEnc::Zlib(e) => {
                 e.write_all(raw).expect("writing to memory");
                 out.append(e.get_mut());
@@ -191,6 +275,7 @@ impl MemberEnc {
 
     fn finish(self, out: &mut Vec<u8>) {
         match self {
+            MemberEnc::Queued => unreachable!("queued members are written by the queue"),
             MemberEnc::Zlib(e) => out.extend_from_slice(&e.finish().expect("finishing in memory")),
             MemberEnc::Pigz(p) => p.finish(out),
             MemberEnc::Go(mut g) => {
@@ -219,6 +304,7 @@ impl Reencoder {
                 enc: None,
                 left: 0,
                 started: false,
+                queue: Box::new(MemberQueue::new()),
             },
             Encoding::Zstd {
                 level,
@@ -314,6 +400,7 @@ impl Reencoder {
             enc,
             left,
             started: true,
+            queue: Box::new(MemberQueue::new()),
         };
         Some((Reencoder { st }, r))
     }
@@ -333,6 +420,7 @@ impl Reencoder {
                 enc,
                 left,
                 started,
+                queue,
                 ..
             } => loop {
                 if !*started || (enc.is_none() && *left == 0) {
@@ -343,21 +431,30 @@ impl Reencoder {
                     *started = true;
                     let Some(m) = members.get(*idx) else {
                         // More input than the recipe describes: not ours to encode.
+                        queue.drain(members, out);
                         out.extend_from_slice(raw);
                         return;
                     };
-                    out.extend_from_slice(&m.header);
-                    *enc = Some(MemberEnc::open(m));
+                    if MemberQueue::takes(m) {
+                        *enc = Some(MemberEnc::Queued);
+                    } else {
+                        queue.drain(members, out);
+                        out.extend_from_slice(&m.header);
+                        *enc = Some(MemberEnc::open(m));
+                    }
                     *left = m.raw_len;
                 }
                 let e = enc.as_mut().expect("open member");
                 let take = (*left).min(raw.len() as u64) as usize;
-                e.write(&raw[..take], out);
+                match e {
+                    MemberEnc::Queued => queue.raw.extend_from_slice(&raw[..take]),
+                    e => e.write(&raw[..take], out),
+                }
                 *left -= take as u64;
                 raw = &raw[take..];
                 if *left == 0 {
-                    enc.take().expect("open member").finish(out);
-                    out.extend_from_slice(&members[*idx].trailer);
+                    let e = enc.take().expect("open member");
+                    close_member(members, *idx, e, 0, queue, out);
                     if raw.is_empty() && *idx + 1 >= members.len() {
                         return;
                     }
@@ -386,24 +483,52 @@ impl Reencoder {
                 trailing,
                 idx,
                 enc,
+                left,
                 started,
-                ..
+                queue,
             } => {
                 // Close an open member and emit any remaining empty members.
                 let mut next = if *started { *idx + 1 } else { 0 };
                 if let Some(e) = enc.take() {
-                    e.finish(out);
-                    out.extend_from_slice(&members[*idx].trailer);
+                    close_member(members, *idx, e, *left, queue, out);
                 }
                 while next < members.len() {
                     let m = &members[next];
-                    out.extend_from_slice(&m.header);
-                    MemberEnc::open(m).finish(out);
-                    out.extend_from_slice(&m.trailer);
+                    let e = if MemberQueue::takes(m) {
+                        MemberEnc::Queued
+                    } else {
+                        queue.drain(members, out);
+                        out.extend_from_slice(&m.header);
+                        MemberEnc::open(m)
+                    };
+                    close_member(members, next, e, m.raw_len, queue, out);
                     next += 1;
                 }
+                queue.drain(members, out);
                 out.extend_from_slice(trailing);
             }
+        }
+    }
+}
+
+/// Member `idx`'s plaintext is all in (but `missing` bytes, when the plaintext ended early):
+/// a queued member joins the queue, a streaming one is finished with its trailer.
+fn close_member(
+    members: &[GzipMember],
+    idx: usize,
+    enc: MemberEnc,
+    missing: u64,
+    queue: &mut MemberQueue,
+    out: &mut Vec<u8>,
+) {
+    match enc {
+        MemberEnc::Queued => {
+            let len = (members[idx].raw_len - missing) as usize;
+            queue.add(members, idx, len, out);
+        }
+        e => {
+            e.finish(out);
+            out.extend_from_slice(&members[idx].trailer);
         }
     }
 }
@@ -556,5 +681,47 @@ mod tests {
         assert!(out == gz[resume.offset as usize..]);
         let json = serde_json::to_string(&enc).unwrap();
         assert!(!json.contains("deflate_len"), "{json}");
+    }
+
+    /// Many small members (several queue batches' worth, mixed encoders, empty ones among
+    /// them) come out in order and exact, however the plaintext is pushed; a plaintext that
+    /// ends early gives a short stream, not a panic.
+    #[test]
+    fn many_small_members_are_re_encoded_together_in_order() {
+        use std::io::Write;
+        let (mut gz, mut raw) = (Vec::new(), Vec::new());
+        for i in 0..240u64 {
+            let p = text((i as usize * 7919) % 120_000, i + 10);
+            if i % 3 == 0 {
+                let mut e = flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(Vec::new(), flate2::Compression::new(6));
+                e.write_all(&p).unwrap();
+                gz.extend(e.finish().unwrap());
+            } else {
+                gz.extend(go_member(if i % 3 == 1 { 1 } else { 5 }, &p));
+            }
+            raw.extend_from_slice(&p);
+        }
+        let (enc, got) = ingest(&gz);
+        assert!(got == raw);
+        let Encoding::Gzip { members, .. } = &enc else {
+            panic!("{enc:?}")
+        };
+        assert_eq!(members.len(), 240);
+        for step in [1_000, 65_536, 3 << 20] {
+            let mut r = Reencoder::new(&enc);
+            let mut out = Vec::new();
+            for part in raw.chunks(step) {
+                r.push(part, &mut out);
+            }
+            r.finish(&mut out);
+            assert!(out == gz, "pushed {step} bytes at a time");
+        }
+        let mut r = Reencoder::new(&enc);
+        let mut out = Vec::new();
+        r.push(&raw[..raw.len() / 2], &mut out);
+        r.finish(&mut out);
+        assert!(out.len() < gz.len());
     }
 }
