@@ -4,6 +4,8 @@
 //! Covered here: uncompressed streams; gzip written by Go's compress/gzip at every level
 //! (Docker Engine, BuildKit, containerd, ggcr; see [`super::goflate`]); gzip written by
 //! klauspost/pgzip at every level (podman, buildah, skopeo, umoci; see [`super::kpflate`]);
+//! eStargz (many Go members: one per file payload chunk, the TOC, and an empty footer member
+//! whose header carries an Extra field, kept verbatim like every header);
 //! gzip written by zlib (Python's gzip/zlib and other
 //! zlib-based tools) at levels 1-9 with the default memLevel 8 and strategy, or by pigz (levels
 //! 1-9, 128 KiB blocks; see [`super::pigz`]), one or more members, header and trailer stored
