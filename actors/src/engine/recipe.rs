@@ -636,6 +636,53 @@ mod tests {
         );
     }
 
+    /// A multi-member gzip layer (eStargz's shape: a member per stretch of the tar, an empty
+    /// footer member with an Extra field last) resumes at each member's first byte, the footer
+    /// included, reading only the chunks from there on.
+    #[test]
+    fn multi_member_layers_restore_from_a_member() {
+        use std::io::Write;
+        let raw = layer_tar(0);
+        let mut gz = Vec::new();
+        let mut starts = Vec::new();
+        let cuts = [0, 700, 5_000, raw.len() / 3, raw.len() / 2, raw.len()];
+        for w in cuts.windows(2) {
+            starts.push(gz.len() as u64);
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::new(6));
+            e.write_all(&raw[w[0]..w[1]]).unwrap();
+            gz.extend(e.finish().unwrap());
+        }
+        starts.push(gz.len() as u64);
+        let footer = flate2::GzBuilder::new()
+            .extra(&b"SG\x16\x000000000000001234STARGZ"[..])
+            .write(Vec::new(), flate2::Compression::new(0));
+        gz.extend(footer.finish().unwrap());
+        let (r, store) = build(&gz, ChunkParams::default());
+        assert!(rebuild(&r, &store) == gz);
+        let all = r.read_order().len();
+        for &at in &starts[1..] {
+            let (enc, resume) = Reencoder::resume(&r.encoding, at).unwrap();
+            assert_eq!(resume.offset, at);
+            let order = r.read_order_from(resume.plain);
+            let mut it = order.iter().map(|(id, _)| Ok(store[id].clone()));
+            let mut out = Vec::new();
+            restore_from(&r, resume.plain, enc, &mut it, &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            assert!(out == gz[at as usize..], "from member at {at}");
+            assert!(it.next().is_none(), "every chunk of the order used");
+        }
+        assert!(
+            r.read_order_from(raw.len() as u64).is_empty(),
+            "the footer needs none"
+        );
+        assert!(r.read_order_from(raw.len() as u64 / 2).len() < all);
+    }
+
     /// Recipes written by version 1 (stores from before recipes were compressed) still read.
     #[test]
     fn version_1_recipes_still_read() {

@@ -4,6 +4,8 @@
 //! Covered here: uncompressed streams; gzip written by Go's compress/gzip at every level
 //! (Docker Engine, BuildKit, containerd, ggcr; see [`super::goflate`]); gzip written by
 //! klauspost/pgzip at every level (podman, buildah, skopeo, umoci; see [`super::kpflate`]);
+//! eStargz (many Go members: one per file payload chunk, the TOC, and an empty footer member
+//! whose header carries an Extra field, kept verbatim like every header);
 //! gzip written by zlib (Python's gzip/zlib and other
 //! zlib-based tools) at levels 1-9 with the default memLevel 8 and strategy, or by pigz (levels
 //! 1-9, 128 KiB blocks; see [`super::pigz`]), one or more members, header and trailer stored
@@ -123,6 +125,13 @@ pub struct GzipMember {
     /// the deflate stream can be re-encoded in parallel (Go levels 4-9, zlib levels 4-9).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub splits: Vec<[u64; 2]>,
+    /// Bytes of its deflate stream (between header and trailer). With the header and trailer
+    /// lengths it places every member in the compressed stream, so that a range is re-encoded
+    /// from the start of the member it falls in (eStargz readers fetch one file's member at a
+    /// time, and the footer first). Absent in recipes written before it was recorded: those
+    /// resume in single-member streams only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deflate_len: Option<u64>,
 }
 
 /// The Go deflate encoders stowage reproduces, with the output variant they were matched
@@ -324,6 +333,8 @@ struct MemberProbe {
     raw: Vec<u8>,
     deflate: Vec<u8>,
     raw_len: u64,
+    /// Compressed bytes of the deflate stream so far.
+    deflate_len: u64,
     crc: flate2::Crc,
     /// The encoder found once [`PROBE`] bytes were in (members longer than the probe).
     level: Option<Deflater>,
@@ -337,6 +348,7 @@ impl Default for MemberProbe {
             raw: Vec::new(),
             deflate: Vec::new(),
             raw_len: 0,
+            deflate_len: 0,
             crc: flate2::Crc::new(),
             level: None,
             splits: Vec::new(),
@@ -662,6 +674,7 @@ impl GzipDecoder {
                         .map_err(|_| NotExact::Corrupt("deflate stream"))?;
                     let (used, made) = (step.consumed, step.produced);
                     let p = &mut self.probe;
+                    p.deflate_len += used as u64;
                     if p.level.is_none() && p.deflate.len() < PROBE + (PROBE >> 3) {
                         p.deflate.extend_from_slice(&input[..used]);
                     }
@@ -771,6 +784,7 @@ impl GzipDecoder {
             pigz_block: found.pigz_block,
             go: found.go,
             splits,
+            deflate_len: Some(p.deflate_len),
         });
         self.state = GzState::Between;
         Ok(())

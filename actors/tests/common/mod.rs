@@ -30,6 +30,30 @@ pub fn zstdwrite() -> Option<&'static Path> {
     BIN.get_or_init(|| go_tool("zstdwrite")).as_deref()
 }
 
+/// Builds `tests/go/estargzwrite` (containerd/stargz-snapshotter's estargz package, from
+/// Debian's golang-github-containerd-stargz-snapshotter-dev) once per test binary, like
+/// [`gzwrite`]; None, with a NOT RUN note, without Go or that package (outside CI: CI must
+/// have both, scripts/test installs them).
+pub fn estargzwrite() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let pkg = "/usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz";
+        if !Path::new(pkg).is_dir() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have {pkg} (golang-github-containerd-stargz-snapshotter-dev)"
+            );
+            eprintln!(
+                "NOT RUN: no {pkg}; scripts/test installs \
+                 golang-github-containerd-stargz-snapshotter-dev"
+            );
+            return None;
+        }
+        go_tool("estargzwrite")
+    })
+    .as_deref()
+}
+
 /// `go build` of `tests/go/<name>` in GOPATH mode against Debian's packages.
 fn go_tool(name: &str) -> Option<PathBuf> {
     let dir = target_dir();
