@@ -614,10 +614,10 @@ fn unknown_deflate(header: &[u8]) -> NotExact {
          1.15.10-1.18.0 at the default level): another release (1.11-1.15.9, or 1.16-1.17 \
          at a level other than the default) or a newer encoder"
     } else if header[9] == 255 {
-        "gzip with Go's header (OS 255), but not written by Go 1.8-1.26's compress/flate, by \
-         Go 1.27's as stowage models it (klauspost's encoder, unconfirmed against a Go 1.27 \
-         build), nor by the other encoders stowage reproduces: a later Go, klauspost/compress \
-         gzip, or another Go encoder"
+        "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
+         and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's as stowage \
+         models it (klauspost's encoder, unconfirmed against a Go 1.27 build), nor by zlib, \
+         pigz or pgzip at any level: a later Go, klauspost/compress gzip, or another encoder"
     } else {
         "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
     })
