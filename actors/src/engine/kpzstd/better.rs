@@ -4,8 +4,8 @@
 //! lazy checks at s+1 and a search from the end of the match).
 
 use super::base::{
-    hash5, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry,
-    TableEntry, BUFFER_RESET, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash5, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry, Rebase,
+    TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -20,9 +20,9 @@ pub(crate) struct BetterFastEncoder {
 }
 
 impl BetterFastEncoder {
-    pub fn new(max_match_off: i32) -> Self {
+    pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         BetterFastEncoder {
-            base: FastBase::new(max_match_off),
+            base: FastBase::new(max_match_off, rebase),
             table: vec![TableEntry::default(); 1 << BETTER_SHORT_TABLE_BITS],
             long_table: vec![PrevEntry::default(); 1 << BETTER_LONG_TABLE_BITS],
         }
@@ -53,7 +53,7 @@ impl Matcher for BetterFastEncoder {
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 16;
         const K_SEARCH_STRENGTH: i32 = 9;
 
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.must_rebase() {
             let mmo = self.base.max_match_off;
             if self.base.hist.is_empty() {
                 self.table.fill(TableEntry::default());
