@@ -809,18 +809,15 @@ fn covering(tag: &str, level: KpLevel) -> Option<KpVersion> {
         [1, 15, 12] => KpVersion::V1_15_12,
         [1, 15, 13..=99] | [1, 16, 0..=3] => KpVersion::V1_15_13,
         [1, 16, 4..=99] => KpVersion::V1_16_4,
-        [1, 17, 0..=7] => KpVersion::V1_17_0,
+        [1, 17, 0..=2] => KpVersion::V1_17_0,
+        [1, 17, 3..=4] => KpVersion::V1_17_3,
+        [1, 17, 5..=7] => KpVersion::V1_17_5,
         [1, 17, 8..=9] => KpVersion::V1_17_8,
         [1, 17, 10] => KpVersion::V1_17_10,
         [1, 17, 11..=99] | [1, 18, 0..=4] => KpVersion::V1_17_11,
         [1, 18, 5..=99] | [1, 19, 0..=1] => KpVersion::V1_18_5,
         _ => return None,
     };
-    // Better changed its match finder in 1.17.3 (and 1.17.8), which the port does not
-    // follow yet.
-    if level == KpLevel::Better && t >= [1, 17, 3] {
-        return None;
-    }
     v.supports(level).then_some(v)
 }
 

@@ -1,4 +1,5 @@
-//! Port of the zstd encoder of github.com/klauspost/compress 1.15.12
+//! Port of the zstd encoder of github.com/klauspost/compress 1.15.12, with the
+//! changes of the releases up to 1.19.1 selectable by [`KpVersion`]
 //! (BSD-3-Clause, Copyright (c) 2019 Klaus Post; the huff0/fse parts are based
 //! on work Copyright (c) 2013 Yann Collet, BSD License).
 //!
@@ -58,6 +59,29 @@
 //! save fewer than 16 bytes (plus 1/32 of its size) is coded as literals
 //! only: Huffman coded if that pays (or RLE), except with `SpeedFastest`,
 //! where they are always raw (`allLitEntropy` is off at that level).
+//!
+//! # Later releases
+//!
+//! Everything above describes 1.15.12, the default. [`KpOptions::version`]
+//! selects a later release's behaviour; the differences are conditionals in
+//! the same code, each marked with the release that introduced it:
+//!
+//! | from | change | where |
+//! |---|---|---|
+//! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`) | `base.rs` |
+//! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault` | `block.rs`, here |
+//! | 1.17.0 | one-stream Huffman from 17 literals (was 33); Huffman literals not smaller than raw (headers included) are stored raw | `block.rs` |
+//! | 1.17.3 | `Better`: skipped positions indexed from the last search position | `better.rs` |
+//! | 1.17.5 | `Better`/`Best`: default window 8 MiB | here |
+//! | 1.17.8 | one offset-1 sequence after at most one literal: an RLE block; `Better` checks for a one-byte block first | `block.rs`, `better.rs` |
+//! | 1.17.10 | a frame's only block is encoded with the stream's encoder | here |
+//! | 1.17.11 | closed after `Close` until `Reset` | here |
+//! | 1.18.5 | `WithZeroFrames` on: an empty frame is 13 bytes, not nothing | here |
+//!
+//! `Best` is implemented for 1.15.12 only (`enc_best.go` changed in 1.15.13,
+//! 1.16.1, 1.16.4, 1.17.2, 1.17.3, 1.17.6 and 1.17.8); other combinations are
+//! refused. Releases whose encoder diff is only refactoring, dictionaries or
+//! opt-in options (`WithConcurrentBlocks` in 1.19.0) share a variant.
 //!
 //! # Concurrency, write sizes, window
 //!
@@ -208,27 +232,39 @@ pub enum KpVersion {
     /// moved into `blockEnc.encode`.
     #[serde(rename = "v1.16.4")]
     V1_16_4,
-    /// v1.17.0-v1.17.7 at `Fastest` and `Default`, v1.17.0-v1.17.2 at `Better`:
-    /// Huffman with one stream from 17 literals (was 33), and Huffman literals
-    /// that do not beat raw ones (headers included) are stored raw.
+    /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_3`]
+    /// and [`KpVersion::V1_17_5`] write the same bytes), v1.17.0-v1.17.2 at
+    /// `Better`: Huffman with one stream from 17 literals (was 33), and Huffman
+    /// literals that do not beat raw ones (headers included) are stored raw.
     #[serde(rename = "v1.17.0")]
     V1_17_0,
-    /// v1.17.8-v1.17.9 at `Fastest` and `Default`: a block that is one
-    /// offset-1 match after at most one literal becomes an RLE block.
+    /// v1.17.3-v1.17.4 at `Better` (at `Fastest` and `Default` the same as
+    /// [`KpVersion::V1_17_0`]): after a match, `enc_better.go` indexes the skipped
+    /// positions from the last search position, not from the match start.
+    #[serde(rename = "v1.17.3")]
+    V1_17_3,
+    /// v1.17.5-v1.17.7 at `Better` (at `Fastest` and `Default` the same as
+    /// [`KpVersion::V1_17_0`]): the default window of `SpeedBetterCompression` and
+    /// `SpeedBestCompression` is 8 MiB (was 16 and 32 MiB).
+    #[serde(rename = "v1.17.5")]
+    V1_17_5,
+    /// v1.17.8-v1.17.9 at `Fastest`, `Default` and `Better`: a block that is one
+    /// offset-1 match after at most one literal becomes an RLE block, and
+    /// `enc_better.go` checks for a block of one repeated byte first.
     #[serde(rename = "v1.17.8")]
     V1_17_8,
-    /// v1.17.10 at `Fastest` and `Default`: a frame's only block
+    /// v1.17.10 at `Fastest`, `Default` and `Better`: a frame's only block
     /// (`EncodeAll` from `Close`) uses the stream's own encoder instead of one from
     /// the pool, which moves its position counter (visible only where tables are
     /// cleared or rebased, see [`KpVersion::V1_15_13`]).
     #[serde(rename = "v1.17.10")]
     V1_17_10,
-    /// v1.17.11-v1.18.4 at `Fastest` and `Default`: after a successful `Close`
+    /// v1.17.11-v1.18.4 at `Fastest`, `Default` and `Better`: after a successful `Close`
     /// the encoder is closed until `Reset`: a second `Close` writes nothing
     /// (before: another checksum), `Write` is refused (here: ignored).
     #[serde(rename = "v1.17.11")]
     V1_17_11,
-    /// v1.18.5-v1.19.1 at `Fastest` and `Default`: `WithZeroFrames` is on by
+    /// v1.18.5-v1.19.1 at `Fastest`, `Default` and `Better`: `WithZeroFrames` is on by
     /// default: closing a frame with no input writes a 13-byte frame (header,
     /// empty last raw block, checksum) instead of nothing.
     #[serde(rename = "v1.18.5")]
@@ -237,11 +273,13 @@ pub enum KpVersion {
 
 impl KpVersion {
     /// Every variant, oldest first.
-    pub const ALL: [KpVersion; 8] = [
+    pub const ALL: [KpVersion; 10] = [
         KpVersion::V1_15_12,
         KpVersion::V1_15_13,
         KpVersion::V1_16_4,
         KpVersion::V1_17_0,
+        KpVersion::V1_17_3,
+        KpVersion::V1_17_5,
         KpVersion::V1_17_8,
         KpVersion::V1_17_10,
         KpVersion::V1_17_11,
@@ -255,6 +293,8 @@ impl KpVersion {
             KpVersion::V1_15_13 => "v1.15.13",
             KpVersion::V1_16_4 => "v1.16.4",
             KpVersion::V1_17_0 => "v1.17.0",
+            KpVersion::V1_17_3 => "v1.17.3",
+            KpVersion::V1_17_5 => "v1.17.5",
             KpVersion::V1_17_8 => "v1.17.8",
             KpVersion::V1_17_10 => "v1.17.10",
             KpVersion::V1_17_11 => "v1.17.11",
@@ -265,8 +305,7 @@ impl KpVersion {
     /// Whether [`KpStreamEncoder`] implements this release at `level`.
     pub fn supports(self, level: KpLevel) -> bool {
         match level {
-            KpLevel::Fastest | KpLevel::Default => true,
-            KpLevel::Better => self <= KpVersion::V1_17_0,
+            KpLevel::Fastest | KpLevel::Default | KpLevel::Better => true,
             KpLevel::Best => self == KpVersion::V1_15_12,
         }
     }
@@ -274,9 +313,13 @@ impl KpVersion {
     /// The supported variants at `level`, oldest first (each writes different bytes
     /// than the others for some input and calls).
     pub fn distinct(level: KpLevel) -> Vec<KpVersion> {
+        let better_only = [KpVersion::V1_17_3, KpVersion::V1_17_5];
         KpVersion::ALL
             .into_iter()
             .filter(|v| v.supports(level))
+            .filter(|v| {
+                matches!(level, KpLevel::Better | KpLevel::Best) || !better_only.contains(v)
+            })
             .collect()
     }
 
@@ -305,7 +348,8 @@ pub struct KpOptions {
     /// The klauspost/compress release to reproduce (default: v1.15.12).
     pub version: KpVersion,
     /// `WithWindowSize` (after the level); 0 keeps the level's default
-    /// (4, 8, 16 and 32 MiB from `Fastest` to `Best`).
+    /// (4, 8, 16 and 32 MiB from `Fastest` to `Best`; 8 MiB for `Better` and `Best`
+    /// from [`KpVersion::V1_17_5`] on).
     pub window_size: usize,
     /// `WithEncoderCRC` (default on).
     pub crc: bool,
@@ -385,7 +429,12 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
     let mut m: Box<dyn Matcher> = match level {
         KpLevel::Fastest => Box::new(fast::FastEncoder::new(w, r)),
         KpLevel::Default => Box::new(dfast::DoubleFastEncoder::new(w, r)),
-        KpLevel::Better => Box::new(better::BetterFastEncoder::new(w, r)),
+        KpLevel::Better => {
+            let mut b = better::BetterFastEncoder::new(w, r);
+            b.index_from_search = version >= KpVersion::V1_17_3;
+            b.rle_first = version >= KpVersion::V1_17_8;
+            Box::new(b)
+        }
         KpLevel::Best => Box::new(best::BestFastEncoder::new(w, r)),
     };
     m.base().blk.rules = version.block_rules();
@@ -425,6 +474,11 @@ impl KpStreamEncoder {
         let (mut window, mut block) = match opts.level {
             KpLevel::Fastest => (4 << 20, 1 << 16),
             KpLevel::Default => (8 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+            // 1.17.5 on: "The default value is determined by the compression level
+            // and max 8MB".
+            KpLevel::Better | KpLevel::Best if version >= KpVersion::V1_17_5 => {
+                (8 << 20, MAX_COMPRESSED_BLOCK_SIZE)
+            }
             KpLevel::Better => (16 << 20, MAX_COMPRESSED_BLOCK_SIZE),
             KpLevel::Best => (32 << 20, MAX_COMPRESSED_BLOCK_SIZE),
         };
