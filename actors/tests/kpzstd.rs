@@ -1241,3 +1241,81 @@ fn version_selector() {
         }
     }
 }
+
+/// Without Go: each variant `KpVersion::distinct` lists is needed: at every level it
+/// writes different bytes than the one before it on at least one of these inputs (named
+/// in the output), so a variant that stopped applying its release's change would be
+/// noticed here too. The variants it leaves out write what `same_bytes_as` says on all
+/// of them (including tiny frames past the old `bufferReset`).
+#[test]
+fn neighbouring_variants_differ() {
+    type Case = (&'static str, Vec<u8>, &'static str);
+    let tiny_frames = |n: usize, last: usize| -> String {
+        let mut s = "w:100,c,r,".repeat(n);
+        s.push_str(&format!("w:{last},c"));
+        s
+    };
+    let run = |level: KpLevel, version: KpVersion, input: &[u8], script: &str| -> Vec<u8> {
+        let d = Drive {
+            version,
+            script: Some(script),
+            ..Drive::level(level)
+        };
+        d.ours(input)
+    };
+    for level in LEVELS {
+        let window: usize = if level == KpLevel::Fastest {
+            4 << 20
+        } else {
+            8 << 20
+        };
+        let crossing_old = (i32::MAX as usize - (1 << 29)) / window;
+        let rebase_script: &'static str =
+            Box::leak(tiny_frames(crossing_old + 4, 300_000).into_boxed_str());
+        let cases: Vec<Case> = vec![
+            ("empty", Vec::new(), "c"),
+            ("c,c", english(300_000, 1), "w,c,c"),
+            ("16 letters", all_literals(400_000, 16, 2), "w,c"),
+            ("literal bursts", literal_bursts(600_000, 3), "w,c"),
+            (
+                "literal bursts, small blocks",
+                literal_bursts(600_000, 3),
+                "w:1000,f,w:5000,f,w:20000,f,w:60000,f,w,c",
+            ),
+            ("zeros", vec![0u8; 600_000], "w,c"),
+            ("mixture", mixture(1 << 20, 4), "w,c"),
+            (
+                "tiny frames past bufferReset",
+                mixture((crossing_old + 4) * 100 + 300_000, 41),
+                rebase_script,
+            ),
+        ];
+        for v in KpVersion::ALL.into_iter().filter(|v| v.supports(level)) {
+            let Some(same) = v.same_bytes_as(level) else {
+                continue;
+            };
+            for (name, input, script) in &cases {
+                assert!(
+                    run(level, v, input, script) == run(level, same, input, script),
+                    "{level:?}: {v:?} differs from {same:?} on {name}"
+                );
+            }
+        }
+        let versions = KpVersion::distinct(level);
+        for pair in versions.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let differs: Vec<&str> = cases
+                .iter()
+                .filter(|(_, input, script)| {
+                    run(level, a, input, script) != run(level, b, input, script)
+                })
+                .map(|c| c.0)
+                .collect();
+            eprintln!("{level:?} {a:?} -> {b:?}: differ on {differs:?}");
+            assert!(
+                !differs.is_empty(),
+                "{level:?}: {a:?} and {b:?} write the same bytes on every case"
+            );
+        }
+    }
+}

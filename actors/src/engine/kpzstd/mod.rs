@@ -310,17 +310,35 @@ impl KpVersion {
         }
     }
 
-    /// The supported variants at `level`, oldest first (each writes different bytes
-    /// than the others for some input and calls).
+    /// The supported variants at `level` that write different bytes from each other
+    /// (for some input and calls), oldest first: what to try when identifying a
+    /// stream. Left out are [`KpVersion::V1_17_3`] and [`KpVersion::V1_17_5`] at
+    /// `Fastest` and `Default` (those releases changed other levels only), and
+    /// [`KpVersion::V1_15_13`] and [`KpVersion::V1_17_10`], whose changes only move
+    /// the position counter: no input was found where they write other bytes than
+    /// the variant before them (zeroed or stale table entries never pass the
+    /// match-distance check), so they count as [`KpVersion::V1_15_12`] and
+    /// [`KpVersion::V1_17_8`].
     pub fn distinct(level: KpLevel) -> Vec<KpVersion> {
-        let better_only = [KpVersion::V1_17_3, KpVersion::V1_17_5];
         KpVersion::ALL
             .into_iter()
-            .filter(|v| v.supports(level))
-            .filter(|v| {
-                matches!(level, KpLevel::Better | KpLevel::Best) || !better_only.contains(v)
-            })
+            .filter(|v| v.supports(level) && v.same_bytes_as(level).is_none())
             .collect()
+    }
+
+    /// The older variant this one writes the same bytes as at `level` (as far as the
+    /// comparisons in `tests/kpzstd.rs` show), if any.
+    pub fn same_bytes_as(self, level: KpLevel) -> Option<KpVersion> {
+        match self {
+            KpVersion::V1_15_13 => Some(KpVersion::V1_15_12),
+            KpVersion::V1_17_10 => Some(KpVersion::V1_17_8),
+            KpVersion::V1_17_3 | KpVersion::V1_17_5
+                if matches!(level, KpLevel::Fastest | KpLevel::Default) =>
+            {
+                Some(KpVersion::V1_17_0)
+            }
+            _ => None,
+        }
     }
 
     fn rebase(self) -> Rebase {
