@@ -1319,3 +1319,51 @@ fn neighbouring_variants_differ() {
         }
     }
 }
+
+/// The later releases' variants also write, after a `Reset`, what a new encoder writes
+/// (from 1.17.10 a frame's only block uses the stream's own encoder, so its state is
+/// carried between frames).
+#[test]
+fn a_reset_encoder_writes_what_a_new_one_writes_in_later_releases() {
+    let mut r = Rng(0x0123_4567_89ab_cdef);
+    for level in LEVELS {
+        for version in KpVersion::ALL
+            .into_iter()
+            .filter(|v| *v > KpVersion::V1_15_12 && v.supports(level))
+        {
+            let opts = KpOptions {
+                level,
+                version,
+                ..KpOptions::default()
+            };
+            let mut kept = KpStreamEncoder::new(&opts).unwrap();
+            for f in 0..16 {
+                let n = match r.index(6) {
+                    0 => 0,
+                    1..=3 => r.index(3000) + 1,
+                    4 => 131_072,
+                    _ => r.index(700_000) + 1,
+                };
+                let data = mixture(n.max(1), r.next());
+                let data = &data[..n];
+                let sized = r.index(3) == 0;
+                let run = |e: &mut KpStreamEncoder| {
+                    let mut out = Vec::new();
+                    e.reset(sized.then_some(n as u64));
+                    for c in data.chunks(65_537) {
+                        e.write(c, &mut out);
+                    }
+                    e.close(&mut out);
+                    e.close(&mut out);
+                    out
+                };
+                let again = run(&mut kept);
+                let fresh = run(&mut KpStreamEncoder::new(&opts).unwrap());
+                assert!(
+                    again == fresh,
+                    "{level:?} {version:?}: frame {f} ({n} bytes) differs from a new encoder's"
+                );
+            }
+        }
+    }
+}
