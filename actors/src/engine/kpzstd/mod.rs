@@ -212,17 +212,17 @@ impl KpLevel {
 )]
 pub enum KpVersion {
     /// v1.15.12 (Debian bookworm's golang-github-klauspost-compress-dev), all four
-    /// levels. Byte-identical to v1.15.13-v1.16.3 at `Fastest`, `Default` and
-    /// `Better` while the encoder's position counter stays below v1.15.12's
-    /// `bufferReset` (about 1.5 GiB of frames and input: ~190 frames at the
-    /// default window); past it, tables are cleared or rebased at a different
-    /// point (see [`KpVersion::V1_15_13`]).
+    /// levels; the same bytes as v1.15.13-v1.16.3 at `Fastest`, `Default` and
+    /// `Better` in every comparison (see [`KpVersion::V1_15_13`]).
     #[default]
     #[serde(rename = "v1.15.12")]
     V1_15_12,
     /// v1.15.13-v1.16.3 at `Fastest`, `Default` and `Better`: `bufferReset`
     /// became per encoder (`MaxInt32 - 2*window`, checked against `cur` plus the
-    /// history). Not for `Best` (`enc_best.go` changed in v1.15.13 and v1.16.1).
+    /// history), which moves where tables are cleared or rebased (past ~1.5 GiB
+    /// of positions, ~190 frames at the default window); no input was found where
+    /// that changes the bytes ([`KpVersion::same_bytes_as`]). Not for `Best`
+    /// (`enc_best.go` changed in v1.15.13 and v1.16.1).
     #[serde(rename = "v1.15.13")]
     V1_15_13,
     /// v1.16.4-v1.16.7 at `Fastest`, `Default` and `Better`: matches must save
@@ -255,8 +255,8 @@ pub enum KpVersion {
     V1_17_8,
     /// v1.17.10 at `Fastest`, `Default` and `Better`: a frame's only block
     /// (`EncodeAll` from `Close`) uses the stream's own encoder instead of one from
-    /// the pool, which moves its position counter (visible only where tables are
-    /// cleared or rebased, see [`KpVersion::V1_15_13`]).
+    /// the pool, which moves its position counter; no input was found where that
+    /// changes the bytes ([`KpVersion::same_bytes_as`]).
     #[serde(rename = "v1.17.10")]
     V1_17_10,
     /// v1.17.11-v1.18.4 at `Fastest`, `Default` and `Better`: after a successful `Close`
