@@ -13,7 +13,7 @@ mod common;
 use common::{run_zstdwrite, zstdwrite, Rng};
 
 use stowage_actors::engine::kpzstd::{
-    encode_stream, KpLevel, KpOptions, KpStreamEncoder, KpZstdError,
+    encode_stream, KpLevel, KpOptions, KpStreamEncoder, KpVersion, KpZstdError,
 };
 
 /// Every level, the container tools' default first.
@@ -28,6 +28,8 @@ const LEVELS: [KpLevel; 4] = [
 #[derive(Clone, Debug)]
 struct Drive<'a> {
     level: KpLevel,
+    /// The release the port reproduces (the Go binary must be built against it).
+    version: KpVersion,
     /// Size of each Write call.
     chunk: usize,
     window: usize,
@@ -46,6 +48,7 @@ impl Drive<'_> {
     fn level(level: KpLevel) -> Self {
         Drive {
             level,
+            version: KpVersion::V1_15_12,
             chunk: 32 << 10,
             window: 0,
             crc: true,
@@ -59,6 +62,7 @@ impl Drive<'_> {
     fn opts(&self) -> KpOptions {
         KpOptions {
             level: self.level,
+            version: self.version,
             window_size: self.window,
             crc: self.crc,
             concurrency: self.concurrency,
@@ -785,5 +789,581 @@ fn throughput() {
             mb / go_s,
             size as f64 / data.len() as f64
         );
+    }
+}
+
+// ---- later klauspost/compress releases (KpVersion) ------------------------------------------
+
+/// A release tag as numbers (`v1.17.10` -> [1, 17, 10]).
+fn tag_numbers(tag: &str) -> Option<[u32; 3]> {
+    let mut it = tag.strip_prefix('v')?.split('.').map(|p| p.parse().ok());
+    let v = [it.next()??, it.next()??, it.next()??];
+    it.next().is_none().then_some(v)
+}
+
+/// The variant that reproduces release `tag` at `level`, if the port has one (what
+/// `KpVersion`'s doc comments claim; `later_releases` checks it).
+fn covering(tag: &str, level: KpLevel) -> Option<KpVersion> {
+    let t = tag_numbers(tag)?;
+    let v = match t {
+        [1, 15, 12] => KpVersion::V1_15_12,
+        [1, 15, 13..=99] | [1, 16, 0..=3] => KpVersion::V1_15_13,
+        [1, 16, 4..=99] => KpVersion::V1_16_4,
+        [1, 17, 0..=2] => KpVersion::V1_17_0,
+        [1, 17, 3..=4] => KpVersion::V1_17_3,
+        [1, 17, 5..=7] => KpVersion::V1_17_5,
+        [1, 17, 8..=9] => KpVersion::V1_17_8,
+        [1, 17, 10] => KpVersion::V1_17_10,
+        [1, 17, 11..=99] | [1, 18, 0..=4] => KpVersion::V1_17_11,
+        [1, 18, 5..=99] | [1, 19, 0..=1] => KpVersion::V1_18_5,
+        _ => return None,
+    };
+    v.supports(level).then_some(v)
+}
+
+/// The Go toolchain for the module builds: `KPZSTD_GO`, else Go 1.23 if installed (the
+/// 1.18 releases need it), else `go`.
+fn module_go() -> PathBuf {
+    if let Some(g) = std::env::var_os("KPZSTD_GO") {
+        return g.into();
+    }
+    let g123 = Path::new("/usr/lib/go-1.23/bin/go");
+    if g123.exists() {
+        return g123.into();
+    }
+    "go".into()
+}
+
+/// `tests/go/zstdwrite` built in module mode against the klauspost/compress source tree
+/// `src` (an extracted release), offline.
+fn zstdwrite_at(src: &Path, tag: &str) -> PathBuf {
+    let root = common::target_dir();
+    let dir = root.join(format!("zstdwrite-mod-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        manifest.join("tests/go/zstdwrite/main.go"),
+        dir.join("main.go"),
+    )
+    .unwrap();
+    let src = std::fs::canonicalize(src).unwrap();
+    std::fs::write(
+        dir.join("go.mod"),
+        format!(
+            "module zstdwrite\n\ngo 1.19\n\nrequire github.com/klauspost/compress v1.0.0\n\n\
+             replace github.com/klauspost/compress => {}\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(dir.join("go.sum"));
+    let bin = root.join(format!("zstdwrite-{tag}"));
+    let status = std::process::Command::new(module_go())
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&dir)
+        .env("GO111MODULE", "on")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", root.join("cache"))
+        .status()
+        .unwrap_or_else(|e| panic!("no Go toolchain for the module builds: {e}"));
+    assert!(
+        status.success(),
+        "go build of zstdwrite against {}",
+        src.display()
+    );
+    bin
+}
+
+/// Files of already-compressed data (`*.gz` under /usr/share/doc), concatenated.
+fn gz_files(cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in files(Path::new("/usr/share/doc"), cap, &|p| {
+        p.extension().is_some_and(|e| e == "gz")
+    }) {
+        out.extend(std::fs::read(p).unwrap());
+    }
+    out
+}
+
+/// Literal runs of 17 to 32 bytes from a tiny alphabet between long runs of one byte:
+/// blocks whose few literals are Huffman coded only by later releases.
+fn literal_bursts(n: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    let mut out = Vec::with_capacity(n + 70_000);
+    while out.len() < n {
+        let k = 17 + r.index(16);
+        out.extend((0..k).map(|_| b"ab"[r.index(2)]));
+        let run = 300 + r.index(60_000);
+        out.extend(std::iter::repeat_n(b'z', run));
+    }
+    out.truncate(n);
+    out
+}
+
+/// Inputs without any match: uniform random bytes, and random bytes from small alphabets
+/// (all-literal blocks that Huffman coding shrinks).
+fn all_literals(n: usize, alphabet: u64, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    (0..n).map(|_| (r.next() % alphabet) as u8).collect()
+}
+
+/// The suite of `tests/kpzstd.rs` (sizes, incompressible and all-literal data, flushes,
+/// resets, content sizes, windows, the position rebase) for one release at one level.
+fn release_suite(bin: &Path, tag: &str, level: KpLevel, version: KpVersion) {
+    let d0 = Drive {
+        version,
+        ..Drive::level(level)
+    };
+    let one = |name: &str, d: &Drive, input: &[u8]| {
+        let name = format!("{tag} {name}");
+        check_drive(bin, &name, d, input);
+    };
+    let mut n_checks = 0usize;
+    let mut count = |k: usize| n_checks += k;
+    one("empty", &d0, &[]);
+    one("1 byte", &d0, b"x");
+    for n in [
+        2, 7, 8, 15, 16, 17, 31, 32, 33, 100, 255, 256, 1023, 1024, 1025, 4000,
+    ] {
+        one(&format!("text {n}"), &d0, &english(n, n as u64));
+        one(&format!("random {n}"), &d0, &random(n, n as u64));
+        one(&format!("zeros {n}"), &d0, &vec![0u8; n]);
+        one(
+            &format!("4 letters {n}"),
+            &d0,
+            &all_literals(n, 4, n as u64),
+        );
+    }
+    count(2 + 16 * 4);
+    for base in [64 << 10, 128 << 10, 256 << 10] {
+        for n in [base - 1, base, base + 1] {
+            one(&format!("text {n}"), &d0, &english(n, 7));
+            one(&format!("random {n}"), &d0, &random(n, 7));
+            one(&format!("zeros {n}"), &d0, &vec![0u8; n]);
+            one(&format!("mixture {n}"), &d0, &mixture(n, n as u64));
+            one(&format!("16 letters {n}"), &d0, &all_literals(n, 16, 5));
+        }
+    }
+    count(45);
+    let n = 1_000_000;
+    one("text 1 MB", &d0, &english(n, 1));
+    one("random 1 MB", &d0, &random(n, 1));
+    one("zeros 1 MB", &d0, &vec![0u8; n]);
+    one("literal bursts 1 MB", &d0, &literal_bursts(n, 3));
+    one("200 letters 1 MB", &d0, &all_literals(n, 200, 9));
+    for seed in 0..3 {
+        one(&format!("mixture 1 MB #{seed}"), &d0, &mixture(n, seed));
+    }
+    count(8);
+    let gz = gz_files(4 << 20);
+    assert!(gz.len() > 1 << 20, "only {} bytes of .gz files", gz.len());
+    one("gz files", &d0, &gz);
+    one("random 3 MiB", &d0, &random(3 << 20, 3));
+    one(
+        "tar /usr/share/doc",
+        &d0,
+        &tar_of("/usr/share/doc", "abcdefghijklmnopqrstuvwxyz", 8 << 20),
+    );
+    count(3);
+
+    let data = mixture(2 << 20, 31);
+    let scripts = [
+        "w:1000,f,c",
+        "w,f,c",
+        "f,c",
+        "c",
+        "c,c",
+        "w:5000,c,c",
+        "w:300000,c,c",
+        "w:1000,f,f,w:1000,f,c",
+        "w:131072,f,c",
+        "w:131072,c",
+        "w:65536,c",
+        "w:200000,f,w:100,c",
+        "w:10,c,r,w:20000,c,r,w:300000,c,r,c,r,w:1,c",
+        "w:100,f,c,r,w:100,c",
+        "w:1000,rf:50000,w:10,rf:200000,c",
+        "rf,c",
+        "w:70000,r,w:70000,c",
+        "rs:256,w:256,c,rs:70000,w:70000,c,rs:0,w:10,c",
+        "w:500000,f,w:500000,f,c,r,w:1000,f,c",
+        "r,c,r,f,c,rs:0,c",
+    ];
+    for script in scripts {
+        let d = Drive {
+            script: Some(script),
+            ..d0.clone()
+        };
+        one("mixture", &d, &data);
+    }
+    let incompressible = gz_files(1 << 20);
+    for script in [
+        "w:100000,f,w:200000,f,c",
+        "w:70000,c,r,w:500,c,r,w:200000,c",
+    ] {
+        let d = Drive {
+            script: Some(script),
+            ..d0.clone()
+        };
+        one("gz files", &d, &incompressible);
+    }
+    count(scripts.len() + 2);
+    let mut r = Rng(77);
+    let mut script = String::new();
+    let mut used = 0;
+    while used < data.len() - 300_000 {
+        let n = match r.index(4) {
+            0 => r.index(100),
+            1 => r.index(5000),
+            2 => r.index(200_000),
+            _ => r.index(40_000),
+        };
+        script.push_str(&format!("w:{n},c,r,"));
+        used += n;
+    }
+    script.push_str("w:100000,f,c");
+    let d = Drive {
+        script: Some(&script),
+        ..d0.clone()
+    };
+    one("zstd:chunked pattern", &d, &data);
+    count(1);
+
+    for window in [1 << 10, 32 << 10, 1 << 20] {
+        let d = Drive {
+            window,
+            ..d0.clone()
+        };
+        one("mixture 2 MiB", &d, &data);
+    }
+    let d = Drive {
+        crc: false,
+        ..d0.clone()
+    };
+    one("mixture 2 MiB, no crc", &d, &data);
+    for n in [0, 100, 255, 256, 5000, 70_000, 300_000, 2 << 20] {
+        let d = Drive {
+            content_size: true,
+            ..d0.clone()
+        };
+        one(&format!("content size {n}"), &d, &data[..n]);
+    }
+    let d = Drive {
+        script: Some("rs:5000,w:300000,c"),
+        concurrency: 1,
+        ..d0.clone()
+    };
+    one("wrong content size", &d, &data);
+    count(13);
+
+    // The position rebase (`bufferReset`, per window from 1.15.13 on), between frames
+    // and inside a long frame.
+    if matches!(level, KpLevel::Fastest | KpLevel::Default) {
+        let window: usize = if level == KpLevel::Fastest {
+            4 << 20
+        } else {
+            8 << 20
+        };
+        let buffer_reset = if version >= KpVersion::V1_15_13 {
+            i32::MAX as usize - 2 * window
+        } else {
+            i32::MAX as usize - (1 << 29)
+        };
+        let crossing = buffer_reset / window;
+        for (frames, last) in [(crossing - 6, 9 * window), (crossing + 4, 300_000)] {
+            let data = mixture(frames * 100 + last, 41);
+            let mut script = "w:100,c,r,".repeat(frames);
+            script.push_str(&format!("w:{last},c"));
+            let d = Drive {
+                script: Some(&script),
+                ..d0.clone()
+            };
+            one("position rebasing", &d, &data);
+        }
+        count(2);
+    }
+    eprintln!("{tag} {level:?} as {version:?}: {n_checks} streams exact");
+}
+
+/// Every klauspost/compress release found in `KPZSTD_SRC_DIR` (one extracted tag per
+/// directory, named like `v1.17.0`; `scripts/kpzstd-versions` makes it) is built and
+/// compared with the `KpVersion` that claims it, at every level the port implements
+/// for it. `KPZSTD_LEVELS=default,fastest` limits the levels.
+#[test]
+#[ignore = "needs klauspost/compress sources of later releases: set KPZSTD_SRC_DIR; see scripts/kpzstd-versions"]
+fn later_releases() {
+    let dir = std::env::var_os("KPZSTD_SRC_DIR")
+        .map(PathBuf::from)
+        .expect(
+            "KPZSTD_SRC_DIR must name a directory of extracted klauspost/compress tags \
+         (v1.17.0/, ...): run scripts/kpzstd-versions",
+        );
+    let mut tags: Vec<(String, [u32; 3])> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("KPZSTD_SRC_DIR {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = tag_numbers(&name)?;
+            e.path().join("zstd").is_dir().then_some((name, n))
+        })
+        .collect();
+    tags.sort_by_key(|t| t.1);
+    assert!(
+        !tags.is_empty(),
+        "no extracted tags (v1.x.y/zstd) in {}",
+        dir.display()
+    );
+    let levels: Vec<KpLevel> = match std::env::var("KPZSTD_LEVELS") {
+        Ok(s) => s
+            .split(',')
+            .map(|l| {
+                *LEVELS
+                    .iter()
+                    .find(|k| k.name() == l.trim())
+                    .unwrap_or_else(|| panic!("unknown level {l}"))
+            })
+            .collect(),
+        Err(_) => LEVELS.to_vec(),
+    };
+    let mut checked = 0;
+    for (tag, _) in &tags {
+        let todo: Vec<(KpLevel, KpVersion)> = levels
+            .iter()
+            .filter_map(|&l| covering(tag, l).map(|v| (l, v)))
+            .collect();
+        if todo.is_empty() {
+            eprintln!("{tag}: no variant claims it");
+            continue;
+        }
+        let bin = zstdwrite_at(&dir.join(tag), tag);
+        for (level, version) in todo {
+            release_suite(&bin, tag, level, version);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "nothing checked");
+}
+
+/// Without Go: every variant's streams (several frames, empty ones, flushes, content
+/// sizes, incompressible and all-literal data) decode with libzstd to the input.
+#[test]
+fn versions_decode_with_libzstd() {
+    let mut data = mixture(2 << 20, 52);
+    data.extend(random(300_000, 5));
+    data.extend(all_literals(300_000, 16, 6));
+    data.extend(literal_bursts(300_000, 7));
+    data.extend(vec![0u8; 300_000]);
+    for level in LEVELS {
+        for version in KpVersion::distinct(level) {
+            let mut e = KpStreamEncoder::new(&KpOptions {
+                level,
+                version,
+                ..KpOptions::default()
+            })
+            .unwrap();
+            let mut out = Vec::new();
+            let parts = [0, 10, 5000, 0, 200_000, 1 << 20, 1_300_000];
+            let mut at = 0;
+            for (i, &n) in parts.iter().enumerate() {
+                let n = if i == parts.len() - 1 {
+                    data.len() - at
+                } else {
+                    n
+                };
+                e.reset((i % 2 == 1).then_some(n as u64));
+                for c in data[at..at + n].chunks(70_001) {
+                    e.write(c, &mut out);
+                    if c.len() == 70_001 && i == 5 {
+                        e.flush(&mut out);
+                    }
+                }
+                e.close(&mut out);
+                if version >= KpVersion::V1_17_11 {
+                    // Closed until Reset (before, another checksum would follow).
+                    e.close(&mut out);
+                    e.flush(&mut out);
+                    e.write(b"refused", &mut out);
+                }
+                at += n;
+            }
+            assert_eq!(at, data.len());
+            let back = zstd::stream::decode_all(&out[..]).unwrap();
+            assert!(
+                back == data,
+                "{level:?} {version:?}: libzstd decodes something else"
+            );
+        }
+    }
+}
+
+#[test]
+fn version_selector() {
+    assert_eq!(KpOptions::default().version, KpVersion::V1_15_12);
+    assert_eq!(KpVersion::default(), KpVersion::V1_15_12);
+    for v in KpVersion::ALL {
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(json, format!("\"{}\"", v.name()));
+        assert_eq!(serde_json::from_str::<KpVersion>(&json).unwrap(), v);
+        for level in LEVELS {
+            let o = KpOptions {
+                level,
+                version: v,
+                ..KpOptions::default()
+            };
+            match KpStreamEncoder::new(&o) {
+                Ok(e) => {
+                    assert!(v.supports(level));
+                    assert_eq!(e.version(), v);
+                }
+                Err(err) => {
+                    assert!(!v.supports(level));
+                    assert_eq!(err, KpZstdError::Unsupported(level, v));
+                }
+            }
+        }
+    }
+    // An empty stream: nothing before 1.18.5, then a 13-byte frame (WithZeroFrames on).
+    for v in KpVersion::ALL {
+        let o = KpOptions {
+            version: v,
+            ..KpOptions::default()
+        };
+        let out = encode_stream(&o, &[]);
+        if v >= KpVersion::V1_18_5 {
+            assert_eq!(out.len(), 13, "{v:?}");
+            assert!(zstd::stream::decode_all(&out[..]).unwrap().is_empty());
+        } else {
+            assert!(out.is_empty(), "{v:?}");
+        }
+    }
+}
+
+/// Without Go: each variant `KpVersion::distinct` lists is needed: at every level it
+/// writes different bytes than the one before it on at least one of these inputs (named
+/// in the output), so a variant that stopped applying its release's change would be
+/// noticed here too. The variants it leaves out write what `same_bytes_as` says on all
+/// of them (including tiny frames past the old `bufferReset`).
+#[test]
+fn neighbouring_variants_differ() {
+    type Case = (&'static str, Vec<u8>, &'static str);
+    let tiny_frames = |n: usize, last: usize| -> String {
+        let mut s = "w:100,c,r,".repeat(n);
+        s.push_str(&format!("w:{last},c"));
+        s
+    };
+    let run = |level: KpLevel, version: KpVersion, input: &[u8], script: &str| -> Vec<u8> {
+        let d = Drive {
+            version,
+            script: Some(script),
+            ..Drive::level(level)
+        };
+        d.ours(input)
+    };
+    for level in LEVELS {
+        let window: usize = if level == KpLevel::Fastest {
+            4 << 20
+        } else {
+            8 << 20
+        };
+        let crossing_old = (i32::MAX as usize - (1 << 29)) / window;
+        let rebase_script: &'static str =
+            Box::leak(tiny_frames(crossing_old + 4, 300_000).into_boxed_str());
+        let cases: Vec<Case> = vec![
+            ("empty", Vec::new(), "c"),
+            ("c,c", english(300_000, 1), "w,c,c"),
+            ("16 letters", all_literals(400_000, 16, 2), "w,c"),
+            ("literal bursts", literal_bursts(600_000, 3), "w,c"),
+            (
+                "literal bursts, small blocks",
+                literal_bursts(600_000, 3),
+                "w:1000,f,w:5000,f,w:20000,f,w:60000,f,w,c",
+            ),
+            ("zeros", vec![0u8; 600_000], "w,c"),
+            ("mixture", mixture(1 << 20, 4), "w,c"),
+            (
+                "tiny frames past bufferReset",
+                mixture((crossing_old + 4) * 100 + 300_000, 41),
+                rebase_script,
+            ),
+        ];
+        for v in KpVersion::ALL.into_iter().filter(|v| v.supports(level)) {
+            let Some(same) = v.same_bytes_as(level) else {
+                continue;
+            };
+            for (name, input, script) in &cases {
+                assert!(
+                    run(level, v, input, script) == run(level, same, input, script),
+                    "{level:?}: {v:?} differs from {same:?} on {name}"
+                );
+            }
+        }
+        let versions = KpVersion::distinct(level);
+        for pair in versions.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let differs: Vec<&str> = cases
+                .iter()
+                .filter(|(_, input, script)| {
+                    run(level, a, input, script) != run(level, b, input, script)
+                })
+                .map(|c| c.0)
+                .collect();
+            eprintln!("{level:?} {a:?} -> {b:?}: differ on {differs:?}");
+            assert!(
+                !differs.is_empty(),
+                "{level:?}: {a:?} and {b:?} write the same bytes on every case"
+            );
+        }
+    }
+}
+
+/// The later releases' variants also write, after a `Reset`, what a new encoder writes
+/// (from 1.17.10 a frame's only block uses the stream's own encoder, so its state is
+/// carried between frames).
+#[test]
+fn a_reset_encoder_writes_what_a_new_one_writes_in_later_releases() {
+    let mut r = Rng(0x0123_4567_89ab_cdef);
+    for level in LEVELS {
+        for version in KpVersion::ALL
+            .into_iter()
+            .filter(|v| *v > KpVersion::V1_15_12 && v.supports(level))
+        {
+            let opts = KpOptions {
+                level,
+                version,
+                ..KpOptions::default()
+            };
+            let mut kept = KpStreamEncoder::new(&opts).unwrap();
+            for f in 0..16 {
+                let n = match r.index(6) {
+                    0 => 0,
+                    1..=3 => r.index(3000) + 1,
+                    4 => 131_072,
+                    _ => r.index(700_000) + 1,
+                };
+                let data = mixture(n.max(1), r.next());
+                let data = &data[..n];
+                let sized = r.index(3) == 0;
+                let run = |e: &mut KpStreamEncoder| {
+                    let mut out = Vec::new();
+                    e.reset(sized.then_some(n as u64));
+                    for c in data.chunks(65_537) {
+                        e.write(c, &mut out);
+                    }
+                    e.close(&mut out);
+                    e.close(&mut out);
+                    out
+                };
+                let again = run(&mut kept);
+                let fresh = run(&mut KpStreamEncoder::new(&opts).unwrap());
+                assert!(
+                    again == fresh,
+                    "{level:?} {version:?}: frame {f} ({n} bytes) differs from a new encoder's"
+                );
+            }
+        }
     }
 }

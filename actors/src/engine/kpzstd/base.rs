@@ -7,8 +7,18 @@ use xxhash_rust::xxh64::Xxh64;
 use super::block::BlockEnc;
 use super::MAX_COMPRESSED_BLOCK_SIZE;
 
-/// `bufferReset`: `math.MaxInt32 - MaxWindowSize`.
+/// `bufferReset` up to 1.15.12: `math.MaxInt32 - MaxWindowSize`.
 pub(crate) const BUFFER_RESET: i32 = i32::MAX - (1 << 29);
+
+/// When positions are rebased or tables cleared (`bufferReset`), which 1.15.13 changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rebase {
+    /// Up to 1.15.12: the constant [`BUFFER_RESET`]; `Encode` checks `e.cur >= bufferReset`.
+    Fixed,
+    /// From 1.15.13: `fastBase.bufferReset = math.MaxInt32 - 2*windowSize`; `Encode`
+    /// checks `e.cur >= e.bufferReset-int32(len(e.hist))`.
+    PerWindow,
+}
 /// `zstdMinMatch`.
 pub(crate) const ZSTD_MIN_MATCH: i32 = 3;
 /// `maxMatchLength`.
@@ -97,6 +107,10 @@ pub(crate) struct FastBase {
     /// The window: the maximum match distance.
     pub max_match_off: i32,
     pub hist: Vec<u8>,
+    /// `bufferReset`.
+    pub buffer_reset: i32,
+    /// Whether `Encode`'s check subtracts the history (1.15.13 on).
+    rebase_minus_hist: bool,
     /// Go's `cap(e.hist)`, which decides when the history moves down.
     hist_cap: usize,
     pub crc: Xxh64,
@@ -104,14 +118,30 @@ pub(crate) struct FastBase {
 }
 
 impl FastBase {
-    pub fn new(max_match_off: i32) -> Self {
+    pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
+        let (buffer_reset, rebase_minus_hist) = match rebase {
+            Rebase::Fixed => (BUFFER_RESET, false),
+            Rebase::PerWindow => (i32::MAX - max_match_off.wrapping_mul(2), true),
+        };
         FastBase {
             cur: 0,
             max_match_off,
             hist: Vec::new(),
+            buffer_reset,
+            rebase_minus_hist,
             hist_cap: 0,
             crc: Xxh64::new(0),
             blk: BlockEnc::new(),
+        }
+    }
+
+    /// `Encode`'s "protect against e.cur wraparound" condition.
+    #[inline(always)]
+    pub fn must_rebase(&self) -> bool {
+        if self.rebase_minus_hist {
+            self.cur >= self.buffer_reset.wrapping_sub(self.hist.len() as i32)
+        } else {
+            self.cur >= self.buffer_reset
         }
     }
 
@@ -181,7 +211,7 @@ impl FastBase {
         self.blk.reset();
         self.blk.init_new_encode();
         self.crc.reset(0);
-        if self.cur < BUFFER_RESET {
+        if self.cur < self.buffer_reset {
             self.cur = self
                 .cur
                 .wrapping_add(self.max_match_off)

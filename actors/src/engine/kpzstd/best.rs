@@ -4,8 +4,8 @@
 //! their estimated cost under the predefined tables.
 
 use super::base::{
-    hash4, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry,
-    BUFFER_RESET, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash4, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry, Rebase,
+    MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::{ml_code, of_code, Seq};
 use super::fse::predefined;
@@ -22,9 +22,9 @@ pub(crate) struct BestFastEncoder {
 }
 
 impl BestFastEncoder {
-    pub fn new(max_match_off: i32) -> Self {
+    pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         BestFastEncoder {
-            base: FastBase::new(max_match_off),
+            base: FastBase::new(max_match_off, rebase),
             table: vec![PrevEntry::default(); 1 << BEST_SHORT_TABLE_BITS],
             long_table: vec![PrevEntry::default(); 1 << BEST_LONG_TABLE_BITS],
         }
@@ -158,7 +158,7 @@ impl Matcher for BestFastEncoder {
         const K_SEARCH_STRENGTH: i32 = 10;
         const GOOD_ENOUGH: i32 = 100;
 
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.must_rebase() {
             let mmo = self.base.max_match_off;
             if self.base.hist.is_empty() {
                 self.table.fill(PrevEntry::default());

@@ -4,8 +4,8 @@
 //! lazy checks at s+1 and a search from the end of the match).
 
 use super::base::{
-    hash5, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry,
-    TableEntry, BUFFER_RESET, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash5, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry, Rebase,
+    TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -15,14 +15,22 @@ const BETTER_SHORT_TABLE_BITS: u32 = 13;
 /// `betterFastEncoder`.
 pub(crate) struct BetterFastEncoder {
     base: FastBase,
+    /// 1.17.3 on: after a match, the skipped positions are indexed from the last
+    /// search position + 1 (`index0`), not from the match start + 1.
+    pub index_from_search: bool,
+    /// 1.17.8 on: a block of one repeated byte is one literal and one offset-1
+    /// match ("Check RLE first").
+    pub rle_first: bool,
     table: Vec<TableEntry>,
     long_table: Vec<PrevEntry>,
 }
 
 impl BetterFastEncoder {
-    pub fn new(max_match_off: i32) -> Self {
+    pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         BetterFastEncoder {
-            base: FastBase::new(max_match_off),
+            base: FastBase::new(max_match_off, rebase),
+            index_from_search: false,
+            rle_first: false,
             table: vec![TableEntry::default(); 1 << BETTER_SHORT_TABLE_BITS],
             long_table: vec![PrevEntry::default(); 1 << BETTER_LONG_TABLE_BITS],
         }
@@ -53,7 +61,7 @@ impl Matcher for BetterFastEncoder {
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 16;
         const K_SEARCH_STRENGTH: i32 = 9;
 
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.must_rebase() {
             let mmo = self.base.max_match_off;
             if self.base.hist.is_empty() {
                 self.table.fill(TableEntry::default());
@@ -87,7 +95,21 @@ impl Matcher for BetterFastEncoder {
         let (cur, mmo) = (*cur, *max_match_off);
         let table = &mut self.table[..];
         let long_table = &mut self.long_table[..];
+        let index_from_search = self.index_from_search;
         blk.size = block.len();
+        if self.rle_first && block.len() > ZSTD_MIN_MATCH as usize {
+            // Check RLE first.
+            if block[1..] == block[..block.len() - 1] {
+                blk.literals.push(block[0]);
+                blk.sequences.push(Seq {
+                    lit_len: 1,
+                    match_len: (block.len() - 1) as u32 - ZSTD_MIN_MATCH as u32,
+                    offset: 1 + 3,
+                    ..Seq::default()
+                });
+                return;
+            }
+        }
         if block.len() < MIN_NON_LITERAL_BLOCK_SIZE {
             blk.extra_lits = block.len();
             blk.literals.clear();
@@ -127,6 +149,7 @@ impl Matcher for BetterFastEncoder {
             let mut t: i32;
             let can_repeat = blk.sequences.len() > 2;
             let mut matched: i32;
+            let mut index0: i32;
             loop {
                 let next_hash_l = hl(cv);
                 let next_hash_s = hs(cv);
@@ -143,6 +166,7 @@ impl Matcher for BetterFastEncoder {
                     offset: off,
                     val: cv as u32,
                 };
+                index0 = s + 1;
 
                 if can_repeat && rep_index >= 0 && load32(src, rep_index) == (cv >> 8) as u32 {
                     let mut seq = Seq::default();
@@ -167,7 +191,6 @@ impl Matcher for BetterFastEncoder {
                     }
                     seq.offset = 1;
                     blk.sequences.push(seq);
-                    let index0 = s + 1;
                     s += length + 1;
                     next_emit = s;
                     if s >= s_limit {
@@ -316,7 +339,10 @@ impl Matcher for BetterFastEncoder {
                 break 'encode_loop;
             }
 
-            index_skipped!(s - l + 1, s);
+            // Index match start+1 (long) -> s - 1 (1.17.3 on: from the last search
+            // position + 1).
+            let from = if index_from_search { index0 } else { s - l + 1 };
+            index_skipped!(from, s);
 
             cv = load64(src, s);
             if !can_repeat {

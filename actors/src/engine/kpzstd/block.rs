@@ -3,6 +3,7 @@
 //! RLE or raw block, with the Huffman and FSE table-reuse decisions carried
 //! from block to block.
 
+use super::base::ZSTD_MIN_MATCH;
 use super::bitwriter::{BitWriter, BIT_MASK32};
 use super::fse::{
     high_bit, predefined, CState, FseEncoder, FseError, LL_BITS_TABLE, ML_BITS_TABLE,
@@ -174,8 +175,39 @@ impl CoderPair {
     }
 }
 
+/// The release-dependent decisions of `blockEnc.encode` and `encodeLits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlockRules {
+    /// `saved := b.size - len(b.literals) - (b.size >> shift)`: 5 up to 1.16.3, 6 from
+    /// 1.16.4.
+    pub saved_shift: u32,
+    /// 1.16.4 on: a compressed block that is not smaller than its input is replaced by
+    /// a raw block inside `encode` (with `popOffsets`) instead of returning
+    /// `errIncompressible`, and callers no longer skip `encode` for a full block of
+    /// literals.
+    pub raw_in_encode: bool,
+    /// 1.17.0 on: literals of more than 16 (not 32) bytes are Huffman coded with one
+    /// stream, and a Huffman result that would not beat raw literals (headers
+    /// included) is dropped for raw literals.
+    pub small_huffman: bool,
+    /// 1.17.8 on: a block that is one sequence of offset 1 after at most one literal
+    /// is written as an RLE block.
+    pub rle_blocks: bool,
+}
+
+impl BlockRules {
+    /// 1.15.12.
+    pub const V1_15_12: BlockRules = BlockRules {
+        saved_shift: 5,
+        raw_in_encode: false,
+        small_huffman: false,
+        rle_blocks: false,
+    };
+}
+
 /// `blockEnc`.
 pub(crate) struct BlockEnc {
+    pub rules: BlockRules,
     pub size: usize,
     pub literals: Vec<u8>,
     pub sequences: Vec<Seq>,
@@ -194,6 +226,7 @@ impl BlockEnc {
     /// `&blockEnc{}` then `init()`.
     pub fn new() -> Self {
         let mut b = BlockEnc {
+            rules: BlockRules::V1_15_12,
             size: 0,
             literals: Vec::with_capacity(MAX_COMPRESSED_BLOCK_SIZE),
             sequences: Vec::with_capacity(2000),
@@ -254,14 +287,23 @@ impl BlockEnc {
             return Ok(());
         }
         let mut single = false;
-        let r = if lits.len() >= 1024 {
+        let one_x_above = if self.rules.small_huffman { 16 } else { 32 };
+        let mut r = if lits.len() >= 1024 {
             self.lit_enc.compress_4x(lits)
-        } else if lits.len() > 32 {
+        } else if lits.len() > one_x_above {
             single = true;
             self.lit_enc.compress_1x(lits)
         } else {
             Err(HuffError::Incompressible)
         };
+        if self.rules.small_huffman && r.is_ok() && self.lit_enc.out.len() + 5 > lits.len() {
+            // If we are close, we may still be worse or equal to raw.
+            let mut lh = LiteralsHeader::default();
+            lh.set_sizes(self.lit_enc.out.len(), lits.len(), single);
+            if self.lit_enc.out.len() + lh.size() >= lits.len() {
+                r = Err(HuffError::Incompressible);
+            }
+        }
         let re_used = match r {
             Err(HuffError::Incompressible) => {
                 bh.set_type(BLOCK_TYPE_RAW);
@@ -305,7 +347,27 @@ impl BlockEnc {
             self.literals = lits;
             return r;
         }
-        let saved = self.size as isize - self.literals.len() as isize - (self.size >> 5) as isize;
+        if self.rules.rle_blocks
+            && self.sequences.len() == 1
+            && !org.is_empty()
+            && self.literals.len() <= 1
+        {
+            // Check common RLE cases.
+            let seq = self.sequences[0];
+            if seq.lit_len == self.literals.len() as u32 && seq.offset.wrapping_sub(3) == 1 {
+                // Offset == 1 and 0 or 1 literals.
+                let mut bh = BlockHeader::default();
+                bh.set_last(self.last);
+                bh.set_size(seq.match_len + ZSTD_MIN_MATCH as u32 + seq.lit_len);
+                bh.set_type(BLOCK_TYPE_RLE);
+                bh.append_to(&mut self.output);
+                self.output.push(org[0]);
+                return Ok(());
+            }
+        }
+        let saved = self.size as isize
+            - self.literals.len() as isize
+            - (self.size >> self.rules.saved_shift) as isize;
         if saved < 16 {
             self.pop_offsets();
             return self.encode_lits_inner(org, raw_all_lits);
@@ -320,14 +382,26 @@ impl BlockEnc {
 
         let nlits = self.literals.len();
         let mut single = false;
-        let r = if nlits >= 1024 && !raw {
+        let one_x_above = if self.rules.small_huffman { 16 } else { 32 };
+        let mut r = if nlits >= 1024 && !raw {
             self.lit_enc.compress_4x(&self.literals)
-        } else if nlits > 32 && !raw {
+        } else if nlits > one_x_above && !raw {
             single = true;
             self.lit_enc.compress_1x(&self.literals)
         } else {
             Err(HuffError::Incompressible)
         };
+        if self.rules.small_huffman && r.is_ok() && self.lit_enc.out.len() + 5 > nlits {
+            // If we are close, we may still be worse or equal to raw.
+            let mut lh = LiteralsHeader::default();
+            lh.set_size(nlits);
+            let sz_raw = lh.size();
+            lh.set_sizes(self.lit_enc.out.len(), nlits, single);
+            let sz_comp = lh.size();
+            if self.lit_enc.out.len() + sz_comp >= nlits + sz_raw {
+                r = Err(HuffError::Incompressible);
+            }
+        }
         match r {
             Err(HuffError::Incompressible) => {
                 lh.set_type(LITERALS_BLOCK_RAW);
@@ -485,6 +559,14 @@ impl BlockEnc {
         self.output = std::mem::take(&mut wr.out);
 
         if self.output.len() - 3 - bh_offset >= self.size {
+            if self.rules.raw_in_encode {
+                // Discard and encode as raw block.
+                self.output.truncate(bh_offset);
+                encode_raw_to(&mut self.output, org, self.last);
+                self.pop_offsets();
+                self.lit_enc.reuse = ReusePolicy::None;
+                return Ok(());
+            }
             self.lit_enc.reuse = ReusePolicy::None;
             return Err(BlockError::Incompressible);
         }

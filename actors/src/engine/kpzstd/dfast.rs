@@ -3,7 +3,7 @@
 //! table hashing 8 bytes and the short table hashing 5).
 
 use super::base::{
-    hash5, hash8, load32, load64, matchlen, FastBase, Matcher, TableEntry, BUFFER_RESET,
+    hash5, hash8, load32, load64, matchlen, FastBase, Matcher, Rebase, TableEntry,
     MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
@@ -21,9 +21,9 @@ pub(crate) struct DoubleFastEncoder {
 }
 
 impl DoubleFastEncoder {
-    pub fn new(max_match_off: i32) -> Self {
+    pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         DoubleFastEncoder {
-            base: FastBase::new(max_match_off),
+            base: FastBase::new(max_match_off, rebase),
             table: vec![TableEntry::default(); D_FAST_SHORT_TABLE_SIZE],
             long_table: vec![TableEntry::default(); D_FAST_LONG_TABLE_SIZE],
         }
@@ -55,7 +55,7 @@ impl Matcher for DoubleFastEncoder {
         const K_SEARCH_STRENGTH: i32 = 8;
 
         // Protect against e.cur wraparound.
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.must_rebase() {
             let mmo = self.base.max_match_off;
             if self.base.hist.is_empty() {
                 self.table.fill(TableEntry::default());
@@ -288,7 +288,7 @@ impl Matcher for DoubleFastEncoder {
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 16;
         const K_SEARCH_STRENGTH: i32 = 8;
 
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.cur >= self.base.buffer_reset {
             self.table.fill(TableEntry::default());
             self.long_table.fill(TableEntry::default());
             self.base.cur = self.base.max_match_off;
@@ -296,6 +296,7 @@ impl Matcher for DoubleFastEncoder {
         let FastBase {
             cur: cur_ref,
             max_match_off,
+            buffer_reset,
             blk,
             ..
         } = &mut self.base;
@@ -490,7 +491,7 @@ impl Matcher for DoubleFastEncoder {
             blk.extra_lits = src.len() - next_emit as usize;
         }
         // No history is kept: move cur on so the next user sees no false matches.
-        if *cur_ref < BUFFER_RESET {
+        if *cur_ref < *buffer_reset {
             *cur_ref = cur_ref.wrapping_add(src.len() as i32);
         }
     }

@@ -3,7 +3,7 @@
 //! hashes, checking two positions per step).
 
 use super::base::{
-    hash6, load32, load64, matchlen, FastBase, Matcher, TableEntry, BUFFER_RESET, MAX_MATCH_LENGTH,
+    hash6, load32, load64, matchlen, FastBase, Matcher, Rebase, TableEntry, MAX_MATCH_LENGTH,
     ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
@@ -18,9 +18,9 @@ pub(crate) struct FastEncoder {
 }
 
 impl FastEncoder {
-    pub fn new(max_match_off: i32) -> Self {
+    pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         FastEncoder {
-            base: FastBase::new(max_match_off),
+            base: FastBase::new(max_match_off, rebase),
             table: vec![TableEntry::default(); TABLE_SIZE],
         }
     }
@@ -46,7 +46,7 @@ impl Matcher for FastEncoder {
         const STEP_SIZE: i32 = 2;
         const K_SEARCH_STRENGTH: i32 = 6;
 
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.must_rebase() {
             let mmo = self.base.max_match_off;
             if self.base.hist.is_empty() {
                 self.table.fill(TableEntry::default());
@@ -228,13 +228,14 @@ impl Matcher for FastEncoder {
         const STEP_SIZE: i32 = 2;
         const K_SEARCH_STRENGTH: i32 = 6;
 
-        if self.base.cur >= BUFFER_RESET {
+        if self.base.cur >= self.base.buffer_reset {
             self.table.fill(TableEntry::default());
             self.base.cur = self.base.max_match_off;
         }
         let FastBase {
             cur: cur_ref,
             max_match_off,
+            buffer_reset,
             blk,
             ..
         } = &mut self.base;
@@ -377,7 +378,7 @@ impl Matcher for FastEncoder {
             blk.literals.extend_from_slice(&src[next_emit as usize..]);
             blk.extra_lits = src.len() - next_emit as usize;
         }
-        if *cur_ref < BUFFER_RESET {
+        if *cur_ref < *buffer_reset {
             *cur_ref = cur_ref.wrapping_add(src.len() as i32);
         }
     }

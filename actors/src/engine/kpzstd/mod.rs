@@ -1,4 +1,5 @@
-//! Port of the zstd encoder of github.com/klauspost/compress 1.15.12
+//! Port of the zstd encoder of github.com/klauspost/compress 1.15.12, with the
+//! changes of the releases up to 1.19.1 selectable by [`KpVersion`]
 //! (BSD-3-Clause, Copyright (c) 2019 Klaus Post; the huff0/fse parts are based
 //! on work Copyright (c) 2013 Yann Collet, BSD License).
 //!
@@ -59,6 +60,29 @@
 //! only: Huffman coded if that pays (or RLE), except with `SpeedFastest`,
 //! where they are always raw (`allLitEntropy` is off at that level).
 //!
+//! # Later releases
+//!
+//! Everything above describes 1.15.12, the default. [`KpOptions::version`]
+//! selects a later release's behaviour; the differences are conditionals in
+//! the same code, each marked with the release that introduced it:
+//!
+//! | from | change | where |
+//! |---|---|---|
+//! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`) | `base.rs` |
+//! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault` | `block.rs`, here |
+//! | 1.17.0 | one-stream Huffman from 17 literals (was 33); Huffman literals not smaller than raw (headers included) are stored raw | `block.rs` |
+//! | 1.17.3 | `Better`: skipped positions indexed from the last search position | `better.rs` |
+//! | 1.17.5 | `Better`/`Best`: default window 8 MiB | here |
+//! | 1.17.8 | one offset-1 sequence after at most one literal: an RLE block; `Better` checks for a one-byte block first | `block.rs`, `better.rs` |
+//! | 1.17.10 | a frame's only block is encoded with the stream's encoder | here |
+//! | 1.17.11 | closed after `Close` until `Reset` | here |
+//! | 1.18.5 | `WithZeroFrames` on: an empty frame is 13 bytes, not nothing | here |
+//!
+//! `Best` is implemented for 1.15.12 only (`enc_best.go` changed in 1.15.13,
+//! 1.16.1, 1.16.4, 1.17.2, 1.17.3, 1.17.6 and 1.17.8); other combinations are
+//! refused. Releases whose encoder diff is only refactoring, dictionaries or
+//! opt-in options (`WithConcurrentBlocks` in 1.19.0) share a variant.
+//!
 //! # Concurrency, write sizes, window
 //!
 //! With GOMAXPROCS > 1 Go compresses block *n + 1* while block *n* is being
@@ -116,8 +140,8 @@ mod fse;
 mod fsecompress;
 mod huff0;
 
-use base::Matcher;
-use block::{encode_raw_to, BlockError};
+use base::{Matcher, Rebase};
+use block::{encode_raw_to, BlockError, BlockRules};
 
 /// `maxCompressedBlockSize`: the largest block (128 KiB).
 pub(crate) const MAX_COMPRESSED_BLOCK_SIZE: usize = 128 << 10;
@@ -162,12 +186,188 @@ impl KpLevel {
     }
 }
 
+/// Which klauspost/compress release's encoder to reproduce.
+///
+/// Each variant is named by the first release whose output differs from the
+/// previous variant's at some level, and covers every release up to the next
+/// variant's. At a given level several variants may write the same bytes:
+/// [`KpVersion::distinct`] lists, per level, the variants that differ from
+/// each other. Ranges were established by building `tests/go/zstdwrite`
+/// against every tag from v1.15.12 to v1.19.1 and comparing (see
+/// `tests/kpzstd_versions.rs` and `scripts/kpzstd-versions`), and by reading
+/// each release's encoder changes. Levels a variant does not implement are
+/// refused by [`KpStreamEncoder::new`] ([`KpZstdError::Unsupported`]).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum KpVersion {
+    /// v1.15.12 (Debian bookworm's golang-github-klauspost-compress-dev), all four
+    /// levels; the same bytes as v1.15.13-v1.16.3 at `Fastest`, `Default` and
+    /// `Better` in every comparison (see [`KpVersion::V1_15_13`]).
+    #[default]
+    #[serde(rename = "v1.15.12")]
+    V1_15_12,
+    /// v1.15.13-v1.16.3 at `Fastest`, `Default` and `Better`: `bufferReset`
+    /// became per encoder (`MaxInt32 - 2*window`, checked against `cur` plus the
+    /// history), which moves where tables are cleared or rebased (past ~1.5 GiB
+    /// of positions, ~190 frames at the default window); no input was found where
+    /// that changes the bytes ([`KpVersion::same_bytes_as`]). Not for `Best`
+    /// (`enc_best.go` changed in v1.15.13 and v1.16.1).
+    #[serde(rename = "v1.15.13")]
+    V1_15_13,
+    /// v1.16.4-v1.16.7 at `Fastest`, `Default` and `Better`: matches must save
+    /// 1/64 (not 1/32) of a block; `SpeedDefault` no longer entropy codes
+    /// all-literal blocks (`allLitEntropy = level > SpeedDefault`); full blocks
+    /// of literals go through `encodeLits` (Huffman at `Better`); the raw fallback
+    /// moved into `blockEnc.encode`.
+    #[serde(rename = "v1.16.4")]
+    V1_16_4,
+    /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_3`]
+    /// and [`KpVersion::V1_17_5`] write the same bytes), v1.17.0-v1.17.2 at
+    /// `Better`: Huffman with one stream from 17 literals (was 33), and Huffman
+    /// literals that do not beat raw ones (headers included) are stored raw.
+    #[serde(rename = "v1.17.0")]
+    V1_17_0,
+    /// v1.17.3-v1.17.4 at `Better` (at `Fastest` and `Default` the same as
+    /// [`KpVersion::V1_17_0`]): after a match, `enc_better.go` indexes the skipped
+    /// positions from the last search position, not from the match start.
+    #[serde(rename = "v1.17.3")]
+    V1_17_3,
+    /// v1.17.5-v1.17.7 at `Better` (at `Fastest` and `Default` the same as
+    /// [`KpVersion::V1_17_0`]): the default window of `SpeedBetterCompression` and
+    /// `SpeedBestCompression` is 8 MiB (was 16 and 32 MiB).
+    #[serde(rename = "v1.17.5")]
+    V1_17_5,
+    /// v1.17.8-v1.17.9 at `Fastest`, `Default` and `Better`: a block that is one
+    /// offset-1 match after at most one literal becomes an RLE block, and
+    /// `enc_better.go` checks for a block of one repeated byte first.
+    #[serde(rename = "v1.17.8")]
+    V1_17_8,
+    /// v1.17.10 at `Fastest`, `Default` and `Better`: a frame's only block
+    /// (`EncodeAll` from `Close`) uses the stream's own encoder instead of one from
+    /// the pool, which moves its position counter; no input was found where that
+    /// changes the bytes ([`KpVersion::same_bytes_as`]).
+    #[serde(rename = "v1.17.10")]
+    V1_17_10,
+    /// v1.17.11-v1.18.4 at `Fastest`, `Default` and `Better`: after a successful `Close`
+    /// the encoder is closed until `Reset`: a second `Close` writes nothing
+    /// (before: another checksum), `Write` is refused (here: ignored).
+    #[serde(rename = "v1.17.11")]
+    V1_17_11,
+    /// v1.18.5-v1.19.1 at `Fastest`, `Default` and `Better`: `WithZeroFrames` is on by
+    /// default: closing a frame with no input writes a 13-byte frame (header,
+    /// empty last raw block, checksum) instead of nothing.
+    #[serde(rename = "v1.18.5")]
+    V1_18_5,
+}
+
+impl KpVersion {
+    /// Every variant, oldest first.
+    pub const ALL: [KpVersion; 10] = [
+        KpVersion::V1_15_12,
+        KpVersion::V1_15_13,
+        KpVersion::V1_16_4,
+        KpVersion::V1_17_0,
+        KpVersion::V1_17_3,
+        KpVersion::V1_17_5,
+        KpVersion::V1_17_8,
+        KpVersion::V1_17_10,
+        KpVersion::V1_17_11,
+        KpVersion::V1_18_5,
+    ];
+
+    /// The release the variant is named by (`"v1.17.0"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KpVersion::V1_15_12 => "v1.15.12",
+            KpVersion::V1_15_13 => "v1.15.13",
+            KpVersion::V1_16_4 => "v1.16.4",
+            KpVersion::V1_17_0 => "v1.17.0",
+            KpVersion::V1_17_3 => "v1.17.3",
+            KpVersion::V1_17_5 => "v1.17.5",
+            KpVersion::V1_17_8 => "v1.17.8",
+            KpVersion::V1_17_10 => "v1.17.10",
+            KpVersion::V1_17_11 => "v1.17.11",
+            KpVersion::V1_18_5 => "v1.18.5",
+        }
+    }
+
+    /// Whether [`KpStreamEncoder`] implements this release at `level`.
+    pub fn supports(self, level: KpLevel) -> bool {
+        match level {
+            KpLevel::Fastest | KpLevel::Default | KpLevel::Better => true,
+            KpLevel::Best => self == KpVersion::V1_15_12,
+        }
+    }
+
+    /// The supported variants at `level` that write different bytes from each other
+    /// (for some input and calls), oldest first: what to try when identifying a
+    /// stream. Left out are [`KpVersion::V1_17_3`] and [`KpVersion::V1_17_5`] at
+    /// `Fastest` and `Default` (those releases changed other levels only), and
+    /// [`KpVersion::V1_15_13`] and [`KpVersion::V1_17_10`], whose changes only move
+    /// the position counter: no input was found where they write other bytes than
+    /// the variant before them (zeroed or stale table entries never pass the
+    /// match-distance check), so they count as [`KpVersion::V1_15_12`] and
+    /// [`KpVersion::V1_17_8`].
+    pub fn distinct(level: KpLevel) -> Vec<KpVersion> {
+        KpVersion::ALL
+            .into_iter()
+            .filter(|v| v.supports(level) && v.same_bytes_as(level).is_none())
+            .collect()
+    }
+
+    /// The older variant this one writes the same bytes as at `level` (as far as the
+    /// comparisons in `tests/kpzstd.rs` show), if any.
+    pub fn same_bytes_as(self, level: KpLevel) -> Option<KpVersion> {
+        match self {
+            KpVersion::V1_15_13 => Some(KpVersion::V1_15_12),
+            KpVersion::V1_17_10 => Some(KpVersion::V1_17_8),
+            KpVersion::V1_17_3 | KpVersion::V1_17_5
+                if matches!(level, KpLevel::Fastest | KpLevel::Default) =>
+            {
+                Some(KpVersion::V1_17_0)
+            }
+            _ => None,
+        }
+    }
+
+    fn rebase(self) -> Rebase {
+        if self >= KpVersion::V1_15_13 {
+            Rebase::PerWindow
+        } else {
+            Rebase::Fixed
+        }
+    }
+
+    fn block_rules(self) -> BlockRules {
+        BlockRules {
+            saved_shift: if self >= KpVersion::V1_16_4 { 6 } else { 5 },
+            raw_in_encode: self >= KpVersion::V1_16_4,
+            small_huffman: self >= KpVersion::V1_17_0,
+            rle_blocks: self >= KpVersion::V1_17_8,
+        }
+    }
+}
+
 /// The encoder options container tools can set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KpOptions {
     pub level: KpLevel,
+    /// The klauspost/compress release to reproduce (default: v1.15.12).
+    pub version: KpVersion,
     /// `WithWindowSize` (after the level); 0 keeps the level's default
-    /// (4, 8, 16 and 32 MiB from `Fastest` to `Best`).
+    /// (4, 8, 16 and 32 MiB from `Fastest` to `Best`; 8 MiB for `Better` and `Best`
+    /// from [`KpVersion::V1_17_5`] on).
     pub window_size: usize,
     /// `WithEncoderCRC` (default on).
     pub crc: bool,
@@ -179,6 +379,7 @@ impl Default for KpOptions {
     fn default() -> Self {
         KpOptions {
             level: KpLevel::Default,
+            version: KpVersion::V1_15_12,
             window_size: 0,
             crc: true,
             concurrency: 0,
@@ -192,6 +393,9 @@ pub enum KpZstdError {
     /// `WithWindowSize` would refuse it.
     #[error("window size {0} must be a power of two in {MIN_WINDOW_SIZE}..={MAX_WINDOW_SIZE}")]
     Window(usize),
+    /// This release's encoder at this level is not implemented.
+    #[error("klauspost/compress {} at level {} is not implemented", .1.name(), .0.name())]
+    Unsupported(KpLevel, KpVersion),
 }
 
 /// `frameHeader.appendTo` (no dictionary).
@@ -238,19 +442,28 @@ fn append_frame_header(
     }
 }
 
-fn new_matcher(level: KpLevel, window: usize) -> Box<dyn Matcher> {
-    match level {
-        KpLevel::Fastest => Box::new(fast::FastEncoder::new(window as i32)),
-        KpLevel::Default => Box::new(dfast::DoubleFastEncoder::new(window as i32)),
-        KpLevel::Better => Box::new(better::BetterFastEncoder::new(window as i32)),
-        KpLevel::Best => Box::new(best::BestFastEncoder::new(window as i32)),
-    }
+fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Matcher> {
+    let (w, r) = (window as i32, version.rebase());
+    let mut m: Box<dyn Matcher> = match level {
+        KpLevel::Fastest => Box::new(fast::FastEncoder::new(w, r)),
+        KpLevel::Default => Box::new(dfast::DoubleFastEncoder::new(w, r)),
+        KpLevel::Better => {
+            let mut b = better::BetterFastEncoder::new(w, r);
+            b.index_from_search = version >= KpVersion::V1_17_3;
+            b.rle_first = version >= KpVersion::V1_17_8;
+            Box::new(b)
+        }
+        KpLevel::Best => Box::new(best::BestFastEncoder::new(w, r)),
+    };
+    m.base().blk.rules = version.block_rules();
+    m
 }
 
 /// One zstd stream, like a `zstd.Encoder` used through `Write`/`Flush`/`Close`/
 /// `Reset` (synchronous: the bytes are the same at any concurrency).
 pub struct KpStreamEncoder {
     level: KpLevel,
+    version: KpVersion,
     window_size: usize,
     block_size: usize,
     crc: bool,
@@ -265,14 +478,25 @@ pub struct KpStreamEncoder {
     header_written: bool,
     eof_written: bool,
     full_frame_written: bool,
+    /// 1.17.11 on: `s.err = ErrEncoderClosed` after a successful `Close`.
+    closed: bool,
 }
 
 impl KpStreamEncoder {
     /// `zstd.NewWriter(w, WithEncoderLevel(level)[, WithWindowSize(n)][, WithEncoderCRC(crc)])`.
     pub fn new(opts: &KpOptions) -> Result<Self, KpZstdError> {
+        let version = opts.version;
+        if !version.supports(opts.level) {
+            return Err(KpZstdError::Unsupported(opts.level, version));
+        }
         let (mut window, mut block) = match opts.level {
             KpLevel::Fastest => (4 << 20, 1 << 16),
             KpLevel::Default => (8 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+            // 1.17.5 on: "The default value is determined by the compression level
+            // and max 8MB".
+            KpLevel::Better | KpLevel::Best if version >= KpVersion::V1_17_5 => {
+                (8 << 20, MAX_COMPRESSED_BLOCK_SIZE)
+            }
             KpLevel::Better => (16 << 20, MAX_COMPRESSED_BLOCK_SIZE),
             KpLevel::Best => (32 << 20, MAX_COMPRESSED_BLOCK_SIZE),
         };
@@ -284,13 +508,21 @@ impl KpStreamEncoder {
             window = n;
             block = block.min(n);
         }
+        // `WithEncoderLevel`: `allLitEntropy = l > SpeedFastest`, from 1.16.4
+        // `l > SpeedDefault`.
+        let all_lit_entropy = if version >= KpVersion::V1_16_4 {
+            matches!(opts.level, KpLevel::Better | KpLevel::Best)
+        } else {
+            opts.level != KpLevel::Fastest
+        };
         let mut e = KpStreamEncoder {
             level: opts.level,
+            version,
             window_size: window,
             block_size: block,
             crc: opts.crc,
-            all_lit_entropy: opts.level != KpLevel::Fastest,
-            enc: new_matcher(opts.level, window),
+            all_lit_entropy,
+            enc: new_matcher(opts.level, version, window),
             single: None,
             filling: Vec::with_capacity(block),
             n_input: 0,
@@ -298,6 +530,7 @@ impl KpStreamEncoder {
             header_written: false,
             eof_written: false,
             full_frame_written: false,
+            closed: false,
         };
         e.reset(None);
         Ok(e)
@@ -306,6 +539,11 @@ impl KpStreamEncoder {
     /// The level it encodes at.
     pub fn level(&self) -> KpLevel {
         self.level
+    }
+
+    /// The release it reproduces.
+    pub fn version(&self) -> KpVersion {
+        self.version
     }
 
     /// Whether frames get a checksum (`WithEncoderCRC`).
@@ -320,7 +558,13 @@ impl KpStreamEncoder {
 
     /// `Encoder.Write`: buffers `data`, appending every block that fills up (and the
     /// frame header before the first) to `out`.
+    ///
+    /// From 1.17.11 on, Go refuses `Write` after `Close` (until `Reset`):
+    /// `data` is then ignored.
     pub fn write(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+        if self.closed {
+            return;
+        }
         while !data.is_empty() {
             if data.len() + self.filling.len() < self.block_size {
                 if self.crc {
@@ -346,6 +590,9 @@ impl KpStreamEncoder {
     /// `Encoder.ReadFrom` of `data` (what `io.Copy` into the encoder uses): buffered
     /// data is first written out as a short block, then `data` is written.
     pub fn read_from(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        if self.closed {
+            return;
+        }
         if !self.filling.is_empty() {
             self.next_block(false, out);
         }
@@ -354,24 +601,26 @@ impl KpStreamEncoder {
 
     /// `Encoder.Flush`: the buffered data as a block (nothing if none).
     pub fn flush(&mut self, out: &mut Vec<u8>) {
-        if !self.filling.is_empty() {
+        if !self.filling.is_empty() && !self.closed {
             self.next_block(false, out);
         }
     }
 
     /// `Encoder.Close`: ends the frame (see the module doc for what that writes).
     pub fn close(&mut self, out: &mut Vec<u8>) {
+        if self.closed {
+            // 1.17.11 on: `nextBlock` returns `ErrEncoderClosed`, which `Close` ignores.
+            return;
+        }
         self.next_block(true, out);
         if self.frame_content_size > 0 && self.n_input != self.frame_content_size {
             // Go returns "frame content size %d given, but %d bytes was written".
             return;
         }
-        if self.full_frame_written {
-            return;
-        }
-        if self.crc {
+        if !self.full_frame_written && self.crc {
             self.enc.base_ref().append_crc(out);
         }
+        self.closed = self.version >= KpVersion::V1_17_11;
     }
 
     /// `Encoder.Reset` (`None`) or `Encoder.ResetContentSize` (`Some(size)`): a new
@@ -382,6 +631,7 @@ impl KpStreamEncoder {
         self.header_written = false;
         self.eof_written = false;
         self.full_frame_written = false;
+        self.closed = false;
         self.n_input = 0;
         self.frame_content_size = 0;
         if let Some(size) = content_size {
@@ -396,7 +646,8 @@ impl KpStreamEncoder {
             "block > maxStoreBlockSize"
         );
         if !self.header_written {
-            if final_ && self.filling.is_empty() {
+            // 1.18.5 on (`fullZero` by default): an empty frame is still written.
+            if final_ && self.filling.is_empty() && self.version < KpVersion::V1_18_5 {
                 self.header_written = true;
                 self.full_frame_written = true;
                 self.eof_written = true;
@@ -447,7 +698,12 @@ impl KpStreamEncoder {
             self.eof_written = true;
         }
         let mut incompressible = true;
-        if src.len() != blk.literals.len() || src.len() != self.block_size {
+        // Up to 1.16.3: "if we got the exact same number of literals as input, assume
+        // the literals cannot be compressed".
+        if blk.rules.raw_in_encode
+            || src.len() != blk.literals.len()
+            || src.len() != self.block_size
+        {
             match blk.encode(src, false, !self.all_lit_entropy) {
                 Ok(()) => incompressible = false,
                 Err(BlockError::Incompressible) => {}
@@ -464,10 +720,15 @@ impl KpStreamEncoder {
     /// `EncodeAll` of a non-empty input of at most one block: a whole frame.
     fn encode_all(&mut self, src: &[u8], out: &mut Vec<u8>) {
         let single = src.len() <= self.window_size && src.len() > MIN_WINDOW_SIZE;
-        let (level, window) = (self.level, self.window_size);
-        let enc = self
-            .single
-            .get_or_insert_with(|| new_matcher(level, window));
+        let (level, version, window) = (self.level, self.version, self.window_size);
+        // 1.17.10 on, `nextBlock` calls `encodeAll(s.encoder, ...)`: the stream's own
+        // encoder; before, `EncodeAll` took one from the pool.
+        let enc = if version >= KpVersion::V1_17_10 {
+            &mut self.enc
+        } else {
+            self.single
+                .get_or_insert_with(|| new_matcher(level, version, window))
+        };
         let ws = enc.base_ref().window_size(src.len() as i64);
         append_frame_header(out, src.len() as u64, ws as u32, single, self.crc);
         debug_assert!(src.len() <= self.block_size);
@@ -479,7 +740,10 @@ impl KpStreamEncoder {
         enc.encode_no_hist(src);
         let blk = &mut enc.base().blk;
         let mut incompressible = true;
-        if blk.literals.len() != src.len() || src.len() != self.block_size {
+        if blk.rules.raw_in_encode
+            || blk.literals.len() != src.len()
+            || src.len() != self.block_size
+        {
             match blk.encode(src, false, !self.all_lit_entropy) {
                 Ok(()) => incompressible = false,
                 Err(BlockError::Incompressible) => {}
