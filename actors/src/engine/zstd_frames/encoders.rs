@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::header::FrameHeader;
 use super::ingest::FrameProbe;
 use super::{FrameShape, FLAG_CHECKSUM, FLAG_CONTENT_SIZE, FLAG_FLUSHED};
-use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder};
+use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder, KpVersion};
 
 /// Which encoder wrote the data frames of a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +26,9 @@ pub enum ZstdEncoder {
     /// tools leave at their defaults (see [`super::kpzstd`]).
     Klauspost {
         level: KpZstdLevel,
+        /// The release family (`"v1.17.0"`; see [`KpVersion`]).
         #[serde(default)]
-        variant: KpZstdVariant,
+        version: KpVersion,
     },
 }
 
@@ -51,15 +52,6 @@ impl KpZstdLevel {
         }
     }
 
-    fn from_kp(l: KpLevel) -> KpZstdLevel {
-        match l {
-            KpLevel::Fastest => KpZstdLevel::Fastest,
-            KpLevel::Default => KpZstdLevel::Default,
-            KpLevel::Better => KpZstdLevel::Better,
-            KpLevel::Best => KpZstdLevel::Best,
-        }
-    }
-
     /// Most used first: containers/image, containers/storage and BuildKit default to zstd
     /// level 3, `SpeedDefault`.
     const ALL: [KpZstdLevel; 4] = [
@@ -68,20 +60,6 @@ impl KpZstdLevel {
         KpZstdLevel::Better,
         KpZstdLevel::Best,
     ];
-}
-
-/// Which releases of klauspost/compress write the bytes [`super::kpzstd`] reproduces.
-/// Established by building every release's encoder and comparing outputs (README, "Exact
-/// re-compression").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KpZstdVariant {
-    /// klauspost/compress 1.15.12: the same bytes as 1.14.2-1.16.3 at `SpeedDefault`,
-    /// 1.14.3-1.16.3 at `SpeedFastest`, 1.15.10-1.16.3 at `SpeedBetterCompression`,
-    /// 1.14.2-1.15.12 at `SpeedBestCompression` (Debian's skopeo, podman and buildah link
-    /// 1.15.12).
-    #[default]
-    #[serde(rename = "klauspost1.15.12")]
-    Klauspost1_15_12,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -129,23 +107,29 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
                 _ => true,
             })
     };
-    let klauspost = KpZstdLevel::ALL
-        .into_iter()
-        // The levels the port has.
-        .filter(|l| KpStreamEncoder::new(&kp_options(*l)).is_ok())
-        .map(|level| ZstdEncoder::Klauspost {
-            level,
-            variant: KpZstdVariant::default(),
-        });
+    // Each level's releases that write different bytes: 1.15.12 first (Debian 12's skopeo,
+    // podman and buildah), then the newest first (upstream BuildKit, containerd and
+    // containers/image pin recent releases). Where several write a frame's probe alike, the
+    // first is chosen and the others stay in the running for later frames (see
+    // `ZstdDecoder`); a single long frame is settled on its first `PROBE` bytes.
+    let klauspost = KpZstdLevel::ALL.into_iter().flat_map(|level| {
+        let mut versions = KpVersion::distinct(level.kp());
+        versions.sort_by_key(|v| (*v != KpVersion::V1_15_12, std::cmp::Reverse(*v)));
+        versions
+            .into_iter()
+            .map(move |version| ZstdEncoder::Klauspost { level, version })
+    });
     klauspost
         .chain(levels().map(|level| ZstdEncoder::Libzstd { level, long }))
         .collect()
 }
 
 /// What container tools set: the level, nothing else.
-fn kp_options(level: KpZstdLevel) -> KpOptions {
+fn kp_options(level: KpZstdLevel, version: KpVersion, crc: bool) -> KpOptions {
     KpOptions {
         level: level.kp(),
+        version,
+        crc,
         ..KpOptions::default()
     }
 }
@@ -162,7 +146,7 @@ pub struct FrameWriter {
 
 enum Writer {
     Libzstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
-    Klauspost(Box<KpStreamEncoder>),
+    Klauspost(KpOptions, Box<KpStreamEncoder>),
 }
 
 impl FrameWriter {
@@ -191,12 +175,12 @@ impl FrameWriter {
                 }
                 Writer::Libzstd(Box::new(z))
             }
-            ZstdEncoder::Klauspost { level, .. } => {
+            ZstdEncoder::Klauspost { level, version } => {
                 let crc = flags & FLAG_CHECKSUM != 0;
-                let mut k = kp_pool::take(level, crc);
+                let (opts, mut k) = kp_pool::take(kp_options(level, version, crc));
                 // Reset, or ResetContentSize: a streamed frame that declares its size.
                 k.reset(content_size.then_some(raw_len));
-                Writer::Klauspost(k)
+                Writer::Klauspost(opts, k)
             }
         };
         FrameWriter {
@@ -227,7 +211,7 @@ impl FrameWriter {
                 z.flush().expect("flushing in memory");
                 out.append(z.get_mut());
             }
-            Writer::Klauspost(k) => k.flush(out),
+            Writer::Klauspost(_, k) => k.flush(out),
         }
     }
 
@@ -240,7 +224,7 @@ impl FrameWriter {
                 z.write_all(raw).expect("writing to memory");
                 out.append(z.get_mut());
             }
-            Writer::Klauspost(k) => k.write(raw, out),
+            Writer::Klauspost(_, k) => k.write(raw, out),
         }
     }
 
@@ -252,12 +236,12 @@ impl FrameWriter {
                 }
                 out.extend_from_slice(&z.finish().expect("finishing in memory"));
             }
-            Writer::Klauspost(mut k) => {
+            Writer::Klauspost(opts, mut k) => {
                 if self.flushed {
                     k.flush(out);
                 }
                 k.close(out);
-                kp_pool::put(k);
+                kp_pool::put(opts, k);
             }
         }
     }
@@ -270,41 +254,36 @@ impl FrameWriter {
 mod kp_pool {
     use std::cell::RefCell;
 
-    use super::{kp_options, KpStreamEncoder, KpZstdLevel};
+    use super::KpStreamEncoder;
     use crate::engine::kpzstd::KpOptions;
 
-    type Pooled = (KpZstdLevel, bool, Box<KpStreamEncoder>);
-
     thread_local! {
-        static POOL: RefCell<Vec<Pooled>> = const { RefCell::new(Vec::new()) };
+        static POOL: RefCell<Vec<(KpOptions, Box<KpStreamEncoder>)>> =
+            const { RefCell::new(Vec::new()) };
     }
 
     /// At most this many idle encoders per thread.
-    const KEEP: usize = 2;
+    const KEEP: usize = 3;
 
-    pub(super) fn take(level: KpZstdLevel, crc: bool) -> Box<KpStreamEncoder> {
+    pub(super) fn take(opts: KpOptions) -> (KpOptions, Box<KpStreamEncoder>) {
         let pooled = POOL.with(|p| {
             let mut p = p.borrow_mut();
-            let i = p.iter().position(|(l, c, _)| *l == level && *c == crc)?;
-            Some(p.swap_remove(i).2)
+            let i = p.iter().position(|(o, _)| *o == opts)?;
+            Some(p.swap_remove(i).1)
         });
-        pooled.unwrap_or_else(|| {
-            let opts = KpOptions {
-                crc,
-                ..kp_options(level)
-            };
-            Box::new(KpStreamEncoder::new(&opts).expect("level checked at ingest"))
-        })
+        let k = pooled.unwrap_or_else(|| {
+            Box::new(KpStreamEncoder::new(&opts).expect("level and version checked at ingest"))
+        });
+        (opts, k)
     }
 
-    pub(super) fn put(k: Box<KpStreamEncoder>) {
-        let (level, crc) = (k.level(), k.crc());
+    pub(super) fn put(opts: KpOptions, k: Box<KpStreamEncoder>) {
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             if p.len() >= KEEP {
                 p.remove(0);
             }
-            p.push((KpZstdLevel::from_kp(level), crc, k));
+            p.push((opts, k));
         });
     }
 }

@@ -83,6 +83,10 @@ enum St {
     },
 }
 
+/// How many frames alternative encoders are checked on (see `ZstdDecoder::others`); after
+/// that the chosen encoder must write every frame.
+const WEIGH_FRAMES: usize = 64;
+
 /// Streaming decompressor of a zstd layer that records how to re-create it.
 pub struct ZstdDecoder {
     st: St,
@@ -90,6 +94,11 @@ pub struct ZstdDecoder {
     dec: zstd::stream::raw::Decoder<'static>,
     parts: Vec<ZstdPart>,
     encoder: Option<ZstdEncoder>,
+    /// Other encoders that wrote every frame so far exactly as `encoder` did (small frames
+    /// come out the same from several klauspost releases and levels): one takes over if a
+    /// later frame tells them apart. Weighed for the first [`WEIGH_FRAMES`] frames.
+    others: Vec<ZstdEncoder>,
+    frames_checked: usize,
     outbuf: Vec<u8>,
     failed: Option<NotExact>,
 }
@@ -102,6 +111,8 @@ impl Default for ZstdDecoder {
             dec: zstd::stream::raw::Decoder::new().expect("zstd decoder"),
             parts: Vec::new(),
             encoder: None,
+            others: Vec::new(),
+            frames_checked: 0,
             outbuf: vec![0; 256 * 1024],
             failed: None,
         }
@@ -251,25 +262,56 @@ impl ZstdDecoder {
         if let Some(f) = probe.checked {
             return Ok(f);
         }
-        if let Some(enc) = &self.encoder {
-            return frame_matches(enc, probe, header, complete).ok_or_else(|| {
-                NotExact::UnknownZstdEncoder(format!(
-                    "a later zstd frame is not written like the first ({}; {})",
-                    enc.label(),
-                    header.describe()
-                ))
-            });
+        if let Some(enc) = self.encoder {
+            let mut others = std::mem::take(&mut self.others);
+            if self.frames_checked >= WEIGH_FRAMES {
+                others.clear();
+            }
+            self.frames_checked += 1;
+            if let Some(shape) = frame_matches(&enc, probe, header, complete) {
+                others.retain(|o| frame_matches(o, probe, header, complete) == Some(shape));
+                self.others = others;
+                return Ok(shape);
+            }
+            // The encoder chosen so far does not write this frame: the first alternative that
+            // does (and wrote every earlier frame alike) takes over.
+            let mut rest = others.into_iter();
+            while let Some(alt) = rest.next() {
+                if let Some(shape) = frame_matches(&alt, probe, header, complete) {
+                    self.encoder = Some(alt);
+                    self.others = rest
+                        .filter(|o| frame_matches(o, probe, header, complete) == Some(shape))
+                        .collect();
+                    return Ok(shape);
+                }
+            }
+            return Err(NotExact::UnknownZstdEncoder(format!(
+                "a later zstd frame is not written like the first ({}; {})",
+                enc.label(),
+                header.describe()
+            )));
         }
-        for enc in candidates(header) {
-            if let Some(f) = frame_matches(&enc, probe, header, complete) {
-                self.encoder = Some(enc);
-                return Ok(f);
+        let candidates = candidates(header);
+        for (i, enc) in candidates.iter().enumerate() {
+            if let Some(shape) = frame_matches(enc, probe, header, complete) {
+                self.encoder = Some(*enc);
+                self.frames_checked = 1;
+                if matches!(enc, ZstdEncoder::Klauspost { .. }) {
+                    self.others = candidates[i + 1..]
+                        .iter()
+                        .filter(|c| matches!(c, ZstdEncoder::Klauspost { .. }))
+                        .filter(|c| frame_matches(c, probe, header, complete) == Some(shape))
+                        .copied()
+                        .collect();
+                }
+                return Ok(shape);
             }
         }
         Err(NotExact::UnknownZstdEncoder(format!(
-            "no encoder stowage reproduces wrote the frame (klauspost/compress 1.15.12 at its \
-             four levels and libzstd 1.5.7 at levels 1-19 tried; multi-threaded libzstd is \
-             not reproduced; another version or writer?): {}",
+            "no encoder stowage reproduces wrote the frame (klauspost/compress 1.15.12-1.19.1 \
+             at its four levels, SpeedBestCompression of 1.15.12 only, and libzstd 1.5.7 at \
+             levels 1-19 tried; multi-threaded libzstd is not reproduced; another version or \
+             writer?): {}",
             header.describe()
         )))
     }

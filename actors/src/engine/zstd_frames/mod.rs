@@ -23,7 +23,7 @@
 //! ```text
 //! { "kind": "zstdframes",
 //!   "encoder": {"lib": "libzstd", "level": 3, "long": true?}
-//!            | {"lib": "klauspost", "level": "default", "variant": "klauspost1.15.12"} | null,
+//!            | {"lib": "klauspost", "level": "default", "version": "v1.17.0"} | null,
 //!   "parts": [ [raw_len, compressed_len, flags],     a data frame
 //!              "50 2a 4d 18 ... (hex)",              a skippable frame, whole
 //!              ... ] }
@@ -44,7 +44,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use encoders::{encode_frame, FrameWriter, KpZstdLevel, KpZstdVariant, ZstdEncoder};
+pub use encoders::{encode_frame, FrameWriter, KpZstdLevel, ZstdEncoder};
 pub use header::{parse_header, FrameHeader};
 pub use ingest::ZstdDecoder;
 pub use pull::FramesEncoder;
