@@ -2,11 +2,10 @@
 //! which huff0 uses to compress the weights of a Huffman table description.
 
 use super::bitwriter::BitWriter;
-use super::fse::{high_bit, table_step, write_ncount};
+use super::fse::{high_bit, normalize, table_step, write_ncount};
 
 const MAX_TABLE_LOG: u8 = 12;
 const MIN_TABLELOG: u8 = 5;
-const RTB_TABLE: [u32; 8] = [0, 473195, 504333, 520860, 550000, 700000, 750000, 830000];
 
 #[derive(Clone, Copy, Default)]
 struct SymbolTransform {
@@ -154,135 +153,14 @@ impl FseScratch {
     }
 
     fn normalize_count(&mut self, remain: usize) -> Result<(), FseFail> {
-        let table_log = self.actual_table_log;
-        let scale = 62 - u64::from(table_log);
-        let step = (1u64 << 62) / remain as u64;
-        let v_step = 1u64 << (scale - 20);
-        let mut still_to_distribute = 1i16 << table_log;
-        let mut largest = 0usize;
-        let mut largest_p = 0i16;
-        let low_threshold = (remain >> table_log) as u32;
-        for i in 0..self.symbol_len as usize {
-            let cnt = self.count[i];
-            if cnt == 0 {
-                self.norm[i] = 0;
-                continue;
-            }
-            if cnt <= low_threshold {
-                self.norm[i] = -1;
-                still_to_distribute -= 1;
-            } else {
-                let mut proba = (u64::from(cnt).wrapping_mul(step) >> scale) as i16;
-                if proba < 8 {
-                    let rest_to_beat = v_step.wrapping_mul(u64::from(RTB_TABLE[proba as usize]));
-                    let v = u64::from(cnt)
-                        .wrapping_mul(step)
-                        .wrapping_sub((proba as u64) << scale);
-                    if v > rest_to_beat {
-                        proba += 1;
-                    }
-                }
-                if proba > largest_p {
-                    largest_p = proba;
-                    largest = i;
-                }
-                self.norm[i] = proba;
-                still_to_distribute = still_to_distribute.wrapping_sub(proba);
-            }
-        }
-        if -still_to_distribute >= (self.norm[largest] >> 1) {
-            return self.normalize_count2(remain);
-        }
-        self.norm[largest] += still_to_distribute;
-        Ok(())
-    }
-
-    fn normalize_count2(&mut self, remain: usize) -> Result<(), FseFail> {
-        const NOT_YET_ASSIGNED: i16 = -2;
-        let mut distributed = 0u32;
-        let mut total = remain as u32;
-        let table_log = self.actual_table_log;
-        let low_threshold = total >> table_log;
-        let mut low_one = total.wrapping_mul(3) >> (table_log + 1);
         let sl = self.symbol_len as usize;
-        for i in 0..sl {
-            let cnt = self.count[i];
-            if cnt == 0 {
-                self.norm[i] = 0;
-                continue;
-            }
-            if cnt <= low_threshold {
-                self.norm[i] = -1;
-                distributed += 1;
-                total = total.wrapping_sub(cnt);
-                continue;
-            }
-            if cnt <= low_one {
-                self.norm[i] = 1;
-                distributed += 1;
-                total = total.wrapping_sub(cnt);
-                continue;
-            }
-            self.norm[i] = NOT_YET_ASSIGNED;
-        }
-        let mut to_distribute = (1u32 << table_log).wrapping_sub(distributed);
-        if total / to_distribute > low_one {
-            low_one = total.wrapping_mul(3) / to_distribute.wrapping_mul(2);
-            for i in 0..sl {
-                let cnt = self.count[i];
-                if self.norm[i] == NOT_YET_ASSIGNED && cnt <= low_one {
-                    self.norm[i] = 1;
-                    distributed += 1;
-                    total = total.wrapping_sub(cnt);
-                    continue;
-                }
-            }
-            to_distribute = (1u32 << table_log).wrapping_sub(distributed);
-        }
-        if distributed == u32::from(self.symbol_len) + 1 {
-            let mut max_v = 0usize;
-            let mut max_c = 0u32;
-            for i in 0..sl {
-                if self.count[i] > max_c {
-                    max_v = i;
-                    max_c = self.count[i];
-                }
-            }
-            self.norm[max_v] = self.norm[max_v].wrapping_add(to_distribute as i16);
-            return Ok(());
-        }
-        if total == 0 {
-            let mut i = 0u32;
-            while to_distribute > 0 {
-                if self.norm[i as usize] > 0 {
-                    to_distribute -= 1;
-                    self.norm[i as usize] += 1;
-                }
-                i = (i + 1) % u32::from(self.symbol_len);
-            }
-            return Ok(());
-        }
-        let v_step_log = 62 - u64::from(table_log);
-        let mid = (1u64 << (v_step_log - 1)) - 1;
-        let r_step = ((1u64 << v_step_log)
-            .wrapping_mul(u64::from(to_distribute))
-            .wrapping_add(mid))
-            / u64::from(total);
-        let mut tmp_total = mid;
-        for i in 0..sl {
-            if self.norm[i] == NOT_YET_ASSIGNED {
-                let end = tmp_total.wrapping_add(u64::from(self.count[i]).wrapping_mul(r_step));
-                let s_start = (tmp_total >> v_step_log) as u32;
-                let s_end = (end >> v_step_log) as u32;
-                let weight = s_end.wrapping_sub(s_start);
-                if weight < 1 {
-                    return Err(FseFail::Internal);
-                }
-                self.norm[i] = weight as i16;
-                tmp_total = end;
-            }
-        }
-        Ok(())
+        normalize(
+            &self.count[..sl],
+            &mut self.norm[..sl],
+            self.actual_table_log,
+            remain,
+        )
+        .map_err(|_| FseFail::Internal)
     }
 
     fn build_ctable(&mut self) -> Result<(), FseFail> {

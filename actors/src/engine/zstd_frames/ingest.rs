@@ -20,6 +20,9 @@ pub(super) struct FrameProbe {
     pub(super) tail: Vec<u8>,
     /// The beginning was already checked (the frame outgrew the probe).
     pub(super) checked: Option<FrameShape>,
+    /// [`FrameProbe::first_block_len`], worked out once: every klauspost candidate asks for it,
+    /// and the probe no longer changes once a frame is being checked.
+    first_block: std::cell::OnceCell<Option<u64>>,
 }
 
 impl FrameProbe {
@@ -44,6 +47,12 @@ impl FrameProbe {
     /// The plaintext length of the frame's first block, if the probe holds all of it: read
     /// from the block header for raw and RLE blocks, by decoding it for compressed ones.
     pub(super) fn first_block_len(&self, header: &FrameHeader) -> Option<u64> {
+        *self
+            .first_block
+            .get_or_init(|| self.read_first_block_len(header))
+    }
+
+    fn read_first_block_len(&self, header: &FrameHeader) -> Option<u64> {
         let h = self.comp.get(header.len..header.len + 3)?;
         let h = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
         let size = u64::from(h >> 3);
