@@ -1,5 +1,7 @@
 //! Commit: verify before discard. It restores the whole layer from its committed chunks,
-//! compares the digest of the restored bytes with the blob's, then commits the recipe and file
+//! compares the restored bytes with the pushed ones and their digest with the blob's (when
+//! ingest found several encoders alike on what it compared, each in turn until one re-creates
+//! the layer), then commits the recipe and file
 //! index and drops the raw blob (or adopts it into the hot tier when that has room). Nothing is
 //! discarded before the restored layer matched its digest.
 //!
@@ -15,6 +17,7 @@
 //!   committed, a raw blob that cannot be removed is only logged. Crash tests stop here at
 //!   the failpoints `verified-before-recipe-commit` and `recipe-committed-before-discard`.
 
+use std::io::{BufRead, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -89,24 +92,39 @@ impl Commit {
         files: &[FileEntry],
     ) -> Result<Outcome, String> {
         let reader = ChunkReader::new(self.catalog.clone(), self.cfg.containers.clone());
-        let mut hasher = job.digest.algorithm().hasher();
-        let mut n = 0u64;
-        restore_layer(recipe, &reader, &mut |b| {
-            hasher.update(b);
-            n += b.len() as u64;
-            Ok(())
-        })
-        .map_err(|e| {
-            tracing::error!(digest = %job.digest, error = %e, "verify: restore failed");
-            "verify: restore failed".to_string()
-        })?;
-        self.stats.verify_bytes.fetch_add(n, Ordering::Relaxed);
-        let got = hasher.finish();
-        if got != job.digest {
-            // The reason is a metric label: keep it free of per-layer values.
-            tracing::error!(digest = %job.digest, restored = %got, "verify: restore differs");
-            return Err("verify: the restored bytes do not match the digest".to_string());
+        let alternatives = job.alternatives.get().map_or(&[][..], Vec::as_slice);
+        let mut verified = None;
+        if self.reproduces(job, &reader, recipe)? {
+            verified = Some(recipe.clone());
+        } else {
+            for encoding in alternatives {
+                let alt = Recipe {
+                    encoding: encoding.clone(),
+                    ..recipe.clone()
+                };
+                if self.reproduces(job, &reader, &alt)? {
+                    tracing::info!(
+                        digest = %job.digest,
+                        first = %recipe.encoding.label(),
+                        encoding = %alt.encoding.label(),
+                        "verify: an alternative encoder re-created the layer"
+                    );
+                    verified = Some(alt);
+                    break;
+                }
+            }
         }
+        let Some(recipe) = verified else {
+            // The reason is a metric label: keep it free of per-layer values.
+            tracing::error!(
+                digest = %job.digest,
+                encoding = %recipe.encoding.label(),
+                alternatives = alternatives.len(),
+                "verify: restore differs"
+            );
+            return Err("verify: the restored bytes do not match the digest".to_string());
+        };
+        let recipe = &recipe;
         failpoint("verified-before-recipe-commit");
         self.catalog
             .commit_recipe(&job.digest, recipe, files)
@@ -132,4 +150,58 @@ impl Commit {
             encoding: recipe.encoding.label(),
         })
     }
+
+    /// Whether `recipe` restores the layer exactly: the restored bytes are compared with the
+    /// pushed blob as they come (a wrong encoder is given up at its first differing byte), and
+    /// their digest with the blob's.
+    fn reproduces(
+        &self,
+        job: &JobCtx,
+        reader: &ChunkReader,
+        recipe: &Recipe,
+    ) -> Result<bool, String> {
+        let mut pushed = std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(&job.path).map_err(|e| format!("opening staged blob: {e}"))?,
+        );
+        let mut hasher = job.digest.algorithm().hasher();
+        let mut n = 0u64;
+        let mut expect = Vec::new();
+        let restored = restore_layer(recipe, reader, &mut |b| {
+            expect.resize(b.len(), 0);
+            match pushed.read_exact(&mut expect) {
+                Ok(()) if expect == b => {}
+                Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => return Err(e),
+                _ => return Err(std::io::Error::other(Differs)),
+            }
+            hasher.update(b);
+            n += b.len() as u64;
+            Ok(())
+        });
+        self.stats.verify_bytes.fetch_add(n, Ordering::Relaxed);
+        match restored {
+            Ok(()) => {}
+            Err(e) if e.get_ref().is_some_and(|e| e.is::<Differs>()) => return Ok(false),
+            Err(e) => {
+                tracing::error!(digest = %job.digest, error = %e, "verify: restore failed");
+                return Err("verify: restore failed".to_string());
+            }
+        }
+        let rest = pushed
+            .fill_buf()
+            .map_err(|e| format!("reading staged blob: {e}"))?;
+        Ok(rest.is_empty() && hasher.finish() == job.digest)
+    }
 }
+
+/// A restore gave a byte the pushed blob does not have there.
+#[derive(Debug)]
+struct Differs;
+
+impl std::fmt::Display for Differs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the restored bytes differ from the pushed ones")
+    }
+}
+
+impl std::error::Error for Differs {}

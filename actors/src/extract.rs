@@ -119,6 +119,7 @@ impl Handler<Dedup> for Extract {
             path: msg.path,
             policy: msg.policy,
             reply: std::sync::Mutex::new(Some(msg.reply)),
+            alternatives: Default::default(),
         });
         let end = self.extract(&job);
         self.next.send(Batch {
@@ -168,7 +169,10 @@ impl Extract {
         if let Some(f) = failure {
             return Err(f);
         }
-        let enc = decoder.finish().map_err(|e| e.to_string())?;
+        let (enc, alternatives) = decoder
+            .finish_with_alternatives()
+            .map_err(|e| e.to_string())?;
+        let _ = job.alternatives.set(alternatives);
         Ok((enc, summary.files))
     }
 }

@@ -202,6 +202,12 @@ pub(crate) struct JobCtx {
     pub(crate) path: PathBuf,
     pub(crate) policy: LayerPolicy,
     pub(crate) reply: std::sync::Mutex<Option<Reply>>,
+    /// Set by Extract: encodings that re-created every byte ingest compared as the recipe's
+    /// did (see [`LayerDecoder::finish_with_alternatives`]). Commit tries them in turn when
+    /// the recipe's does not reproduce the layer.
+    ///
+    /// [`LayerDecoder::finish_with_alternatives`]: crate::engine::recompress::LayerDecoder::finish_with_alternatives
+    pub(crate) alternatives: std::sync::OnceLock<Vec<Encoding>>,
 }
 
 impl JobCtx {

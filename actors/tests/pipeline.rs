@@ -348,3 +348,79 @@ fn deltas_against_bases_that_never_reached_a_container_are_stored_whole() {
     assert_eq!(deltas, 0, "no delta names a base that was never stored");
     assert!(restored(&cat, &containers, &staged[1].0) == blobs[1]);
 }
+
+/// klauspost releases that write the same first 4 MiB of a long zstd frame (all ingest
+/// compares) but not the same frame: verification tries the others ingest found alike, and
+/// the layer is deduplicated under the one that re-creates it instead of being kept raw.
+#[test]
+fn a_zstd_layer_whose_first_encoder_guess_fails_is_verified_under_another() {
+    use stowage_actors::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder, KpVersion};
+    use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
+    // 5 MiB of text, 1 MiB of few matches (where 1.16.4 writes literal blocks differently
+    // from 1.15.12), 1 MiB of text, as one file.
+    let words = ["frame", "skip", "zstd", "layer", "\n", "tar ", "chunk"];
+    let mut x = 3u64;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x
+    };
+    let mut data = Vec::new();
+    while data.len() < 5 << 20 {
+        data.extend_from_slice(words[(next() >> 60) as usize % words.len()].as_bytes());
+    }
+    data.extend((0..1 << 20).map(|_| b'a' + ((next() >> 33) % 16) as u8));
+    for _ in 0..200_000 {
+        data.extend_from_slice(words[(next() >> 60) as usize % words.len()].as_bytes());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "app/data.txt", &data[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let mut e = KpStreamEncoder::new(&KpOptions {
+        level: KpLevel::Default,
+        version: KpVersion::V1_16_4,
+        ..KpOptions::default()
+    })
+    .unwrap();
+    let mut blob = Vec::new();
+    e.write(&tar, &mut blob);
+    e.close(&mut blob);
+
+    // The premise: ingest's first choice does not re-create the layer, another it found does.
+    let mut d = LayerDecoder::new(Compression::detect(&blob));
+    d.feed(&blob, &mut |_| {}).unwrap();
+    let (first, alternatives) = d.finish_with_alternatives().unwrap();
+    let recreates = |enc| {
+        let mut r = Reencoder::new(enc);
+        let mut out = Vec::new();
+        r.push(&tar, &mut out);
+        r.finish(&mut out);
+        out == blob
+    };
+    assert!(!recreates(&first), "premise: {} differs", first.label());
+    assert!(
+        alternatives.iter().any(recreates),
+        "premise: an alternative re-creates it"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let containers = dir.path().join("containers");
+    let cat = Arc::new(MemCatalog::default());
+    let staged = [stage(dir.path(), &blob)];
+    let (outcomes, _) = dedup_all(&cat, config(&containers), &staged, LayerPolicy::default());
+    assert!(
+        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(!staged[0].1.exists(), "raw blob removed after verify");
+    assert!(
+        restored(&cat, &containers, &staged[0].0) == blob,
+        "restores bit for bit"
+    );
+}

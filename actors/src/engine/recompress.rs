@@ -279,12 +279,26 @@ impl LayerDecoder {
     }
 
     pub fn finish(self) -> Result<Encoding, NotExact> {
+        self.finish_with_alternatives().map(|(e, _)| e)
+    }
+
+    /// The encoding, and others that re-created every byte ingest compared as it did, in the
+    /// order to try them should the encoding not re-create the whole layer (ingest compares
+    /// a long zstd frame's beginning only; see `ZstdDecoder::finish`).
+    pub fn finish_with_alternatives(self) -> Result<(Encoding, Vec<Encoding>), NotExact> {
         match self {
-            LayerDecoder::None => Ok(Encoding::None),
-            LayerDecoder::Gzip(g) => g.finish(),
+            LayerDecoder::None => Ok((Encoding::None, Vec::new())),
+            LayerDecoder::Gzip(g) => Ok((g.finish()?, Vec::new())),
             LayerDecoder::Zstd(z) => {
-                let (encoder, parts) = z.finish()?;
-                Ok(Encoding::ZstdFrames { encoder, parts })
+                let (encoder, parts, others) = z.finish()?;
+                let alternatives = others
+                    .into_iter()
+                    .map(|encoder| Encoding::ZstdFrames {
+                        encoder,
+                        parts: parts.clone(),
+                    })
+                    .collect();
+                Ok((Encoding::ZstdFrames { encoder, parts }, alternatives))
             }
         }
     }

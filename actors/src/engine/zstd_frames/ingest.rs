@@ -354,7 +354,10 @@ impl ZstdDecoder {
         Ok(())
     }
 
-    pub fn finish(self) -> Result<(ZstdEncoder, Vec<ZstdPart>), NotExact> {
+    /// The stream's encoder and frames, and the other encoders that wrote every byte ingest
+    /// compared as that one did (klauspost releases that agree on a long frame's beginning):
+    /// the layer's verification tries them in turn if the first does not re-create it.
+    pub fn finish(self) -> Result<(ZstdEncoder, Vec<ZstdPart>, Vec<ZstdEncoder>), NotExact> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -367,6 +370,6 @@ impl ZstdDecoder {
             None if !self.parts.is_empty() => ZstdEncoder::libzstd(3),
             None => return Err(NotExact::Corrupt("empty zstd stream")),
         };
-        Ok((encoder, self.parts))
+        Ok((encoder, self.parts, self.others))
     }
 }

@@ -32,7 +32,7 @@ fn roundtrip(stream: &[u8], raw: &[u8]) -> Result<(ZstdEncoder, Vec<ZstdPart>), 
     for piece in stream.chunks(9_973) {
         d.feed(piece, &mut |b| got.extend_from_slice(b))?;
     }
-    let (enc, parts) = d.finish()?;
+    let (enc, parts, _) = d.finish()?;
     assert_eq!(got, raw, "decompressed bytes");
     let json = serde_json::to_string(&parts).unwrap();
     let parts: Vec<ZstdPart> = serde_json::from_str(&json).unwrap();
@@ -286,5 +286,58 @@ fn bad_streams_are_refused() {
     assert!(
         matches!(&err, NotExact::UnknownZstdEncoder(m) if m.contains("window 2 MiB")),
         "{err}"
+    );
+}
+
+/// Plaintext on which klauspost 1.15.12 and 1.16.4 write the same first 4 MiB (the probe) at
+/// `SpeedDefault`, and differ after it: 5 MiB of text, then 1 MiB of a 16-letter alphabet
+/// (few matches: where 1.16.4's changes to literal blocks show), then 1 MiB of text.
+fn late_divergence() -> Vec<u8> {
+    let (mut x, alpha) = (1u64, 16);
+    let mut raw = text(5 << 20, 3);
+    raw.extend((0..1 << 20).map(|_| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        b'a' + ((x >> 33) % alpha) as u8
+    }));
+    raw.extend(text(1 << 20, 4));
+    raw
+}
+
+#[test]
+fn encoders_alike_on_a_long_frames_beginning_are_handed_on() {
+    let raw = late_divergence();
+    let enc = ZstdEncoder::Klauspost {
+        level: KpZstdLevel::Default,
+        version: KpVersion::V1_16_4,
+    };
+    let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let mut d = ZstdDecoder::default();
+    d.feed(&c, &mut |_| {}).unwrap();
+    let (first, parts, others) = d.finish().unwrap();
+    let recreate = |e: ZstdEncoder| {
+        let mut f = FramesEncoder::new(e, parts.clone());
+        let mut out = Vec::new();
+        f.push(&raw, &mut out);
+        f.finish(&mut out);
+        out == c
+    };
+    // Ingest compares the probe only: 1.15.12 (tried first) wins it but is not the writer.
+    assert!(
+        matches!(
+            first,
+            ZstdEncoder::Klauspost {
+                version: KpVersion::V1_15_12,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert!(!recreate(first), "1.15.12 must differ after the probe");
+    let alt = others.iter().copied().find(|&e| recreate(e));
+    assert!(
+        alt.is_some(),
+        "no alternative re-creates the frame: {others:?}"
     );
 }
