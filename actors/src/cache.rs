@@ -4,9 +4,18 @@
 //! pulls what it just pushed), so that the next pull of a hot layer is a file read instead of
 //! a restore. Its files are plain layer bytes (their digest is their checksum; whoever serves
 //! them re-hashes them on the way out): a restore's verified spool file, fsynced and renamed
-//! into place only after the restore matched the digest. Least recently used entries
-//! go first when the configured size would be exceeded; a size of 0 disables the cache. Every
+//! into place only after the restore matched the digest. A size of 0 disables the cache. Every
 //! byte here counts in the store's `bytes.stored`.
+//!
+//! **Eviction weighs what a copy saves** (GreedyDual-Size): a layer's restore time per byte is
+//! what each of its bytes here saves a pull, and layers differ by two orders of magnitude (an
+//! uncompressed or fast-zstd layer comes back at hundreds of MB/s, one written by
+//! klauspost's `SpeedBestCompression` at ~10). Each entry's priority is the tier's inflation
+//! value plus its restore seconds per byte, set when it is kept and again when it is used; the
+//! lowest goes first (the least recently used among equals) and raises the inflation value to
+//! its priority, so a copy that is slow to re-create outlives cheap ones, but not forever.
+//! With equal costs this is LRU. Files found at start have no cost known: they are given
+//! [`DEFAULT_RATE`]'s.
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,6 +28,10 @@ use crate::digest::{Algorithm, Digest};
 /// Layers whose pulls the admission filter remembers.
 pub const PULL_MEMORY: usize = 65536;
 
+/// The restore rate (bytes per second) assumed for copies whose restore time is unknown
+/// (found on disk at start).
+pub const DEFAULT_RATE: f64 = 100e6;
+
 #[derive(Debug)]
 pub struct LayerCache {
     dir: PathBuf,
@@ -28,12 +41,58 @@ pub struct LayerCache {
 
 #[derive(Default, Debug)]
 struct State {
-    /// size and last use (a counter) of each cached layer
-    entries: HashMap<Digest, (u64, u64)>,
+    entries: HashMap<Digest, Entry>,
     /// Recent pulls of layers not (yet) hot: admission needs a second pull.
     pulls: HashMap<Digest, u32>,
     total: u64,
     clock: u64,
+    /// GreedyDual's inflation value: the priority of the last copy evicted.
+    inflation: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// Restore seconds per byte: what keeping a byte of it saves a pull.
+    cost: f64,
+    /// `inflation + cost` when last kept or used.
+    priority: f64,
+    /// Last use (a counter): the tie-break, least recent first.
+    used: u64,
+}
+
+impl State {
+    fn touch(&mut self, d: &Digest) -> bool {
+        self.clock += 1;
+        let (now, inflation) = (self.clock, self.inflation);
+        match self.entries.get_mut(d) {
+            Some(e) => {
+                e.priority = inflation + e.cost;
+                e.used = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, d: Digest, size: u64, cost: f64) {
+        self.clock += 1;
+        let e = Entry {
+            size,
+            cost,
+            priority: self.inflation + cost,
+            used: self.clock,
+        };
+        if let Some(old) = self.entries.insert(d, e) {
+            self.total -= old.size;
+        }
+        self.total += size;
+    }
+}
+
+/// Restore seconds per byte of a copy of `size` bytes whose restore took `took`.
+fn cost_of(size: u64, took: std::time::Duration) -> f64 {
+    took.as_secs_f64() / size.max(1) as f64
 }
 
 impl LayerCache {
@@ -49,9 +108,7 @@ impl LayerCache {
                 match format!("{}:{name}", alg.as_str()).parse::<Digest>() {
                     Ok(digest) if budget > 0 => {
                         let size = e.metadata()?.len();
-                        st.clock += 1;
-                        st.total += size;
-                        st.entries.insert(digest, (size, st.clock));
+                        st.insert(digest, size, 1.0 / DEFAULT_RATE);
                     }
                     // Temporary files of interrupted writes, or everything when disabled.
                     _ => fs::remove_file(e.path())?,
@@ -74,11 +131,7 @@ impl LayerCache {
     /// The cached file of `d`, if any (marking it used).
     pub fn lookup(&self, d: &Digest) -> Option<PathBuf> {
         let mut st = self.state.lock().expect("cache lock");
-        st.clock += 1;
-        let now = st.clock;
-        let e = st.entries.get_mut(d)?;
-        e.1 = now;
-        Some(self.path(d))
+        st.touch(d).then(|| self.path(d))
     }
 
     /// Count a pull of `d` that the hot tier did not serve; returns its recent pulls, this one
@@ -122,19 +175,22 @@ impl LayerCache {
         self.evict(0)
     }
 
-    /// Remove least recently used entries until `incoming` more bytes fit.
+    /// Remove the entries of lowest priority until `incoming` more bytes fit.
     fn evict(&self, incoming: u64) -> io::Result<()> {
         let budget = self.budget();
         let mut st = self.state.lock().expect("cache lock");
         while st.total + incoming > budget && !st.entries.is_empty() {
-            let (victim, (size, _)) = st
+            let (victim, e) = st
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(d, v)| (d.clone(), *v))
+                .min_by(|(_, a), (_, b)| {
+                    a.priority.total_cmp(&b.priority).then(a.used.cmp(&b.used))
+                })
+                .map(|(d, e)| (d.clone(), *e))
                 .expect("non-empty");
             st.entries.remove(&victim);
-            st.total -= size;
+            st.total -= e.size;
+            st.inflation = st.inflation.max(e.priority);
             match fs::remove_file(self.path(&victim)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -143,11 +199,16 @@ impl LayerCache {
         Ok(())
     }
 
-    /// Keep the file at `path` (a pushed layer just deduplicated and verified, durable already)
-    /// as `d`'s hot copy when it fits, evicting the least recently used; false when it does not
-    /// fit (the caller removes it). Renamed, not copied: `path` must be on the cache's file
-    /// system.
-    pub fn adopt(&self, d: &Digest, path: &std::path::Path) -> io::Result<bool> {
+    /// Keep the file at `path` (a layer just verified, durable already) as `d`'s hot copy when
+    /// it fits, evicting what saves pulls least; `took` is how long re-creating it took (its
+    /// cost). False when it does not fit (the caller removes it). Renamed, not copied: `path`
+    /// must be on the cache's file system.
+    pub fn adopt(
+        &self,
+        d: &Digest,
+        path: &std::path::Path,
+        took: std::time::Duration,
+    ) -> io::Result<bool> {
         let size = fs::metadata(path)?.len();
         let budget = self.budget();
         if budget == 0 || size > budget / 2 {
@@ -157,19 +218,14 @@ impl LayerCache {
         fs::rename(path, self.path(d))?;
         let mut st = self.state.lock().expect("cache lock");
         st.pulls.remove(d);
-        st.clock += 1;
-        let now = st.clock;
-        if let Some((old, _)) = st.entries.insert(d.clone(), (size, now)) {
-            st.total -= old;
-        }
-        st.total += size;
+        st.insert(d.clone(), size, cost_of(size, took));
         Ok(true)
     }
 
     /// Drop the cached copy of `d` (its blob was garbage-collected). Returns the bytes freed.
     pub fn remove(&self, d: &Digest) -> io::Result<u64> {
         let mut st = self.state.lock().expect("cache lock");
-        let Some((size, _)) = st.entries.remove(d) else {
+        let Some(Entry { size, .. }) = st.entries.remove(d) else {
             return Ok(0);
         };
         st.total -= size;
@@ -188,11 +244,22 @@ impl LayerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn put(c: &LayerCache, dir: &std::path::Path, d: &Digest, bytes: &[u8]) -> bool {
+        put_took(c, dir, d, bytes, Duration::from_millis(4))
+    }
+
+    fn put_took(
+        c: &LayerCache,
+        dir: &std::path::Path,
+        d: &Digest,
+        bytes: &[u8],
+        took: Duration,
+    ) -> bool {
         let p = dir.join("incoming");
         fs::write(&p, bytes).unwrap();
-        let kept = c.adopt(d, &p).unwrap();
+        let kept = c.adopt(d, &p, took).unwrap();
         let _ = fs::remove_file(&p);
         kept
     }
@@ -224,6 +291,39 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn copies_slow_to_restore_outlive_cheap_ones_but_not_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LayerCache::open(dir.path().join("cache"), 1000).unwrap();
+        let d = |i: u32| Digest::sha256_of(&i.to_le_bytes());
+        let (slow, fast) = (Duration::from_secs(1), Duration::from_millis(10));
+        assert!(put_took(&c, dir.path(), &d(0), &[0u8; 300], slow));
+        assert!(put_took(&c, dir.path(), &d(1), &[1u8; 300], fast));
+        assert!(put_took(&c, dir.path(), &d(2), &[2u8; 300], fast));
+        // Room for one more: the older of the cheap ones goes, not the oldest.
+        assert!(put_took(&c, dir.path(), &d(3), &[3u8; 300], fast));
+        assert!(
+            c.lookup(&d(1)).is_none(),
+            "the least recent cheap copy went"
+        );
+        assert!(c.lookup(&d(0)).is_some(), "the slow one stays");
+        // Cheap copies keep coming and are never used again: the inflation value rises past
+        // the slow copy's priority (it is not used again either), and it goes too.
+        let mut gone_after = None;
+        for i in 4..1000u32 {
+            assert!(put_took(&c, dir.path(), &d(i), &[4u8; 300], fast));
+            let st = c.state.lock().unwrap();
+            if !st.entries.contains_key(&d(0)) {
+                gone_after = Some(i);
+                break;
+            }
+        }
+        let n = gone_after.expect("a slow copy not used again is evicted eventually");
+        // 1 s vs 10 ms for the same size: ~100 cheap generations.
+        assert!((50..400).contains(&n), "evicted after {n} cheap copies");
+        assert!(c.bytes() <= 1000);
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub struct ServeArgs {
     pub restore_threads: Option<usize>,
     /// The hot tier: layers kept exact for the next pulls, as file reads (layers just
     /// deduplicated keep their pushed bytes; layers pulled more than once are kept once
-    /// restored; least recently used go first). A byte count, or `N%` of the logical bytes
+    /// restored; what is quickest to restore per byte, least recently used among equals, goes
+    /// first). A byte count, or `N%` of the logical bytes
     /// (the blobs as pushed, what a plain registry stores), so the tier never costs more than
     /// that share on top of the deduplicated store; `0`: none [default: 10%]. Also
     /// `--hot-bytes`.

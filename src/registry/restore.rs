@@ -190,13 +190,13 @@ impl Registry {
             flight.clone(),
             flight.digest.clone(),
         );
-        let adopt = Box::new(move |path: &std::path::Path| {
+        let adopt = Box::new(move |path: &std::path::Path, took| {
             if !f2.wanted.load(Relaxed) {
                 return false;
             }
             let kept = std::fs::File::open(path)
                 .and_then(|f| f.sync_all())
-                .and_then(|()| cache.adopt(&d, path));
+                .and_then(|()| cache.adopt(&d, path, took));
             match kept {
                 Ok(k) => k,
                 Err(e) => {
