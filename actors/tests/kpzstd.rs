@@ -807,11 +807,14 @@ fn covering(tag: &str, level: KpLevel) -> Option<KpVersion> {
     let t = tag_numbers(tag)?;
     let v = match t {
         [1, 15, 12] => KpVersion::V1_15_12,
-        [1, 15, 13..=99] | [1, 16, 0..=3] => KpVersion::V1_15_13,
+        [1, 15, 13..=99] | [1, 16, 0] => KpVersion::V1_15_13,
+        [1, 16, 1..=3] => KpVersion::V1_16_1,
         [1, 16, 4..=99] => KpVersion::V1_16_4,
-        [1, 17, 0..=2] => KpVersion::V1_17_0,
+        [1, 17, 0..=1] => KpVersion::V1_17_0,
+        [1, 17, 2] => KpVersion::V1_17_2,
         [1, 17, 3..=4] => KpVersion::V1_17_3,
-        [1, 17, 5..=7] => KpVersion::V1_17_5,
+        [1, 17, 5] => KpVersion::V1_17_5,
+        [1, 17, 6..=7] => KpVersion::V1_17_6,
         [1, 17, 8..=9] => KpVersion::V1_17_8,
         [1, 17, 10] => KpVersion::V1_17_10,
         [1, 17, 11..=99] | [1, 18, 0..=4] => KpVersion::V1_17_11,

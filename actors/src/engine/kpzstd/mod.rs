@@ -217,54 +217,79 @@ pub enum KpVersion {
     #[default]
     #[serde(rename = "v1.15.12")]
     V1_15_12,
-    /// v1.15.13-v1.16.3 at `Fastest`, `Default` and `Better`: `bufferReset`
-    /// became per encoder (`MaxInt32 - 2*window`, checked against `cur` plus the
-    /// history), which moves where tables are cleared or rebased (past ~1.5 GiB
-    /// of positions, ~190 frames at the default window); no input was found where
-    /// that changes the bytes ([`KpVersion::same_bytes_as`]). Not for `Best`
-    /// (`enc_best.go` changed in v1.15.13 and v1.16.1).
+    /// v1.15.13-v1.16.3 at `Fastest`, `Default` and `Better`, v1.15.13-v1.16.0 at
+    /// `Best`: `bufferReset` became per encoder (`MaxInt32 - 2*window`, checked
+    /// against `cur` plus the history), which moves where tables are cleared or
+    /// rebased (past ~1.5 GiB of positions, ~190 frames at the default window); no
+    /// input was found where that changes the bytes at the first three levels
+    /// ([`KpVersion::same_bytes_as`]). `Best` compares candidate matches in pairs
+    /// with one rounded difference (`bestOf` on pointers) and looks for a long
+    /// match where the best one ends from 2 bytes into it (`skipBeginning`).
     #[serde(rename = "v1.15.13")]
     V1_15_13,
-    /// v1.16.4-v1.16.7 at `Fastest`, `Default` and `Better`: matches must save
+    /// v1.16.1-v1.16.3 at `Best` (at the other levels the same as
+    /// [`KpVersion::V1_15_12`]): `enc_best.go`'s `improve` replaces the best
+    /// match in place, candidate by candidate.
+    #[serde(rename = "v1.16.1")]
+    V1_16_1,
+    /// v1.16.4-v1.16.7 at every level: matches must save
     /// 1/64 (not 1/32) of a block; `SpeedDefault` no longer entropy codes
     /// all-literal blocks (`allLitEntropy = level > SpeedDefault`); full blocks
-    /// of literals go through `encodeLits` (Huffman at `Better`); the raw fallback
-    /// moved into `blockEnc.encode`.
+    /// of literals go through `encodeLits` (Huffman at `Better` and `Best`); the raw
+    /// fallback moved into `blockEnc.encode`. `enc_best.go` was rewritten: every
+    /// candidate is extended backwards before it is scored, repeats are tried
+    /// straight after a match, "good enough" is 250 bytes (was 100).
     #[serde(rename = "v1.16.4")]
     V1_16_4,
-    /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_3`]
-    /// and [`KpVersion::V1_17_5`] write the same bytes), v1.17.0-v1.17.2 at
-    /// `Better`: Huffman with one stream from 17 literals (was 33), and Huffman
+    /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_2`],
+    /// [`KpVersion::V1_17_3`], [`KpVersion::V1_17_5`] and [`KpVersion::V1_17_6`]
+    /// write the same bytes), v1.17.0-v1.17.2 at `Better`, v1.17.0-v1.17.1 at
+    /// `Best`: Huffman with one stream from 17 literals (was 33), and Huffman
     /// literals that do not beat raw ones (headers included) are stored raw.
     #[serde(rename = "v1.17.0")]
     V1_17_0,
-    /// v1.17.3-v1.17.4 at `Better` (at `Fastest` and `Default` the same as
-    /// [`KpVersion::V1_17_0`]): after a match, `enc_better.go` indexes the skipped
-    /// positions from the last search position, not from the match start.
+    /// v1.17.2 at `Best` (at the other levels the same as [`KpVersion::V1_17_0`]):
+    /// `enc_best.go` rejects candidates at or after the current position (a
+    /// zero-offset match it could write before).
+    #[serde(rename = "v1.17.2")]
+    V1_17_2,
+    /// v1.17.3-v1.17.4 at `Better` and `Best` (at `Fastest` and `Default` the same
+    /// as [`KpVersion::V1_17_0`]): after a match, `enc_better.go` indexes the
+    /// skipped positions from the last search position, not from the match start;
+    /// `enc_best.go` prices repeats by their code (`rep & 3`), extends repeat
+    /// candidates backwards too, and indexes skipped positions only up to near
+    /// the block end, updating the repeat offsets before it stops.
     #[serde(rename = "v1.17.3")]
     V1_17_3,
-    /// v1.17.5-v1.17.7 at `Better` (at `Fastest` and `Default` the same as
-    /// [`KpVersion::V1_17_0`]): the default window of `SpeedBetterCompression` and
-    /// `SpeedBestCompression` is 8 MiB (was 16 and 32 MiB).
+    /// v1.17.5-v1.17.7 at `Better`, v1.17.5 at `Best` (at `Fastest` and `Default`
+    /// the same as [`KpVersion::V1_17_0`]): the default window of
+    /// `SpeedBetterCompression` and `SpeedBestCompression` is 8 MiB (was 16 and
+    /// 32 MiB).
     #[serde(rename = "v1.17.5")]
     V1_17_5,
-    /// v1.17.8-v1.17.9 at `Fastest`, `Default` and `Better`: a block that is one
+    /// v1.17.6-v1.17.7 at `Best` (at `Fastest` and `Default` the same as
+    /// [`KpVersion::V1_17_0`], at `Better` as [`KpVersion::V1_17_5`]):
+    /// `enc_best.go` extends a candidate backwards only while the best match so
+    /// far is not a repeat.
+    #[serde(rename = "v1.17.6")]
+    V1_17_6,
+    /// v1.17.8-v1.17.9 at every level: a block that is one
     /// offset-1 match after at most one literal becomes an RLE block, and
-    /// `enc_better.go` checks for a block of one repeated byte first.
+    /// `enc_better.go` and `enc_best.go` check for a block of one repeated byte first.
     #[serde(rename = "v1.17.8")]
     V1_17_8,
-    /// v1.17.10 at `Fastest`, `Default` and `Better`: a frame's only block
+    /// v1.17.10 at every level: a frame's only block
     /// (`EncodeAll` from `Close`) uses the stream's own encoder instead of one from
     /// the pool, which moves its position counter; no input was found where that
     /// changes the bytes ([`KpVersion::same_bytes_as`]).
     #[serde(rename = "v1.17.10")]
     V1_17_10,
-    /// v1.17.11-v1.18.4 at `Fastest`, `Default` and `Better`: after a successful `Close`
+    /// v1.17.11-v1.18.4 at every level: after a successful `Close`
     /// the encoder is closed until `Reset`: a second `Close` writes nothing
     /// (before: another checksum), `Write` is refused (here: ignored).
     #[serde(rename = "v1.17.11")]
     V1_17_11,
-    /// v1.18.5-v1.19.1 at `Fastest`, `Default` and `Better`: `WithZeroFrames` is on by
+    /// v1.18.5-v1.19.1 at every level: `WithZeroFrames` is on by
     /// default: closing a frame with no input writes a 13-byte frame (header,
     /// empty last raw block, checksum) instead of nothing.
     #[serde(rename = "v1.18.5")]
@@ -273,13 +298,16 @@ pub enum KpVersion {
 
 impl KpVersion {
     /// Every variant, oldest first.
-    pub const ALL: [KpVersion; 10] = [
+    pub const ALL: [KpVersion; 13] = [
         KpVersion::V1_15_12,
         KpVersion::V1_15_13,
+        KpVersion::V1_16_1,
         KpVersion::V1_16_4,
         KpVersion::V1_17_0,
+        KpVersion::V1_17_2,
         KpVersion::V1_17_3,
         KpVersion::V1_17_5,
+        KpVersion::V1_17_6,
         KpVersion::V1_17_8,
         KpVersion::V1_17_10,
         KpVersion::V1_17_11,
@@ -291,10 +319,13 @@ impl KpVersion {
         match self {
             KpVersion::V1_15_12 => "v1.15.12",
             KpVersion::V1_15_13 => "v1.15.13",
+            KpVersion::V1_16_1 => "v1.16.1",
             KpVersion::V1_16_4 => "v1.16.4",
             KpVersion::V1_17_0 => "v1.17.0",
+            KpVersion::V1_17_2 => "v1.17.2",
             KpVersion::V1_17_3 => "v1.17.3",
             KpVersion::V1_17_5 => "v1.17.5",
+            KpVersion::V1_17_6 => "v1.17.6",
             KpVersion::V1_17_8 => "v1.17.8",
             KpVersion::V1_17_10 => "v1.17.10",
             KpVersion::V1_17_11 => "v1.17.11",
@@ -302,23 +333,23 @@ impl KpVersion {
         }
     }
 
-    /// Whether [`KpStreamEncoder`] implements this release at `level`.
-    pub fn supports(self, level: KpLevel) -> bool {
-        match level {
-            KpLevel::Fastest | KpLevel::Default | KpLevel::Better => true,
-            KpLevel::Best => self == KpVersion::V1_15_12,
-        }
+    /// Whether [`KpStreamEncoder`] implements this release at `level` (all of them
+    /// at every level).
+    pub fn supports(self, _level: KpLevel) -> bool {
+        true
     }
 
     /// The supported variants at `level` that write different bytes from each other
     /// (for some input and calls), oldest first: what to try when identifying a
-    /// stream. Left out are [`KpVersion::V1_17_3`] and [`KpVersion::V1_17_5`] at
-    /// `Fastest` and `Default` (those releases changed other levels only), and
-    /// [`KpVersion::V1_15_13`] and [`KpVersion::V1_17_10`], whose changes only move
-    /// the position counter: no input was found where they write other bytes than
-    /// the variant before them (zeroed or stale table entries never pass the
-    /// match-distance check), so they count as [`KpVersion::V1_15_12`] and
-    /// [`KpVersion::V1_17_8`].
+    /// stream. Left out are the variants of releases that changed other levels only
+    /// ([`KpVersion::V1_16_1`] and [`KpVersion::V1_17_2`] except at `Best`,
+    /// [`KpVersion::V1_17_3`] and [`KpVersion::V1_17_5`] at `Fastest` and
+    /// `Default`, [`KpVersion::V1_17_6`] except at `Best`), and
+    /// [`KpVersion::V1_15_13`] (except at `Best`) and [`KpVersion::V1_17_10`],
+    /// whose changes only move the position counter: no input was found where they
+    /// write other bytes than the variant before them (zeroed or stale table
+    /// entries never pass the match-distance check), so they count as
+    /// [`KpVersion::V1_15_12`] and [`KpVersion::V1_17_8`].
     pub fn distinct(level: KpLevel) -> Vec<KpVersion> {
         KpVersion::ALL
             .into_iter()
@@ -329,14 +360,17 @@ impl KpVersion {
     /// The older variant this one writes the same bytes as at `level` (as far as the
     /// comparisons in `tests/kpzstd.rs` show), if any.
     pub fn same_bytes_as(self, level: KpLevel) -> Option<KpVersion> {
+        let best = level == KpLevel::Best;
         match self {
-            KpVersion::V1_15_13 => Some(KpVersion::V1_15_12),
+            KpVersion::V1_15_13 | KpVersion::V1_16_1 if !best => Some(KpVersion::V1_15_12),
             KpVersion::V1_17_10 => Some(KpVersion::V1_17_8),
-            KpVersion::V1_17_3 | KpVersion::V1_17_5
+            KpVersion::V1_17_2 if !best => Some(KpVersion::V1_17_0),
+            KpVersion::V1_17_3 | KpVersion::V1_17_5 | KpVersion::V1_17_6
                 if matches!(level, KpLevel::Fastest | KpLevel::Default) =>
             {
                 Some(KpVersion::V1_17_0)
             }
+            KpVersion::V1_17_6 if level == KpLevel::Better => Some(KpVersion::V1_17_5),
             _ => None,
         }
     }
@@ -355,6 +389,23 @@ impl KpVersion {
             raw_in_encode: self >= KpVersion::V1_16_4,
             small_huffman: self >= KpVersion::V1_17_0,
             rle_blocks: self >= KpVersion::V1_17_8,
+        }
+    }
+
+    fn best_rules(self) -> best::BestRules {
+        best::BestRules {
+            selection: if self >= KpVersion::V1_16_1 {
+                best::Selection::Improve
+            } else if self >= KpVersion::V1_15_13 {
+                best::Selection::Tree
+            } else {
+                best::Selection::Pairwise
+            },
+            v1_16_4: self >= KpVersion::V1_16_4,
+            reject_self: self >= KpVersion::V1_17_2,
+            v1_17_3: self >= KpVersion::V1_17_3,
+            v1_17_6: self >= KpVersion::V1_17_6,
+            rle_first: self >= KpVersion::V1_17_8,
         }
     }
 }
@@ -453,7 +504,11 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
             b.rle_first = version >= KpVersion::V1_17_8;
             Box::new(b)
         }
-        KpLevel::Best => Box::new(best::BestFastEncoder::new(w, r)),
+        KpLevel::Best => {
+            let mut b = best::BestFastEncoder::new(w, r);
+            b.rules = version.best_rules();
+            Box::new(b)
+        }
     };
     m.base().blk.rules = version.block_rules();
     m
