@@ -107,7 +107,7 @@ impl Match {
     fn est_bits(&mut self, bits_per_byte: i32, high_score: i32, rep_mask: u32) {
         let mlc = ml_code((self.length - ZSTD_MIN_MATCH) as u32);
         let ofc = if self.rep < 0 {
-            of_code((self.s - self.offset) as u32 + 3)
+            of_code(((self.s - self.offset) as u32).wrapping_add(3))
         } else {
             of_code(self.rep as u32 & rep_mask)
         };
@@ -272,6 +272,28 @@ fn no_match(s: i32) -> Match {
     }
 }
 
+/// `matchLen(a, b)` as Go runs it when `b` may be the shorter slice: 8 bytes at a
+/// time while both have 8, then byte by byte over `a`, where Go panics (index out of
+/// range) if `b` ends first without a mismatch; so does this.
+fn go_match_len(a: &[u8], b: &[u8]) -> i32 {
+    let mut n = 0usize;
+    while a.len() - n >= 8 && b.len() - n >= 8 {
+        let x = u64::from_le_bytes(a[n..n + 8].try_into().unwrap());
+        let y = u64::from_le_bytes(b[n..n + 8].try_into().unwrap());
+        let diff = x ^ y;
+        if diff != 0 {
+            return (n + (diff.trailing_zeros() >> 3) as usize) as i32;
+        }
+        n += 8;
+    }
+    for i in n..a.len() {
+        if a[i] != b[i] {
+            return i as i32;
+        }
+    }
+    a.len() as i32
+}
+
 /// 1.16.4 on: `improve`, with what the closure captures.
 struct Improver<'a> {
     src: &'a [u8],
@@ -287,7 +309,6 @@ impl Improver<'_> {
 
     /// "Set m to a match at offset if it looks like that will improve compression."
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn improve(
         &self,
         m: &mut Match,
@@ -319,7 +340,14 @@ impl Improver<'_> {
                 return;
             }
         }
-        let mut l = 4 + matchlen(s + 4, offset + 4, src);
+        let mut l = 4 + if delta > 0 {
+            matchlen(s + 4, offset + 4, src)
+        } else {
+            // Before 1.17.2 only (issue #875: a candidate at or after `s`, which Go
+            // then wrote as a zero or negative offset): Go's `matchLen` with the
+            // candidate's side the shorter one.
+            go_match_len(&src[(s + 4) as usize..], &src[(offset + 4) as usize..])
+        };
         let extend = if self.rules.v1_17_6 {
             m.rep <= 0
         } else if self.rules.v1_17_3 {
@@ -1065,7 +1093,7 @@ impl BestFastEncoder {
                 blk.literals
                     .extend_from_slice(&src[next_emit as usize..s as usize]);
             }
-            seq.offset = (s - t) as u32 + 3;
+            seq.offset = ((s - t) as u32).wrapping_add(3);
             s += l;
             blk.sequences.push(seq);
             next_emit = s;

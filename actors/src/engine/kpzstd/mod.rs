@@ -68,20 +68,25 @@
 //!
 //! | from | change | where |
 //! |---|---|---|
-//! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`) | `base.rs` |
-//! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault` | `block.rs`, here |
+//! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`); `Best`: candidates compared in pairs with one rounded difference, the end search starts 2 bytes into the match | `base.rs`, `best.rs` |
+//! | 1.16.1 | `Best`: `improve` replaces the best match in place | `best.rs` |
+//! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault`; `Best`: new match loop (candidates extended backwards, repeats straight after a match, "good enough" 250) | `block.rs`, `best.rs`, here |
 //! | 1.17.0 | one-stream Huffman from 17 literals (was 33); Huffman literals not smaller than raw (headers included) are stored raw | `block.rs` |
-//! | 1.17.3 | `Better`: skipped positions indexed from the last search position | `better.rs` |
+//! | 1.17.2 | `Best`: no candidates at or after the current position (before, they only made corrupt frames; counted as 1.17.0) | `best.rs` |
+//! | 1.17.3 | `Better`: skipped positions indexed from the last search position; `Best`: repeats priced by their code, every candidate extended backwards, indexing bounded near the block end | `better.rs`, `best.rs` |
 //! | 1.17.5 | `Better`/`Best`: default window 8 MiB | here |
-//! | 1.17.8 | one offset-1 sequence after at most one literal: an RLE block; `Better` checks for a one-byte block first | `block.rs`, `better.rs` |
+//! | 1.17.6 | `Best`: candidates extended backwards only while the best match is not a repeat | `best.rs` |
+//! | 1.17.8 | one offset-1 sequence after at most one literal: an RLE block; `Better` and `Best` check for a one-byte block first | `block.rs`, `better.rs`, `best.rs` |
 //! | 1.17.10 | a frame's only block is encoded with the stream's encoder | here |
 //! | 1.17.11 | closed after `Close` until `Reset` | here |
 //! | 1.18.5 | `WithZeroFrames` on: an empty frame is 13 bytes, not nothing | here |
 //!
-//! `Best` is implemented for 1.15.12 only (`enc_best.go` changed in 1.15.13,
-//! 1.16.1, 1.16.4, 1.17.2, 1.17.3, 1.17.6 and 1.17.8); other combinations are
-//! refused. Releases whose encoder diff is only refactoring, dictionaries or
-//! opt-in options (`WithConcurrentBlocks` in 1.19.0) share a variant.
+//! Every release from 1.15.12 to 1.19.1 is implemented at all four levels
+//! (checked against Go builds of each tag, `scripts/kpzstd-versions --all`).
+//! Releases whose encoder diff is only refactoring, dictionaries or opt-in
+//! options (`WithConcurrentBlocks` in 1.19.0) share a variant; so do, at the
+//! other levels, the releases that changed only `enc_best.go` (see
+//! [`KpVersion::same_bytes_as`]).
 //!
 //! # Concurrency, write sizes, window
 //!
@@ -195,8 +200,9 @@ impl KpLevel {
 /// each other. Ranges were established by building `tests/go/zstdwrite`
 /// against every tag from v1.15.12 to v1.19.1 and comparing (see
 /// `tests/kpzstd_versions.rs` and `scripts/kpzstd-versions`), and by reading
-/// each release's encoder changes. Levels a variant does not implement are
-/// refused by [`KpStreamEncoder::new`] ([`KpZstdError::Unsupported`]).
+/// each release's encoder changes. Every variant implements all four levels
+/// ([`KpVersion::supports`]); [`KpZstdError::Unsupported`] is kept for
+/// combinations a future variant may not implement.
 #[derive(
     Debug,
     Clone,
@@ -243,14 +249,18 @@ pub enum KpVersion {
     V1_16_4,
     /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_2`],
     /// [`KpVersion::V1_17_3`], [`KpVersion::V1_17_5`] and [`KpVersion::V1_17_6`]
-    /// write the same bytes), v1.17.0-v1.17.2 at `Better`, v1.17.0-v1.17.1 at
-    /// `Best`: Huffman with one stream from 17 literals (was 33), and Huffman
-    /// literals that do not beat raw ones (headers included) are stored raw.
+    /// write the same bytes), v1.17.0-v1.17.2 at `Better` and `Best` (v1.17.2 as
+    /// [`KpVersion::V1_17_2`], which writes the same bytes): Huffman with one stream
+    /// from 17 literals (was 33), and Huffman literals that do not beat raw ones
+    /// (headers included) are stored raw.
     #[serde(rename = "v1.17.0")]
     V1_17_0,
-    /// v1.17.2 at `Best` (at the other levels the same as [`KpVersion::V1_17_0`]):
-    /// `enc_best.go` rejects candidates at or after the current position (a
-    /// zero-offset match it could write before).
+    /// v1.17.2 at `Best`: `enc_best.go` rejects candidates at or after the current
+    /// position. Before, such a candidate could only be taken to write a zero or
+    /// negative offset, i.e. a corrupt frame (klauspost/compress#875); no input was
+    /// found where it happens (the suite of `tests/kpzstd.rs`, ~700 MB of
+    /// executables), so at every level this counts as [`KpVersion::V1_17_0`]
+    /// ([`KpVersion::same_bytes_as`]).
     #[serde(rename = "v1.17.2")]
     V1_17_2,
     /// v1.17.3-v1.17.4 at `Better` and `Best` (at `Fastest` and `Default` the same
@@ -342,14 +352,15 @@ impl KpVersion {
     /// The supported variants at `level` that write different bytes from each other
     /// (for some input and calls), oldest first: what to try when identifying a
     /// stream. Left out are the variants of releases that changed other levels only
-    /// ([`KpVersion::V1_16_1`] and [`KpVersion::V1_17_2`] except at `Best`,
-    /// [`KpVersion::V1_17_3`] and [`KpVersion::V1_17_5`] at `Fastest` and
-    /// `Default`, [`KpVersion::V1_17_6`] except at `Best`), and
-    /// [`KpVersion::V1_15_13`] (except at `Best`) and [`KpVersion::V1_17_10`],
-    /// whose changes only move the position counter: no input was found where they
-    /// write other bytes than the variant before them (zeroed or stale table
-    /// entries never pass the match-distance check), so they count as
-    /// [`KpVersion::V1_15_12`] and [`KpVersion::V1_17_8`].
+    /// ([`KpVersion::V1_16_1`] except at `Best`, [`KpVersion::V1_17_3`] and
+    /// [`KpVersion::V1_17_5`] at `Fastest` and `Default`, [`KpVersion::V1_17_6`]
+    /// except at `Best`), [`KpVersion::V1_15_13`] (except at `Best`) and
+    /// [`KpVersion::V1_17_10`], whose changes only move the position counter: no
+    /// input was found where they write other bytes than the variant before them
+    /// (zeroed or stale table entries never pass the match-distance check), so they
+    /// count as [`KpVersion::V1_15_12`] and [`KpVersion::V1_17_8`]; and
+    /// [`KpVersion::V1_17_2`], which differs only where its predecessor wrote a
+    /// corrupt frame (it counts as [`KpVersion::V1_17_0`]).
     pub fn distinct(level: KpLevel) -> Vec<KpVersion> {
         KpVersion::ALL
             .into_iter()
@@ -364,7 +375,8 @@ impl KpVersion {
         match self {
             KpVersion::V1_15_13 | KpVersion::V1_16_1 if !best => Some(KpVersion::V1_15_12),
             KpVersion::V1_17_10 => Some(KpVersion::V1_17_8),
-            KpVersion::V1_17_2 if !best => Some(KpVersion::V1_17_0),
+            // At `Best` too: see the variant's doc.
+            KpVersion::V1_17_2 => Some(KpVersion::V1_17_0),
             KpVersion::V1_17_3 | KpVersion::V1_17_5 | KpVersion::V1_17_6
                 if matches!(level, KpLevel::Fastest | KpLevel::Default) =>
             {
