@@ -927,8 +927,7 @@ fn release_suite(bin: &Path, tag: &str, level: KpLevel, version: KpVersion) {
         .then(|| {
             KpVersion::distinct(level)
                 .into_iter()
-                .filter(|v| *v < version)
-                .next_back()
+                .rfind(|v| *v < version)
         })
         .flatten();
     let told = std::cell::Cell::new(0usize);

@@ -225,17 +225,18 @@ impl Matcher for BestFastEncoder {
         let blk = &mut self.base.blk;
         blk.size = block.len();
         // 1.17.8 on: "Check RLE first".
-        if self.rules.rle_first && block.len() > ZSTD_MIN_MATCH as usize {
-            if block[1..] == block[..block.len() - 1] {
-                blk.literals.push(block[0]);
-                blk.sequences.push(Seq {
-                    lit_len: 1,
-                    match_len: (block.len() - 1) as u32 - ZSTD_MIN_MATCH as u32,
-                    offset: 1 + 3,
-                    ..Seq::default()
-                });
-                return;
-            }
+        if self.rules.rle_first
+            && block.len() > ZSTD_MIN_MATCH as usize
+            && block[1..] == block[..block.len() - 1]
+        {
+            blk.literals.push(block[0]);
+            blk.sequences.push(Seq {
+                lit_len: 1,
+                match_len: (block.len() - 1) as u32 - ZSTD_MIN_MATCH as u32,
+                offset: 1 + 3,
+                ..Seq::default()
+            });
+            return;
         }
         if block.len() < MIN_NON_LITERAL_BLOCK_SIZE {
             blk.extra_lits = block.len();
