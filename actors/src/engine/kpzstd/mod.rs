@@ -68,20 +68,25 @@
 //!
 //! | from | change | where |
 //! |---|---|---|
-//! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`) | `base.rs` |
-//! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault` | `block.rs`, here |
+//! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`); `Best`: candidates compared in pairs with one rounded difference, the end search starts 2 bytes into the match | `base.rs`, `best.rs` |
+//! | 1.16.1 | `Best`: `improve` replaces the best match in place | `best.rs` |
+//! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault`; `Best`: new match loop (candidates extended backwards, repeats straight after a match, "good enough" 250) | `block.rs`, `best.rs`, here |
 //! | 1.17.0 | one-stream Huffman from 17 literals (was 33); Huffman literals not smaller than raw (headers included) are stored raw | `block.rs` |
-//! | 1.17.3 | `Better`: skipped positions indexed from the last search position | `better.rs` |
+//! | 1.17.2 | `Best`: no candidates at or after the current position (before, they only made corrupt frames; counted as 1.17.0) | `best.rs` |
+//! | 1.17.3 | `Better`: skipped positions indexed from the last search position; `Best`: repeats priced by their code, every candidate extended backwards, indexing bounded near the block end | `better.rs`, `best.rs` |
 //! | 1.17.5 | `Better`/`Best`: default window 8 MiB | here |
-//! | 1.17.8 | one offset-1 sequence after at most one literal: an RLE block; `Better` checks for a one-byte block first | `block.rs`, `better.rs` |
+//! | 1.17.6 | `Best`: candidates extended backwards only while the best match is not a repeat | `best.rs` |
+//! | 1.17.8 | one offset-1 sequence after at most one literal: an RLE block; `Better` and `Best` check for a one-byte block first | `block.rs`, `better.rs`, `best.rs` |
 //! | 1.17.10 | a frame's only block is encoded with the stream's encoder | here |
 //! | 1.17.11 | closed after `Close` until `Reset` | here |
 //! | 1.18.5 | `WithZeroFrames` on: an empty frame is 13 bytes, not nothing | here |
 //!
-//! `Best` is implemented for 1.15.12 only (`enc_best.go` changed in 1.15.13,
-//! 1.16.1, 1.16.4, 1.17.2, 1.17.3, 1.17.6 and 1.17.8); other combinations are
-//! refused. Releases whose encoder diff is only refactoring, dictionaries or
-//! opt-in options (`WithConcurrentBlocks` in 1.19.0) share a variant.
+//! Every release from 1.15.12 to 1.19.1 is implemented at all four levels
+//! (checked against Go builds of each tag, `scripts/kpzstd-versions --all`).
+//! Releases whose encoder diff is only refactoring, dictionaries or opt-in
+//! options (`WithConcurrentBlocks` in 1.19.0) share a variant; so do, at the
+//! other levels, the releases that changed only `enc_best.go` (see
+//! [`KpVersion::same_bytes_as`]).
 //!
 //! # Concurrency, write sizes, window
 //!
@@ -195,8 +200,9 @@ impl KpLevel {
 /// each other. Ranges were established by building `tests/go/zstdwrite`
 /// against every tag from v1.15.12 to v1.19.1 and comparing (see
 /// `tests/kpzstd_versions.rs` and `scripts/kpzstd-versions`), and by reading
-/// each release's encoder changes. Levels a variant does not implement are
-/// refused by [`KpStreamEncoder::new`] ([`KpZstdError::Unsupported`]).
+/// each release's encoder changes. Every variant implements all four levels
+/// ([`KpVersion::supports`]); [`KpZstdError::Unsupported`] is kept for
+/// combinations a future variant may not implement.
 #[derive(
     Debug,
     Clone,
@@ -217,54 +223,83 @@ pub enum KpVersion {
     #[default]
     #[serde(rename = "v1.15.12")]
     V1_15_12,
-    /// v1.15.13-v1.16.3 at `Fastest`, `Default` and `Better`: `bufferReset`
-    /// became per encoder (`MaxInt32 - 2*window`, checked against `cur` plus the
-    /// history), which moves where tables are cleared or rebased (past ~1.5 GiB
-    /// of positions, ~190 frames at the default window); no input was found where
-    /// that changes the bytes ([`KpVersion::same_bytes_as`]). Not for `Best`
-    /// (`enc_best.go` changed in v1.15.13 and v1.16.1).
+    /// v1.15.13-v1.16.3 at `Fastest`, `Default` and `Better`, v1.15.13-v1.16.0 at
+    /// `Best`: `bufferReset` became per encoder (`MaxInt32 - 2*window`, checked
+    /// against `cur` plus the history), which moves where tables are cleared or
+    /// rebased (past ~1.5 GiB of positions, ~190 frames at the default window); no
+    /// input was found where that changes the bytes at the first three levels
+    /// ([`KpVersion::same_bytes_as`]). `Best` compares candidate matches in pairs
+    /// with one rounded difference (`bestOf` on pointers) and looks for a long
+    /// match where the best one ends from 2 bytes into it (`skipBeginning`).
     #[serde(rename = "v1.15.13")]
     V1_15_13,
-    /// v1.16.4-v1.16.7 at `Fastest`, `Default` and `Better`: matches must save
+    /// v1.16.1-v1.16.3 at `Best` (at the other levels the same as
+    /// [`KpVersion::V1_15_12`]): `enc_best.go`'s `improve` replaces the best
+    /// match in place, candidate by candidate.
+    #[serde(rename = "v1.16.1")]
+    V1_16_1,
+    /// v1.16.4-v1.16.7 at every level: matches must save
     /// 1/64 (not 1/32) of a block; `SpeedDefault` no longer entropy codes
     /// all-literal blocks (`allLitEntropy = level > SpeedDefault`); full blocks
-    /// of literals go through `encodeLits` (Huffman at `Better`); the raw fallback
-    /// moved into `blockEnc.encode`.
+    /// of literals go through `encodeLits` (Huffman at `Better` and `Best`); the raw
+    /// fallback moved into `blockEnc.encode`. `enc_best.go` was rewritten: every
+    /// candidate is extended backwards before it is scored, repeats are tried
+    /// straight after a match, "good enough" is 250 bytes (was 100).
     #[serde(rename = "v1.16.4")]
     V1_16_4,
-    /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_3`]
-    /// and [`KpVersion::V1_17_5`] write the same bytes), v1.17.0-v1.17.2 at
-    /// `Better`: Huffman with one stream from 17 literals (was 33), and Huffman
-    /// literals that do not beat raw ones (headers included) are stored raw.
+    /// v1.17.0-v1.17.7 at `Fastest` and `Default` (where [`KpVersion::V1_17_2`],
+    /// [`KpVersion::V1_17_3`], [`KpVersion::V1_17_5`] and [`KpVersion::V1_17_6`]
+    /// write the same bytes), v1.17.0-v1.17.2 at `Better` and `Best` (v1.17.2 as
+    /// [`KpVersion::V1_17_2`], which writes the same bytes): Huffman with one stream
+    /// from 17 literals (was 33), and Huffman literals that do not beat raw ones
+    /// (headers included) are stored raw.
     #[serde(rename = "v1.17.0")]
     V1_17_0,
-    /// v1.17.3-v1.17.4 at `Better` (at `Fastest` and `Default` the same as
-    /// [`KpVersion::V1_17_0`]): after a match, `enc_better.go` indexes the skipped
-    /// positions from the last search position, not from the match start.
+    /// v1.17.2 at `Best`: `enc_best.go` rejects candidates at or after the current
+    /// position. Before, such a candidate could only be taken to write a zero or
+    /// negative offset, i.e. a corrupt frame (klauspost/compress#875); no input was
+    /// found where it happens (the suite of `tests/kpzstd.rs`, ~700 MB of
+    /// executables), so at every level this counts as [`KpVersion::V1_17_0`]
+    /// ([`KpVersion::same_bytes_as`]).
+    #[serde(rename = "v1.17.2")]
+    V1_17_2,
+    /// v1.17.3-v1.17.4 at `Better` and `Best` (at `Fastest` and `Default` the same
+    /// as [`KpVersion::V1_17_0`]): after a match, `enc_better.go` indexes the
+    /// skipped positions from the last search position, not from the match start;
+    /// `enc_best.go` prices repeats by their code (`rep & 3`), extends repeat
+    /// candidates backwards too, and indexes skipped positions only up to near
+    /// the block end, updating the repeat offsets before it stops.
     #[serde(rename = "v1.17.3")]
     V1_17_3,
-    /// v1.17.5-v1.17.7 at `Better` (at `Fastest` and `Default` the same as
-    /// [`KpVersion::V1_17_0`]): the default window of `SpeedBetterCompression` and
-    /// `SpeedBestCompression` is 8 MiB (was 16 and 32 MiB).
+    /// v1.17.5-v1.17.7 at `Better`, v1.17.5 at `Best` (at `Fastest` and `Default`
+    /// the same as [`KpVersion::V1_17_0`]): the default window of
+    /// `SpeedBetterCompression` and `SpeedBestCompression` is 8 MiB (was 16 and
+    /// 32 MiB).
     #[serde(rename = "v1.17.5")]
     V1_17_5,
-    /// v1.17.8-v1.17.9 at `Fastest`, `Default` and `Better`: a block that is one
+    /// v1.17.6-v1.17.7 at `Best` (at `Fastest` and `Default` the same as
+    /// [`KpVersion::V1_17_0`], at `Better` as [`KpVersion::V1_17_5`]):
+    /// `enc_best.go` extends a candidate backwards only while the best match so
+    /// far is not a repeat.
+    #[serde(rename = "v1.17.6")]
+    V1_17_6,
+    /// v1.17.8-v1.17.9 at every level: a block that is one
     /// offset-1 match after at most one literal becomes an RLE block, and
-    /// `enc_better.go` checks for a block of one repeated byte first.
+    /// `enc_better.go` and `enc_best.go` check for a block of one repeated byte first.
     #[serde(rename = "v1.17.8")]
     V1_17_8,
-    /// v1.17.10 at `Fastest`, `Default` and `Better`: a frame's only block
+    /// v1.17.10 at every level: a frame's only block
     /// (`EncodeAll` from `Close`) uses the stream's own encoder instead of one from
     /// the pool, which moves its position counter; no input was found where that
     /// changes the bytes ([`KpVersion::same_bytes_as`]).
     #[serde(rename = "v1.17.10")]
     V1_17_10,
-    /// v1.17.11-v1.18.4 at `Fastest`, `Default` and `Better`: after a successful `Close`
+    /// v1.17.11-v1.18.4 at every level: after a successful `Close`
     /// the encoder is closed until `Reset`: a second `Close` writes nothing
     /// (before: another checksum), `Write` is refused (here: ignored).
     #[serde(rename = "v1.17.11")]
     V1_17_11,
-    /// v1.18.5-v1.19.1 at `Fastest`, `Default` and `Better`: `WithZeroFrames` is on by
+    /// v1.18.5-v1.19.1 at every level: `WithZeroFrames` is on by
     /// default: closing a frame with no input writes a 13-byte frame (header,
     /// empty last raw block, checksum) instead of nothing.
     #[serde(rename = "v1.18.5")]
@@ -273,13 +308,16 @@ pub enum KpVersion {
 
 impl KpVersion {
     /// Every variant, oldest first.
-    pub const ALL: [KpVersion; 10] = [
+    pub const ALL: [KpVersion; 13] = [
         KpVersion::V1_15_12,
         KpVersion::V1_15_13,
+        KpVersion::V1_16_1,
         KpVersion::V1_16_4,
         KpVersion::V1_17_0,
+        KpVersion::V1_17_2,
         KpVersion::V1_17_3,
         KpVersion::V1_17_5,
+        KpVersion::V1_17_6,
         KpVersion::V1_17_8,
         KpVersion::V1_17_10,
         KpVersion::V1_17_11,
@@ -291,10 +329,13 @@ impl KpVersion {
         match self {
             KpVersion::V1_15_12 => "v1.15.12",
             KpVersion::V1_15_13 => "v1.15.13",
+            KpVersion::V1_16_1 => "v1.16.1",
             KpVersion::V1_16_4 => "v1.16.4",
             KpVersion::V1_17_0 => "v1.17.0",
+            KpVersion::V1_17_2 => "v1.17.2",
             KpVersion::V1_17_3 => "v1.17.3",
             KpVersion::V1_17_5 => "v1.17.5",
+            KpVersion::V1_17_6 => "v1.17.6",
             KpVersion::V1_17_8 => "v1.17.8",
             KpVersion::V1_17_10 => "v1.17.10",
             KpVersion::V1_17_11 => "v1.17.11",
@@ -302,23 +343,24 @@ impl KpVersion {
         }
     }
 
-    /// Whether [`KpStreamEncoder`] implements this release at `level`.
-    pub fn supports(self, level: KpLevel) -> bool {
-        match level {
-            KpLevel::Fastest | KpLevel::Default | KpLevel::Better => true,
-            KpLevel::Best => self == KpVersion::V1_15_12,
-        }
+    /// Whether [`KpStreamEncoder`] implements this release at `level` (all of them
+    /// at every level).
+    pub fn supports(self, _level: KpLevel) -> bool {
+        true
     }
 
     /// The supported variants at `level` that write different bytes from each other
     /// (for some input and calls), oldest first: what to try when identifying a
-    /// stream. Left out are [`KpVersion::V1_17_3`] and [`KpVersion::V1_17_5`] at
-    /// `Fastest` and `Default` (those releases changed other levels only), and
-    /// [`KpVersion::V1_15_13`] and [`KpVersion::V1_17_10`], whose changes only move
-    /// the position counter: no input was found where they write other bytes than
-    /// the variant before them (zeroed or stale table entries never pass the
-    /// match-distance check), so they count as [`KpVersion::V1_15_12`] and
-    /// [`KpVersion::V1_17_8`].
+    /// stream. Left out are the variants of releases that changed other levels only
+    /// ([`KpVersion::V1_16_1`] except at `Best`, [`KpVersion::V1_17_3`] and
+    /// [`KpVersion::V1_17_5`] at `Fastest` and `Default`, [`KpVersion::V1_17_6`]
+    /// except at `Best`), [`KpVersion::V1_15_13`] (except at `Best`) and
+    /// [`KpVersion::V1_17_10`], whose changes only move the position counter: no
+    /// input was found where they write other bytes than the variant before them
+    /// (zeroed or stale table entries never pass the match-distance check), so they
+    /// count as [`KpVersion::V1_15_12`] and [`KpVersion::V1_17_8`]; and
+    /// [`KpVersion::V1_17_2`], which differs only where its predecessor wrote a
+    /// corrupt frame (it counts as [`KpVersion::V1_17_0`]).
     pub fn distinct(level: KpLevel) -> Vec<KpVersion> {
         KpVersion::ALL
             .into_iter()
@@ -329,14 +371,18 @@ impl KpVersion {
     /// The older variant this one writes the same bytes as at `level` (as far as the
     /// comparisons in `tests/kpzstd.rs` show), if any.
     pub fn same_bytes_as(self, level: KpLevel) -> Option<KpVersion> {
+        let best = level == KpLevel::Best;
         match self {
-            KpVersion::V1_15_13 => Some(KpVersion::V1_15_12),
+            KpVersion::V1_15_13 | KpVersion::V1_16_1 if !best => Some(KpVersion::V1_15_12),
             KpVersion::V1_17_10 => Some(KpVersion::V1_17_8),
-            KpVersion::V1_17_3 | KpVersion::V1_17_5
+            // At `Best` too: see the variant's doc.
+            KpVersion::V1_17_2 => Some(KpVersion::V1_17_0),
+            KpVersion::V1_17_3 | KpVersion::V1_17_5 | KpVersion::V1_17_6
                 if matches!(level, KpLevel::Fastest | KpLevel::Default) =>
             {
                 Some(KpVersion::V1_17_0)
             }
+            KpVersion::V1_17_6 if level == KpLevel::Better => Some(KpVersion::V1_17_5),
             _ => None,
         }
     }
@@ -355,6 +401,23 @@ impl KpVersion {
             raw_in_encode: self >= KpVersion::V1_16_4,
             small_huffman: self >= KpVersion::V1_17_0,
             rle_blocks: self >= KpVersion::V1_17_8,
+        }
+    }
+
+    fn best_rules(self) -> best::BestRules {
+        best::BestRules {
+            selection: if self >= KpVersion::V1_16_1 {
+                best::Selection::Improve
+            } else if self >= KpVersion::V1_15_13 {
+                best::Selection::Tree
+            } else {
+                best::Selection::Pairwise
+            },
+            v1_16_4: self >= KpVersion::V1_16_4,
+            reject_self: self >= KpVersion::V1_17_2,
+            v1_17_3: self >= KpVersion::V1_17_3,
+            v1_17_6: self >= KpVersion::V1_17_6,
+            rle_first: self >= KpVersion::V1_17_8,
         }
     }
 }
@@ -453,7 +516,11 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
             b.rle_first = version >= KpVersion::V1_17_8;
             Box::new(b)
         }
-        KpLevel::Best => Box::new(best::BestFastEncoder::new(w, r)),
+        KpLevel::Best => {
+            let mut b = best::BestFastEncoder::new(w, r);
+            b.rules = version.best_rules();
+            Box::new(b)
+        }
     };
     m.base().blk.rules = version.block_rules();
     m
