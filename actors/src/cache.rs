@@ -7,14 +7,15 @@
 //! into place only after the restore matched the digest. A size of 0 disables the cache. Every
 //! byte here counts in the store's `bytes.stored`.
 //!
-//! **Eviction weighs what a copy saves** (GreedyDual-Size): a layer's restore time per byte is
+//! **Eviction weighs what a copy saves** (GreedyDual-Size): a layer's restore time per byte
+//! (estimated from its encoding, `Recipe::restore_estimate`) is
 //! what each of its bytes here saves a pull, and layers differ by two orders of magnitude (an
 //! uncompressed or fast-zstd layer comes back at hundreds of MB/s, one written by
 //! klauspost's `SpeedBestCompression` at ~10). Each entry's priority is the tier's inflation
 //! value plus its restore seconds per byte, set when it is kept and again when it is used; the
 //! lowest goes first (the least recently used among equals) and raises the inflation value to
 //! its priority, so a copy that is slow to re-create outlives cheap ones, but not forever.
-//! With equal costs this is LRU. Files found at start have no cost known: they are given
+//! Costs are rounded to powers of two; among equal costs this is LRU. Files found at start have no cost known: they are given
 //! [`DEFAULT_RATE`]'s.
 
 use std::collections::HashMap;
@@ -90,9 +91,16 @@ impl State {
     }
 }
 
-/// Restore seconds per byte of a copy of `size` bytes whose restore took `took`.
+/// Restore seconds per byte of a copy of `size` bytes whose restore takes `took`, rounded to
+/// a power of two: copies of the same kind (encoder, level, about the same compression ratio)
+/// weigh the same, and are evicted least recently used first.
 fn cost_of(size: u64, took: std::time::Duration) -> f64 {
-    took.as_secs_f64() / size.max(1) as f64
+    let c = took.as_secs_f64() / size.max(1) as f64;
+    if c > 0.0 {
+        c.log2().round().exp2()
+    } else {
+        0.0
+    }
 }
 
 impl LayerCache {
@@ -200,8 +208,8 @@ impl LayerCache {
     }
 
     /// Keep the file at `path` (a layer just verified, durable already) as `d`'s hot copy when
-    /// it fits, evicting what saves pulls least; `took` is how long re-creating it took (its
-    /// cost). False when it does not fit (the caller removes it). Renamed, not copied: `path`
+    /// it fits, evicting what saves pulls least; `took` is about how long re-creating it takes
+    /// (its cost: `Recipe::restore_estimate`). False when it does not fit (the caller removes it). Renamed, not copied: `path`
     /// must be on the cache's file system.
     pub fn adopt(
         &self,

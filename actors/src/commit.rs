@@ -94,8 +94,6 @@ impl Commit {
         let reader = ChunkReader::new(self.catalog.clone(), self.cfg.containers.clone());
         let alternatives = job.alternatives.get().map_or(&[][..], Vec::as_slice);
         let mut verified = None;
-        // How long the restore that re-created the layer took: the hot tier weighs it.
-        let mut took = std::time::Instant::now();
         if self.reproduces(job, &reader, recipe)? {
             verified = Some(recipe.clone());
         } else {
@@ -104,7 +102,6 @@ impl Commit {
                     encoding: encoding.clone(),
                     ..recipe.clone()
                 };
-                took = std::time::Instant::now();
                 if self.reproduces(job, &reader, &alt)? {
                     tracing::info!(
                         digest = %job.digest,
@@ -117,7 +114,6 @@ impl Commit {
                 }
             }
         }
-        let took = took.elapsed();
         let Some(recipe) = verified else {
             // The reason is a metric label: keep it free of per-layer values.
             tracing::error!(
@@ -139,10 +135,12 @@ impl Commit {
         failpoint("recipe-committed-before-discard");
         // The pushed bytes, verified redundant now, stay hot when the budget allows.
         let kept = match &self.cfg.hot {
-            Some(hot) => hot.adopt(&job.digest, &job.path, took).unwrap_or_else(|e| {
-                tracing::warn!(digest = %job.digest, error = %e, "could not keep a layer hot");
-                false
-            }),
+            Some(hot) => hot
+                .adopt(&job.digest, &job.path, recipe.restore_estimate())
+                .unwrap_or_else(|e| {
+                    tracing::warn!(digest = %job.digest, error = %e, "could not keep a layer hot");
+                    false
+                }),
             None => false,
         };
         if !kept {

@@ -534,9 +534,8 @@ pub enum Target {
     },
 }
 
-/// Keeps a verified spool file (the hot tier renames it), given how long its restore took;
-/// answers whether it did.
-pub type Adopt = Box<dyn FnOnce(&Path, std::time::Duration) -> bool + Send>;
+/// Keeps a verified spool file (the hot tier renames it); answers whether it did.
+pub type Adopt = Box<dyn FnOnce(&Path) -> bool + Send>;
 
 /// A flight to restore. Dropped unfinished (the actor stopped before a thread took it, or the
 /// restore panicked), it fails the flight, so its readers never wait for a restore that will
@@ -557,9 +556,9 @@ impl SpoolJob {
         }
     }
 
-    fn finish(mut self, r: Result<(), String>, took: std::time::Duration) {
+    fn finish(mut self, r: Result<(), String>) {
         let adopt = self.adopt.take().expect("finished once");
-        self.flights.finish(&self.flight, r, |p| adopt(p, took));
+        self.flights.finish(&self.flight, r, adopt);
     }
 }
 
@@ -817,11 +816,9 @@ impl actix::Handler<RestoreLayer> for Restore {
                     .name("restore".into())
                     .spawn(move || {
                         me.permits.acquire();
-                        let t = std::time::Instant::now();
                         let r = me.spool(&m.recipe, &m.digest, &job.flight);
-                        let took = t.elapsed();
                         me.permits.release();
-                        job.finish(r, took);
+                        job.finish(r);
                     });
                 if let Err(e) = spawned {
                     // The job was dropped with the closure: its flight failed.

@@ -190,13 +190,14 @@ impl Registry {
             flight.clone(),
             flight.digest.clone(),
         );
-        let adopt = Box::new(move |path: &std::path::Path, took| {
+        let cost = recipe.restore_estimate();
+        let adopt = Box::new(move |path: &std::path::Path| {
             if !f2.wanted.load(Relaxed) {
                 return false;
             }
             let kept = std::fs::File::open(path)
                 .and_then(|f| f.sync_all())
-                .and_then(|()| cache.adopt(&d, path, took));
+                .and_then(|()| cache.adopt(&d, path, cost));
             match kept {
                 Ok(k) => k,
                 Err(e) => {

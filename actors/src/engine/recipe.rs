@@ -98,6 +98,14 @@ impl<'a> Rd<'a> {
 }
 
 impl Recipe {
+    /// About how long re-creating the layer takes (see [`Encoding::nominal_restore_rate`]):
+    /// what a hot copy of it saves a pull.
+    pub fn restore_estimate(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(
+            self.raw_len as f64 / self.encoding.nominal_restore_rate(),
+        )
+    }
+
     /// The version 2 body, uncompressed: what [`Recipe::to_bytes`] compresses. Successive
     /// versions of a layer share long runs of it (the ids of their unchanged chunks), so the
     /// metadata store may keep a recipe as a patch against a similar recipe's body.

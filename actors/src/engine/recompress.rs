@@ -105,6 +105,51 @@ impl Encoding {
             Encoding::ZstdFrames { encoder, .. } => encoder.label(),
         }
     }
+
+    /// Roughly how fast a layer in this encoding is re-created, in plaintext bytes per
+    /// second: the restore speeds `benches/encoder-table` measured on a 2-core machine (README,
+    /// "Benchmark"), by encoder family and level. Only the ratios matter (the hot tier keeps
+    /// what is slow to re-create); a fixed table, not a measurement, so that equal encodings
+    /// weigh the same and the tier stays least-recently-used among them.
+    pub fn nominal_restore_rate(&self) -> f64 {
+        let label = self.label();
+        let level = label
+            .rsplit('-')
+            .next()
+            .and_then(|l| l.parse::<i32>().ok())
+            .unwrap_or(6);
+        let mb_s = match label.as_str() {
+            "none" => 500.0,
+            "zstd-kp-fastest" => 187.0,
+            "zstd-kp-default" => 122.0,
+            "zstd-kp-better" => 35.0,
+            "zstd-kp-best" => 9.0,
+            l if l.starts_with("gzip-pgzip-") => 250.0,
+            l if l.starts_with("gzip-go") => {
+                if level <= 6 {
+                    118.0
+                } else {
+                    31.0
+                }
+            }
+            l if l.starts_with("gzip-") => {
+                if level <= 6 {
+                    60.0
+                } else {
+                    20.0
+                }
+            }
+            _ => {
+                // libzstd levels
+                if level <= 9 {
+                    150.0
+                } else {
+                    20.0
+                }
+            }
+        };
+        mb_s * 1e6
+    }
 }
 
 /// One gzip member: header and trailer verbatim, the zlib level of its deflate stream, and how
