@@ -8,15 +8,14 @@
 //! byte here counts in the store's `bytes.stored`.
 //!
 //! **Eviction weighs what a copy saves** (GreedyDual-Size): a layer's restore time per byte
-//! (estimated from its encoding, `Recipe::restore_estimate`) is
-//! what each of its bytes here saves a pull, and layers differ by two orders of magnitude (an
-//! uncompressed or fast-zstd layer comes back at hundreds of MB/s, one written by
-//! klauspost's `SpeedBestCompression` at ~10). Each entry's priority is the tier's inflation
-//! value plus its restore seconds per byte, set when it is kept and again when it is used; the
-//! lowest goes first (the least recently used among equals) and raises the inflation value to
-//! its priority, so a copy that is slow to re-create outlives cheap ones, but not forever.
-//! Costs are rounded to powers of two; among equal costs this is LRU. Files found at start have no cost known: they are given
-//! [`DEFAULT_RATE`]'s.
+//! (estimated from its encoding, `Recipe::restore_estimate`) is what each of its bytes here
+//! saves a pull, and layers differ by two orders of magnitude (an uncompressed or fast-zstd
+//! layer comes back at hundreds of MB/s, one written by klauspost's `SpeedBestCompression` at
+//! ~10). Each entry's priority is the tier's inflation value plus its restore seconds per
+//! byte, set when it is kept and again when it is used; the lowest goes first and raises the
+//! inflation value to its priority, so a copy that is slow to re-create outlives cheap ones,
+//! but not forever. Costs are rounded to powers of two; among equal costs this is LRU. Files
+//! found at start have no cost known: they are given [`DEFAULT_RATE`]'s.
 
 use std::collections::HashMap;
 use std::fs;
@@ -91,11 +90,11 @@ impl State {
     }
 }
 
-/// Restore seconds per byte of a copy of `size` bytes whose restore takes `took`, rounded to
-/// a power of two: copies of the same kind (encoder, level, about the same compression ratio)
-/// weigh the same, and are evicted least recently used first.
-fn cost_of(size: u64, took: std::time::Duration) -> f64 {
-    let c = took.as_secs_f64() / size.max(1) as f64;
+/// Restore seconds per byte of a copy of `size` bytes whose restore takes `restore`, rounded
+/// to a power of two: copies of the same kind (encoder, level, about the same compression
+/// ratio) weigh the same, and are evicted least recently used first.
+fn cost_of(size: u64, restore: std::time::Duration) -> f64 {
+    let c = restore.as_secs_f64() / size.max(1) as f64;
     if c > 0.0 {
         c.log2().round().exp2()
     } else {
@@ -208,14 +207,14 @@ impl LayerCache {
     }
 
     /// Keep the file at `path` (a layer just verified, durable already) as `d`'s hot copy when
-    /// it fits, evicting what saves pulls least; `took` is about how long re-creating it takes
-    /// (its cost: `Recipe::restore_estimate`). False when it does not fit (the caller removes it). Renamed, not copied: `path`
-    /// must be on the cache's file system.
+    /// it fits, evicting what saves pulls least; `restore` is about how long re-creating it
+    /// takes (its cost: `Recipe::restore_estimate`). False when it does not fit (the caller
+    /// removes it). Renamed, not copied: `path` must be on the cache's file system.
     pub fn adopt(
         &self,
         d: &Digest,
         path: &std::path::Path,
-        took: std::time::Duration,
+        restore: std::time::Duration,
     ) -> io::Result<bool> {
         let size = fs::metadata(path)?.len();
         let budget = self.budget();
@@ -226,7 +225,7 @@ impl LayerCache {
         fs::rename(path, self.path(d))?;
         let mut st = self.state.lock().expect("cache lock");
         st.pulls.remove(d);
-        st.insert(d.clone(), size, cost_of(size, took));
+        st.insert(d.clone(), size, cost_of(size, restore));
         Ok(true)
     }
 

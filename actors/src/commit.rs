@@ -1,9 +1,9 @@
 //! Commit: verify before discard. It restores the whole layer from its committed chunks,
 //! compares the restored bytes with the pushed ones and their digest with the blob's (when
 //! ingest found several encoders alike on what it compared, each in turn until one re-creates
-//! the layer), then commits the recipe and file
-//! index and drops the raw blob (or adopts it into the hot tier when that has room). Nothing is
-//! discarded before the restored layer matched its digest.
+//! the layer), then commits the recipe and file index and drops the raw blob (or adopts it
+//! into the hot tier when that has room). Nothing is discarded before the restored layer
+//! matched its digest.
 //!
 //! - **In:** `Body::Finished`, from Pack.
 //! - **Out:** the layer's [`Outcome`], on the reply channel of the [`Dedup`](crate::extract::Dedup)
