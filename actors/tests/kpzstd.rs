@@ -545,35 +545,37 @@ fn windows_crc_and_content_size() {
     }
 }
 
+/// zstdwrite scripts of Write, ReadFrom, Flush, Close and Reset (see its package doc).
+const SCRIPTS: [&str; 19] = [
+    "w:1000,f,c",
+    "w,f,c",
+    "f,c",
+    "c",
+    "c,c",
+    "w:5000,c,c",
+    "w:300000,c,c",
+    "w:1000,f,f,w:1000,f,c",
+    "w:131072,f,c",
+    "w:131072,c",
+    "w:65536,c",
+    "w:200000,f,w:100,c",
+    "w:10,c,r,w:20000,c,r,w:300000,c,r,c,r,w:1,c",
+    "w:100,f,c,r,w:100,c",
+    "w:1000,rf:50000,w:10,rf:200000,c",
+    "rf,c",
+    "w:70000,r,w:70000,c",
+    "rs:256,w:256,c,rs:70000,w:70000,c,rs:0,w:10,c",
+    "w:500000,f,w:500000,f,c,r,w:1000,f,c",
+];
+
 /// Flush, Close, Reset and ReadFrom sequences: zstd:chunked writes each file as
 /// its own frame (`Write; Close; Reset`) and ends with `Write; Flush; Close`.
 #[test]
 fn flush_close_reset_sequences() {
     let Some(bin) = zstdwrite() else { return };
     let data = mixture(2 << 20, 31);
-    let scripts = [
-        "w:1000,f,c",
-        "w,f,c",
-        "f,c",
-        "c",
-        "c,c",
-        "w:5000,c,c",
-        "w:300000,c,c",
-        "w:1000,f,f,w:1000,f,c",
-        "w:131072,f,c",
-        "w:131072,c",
-        "w:65536,c",
-        "w:200000,f,w:100,c",
-        "w:10,c,r,w:20000,c,r,w:300000,c,r,c,r,w:1,c",
-        "w:100,f,c,r,w:100,c",
-        "w:1000,rf:50000,w:10,rf:200000,c",
-        "rf,c",
-        "w:70000,r,w:70000,c",
-        "rs:256,w:256,c,rs:70000,w:70000,c,rs:0,w:10,c",
-        "w:500000,f,w:500000,f,c,r,w:1000,f,c",
-    ];
     for level in LEVELS {
-        for script in scripts {
+        for script in SCRIPTS {
             let d = Drive {
                 script: Some(script),
                 ..Drive::level(level)
@@ -995,29 +997,8 @@ fn release_suite(bin: &Path, tag: &str, level: KpLevel, version: KpVersion) {
     count(3);
 
     let data = mixture(2 << 20, 31);
-    let scripts = [
-        "w:1000,f,c",
-        "w,f,c",
-        "f,c",
-        "c",
-        "c,c",
-        "w:5000,c,c",
-        "w:300000,c,c",
-        "w:1000,f,f,w:1000,f,c",
-        "w:131072,f,c",
-        "w:131072,c",
-        "w:65536,c",
-        "w:200000,f,w:100,c",
-        "w:10,c,r,w:20000,c,r,w:300000,c,r,c,r,w:1,c",
-        "w:100,f,c,r,w:100,c",
-        "w:1000,rf:50000,w:10,rf:200000,c",
-        "rf,c",
-        "w:70000,r,w:70000,c",
-        "rs:256,w:256,c,rs:70000,w:70000,c,rs:0,w:10,c",
-        "w:500000,f,w:500000,f,c,r,w:1000,f,c",
-        "r,c,r,f,c,rs:0,c",
-    ];
-    for script in scripts {
+    let scripts: Vec<&str> = SCRIPTS.into_iter().chain(["r,c,r,f,c,rs:0,c"]).collect();
+    for &script in &scripts {
         let d = Drive {
             script: Some(script),
             ..d0.clone()
