@@ -1011,7 +1011,8 @@ fn first_layer(s: &Server, repo: &str, tag: &str) -> (String, Vec<u8>) {
 /// zstd from the clients that write it (containers/image and containers/storage compress
 /// with klauspost/compress/zstd): skopeo `zstd` and `zstd:chunked`, podman and buildah
 /// `--compression-format zstd`. Every layer is deduplicated, not kept raw, and comes back
-/// bit for bit; a range inside a zstd:chunked layer (what a partial pull asks for) too.
+/// bit for bit; a range inside a zstd:chunked layer (what a partial pull asks for) too. The
+/// zstd:chunked layer keeps its compressed frames (the default `--zstd-frames auto`).
 #[test]
 fn zstd_and_zstd_chunked_from_skopeo_podman_buildah() {
     let env = Env::new();
@@ -1108,6 +1109,11 @@ fn zstd_and_zstd_chunked_from_skopeo_podman_buildah() {
             .keys()
             .any(|k| k.starts_with("zstd-kp-")),
         "klauspost zstd recognised: {encodings}"
+    );
+    // zstd:chunked's frames (klauspost's slowest level) are kept as they are (--zstd-frames).
+    assert!(
+        encodings.get("zstd-stored-frames").is_some(),
+        "zstd:chunked stored as its frames: {encodings}"
     );
 
     // Everything comes back from chunks bit for bit (fetch_blob checks each digest).

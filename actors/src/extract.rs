@@ -1,6 +1,8 @@
 //! Extract: the first sync stage. It reads a staged blob, identifies its compression from the
 //! bytes, inflates it and splits the tar stream exactly (headers and small files into the
 //! layer-wide inline stream, large files on their own), in batches of about [`BATCH_BYTES`].
+//! A zstd stream of many frames whose frames are kept as they are (see
+//! [`ZstdFrames`](crate::engine::zstd_frames::ZstdFrames)) is split at its frames instead.
 //!
 //! - **In:** [`Dedup`], from Upload, one layer at a time: Upload sends the next only once this
 //!   stage has answered, which it does when it has read the whole layer.
@@ -26,6 +28,7 @@ use actix::prelude::*;
 use crate::digest::Digest;
 use crate::engine::recompress::{Compression, Encoding, LayerDecoder};
 use crate::engine::tar::{FileEntry, TarSink, TarSplitter};
+use crate::engine::zstd_frames::StoredFrames;
 use crate::pipeline::{
     background_priority, Batch, Body, Bounded, JobCtx, LayerPolicy, PipelineConfig, Reply,
     StageStats, BATCH_BYTES,
@@ -139,14 +142,32 @@ impl Extract {
         let mut f = File::open(&job.path).map_err(|e| format!("opening staged blob: {e}"))?;
         let mut buf = vec![0u8; BATCH_BYTES];
         let mut n = read_full(&mut f, &mut buf).map_err(|e| e.to_string())?;
-        let mut decoder = LayerDecoder::new(Compression::detect(&buf[..n]));
-        let mut split = TarSplitter::new(self.cfg.chunk.min as u64);
+        let compression = Compression::detect(&buf[..n]);
+        let inline_below = self.cfg.chunk.min as u64;
         let mut sink = SegSink {
             batch: Vec::new(),
             bytes: 0,
             next: &mut self.next,
             job,
         };
+        if compression == Compression::Zstd {
+            let plan = StoredFrames::plan(&job.path, self.cfg.zstd_frames)
+                .map_err(|e| format!("reading staged blob: {e}"))?;
+            if let Some(plan) = plan {
+                let stats = &self.stats;
+                let len = f.metadata().map_err(|e| e.to_string())?.len();
+                stats.extract_bytes.fetch_add(len, Ordering::Relaxed);
+                let end = plan.split(&job.path, &mut sink, &mut |raw| {
+                    stats
+                        .raw_bytes
+                        .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                });
+                sink.flush();
+                return end.map_err(|e| e.to_string());
+            }
+        }
+        let mut decoder = LayerDecoder::new(compression);
+        let mut split = TarSplitter::new(inline_below);
         let mut failure = None;
         while n > 0 {
             self.stats

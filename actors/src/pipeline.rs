@@ -42,6 +42,7 @@ use crate::engine::features::FeatureParams;
 use crate::engine::recipe::{NewChunk, Recipe};
 use crate::engine::recompress::Encoding;
 use crate::engine::tar::FileEntry;
+pub use crate::engine::zstd_frames::{ZstdFrames, STORE_FRAMES_BELOW};
 use crate::extract::Segment;
 use crate::similarity::EncodedChunk;
 
@@ -70,6 +71,8 @@ pub struct PipelineConfig {
     pub similarity: SimilarityConfig,
     /// Where a verified layer's pushed bytes go instead of being removed, when they fit.
     pub hot: Option<Arc<crate::cache::LayerCache>>,
+    /// Which zstd layers of many frames keep their compressed frames.
+    pub zstd_frames: ZstdFrames,
 }
 
 /// Near-duplicate detection and its selective policies.

@@ -124,6 +124,7 @@ fn config(containers: &Path) -> PipelineConfig {
         zstd_level: 3,
         similarity: Default::default(),
         hot: None,
+        zstd_frames: Default::default(),
     }
 }
 
@@ -423,4 +424,122 @@ fn a_zstd_layer_whose_first_encoder_guess_fails_is_verified_under_another() {
         restored(&cat, &containers, &staged[0].0) == blob,
         "restores bit for bit"
     );
+}
+
+/// `tar` as zstd:chunked lays it out: a zstd frame per tar entry (header and contents) written
+/// by klauspost's `SpeedBestCompression`, then a skippable frame (its table of contents).
+fn chunked_like(tar: &[u8]) -> Vec<u8> {
+    use stowage_actors::engine::zstd_frames::{encode_frame, FrameShape, KpZstdLevel, ZstdEncoder};
+    let mut starts: Vec<usize> = tar::Archive::new(tar)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().raw_header_position() as usize)
+        .collect();
+    starts.push(tar.len());
+    let best = ZstdEncoder::Klauspost {
+        level: KpZstdLevel::Best,
+        version: Default::default(),
+    };
+    let mut out = Vec::new();
+    for w in starts.windows(2) {
+        out.extend(encode_frame(&best, &tar[w[0]..w[1]], FrameShape::flags(0)));
+    }
+    out.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, b't', b'o', b'c', b'!']);
+    out
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+    })
+}
+
+#[test]
+fn zstd_chunked_frames_are_stored_as_they_are_and_repeat_across_versions() {
+    use stowage_actors::engine::recompress::Encoding;
+    let dir = tempfile::tempdir().unwrap();
+    let containers = dir.path().join("containers");
+    let cat = Arc::new(MemCatalog::default());
+    let blobs = [chunked_like(&layer(1)), chunked_like(&layer(2))];
+    let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
+    let cfg = || config(&containers);
+    let (outcomes, _) = dedup_all(&cat, cfg(), &staged[..1], LayerPolicy::default());
+    assert!(
+        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
+        "{outcomes:?}"
+    );
+    let first = dir_bytes(&containers);
+    let (outcomes, _) = dedup_all(&cat, cfg(), &staged[1..], LayerPolicy::default());
+    assert!(
+        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
+        "{outcomes:?}"
+    );
+    let second = dir_bytes(&containers) - first;
+
+    for ((d, path), blob) in staged.iter().zip(&blobs) {
+        assert!(!path.exists(), "raw blob removed after verify");
+        assert!(
+            restored(&cat, &containers, d) == *blob,
+            "restores bit for bit"
+        );
+        let (recipe, files) = cat.recipes.lock().unwrap()[d].clone();
+        let Encoding::ZstdStoredFrames { frames, encoder } = &recipe.encoding else {
+            panic!("stored as frames: {:?}", recipe.encoding.label());
+        };
+        assert_eq!(*frames, 30, "a frame per entry");
+        assert_eq!(encoder.map(|e| e.label()).as_deref(), Some("zstd-kp-best"));
+        assert_eq!(
+            recipe.raw_len,
+            blob.len() as u64,
+            "the compressed stream is the recipe's"
+        );
+        assert_eq!(
+            files.len(),
+            30,
+            "the file index comes from the decompressed tar"
+        );
+        assert!(files.iter().all(|f| f.sha256.starts_with("sha256:")));
+    }
+    // One file of thirty changed: its frame, and the inline chunk around it, are new.
+    assert!(
+        second * 5 < first,
+        "the second version adds {second} bytes to the first's {first}"
+    );
+}
+
+#[test]
+fn zstd_frames_are_reencoded_when_the_policy_says_so() {
+    use stowage_actors::engine::recompress::Encoding;
+    use stowage_actors::pipeline::ZstdFrames;
+    let dir = tempfile::tempdir().unwrap();
+    let containers = dir.path().join("containers");
+    let cat = Arc::new(MemCatalog::default());
+    let blob = chunked_like(&layer(1));
+    let staged = [stage(dir.path(), &blob)];
+    let cfg = PipelineConfig {
+        zstd_frames: ZstdFrames::Reencode,
+        ..config(&containers)
+    };
+    let (outcomes, _) = dedup_all(&cat, cfg, &staged, LayerPolicy::default());
+    assert!(
+        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
+        "{outcomes:?}"
+    );
+    let recipe = cat.recipes.lock().unwrap()[&staged[0].0].0.clone();
+    assert!(
+        matches!(recipe.encoding, Encoding::ZstdFrames { .. }),
+        "{}",
+        recipe.encoding.label()
+    );
+    assert!(restored(&cat, &containers, &staged[0].0) == blob);
 }

@@ -111,6 +111,12 @@ pub struct ServeArgs {
     /// bases are searched among the most recently stored chunks only [default: 2000000].
     #[arg(long, env = "STOWAGE_SIMILARITY_INDEX_ENTRIES")]
     pub similarity_index_entries: Option<usize>,
+    /// zstd layers of many frames (zstd:chunked): `auto` keeps the compressed frames,
+    /// deduplicated frame by frame and pulled without re-encoding, when their encoder
+    /// re-encodes slowly (zstd:chunked's level) or is unknown; `store` always; `reencode`
+    /// never (decompressed, deduplicated by content, re-encoded on pull) [default: auto].
+    #[arg(long, env = "STOWAGE_ZSTD_FRAMES")]
+    pub zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
     /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
     /// separated by `;`): repositories matching PATTERN (`*` matches anything) are stored
     /// `full` (chunks and deltas), `chunks` (no deltas) or `raw` (kept as pushed: hot
@@ -341,6 +347,7 @@ struct FileConfig {
     similarity_skip_compressed: Option<bool>,
     similarity_min_file_size: Option<u64>,
     similarity_index_entries: Option<usize>,
+    zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
     #[serde(default)]
     repo_policy: Vec<RepoPolicy>,
     #[serde(default, with = "humantime_serde")]
@@ -386,6 +393,7 @@ pub struct Config {
     pub restore_cache_bytes: HotBudget,
     pub similarity: stowage_actors::pipeline::SimilarityConfig,
     pub similarity_index_entries: usize,
+    pub zstd_frames: stowage_actors::pipeline::ZstdFrames,
     pub repo_policies: Vec<RepoPolicy>,
     /// Zero: no background collection.
     pub gc_interval: Duration,
@@ -424,6 +432,7 @@ impl Default for Config {
             restore_cache_bytes: HotBudget::Percent(10.0),
             similarity: Default::default(),
             similarity_index_entries: 2_000_000,
+            zstd_frames: Default::default(),
             repo_policies: Vec::new(),
             gc_interval: Duration::from_secs(3600),
             gc_delay: Duration::from_secs(3600),
@@ -533,6 +542,10 @@ impl Config {
                 .similarity_index_entries
                 .or(file.similarity_index_entries)
                 .unwrap_or(d.similarity_index_entries),
+            zstd_frames: args
+                .zstd_frames
+                .or(file.zstd_frames)
+                .unwrap_or(d.zstd_frames),
             repo_policies: if args.repo_policy.is_empty() {
                 file.repo_policy
             } else {
@@ -647,6 +660,43 @@ mod tests {
         assert_eq!(cfg.addr, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(cfg.upload_ttl, Duration::from_secs(7200));
         assert_eq!(cfg.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn zstd_frames_policy_from_flag_and_file() {
+        use clap::Parser;
+        use stowage_actors::pipeline::ZstdFrames;
+        assert_eq!(
+            Config::resolve(&ServeArgs::default()).unwrap().zstd_frames,
+            ZstdFrames::Auto
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(&path, "zstd_frames = \"reencode\"\n").unwrap();
+        let file = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(&file).unwrap();
+        assert_eq!(cfg.zstd_frames, ZstdFrames::Reencode);
+        let flag = ServeArgs {
+            zstd_frames: Some("store".parse().unwrap()),
+            ..file
+        };
+        assert_eq!(
+            Config::resolve(&flag).unwrap().zstd_frames,
+            ZstdFrames::Store
+        );
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            _args: ServeArgs,
+        }
+        let bad = Cli::try_parse_from(["serve", "--zstd-frames", "sometimes"]);
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("expected auto, store or reencode"));
     }
 
     #[test]

@@ -380,6 +380,7 @@ impl Registry {
                             zstd_level: cfg.chunk_zstd_level,
                             similarity: cfg.similarity.clone(),
                             hot: Some(layer_cache.clone()),
+                            zstd_frames: cfg.zstd_frames,
                         },
                     )
                 })

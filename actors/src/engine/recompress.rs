@@ -73,6 +73,19 @@ pub enum Encoding {
         encoder: ZstdEncoder,
         parts: Vec<ZstdPart>,
     },
+    /// A zstd stream of many frames kept as its compressed frames: the recipe's stream is the
+    /// compressed stream itself, split at frame boundaries, and a pull sends it as stored,
+    /// without re-encoding. zstd:chunked writes a frame per file at klauspost's slowest level,
+    /// and an unchanged file gives the same frame in every version, so its frames deduplicate
+    /// as they are (see `--zstd-frames`).
+    #[serde(rename = "zstdstoredframes")]
+    ZstdStoredFrames {
+        /// Data frames in the stream.
+        frames: u64,
+        /// What wrote the stream's first data frames, when stowage knows the encoder.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encoder: Option<ZstdEncoder>,
+    },
 }
 
 impl Encoding {
@@ -103,6 +116,7 @@ impl Encoding {
             },
             Encoding::Zstd { level, .. } => format!("zstd-{level}"),
             Encoding::ZstdFrames { encoder, .. } => encoder.label(),
+            Encoding::ZstdStoredFrames { .. } => "zstd-stored-frames".into(),
         }
     }
 
@@ -119,7 +133,7 @@ impl Encoding {
             .and_then(|l| l.parse::<i32>().ok())
             .unwrap_or(6);
         let mb_s = match label.as_str() {
-            "none" => 500.0,
+            "none" | "zstd-stored-frames" => 500.0,
             "zstd-kp-fastest" => 187.0,
             "zstd-kp-default" => 122.0,
             "zstd-kp-better" => 35.0,

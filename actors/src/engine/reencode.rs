@@ -329,7 +329,7 @@ pub struct Reencoder {
 impl Reencoder {
     pub fn new(e: &Encoding) -> Reencoder {
         let st = match e {
-            Encoding::None => ReState::None,
+            Encoding::None | Encoding::ZstdStoredFrames { .. } => ReState::None,
             Encoding::Gzip { members, trailing } => ReState::Gzip {
                 members: members.clone(),
                 trailing: trailing.clone(),
@@ -366,14 +366,14 @@ impl Reencoder {
 
     /// A re-encoder of the stream from as close before compressed byte `at` as a block
     /// boundary recorded at ingest allows, to serve a range without re-encoding what comes
-    /// before it. An uncompressed stream resumes at `at` itself; zstd streams at the frame `at`
-    /// falls in; gzip streams at the start of the member `at` falls in (members are
+    /// before it. An uncompressed stream, or zstd frames stored as they are, resumes at `at`
+    /// itself; zstd streams at the frame `at` falls in; gzip streams at the start of the member `at` falls in (members are
     /// independent: eStargz's per-file members, the TOC and the footer are each reached
     /// directly), or inside it at a recorded block boundary when its encoder is re-encoded in
     /// segments. `None` when there is none after the start at or before `at`.
     pub fn resume(e: &Encoding, at: u64) -> Option<(Reencoder, Resume)> {
         let (members, trailing) = match e {
-            Encoding::None if at > 0 => {
+            Encoding::None | Encoding::ZstdStoredFrames { .. } if at > 0 => {
                 let r = Resume {
                     offset: at,
                     plain: at,

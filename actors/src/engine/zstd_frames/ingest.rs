@@ -94,7 +94,7 @@ enum St {
 
 /// How many frames alternative encoders are checked on (see `ZstdDecoder::others`); after
 /// that the chosen encoder must write every frame.
-const WEIGH_FRAMES: usize = 64;
+pub(super) const WEIGH_FRAMES: usize = 64;
 
 /// Streaming decompressor of a zstd layer that records how to re-create it.
 pub struct ZstdDecoder {

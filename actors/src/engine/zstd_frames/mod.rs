@@ -34,11 +34,20 @@
 //! `flags` is a bit set: [`FLAG_CHECKSUM`], [`FLAG_CONTENT_SIZE`], [`FLAG_FLUSHED`].
 //! Frames' compressed lengths let a range request start re-encoding at the frame it falls in
 //! (partial pulls of zstd:chunked ask for single files' frames).
+//!
+//! # Stored frames
+//!
+//! A stream of many frames whose encoder re-encodes slowly (zstd:chunked) may instead keep its
+//! compressed frames ([`Encoding::ZstdStoredFrames`](crate::engine::recompress::Encoding),
+//! `stored.rs`): `scan.rs` finds the frame boundaries from block headers, and the recipe's
+//! stream is then the compressed stream itself.
 
 mod encoders;
 mod header;
 mod ingest;
 mod pull;
+mod scan;
+mod stored;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +57,8 @@ pub use encoders::{encode_frame, FrameWriter, KpZstdLevel, ZstdEncoder};
 pub use header::{parse_header, FrameHeader};
 pub use ingest::ZstdDecoder;
 pub use pull::FramesEncoder;
+pub use scan::{scan_frames, FrameSpan};
+pub use stored::{StoredFrames, ZstdFrames, STORE_FRAMES_BELOW};
 
 /// A zstd data frame's magic number.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
