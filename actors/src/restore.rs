@@ -1,5 +1,6 @@
 //! Restoring a layer from its recipe: a reader thread fetches chunks ahead of the consumer, in
-//! the order the recipe needs them (a bounded window of [`PREFETCH`] chunks), while the caller's
+//! the order the recipe needs them (handed over in batches of about [`HANDOFF_BYTES`], a
+//! bounded window of about [`PREFETCH`] average chunks), while the caller's
 //! thread interleaves them and re-encodes the exact compressed stream. A chunk stored as a
 //! delta is decoded against its base, which is itself stored whole (invariant 5: at most two
 //! reads per chunk); bases come through the restore's small chunk cache, since many deltas
@@ -22,8 +23,12 @@ use crate::engine::recompress::Reencoder;
 use crate::flight::{Flight, Flights, AHEAD, ANNOUNCED_HEAD, IDLE, LINGER};
 use crate::storage::containers::Containers;
 
-/// Chunks read ahead of the re-encoder.
+/// Chunks read ahead of the re-encoder (counted as chunks of the average size).
 pub const PREFETCH: usize = 64;
+/// Average chunk size [`PREFETCH`] is counted in.
+const CHUNK_AVG: usize = 16 << 10;
+/// Bytes of chunks the reader hands to the re-encoder at once.
+const HANDOFF_BYTES: usize = 128 << 10;
 /// Decoded chunks a restore keeps for reuse (a layer often repeats chunks: zero runs, copies of
 /// a file, shared headers), in bytes.
 pub const CHUNK_CACHE_BYTES: usize = 8 << 20;
@@ -319,7 +324,30 @@ pub fn restore_tail_timed(
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     let order = recipe.read_order_from(from);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PREFETCH);
+    // Chunks travel in batches: one hand-off per chunk cost more than reading a small one (a
+    // zstd:chunked layer stored as its frames has a chunk per file, thousands a layer).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<(ChunkId, Vec<u8>)>>>(
+        PREFETCH * CHUNK_AVG / HANDOFF_BYTES,
+    );
+    // Chunks are checked against their ids by whichever side has less to do: the reader when
+    // the stream is re-encoded, the writer when it is only copied.
+    let (check_read, check_written) = match (verify_chunks, enc.copies()) {
+        (false, _) => (false, false),
+        (true, copies) => (!copies, copies),
+    };
+    let check = |id: ChunkId, data: &[u8]| -> io::Result<()> {
+        let t = Instant::now();
+        let same = ChunkId::of(data).ok() == Some(id);
+        times.hash.fetch_add(elapsed_ns(t), Relaxed);
+        if same {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("chunk {id} read back with other bytes"),
+            ))
+        }
+    };
     // Counted piece by piece, so a long restore shows in metrics while it runs: time waiting
     // for chunks since the last piece, and when the re-encoder last took over.
     let waited = std::cell::Cell::new(0u64);
@@ -335,33 +363,58 @@ pub fn restore_tail_timed(
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
             let mut ahead = reader.prefetch_ahead(&order);
+            let (mut batch, mut bytes) = (Vec::new(), 0);
             for (i, (id, _)) in order.iter().copied().enumerate() {
                 ahead.reached(i);
-                let mut r = reader.read_timed(&id, &mut session, Some(times));
-                if let (true, Ok(data)) = (verify_chunks, &r) {
-                    let t = Instant::now();
-                    if ChunkId::of(data).ok() != Some(id) {
-                        r = Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("chunk {id} read back with other bytes"),
-                        ));
+                let r = reader
+                    .read_timed(&id, &mut session, Some(times))
+                    .and_then(|data| {
+                        if check_read {
+                            check(id, &data)?;
+                        }
+                        Ok(data)
+                    });
+                let data = match r {
+                    Ok(data) => data,
+                    Err(e) => {
+                        // What came before the failure first, then the failure.
+                        if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
+                            return;
+                        }
+                        let _ = tx.send(Err(e));
+                        return;
                     }
-                    times.hash.fetch_add(elapsed_ns(t), Relaxed);
-                }
-                let stop = r.is_err();
-                if tx.send(r).is_err() || stop {
-                    break;
+                };
+                bytes += data.len();
+                batch.push((id, data));
+                if bytes >= HANDOFF_BYTES || i + 1 == order.len() {
+                    if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return;
+                    }
+                    bytes = 0;
                 }
             }
         });
         // Own the receiver here: it must be dropped before the scope joins the reader, so a
         // reader blocked on a full channel wakes up when the restore stops early.
         let rx = rx;
-        let mut it = std::iter::from_fn(|| {
+        let mut pending = Vec::<(ChunkId, Vec<u8>)>::new().into_iter();
+        let mut it = std::iter::from_fn(|| loop {
+            if let Some((id, chunk)) = pending.next() {
+                if check_written {
+                    if let Err(e) = check(id, &chunk) {
+                        return Some(Err(e));
+                    }
+                }
+                return Some(Ok(chunk));
+            }
             let t = Instant::now();
             let next = rx.recv().ok();
             waited.set(waited.get() + elapsed_ns(t));
-            next
+            match next? {
+                Ok(batch) => pending = batch.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
         });
         restore_from(recipe, from, enc, &mut it, &mut |b| {
             account(mark);

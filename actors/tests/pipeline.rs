@@ -543,3 +543,81 @@ fn zstd_frames_are_reencoded_when_the_policy_says_so() {
     );
     assert!(restored(&cat, &containers, &staged[0].0) == blob);
 }
+
+/// A chunk whose stored bytes changed (a flipped bit on disk, in a chunk kept as is, so that
+/// nothing but its id can tell) fails a restore that checks chunks, whichever side checks
+/// them: the reader for a re-encoded (gzip) layer, the writer for a copied (uncompressed) one.
+#[test]
+fn a_chunk_read_back_with_other_bytes_fails_a_checked_restore() {
+    use stowage_actors::engine::container::ChunkEncoding;
+    use stowage_actors::engine::recompress::Reencoder;
+    use stowage_actors::restore::{restore_tail_timed, StageTimes};
+    let mut x = 11u64;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(noise.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "noise.bin", &noise[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    for (blob, copies) in [(tar.clone(), true), (gzip(&tar), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let containers = dir.path().join("containers");
+        let cat = Arc::new(MemCatalog::default());
+        let staged = [stage(dir.path(), &blob)];
+        let (outcomes, _) = dedup_all(&cat, config(&containers), &staged, LayerPolicy::default());
+        assert!(
+            matches!(&outcomes[0], Outcome::Deduplicated { .. }),
+            "{outcomes:?}"
+        );
+        let recipe = cat.recipes.lock().unwrap()[&staged[0].0].0.clone();
+        assert_eq!(Reencoder::new(&recipe.encoding).copies(), copies);
+        let restore = |verify| {
+            let reader = ChunkReader::new(cat.clone(), Arc::new(Containers::local(&containers)));
+            let mut out = Vec::new();
+            let r = restore_tail_timed(
+                &recipe,
+                0,
+                Reencoder::new(&recipe.encoding),
+                verify,
+                &reader,
+                &StageTimes::default(),
+                &mut |b| {
+                    out.extend_from_slice(b);
+                    Ok(())
+                },
+            );
+            r.map(|()| out)
+        };
+        assert!(restore(true).unwrap() == blob, "restores while intact");
+
+        // Flip a byte in the middle of a file chunk stored as it is.
+        let file_chunk = recipe.files[recipe.files.len() / 2].0;
+        let loc = cat.chunks.lock().unwrap()[&file_chunk];
+        assert_eq!(
+            loc.encoding,
+            ChunkEncoding::Stored,
+            "noise is stored as it is"
+        );
+        let path = Containers::local(&containers).path(loc.container);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+
+        let e = restore(true).unwrap_err().to_string();
+        assert!(
+            e.contains("read back with other bytes"),
+            "copies {copies}: {e}"
+        );
+        // Unchecked, the change goes through (the layer digest is what catches it then).
+        assert!(restore(false).unwrap() != blob);
+    }
+}

@@ -439,6 +439,12 @@ impl Reencoder {
     }
 
     /// Add uncompressed bytes; compressed output is appended to `out`.
+    /// Whether the stream is sent as it is stored (uncompressed, or zstd frames stored as they
+    /// are): nothing to re-encode, so a restore's reader rather than its writer is the slower.
+    pub fn copies(&self) -> bool {
+        matches!(self.st, ReState::None)
+    }
+
     pub fn push(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
         match &mut self.st {
             ReState::None => out.extend_from_slice(raw),
