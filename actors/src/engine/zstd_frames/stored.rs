@@ -147,11 +147,18 @@ fn identify(path: &Path, spans: &[FrameSpan]) -> io::Result<Option<ZstdEncoder>>
         len += s.len;
         data += usize::from(s.data);
     }
-    let mut head = Vec::new();
-    File::open(path)?.take(len).read_to_end(&mut head)?;
+    // Fed piece by piece: a first frame may be a large file's, hundreds of MB.
+    let mut head = File::open(path)?.take(len);
     let mut dec = ZstdDecoder::default();
-    if dec.feed(&head, &mut |_| {}).is_err() {
-        return Ok(None);
+    let mut buf = vec![0u8; PIECE];
+    loop {
+        let n = head.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if dec.feed(&buf[..n], &mut |_| {}).is_err() {
+            return Ok(None);
+        }
     }
     Ok(dec.finish().ok().map(|(encoder, ..)| encoder))
 }
