@@ -110,6 +110,17 @@ fn layer(version: u8) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A tar of one regular file.
+fn tar_of_one(path: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, path, data).unwrap();
+    b.into_inner().unwrap()
+}
+
 fn gzip(raw: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     e.write_all(raw).unwrap();
@@ -165,6 +176,30 @@ fn stage(dir: &Path, data: &[u8]) -> (Digest, std::path::PathBuf) {
     let p = dir.join(d.hex());
     std::fs::write(&p, data).unwrap();
     (d, p)
+}
+
+/// A fresh store that deduplicated `blob` alone under `cfg` (given the containers' directory):
+/// its directory (kept while the result lives), containers, catalog and staged blob.
+fn deduplicate_one(
+    blob: &[u8],
+    cfg: impl FnOnce(&Path) -> PipelineConfig,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<MemCatalog>,
+    (Digest, std::path::PathBuf),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let containers = dir.path().join("containers");
+    let cat = Arc::new(MemCatalog::default());
+    let staged = [stage(dir.path(), blob)];
+    let (outcomes, _) = dedup_all(&cat, cfg(&containers), &staged, LayerPolicy::default());
+    assert!(
+        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
+        "{outcomes:?}"
+    );
+    let [staged] = staged;
+    (dir, containers, cat, staged)
 }
 
 #[test]
@@ -375,13 +410,7 @@ fn a_zstd_layer_whose_first_encoder_guess_fails_is_verified_under_another() {
     for _ in 0..200_000 {
         data.extend_from_slice(words[(next() >> 60) as usize % words.len()].as_bytes());
     }
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "app/data.txt", &data[..]).unwrap();
-    let tar = b.into_inner().unwrap();
+    let tar = tar_of_one("app/data.txt", &data);
     let mut e = KpStreamEncoder::new(&KpOptions {
         level: KpLevel::Default,
         version: KpVersion::V1_16_4,
@@ -409,19 +438,10 @@ fn a_zstd_layer_whose_first_encoder_guess_fails_is_verified_under_another() {
         "premise: an alternative re-creates it"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let containers = dir.path().join("containers");
-    let cat = Arc::new(MemCatalog::default());
-    let staged = [stage(dir.path(), &blob)];
-    let (outcomes, _) = dedup_all(&cat, config(&containers), &staged, LayerPolicy::default());
+    let (_dir, containers, cat, staged) = deduplicate_one(&blob, config);
+    assert!(!staged.1.exists(), "raw blob removed after verify");
     assert!(
-        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
-        "{:?}",
-        outcomes[0]
-    );
-    assert!(!staged[0].1.exists(), "raw blob removed after verify");
-    assert!(
-        restored(&cat, &containers, &staged[0].0) == blob,
+        restored(&cat, &containers, &staged.0) == blob,
         "restores bit for bit"
     );
 }
@@ -521,27 +541,18 @@ fn zstd_chunked_frames_are_stored_as_they_are_and_repeat_across_versions() {
 fn zstd_frames_are_reencoded_when_the_policy_says_so() {
     use stowage_actors::engine::recompress::Encoding;
     use stowage_actors::pipeline::ZstdFrames;
-    let dir = tempfile::tempdir().unwrap();
-    let containers = dir.path().join("containers");
-    let cat = Arc::new(MemCatalog::default());
     let blob = chunked_like(&layer(1));
-    let staged = [stage(dir.path(), &blob)];
-    let cfg = PipelineConfig {
+    let (_dir, containers, cat, staged) = deduplicate_one(&blob, |containers| PipelineConfig {
         zstd_frames: ZstdFrames::Reencode,
-        ..config(&containers)
-    };
-    let (outcomes, _) = dedup_all(&cat, cfg, &staged, LayerPolicy::default());
-    assert!(
-        matches!(&outcomes[0], Outcome::Deduplicated { .. }),
-        "{outcomes:?}"
-    );
-    let recipe = cat.recipes.lock().unwrap()[&staged[0].0].0.clone();
+        ..config(containers)
+    });
+    let recipe = cat.recipes.lock().unwrap()[&staged.0].0.clone();
     assert!(
         matches!(recipe.encoding, Encoding::ZstdFrames { .. }),
         "{}",
         recipe.encoding.label()
     );
-    assert!(restored(&cat, &containers, &staged[0].0) == blob);
+    assert!(restored(&cat, &containers, &staged.0) == blob);
 }
 
 /// A chunk whose stored bytes changed (a flipped bit on disk, in a chunk kept as is, so that
@@ -561,24 +572,10 @@ fn a_chunk_read_back_with_other_bytes_fails_a_checked_restore() {
             x as u8
         })
         .collect();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(noise.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "noise.bin", &noise[..]).unwrap();
-    let tar = b.into_inner().unwrap();
+    let tar = tar_of_one("noise.bin", &noise);
     for (blob, copies) in [(tar.clone(), true), (gzip(&tar), false)] {
-        let dir = tempfile::tempdir().unwrap();
-        let containers = dir.path().join("containers");
-        let cat = Arc::new(MemCatalog::default());
-        let staged = [stage(dir.path(), &blob)];
-        let (outcomes, _) = dedup_all(&cat, config(&containers), &staged, LayerPolicy::default());
-        assert!(
-            matches!(&outcomes[0], Outcome::Deduplicated { .. }),
-            "{outcomes:?}"
-        );
-        let recipe = cat.recipes.lock().unwrap()[&staged[0].0].0.clone();
+        let (_dir, containers, cat, staged) = deduplicate_one(&blob, config);
+        let recipe = cat.recipes.lock().unwrap()[&staged.0].0.clone();
         assert_eq!(Reencoder::new(&recipe.encoding).copies(), copies);
         let restore = |verify| {
             let reader = ChunkReader::new(cat.clone(), Arc::new(Containers::local(&containers)));
