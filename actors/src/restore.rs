@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
-use crate::engine::container::{decode_chunk, read_stored, split_delta, ChunkEncoding, ChunkLoc};
+use crate::engine::container::{
+    decode_chunk, decoded_len, read_stored, split_delta, ChunkEncoding, ChunkLoc,
+};
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore_from, Recipe};
 use crate::engine::recompress::Reencoder;
@@ -213,17 +215,7 @@ impl ReadSession {
             ChunkEncoding::Zstd => self.unzstd.decompress(&stored, loc.raw_len as usize)?,
             ChunkEncoding::Delta => return decode_chunk(loc.encoding, &stored, loc.raw_len),
         };
-        if raw.len() != loc.raw_len as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "chunk decoded to {} bytes, expected {}",
-                    raw.len(),
-                    loc.raw_len
-                ),
-            ));
-        }
-        Ok(raw)
+        decoded_len(raw, loc.raw_len)
     }
 
     /// Keep `data` as the bytes of `id` (a chunk on its way to a container, not yet indexed).

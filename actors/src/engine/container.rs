@@ -109,6 +109,11 @@ pub fn decode_chunk(enc: ChunkEncoding, stored: &[u8], raw_len: u32) -> io::Resu
         ChunkEncoding::Zstd => zstd::bulk::decompress(stored, raw_len as usize)?,
         ChunkEncoding::Delta => return Err(bad("a delta chunk needs its base to be decoded")),
     };
+    decoded_len(raw, raw_len)
+}
+
+/// `raw`, if it has the `raw_len` bytes a chunk's record promises.
+pub fn decoded_len(raw: Vec<u8>, raw_len: u32) -> io::Result<Vec<u8>> {
     if raw.len() != raw_len as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
