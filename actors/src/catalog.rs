@@ -16,6 +16,11 @@ use crate::engine::tar::FileEntry;
 /// The metadata side the pipeline needs, implemented by the server over LMDB.
 pub trait Catalog: Send + Sync + 'static {
     fn chunk(&self, id: &ChunkId) -> io::Result<Option<ChunkLoc>>;
+    /// [`Catalog::chunk`] of each of `ids`, in order (the server looks them up in one read
+    /// transaction: a restore reads thousands of small chunks a layer).
+    fn chunks(&self, ids: &[ChunkId]) -> io::Result<Vec<Option<ChunkLoc>>> {
+        ids.iter().map(|id| self.chunk(id)).collect()
+    }
     /// The feature index: for each super-feature `i`, the chunk registered under `(i, sf[i])`.
     fn similar(&self, sf: &[u64]) -> io::Result<Vec<Option<ChunkId>>>;
     fn allocate_container(&self) -> io::Result<u64>;

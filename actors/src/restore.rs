@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
-use crate::engine::container::{
-    decode_chunk, decoded_len, read_stored, split_delta, ChunkEncoding, ChunkLoc,
-};
+use bytes::Bytes;
+
+use crate::engine::container::{decoded_len, read_span, split_delta, ChunkEncoding, ChunkLoc};
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore_from, Recipe};
 use crate::engine::recompress::Reencoder;
@@ -36,6 +36,11 @@ const HANDOFF_BYTES: usize = 128 << 10;
 pub const CHUNK_CACHE_BYTES: usize = 8 << 20;
 /// Container files kept open by one reader.
 const OPEN_FILES: usize = 16;
+/// Most bytes one read of adjacent chunk records covers.
+const RUN_BYTES: u64 = 1 << 20;
+/// Bytes between two records of a container still read through rather than with a read of
+/// their own (each record has a head of 29 bytes; a chunk of another layer may lie between).
+const RUN_GAP: u64 = 4 << 10;
 
 /// Chunks of a layer's read order that the prefetch of containers from a bucket keeps ahead
 /// of its reader (a few containers' worth).
@@ -85,6 +90,18 @@ impl ChunkReader {
         }
     }
 
+    /// Container `id`'s file, opened once per session (up to [`OPEN_FILES`] at a time).
+    fn file<'f>(&self, id: u64, files: &'f mut HashMap<u64, File>) -> io::Result<&'f File> {
+        if !files.contains_key(&id) {
+            if files.len() >= OPEN_FILES {
+                files.clear();
+            }
+            let f = self.containers.open(id)?;
+            files.insert(id, f);
+        }
+        Ok(&files[&id])
+    }
+
     /// The stored record of `id`: its location and stored bytes. Garbage collection may
     /// compact the container between the index lookup and the open: it repoints the index
     /// before it removes the old file, so a container found missing is looked up again (a file
@@ -93,32 +110,15 @@ impl ChunkReader {
         &self,
         id: &ChunkId,
         files: &mut HashMap<u64, File>,
-    ) -> io::Result<(crate::engine::container::ChunkLoc, Vec<u8>)> {
+    ) -> io::Result<(ChunkLoc, Bytes)> {
         let mut attempts = 0;
         loop {
-            let loc = self.catalog.chunk(id)?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("chunk {id} is not in the index"),
-                )
-            })?;
-            if !files.contains_key(&loc.container) {
-                if files.len() >= OPEN_FILES {
-                    files.clear();
-                }
-                match self.containers.open(loc.container) {
-                    Ok(f) => {
-                        files.insert(loc.container, f);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => {
-                        attempts += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+            let loc = self.catalog.chunk(id)?.ok_or_else(|| not_indexed(id))?;
+            match self.file(loc.container, files) {
+                Ok(f) => return Ok((loc, read_span(f, loc.offset, loc.stored_len as usize)?)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(e) => return Err(e),
             }
-            let stored = read_stored(&files[&loc.container], &loc)?;
-            return Ok((loc, stored));
         }
     }
 
@@ -133,57 +133,140 @@ impl ChunkReader {
     }
 
     /// The raw bytes of `id`, through `session`'s cache; a delta is decoded against its base.
-    pub fn read(&self, id: &ChunkId, session: &mut ReadSession) -> io::Result<Vec<u8>> {
-        self.read_timed(id, session, None)
+    pub fn read(&self, id: &ChunkId, session: &mut ReadSession) -> io::Result<Bytes> {
+        let mut one = self.read_many(std::slice::from_ref(id), session, None)?;
+        Ok(one.pop().expect("one chunk read"))
     }
 
-    /// [`ChunkReader::read`], adding the time spent reading and decoding to `times`.
-    pub fn read_timed(
+    /// The raw bytes of each of `ids`, in order, through `session`'s cache, adding the time
+    /// spent reading and decoding to `times`. The chunks not in the cache are looked up in one
+    /// index transaction, and records lying next to each other in a container (a layer's
+    /// chunks are packed in pull order) are read with one pread of up to [`RUN_BYTES`]: a
+    /// layer of small chunks (zstd:chunked frames, a chunk per file) costs a few reads, not
+    /// one per chunk.
+    pub fn read_many(
         &self,
-        id: &ChunkId,
+        ids: &[ChunkId],
         session: &mut ReadSession,
         times: Option<&StageTimes>,
-    ) -> io::Result<Vec<u8>> {
-        if let Some(hit) = session.cache.get(id) {
-            return Ok(hit);
-        }
+    ) -> io::Result<Vec<Bytes>> {
         let t = Instant::now();
-        let (loc, stored) = self.record(id, &mut session.files)?;
-        let first_read_ns = elapsed_ns(t);
-        let mut base_read_ns = 0;
-        let t = Instant::now();
-        let raw = if loc.encoding == ChunkEncoding::Delta {
-            let (base_id, delta) = split_delta(&stored)?;
-            let base = match session.cache.get(&base_id) {
-                Some(b) => b,
-                None => {
-                    let tr = Instant::now();
-                    let (bloc, bstored) = self.record(&base_id, &mut session.files)?;
-                    base_read_ns = elapsed_ns(tr);
-                    if !bloc.encoding.is_whole() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("chunk {id}: its delta base {base_id} is itself a delta"),
-                        ));
-                    }
-                    let b = session.decode_whole(&bloc, bstored)?;
-                    session.cache.put(base_id, &b);
-                    b
-                }
-            };
-            session.coder.decode(&base, delta, loc.raw_len)?
+        let mut out: Vec<Option<Bytes>> = ids.iter().map(|id| session.cache.get(id)).collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        let locs = if missing.is_empty() {
+            Vec::new()
         } else {
-            session.decode_whole(&loc, stored)?
+            let wanted: Vec<ChunkId> = missing.iter().map(|&i| ids[i]).collect();
+            self.catalog.chunks(&wanted)?
         };
+        let loc = |k: usize| locs[k].ok_or_else(|| not_indexed(&ids[missing[k]]));
+        let (mut read_ns, mut decode_ns) = (elapsed_ns(t), 0);
+        let mut k = 0;
+        while k < missing.len() {
+            let first = loc(k)?;
+            let (mut end, mut span_end) = (k + 1, first.offset + first.stored_len as u64);
+            while let Some(Some(l)) = locs.get(end) {
+                let next_to = l.container == first.container
+                    && l.offset >= span_end
+                    && l.offset - span_end <= RUN_GAP
+                    && l.offset + l.stored_len as u64 - first.offset <= RUN_BYTES;
+                if !next_to {
+                    break;
+                }
+                span_end = l.offset + l.stored_len as u64;
+                end += 1;
+            }
+            let t = Instant::now();
+            let span = self
+                .file(first.container, &mut session.files)
+                .and_then(|f| read_span(f, first.offset, (span_end - first.offset) as usize));
+            let span = match span {
+                Ok(s) => Some(s),
+                // Compacted away since the lookup: each chunk is looked up again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            read_ns += elapsed_ns(t);
+            for j in k..end {
+                let id = &ids[missing[j]];
+                let (l, stored) = match &span {
+                    Some(s) => {
+                        let l = loc(j)?;
+                        let at = (l.offset - first.offset) as usize;
+                        (l, s.slice(at..at + l.stored_len as usize))
+                    }
+                    None => {
+                        let t = Instant::now();
+                        let r = self.record(id, &mut session.files)?;
+                        read_ns += elapsed_ns(t);
+                        r
+                    }
+                };
+                let t = Instant::now();
+                let (raw, base_read_ns) = self.decode(id, &l, stored, session)?;
+                // A base's read happens inside the decode span: counted as a read only.
+                read_ns += base_read_ns;
+                decode_ns += elapsed_ns(t).saturating_sub(base_read_ns);
+                out[missing[j]] = Some(raw);
+            }
+            k = end;
+        }
         if let Some(times) = times {
-            // A base's read happens inside the decode span: counted as a read only.
-            let decode_ns = elapsed_ns(t).saturating_sub(base_read_ns);
-            times.read.fetch_add(first_read_ns + base_read_ns, Relaxed);
+            times.read.fetch_add(read_ns, Relaxed);
             times.decode.fetch_add(decode_ns, Relaxed);
         }
-        session.cache.put(*id, &raw);
-        Ok(raw)
+        Ok(out
+            .into_iter()
+            .map(|c| c.expect("every chunk read"))
+            .collect())
     }
+
+    /// Chunk `id`'s raw bytes from its stored record, and the nanoseconds spent reading its
+    /// delta base. Decoded chunks go into the session's cache; a chunk stored as it is does
+    /// not (reading it again costs what a copy would, and its bytes are a slice of a run).
+    fn decode(
+        &self,
+        id: &ChunkId,
+        loc: &ChunkLoc,
+        stored: Bytes,
+        session: &mut ReadSession,
+    ) -> io::Result<(Bytes, u64)> {
+        let mut base_read_ns = 0;
+        let raw = match loc.encoding {
+            ChunkEncoding::Stored => return Ok((decoded_len(stored, loc.raw_len)?, 0)),
+            ChunkEncoding::Zstd => session.decode_whole(loc, stored)?,
+            ChunkEncoding::Delta => {
+                let (base_id, delta) = split_delta(&stored)?;
+                let base = match session.cache.get(&base_id) {
+                    Some(b) => b,
+                    None => {
+                        let t = Instant::now();
+                        let (bloc, bstored) = self.record(&base_id, &mut session.files)?;
+                        base_read_ns = elapsed_ns(t);
+                        if !bloc.encoding.is_whole() {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("chunk {id}: its delta base {base_id} is itself a delta"),
+                            ));
+                        }
+                        let b = session.decode_whole(&bloc, bstored)?;
+                        session.cache.put(base_id, b.clone());
+                        b
+                    }
+                };
+                Bytes::from(session.coder.decode(&base, delta, loc.raw_len)?)
+            }
+        };
+        session.cache.put(*id, raw.clone());
+        Ok((raw, base_read_ns))
+    }
+}
+
+fn not_indexed(id: &ChunkId) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("chunk {id} is not in the index"),
+    )
 }
 
 /// One reader's state: open container files, a delta decoder and a small cache of decoded
@@ -207,26 +290,30 @@ impl ReadSession {
         }
     }
 
-    /// A chunk stored whole, decoded: what [`decode_chunk`] gives, without copying a chunk
-    /// stored as it is.
-    fn decode_whole(&mut self, loc: &ChunkLoc, stored: Vec<u8>) -> io::Result<Vec<u8>> {
-        let raw = match loc.encoding {
-            ChunkEncoding::Stored => stored,
-            ChunkEncoding::Zstd => self.unzstd.decompress(&stored, loc.raw_len as usize)?,
-            ChunkEncoding::Delta => return decode_chunk(loc.encoding, &stored, loc.raw_len),
-        };
-        decoded_len(raw, loc.raw_len)
+    /// A chunk stored whole, decoded (a chunk stored as it is is not copied).
+    fn decode_whole(&mut self, loc: &ChunkLoc, stored: Bytes) -> io::Result<Bytes> {
+        match loc.encoding {
+            ChunkEncoding::Stored => decoded_len(stored, loc.raw_len),
+            ChunkEncoding::Zstd => decoded_len(
+                Bytes::from(self.unzstd.decompress(&stored, loc.raw_len as usize)?),
+                loc.raw_len,
+            ),
+            ChunkEncoding::Delta => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a delta chunk needs its base to be decoded",
+            )),
+        }
     }
 
     /// Keep `data` as the bytes of `id` (a chunk on its way to a container, not yet indexed).
     pub fn remember(&mut self, id: ChunkId, data: &[u8]) {
-        self.cache.put(id, data);
+        self.cache.put(id, Bytes::copy_from_slice(data));
     }
 }
 
 /// A small cache of decoded chunks for one reader: least recently inserted goes first.
 struct ChunkCache {
-    map: HashMap<ChunkId, Vec<u8>>,
+    map: HashMap<ChunkId, Bytes>,
     order: std::collections::VecDeque<ChunkId>,
     bytes: usize,
     budget: usize,
@@ -248,11 +335,11 @@ impl ChunkCache {
         }
     }
 
-    fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+    fn get(&self, id: &ChunkId) -> Option<Bytes> {
         self.map.get(id).cloned()
     }
 
-    fn put(&mut self, id: ChunkId, data: &[u8]) {
+    fn put(&mut self, id: ChunkId, data: Bytes) {
         if data.len() > self.budget / 4 || self.map.contains_key(&id) {
             return;
         }
@@ -266,7 +353,7 @@ impl ChunkCache {
         }
         self.bytes += data.len();
         self.order.push_back(id);
-        self.map.insert(id, data.to_vec());
+        self.map.insert(id, data);
     }
 }
 
@@ -343,7 +430,7 @@ pub fn restore_tail_timed(
     let order = recipe.read_order_from(from);
     // Chunks travel in batches: one hand-off per chunk cost more than reading a small one (a
     // zstd:chunked layer stored as its frames has a chunk per file, thousands a layer).
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<(ChunkId, Vec<u8>)>>>(
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<(ChunkId, Bytes)>>>(
         PREFETCH * CHUNK_AVG / HANDOFF_BYTES,
     );
     // Chunks are checked against their ids by whichever side has less to do: the reader when
@@ -380,42 +467,37 @@ pub fn restore_tail_timed(
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
             let mut ahead = reader.prefetch_ahead(&order);
-            let (mut batch, mut bytes) = (Vec::new(), 0);
-            for (i, (id, _)) in order.iter().copied().enumerate() {
+            let mut i = 0;
+            while i < order.len() {
                 ahead.reached(i);
-                let r = reader
-                    .read_timed(&id, &mut session, Some(times))
-                    .and_then(|data| {
-                        if check_read {
-                            check(id, &data)?;
-                        }
-                        Ok(data)
-                    });
-                let data = match r {
-                    Ok(data) => data,
-                    Err(e) => {
-                        // What came before the failure first, then the failure.
-                        if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
-                            return;
-                        }
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                bytes += data.len();
-                batch.push((id, data));
-                if bytes >= HANDOFF_BYTES || i + 1 == order.len() {
-                    if tx.send(Ok(std::mem::take(&mut batch))).is_err() {
-                        return;
-                    }
-                    bytes = 0;
+                let (mut end, mut bytes) = (i, 0);
+                while end < order.len() && bytes < HANDOFF_BYTES {
+                    bytes += order[end].1 as usize;
+                    end += 1;
                 }
+                let ids: Vec<ChunkId> = order[i..end].iter().map(|(id, _)| *id).collect();
+                let r = reader
+                    .read_many(&ids, &mut session, Some(times))
+                    .and_then(|chunks| {
+                        let batch: Vec<(ChunkId, Bytes)> = ids.into_iter().zip(chunks).collect();
+                        if check_read {
+                            for (id, data) in &batch {
+                                check(*id, data)?;
+                            }
+                        }
+                        Ok(batch)
+                    });
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return;
+                }
+                i = end;
             }
         });
         // Own the receiver here: it must be dropped before the scope joins the reader, so a
         // reader blocked on a full channel wakes up when the restore stops early.
         let rx = rx;
-        let mut pending = Vec::<(ChunkId, Vec<u8>)>::new().into_iter();
+        let mut pending = Vec::<(ChunkId, Bytes)>::new().into_iter();
         let mut it = std::iter::from_fn(|| loop {
             if let Some((id, chunk)) = pending.next() {
                 if check_written {
@@ -907,6 +989,139 @@ impl actix::Handler<RestoreLayer> for Restore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SealedContainer;
+    use crate::digest::Digest;
+    use crate::engine::container::{delta_record, encode_chunk, ContainerWriter};
+    use crate::engine::tar::FileEntry;
+
+    /// An index that gives batched lookups `stale` locations (as if garbage collection had
+    /// compacted their containers since) and single ones the current ones.
+    #[derive(Default)]
+    struct Index {
+        current: HashMap<ChunkId, ChunkLoc>,
+        stale: HashMap<ChunkId, ChunkLoc>,
+        batches: AtomicU64,
+    }
+
+    impl Catalog for Index {
+        fn chunk(&self, id: &ChunkId) -> io::Result<Option<ChunkLoc>> {
+            Ok(self.current.get(id).copied())
+        }
+        fn chunks(&self, ids: &[ChunkId]) -> io::Result<Vec<Option<ChunkLoc>>> {
+            self.batches.fetch_add(1, Relaxed);
+            Ok(ids
+                .iter()
+                .map(|id| self.stale.get(id).or(self.current.get(id)).copied())
+                .collect())
+        }
+        fn similar(&self, _: &[u64]) -> io::Result<Vec<Option<ChunkId>>> {
+            unimplemented!()
+        }
+        fn allocate_container(&self) -> io::Result<u64> {
+            unimplemented!()
+        }
+        fn commit_container(&self, _: &SealedContainer) -> io::Result<()> {
+            unimplemented!()
+        }
+        fn commit_recipe(&self, _: &Digest, _: &Recipe, _: &[FileEntry]) -> io::Result<()> {
+            unimplemented!()
+        }
+        fn keep_raw(&self, _: &Digest, _: &str) -> io::Result<()> {
+            unimplemented!()
+        }
+    }
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Chunks stored as they are, compressed and as deltas, in two containers: read in one
+    /// batch (repeats, both containers, runs of adjacent records), each comes back with its
+    /// own bytes; a chunk missing from the index fails the batch, naming it; and a batch whose
+    /// lookup points into a container removed since is read through fresh lookups.
+    #[test]
+    fn a_batch_of_chunks_reads_back_each_chunks_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = noise(1, 9000);
+        let mut near = base.clone();
+        near[100..140].copy_from_slice(&[0xee; 40]);
+        let datas = [
+            noise(2, 3000),
+            vec![b'z'; 5000],
+            base.clone(),
+            noise(3, 1),
+            near,
+            noise(4, 70_000),
+        ];
+        let ids: Vec<ChunkId> = datas.iter().map(|d| ChunkId::of(d).unwrap()).collect();
+        let mut index = Index::default();
+        let mut w = ContainerWriter::create(dir.path(), 1).unwrap();
+        for (i, d) in datas.iter().enumerate().take(5) {
+            let (enc, stored) = if i == 4 {
+                let delta = DeltaCoder::new(3).encode(&base, d).unwrap();
+                (ChunkEncoding::Delta, delta_record(&ids[2], &delta))
+            } else {
+                encode_chunk(d, 3)
+            };
+            w.append(ids[i], enc, d.len() as u32, &stored).unwrap();
+        }
+        index.current.extend(w.seal().unwrap());
+        let mut w = ContainerWriter::create(dir.path(), 2).unwrap();
+        let (enc, stored) = encode_chunk(&datas[5], 3);
+        w.append(ids[5], enc, datas[5].len() as u32, &stored)
+            .unwrap();
+        index.current.extend(w.seal().unwrap());
+        let encodings: Vec<ChunkEncoding> =
+            ids.iter().map(|id| index.current[id].encoding).collect();
+        assert!(
+            encodings.contains(&ChunkEncoding::Stored) && encodings.contains(&ChunkEncoding::Zstd)
+        );
+        assert_eq!(encodings[4], ChunkEncoding::Delta);
+
+        let want = [0, 1, 5, 0, 4, 2, 3, 1];
+        let batch: Vec<ChunkId> = want.iter().map(|&i| ids[i]).collect();
+        let containers = Arc::new(Containers::local(dir.path()));
+        let index = Arc::new(index);
+        let reader = ChunkReader::new(index.clone(), containers.clone());
+        let got = reader
+            .read_many(&batch, &mut ReadSession::new(CHUNK_CACHE_BYTES), None)
+            .unwrap();
+        assert_eq!(index.batches.load(Relaxed), 1, "one lookup for the batch");
+        for (g, &i) in got.iter().zip(&want) {
+            assert!(g[..] == datas[i][..], "chunk {i}");
+        }
+
+        let unknown = ChunkId::of(b"never stored").unwrap();
+        let e = reader
+            .read_many(&[ids[0], unknown], &mut ReadSession::new(0), None)
+            .unwrap_err();
+        assert!(e.to_string().contains(&unknown.to_string()), "{e}");
+
+        let mut moved = Index {
+            current: index.current.clone(),
+            ..Default::default()
+        };
+        for id in &ids {
+            let mut l = moved.current[id];
+            l.container = 7;
+            moved.stale.insert(*id, l);
+        }
+        let reader = ChunkReader::new(Arc::new(moved), containers);
+        let got = reader
+            .read_many(&batch, &mut ReadSession::new(0), None)
+            .unwrap();
+        for (g, &i) in got.iter().zip(&want) {
+            assert!(g[..] == datas[i][..], "chunk {i} after its container moved");
+        }
+    }
 
     #[test]
     fn paused_restores_wait_behind_new_ones() {
@@ -959,15 +1174,15 @@ mod tests {
     #[test]
     fn chunk_cache_is_bounded_and_evicts_oldest() {
         let mut c = ChunkCache::default();
-        let big = vec![7u8; CHUNK_CACHE_BYTES / 4];
+        let big = Bytes::from(vec![7u8; CHUNK_CACHE_BYTES / 4]);
         let ids: Vec<ChunkId> = (0..6u8).map(|i| ChunkId([i; 20])).collect();
         for id in &ids {
-            c.put(*id, &big);
+            c.put(*id, big.clone());
         }
         assert!(c.bytes <= CHUNK_CACHE_BYTES);
         assert!(c.get(&ids[0]).is_none(), "oldest evicted");
         assert_eq!(c.get(&ids[5]).as_deref(), Some(&big[..]));
-        c.put(ChunkId([9; 20]), &vec![0u8; CHUNK_CACHE_BYTES]);
+        c.put(ChunkId([9; 20]), Bytes::from(vec![0u8; CHUNK_CACHE_BYTES]));
         assert!(
             c.get(&ChunkId([9; 20])).is_none(),
             "oversized chunks are not cached"

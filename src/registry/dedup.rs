@@ -44,6 +44,13 @@ impl Catalog for MetaCatalog {
         Ok(self.0.chunk(&t, id).map_err(io_err)?.map(|c| c.loc))
     }
 
+    fn chunks(&self, ids: &[ChunkId]) -> io::Result<Vec<Option<ChunkLoc>>> {
+        let t = self.0.read().map_err(io_err)?;
+        ids.iter()
+            .map(|id| Ok(self.0.chunk(&t, id).map_err(io_err)?.map(|c| c.loc)))
+            .collect()
+    }
+
     fn allocate_container(&self) -> io::Result<u64> {
         let mut w = self.0.write().map_err(io_err)?;
         let id = self.0.next_counter(&mut w, "container").map_err(io_err)?;

@@ -113,11 +113,12 @@ pub fn decode_chunk(enc: ChunkEncoding, stored: &[u8], raw_len: u32) -> io::Resu
 }
 
 /// `raw`, if it has the `raw_len` bytes a chunk's record promises.
-pub fn decoded_len(raw: Vec<u8>, raw_len: u32) -> io::Result<Vec<u8>> {
-    if raw.len() != raw_len as usize {
+pub fn decoded_len<B: AsRef<[u8]>>(raw: B, raw_len: u32) -> io::Result<B> {
+    let len = raw.as_ref().len();
+    if len != raw_len as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("chunk decoded to {} bytes, expected {raw_len}", raw.len()),
+            format!("chunk decoded to {len} bytes, expected {raw_len}"),
         ));
     }
     Ok(raw)
@@ -236,6 +237,46 @@ pub fn read_stored(file: &File, loc: &ChunkLoc) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.stored_len as usize];
     file.read_exact_at(&mut buf, loc.offset)?;
     Ok(buf)
+}
+
+/// `len` bytes of `file` from `offset` (a run of adjacent records read at once), without
+/// zeroing the buffer first: it is filled by pread(2) from the kernel's copy.
+pub fn read_span(file: &File, offset: u64, len: usize) -> io::Result<bytes::Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::<u8>::with_capacity(len);
+    let mut got = 0;
+    while got < len {
+        let off = libc::off_t::try_from(offset + got as u64)
+            .map_err(|_| bad(format!("offset {offset} out of range")))?;
+        // SAFETY: the destination is the buffer's unused capacity past `got` (`len - got`
+        // bytes are reserved); pread writes at most that many bytes there, through the
+        // pointer, and only the bytes it reports are counted as initialized below.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(got).cast(),
+                len - got,
+                off,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("container ends before byte {}", offset + len as u64),
+            ));
+        }
+        got += n as usize;
+        // SAFETY: pread initialized the `n` bytes past the old length.
+        unsafe { buf.set_len(got) };
+    }
+    Ok(buf.into())
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {

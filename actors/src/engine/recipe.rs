@@ -428,9 +428,9 @@ impl TarSink for RecipeBuilder {
 
 /// Rebuild a layer's exact (compressed) bytes. `chunks` yields the raw bytes of each chunk of
 /// [`Recipe::read_order`], in that order; `out` receives the layer's bytes.
-pub fn restore(
+pub fn restore<C: AsRef<[u8]> + Default>(
     recipe: &Recipe,
-    chunks: &mut dyn Iterator<Item = io::Result<Vec<u8>>>,
+    chunks: &mut dyn Iterator<Item = io::Result<C>>,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     restore_from(recipe, 0, Reencoder::new(&recipe.encoding), chunks, out)
@@ -438,12 +438,13 @@ pub fn restore(
 
 /// [`restore`] from uncompressed offset `from` on, through `enc` (a re-encoder resumed there,
 /// see [`Reencoder::resume`]): `chunks` yields the chunks of [`Recipe::read_order_from`];
-/// those wholly before `from` are skipped unread.
-pub fn restore_from(
+/// those wholly before `from` are skipped unread. A chunk is any owner of its bytes (the
+/// restore reader hands on slices of the runs it read at once).
+pub fn restore_from<C: AsRef<[u8]> + Default>(
     recipe: &Recipe,
     from: u64,
     mut enc: Reencoder,
-    chunks: &mut dyn Iterator<Item = io::Result<Vec<u8>>>,
+    chunks: &mut dyn Iterator<Item = io::Result<C>>,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     let opens = recipe.opens(from);
@@ -451,7 +452,7 @@ pub fn restore_from(
     let mut buf = Vec::with_capacity(512 * 1024);
     // The current chunk of each stream: its bytes (empty when skipped unread), its length
     // and how much of it is used.
-    let mut cur: [(Vec<u8>, usize, usize); 2] = [(Vec::new(), 0, 0), (Vec::new(), 0, 0)];
+    let mut cur: [(C, usize, usize); 2] = Default::default();
     let mut raw_total = 0u64;
     for (k, &n) in recipe.framing.iter().enumerate() {
         let (data, len, pos) = &mut cur[k % 2];
@@ -465,12 +466,12 @@ pub fn restore_from(
                     *data = chunks
                         .next()
                         .ok_or_else(|| bad("fewer chunks than the read order"))??;
-                    *len = data.len();
+                    *len = data.as_ref().len();
                     if *len != o.chunk.1 as usize {
                         return Err(bad("a chunk's length differs from its reference"));
                     }
                 } else {
-                    data.clear();
+                    *data = C::default();
                     *len = o.chunk.1 as usize;
                 }
                 *pos = 0;
@@ -482,10 +483,10 @@ pub fn restore_from(
             // The part of these `t` bytes at or after `from`.
             let skip = from.saturating_sub(raw_total).min(t as u64) as usize;
             if skip < t {
-                if data.is_empty() {
+                if data.as_ref().is_empty() {
                     return Err(bad("a skipped chunk holds bytes after the resume point"));
                 }
-                enc.push(&data[*pos + skip..*pos + t], &mut buf);
+                enc.push(&data.as_ref()[*pos + skip..*pos + t], &mut buf);
             }
             *pos += t;
             need -= t as u64;
@@ -745,7 +746,7 @@ mod tests {
     #[test]
     fn missing_chunks_are_an_error() {
         let (r, _) = build(&layer_tar(0), ChunkParams::default());
-        let mut it = std::iter::empty();
+        let mut it = std::iter::empty::<io::Result<Vec<u8>>>();
         assert!(restore(&r, &mut it, &mut |_| Ok(())).is_err());
     }
 }
