@@ -63,14 +63,19 @@ impl Ahead<'_> {
             return;
         }
         let until = (i + PREFETCH_AHEAD_CHUNKS).min(self.order.len());
-        while self.next < until {
-            if let Ok(Some(loc)) = self.reader.catalog.chunk(&self.order[self.next].0) {
-                if self.last != Some(loc.container) {
-                    self.reader.containers.prefetch(loc.container);
-                    self.last = Some(loc.container);
-                }
+        if self.next >= until {
+            return;
+        }
+        let ids: Vec<ChunkId> = self.order[self.next..until].iter().map(|c| c.0).collect();
+        self.next = until;
+        let Ok(locs) = self.reader.catalog.chunks(&ids) else {
+            return;
+        };
+        for loc in locs.into_iter().flatten() {
+            if self.last != Some(loc.container) {
+                self.reader.containers.prefetch(loc.container);
+                self.last = Some(loc.container);
             }
-            self.next += 1;
         }
     }
 }
