@@ -138,9 +138,16 @@ impl ChunkReader {
     }
 
     /// The raw bytes of `id`, through `session`'s cache; a delta is decoded against its base.
+    /// The chunk is kept in the cache whatever its encoding (similarity reads candidate bases
+    /// this way, many of them again and again; read alone, its bytes are a buffer of their
+    /// own).
     pub fn read(&self, id: &ChunkId, session: &mut ReadSession) -> io::Result<Bytes> {
-        let mut one = self.read_many(std::slice::from_ref(id), session, None)?;
-        Ok(one.pop().expect("one chunk read"))
+        let raw = self
+            .read_many(std::slice::from_ref(id), session, None)?
+            .pop()
+            .expect("one chunk read");
+        session.cache.put(*id, raw.clone());
+        Ok(raw)
     }
 
     /// The raw bytes of each of `ids`, in order, through `session`'s cache, adding the time

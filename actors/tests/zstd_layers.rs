@@ -127,6 +127,29 @@ fn zstd_chunked_shape() {
     assert_exact("zstd:chunked", &stream, &["zstd-kp-default".to_string()]);
 }
 
+/// libzstd's multi-threaded mode, as the `zstd` CLI of the libzstd stowage links (1.5.7)
+/// writes a file by default (checksum, size in the header, jobs of `2^(windowLog + 2)`
+/// bytes), on real files: several jobs, and one job at level 19.
+#[test]
+fn multithreaded_libzstd_frames_of_real_files() {
+    use std::io::Write;
+    let data = corpus(12 << 20);
+    for (level, n) in [(3, data.len()), (1, 5 << 20), (19, 3 << 20)] {
+        let input = &data[..n];
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), level).unwrap();
+        z.multithread(2).unwrap();
+        z.include_checksum(true).unwrap();
+        z.set_pledged_src_size(Some(n as u64)).unwrap();
+        z.write_all(input).unwrap();
+        let stream = z.finish().unwrap();
+        assert_exact(
+            &format!("libzstd -{level} multi-threaded, {n} bytes"),
+            &stream,
+            &[format!("zstd-{level}-mt")],
+        );
+    }
+}
+
 /// Debian's `zstd` CLI: frames from its libzstd (1.5.4) differ from the libzstd stowage links
 /// (1.5.7), except where the level's algorithm did not change; whatever is not reproduced is
 /// refused with a reason that names what was tried, never restored wrong.

@@ -127,10 +127,10 @@ impl Encoding {
     /// weigh the same and the tier stays least-recently-used among them.
     pub fn nominal_restore_rate(&self) -> f64 {
         let label = self.label();
+        // The level is the label's number (`zstd-19-long`, `zstd-3-mt`, `gzip-zlib-6`).
         let level = label
-            .rsplit('-')
-            .next()
-            .and_then(|l| l.parse::<i32>().ok())
+            .split('-')
+            .find_map(|l| l.parse::<i32>().ok())
             .unwrap_or(6);
         let mb_s = match label.as_str() {
             "none" | "zstd-stored-frames" => 500.0,
@@ -884,6 +884,26 @@ pub use super::reencode::Reencoder;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hot tier weighs libzstd frames by their level whatever else their label says.
+    #[test]
+    fn libzstd_restore_rates_follow_the_level() {
+        use crate::engine::zstd_frames::ZstdEncoder;
+        let rate = |level, long, mt| {
+            Encoding::ZstdFrames {
+                encoder: ZstdEncoder::Libzstd { level, long, mt },
+                parts: Vec::new(),
+            }
+            .nominal_restore_rate()
+        };
+        for (long, mt) in [(false, false), (true, false), (false, true)] {
+            assert!(
+                rate(19, long, mt) < rate(3, long, mt),
+                "long {long}, mt {mt}"
+            );
+            assert_eq!(rate(19, long, mt), rate(19, false, false));
+        }
+    }
 
     fn text(n: usize) -> Vec<u8> {
         let words = [

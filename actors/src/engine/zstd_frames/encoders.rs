@@ -1,6 +1,13 @@
 //! Which encoder wrote a stream's data frames, and writing one frame as it did: libzstd at a
-//! level (optionally `--long`) or klauspost/compress/zstd (see [`crate::engine::kpzstd`]) at
-//! one of its four levels; the candidates tried on a frame, most likely first.
+//! level (optionally `--long`, single- or multi-threaded) or klauspost/compress/zstd (see
+//! [`crate::engine::kpzstd`]) at one of its four levels; the candidates tried on a frame, most
+//! likely first.
+//!
+//! libzstd writes other bytes in its multi-threaded mode (`nbWorkers` ≥ 1): the input is cut
+//! into jobs of `2^(windowLog + 2)` bytes or more, each compressed on its own with the end of
+//! the previous one as a prefix. The `zstd` CLI works that way by default (with one worker,
+//! unless `--single-thread`), and the bytes do not depend on the number of workers, so such a
+//! frame is re-encoded with as many workers as the machine has cores.
 
 use std::io::Write;
 
@@ -15,12 +22,15 @@ use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder, KpVersion};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "lib", rename_all = "lowercase")]
 pub enum ZstdEncoder {
-    /// The libzstd stowage links (1.5.7), at `level`, single-threaded; `long`: long-distance
-    /// matching with a 128 MiB window (`zstd --long`).
+    /// The libzstd stowage links (1.5.7), at `level`; `long`: long-distance matching with a
+    /// 128 MiB window (`zstd --long`); `mt`: its multi-threaded mode (the `zstd` CLI's
+    /// default), any number of workers.
     Libzstd {
         level: i32,
         #[serde(default, skip_serializing_if = "is_false")]
         long: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        mt: bool,
     },
     /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
     /// tools leave at their defaults (see [`super::kpzstd`]).
@@ -72,15 +82,21 @@ const LONG_WINDOW_LOG: u32 = 27;
 impl ZstdEncoder {
     /// libzstd at `level`, single-threaded, no long-distance matching.
     pub fn libzstd(level: i32) -> ZstdEncoder {
-        ZstdEncoder::Libzstd { level, long: false }
+        ZstdEncoder::Libzstd {
+            level,
+            long: false,
+            mt: false,
+        }
     }
 
-    /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, ...
+    /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, `zstd-3-mt`, ...
     pub fn label(&self) -> String {
         match self {
-            ZstdEncoder::Libzstd { level, long } => {
-                format!("zstd-{level}{}", if *long { "-long" } else { "" })
-            }
+            ZstdEncoder::Libzstd { level, long, mt } => format!(
+                "zstd-{level}{}{}",
+                if *long { "-long" } else { "" },
+                if *mt { "-mt" } else { "" }
+            ),
             ZstdEncoder::Klauspost { level, .. } => {
                 format!("zstd-kp-{}", level.kp().name())
             }
@@ -119,9 +135,19 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             .into_iter()
             .map(move |version| ZstdEncoder::Klauspost { level, version })
     });
-    klauspost
-        .chain(levels().map(|level| ZstdEncoder::Libzstd { level, long }))
-        .collect()
+    // Single-threaded first (libraries), then the CLI's multi-threaded mode.
+    let libzstd = [false, true]
+        .into_iter()
+        .flat_map(move |mt| levels().map(move |level| ZstdEncoder::Libzstd { level, long, mt }));
+    klauspost.chain(libzstd).collect()
+}
+
+/// Plaintext a long frame is judged on for libzstd's multi-threaded mode.
+const MT_PROBE: usize = 1 << 20;
+
+/// Workers a multi-threaded libzstd frame is re-encoded with (its bytes do not depend on it).
+fn libzstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u32)
 }
 
 /// What container tools set: the level, nothing else.
@@ -156,9 +182,13 @@ impl FrameWriter {
         use zstd::zstd_safe::CParameter;
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
         let inner = match *enc {
-            ZstdEncoder::Libzstd { level, long } => {
+            ZstdEncoder::Libzstd { level, long, mt } => {
                 let mut z =
                     zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd encoder");
+                if mt {
+                    z.multithread(libzstd_workers())
+                        .expect("libzstd built with multi-threading");
+                }
                 if long {
                     z.set_parameter(CParameter::EnableLongDistanceMatching(true))
                         .expect("zstd parameter");
@@ -332,12 +362,24 @@ pub(super) fn frame_matches(
             .flat_map(|cut| tries.iter().map(move |&flags| FrameShape { flags, cut }))
             .find(|&shape| encode_frame(enc, &probe.raw, shape) == probe.comp)
     } else {
+        // Multi-threaded libzstd holds a job's bytes until the job (larger than the probe) is
+        // whole: the beginning is flushed out instead. Flushing ends that job early, but the
+        // blocks written until then are the ones the whole job starts with. It is judged on
+        // less of the probe: it writes nothing before the flush to stop a mismatch early.
+        let mt = matches!(enc, ZstdEncoder::Libzstd { mt: true, .. });
+        let raw = &probe.raw[..probe.raw.len().min(if mt { MT_PROBE } else { usize::MAX })];
         cuts.into_iter().find_map(|cut| {
             let shape = FrameShape { flags, cut };
             let mut w = FrameWriter::new(enc, size, shape);
             let mut out = Vec::new();
-            for piece in probe.raw.chunks(256 << 10) {
+            for piece in raw.chunks(256 << 10) {
                 w.write(piece, &mut out);
+                if !probe.comp.starts_with(&out) {
+                    return None;
+                }
+            }
+            if mt {
+                w.flush_block(&mut out);
                 if !probe.comp.starts_with(&out) {
                     return None;
                 }

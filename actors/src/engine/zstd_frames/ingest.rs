@@ -318,8 +318,8 @@ impl ZstdDecoder {
         }
         Err(NotExact::UnknownZstdEncoder(format!(
             "no encoder stowage reproduces wrote the frame (klauspost/compress 1.15.12-1.19.1 \
-             at its four levels and libzstd 1.5.7 at levels 1-19 tried; multi-threaded \
-             libzstd is not reproduced; another version or writer?): {}",
+             at its four levels and libzstd 1.5.7 at levels 1-19, single- and multi-threaded, \
+             tried; another libzstd version or writer?): {}",
             header.describe()
         )))
     }

@@ -22,7 +22,7 @@
 //!
 //! ```text
 //! { "kind": "zstdframes",
-//!   "encoder": {"lib": "libzstd", "level": 3, "long": true?}
+//!   "encoder": {"lib": "libzstd", "level": 3, "long": true?, "mt": true?}
 //!            | {"lib": "klauspost", "level": "default", "version": "v1.17.0"} | null,
 //!   "parts": [ [raw_len, compressed_len, flags],     a data frame
 //!              "50 2a 4d 18 ... (hex)",              a skippable frame, whole

@@ -83,11 +83,59 @@ fn long_distance_libzstd() {
     raw.extend_from_slice(&crate::engine::test_bytes(5 << 20, 6));
     raw.extend_from_slice(&text(1 << 20, 5));
     for level in [1, 3] {
-        let enc = ZstdEncoder::Libzstd { level, long: true };
+        let enc = ZstdEncoder::Libzstd {
+            level,
+            long: true,
+            mt: false,
+        };
         let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
         let (found, _) = roundtrip(&c, &raw).unwrap();
         assert_eq!(found, enc);
     }
+}
+
+/// libzstd's multi-threaded mode (the `zstd` CLI's default) writes other bytes than its
+/// single-threaded one, the same with any number of workers: frames of several jobs (level 1
+/// cuts 2 MiB jobs) and of less than one, with the size in the header as the CLI writes it
+/// for a file and without it as for stdin, are found and re-created.
+#[test]
+fn multithreaded_libzstd() {
+    let raw = text(5 << 20, 11);
+    let mut multithreaded = 0;
+    for (level, len) in [(1, raw.len()), (3, 300_000), (1, 3 << 20)] {
+        let raw = &raw[..len];
+        for flags in [FLAG_CHECKSUM | FLAG_CONTENT_SIZE, FLAG_CHECKSUM] {
+            let mut z = zstd::stream::write::Encoder::new(Vec::new(), level).unwrap();
+            z.multithread(2).unwrap();
+            z.include_checksum(true).unwrap();
+            z.include_contentsize(flags & FLAG_CONTENT_SIZE != 0)
+                .unwrap();
+            if flags & FLAG_CONTENT_SIZE != 0 {
+                z.set_pledged_src_size(Some(raw.len() as u64)).unwrap();
+            }
+            z.write_all(raw).unwrap();
+            let c = z.finish().unwrap();
+            let single = encode_frame(&ZstdEncoder::libzstd(level), raw, FrameShape::flags(flags));
+            let (enc, _) = roundtrip(&c, raw).unwrap();
+            if c == single {
+                // Less than a job with its size known: written as single-threaded.
+                assert_eq!(enc, ZstdEncoder::libzstd(level), "{len} bytes");
+            } else {
+                let mt = ZstdEncoder::Libzstd {
+                    level,
+                    long: false,
+                    mt: true,
+                };
+                assert_eq!(enc, mt, "level {level}, {len} bytes, flags {flags}");
+                assert_eq!(enc.label(), format!("zstd-{level}-mt"));
+                multithreaded += 1;
+            }
+        }
+    }
+    assert!(
+        multithreaded >= 2,
+        "frames of several jobs differ from single-threaded ones"
+    );
 }
 
 #[test]
