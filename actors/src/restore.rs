@@ -1005,6 +1005,7 @@ mod tests {
     use crate::digest::Digest;
     use crate::engine::container::{delta_record, encode_chunk, ContainerWriter};
     use crate::engine::tar::FileEntry;
+    use crate::engine::test_bytes;
 
     /// An index that gives batched lookups `stale` locations (as if garbage collection had
     /// compacted their containers since) and single ones the current ones.
@@ -1043,18 +1044,6 @@ mod tests {
         }
     }
 
-    fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     /// Chunks stored as they are, compressed and as deltas, in two containers: read in one
     /// batch (repeats, both containers, runs of adjacent records), each comes back with its
     /// own bytes; a chunk missing from the index fails the batch, naming it; and a batch whose
@@ -1062,16 +1051,16 @@ mod tests {
     #[test]
     fn a_batch_of_chunks_reads_back_each_chunks_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let base = noise(1, 9000);
+        let base = test_bytes(9000, 1);
         let mut near = base.clone();
         near[100..140].copy_from_slice(&[0xee; 40]);
         let datas = [
-            noise(2, 3000),
+            test_bytes(3000, 2),
             vec![b'z'; 5000],
             base.clone(),
-            noise(3, 1),
+            test_bytes(1, 3),
             near,
-            noise(4, 70_000),
+            test_bytes(70_000, 4),
         ];
         let ids: Vec<ChunkId> = datas.iter().map(|d| ChunkId::of(d).unwrap()).collect();
         let mut index = Index::default();
