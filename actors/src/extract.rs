@@ -43,7 +43,7 @@ pub(crate) enum Segment {
 }
 
 /// Reads a staged blob, identifies and inflates its compression, splits the tar stream.
-/// Messages in: [`Dedup`] (from the server). Out: [`Body::Segments`], [`Body::EndOfLayer`].
+/// Messages in: [`Dedup`] (from the server). Out: `Body::Segments`, `Body::EndOfLayer`.
 pub struct Extract {
     next: Bounded,
     cfg: PipelineConfig,

@@ -1,5 +1,5 @@
 //! Restoring a layer from its recipe: a reader thread fetches chunks ahead of the consumer, in
-//! the order the recipe needs them (handed over in batches of about [`HANDOFF_BYTES`], a
+//! the order the recipe needs them (handed over in batches of about `HANDOFF_BYTES`, a
 //! bounded window of about [`PREFETCH`] average chunks), while the caller's
 //! thread interleaves them and re-encodes the exact compressed stream. A chunk stored as a
 //! delta is decoded against its base, which is itself stored whole (invariant 5: at most two
@@ -46,7 +46,7 @@ const RUN_GAP: u64 = 4 << 10;
 /// of its reader (a few containers' worth).
 const PREFETCH_AHEAD_CHUNKS: usize = 2048;
 
-/// Keeps the containers of the next [`PREFETCH_AHEAD_CHUNKS`] chunks of a read order coming
+/// Keeps the containers of the next `PREFETCH_AHEAD_CHUNKS` chunks of a read order coming
 /// from the bucket while the reader works (nothing without a bucket).
 pub struct Ahead<'a> {
     reader: &'a ChunkReader,
@@ -153,7 +153,7 @@ impl ChunkReader {
     /// The raw bytes of each of `ids`, in order, through `session`'s cache, adding the time
     /// spent reading and decoding to `times`. The chunks not in the cache are looked up in one
     /// index transaction, and records lying next to each other in a container (a layer's
-    /// chunks are packed in pull order) are read with one pread of up to [`RUN_BYTES`]: a
+    /// chunks are packed in pull order) are read with one pread of up to `RUN_BYTES`: a
     /// layer of small chunks (zstd:chunked frames, a chunk per file) costs a few reads, not
     /// one per chunk.
     pub fn read_many(

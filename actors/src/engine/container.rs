@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `offset` points at a record's data. Encodings: 0 zstd frame of the chunk, 1 the chunk as
-//! is, 2 (version 2) a delta: the base chunk's id [20] then a zstd frame made with the base as
+//! is, 2 (version 2) a delta: the base chunk's id (20 bytes) then a zstd frame made with the base as
 //! reference prefix (see [`super::delta`]); the base is always a chunk stored whole (0 or 1),
 //! so restoring any chunk takes at most two reads. Version 1 containers (no deltas) are read
 //! as well. A container is self-describing: the chunk index can be rebuilt from the records

@@ -297,7 +297,7 @@ pub enum NotExact {
     #[error("corrupt {0}")]
     Corrupt(&'static str),
     /// Which encoder the gzip header points to and that it did not reproduce the stream (one
-    /// of a few texts: it is a metric label); see [`unknown_deflate`].
+    /// of a few texts: it is a metric label); see `unknown_deflate`.
     #[error("{0}")]
     UnknownDeflateEncoder(&'static str),
     /// What was tried and what the frame header says (from a small set: it is a metric label).

@@ -33,7 +33,7 @@ pub enum ZstdEncoder {
         mt: bool,
     },
     /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
-    /// tools leave at their defaults (see [`super::kpzstd`]).
+    /// tools leave at their defaults (see [`crate::engine::kpzstd`]).
     Klauspost {
         level: KpZstdLevel,
         /// The release family (`"v1.17.0"`; see [`KpVersion`]).
