@@ -18,7 +18,9 @@ use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
 use bytes::Bytes;
 
-use crate::engine::container::{decoded_len, read_span, split_delta, ChunkEncoding, ChunkLoc};
+use crate::engine::container::{
+    decode_chunk, decoded_len, read_span, split_delta, ChunkEncoding, ChunkLoc,
+};
 use crate::engine::delta::DeltaCoder;
 use crate::engine::recipe::{restore_from, Recipe};
 use crate::engine::recompress::Reencoder;
@@ -310,10 +312,9 @@ impl ReadSession {
                 Bytes::from(self.unzstd.decompress(&stored, loc.raw_len as usize)?),
                 loc.raw_len,
             ),
-            ChunkEncoding::Delta => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a delta chunk needs its base to be decoded",
-            )),
+            ChunkEncoding::Delta => {
+                decode_chunk(loc.encoding, &stored, loc.raw_len).map(Bytes::from)
+            }
         }
     }
 

@@ -234,9 +234,8 @@ impl ContainerWriter {
 
 /// Read a chunk's stored bytes.
 pub fn read_stored(file: &File, loc: &ChunkLoc) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; loc.stored_len as usize];
-    file.read_exact_at(&mut buf, loc.offset)?;
-    Ok(buf)
+    // The buffer is read_span's own, so the conversion does not copy.
+    read_span(file, loc.offset, loc.stored_len as usize).map(Vec::from)
 }
 
 /// `len` bytes of `file` from `offset` (a run of adjacent records read at once), without
