@@ -6,7 +6,8 @@
 //! compressed bytes, ingest and restore MB/s (of the first encoding, or of the alternative
 //! ingest found alike that re-creates the layer, as verification picks). `--plain OUT` also
 //! writes the last layer's plaintext to OUT (benches/encoder-table times the original encoder
-//! on it).
+//! on it). `--segment-cores N` plans long zstd frames' segments for N cores instead of this
+//! machine's default (all cores but one; see `segment_cores`).
 use std::time::Instant;
 
 use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
@@ -14,14 +15,29 @@ use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut plain_out = None;
-    if args.first().map(String::as_str) == Some("--plain") {
-        plain_out = Some(args.remove(1));
-        args.remove(0);
+    let mut cores = None;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--plain") => {
+                plain_out = Some(args.remove(1));
+                args.remove(0);
+            }
+            Some("--segment-cores") => {
+                cores = Some(args.remove(1).parse::<u64>().expect("--segment-cores N"));
+                args.remove(0);
+            }
+            _ => break,
+        }
     }
     for path in args {
         let gz = std::fs::read(&path).expect("read layer");
         let t = Instant::now();
         let mut d = LayerDecoder::new(Compression::detect(&gz));
+        // As ingest does: the blob's length lets a long zstd frame be planned in segments.
+        d.set_stream_len(gz.len() as u64);
+        if let Some(n) = cores {
+            d.set_segment_cores(n);
+        }
         let mut raw = Vec::new();
         let mut failed = None;
         for part in gz.chunks(1 << 20) {

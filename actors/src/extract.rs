@@ -167,6 +167,9 @@ impl Extract {
             }
         }
         let mut decoder = LayerDecoder::new(compression);
+        if let Ok(m) = f.metadata() {
+            decoder.set_stream_len(m.len());
+        }
         let mut split = TarSplitter::new(inline_below);
         let mut failure = None;
         while n > 0 {

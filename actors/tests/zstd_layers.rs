@@ -203,3 +203,54 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
         }
     }
 }
+
+/// Long klauspost frames of real files (Python and Perl sources and modules, as in the
+/// images of the benchmark's dataset), written by Go at `SpeedDefault` and `SpeedFastest`:
+/// ingest finds where a fresh encoder takes up the frame's blocks (planned here for two
+/// cores), and the frame re-encoded in segments, each on its own thread, is the Go frame bit
+/// for bit, as is the frame re-encoded whole. (Whether a fresh encoder ever falls in line
+/// with the frame's depends on the data: on this machine's shared libraries it does not, and
+/// such a frame is re-encoded whole.)
+#[test]
+fn long_klauspost_frames_in_segments() {
+    use stowage_actors::engine::zstd_frames::{FramesEncoder, ZstdDecoder, ZstdPart};
+    let Some(bin) = zstdwrite() else { return };
+    let input = files_under(
+        &["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl"],
+        64 << 20,
+    );
+    assert!(input.len() >= 60 << 20, "too few files for the corpus");
+    let mut split = Vec::new();
+    for level in ["default", "fastest"] {
+        let z = go(bin, level, None, &input);
+        let mut d = ZstdDecoder::default();
+        d.set_stream_len(z.len() as u64);
+        d.set_segment_cores(2);
+        let mut raw = Vec::new();
+        for piece in z.chunks(100_003) {
+            d.feed(piece, &mut |b| raw.extend_from_slice(b)).unwrap();
+        }
+        let (enc, parts, _) = d.finish().unwrap();
+        assert!(raw == input);
+        assert!(
+            matches!(&parts[..], [ZstdPart::Frame(..)] | [ZstdPart::Split(_)]),
+            "{level}: {parts:?}"
+        );
+        if !parts[0].splits().is_empty() {
+            // Two cores: two segments.
+            assert_eq!(parts[0].splits().len(), 1, "{level}: {parts:?}");
+            split.push(level);
+        }
+        let unsplit: Vec<ZstdPart> = parts.iter().map(ZstdPart::unsplit).collect();
+        for parts in [parts, unsplit] {
+            let mut e = FramesEncoder::new(enc, parts);
+            let mut out = Vec::new();
+            for piece in raw.chunks(1 << 20) {
+                e.push(piece, &mut out);
+            }
+            e.finish(&mut out);
+            assert!(out == z, "{level}: re-encoded frame differs");
+        }
+    }
+    assert!(!split.is_empty(), "no segments planned at either level");
+}

@@ -341,6 +341,22 @@ impl LayerDecoder {
         self.finish_with_alternatives().map(|(e, _)| e)
     }
 
+    /// The compressed stream is `len` bytes long: lets a long zstd frame be planned in
+    /// segments for parallel re-encoding.
+    pub fn set_stream_len(&mut self, len: u64) {
+        if let LayerDecoder::Zstd(z) = self {
+            z.set_stream_len(len);
+        }
+    }
+
+    /// Plan a long zstd frame's segments for `n` cores (default:
+    /// [`segment_cores`](super::zstd_frames::segment_cores)).
+    pub fn set_segment_cores(&mut self, n: u64) {
+        if let LayerDecoder::Zstd(z) = self {
+            z.set_segment_cores(n);
+        }
+    }
+
     /// The encoding, and others that re-created every byte ingest compared as it did, in the
     /// order to try them should the encoding not re-create the whole layer (ingest compares
     /// a long zstd frame's beginning only; see `ZstdDecoder::finish`).
@@ -350,11 +366,15 @@ impl LayerDecoder {
             LayerDecoder::Gzip(g) => Ok((g.finish()?, Vec::new())),
             LayerDecoder::Zstd(z) => {
                 let (encoder, parts, others) = z.finish()?;
-                let alternatives = others
-                    .into_iter()
+                // Segments are proven by verification only: the frames re-encoded whole come
+                // next, and are what the other encoders are tried with.
+                let unsplit: Vec<_> = parts.iter().map(ZstdPart::unsplit).collect();
+                let split = unsplit != parts;
+                let alternatives = (split.then_some(encoder).into_iter())
+                    .chain(others)
                     .map(|encoder| Encoding::ZstdFrames {
                         encoder,
-                        parts: parts.clone(),
+                        parts: unsplit.clone(),
                     })
                     .collect();
                 Ok((Encoding::ZstdFrames { encoder, parts }, alternatives))

@@ -526,6 +526,34 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
     m
 }
 
+/// The window and block size (`blockSize`) an encoder with these options uses.
+pub fn geometry(opts: &KpOptions) -> Result<(usize, usize), KpZstdError> {
+    let version = opts.version;
+    if !version.supports(opts.level) {
+        return Err(KpZstdError::Unsupported(opts.level, version));
+    }
+    let (mut window, mut block) = match opts.level {
+        KpLevel::Fastest => (4 << 20, 1 << 16),
+        KpLevel::Default => (8 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+        // 1.17.5 on: "The default value is determined by the compression level
+        // and max 8MB".
+        KpLevel::Better | KpLevel::Best if version >= KpVersion::V1_17_5 => {
+            (8 << 20, MAX_COMPRESSED_BLOCK_SIZE)
+        }
+        KpLevel::Better => (16 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+        KpLevel::Best => (32 << 20, MAX_COMPRESSED_BLOCK_SIZE),
+    };
+    if opts.window_size != 0 {
+        let n = opts.window_size;
+        if !(MIN_WINDOW_SIZE..=MAX_WINDOW_SIZE).contains(&n) || !n.is_power_of_two() {
+            return Err(KpZstdError::Window(n));
+        }
+        window = n;
+        block = block.min(n);
+    }
+    Ok((window, block))
+}
+
 /// One zstd stream, like a `zstd.Encoder` used through `Write`/`Flush`/`Close`/
 /// `Reset` (synchronous: the bytes are the same at any concurrency).
 pub struct KpStreamEncoder {
@@ -553,28 +581,7 @@ impl KpStreamEncoder {
     /// `zstd.NewWriter(w, WithEncoderLevel(level)[, WithWindowSize(n)][, WithEncoderCRC(crc)])`.
     pub fn new(opts: &KpOptions) -> Result<Self, KpZstdError> {
         let version = opts.version;
-        if !version.supports(opts.level) {
-            return Err(KpZstdError::Unsupported(opts.level, version));
-        }
-        let (mut window, mut block) = match opts.level {
-            KpLevel::Fastest => (4 << 20, 1 << 16),
-            KpLevel::Default => (8 << 20, MAX_COMPRESSED_BLOCK_SIZE),
-            // 1.17.5 on: "The default value is determined by the compression level
-            // and max 8MB".
-            KpLevel::Better | KpLevel::Best if version >= KpVersion::V1_17_5 => {
-                (8 << 20, MAX_COMPRESSED_BLOCK_SIZE)
-            }
-            KpLevel::Better => (16 << 20, MAX_COMPRESSED_BLOCK_SIZE),
-            KpLevel::Best => (32 << 20, MAX_COMPRESSED_BLOCK_SIZE),
-        };
-        if opts.window_size != 0 {
-            let n = opts.window_size;
-            if !(MIN_WINDOW_SIZE..=MAX_WINDOW_SIZE).contains(&n) || !n.is_power_of_two() {
-                return Err(KpZstdError::Window(n));
-            }
-            window = n;
-            block = block.min(n);
-        }
+        let (window, block) = geometry(opts)?;
         // `WithEncoderLevel`: `allLitEntropy = l > SpeedFastest`, from 1.16.4
         // `l > SpeedDefault`.
         let all_lit_entropy = if version >= KpVersion::V1_16_4 {

@@ -102,6 +102,17 @@ impl ZstdEncoder {
             }
         }
     }
+
+    /// A klauspost encoder's block size and window, in bytes (None for libzstd, whose frames
+    /// are not re-encoded in segments).
+    pub(super) fn kp_geometry(&self) -> Option<(u64, u64)> {
+        let ZstdEncoder::Klauspost { level, version } = *self else {
+            return None;
+        };
+        let (window, block) = crate::engine::kpzstd::geometry(&kp_options(level, version, true))
+            .expect("level and version checked at ingest");
+        Some((block as u64, window as u64))
+    }
 }
 
 /// libzstd's window log at each level 1-19 when the content size is not known (its
@@ -233,6 +244,14 @@ impl FrameWriter {
             }
         }
         self.write_on(raw, out);
+    }
+
+    /// Stops without ending the frame (a segment of it is written): the encoder goes back to
+    /// the pool, to be reset before its next frame.
+    pub(super) fn abandon(self) {
+        if let Writer::Klauspost(opts, k) = self.inner {
+            kp_pool::put(opts, k);
+        }
     }
 
     fn flush_block(&mut self, out: &mut Vec<u8>) {

@@ -5,6 +5,7 @@ use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 use super::encoders::{candidates, frame_matches, ZstdEncoder};
 use super::header::{parse_header, FrameHeader};
+use super::splits::SplitFinder;
 use super::{
     is_skippable, FrameShape, ZstdPart, FLAG_FLUSHED, MAX_FRAMES, MAX_SKIPPABLE, ZSTD_MAGIC,
 };
@@ -23,6 +24,8 @@ pub(super) struct FrameProbe {
     /// [`FrameProbe::first_block_len`], worked out once: every klauspost candidate asks for it,
     /// and the probe no longer changes once a frame is being checked.
     first_block: std::cell::OnceCell<Option<u64>>,
+    /// Where a long frame can be re-encoded from in segments.
+    finder: Option<SplitFinder>,
 }
 
 impl FrameProbe {
@@ -42,6 +45,10 @@ impl FrameProbe {
         }
         self.comp_len += comp.len() as u64;
         self.raw_len += raw.len() as u64;
+        if let Some(f) = &mut self.finder {
+            f.feed_comp(comp);
+            f.feed_plain(raw);
+        }
     }
 
     /// The plaintext length of the frame's first block, if the probe holds all of it: read
@@ -96,6 +103,14 @@ enum St {
 /// that the chosen encoder must write every frame.
 pub(super) const WEIGH_FRAMES: usize = 64;
 
+/// Cores a pull of this machine can give a long frame's segments: all but one, which the
+/// restore itself keeps busy (reading and decompressing chunks, hashing, sending). Measured
+/// on 2 cores (README, *Benchmark*): a pull restoring 77 MB already kept 1.3 cores busy, and
+/// two segments made it use 1.6 without finishing sooner, so there a frame gets none.
+pub fn segment_cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() as u64 - 1).clamp(1, 8))
+}
+
 /// Streaming decompressor of a zstd layer that records how to re-create it.
 pub struct ZstdDecoder {
     st: St,
@@ -110,6 +125,11 @@ pub struct ZstdDecoder {
     frames_checked: usize,
     outbuf: Vec<u8>,
     failed: Option<NotExact>,
+    /// The whole stream's compressed length, when known: how long a frame without a content
+    /// size may be, to plan its segments.
+    stream_len: Option<u64>,
+    /// Cores a pull may re-encode a long frame's segments on ([`segment_cores`]).
+    parallel: u64,
 }
 
 impl Default for ZstdDecoder {
@@ -124,11 +144,23 @@ impl Default for ZstdDecoder {
             frames_checked: 0,
             outbuf: vec![0; 256 * 1024],
             failed: None,
+            stream_len: None,
+            parallel: segment_cores(),
         }
     }
 }
 
 impl ZstdDecoder {
+    /// The stream is `len` compressed bytes long (the staged blob's size).
+    pub fn set_stream_len(&mut self, len: u64) {
+        self.stream_len = Some(len);
+    }
+
+    /// Plan segments for this many cores (default: [`segment_cores`]; 1 for none).
+    pub fn set_segment_cores(&mut self, n: u64) {
+        self.parallel = n;
+    }
+
     pub fn feed(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
@@ -185,7 +217,11 @@ impl ZstdDecoder {
                     // Decode from the frame's first byte: put back what the header took.
                     let before = head.len() - take;
                     let head = std::mem::take(head);
-                    self.st = St::Data(h, Box::default());
+                    let probe = FrameProbe {
+                        finder: (self.parallel >= 2).then(|| SplitFinder::new(h.len as u64)),
+                        ..FrameProbe::default()
+                    };
+                    self.st = St::Data(h, Box::new(probe));
                     if before > 0 {
                         self.feed_inner(&head[..before], out)?;
                     }
@@ -207,10 +243,15 @@ impl ZstdDecoder {
                         // unknown encoder is given up early.
                         let h = *header;
                         let shape = self.check_frame(&h, false)?;
-                        if let St::Data(_, p) = &mut self.st {
+                        let done: u64 = self.parts.iter().map(ZstdPart::comp_len).sum();
+                        let comp_left = self.stream_len.map(|n| n.saturating_sub(done));
+                        if let (St::Data(_, p), Some(enc)) = (&mut self.st, &self.encoder) {
                             p.checked = Some(shape);
                             p.raw = Vec::new();
                             p.comp = Vec::new();
+                            if let Some(f) = &mut p.finder {
+                                f.start(enc, shape, h.content_size, comp_left, self.parallel);
+                            }
                         }
                     }
                     if hint == 0 {
@@ -336,7 +377,7 @@ impl ZstdDecoder {
         }
         let complete = probe.raw_len == probe.raw.len() as u64 && probe.checked.is_none();
         let mut shape = self.check_frame(&header, complete)?;
-        let St::Data(_, probe) = &self.st else {
+        let St::Data(_, probe) = &mut self.st else {
             unreachable!("ending a data frame");
         };
         if !complete && probe.may_be_flushed(header.checksum) {
@@ -344,8 +385,20 @@ impl ZstdDecoder {
             // flush before closing leaves (verify-before-discard proves the guess).
             shape.flags |= FLAG_FLUSHED;
         }
-        self.parts
-            .push(ZstdPart::frame(probe.raw_len, probe.comp_len, shape));
+        let splits = match probe.finder.take() {
+            Some(f) if !complete => f.finish(),
+            Some(f) => {
+                f.finish();
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        self.parts.push(ZstdPart::split_frame(
+            probe.raw_len,
+            probe.comp_len,
+            shape,
+            splits,
+        ));
         self.st = St::Between;
         self.dec
             .reinit()

@@ -30,10 +30,20 @@
 //! ```
 //!
 //! A frame whose first block was cut short (see [`ZstdPart::CutFrame`]) is
-//! `[raw_len, compressed_len, flags, first_block_len]`.
+//! `[raw_len, compressed_len, flags, first_block_len]`. A long klauspost frame re-encoded in
+//! segments (see [`ZstdPart::Split`]) is an object:
+//! `{"raw": n, "comp": n, "flags": f, "cut": k?, "splits": [[warm, start, comp_start], ...]}`.
 //! `flags` is a bit set: [`FLAG_CHECKSUM`], [`FLAG_CONTENT_SIZE`], [`FLAG_FLUSHED`].
 //! Frames' compressed lengths let a range request start re-encoding at the frame it falls in
 //! (partial pulls of zstd:chunked ask for single files' frames).
+//!
+//! # Segments
+//!
+//! A klauspost frame is one encoder's output from start to end, but where a fresh encoder fed
+//! a window of the plaintext before a block writes that block and the ones after it exactly
+//! as the frame has them, the frame can be re-encoded from there on another core (`splits.rs`
+//! finds such places at ingest, `segmented.rs` re-encodes on pull). Verify-before-discard
+//! proves the segments; should it not, the same frames without segments are tried next.
 //!
 //! # Stored frames
 //!
@@ -47,6 +57,8 @@ mod header;
 mod ingest;
 mod pull;
 mod scan;
+mod segmented;
+mod splits;
 mod stored;
 #[cfg(test)]
 mod tests;
@@ -55,7 +67,7 @@ use serde::{Deserialize, Serialize};
 
 pub use encoders::{encode_frame, FrameWriter, KpZstdLevel, ZstdEncoder};
 pub use header::{parse_header, FrameHeader};
-pub use ingest::ZstdDecoder;
+pub use ingest::{segment_cores, ZstdDecoder};
 pub use pull::FramesEncoder;
 pub use scan::{scan_frames, FrameSpan};
 pub use stored::{StoredFrames, ZstdFrames, STORE_FRAMES_BELOW};
@@ -91,12 +103,32 @@ pub enum ZstdPart {
     CutFrame(u64, u64, u8, u64),
     /// A skippable frame, whole (magic, size, data).
     Skippable(#[serde(with = "hex_bytes")] Vec<u8>),
+    /// A long data frame whose encoder can be restarted at the recorded blocks, to re-encode it
+    /// in segments on several cores.
+    Split(SplitFrame),
+}
+
+/// A data frame with the places a fresh encoder takes up its blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitFrame {
+    pub raw: u64,
+    pub comp: u64,
+    pub flags: u8,
+    /// As in [`ZstdPart::CutFrame`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<u64>,
+    /// Segment starts after the first, each `[warm, start, comp_start]`: a fresh encoder fed
+    /// the plaintext from `warm` (output discarded) writes the frame's blocks from plaintext
+    /// offset `start`, which begin at `comp_start` of the frame's compressed bytes. All three
+    /// are block boundaries and increase from one segment to the next.
+    pub splits: Vec<[u64; 3]>,
 }
 
 impl ZstdPart {
     pub(super) fn raw_len(&self) -> u64 {
         match self {
             ZstdPart::Frame(raw, ..) | ZstdPart::CutFrame(raw, ..) => *raw,
+            ZstdPart::Split(f) => f.raw,
             ZstdPart::Skippable(_) => 0,
         }
     }
@@ -104,6 +136,7 @@ impl ZstdPart {
     pub(super) fn comp_len(&self) -> u64 {
         match self {
             ZstdPart::Frame(_, comp, ..) | ZstdPart::CutFrame(_, comp, ..) => *comp,
+            ZstdPart::Split(f) => f.comp,
             ZstdPart::Skippable(b) => b.len() as u64,
         }
     }
@@ -116,8 +149,54 @@ impl ZstdPart {
                 flags,
                 cut: Some(cut),
             }),
+            ZstdPart::Split(ref f) => Some(FrameShape {
+                flags: f.flags,
+                cut: f.cut,
+            }),
             ZstdPart::Skippable(_) => None,
         }
+    }
+
+    /// The part without segments: the frame re-encoded from start to end.
+    pub fn unsplit(&self) -> ZstdPart {
+        match self {
+            ZstdPart::Split(f) => ZstdPart::frame(
+                f.raw,
+                f.comp,
+                FrameShape {
+                    flags: f.flags,
+                    cut: f.cut,
+                },
+            ),
+            p => p.clone(),
+        }
+    }
+
+    /// The recorded segment starts of a data frame (empty if it has none).
+    pub fn splits(&self) -> &[[u64; 3]] {
+        match self {
+            ZstdPart::Split(f) => &f.splits,
+            _ => &[],
+        }
+    }
+
+    /// A data frame's part, with its segment starts if it has any.
+    pub(super) fn split_frame(
+        raw_len: u64,
+        comp_len: u64,
+        shape: FrameShape,
+        splits: Vec<[u64; 3]>,
+    ) -> ZstdPart {
+        if splits.is_empty() {
+            return ZstdPart::frame(raw_len, comp_len, shape);
+        }
+        ZstdPart::Split(SplitFrame {
+            raw: raw_len,
+            comp: comp_len,
+            flags: shape.flags,
+            cut: shape.cut,
+            splits,
+        })
     }
 
     /// A data frame's part.

@@ -3,6 +3,7 @@
 //! requests.
 
 use super::encoders::{encode_frame, FrameWriter, ZstdEncoder};
+use super::segmented::SegmentedFrame;
 use super::ZstdPart;
 
 /// Frames this large or larger are written as they stream in; smaller ones are gathered and
@@ -21,7 +22,29 @@ pub struct FramesEncoder {
     /// Plaintext of the frame after the queued ones already in `queued_raw`.
     partial: usize,
     /// A large frame being streamed, and the plaintext it still takes.
-    streaming: Option<(FrameWriter, u64)>,
+    streaming: Option<(Streaming, u64)>,
+}
+
+/// A large frame as it streams in: written by one encoder, or in segments on the pool.
+enum Streaming {
+    Whole(FrameWriter),
+    Segments(Box<SegmentedFrame>),
+}
+
+impl Streaming {
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Streaming::Whole(w) => w.write(raw, out),
+            Streaming::Segments(s) => s.write(raw, out),
+        }
+    }
+
+    fn finish(self, out: &mut Vec<u8>) {
+        match self {
+            Streaming::Whole(w) => w.finish(out),
+            Streaming::Segments(s) => s.finish(out),
+        }
+    }
 }
 
 impl FramesEncoder {
@@ -88,8 +111,20 @@ impl FramesEncoder {
             match part.shape() {
                 None => {}
                 Some(shape) if len >= BATCH as u64 => {
+                    let (splits, comp_len) = (part.splits().to_vec(), part.comp_len());
                     self.drain(out);
-                    self.streaming = Some((FrameWriter::new(&self.encoder, len, shape), len));
+                    let w = if splits.is_empty() {
+                        Streaming::Whole(FrameWriter::new(&self.encoder, len, shape))
+                    } else {
+                        Streaming::Segments(Box::new(SegmentedFrame::new(
+                            self.encoder,
+                            shape,
+                            len,
+                            comp_len,
+                            &splits,
+                        )))
+                    };
+                    self.streaming = Some((w, len));
                     self.next += 1;
                     continue;
                 }

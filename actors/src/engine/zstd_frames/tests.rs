@@ -395,3 +395,198 @@ fn encoders_alike_on_a_long_frames_beginning_are_handed_on() {
         "no alternative re-creates the frame: {others:?}"
     );
 }
+
+/// Plaintext whose statistics change every few hundred KiB, as a layer's files do: text of
+/// several vocabularies, random bytes (stored raw), skewed bytes, zeros, and short copies of
+/// earlier pieces from up to a few MiB back.
+fn varied(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n + (2 << 20));
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    while v.len() < n {
+        let r = next();
+        let len = 50_000 + (r >> 40) as usize % 1_500_000;
+        match r % 5 {
+            0 => v.extend_from_slice(&text(len, r)),
+            1 => v.extend_from_slice(&crate::engine::test_bytes(len / 4, r)),
+            2 => v.extend((0..len).map(|i| ((i as u64).wrapping_mul(r) >> 7) as u8 % 23)),
+            3 => v.resize(v.len() + len / 8, 0),
+            _ => {
+                let back = (next() as usize % (6 << 20)).min(v.len());
+                let from = v.len() - back;
+                let take = (len / 16).min(back);
+                v.extend_from_within(from..from + take);
+            }
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+/// Ingest with segments planned for `parallel` cores.
+fn ingest_split(stream: &[u8], raw: &[u8], parallel: u64) -> (ZstdEncoder, Vec<ZstdPart>) {
+    let mut d = ZstdDecoder::default();
+    d.set_stream_len(stream.len() as u64);
+    d.set_segment_cores(parallel);
+    let mut got = Vec::new();
+    for piece in stream.chunks(100_003) {
+        d.feed(piece, &mut |b| got.extend_from_slice(b)).unwrap();
+    }
+    let (enc, parts, _) = d.finish().unwrap();
+    assert!(got == raw, "decompressed bytes");
+    (enc, parts)
+}
+
+fn restore(enc: ZstdEncoder, parts: &[ZstdPart], raw: &[u8], piece: usize) -> Vec<u8> {
+    let mut e = FramesEncoder::new(enc, parts.to_vec());
+    let mut out = Vec::new();
+    for p in raw.chunks(piece) {
+        e.push(p, &mut out);
+    }
+    e.finish(&mut out);
+    out
+}
+
+/// A long klauspost frame is planned in segments at ingest (a fresh encoder warmed up on the
+/// window before each start writes the frame's blocks from there), and the segments,
+/// re-encoded in parallel, make the frame bit for bit: with a first block cut short, a
+/// content size in the header, the frame's end flushed. (`SpeedFastest` here; on this
+/// synthetic data a fresh `SpeedDefault` encoder's matches rarely fall in line with the
+/// frame's: `tests/zstd_layers.rs` checks that level on real files, written by Go.)
+#[test]
+fn long_klauspost_frames_are_re_encoded_in_segments() {
+    use crate::engine::kpzstd::{KpOptions, KpStreamEncoder};
+    let raw = varied(56 << 20, 3);
+    for (level, cut, size, flush, n) in [
+        (KpZstdLevel::Fastest, None, false, false, 30 << 20),
+        (KpZstdLevel::Fastest, None, false, true, 40 << 20),
+        (KpZstdLevel::Fastest, Some(8), true, true, 40 << 20),
+    ] {
+        let raw = &raw[..n];
+        let mut e = KpStreamEncoder::new(&KpOptions {
+            level: level.kp(),
+            ..KpOptions::default()
+        })
+        .unwrap();
+        e.reset(size.then_some(n as u64));
+        let mut stream = Vec::new();
+        let cut = cut.unwrap_or(0);
+        e.write(&raw[..cut], &mut stream);
+        e.read_from(&raw[cut..], &mut stream);
+        if flush {
+            e.flush(&mut stream);
+        }
+        e.close(&mut stream);
+        let (enc, parts) = ingest_split(&stream, raw, 2);
+        let [ZstdPart::Split(f)] = &parts[..] else {
+            panic!("{level:?}: no segments planned: {parts:?}");
+        };
+        let (block, window) = enc.kp_geometry().unwrap();
+        assert_eq!(f.splits.len(), 1, "{level:?}: two cores, two segments");
+        for &[warm, start, comp] in &f.splits {
+            assert!(
+                start >= warm + window
+                    && start - warm <= window + (super::splits::SLIP + 1) * block
+            );
+            assert!(comp < stream.len() as u64);
+        }
+        let json = serde_json::to_string(&parts).unwrap();
+        assert!(json.contains("\"splits\""), "{json}");
+        let parts: Vec<ZstdPart> = serde_json::from_str(&json).unwrap();
+        for piece in [1 << 20, 777_777] {
+            assert!(
+                restore(enc, &parts, raw, piece) == stream,
+                "{level:?}: segments differ (pieces of {piece})"
+            );
+        }
+        // Planned for four cores: as many segments as are three windows long or more.
+        let (enc, parts4) = ingest_split(&stream, raw, 4);
+        let most = (n as u64 / (3 * window)).min(4) as usize;
+        assert_eq!(parts4[0].splits().len(), most - 1, "{level:?}: {parts4:?}");
+        assert!(restore(enc, &parts4, raw, 1 << 20) == stream);
+        // Without segments, the same frame too.
+        let unsplit: Vec<ZstdPart> = parts.iter().map(ZstdPart::unsplit).collect();
+        assert!(matches!(
+            unsplit[..],
+            [ZstdPart::Frame(..) | ZstdPart::CutFrame(..)]
+        ));
+        assert!(restore(enc, &unsplit, raw, 1 << 20) == stream);
+    }
+}
+
+/// A segment start where a fresh encoder does not write the frame's blocks (here: no
+/// warm-up at all) makes another stream, never the frame: segment 0 comes out right, the
+/// rest does not, and it is the frame without segments that verification keeps.
+#[test]
+fn a_segment_without_its_warm_up_makes_another_stream() {
+    let raw = varied(30 << 20, 5);
+    let enc = ZstdEncoder::Klauspost {
+        level: KpZstdLevel::Fastest,
+        version: KpVersion::default(),
+    };
+    let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let (_, mut parts) = ingest_split(&stream, &raw, 2);
+    let ZstdPart::Split(f) = &mut parts[0] else {
+        panic!("no segments planned: {parts:?}");
+    };
+    f.splits[0][0] = f.splits[0][1];
+    let second = f.splits[0][2] as usize;
+    let out = restore(enc, &parts, &raw, 1 << 20);
+    assert!(out.len() >= second && out[..second] == stream[..second]);
+    assert!(out != stream);
+}
+
+/// One core (or a frame too short for two segments of three windows each): no segments.
+#[test]
+fn no_segments_without_cores_or_length() {
+    let raw = varied(30 << 20, 6);
+    let enc = ZstdEncoder::Klauspost {
+        level: KpZstdLevel::Fastest,
+        version: KpVersion::default(),
+    };
+    let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let (_, parts) = ingest_split(&stream, &raw, 1);
+    assert!(matches!(parts[..], [ZstdPart::Frame(..)]), "{parts:?}");
+    let short = &raw[..10 << 20];
+    let stream = encode_frame(&enc, short, FrameShape::flags(FLAG_CHECKSUM));
+    let (_, parts) = ingest_split(&stream, short, 8);
+    assert!(matches!(parts[..], [ZstdPart::Frame(..)]), "{parts:?}");
+}
+
+/// Segments are proven by verification only: the layer's first alternative is the same
+/// encoder with the frames re-encoded whole.
+#[test]
+fn the_frame_re_encoded_whole_is_the_first_alternative() {
+    use crate::engine::recompress::{Encoding, LayerDecoder};
+    let raw = varied(30 << 20, 7);
+    let enc = ZstdEncoder::Klauspost {
+        level: KpZstdLevel::Fastest,
+        version: KpVersion::default(),
+    };
+    let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let mut z = Box::<ZstdDecoder>::default();
+    z.set_segment_cores(2);
+    let mut d = LayerDecoder::Zstd(z);
+    d.set_stream_len(stream.len() as u64);
+    for piece in stream.chunks(1 << 20) {
+        d.feed(piece, &mut |_| {}).unwrap();
+    }
+    let (first, alternatives) = d.finish_with_alternatives().unwrap();
+    let Encoding::ZstdFrames { encoder, parts } = first else {
+        panic!("{first:?}");
+    };
+    assert!(!parts[0].splits().is_empty(), "{parts:?}");
+    let unsplit: Vec<ZstdPart> = parts.iter().map(ZstdPart::unsplit).collect();
+    assert_eq!(
+        alternatives.first(),
+        Some(&Encoding::ZstdFrames {
+            encoder,
+            parts: unsplit
+        })
+    );
+}
