@@ -136,6 +136,7 @@ fn config(containers: &Path) -> PipelineConfig {
         similarity: Default::default(),
         hot: None,
         zstd_frames: Default::default(),
+        zstd_segment_cores: 1,
     }
 }
 
@@ -617,4 +618,59 @@ fn a_chunk_read_back_with_other_bytes_fails_a_checked_restore() {
         // Unchecked, the change goes through (the layer digest is what catches it then).
         assert!(restore(false).unwrap() != blob);
     }
+}
+
+/// A long one-frame klauspost layer (64 MB of this machine's Python and Perl modules at
+/// `SpeedDefault`, as `skopeo copy --dest-compress-format zstd` writes it) with segments
+/// planned for two cores: ingest records them, verify-before-discard proves them, and the
+/// layer restores bit for bit through them.
+#[test]
+fn a_long_klauspost_layer_is_deduplicated_with_segments_and_restores_exactly() {
+    use stowage_actors::engine::kpzstd::{KpOptions, KpStreamEncoder};
+    use stowage_actors::engine::recompress::Encoding;
+    let mut data = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> =
+        ["/usr/share/perl", "/usr/lib/python3", "/usr/lib/python3.11"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect();
+    while let Some(p) = stack.pop() {
+        if data.len() >= 64 << 20 {
+            break;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            entries.sort();
+            stack.extend(entries.into_iter().rev());
+        } else if meta.is_file() {
+            if let Ok(b) = std::fs::read(&p) {
+                data.extend_from_slice(&b);
+            }
+        }
+    }
+    data.truncate(64 << 20);
+    assert!(data.len() >= 60 << 20, "too few files for the layer");
+    let tar = tar_of_one("usr/lib/modules.bin", &data);
+    let mut e = KpStreamEncoder::new(&KpOptions::default()).unwrap();
+    let mut blob = Vec::new();
+    e.write(&tar, &mut blob);
+    e.close(&mut blob);
+    let (_dir, containers, cat, staged) = deduplicate_one(&blob, |containers| PipelineConfig {
+        zstd_segment_cores: 2,
+        ..config(containers)
+    });
+    let recipe = cat.recipes.lock().unwrap()[&staged.0].0.clone();
+    let Encoding::ZstdFrames { parts, .. } = &recipe.encoding else {
+        panic!("{}", recipe.encoding.label());
+    };
+    assert_eq!(parts[0].splits().len(), 1, "{parts:?}");
+    assert!(restored(&cat, &containers, &staged.0) == blob);
 }

@@ -117,6 +117,12 @@ pub struct ServeArgs {
     /// never (decompressed, deduplicated by content, re-encoded on pull) [default: auto].
     #[arg(long, env = "STOWAGE_ZSTD_FRAMES")]
     pub zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
+    /// Cores a pull may re-encode one long klauspost zstd frame (a `zstd` layer from skopeo,
+    /// podman, buildah, BuildKit) on, in segments planned at ingest; 1 (or 0): never. Each segment
+    /// after the first re-encodes one window (4-8 MiB) more, and a pull holds up to the
+    /// layer's plaintext while the segments catch up [default: all cores but one, at most 8].
+    #[arg(long, env = "STOWAGE_ZSTD_SEGMENT_CORES")]
+    pub zstd_segment_cores: Option<u64>,
     /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
     /// separated by `;`): repositories matching PATTERN (`*` matches anything) are stored
     /// `full` (chunks and deltas), `chunks` (no deltas) or `raw` (kept as pushed: hot
@@ -348,6 +354,7 @@ struct FileConfig {
     similarity_min_file_size: Option<u64>,
     similarity_index_entries: Option<usize>,
     zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
+    zstd_segment_cores: Option<u64>,
     #[serde(default)]
     repo_policy: Vec<RepoPolicy>,
     #[serde(default, with = "humantime_serde")]
@@ -394,6 +401,7 @@ pub struct Config {
     pub similarity: stowage_actors::pipeline::SimilarityConfig,
     pub similarity_index_entries: usize,
     pub zstd_frames: stowage_actors::pipeline::ZstdFrames,
+    pub zstd_segment_cores: u64,
     pub repo_policies: Vec<RepoPolicy>,
     /// Zero: no background collection.
     pub gc_interval: Duration,
@@ -433,6 +441,7 @@ impl Default for Config {
             similarity: Default::default(),
             similarity_index_entries: 2_000_000,
             zstd_frames: Default::default(),
+            zstd_segment_cores: stowage_actors::engine::zstd_frames::segment_cores(),
             repo_policies: Vec::new(),
             gc_interval: Duration::from_secs(3600),
             gc_delay: Duration::from_secs(3600),
@@ -546,6 +555,11 @@ impl Config {
                 .zstd_frames
                 .or(file.zstd_frames)
                 .unwrap_or(d.zstd_frames),
+            zstd_segment_cores: args
+                .zstd_segment_cores
+                .or(file.zstd_segment_cores)
+                .unwrap_or(d.zstd_segment_cores)
+                .clamp(1, 8),
             repo_policies: if args.repo_policy.is_empty() {
                 file.repo_policy
             } else {
@@ -660,6 +674,31 @@ mod tests {
         assert_eq!(cfg.addr, "127.0.0.1:6000".parse().unwrap());
         assert_eq!(cfg.upload_ttl, Duration::from_secs(7200));
         assert_eq!(cfg.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn zstd_segment_cores_from_flag_and_file() {
+        let d = Config::resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(
+            d.zstd_segment_cores,
+            stowage_actors::engine::zstd_frames::segment_cores()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stowage.toml");
+        std::fs::write(&path, "zstd_segment_cores = 4\n").unwrap();
+        let file = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(Config::resolve(&file).unwrap().zstd_segment_cores, 4);
+        for (flag, want) in [(2, 2), (0, 1), (64, 8)] {
+            let args = ServeArgs {
+                config: file.config.clone(),
+                zstd_segment_cores: Some(flag),
+                ..Default::default()
+            };
+            assert_eq!(Config::resolve(&args).unwrap().zstd_segment_cores, want);
+        }
     }
 
     #[test]

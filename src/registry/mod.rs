@@ -381,6 +381,7 @@ impl Registry {
                             similarity: cfg.similarity.clone(),
                             hot: Some(layer_cache.clone()),
                             zstd_frames: cfg.zstd_frames,
+                            zstd_segment_cores: cfg.zstd_segment_cores,
                         },
                     )
                 })
