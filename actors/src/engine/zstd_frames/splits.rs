@@ -8,16 +8,18 @@
 //! reused for many blocks goes back further than any window). So each place is tried while
 //! the frame is decoded: about where a segment should start for the frame's segments to
 //! take equal time, a second encoder ("pretest") is started at a block boundary one window
-//! earlier and fed the plaintext as it comes; the first block from which it writes a
-//! window's worth of blocks in a row exactly as the frame has them, one of them a block
-//! that carries
-//! all its entropy tables (after which both encoders hold the same tables to reuse), is the
-//! next segment's start. Raw blocks, raw literals and reused tables do not show that: they
-//! come out alike from encoders whose tables differ, which a later block can reveal.
-//! The window of blocks compared covers the reach of any match-table entry the warm-up's
-//! first blocks, encoded without the history the frame had, may have left otherwise than the
-//! frame's encoder did. Pretest encoders run one at a time, on the ingest thread: ingest
-//! encodes about two windows more per segment. Verify-before-discard proves the whole frame afterwards.
+//! earlier and fed the plaintext as it comes. The first block from which it writes a
+//! window's worth of blocks in a row exactly as the frame has them, one of them a block that
+//! carries all its entropy tables (after which both encoders hold the same tables to reuse),
+//! is the next segment's start. Raw blocks, raw literals and reused tables do not show that:
+//! they come out alike from encoders whose tables differ, which a later block can reveal. The
+//! window of blocks compared covers the reach of any match-table entry the warm-up's first
+//! blocks, encoded without the history the frame had, may have left otherwise than the
+//! frame's encoder did. Whether a fresh encoder falls in line at all depends on the data
+//! (see the README): where it does not within [`SLIP`] blocks, the frame stays whole.
+//!
+//! Pretest encoders run one at a time, on the ingest thread: ingest encodes about two
+//! windows more per segment. Verify-before-discard proves the whole frame afterwards.
 
 use std::collections::VecDeque;
 
