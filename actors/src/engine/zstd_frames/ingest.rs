@@ -104,7 +104,8 @@ enum St {
 pub(super) const WEIGH_FRAMES: usize = 64;
 
 /// Cores a pull of this machine can give a long frame's segments: all but one, which the
-/// restore itself keeps busy (reading and decompressing chunks, hashing, sending). Measured
+/// restore itself keeps busy (reading containers, decompressing chunks, hashing and sending
+/// the response). Measured
 /// on 2 cores (README, *Benchmark*): a pull restoring 77 MB already kept 1.3 cores busy, and
 /// two segments made it use 1.6 without finishing sooner, so there a frame gets none.
 pub fn segment_cores() -> u64 {
