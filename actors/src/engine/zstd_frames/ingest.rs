@@ -386,14 +386,11 @@ impl ZstdDecoder {
             // flush before closing leaves (verify-before-discard proves the guess).
             shape.flags |= FLAG_FLUSHED;
         }
-        let splits = match probe.finder.take() {
-            Some(f) if !complete => f.finish(),
-            Some(f) => {
-                f.finish();
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
+        // (A frame compared whole never outgrew the probe: its finder never started.)
+        let splits = probe
+            .finder
+            .take()
+            .map_or_else(Vec::new, SplitFinder::finish);
         self.parts.push(ZstdPart::split_frame(
             probe.raw_len,
             probe.comp_len,

@@ -160,14 +160,9 @@ impl ZstdPart {
     /// The part without segments: the frame re-encoded from start to end.
     pub fn unsplit(&self) -> ZstdPart {
         match self {
-            ZstdPart::Split(f) => ZstdPart::frame(
-                f.raw,
-                f.comp,
-                FrameShape {
-                    flags: f.flags,
-                    cut: f.cut,
-                },
-            ),
+            ZstdPart::Split(f) => {
+                ZstdPart::frame(f.raw, f.comp, self.shape().expect("a data frame"))
+            }
             p => p.clone(),
         }
     }

@@ -25,7 +25,8 @@ pub struct FramesEncoder {
     streaming: Option<(Streaming, u64)>,
 }
 
-/// A large frame as it streams in: written by one encoder, or in segments on the pool.
+/// A large frame as it streams in: written by one encoder, or in segments on threads of
+/// their own (`segmented.rs`).
 enum Streaming {
     Whole(FrameWriter),
     Segments(Box<SegmentedFrame>),

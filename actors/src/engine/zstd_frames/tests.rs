@@ -428,6 +428,12 @@ fn varied(n: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// klauspost's `SpeedFastest` as Debian's 1.15.12 writes it.
+const FASTEST: ZstdEncoder = ZstdEncoder::Klauspost {
+    level: KpZstdLevel::Fastest,
+    version: KpVersion::V1_15_12,
+};
+
 /// Ingest with segments planned for `parallel` cores.
 fn ingest_split(stream: &[u8], raw: &[u8], parallel: u64) -> (ZstdEncoder, Vec<ZstdPart>) {
     let mut d = ZstdDecoder::default();
@@ -525,10 +531,7 @@ fn long_klauspost_frames_are_re_encoded_in_segments() {
 #[test]
 fn a_segment_without_its_warm_up_makes_another_stream() {
     let raw = varied(30 << 20, 5);
-    let enc = ZstdEncoder::Klauspost {
-        level: KpZstdLevel::Fastest,
-        version: KpVersion::default(),
-    };
+    let enc = FASTEST;
     let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
     let (_, mut parts) = ingest_split(&stream, &raw, 2);
     let ZstdPart::Split(f) = &mut parts[0] else {
@@ -545,10 +548,7 @@ fn a_segment_without_its_warm_up_makes_another_stream() {
 #[test]
 fn no_segments_without_cores_or_length() {
     let raw = varied(30 << 20, 6);
-    let enc = ZstdEncoder::Klauspost {
-        level: KpZstdLevel::Fastest,
-        version: KpVersion::default(),
-    };
+    let enc = FASTEST;
     let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
     let (_, parts) = ingest_split(&stream, &raw, 1);
     assert!(matches!(parts[..], [ZstdPart::Frame(..)]), "{parts:?}");
@@ -564,10 +564,7 @@ fn no_segments_without_cores_or_length() {
 fn the_frame_re_encoded_whole_is_the_first_alternative() {
     use crate::engine::recompress::{Encoding, LayerDecoder};
     let raw = varied(30 << 20, 7);
-    let enc = ZstdEncoder::Klauspost {
-        level: KpZstdLevel::Fastest,
-        version: KpVersion::default(),
-    };
+    let enc = FASTEST;
     let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
     let mut z = Box::<ZstdDecoder>::default();
     z.set_segment_cores(2);
