@@ -24,8 +24,9 @@ fn fixtures() -> PathBuf {
     PathBuf::from(dir)
 }
 
-/// The klauspost fixture writers present, with the version each one's tag should match.
-fn kp_writers(required: &[&str]) -> Vec<(String, PathBuf, KpVersion)> {
+/// The klauspost fixture writers present, with the version each one's tag should match;
+/// `all_levels` leaves out the releases reproduced at the default level only.
+fn kp_writers(required: &[&str], all_levels: bool) -> Vec<(String, PathBuf, KpVersion)> {
     let dir = fixtures();
     for tag in required {
         let p = dir.join(format!("gzwrite-kp-{tag}"));
@@ -38,16 +39,19 @@ fn kp_writers(required: &[&str]) -> Vec<(String, PathBuf, KpVersion)> {
         let Some(tag) = name.strip_prefix("gzwrite-kp-") else {
             continue;
         };
-        let version = kp_version(tag)
+        let (version, every_level) = kp_version(tag)
             .unwrap_or_else(|| panic!("{tag}: no KpVersion is expected to match this release"));
-        found.push((tag.to_string(), p, version));
+        if every_level || !all_levels {
+            found.push((tag.to_string(), p, version));
+        }
     }
     found.sort();
     found
 }
 
-/// The version of the Rust encoder a klauspost/compress tag (vX.Y.Z) writes like.
-fn kp_version(tag: &str) -> Option<KpVersion> {
+/// The version of the Rust encoder a klauspost/compress tag (vX.Y.Z) writes like, and whether
+/// at every level (else at the default level only).
+fn kp_version(tag: &str) -> Option<(KpVersion, bool)> {
     let v: Vec<u32> = tag
         .trim_start_matches('v')
         .split('.')
@@ -55,10 +59,13 @@ fn kp_version(tag: &str) -> Option<KpVersion> {
         .collect::<Option<_>>()?;
     let v = (*v.first()?, *v.get(1)?, *v.get(2)?);
     Some(match v {
-        (1, 15, 11..=14) => KpVersion::V1_15_12,
-        (1, 18, 0) => KpVersion::V1_18_0,
-        (1, 18, 1) => KpVersion::V1_18_1,
-        (1, 18, 2..) | (1, 19, _) => KpVersion::V1_18_2,
+        (1, 14, 0..=4) => (KpVersion::V1_14_0, false),
+        (1, 15, 0..=9) => (KpVersion::V1_15_0, false),
+        (1, 15, 10) | (1, 16, _) | (1, 17, _) => (KpVersion::V1_15_12, false),
+        (1, 15, 11..=14) => (KpVersion::V1_15_12, true),
+        (1, 18, 0) => (KpVersion::V1_18_0, true),
+        (1, 18, 1) => (KpVersion::V1_18_1, true),
+        (1, 18, 2..) | (1, 19, _) => (KpVersion::V1_18_2, true),
         _ => return None,
     })
 }
@@ -127,7 +134,7 @@ fn inputs() -> Vec<(String, Vec<u8>)> {
 }
 
 fn check_kp(levels: &[i32], required: &[&str]) {
-    let writers = kp_writers(required);
+    let writers = kp_writers(required, levels != [-1]);
     let inputs = inputs();
     let mut compared = 0;
     for (tag, bin, version) in &writers {
@@ -161,6 +168,13 @@ fn klauspost_1_18_pgzip_default_level() {
     check_kp(&[-1], &["v1.18.1", "v1.18.2"]);
 }
 
+/// The default level of the releases of 2022 before 1.15.10 (1.14.0-1.15.9).
+#[test]
+#[ignore = "needs klauspost/compress 1.14.x/1.15.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn klauspost_1_14_1_15_pgzip_default_level() {
+    check_kp(&[-1], &["v1.14.4", "v1.15.9"]);
+}
+
 /// Every other level pgzip accepts.
 #[test]
 #[ignore = "needs klauspost/compress 1.18.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
@@ -173,10 +187,14 @@ fn klauspost_1_18_pgzip_all_levels() {
 #[test]
 #[ignore = "needs klauspost/compress 1.18.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
 fn klauspost_1_18_layers_round_trip() {
-    let writers = kp_writers(&["v1.18.1", "v1.18.2"]);
+    let writers = kp_writers(&["v1.18.1", "v1.18.2"], false);
     let data = files_under(&["/usr/lib/x86_64-linux-gnu"], 5 << 20);
-    for (tag, bin, _) in &writers {
-        for level in [-1, 1, 4, 6, 9] {
+    for (tag, bin, version) in &writers {
+        let levels: &[i32] = match kp_version(tag) {
+            Some((_, true)) => &[-1, 1, 4, 6, 9],
+            _ => &[-1],
+        };
+        for &level in levels {
             for input in [&data[..], &data[..300_000]] {
                 let go = run_gzwrite(bin, &pgzip_args(level, PGZIP_DEFAULT_BLOCK), None, input);
                 let (label, _, out) = ingest_and_restore(&go);
@@ -187,7 +205,7 @@ fn klauspost_1_18_layers_round_trip() {
                 assert!(out == go, "{tag} level {level}: restore differs ({label})");
             }
         }
-        eprintln!("klauspost {tag}: layers identified and restored");
+        eprintln!("klauspost {tag} ({version:?}): layers identified and restored");
     }
 }
 
@@ -196,7 +214,7 @@ fn klauspost_1_18_layers_round_trip() {
 #[test]
 #[ignore = "needs klauspost/compress 1.18.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
 fn klauspost_1_18_single_stream_gzip() {
-    let writers = kp_writers(&["v1.18.2"]);
+    let writers = kp_writers(&["v1.18.2"], true);
     let inputs = inputs();
     for (tag, bin, version) in &writers {
         for (name, data) in &inputs {

@@ -254,6 +254,12 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.18.2 through 1.19.1 (the latest checked) at every level.
     #[serde(rename = "klauspost1.18.2")]
     Klauspost1_18_2,
+    /// klauspost/compress 1.15.0-1.15.9 at the default level (5).
+    #[serde(rename = "klauspost1.15.0")]
+    Klauspost1_15_0,
+    /// klauspost/compress 1.14.0-1.14.4 at the default level (5).
+    #[serde(rename = "klauspost1.14.0")]
+    Klauspost1_14_0,
 }
 
 impl PgzipVariant {
@@ -264,6 +270,8 @@ impl PgzipVariant {
             PgzipVariant::Klauspost1_18_0 => kpflate::KpVersion::V1_18_0,
             PgzipVariant::Klauspost1_18_1 => kpflate::KpVersion::V1_18_1,
             PgzipVariant::Klauspost1_18_2 => kpflate::KpVersion::V1_18_2,
+            PgzipVariant::Klauspost1_15_0 => kpflate::KpVersion::V1_15_0,
+            PgzipVariant::Klauspost1_14_0 => kpflate::KpVersion::V1_14_0,
         }
     }
 
@@ -284,6 +292,10 @@ impl PgzipVariant {
         // 1.18.0 differs from 1.15.12 only at level 4 and the lazy levels.
         if matches!(level, 4 | 7..=9) {
             v.push(Klauspost1_18_0);
+        }
+        // Earlier releases, newest first (checked at the default level only).
+        if level == 5 {
+            v.extend([Klauspost1_15_0, Klauspost1_14_0]);
         }
         // 1.18.1 differs from 1.18.2 at levels 1-6 only rarely: try it last.
         v.push(Klauspost1_18_1);
@@ -704,8 +716,8 @@ fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
          versions stowage reproduces (1.15.11-1.15.14 and 1.18.0-1.19.1 at every level, \
-         1.15.10-1.18.0 at the default level): another release (1.11-1.15.9, or 1.16-1.17 \
-         at a level other than the default) or a newer encoder"
+         1.14.0-1.18.0 at the default level): another release (1.11-1.13, 1.14-1.15.10 or \
+         1.16-1.17 at a level other than the default) or a newer encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
          and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's as stowage \
@@ -1076,10 +1088,22 @@ mod tests {
     fn pgzip_variants_are_identified_and_restored() {
         use PgzipVariant::*;
         let raw = text(1_500_000);
+        // With a stretch repeated in the first block: a match longer than 258 (which 1.14
+        // cuts differently).
+        let mut repeat = raw.clone();
+        repeat.splice(200_000..200_000, raw[190_000..200_000].to_vec());
         // At level 5, 1.18.1 writes what 1.18.2 does (and is recorded as it) but for rare
         // table-reuse decisions; at level 9 every release writes its own bytes.
         for (level, variants) in [
-            (5, &[Klauspost1_15_12, Klauspost1_18_2][..]),
+            (
+                5,
+                &[
+                    Klauspost1_15_12,
+                    Klauspost1_18_2,
+                    Klauspost1_15_0,
+                    Klauspost1_14_0,
+                ][..],
+            ),
             (4, &[Klauspost1_18_0, Klauspost1_18_2][..]),
             (
                 9,
@@ -1091,10 +1115,11 @@ mod tests {
                 ][..],
             ),
         ] {
+            let raw = if level == 5 { &repeat } else { &raw };
             let mut seen = Vec::new();
             for &v in variants {
-                let gz = kpflate::pgzip_gzip_version(v.kp_version(), level, 1 << 20, &raw).unwrap();
-                let enc = roundtrip(&gz, &raw).unwrap();
+                let gz = kpflate::pgzip_gzip_version(v.kp_version(), level, 1 << 20, raw).unwrap();
+                let enc = roundtrip(&gz, raw).unwrap();
                 let Encoding::Gzip { members, .. } = &enc else {
                     panic!("{enc:?}")
                 };

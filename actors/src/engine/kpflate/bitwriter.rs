@@ -365,7 +365,9 @@ impl BitWriter {
         // `fillReuse` false, counts trimmed to the codes used (EOB counted only if a sync added
         // it); 1.18.2+: `indexTokens(tokens, true)`, EOB counted before trimming.
         let (num_literals, num_offsets) = match self.version {
-            KpVersion::V1_15_12 | KpVersion::V1_18_0 => self.index_tokens(tokens, !sync, false),
+            KpVersion::V1_14_0 | KpVersion::V1_15_0 | KpVersion::V1_15_12 | KpVersion::V1_18_0 => {
+                self.index_tokens(tokens, !sync, false)
+            }
             KpVersion::V1_18_1 => self.index_tokens(tokens, false, false),
             KpVersion::V1_18_2 => self.index_tokens(tokens, false, true),
             // EOB is already in the token histogram.

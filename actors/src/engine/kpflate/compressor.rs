@@ -126,7 +126,7 @@ impl Compressor {
                     (-1, _) => 5,
                     _ => level,
                 };
-                let mut fast = FastEnc::new(level, version >= KpVersion::V1_18_0);
+                let mut fast = FastEnc::new(level, version);
                 // ResetDict on a writer from the pool: the encoder is reset first.
                 if reset {
                     fast.reset();
@@ -168,7 +168,10 @@ impl Compressor {
             window: vec![0; window_len],
             window_end: 0,
             block_start: 0,
-            tokens: Tokens::new(),
+            tokens: Tokens {
+                split_255: version < KpVersion::V1_15_0,
+                ..Tokens::new()
+            },
             sync: false,
             byte_available: false,
             kind,

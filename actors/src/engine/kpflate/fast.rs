@@ -3,6 +3,7 @@
 //! `position + cur`.
 
 use super::tokens::{match_len, Tokens, MAX_STORE_BLOCK_SIZE};
+use super::KpVersion;
 
 const TABLE_BITS: u32 = 15;
 const TABLE_SIZE: usize = 1 << TABLE_BITS;
@@ -140,8 +141,9 @@ pub(super) enum FastEnc {
 }
 
 impl FastEnc {
-    /// The encoder of `level`; `l4_quirk` selects klauspost 1.18.0+'s level 4 (see [`L4`]).
-    pub fn new(level: i32, l4_quirk: bool) -> Self {
+    /// The encoder of `level` as klauspost `version` writes it: level 4 from 1.18.0 has a
+    /// quirk (see [`L4`]), level 5 checks the end of a match from 2 bytes in from 1.15.10.
+    pub fn new(level: i32, version: KpVersion) -> Self {
         let g = FastGen::new();
         match level {
             1 => FastEnc::L1(Box::new(L1 {
@@ -158,12 +160,13 @@ impl FastEnc {
             })),
             4 => FastEnc::L4(Box::new(L4 {
                 g,
-                l_off_quirk: l4_quirk,
+                l_off_quirk: version >= KpVersion::V1_18_0,
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
                 b_table: vec![0; TABLE_SIZE].into_boxed_slice(),
             })),
             5 => FastEnc::L5(Box::new(L5 {
                 g,
+                skip_beginning: if version >= KpVersion::V1_15_12 { 2 } else { 0 },
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
                 b_table: vec![EntryPrev::default(); TABLE_SIZE].into_boxed_slice(),
             })),
@@ -728,6 +731,9 @@ impl L4 {
 
 pub(super) struct L5 {
     g: FastGen,
+    /// How far into the match the check for a longer one at its end starts: 2 from 1.15.10,
+    /// 0 before ("allow some bytes at the beginning to mismatch").
+    skip_beginning: i32,
     table: Box<[i32]>,
     b_table: Box<[EntryPrev]>,
 }
@@ -858,10 +864,10 @@ impl L5 {
 
             let s_at = s + l;
             if l < 30 && s_at < s_limit {
-                const SKIP_BEGINNING: i32 = 2;
+                let skip = self.skip_beginning;
                 let e_long = b_table[hash7(load64(src, s_at), HB)].cur;
-                let t2 = e_long - cur - l + SKIP_BEGINNING;
-                let s2 = s + SKIP_BEGINNING;
+                let t2 = e_long - cur - l + skip;
+                let s2 = s + skip;
                 let off = s2 - t2;
                 if t2 >= 0 && off < MAX_MATCH_OFFSET && off > 0 {
                     let l2 = matchlen_long(s2, t2, src);

@@ -1,8 +1,9 @@
 //! Port of github.com/klauspost/compress/flate 1.15.12 and
 //! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
-//! Authors, Copyright (c) 2015 Klaus Post), with the changes of the later
-//! releases that alter output selected by [`KpVersion`] (1.18.0, 1.18.1,
-//! 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and [`KpDeflater`] for
+//! Authors, Copyright (c) 2015 Klaus Post), with the changes of other
+//! releases that alter output selected by [`KpVersion`] (1.14.x and 1.15.0-1.15.9
+//! at the default level; 1.18.0, 1.18.1, 1.18.2-1.19.1, and Go 1.27's copy of
+//! the encoder), and [`KpDeflater`] for
 //! klauspost's `flate.Writer` as one stream.
 //!
 //! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
@@ -78,6 +79,12 @@ pub const PGZIP_TAIL: usize = 16384;
 /// which levels is on [`crate::engine::recompress::PgzipVariant`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KpVersion {
+    /// 1.14.0-1.14.4 (at the default level; other levels not checked): as 1.15.0, and a
+    /// match longer than 258 is cut into 255s.
+    V1_14_0,
+    /// 1.15.0-1.15.9 (at the default level; other levels not checked): as 1.15.12, but level
+    /// 5's look for a longer match at the end of one starts at the match's first byte.
+    V1_15_0,
     /// 1.15.12: dynamic blocks that may be followed by a reused table get full-size header
     /// counts (HLIT 286, HDIST 30).
     #[default]

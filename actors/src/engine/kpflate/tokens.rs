@@ -115,6 +115,9 @@ pub(super) struct Tokens {
     pub lit_hist: [u16; 256],
     pub n: usize,
     pub tokens: Box<[u32]>,
+    /// klauspost before 1.15.0: a match longer than 258 is always cut into pieces of 255 (the
+    /// remainder may then be as short as 3), not into 258s while more than 261 remain.
+    pub split_255: bool,
 }
 
 impl Tokens {
@@ -125,6 +128,7 @@ impl Tokens {
             lit_hist: [0; 256],
             n: 0,
             tokens: vec![0u32; MAX_STORE_BLOCK_SIZE + 1].into_boxed_slice(),
+            split_255: false,
         }
     }
 
@@ -176,7 +180,7 @@ impl Tokens {
         while xlength > 0 {
             let mut xl = xlength;
             if xl > 258 {
-                xl = if xl > 258 + BASE_MATCH_LENGTH {
+                xl = if xl > 258 + BASE_MATCH_LENGTH && !self.split_255 {
                     258
                 } else {
                     258 - BASE_MATCH_LENGTH
