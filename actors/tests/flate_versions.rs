@@ -59,7 +59,9 @@ fn kp_version(tag: &str) -> Option<(KpVersion, bool)> {
         .collect::<Option<_>>()?;
     let v = (*v.first()?, *v.get(1)?, *v.get(2)?);
     Some(match v {
-        (1, 14, 0..=4) => (KpVersion::V1_14_0, false),
+        (1, 12, 3) | (1, 13, _) => (KpVersion::V1_12_3, false),
+        (1, 14, 0..=2) => (KpVersion::V1_14_0, false),
+        (1, 14, 3..=4) => (KpVersion::V1_14_3, false),
         (1, 15, 0..=9) => (KpVersion::V1_15_0, false),
         (1, 15, 10) | (1, 16, _) | (1, 17, _) => (KpVersion::V1_15_12, false),
         (1, 15, 11..=14) => (KpVersion::V1_15_12, true),
@@ -168,11 +170,11 @@ fn klauspost_1_18_pgzip_default_level() {
     check_kp(&[-1], &["v1.18.1", "v1.18.2"]);
 }
 
-/// The default level of the releases of 2022 before 1.15.10 (1.14.0-1.15.9).
+/// The default level of the releases from 2021 and 2022 before 1.15.10 (1.12.3-1.15.9).
 #[test]
-#[ignore = "needs klauspost/compress 1.14.x/1.15.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
-fn klauspost_1_14_1_15_pgzip_default_level() {
-    check_kp(&[-1], &["v1.14.4", "v1.15.9"]);
+#[ignore = "needs klauspost/compress 1.12.3-1.15.9 builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn klauspost_1_12_to_1_15_pgzip_default_level() {
+    check_kp(&[-1], &["v1.13.6", "v1.14.4", "v1.15.9"]);
 }
 
 /// Every other level pgzip accepts.

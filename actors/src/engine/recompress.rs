@@ -257,9 +257,15 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.15.0-1.15.9 at the default level (5).
     #[serde(rename = "klauspost1.15.0")]
     Klauspost1_15_0,
-    /// klauspost/compress 1.14.0-1.14.4 at the default level (5).
+    /// klauspost/compress 1.14.3-1.14.4 at the default level (5).
+    #[serde(rename = "klauspost1.14.3")]
+    Klauspost1_14_3,
+    /// klauspost/compress 1.14.0-1.14.2 at the default level (5).
     #[serde(rename = "klauspost1.14.0")]
     Klauspost1_14_0,
+    /// klauspost/compress 1.12.3-1.13.6 at the default level (5).
+    #[serde(rename = "klauspost1.12.3")]
+    Klauspost1_12_3,
 }
 
 impl PgzipVariant {
@@ -271,7 +277,9 @@ impl PgzipVariant {
             PgzipVariant::Klauspost1_18_1 => kpflate::KpVersion::V1_18_1,
             PgzipVariant::Klauspost1_18_2 => kpflate::KpVersion::V1_18_2,
             PgzipVariant::Klauspost1_15_0 => kpflate::KpVersion::V1_15_0,
+            PgzipVariant::Klauspost1_14_3 => kpflate::KpVersion::V1_14_3,
             PgzipVariant::Klauspost1_14_0 => kpflate::KpVersion::V1_14_0,
+            PgzipVariant::Klauspost1_12_3 => kpflate::KpVersion::V1_12_3,
         }
     }
 
@@ -295,7 +303,12 @@ impl PgzipVariant {
         }
         // Earlier releases, newest first (checked at the default level only).
         if level == 5 {
-            v.extend([Klauspost1_15_0, Klauspost1_14_0]);
+            v.extend([
+                Klauspost1_15_0,
+                Klauspost1_14_3,
+                Klauspost1_14_0,
+                Klauspost1_12_3,
+            ]);
         }
         // 1.18.1 differs from 1.18.2 at levels 1-6 only rarely: try it last.
         v.push(Klauspost1_18_1);
@@ -1101,7 +1114,8 @@ mod tests {
                     Klauspost1_15_12,
                     Klauspost1_18_2,
                     Klauspost1_15_0,
-                    Klauspost1_14_0,
+                    Klauspost1_14_3,
+                    Klauspost1_12_3,
                 ][..],
             ),
             (4, &[Klauspost1_18_0, Klauspost1_18_2][..]),

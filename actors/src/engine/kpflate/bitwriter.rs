@@ -14,6 +14,8 @@ use super::tokens::{
 };
 use super::KpVersion;
 
+mod before_1_14;
+
 const CODEGEN_CODE_COUNT: usize = 19;
 const BAD_CODE: u8 = 255;
 const MAX_PREDEFINED_TOKENS: usize = 250;
@@ -343,6 +345,9 @@ impl BitWriter {
         input: Option<&[u8]>,
         sync: bool,
     ) {
+        if self.version < KpVersion::V1_14_0 {
+            return self.write_block_dynamic_before_1_14(tokens, eof, input, sync);
+        }
         let sync = sync || eof;
         if sync {
             tokens.add_eob();
@@ -365,9 +370,12 @@ impl BitWriter {
         // `fillReuse` false, counts trimmed to the codes used (EOB counted only if a sync added
         // it); 1.18.2+: `indexTokens(tokens, true)`, EOB counted before trimming.
         let (num_literals, num_offsets) = match self.version {
-            KpVersion::V1_14_0 | KpVersion::V1_15_0 | KpVersion::V1_15_12 | KpVersion::V1_18_0 => {
-                self.index_tokens(tokens, !sync, false)
-            }
+            KpVersion::V1_12_3
+            | KpVersion::V1_14_0
+            | KpVersion::V1_14_3
+            | KpVersion::V1_15_0
+            | KpVersion::V1_15_12
+            | KpVersion::V1_18_0 => self.index_tokens(tokens, !sync, false),
             KpVersion::V1_18_1 => self.index_tokens(tokens, false, false),
             KpVersion::V1_18_2 => self.index_tokens(tokens, false, true),
             // EOB is already in the token histogram.
@@ -588,7 +596,8 @@ impl BitWriter {
         const GUESS_HEADER_SIZE_BITS: i64 = 70 * 8;
         histogram(input, &mut self.literal_freq);
         let (ssize, storable) = Self::stored_size(Some(input));
-        if storable && input.len() > 1024 {
+        // From 1.14.3: a quick check for incompressible content.
+        if storable && input.len() > 1024 && self.version >= KpVersion::V1_14_3 {
             let mut abs = 0f64;
             let avg = input.len() as f64 / 256.0;
             let max = (input.len() * 2) as f64;

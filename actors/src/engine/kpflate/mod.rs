@@ -79,9 +79,17 @@ pub const PGZIP_TAIL: usize = 16384;
 /// which levels is on [`crate::engine::recompress::PgzipVariant`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KpVersion {
-    /// 1.14.0-1.14.4 (at the default level; other levels not checked): as 1.15.0, and a
-    /// match longer than 258 is cut into 255s.
+    /// 1.12.3-1.13.6 (at the default level; other levels not checked): as 1.14.0 but for
+    /// the dynamic block decisions before 1.14.0 (filled histograms, a stored block when
+    /// under a sixteenth larger, no fixed-table preference) and a new-table penalty of 1/256
+    /// at levels 1-6 instead of 1/128.
+    V1_12_3,
+    /// 1.14.0-1.14.2 (at the default level; other levels not checked): as 1.14.3 without its
+    /// quick check for incompressible Huffman-only blocks.
     V1_14_0,
+    /// 1.14.3-1.14.4 (at the default level; other levels not checked): as 1.15.0, and a
+    /// match longer than 258 is cut into 255s.
+    V1_14_3,
     /// 1.15.0-1.15.9 (at the default level; other levels not checked): as 1.15.12, but level
     /// 5's look for a longer match at the end of one starts at the match's first byte.
     V1_15_0,

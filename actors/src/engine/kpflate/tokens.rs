@@ -197,6 +197,32 @@ impl Tokens {
         }
     }
 
+    /// `Fill` (klauspost before 1.14.0): every unused literal, length and offset code counted
+    /// once, so the block's table can code any later block. Returns how many literal and
+    /// length entries it set (what `Fill` adds to `nLits`).
+    pub fn fill(&mut self) -> usize {
+        if self.n == 0 {
+            return 0;
+        }
+        let mut filled = 0;
+        for v in self
+            .lit_hist
+            .iter_mut()
+            .chain(&mut self.extra_hist[..LITERAL_COUNT - 256])
+        {
+            if *v == 0 {
+                *v = 1;
+                filled += 1;
+            }
+        }
+        for v in self.off_hist[..OFFSET_CODE_COUNT].iter_mut() {
+            if *v == 0 {
+                *v = 1;
+            }
+        }
+        filled
+    }
+
     pub fn add_eob(&mut self) {
         self.tokens[self.n] = END_BLOCK_MARKER as u32;
         self.extra_hist[0] = self.extra_hist[0].wrapping_add(1);
@@ -205,10 +231,15 @@ impl Tokens {
 
     /// `EstimatedBits`: an estimate of the optimal encoded size of the block in bits.
     pub fn estimated_bits(&self) -> i64 {
+        self.estimated_bits_of(self.n)
+    }
+
+    /// [`Tokens::estimated_bits`] with literal probabilities taken over `total` symbols
+    /// (before 1.14.0: `nLits`, see [`Tokens::fill`]).
+    pub fn estimated_bits_of(&self, total: usize) -> i64 {
         let mut shannon = 0f32;
         let mut bits: i64 = 0;
         let mut n_matches: i64 = 0;
-        let total = self.n;
         if total > 0 {
             let inv_total = 1.0f32 / total as f32;
             for &v in self.lit_hist.iter() {
