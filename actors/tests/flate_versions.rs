@@ -59,6 +59,9 @@ fn kp_version(tag: &str) -> Option<(KpVersion, bool)> {
         .collect::<Option<_>>()?;
     let v = (*v.first()?, *v.get(1)?, *v.get(2)?);
     Some(match v {
+        (1, 10, _) | (1, 11, 0..=12) => (KpVersion::V1_11_0, false),
+        (1, 11, 13) | (1, 12, 0..=1) => (KpVersion::V1_11_13, false),
+        (1, 12, 2) => (KpVersion::V1_12_2, false),
         (1, 12, 3) | (1, 13, _) => (KpVersion::V1_12_3, false),
         (1, 14, 0..=2) => (KpVersion::V1_14_0, false),
         (1, 14, 3..=4) => (KpVersion::V1_14_3, false),
@@ -170,11 +173,16 @@ fn klauspost_1_18_pgzip_default_level() {
     check_kp(&[-1], &["v1.18.1", "v1.18.2"]);
 }
 
-/// The default level of the releases from 2021 and 2022 before 1.15.10 (1.12.3-1.15.9).
+/// The default level of the releases from 2020 to 2022 before 1.15.10 (1.10.3-1.15.9).
 #[test]
-#[ignore = "needs klauspost/compress 1.12.3-1.15.9 builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
-fn klauspost_1_12_to_1_15_pgzip_default_level() {
-    check_kp(&[-1], &["v1.13.6", "v1.14.4", "v1.15.9"]);
+#[ignore = "needs klauspost/compress 1.11-1.15.9 builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn klauspost_1_11_to_1_15_pgzip_default_level() {
+    check_kp(
+        &[-1],
+        &[
+            "v1.11.7", "v1.12.1", "v1.12.2", "v1.13.6", "v1.14.4", "v1.15.9",
+        ],
+    );
 }
 
 /// Every other level pgzip accepts.
@@ -184,11 +192,11 @@ fn klauspost_1_18_pgzip_all_levels() {
     check_kp(&[-2, 0, 1, 2, 3, 4, 6, 7, 8, 9], &["v1.18.1", "v1.18.2"]);
 }
 
-/// Layers pushed by podman/buildah/skopeo built with klauspost 1.18.x: identified at ingest
-/// and restored exactly.
+/// Layers pushed by podman/buildah/skopeo built with each klauspost release given (at every
+/// level it is reproduced at): identified at ingest and restored exactly.
 #[test]
-#[ignore = "needs klauspost/compress 1.18.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
-fn klauspost_1_18_layers_round_trip() {
+#[ignore = "needs klauspost/compress builds of tests/go/gzwrite (1.18.1 and 1.18.2 at least): set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
+fn klauspost_layers_round_trip() {
     let writers = kp_writers(&["v1.18.1", "v1.18.2"], false);
     let data = files_under(&["/usr/lib/x86_64-linux-gnu"], 5 << 20);
     for (tag, bin, version) in &writers {

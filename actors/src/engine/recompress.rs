@@ -224,9 +224,10 @@ pub enum GoStdVariant {
     #[serde(rename = "go1.8-1.26")]
     Go1_8,
     /// Go 1.27's compress/flate: klauspost/compress's encoder as one stream (not pgzip
-    /// blocks), re-encoded by [`super::kpflate`] as [`kpflate::KpVersion::Go1_27`]. Modelled
-    /// on the development source; a stream is only ever recorded as this once re-encoding it
-    /// reproduced it (the probe, then the full restore before the raw bytes are dropped).
+    /// blocks), re-encoded by [`super::kpflate`] as [`kpflate::KpVersion::Go1_27`]. Checked
+    /// against the development source, not a release build; a stream is only ever recorded as
+    /// this once re-encoding it reproduced it (the probe, then the full restore before the
+    /// raw bytes are dropped).
     #[serde(rename = "go1.27")]
     Go1_27,
 }
@@ -266,6 +267,16 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.12.3-1.13.6 at the default level (5).
     #[serde(rename = "klauspost1.12.3")]
     Klauspost1_12_3,
+    /// klauspost/compress 1.12.2 at the default level (5).
+    #[serde(rename = "klauspost1.12.2")]
+    Klauspost1_12_2,
+    /// klauspost/compress 1.11.13-1.12.1 at the default level (5).
+    #[serde(rename = "klauspost1.11.13")]
+    Klauspost1_11_13,
+    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at the default level (5): umoci's
+    /// `go.mod` pins 1.11.3.
+    #[serde(rename = "klauspost1.11.0")]
+    Klauspost1_11_0,
 }
 
 impl PgzipVariant {
@@ -280,13 +291,17 @@ impl PgzipVariant {
             PgzipVariant::Klauspost1_14_3 => kpflate::KpVersion::V1_14_3,
             PgzipVariant::Klauspost1_14_0 => kpflate::KpVersion::V1_14_0,
             PgzipVariant::Klauspost1_12_3 => kpflate::KpVersion::V1_12_3,
+            PgzipVariant::Klauspost1_12_2 => kpflate::KpVersion::V1_12_2,
+            PgzipVariant::Klauspost1_11_13 => kpflate::KpVersion::V1_11_13,
+            PgzipVariant::Klauspost1_11_0 => kpflate::KpVersion::V1_11_0,
         }
     }
 
-    /// The variants worth trying at `level`, most likely first given the first block header
-    /// of the stream: a dynamic block declaring all 286 literal/length and 30 distance codes
-    /// is what 1.15.12 writes for a block that is not flushed; later releases trim them.
-    fn candidates(level: i32, deflate: &[u8]) -> Vec<PgzipVariant> {
+    /// The variants worth trying at `level` and `block`, most likely first given the first
+    /// block header of the stream: a dynamic block declaring all 286 literal/length and 30
+    /// distance codes is what 1.15.12 writes for a block that is not flushed; later releases
+    /// trim them.
+    fn candidates(level: i32, block: usize, deflate: &[u8]) -> Vec<PgzipVariant> {
         use PgzipVariant::*;
         let full_header = deflate.len() >= 2 && {
             let bits = u16::from_le_bytes([deflate[0], deflate[1]]);
@@ -301,13 +316,17 @@ impl PgzipVariant {
         if matches!(level, 4 | 7..=9) {
             v.push(Klauspost1_18_0);
         }
-        // Earlier releases, newest first (checked at the default level only).
-        if level == 5 {
+        // Earlier releases, newest first (checked at the default level and block size only,
+        // which is what container tools leave them at).
+        if level == 5 && block == kpflate::PGZIP_DEFAULT_BLOCK {
             v.extend([
                 Klauspost1_15_0,
                 Klauspost1_14_3,
                 Klauspost1_14_0,
                 Klauspost1_12_3,
+                Klauspost1_12_2,
+                Klauspost1_11_13,
+                Klauspost1_11_0,
             ]);
         }
         // 1.18.1 differs from 1.18.2 at levels 1-6 only rarely: try it last.
@@ -636,7 +655,7 @@ pub fn probe_pgzip(
     };
     for &level in order {
         for &block in blocks {
-            for variant in PgzipVariant::candidates(level, deflate) {
+            for variant in PgzipVariant::candidates(level, block, deflate) {
                 let version = variant.kp_version();
                 let ok = if complete {
                     kpflate::pgzip_deflate_version(version, level, block, raw).ok()? == deflate
@@ -729,13 +748,14 @@ fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
          versions stowage reproduces (1.15.11-1.15.14 and 1.18.0-1.19.1 at every level, \
-         1.14.0-1.18.0 at the default level): another release (1.11-1.13, 1.14-1.15.10 or \
-         1.16-1.17 at a level other than the default) or a newer encoder"
+         1.10.3-1.18.0 at the default level): another release at a level other than the \
+         default (before 1.15.11, or 1.16-1.17), an earlier pgzip, or a newer encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
          and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's as stowage \
-         models it (klauspost's encoder, unconfirmed against a Go 1.27 build), nor by zlib, \
-         pigz or pgzip at any level: a later Go, klauspost/compress gzip, or another encoder"
+         models it (klauspost's encoder, checked against its development source, not a \
+         release), nor by zlib, pigz or pgzip at any level: a later Go, klauspost/compress \
+         gzip, or another encoder"
     } else {
         "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
     })
@@ -1105,6 +1125,22 @@ mod tests {
         // cuts differently).
         let mut repeat = raw.clone();
         repeat.splice(200_000..200_000, raw[190_000..200_000].to_vec());
+        // And skewed noise with a few matches: Huffman-only blocks, which releases before
+        // 1.12.3 size otherwise.
+        let mut x = 99u64;
+        let mut noise: Vec<u8> = Vec::new();
+        while noise.len() < 300_000 {
+            if noise.len() % 500 == 499 {
+                let at = noise.len() - 1000.min(noise.len());
+                noise.extend_from_within(at..at + 12);
+            }
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            noise.push(((x >> 58) + ((x >> 40) & 63)) as u8);
+        }
+        repeat.splice(1 << 20..1 << 20, noise.clone());
+        repeat.splice(400_000..400_000, noise);
         // At level 5, 1.18.1 writes what 1.18.2 does (and is recorded as it) but for rare
         // table-reuse decisions; at level 9 every release writes its own bytes.
         for (level, variants) in [
@@ -1116,6 +1152,9 @@ mod tests {
                     Klauspost1_15_0,
                     Klauspost1_14_3,
                     Klauspost1_12_3,
+                    Klauspost1_12_2,
+                    Klauspost1_11_13,
+                    Klauspost1_11_0,
                 ][..],
             ),
             (4, &[Klauspost1_18_0, Klauspost1_18_2][..]),

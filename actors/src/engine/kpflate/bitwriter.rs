@@ -370,16 +370,12 @@ impl BitWriter {
         // `fillReuse` false, counts trimmed to the codes used (EOB counted only if a sync added
         // it); 1.18.2+: `indexTokens(tokens, true)`, EOB counted before trimming.
         let (num_literals, num_offsets) = match self.version {
-            KpVersion::V1_12_3
-            | KpVersion::V1_14_0
-            | KpVersion::V1_14_3
-            | KpVersion::V1_15_0
-            | KpVersion::V1_15_12
-            | KpVersion::V1_18_0 => self.index_tokens(tokens, !sync, false),
             KpVersion::V1_18_1 => self.index_tokens(tokens, false, false),
             KpVersion::V1_18_2 => self.index_tokens(tokens, false, true),
             // EOB is already in the token histogram.
             KpVersion::Go1_27 => self.index_tokens(tokens, false, false),
+            // 1.14.0-1.18.0 (earlier releases are handled above).
+            _ => self.index_tokens(tokens, !sync, false),
         };
         let mut extra_bits = 0;
         let (ssize, storable) = Self::stored_size(input);
@@ -587,6 +583,9 @@ impl BitWriter {
 
     /// `writeBlockHuff`: the bytes as Huffman-coded literals, or stored if that does not pay.
     pub fn write_block_huff(&mut self, eof: bool, input: &[u8], sync: bool) {
+        if self.version < KpVersion::V1_12_3 {
+            return self.write_block_huff_before_1_12_3(eof, input, sync);
+        }
         self.literal_freq = [0; LENGTH_CODES_START + 32];
         if !self.last_huff_man {
             self.offset_freq = [0; 32];
@@ -651,6 +650,12 @@ impl BitWriter {
             self.last_header = self.header_size().0;
         }
 
+        self.write_huff_literals(input, eof || sync);
+    }
+
+    /// The tail of `writeBlockHuff`: `input` as literals in the current table, then the
+    /// end-of-block code if `end`.
+    fn write_huff_literals(&mut self, input: &[u8], end: bool) {
         let encoding = &self.literal_encoding.codes[..256];
         let (mut bits, mut nbits) = (self.bits, self.nbits);
         let out = &mut self.out;
@@ -686,7 +691,7 @@ impl BitWriter {
         self.bits = bits;
         self.nbits = nbits;
 
-        if eof || sync {
+        if end {
             self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
             self.last_header = 0;
             self.last_huff_man = false;

@@ -119,7 +119,11 @@ impl Compressor {
                 (Kind::Huff, 32 << 10)
             }
             -1 | 1..=6 => {
-                w.log_new_table_penalty = if version < KpVersion::V1_14_0 { 8 } else { 7 };
+                w.log_new_table_penalty = match version {
+                    v if v < KpVersion::V1_11_13 => 6,
+                    v if v < KpVersion::V1_14_0 => 8,
+                    _ => 7,
+                };
                 // DefaultCompression: level 5 in klauspost/compress, 6 in Go 1.27.
                 let level = match (level, version) {
                     (-1, KpVersion::Go1_27) => 6,

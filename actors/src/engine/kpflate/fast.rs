@@ -166,7 +166,11 @@ impl FastEnc {
             })),
             5 => FastEnc::L5(Box::new(L5 {
                 g,
-                skip_beginning: if version >= KpVersion::V1_15_12 { 2 } else { 0 },
+                end_check: match version {
+                    v if v >= KpVersion::V1_15_12 => Some(2),
+                    v if v >= KpVersion::V1_12_2 => Some(0),
+                    _ => None,
+                },
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
                 b_table: vec![EntryPrev::default(); TABLE_SIZE].into_boxed_slice(),
             })),
@@ -731,9 +735,10 @@ impl L4 {
 
 pub(super) struct L5 {
     g: FastGen,
-    /// How far into the match the check for a longer one at its end starts: 2 from 1.15.10,
-    /// 0 before ("allow some bytes at the beginning to mismatch").
-    skip_beginning: i32,
+    /// Whether a longer match is looked for at the end of one (from 1.12.2), and how far into
+    /// the match that look starts: 2 from 1.15.10, 0 before ("allow some bytes at the
+    /// beginning to mismatch").
+    end_check: Option<i32>,
     table: Box<[i32]>,
     b_table: Box<[EntryPrev]>,
 }
@@ -863,8 +868,7 @@ impl L5 {
             }
 
             let s_at = s + l;
-            if l < 30 && s_at < s_limit {
-                let skip = self.skip_beginning;
+            if let Some(skip) = self.end_check.filter(|_| l < 30 && s_at < s_limit) {
                 let e_long = b_table[hash7(load64(src, s_at), HB)].cur;
                 let t2 = e_long - cur - l + skip;
                 let s2 = s + skip;

@@ -79,6 +79,17 @@ pub const PGZIP_TAIL: usize = 16384;
 /// which levels is on [`crate::engine::recompress::PgzipVariant`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KpVersion {
+    /// 1.11.0-1.11.12 (and 1.10.3; at the default level, other levels not checked): as
+    /// 1.11.13 but for how unused bytes enter a Huffman-only block's estimate and table, and
+    /// a new-table penalty of 1/64 at levels 1-6.
+    V1_11_0,
+    /// 1.11.13-1.12.1 (at the default level; other levels not checked): as 1.12.2 without
+    /// level 5's look for a longer match at the end of one.
+    V1_11_13,
+    /// 1.12.2 (at the default level; other levels not checked): as 1.12.3 but for
+    /// Huffman-only blocks sized by byte entropy and unclamped symbol costs in the new-table
+    /// estimate.
+    V1_12_2,
     /// 1.12.3-1.13.6 (at the default level; other levels not checked): as 1.14.0 but for
     /// the dynamic block decisions before 1.14.0 (filled histograms, a stored block when
     /// under a sixteenth larger, no fixed-table preference) and a new-table penalty of 1/256
@@ -109,8 +120,9 @@ pub enum KpVersion {
     V1_18_2,
     /// Go 1.27's compress/flate, a copy of klauspost's encoder as in 1.18.2 except that a
     /// block that is not flushed counts an end-of-block code in its token histogram up front
-    /// ("ensure we can always write EOB"), which enters the new-table size estimate. Modelled
-    /// on the golang/go development source, not yet checked against a Go 1.27 build.
+    /// ("ensure we can always write EOB"), which enters the new-table size estimate. Exact
+    /// against golang/go's development source (`scripts/flate-versions --go127`), not yet
+    /// checked against a Go 1.27 release build.
     Go1_27,
 }
 

@@ -231,12 +231,14 @@ impl Tokens {
 
     /// `EstimatedBits`: an estimate of the optimal encoded size of the block in bits.
     pub fn estimated_bits(&self) -> i64 {
-        self.estimated_bits_of(self.n)
+        self.estimated_bits_of(self.n, true)
     }
 
     /// [`Tokens::estimated_bits`] with literal probabilities taken over `total` symbols
-    /// (before 1.14.0: `nLits`, see [`Tokens::fill`]).
-    pub fn estimated_bits_of(&self, total: usize) -> i64 {
+    /// (before 1.14.0: `nLits`, see [`Tokens::fill`]); before 1.12.3 each symbol's cost was
+    /// not clamped to 1..15 bits (`clamp` false).
+    pub fn estimated_bits_of(&self, total: usize, clamp: bool) -> i64 {
+        let at_least_one = if clamp { at_least_one } else { |v| v };
         let mut shannon = 0f32;
         let mut bits: i64 = 0;
         let mut n_matches: i64 = 0;
@@ -273,14 +275,14 @@ impl Tokens {
 }
 
 #[inline]
-fn at_least_one(v: f32) -> f32 {
+pub(super) fn at_least_one(v: f32) -> f32 {
     v.clamp(1.0, 15.0)
 }
 
 /// `mFastLog2`, an approximate base-2 logarithm computed exactly like Go's float32 code.
 #[inline]
 #[allow(clippy::excessive_precision)]
-fn m_fast_log2(val: f32) -> f32 {
+pub(super) fn m_fast_log2(val: f32) -> f32 {
     let mut ux = val.to_bits() as i32;
     let mut log2 = (((ux >> 23) & 255) - 128) as f32;
     ux &= -0x7f800001;

@@ -1,12 +1,19 @@
-//! `writeBlockDynamic` as klauspost/compress 1.12.3-1.13.6 wrote it (what pgzip's default level
-//! goes through): a block that may be followed by another gets every histogram entry filled
-//! (`tokens.Fill`) so its table can always be reused, the new-table estimate counts filled
-//! entries but not the end-of-block code, a stored block wins when it is less than a
-//! sixteenth larger than the coded one, and there is no fixed-table preference. 1.14.0
-//! replaced this with the decisions in [`BitWriter::write_block_dynamic`].
+//! Block decisions of klauspost/compress before 1.14.0 (what pgzip's default level goes
+//! through).
+//!
+//! `writeBlockDynamic` up to 1.13.6: a block that may be followed by another gets every
+//! histogram entry filled (`tokens.Fill`) so its table can always be reused, the new-table
+//! estimate counts filled entries but not the end-of-block code, a stored block wins when it
+//! is less than a sixteenth larger than the coded one, and there is no fixed-table preference.
+//! 1.14.0 replaced this with the decisions in [`BitWriter::write_block_dynamic`].
+//!
+//! `writeBlockHuff` (blocks where matches removed under a sixteenth of the bytes) up to
+//! 1.12.2: the block's size is guessed from its byte entropy rather than from a table built
+//! for it; 1.11.13 changed how unused bytes enter that guess and table.
 
-use super::super::tokens::{Tokens, END_BLOCK_MARKER};
-use super::BitWriter;
+use super::super::tokens::{m_fast_log2, Tokens, END_BLOCK_MARKER};
+use super::super::KpVersion;
+use super::{histogram, BitWriter, LENGTH_CODES_START};
 
 impl BitWriter {
     pub(super) fn write_block_dynamic_before_1_14(
@@ -35,7 +42,8 @@ impl BitWriter {
         let (ssize, storable) = Self::stored_size(input);
         let mut size;
         if self.last_header > 0 {
-            let mut new_size = self.last_header + tokens.estimated_bits_of(n_lits);
+            let clamp = self.version >= KpVersion::V1_12_3;
+            let mut new_size = self.last_header + tokens.estimated_bits_of(n_lits, clamp);
             new_size += new_size >> self.log_new_table_penalty;
             let reuse_size = self.dynamic_reuse_size() + self.extra_bit_size();
             if new_size < reuse_size {
@@ -78,4 +86,91 @@ impl BitWriter {
         self.literal_encoding.codes = lit;
         self.offset_encoding.codes = off;
     }
+}
+
+impl BitWriter {
+    pub(super) fn write_block_huff_before_1_12_3(&mut self, eof: bool, input: &[u8], sync: bool) {
+        self.literal_freq = [0; LENGTH_CODES_START + 32];
+        if !self.last_huff_man {
+            self.offset_freq = [0; 32];
+        }
+        const NUM_LITERALS: usize = END_BLOCK_MARKER + 1;
+        const GUESS_HEADER_SIZE_BITS: i64 = 70 * 8;
+        let fill = !eof && !sync;
+        let v1_11_13 = self.version >= KpVersion::V1_11_13;
+        let (mut est_bits, est_extra) =
+            histogram_size(input, &mut self.literal_freq, fill, v1_11_13);
+        est_bits += self.last_header
+            + if v1_11_13 {
+                input.len() as i64 / 32
+            } else {
+                15
+            };
+        if self.last_header == 0 {
+            est_bits += GUESS_HEADER_SIZE_BITS;
+        }
+        est_bits += est_bits >> self.log_new_table_penalty;
+        let (ssize, storable) = Self::stored_size(Some(input));
+        if storable && ssize < est_bits {
+            self.write_stored_header(input.len(), eof);
+            self.write_bytes(input);
+            return;
+        }
+        if self.last_header > 0 {
+            let reuse_size = self.literal_encoding.bit_length(&self.literal_freq[..256]);
+            est_bits += est_extra;
+            if est_bits < reuse_size {
+                self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
+                self.last_header = 0;
+            }
+        }
+        if self.last_header == 0 {
+            if fill && v1_11_13 {
+                // "A slightly suboptimal tree that can be used for all."
+                for f in self.literal_freq[..NUM_LITERALS].iter_mut() {
+                    if *f == 0 {
+                        *f = 1;
+                    }
+                }
+            }
+            self.literal_freq[END_BLOCK_MARKER] = 1;
+            self.literal_encoding
+                .generate(&self.literal_freq[..NUM_LITERALS], 15);
+            self.generate_codegen(NUM_LITERALS, 1, true);
+            self.codegen_encoding.generate(&self.codegen_freq, 7);
+            let num_codegens = self.codegens();
+            self.write_dynamic_header(NUM_LITERALS, 1, num_codegens, eof);
+            self.last_huff_man = true;
+            self.last_header = self.header_size().0;
+        }
+        self.write_huff_literals(input, eof || sync);
+    }
+}
+
+/// `histogramSize`: the byte histogram of `b` into `h`, and the entropy estimate in bits of
+/// coding it (symbol costs at least 1 bit, not capped). With `fill`, bytes that do not occur
+/// are counted once: up to 1.11.12 they are set to 1 in `h` and their cost returned apart;
+/// from 1.11.13 (`v1_11_13`) they only enlarge the total the probabilities are taken over.
+fn histogram_size(b: &[u8], h: &mut [u16], fill: bool, v1_11_13: bool) -> (i64, i64) {
+    let h = &mut h[..256];
+    histogram(b, h);
+    let at_least_one = |v: f32| if v < 1.0 { 1.0 } else { v };
+    let mut total = b.len();
+    if fill && v1_11_13 {
+        total += h.iter().filter(|&&v| v == 0).count();
+    }
+    let inv_total = 1.0f32 / total as f32;
+    let mut shannon = 0f32;
+    let mut extra = 0f32;
+    let one_bits = at_least_one(-m_fast_log2(inv_total));
+    for v in h.iter_mut() {
+        if *v > 0 {
+            let n = *v as f32;
+            shannon += at_least_one(-m_fast_log2(n * inv_total)) * n;
+        } else if fill && !v1_11_13 {
+            *v = 1;
+            extra += one_bits;
+        }
+    }
+    ((shannon + 0.99) as i64, (extra + 0.99) as i64)
 }
