@@ -238,13 +238,13 @@ pub enum GoStdVariant {
 /// `scripts/flate-versions`); a variant is named by the first release that writes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PgzipVariant {
-    /// klauspost/compress 1.15.11-1.15.14 at every level; 1.15.10-1.18.0 at the default
-    /// level (5) and 1.18.0 at every level but 4 and 7-9.
+    /// klauspost/compress 1.15.11-1.15.14 at every level; 1.16.0-1.17.11 at every level but
+    /// 7-9; 1.15.10 at the default level (5) and 1.18.0 at every level but 4 and 7-9.
     #[default]
     #[serde(rename = "klauspost1.15.12")]
     Klauspost1_15_12,
-    /// klauspost/compress 1.18.0 at levels 4 and 7-9 (at the others it writes what
-    /// [`PgzipVariant::Klauspost1_15_12`] does).
+    /// klauspost/compress 1.16.0-1.18.0 at levels 7-9 and 1.18.0 at level 4 (at the others
+    /// they write what [`PgzipVariant::Klauspost1_15_12`] does).
     #[serde(rename = "klauspost1.18.0")]
     Klauspost1_18_0,
     /// klauspost/compress 1.18.1 (retracted upstream) at every level. Levels 1-6 nearly always
@@ -747,9 +747,9 @@ fn probe_deflater(header: &[u8], raw: &[u8], deflate: &[u8], complete: bool) -> 
 fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
-         versions stowage reproduces (1.15.11-1.15.14 and 1.18.0-1.19.1 at every level, \
-         1.10.3-1.18.0 at the default level): another release at a level other than the \
-         default (before 1.15.11, or 1.16-1.17), an earlier pgzip, or a newer encoder"
+         versions stowage reproduces (1.15.11-1.19.1 at every level, 1.10.3-1.15.10 at the \
+         default level): an earlier release at a level other than the default, an earlier \
+         pgzip, or a newer encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
          and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's as stowage \
