@@ -299,10 +299,11 @@ impl Registry {
             Ok(guard) => {
                 let inner = self.inner.clone();
                 let compact_below = self.inner.cfg.gc_compact_below;
+                let grace = opts.delay;
                 progress("chunks", 0, 1);
                 let r = background(move || {
                     let _guard = guard;
-                    sweep_chunks(&inner, cutoff, compact_below)
+                    sweep_chunks(&inner, cutoff, grace, compact_below)
                 })
                 .await?;
                 report.chunks_removed = r.chunks;
@@ -582,7 +583,14 @@ fn delta_base(containers: &Containers, c: &DeadChunk) -> Result<Option<ChunkId>>
 }
 
 /// Step 4, with the pipeline held at its gate.
-fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<ChunkSweep> {
+/// `cutoff`: records created before it are past the grace period; `grace`: that period, for
+/// objects aged by the bucket's clock (trash records, blob objects without a record).
+fn sweep_chunks(
+    inner: &Arc<Inner>,
+    cutoff: u64,
+    grace: std::time::Duration,
+    compact_below: f64,
+) -> Result<ChunkSweep> {
     let m: &Meta = &inner.meta;
     let containers: &Containers = &inner.containers;
     let dir = containers.dir().to_path_buf();
@@ -760,8 +768,9 @@ fn sweep_chunks(inner: &Arc<Inner>, cutoff: u64, compact_below: f64) -> Result<C
     }
     drop(t);
     // Blob objects no blob needs whole (with a bucket); then the objects removed more than a
-    // grace period ago.
-    let grace = std::time::Duration::from_secs(now().saturating_sub(cutoff));
+    // grace period ago. (The grace period itself, not the time since `cutoff`: that also
+    // counts this pass's own duration, which kept a pass with no grace period from emptying
+    // the trash it had just filled whenever it took a second or more.)
     out.orphans += super::durability::sweep_blob_objects(inner, grace)?;
     inner.containers.empty_trash(grace)?;
     Ok(out)
