@@ -808,7 +808,10 @@ fn tag_numbers(tag: &str) -> Option<[u32; 3]> {
 fn covering(tag: &str, level: KpLevel) -> Option<KpVersion> {
     let t = tag_numbers(tag)?;
     let v = match t {
-        [1, 15, 12] => KpVersion::V1_15_12,
+        [1, 14, 0..=1] => KpVersion::V1_14_0,
+        [1, 14, 2] => KpVersion::V1_14_2,
+        [1, 14, 3..=99] | [1, 15, 0..=9] => KpVersion::V1_14_3,
+        [1, 15, 10..=12] => KpVersion::V1_15_12,
         [1, 15, 13..=99] | [1, 16, 0] => KpVersion::V1_15_13,
         [1, 16, 1..=3] => KpVersion::V1_16_1,
         [1, 16, 4..=99] => KpVersion::V1_16_4,
@@ -1057,12 +1060,16 @@ fn release_suite(bin: &Path, tag: &str, level: KpLevel, version: KpVersion) {
         };
         one(&format!("content size {n}"), &d, &data[..n]);
     }
-    let d = Drive {
-        script: Some("rs:5000,w:300000,c"),
-        concurrency: 1,
-        ..d0.clone()
-    };
-    one("wrong content size", &d, &data);
+    // (A stream longer than the content size it declared: before 1.15.12's synchronous path
+    // the frame ends differently; no container tool declares one, so that is not modelled.)
+    if version >= KpVersion::V1_15_12 {
+        let d = Drive {
+            script: Some("rs:5000,w:300000,c"),
+            concurrency: 1,
+            ..d0.clone()
+        };
+        one("wrong content size", &d, &data);
+    }
     count(13);
 
     // The position rebase (`bufferReset`, per window from 1.15.13 on), between frames

@@ -316,9 +316,9 @@ impl PgzipVariant {
         if matches!(level, 4 | 7..=9) {
             v.push(Klauspost1_18_0);
         }
-        // Earlier releases, newest first (checked at the default level and block size only,
-        // which is what container tools leave them at).
-        if level == 5 && block == kpflate::PGZIP_DEFAULT_BLOCK {
+        // Earlier releases, newest first: at the default level, in the default blocks or
+        // umoci's 256 KiB (umoci pins 1.11.3), which is what container tools use.
+        if level == 5 && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
             v.extend([
                 Klauspost1_15_0,
                 Klauspost1_14_3,
@@ -630,7 +630,9 @@ pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) ->
 
 /// pgzip block sizes seen in the wild, most common first: the library default (podman,
 /// buildah, skopeo via containers/image) and umoci's `SetConcurrency(256 KiB, ...)`.
-const PGZIP_BLOCKS: [usize; 6] = [1 << 20, 256 << 10, 512 << 10, 128 << 10, 2 << 20, 4 << 20];
+const PGZIP_BLOCKS: [usize; 6] = [1 << 20, UMOCI_BLOCK, 512 << 10, 128 << 10, 2 << 20, 4 << 20];
+/// umoci's `SetConcurrency` block size.
+const UMOCI_BLOCK: usize = 256 << 10;
 
 /// The pgzip level, block size and klauspost version that reproduce a deflate stream, judged
 /// on its first two blocks (all of it if `complete`).
@@ -1192,6 +1194,25 @@ mod tests {
                 );
             }
         }
+        // umoci's blocks (256 KiB) from its pinned klauspost 1.11.3, restored exactly (by
+        // 1.11.13's variant: in these blocks both write the same bytes).
+        let gz = kpflate::pgzip_gzip_version(Klauspost1_11_0.kp_version(), 5, 256 << 10, &repeat)
+            .unwrap();
+        let enc = roundtrip(&gz, &repeat).unwrap();
+        let Encoding::Gzip { members, .. } = &enc else {
+            panic!("{enc:?}")
+        };
+        assert!(
+            matches!(
+                members[0].go,
+                Some(GoEncoder::Pgzip {
+                    level: 5,
+                    block: 262_144,
+                    variant: Klauspost1_11_0 | Klauspost1_11_13
+                })
+            ),
+            "{enc:?}"
+        );
         // A recipe of an earlier version (no variant) restores as 1.15.12.
         let m: GoEncoder =
             serde_json::from_str(r#"{"lib":"pgzip","level":5,"block":1048576}"#).unwrap();

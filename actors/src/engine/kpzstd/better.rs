@@ -21,6 +21,9 @@ pub(crate) struct BetterFastEncoder {
     /// 1.17.8 on: a block of one repeated byte is one literal and one offset-1
     /// match ("Check RLE first").
     pub rle_first: bool,
+    /// How far into the match the look for a long match at its end starts: 3 from 1.15.10
+    /// ("allow some bytes at the beginning to mismatch"), 0 before.
+    pub end_skip: i32,
     table: Vec<TableEntry>,
     long_table: Vec<PrevEntry>,
 }
@@ -31,6 +34,7 @@ impl BetterFastEncoder {
             base: FastBase::new(max_match_off, rebase),
             index_from_search: false,
             rle_first: false,
+            end_skip: 3,
             table: vec![TableEntry::default(); 1 << BETTER_SHORT_TABLE_BITS],
             long_table: vec![PrevEntry::default(); 1 << BETTER_LONG_TABLE_BITS],
         }
@@ -266,16 +270,16 @@ impl Matcher for BetterFastEncoder {
 
             // A better match by a long match at the end of the current one?
             if s + matched < s_limit {
-                const SKIP_BEGINNING: i32 = 3;
+                let skip_beginning = self.end_skip;
                 let next_hash_l = hl(load64(src, s + matched));
-                let s2 = s + SKIP_BEGINNING;
+                let s2 = s + skip_beginning;
                 let cv = load32(src, s2);
                 let candidate_l = long_table[next_hash_l];
                 let mut coffset_l = candidate_l
                     .offset
                     .wrapping_sub(cur)
                     .wrapping_sub(matched)
-                    .wrapping_add(SKIP_BEGINNING);
+                    .wrapping_add(skip_beginning);
                 if coffset_l >= 0
                     && coffset_l < s2
                     && s2 - coffset_l < mmo
@@ -292,7 +296,7 @@ impl Matcher for BetterFastEncoder {
                     .prev
                     .wrapping_sub(cur)
                     .wrapping_sub(matched)
-                    .wrapping_add(SKIP_BEGINNING);
+                    .wrapping_add(skip_beginning);
                 if coffset_l >= 0
                     && coffset_l < s2
                     && s2 - coffset_l < mmo

@@ -14,6 +14,9 @@ const TABLE_SIZE: usize = 1 << TABLE_BITS;
 /// `fastEncoder`.
 pub(crate) struct FastEncoder {
     base: FastBase,
+    /// `kSearchStrength` of `Encode` and `EncodeNoHist`: 6 and 6 from 1.14.3, 7 and 8
+    /// before.
+    pub search_strength: (i32, i32),
     table: Vec<TableEntry>,
 }
 
@@ -21,6 +24,7 @@ impl FastEncoder {
     pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         FastEncoder {
             base: FastBase::new(max_match_off, rebase),
+            search_strength: (6, 6),
             table: vec![TableEntry::default(); TABLE_SIZE],
         }
     }
@@ -44,7 +48,7 @@ impl Matcher for FastEncoder {
         const INPUT_MARGIN: i32 = 8;
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
         const STEP_SIZE: i32 = 2;
-        const K_SEARCH_STRENGTH: i32 = 6;
+        let k_search_strength = self.search_strength.0;
 
         if self.base.must_rebase() {
             let mmo = self.base.max_match_off;
@@ -154,7 +158,7 @@ impl Matcher for FastEncoder {
                     s += 1;
                     break;
                 }
-                s += STEP_SIZE + ((s - next_emit) >> (K_SEARCH_STRENGTH - 1));
+                s += STEP_SIZE + ((s - next_emit) >> (k_search_strength - 1));
                 if s >= s_limit {
                     break 'encode_loop;
                 }
@@ -226,7 +230,7 @@ impl Matcher for FastEncoder {
         const INPUT_MARGIN: i32 = 8;
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
         const STEP_SIZE: i32 = 2;
-        const K_SEARCH_STRENGTH: i32 = 6;
+        let k_search_strength = self.search_strength.1;
 
         if self.base.cur >= self.base.buffer_reset {
             self.table.fill(TableEntry::default());
@@ -319,7 +323,7 @@ impl Matcher for FastEncoder {
                     s += 1;
                     break;
                 }
-                s += STEP_SIZE + ((s - next_emit) >> (K_SEARCH_STRENGTH - 1));
+                s += STEP_SIZE + ((s - next_emit) >> (k_search_strength - 1));
                 if s >= s_limit {
                     break 'encode_loop;
                 }

@@ -63,11 +63,14 @@
 //! # Later releases
 //!
 //! Everything above describes 1.15.12, the default. [`KpOptions::version`]
-//! selects a later release's behaviour; the differences are conditionals in
+//! selects another release's behaviour; the differences are conditionals in
 //! the same code, each marked with the release that introduced it:
 //!
 //! | from | change | where |
 //! |---|---|---|
+//! | 1.14.2 | blocks of 128 KiB but at `Fastest` (were 64 KiB at every level) | here |
+//! | 1.14.3 | `Fastest`: search strength 6 (was 7, and 8 in `EncodeNoHist`) | `fast.rs` |
+//! | 1.15.10 | `Better`: the look for a long match at the end of one starts 3 bytes into it (was at its start) | `better.rs` |
 //! | 1.15.13 | `bufferReset` per encoder (`MaxInt32 - 2*window`, minus the history in `Encode`); `Best`: candidates compared in pairs with one rounded difference, the end search starts 2 bytes into the match | `base.rs`, `best.rs` |
 //! | 1.16.1 | `Best`: `improve` replaces the best match in place | `best.rs` |
 //! | 1.16.4 | matches must save 1/64 of the block (was 1/32); a compressed block not smaller than its input becomes raw inside `encode`, and full all-literal blocks go through `encodeLits`; `allLitEntropy` only above `SpeedDefault`; `Best`: new match loop (candidates extended backwards, repeats straight after a match, "good enough" 250) | `block.rs`, `best.rs`, here |
@@ -81,8 +84,9 @@
 //! | 1.17.11 | closed after `Close` until `Reset` | here |
 //! | 1.18.5 | `WithZeroFrames` on: an empty frame is 13 bytes, not nothing | here |
 //!
-//! Every release from 1.15.12 to 1.19.1 is implemented at all four levels
-//! (checked against Go builds of each tag, `scripts/kpzstd-versions --all`).
+//! Every release from 1.14.0 to 1.19.1 is implemented at all four levels
+//! (checked against Go builds of each tag, `scripts/kpzstd-versions --all`;
+//! from 1.14.0 to 1.15.11 the tags where a level changed and their neighbours).
 //! Releases whose encoder diff is only refactoring, dictionaries or opt-in
 //! options (`WithConcurrentBlocks` in 1.19.0) share a variant; so do, at the
 //! other levels, the releases that changed only `enc_best.go` (see
@@ -217,6 +221,20 @@ impl KpLevel {
     serde::Deserialize,
 )]
 pub enum KpVersion {
+    /// v1.14.0-v1.14.1: as [`KpVersion::V1_14_2`] but in blocks of 64 KiB at every level
+    /// (the default `blockSize`; 1.14.2 kept it for `SpeedFastest` only).
+    #[serde(rename = "v1.14.0")]
+    V1_14_0,
+    /// v1.14.2 at `Fastest` and `Better` (at `Default` and `Best` the same as
+    /// [`KpVersion::V1_15_12`]): `SpeedFastest` skips ahead faster where nothing matches
+    /// (search strength 7, 8 without history), and as [`KpVersion::V1_14_3`] at `Better`.
+    #[serde(rename = "v1.14.2")]
+    V1_14_2,
+    /// v1.14.3-v1.15.9 at `Better` (at the other levels the same as
+    /// [`KpVersion::V1_15_12`]): the look for a long match at the end of one starts at the
+    /// match's first byte, not 3 bytes into it.
+    #[serde(rename = "v1.14.3")]
+    V1_14_3,
     /// v1.15.12 (Debian bookworm's golang-github-klauspost-compress-dev), all four
     /// levels; the same bytes as v1.15.13-v1.16.3 at `Fastest`, `Default` and
     /// `Better` in every comparison (see [`KpVersion::V1_15_13`]).
@@ -308,7 +326,10 @@ pub enum KpVersion {
 
 impl KpVersion {
     /// Every variant, oldest first.
-    pub const ALL: [KpVersion; 13] = [
+    pub const ALL: [KpVersion; 16] = [
+        KpVersion::V1_14_0,
+        KpVersion::V1_14_2,
+        KpVersion::V1_14_3,
         KpVersion::V1_15_12,
         KpVersion::V1_15_13,
         KpVersion::V1_16_1,
@@ -327,6 +348,9 @@ impl KpVersion {
     /// The release the variant is named by (`"v1.17.0"`).
     pub fn name(self) -> &'static str {
         match self {
+            KpVersion::V1_14_0 => "v1.14.0",
+            KpVersion::V1_14_2 => "v1.14.2",
+            KpVersion::V1_14_3 => "v1.14.3",
             KpVersion::V1_15_12 => "v1.15.12",
             KpVersion::V1_15_13 => "v1.15.13",
             KpVersion::V1_16_1 => "v1.16.1",
@@ -368,11 +392,18 @@ impl KpVersion {
             .collect()
     }
 
-    /// The older variant this one writes the same bytes as at `level` (as far as the
-    /// comparisons in `tests/kpzstd.rs` show), if any.
+    /// The variant this one writes the same bytes as at `level` (as far as the comparisons in
+    /// `tests/kpzstd.rs` show), if any: an older one, or for the 1.14 variants at the levels
+    /// they did not change, 1.15.12.
     pub fn same_bytes_as(self, level: KpLevel) -> Option<KpVersion> {
         let best = level == KpLevel::Best;
         match self {
+            KpVersion::V1_14_2 if level == KpLevel::Fastest => Some(KpVersion::V1_14_0),
+            KpVersion::V1_14_2 if matches!(level, KpLevel::Default | KpLevel::Best) => {
+                Some(KpVersion::V1_15_12)
+            }
+            KpVersion::V1_14_3 if level == KpLevel::Better => Some(KpVersion::V1_14_2),
+            KpVersion::V1_14_3 => Some(KpVersion::V1_15_12),
             KpVersion::V1_15_13 | KpVersion::V1_16_1 if !best => Some(KpVersion::V1_15_12),
             KpVersion::V1_17_10 => Some(KpVersion::V1_17_8),
             // At `Best` too: see the variant's doc.
@@ -508,11 +539,18 @@ fn append_frame_header(
 fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Matcher> {
     let (w, r) = (window as i32, version.rebase());
     let mut m: Box<dyn Matcher> = match level {
-        KpLevel::Fastest => Box::new(fast::FastEncoder::new(w, r)),
+        KpLevel::Fastest => {
+            let mut f = fast::FastEncoder::new(w, r);
+            if version < KpVersion::V1_14_3 {
+                f.search_strength = (7, 8);
+            }
+            Box::new(f)
+        }
         KpLevel::Default => Box::new(dfast::DoubleFastEncoder::new(w, r)),
         KpLevel::Better => {
             let mut b = better::BetterFastEncoder::new(w, r);
             b.index_from_search = version >= KpVersion::V1_17_3;
+            b.end_skip = if version >= KpVersion::V1_15_12 { 3 } else { 0 };
             b.rle_first = version >= KpVersion::V1_17_8;
             Box::new(b)
         }
@@ -543,6 +581,9 @@ pub fn geometry(opts: &KpOptions) -> Result<(usize, usize), KpZstdError> {
         KpLevel::Better => (16 << 20, MAX_COMPRESSED_BLOCK_SIZE),
         KpLevel::Best => (32 << 20, MAX_COMPRESSED_BLOCK_SIZE),
     };
+    if version < KpVersion::V1_14_2 {
+        block = 1 << 16;
+    }
     if opts.window_size != 0 {
         let n = opts.window_size;
         if !(MIN_WINDOW_SIZE..=MAX_WINDOW_SIZE).contains(&n) || !n.is_power_of_two() {
