@@ -808,6 +808,7 @@ fn tag_numbers(tag: &str) -> Option<[u32; 3]> {
 fn covering(tag: &str, level: KpLevel) -> Option<KpVersion> {
     let t = tag_numbers(tag)?;
     let v = match t {
+        [1, 13, 5..=6] => KpVersion::V1_13_5,
         [1, 14, 0..=1] => KpVersion::V1_14_0,
         [1, 14, 2] => KpVersion::V1_14_2,
         [1, 14, 3..=99] | [1, 15, 0..=9] => KpVersion::V1_14_3,

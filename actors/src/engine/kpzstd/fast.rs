@@ -3,8 +3,8 @@
 //! hashes, checking two positions per step).
 
 use super::base::{
-    hash6, load32, load64, matchlen, FastBase, Matcher, Rebase, TableEntry, MAX_MATCH_LENGTH,
-    ZSTD_MIN_MATCH,
+    hash6, load32, load64, matchlen, matchlen_words, FastBase, Matcher, Rebase, TableEntry,
+    MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -17,6 +17,8 @@ pub(crate) struct FastEncoder {
     /// `kSearchStrength` of `Encode` and `EncodeNoHist`: 6 and 6 from 1.14.3, 7 and 8
     /// before.
     pub search_strength: (i32, i32),
+    /// Before 1.14.0: match lengths in whole 8-byte words ([`matchlen_words`]).
+    pub word_matchlen: bool,
     table: Vec<TableEntry>,
 }
 
@@ -25,6 +27,7 @@ impl FastEncoder {
         FastEncoder {
             base: FastBase::new(max_match_off, rebase),
             search_strength: (6, 6),
+            word_matchlen: false,
             table: vec![TableEntry::default(); TABLE_SIZE],
         }
     }
@@ -45,6 +48,14 @@ impl Matcher for FastEncoder {
     }
 
     fn encode(&mut self, block: &[u8]) {
+        let words = self.word_matchlen;
+        let ml = |s: i32, t: i32, src: &[u8]| {
+            if words {
+                matchlen_words(s, t, src)
+            } else {
+                matchlen(s, t, src)
+            }
+        };
         const INPUT_MARGIN: i32 = 8;
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
         const STEP_SIZE: i32 = 2;
@@ -116,7 +127,7 @@ impl Matcher for FastEncoder {
 
                 if can_repeat && rep_index >= 0 && load32(src, rep_index) == (cv >> 16) as u32 {
                     let mut seq = Seq::default();
-                    let length = 4 + matchlen(s + 6, rep_index + 4, src);
+                    let length = 4 + ml(s + 6, rep_index + 4, src);
                     seq.match_len = (length - ZSTD_MIN_MATCH) as u32;
                     let mut start = s + 2;
                     let start_limit = next_emit + 1;
@@ -167,7 +178,7 @@ impl Matcher for FastEncoder {
             offset2 = offset1;
             offset1 = s - t;
 
-            let mut l = matchlen(s + 4, t + 4, src) + 4;
+            let mut l = ml(s + 4, t + 4, src) + 4;
             let t_min = (s - max_match_off).max(0);
             while t > t_min
                 && s > next_emit
@@ -199,7 +210,7 @@ impl Matcher for FastEncoder {
             // Check offset 2.
             let o2 = s - offset2;
             if can_repeat && load32(src, o2) == cv as u32 {
-                let l = 4 + matchlen(s + 4, o2 + 4, src);
+                let l = 4 + ml(s + 4, o2 + 4, src);
                 table[h(cv)] = TableEntry {
                     offset: s.wrapping_add(cur),
                     val: cv as u32,
@@ -227,6 +238,14 @@ impl Matcher for FastEncoder {
     }
 
     fn encode_no_hist(&mut self, src: &[u8]) {
+        let words = self.word_matchlen;
+        let ml = |s: i32, t: i32, src: &[u8]| {
+            if words {
+                matchlen_words(s, t, src)
+            } else {
+                matchlen(s, t, src)
+            }
+        };
         const INPUT_MARGIN: i32 = 8;
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
         const STEP_SIZE: i32 = 2;
@@ -282,7 +301,7 @@ impl Matcher for FastEncoder {
 
                 if blk.sequences.len() > 2 && load32(src, rep_index) == (cv >> 16) as u32 {
                     let mut seq = Seq::default();
-                    let length = 4 + matchlen(s + 6, rep_index + 4, src);
+                    let length = 4 + ml(s + 6, rep_index + 4, src);
                     seq.match_len = (length - ZSTD_MIN_MATCH) as u32;
                     let mut start = s + 2;
                     let start_limit = next_emit + 1;
@@ -332,7 +351,7 @@ impl Matcher for FastEncoder {
             offset2 = offset1;
             offset1 = s - t;
 
-            let mut l = matchlen(s + 4, t + 4, src) + 4;
+            let mut l = ml(s + 4, t + 4, src) + 4;
             let t_min = (s - max_match_off).max(0);
             while t > t_min && s > next_emit && src[(t - 1) as usize] == src[(s - 1) as usize] {
                 s -= 1;
@@ -359,7 +378,7 @@ impl Matcher for FastEncoder {
 
             let o2 = s - offset2;
             if blk.sequences.len() > 2 && load32(src, o2) == cv as u32 {
-                let l = 4 + matchlen(s + 4, o2 + 4, src);
+                let l = 4 + ml(s + 4, o2 + 4, src);
                 table[h(cv)] = TableEntry {
                     offset: s.wrapping_add(cur),
                     val: cv as u32,

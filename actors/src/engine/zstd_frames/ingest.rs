@@ -359,7 +359,7 @@ impl ZstdDecoder {
             }
         }
         Err(NotExact::UnknownZstdEncoder(format!(
-            "no encoder stowage reproduces wrote the frame (klauspost/compress 1.14.0-1.19.1 \
+            "no encoder stowage reproduces wrote the frame (klauspost/compress 1.13.5-1.19.1 \
              at its four levels and libzstd 1.5.7 at levels 1-19, single- and multi-threaded, \
              tried; another libzstd version or writer?): {}",
             header.describe()
