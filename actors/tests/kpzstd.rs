@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod common;
-use common::{run_zstdwrite, zstdwrite, Rng};
+use common::{ingest_and_restore, run_zstdwrite, zstdwrite, Rng};
 
 use stowage_actors::engine::kpzstd::{
     encode_stream, KpLevel, KpOptions, KpStreamEncoder, KpVersion, KpZstdError,
@@ -1249,8 +1249,17 @@ fn later_releases() {
             continue;
         }
         let bin = zstdwrite_at(&dir.join(tag), tag);
+        // A layer as this release writes it: identified at ingest and restored exactly.
+        let layer = mixture(3 << 20, 77);
         for (level, version) in todo {
             release_suite(&bin, tag, level, version);
+            let go = Drive::level(level).go(&bin, &layer);
+            let (label, _, out) = ingest_and_restore(&go);
+            assert!(label.starts_with("zstd-kp"), "{tag} {level:?}: {label}");
+            assert!(
+                out == go,
+                "{tag} {level:?}: the layer restores differently ({label})"
+            );
             checked += 1;
         }
     }
