@@ -468,6 +468,11 @@ impl BitWriter {
         if sync {
             self.last_header = 0;
         }
+        self.write_tokens_in_table(tokens);
+    }
+
+    /// The block's tokens in the current literal and offset tables.
+    fn write_tokens_in_table(&mut self, tokens: &Tokens) {
         let lit = std::mem::take(&mut self.literal_encoding.codes);
         let off = std::mem::take(&mut self.offset_encoding.codes);
         self.write_tokens(&tokens.tokens[..tokens.n], &lit, &off);

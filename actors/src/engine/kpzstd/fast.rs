@@ -33,6 +33,18 @@ impl FastEncoder {
     }
 }
 
+/// The match length function: [`matchlen_words`] before 1.14.0 (`words`), else [`matchlen`].
+#[inline(always)]
+fn match_length(words: bool) -> impl Fn(i32, i32, &[u8]) -> i32 {
+    move |s, t, src| {
+        if words {
+            matchlen_words(s, t, src)
+        } else {
+            matchlen(s, t, src)
+        }
+    }
+}
+
 #[inline(always)]
 fn h(u: u64) -> usize {
     hash6(u, TABLE_BITS)
@@ -48,14 +60,7 @@ impl Matcher for FastEncoder {
     }
 
     fn encode(&mut self, block: &[u8]) {
-        let words = self.word_matchlen;
-        let ml = |s: i32, t: i32, src: &[u8]| {
-            if words {
-                matchlen_words(s, t, src)
-            } else {
-                matchlen(s, t, src)
-            }
-        };
+        let ml = match_length(self.word_matchlen);
         const INPUT_MARGIN: i32 = 8;
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
         const STEP_SIZE: i32 = 2;
@@ -238,14 +243,7 @@ impl Matcher for FastEncoder {
     }
 
     fn encode_no_hist(&mut self, src: &[u8]) {
-        let words = self.word_matchlen;
-        let ml = |s: i32, t: i32, src: &[u8]| {
-            if words {
-                matchlen_words(s, t, src)
-            } else {
-                matchlen(s, t, src)
-            }
-        };
+        let ml = match_length(self.word_matchlen);
         const INPUT_MARGIN: i32 = 8;
         const MIN_NON_LITERAL_BLOCK_SIZE: usize = 1 + 1 + INPUT_MARGIN as usize;
         const STEP_SIZE: i32 = 2;

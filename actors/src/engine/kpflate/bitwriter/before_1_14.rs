@@ -80,11 +80,7 @@ impl BitWriter {
         if sync {
             self.last_header = 0;
         }
-        let lit = std::mem::take(&mut self.literal_encoding.codes);
-        let off = std::mem::take(&mut self.offset_encoding.codes);
-        self.write_tokens(&tokens.tokens[..tokens.n], &lit, &off);
-        self.literal_encoding.codes = lit;
-        self.offset_encoding.codes = off;
+        self.write_tokens_in_table(tokens);
     }
 }
 
