@@ -255,25 +255,25 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.18.2 through 1.19.1 (the latest checked) at every level.
     #[serde(rename = "klauspost1.18.2")]
     Klauspost1_18_2,
-    /// klauspost/compress 1.15.0-1.15.9 at the default level (5).
+    /// klauspost/compress 1.15.0-1.15.9 at the default level (5) and level 4.
     #[serde(rename = "klauspost1.15.0")]
     Klauspost1_15_0,
-    /// klauspost/compress 1.14.3-1.14.4 at the default level (5).
+    /// klauspost/compress 1.14.3-1.14.4 at the default level (5) and level 4.
     #[serde(rename = "klauspost1.14.3")]
     Klauspost1_14_3,
-    /// klauspost/compress 1.14.0-1.14.2 at the default level (5).
+    /// klauspost/compress 1.14.0-1.14.2 at the default level (5) and level 4.
     #[serde(rename = "klauspost1.14.0")]
     Klauspost1_14_0,
-    /// klauspost/compress 1.12.3-1.13.6 at the default level (5).
+    /// klauspost/compress 1.12.3-1.13.6 at the default level (5) and level 4.
     #[serde(rename = "klauspost1.12.3")]
     Klauspost1_12_3,
-    /// klauspost/compress 1.12.2 at the default level (5).
+    /// klauspost/compress 1.12.2 at the default level (5) and level 4.
     #[serde(rename = "klauspost1.12.2")]
     Klauspost1_12_2,
-    /// klauspost/compress 1.11.13-1.12.1 at the default level (5).
+    /// klauspost/compress 1.11.13-1.12.1 at the default level (5) and level 4.
     #[serde(rename = "klauspost1.11.13")]
     Klauspost1_11_13,
-    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at the default level (5): umoci's
+    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at the default level (5) and level 4: umoci's
     /// `go.mod` pins 1.11.3.
     #[serde(rename = "klauspost1.11.0")]
     Klauspost1_11_0,
@@ -316,9 +316,10 @@ impl PgzipVariant {
         if matches!(level, 4 | 7..=9) {
             v.push(Klauspost1_18_0);
         }
-        // Earlier releases, newest first: at the default level, in the default blocks or
-        // umoci's 256 KiB (umoci pins 1.11.3), which is what container tools use.
-        if level == 5 && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
+        // Earlier releases, newest first: at the default level (and 4, where 1.15.12 does not
+        // write their bytes either), in the default blocks or umoci's 256 KiB (umoci pins
+        // 1.11.3), which is what container tools use.
+        if matches!(level, 4 | 5) && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
             v.extend([
                 Klauspost1_15_0,
                 Klauspost1_14_3,
@@ -750,8 +751,8 @@ fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
          versions stowage reproduces (1.15.11-1.19.1 at every level, 1.10.3-1.15.10 at the \
-         default level): an earlier release at a level other than the default, an earlier \
-         pgzip, or a newer encoder"
+         default level and most at level 4): an earlier release at another level, an \
+         earlier pgzip, or a newer encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
          and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's as stowage \
