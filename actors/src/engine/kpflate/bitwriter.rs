@@ -329,6 +329,24 @@ impl BitWriter {
         self.write_bits(!(length as u16) as i32, 16);
     }
 
+    /// A stored block of `input` (paying any owed end-of-block code first).
+    fn write_stored_block(&mut self, input: &[u8], eof: bool) {
+        self.write_stored_header(input.len(), eof);
+        self.write_bytes(input);
+    }
+
+    /// Whether to keep the current table: a new one is started (the owed end-of-block code
+    /// written) when its estimated size beats reusing; returns the size of the choice.
+    fn new_table_if_smaller(&mut self, new_size: i64, reuse_size: i64) -> i64 {
+        if new_size < reuse_size {
+            self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
+            self.last_header = 0;
+            new_size
+        } else {
+            reuse_size
+        }
+    }
+
     fn write_fixed_header(&mut self, is_eof: bool) {
         if self.last_header > 0 {
             self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
@@ -389,20 +407,12 @@ impl BitWriter {
             new_size += hlen(self.literal_encoding.codes[END_BLOCK_MARKER]) as i64
                 + (new_size >> self.log_new_table_penalty);
             let reuse_size = self.dynamic_reuse_size() + extra_bits;
-            if new_size < reuse_size {
-                self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
-                size = new_size;
-                self.last_header = 0;
-            } else {
-                size = reuse_size;
-            }
+            size = self.new_table_if_smaller(new_size, reuse_size);
             if tokens.n < MAX_PREDEFINED_TOKENS {
                 let pre_size = self.fixed_size(extra_bits) + 7;
                 if pre_size < size {
                     if storable && ssize <= size {
-                        let input = input.unwrap();
-                        self.write_stored_header(input.len(), eof);
-                        self.write_bytes(input);
+                        self.write_stored_block(input.unwrap(), eof);
                         return;
                     }
                     self.write_fixed_header(eof);
@@ -418,9 +428,7 @@ impl BitWriter {
                 }
             }
             if storable && ssize <= size {
-                let input = input.unwrap();
-                self.write_stored_header(input.len(), eof);
-                self.write_bytes(input);
+                self.write_stored_block(input.unwrap(), eof);
                 return;
             }
         }
@@ -436,9 +444,7 @@ impl BitWriter {
                 let pre_size = self.fixed_size(extra_bits);
                 if pre_size <= size {
                     if storable && ssize <= pre_size {
-                        let input = input.unwrap();
-                        self.write_stored_header(input.len(), eof);
-                        self.write_bytes(input);
+                        self.write_stored_block(input.unwrap(), eof);
                         return;
                     }
                     self.write_fixed_header(eof);
@@ -454,9 +460,7 @@ impl BitWriter {
                 }
             }
             if storable && ssize <= size {
-                let input = input.unwrap();
-                self.write_stored_header(input.len(), eof);
-                self.write_bytes(input);
+                self.write_stored_block(input.unwrap(), eof);
                 return;
             }
             self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
@@ -613,8 +617,7 @@ impl BitWriter {
                 }
             }
             if abs < max {
-                self.write_stored_header(input.len(), eof);
-                self.write_bytes(input);
+                self.write_stored_block(input, eof);
                 return;
             }
         }
@@ -632,8 +635,7 @@ impl BitWriter {
             est_bits += est_bits >> self.log_new_table_penalty;
         }
         if storable && ssize <= est_bits {
-            self.write_stored_header(input.len(), eof);
-            self.write_bytes(input);
+            self.write_stored_block(input, eof);
             return;
         }
         if self.last_header > 0 {

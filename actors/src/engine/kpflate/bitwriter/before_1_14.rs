@@ -40,22 +40,17 @@ impl BitWriter {
         let (num_literals, num_offsets) = self.index_tokens(tokens, !sync, false);
 
         let (ssize, storable) = Self::stored_size(input);
+        // (Go computes it twice, from the same histograms.)
+        let extra_bits = self.extra_bit_size();
         let mut size;
         if self.last_header > 0 {
             let clamp = self.version >= KpVersion::V1_12_3;
             let mut new_size = self.last_header + tokens.estimated_bits_of(n_lits, clamp);
             new_size += new_size >> self.log_new_table_penalty;
-            let reuse_size = self.dynamic_reuse_size() + self.extra_bit_size();
-            if new_size < reuse_size {
-                self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
-                size = new_size;
-                self.last_header = 0;
-            } else {
-                size = reuse_size;
-            }
+            let reuse_size = self.dynamic_reuse_size() + extra_bits;
+            size = self.new_table_if_smaller(new_size, reuse_size);
             if storable && ssize < size + (size >> 4) {
-                self.write_stored_header(input.unwrap().len(), eof);
-                self.write_bytes(input.unwrap());
+                self.write_stored_block(input.unwrap(), eof);
                 self.last_header = 0;
                 return;
             }
@@ -65,11 +60,10 @@ impl BitWriter {
             self.generate();
             self.generate_codegen(num_literals, num_offsets, false);
             self.codegen_encoding.generate(&self.codegen_freq, 7);
-            let (dsize, num_codegens) = self.dynamic_size(self.extra_bit_size());
+            let (dsize, num_codegens) = self.dynamic_size(extra_bits);
             size = dsize;
             if storable && ssize < size + (size >> 4) {
-                self.write_stored_header(input.unwrap().len(), eof);
-                self.write_bytes(input.unwrap());
+                self.write_stored_block(input.unwrap(), eof);
                 self.last_header = 0;
                 return;
             }
@@ -108,8 +102,7 @@ impl BitWriter {
         est_bits += est_bits >> self.log_new_table_penalty;
         let (ssize, storable) = Self::stored_size(Some(input));
         if storable && ssize < est_bits {
-            self.write_stored_header(input.len(), eof);
-            self.write_bytes(input);
+            self.write_stored_block(input, eof);
             return;
         }
         if self.last_header > 0 {
