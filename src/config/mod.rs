@@ -655,19 +655,25 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_win_over_file_over_defaults() {
+    /// `ServeArgs` reading a `stowage.toml` of `text` (kept while the directory lives).
+    fn with_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stowage.toml");
-        std::fs::write(
-            &path,
-            "root = \"/srv/file\"\naddr = \"127.0.0.1:6000\"\nupload_ttl = \"2h\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, text).unwrap();
         let args = ServeArgs {
             config: Some(path),
-            root: Some("/srv/flag".into()),
             ..Default::default()
+        };
+        (dir, args)
+    }
+
+    #[test]
+    fn flags_win_over_file_over_defaults() {
+        let (_dir, file) =
+            with_file("root = \"/srv/file\"\naddr = \"127.0.0.1:6000\"\nupload_ttl = \"2h\"\n");
+        let args = ServeArgs {
+            root: Some("/srv/flag".into()),
+            ..file
         };
         let cfg = Config::resolve(&args).unwrap();
         assert_eq!(cfg.root, PathBuf::from("/srv/flag"));
@@ -683,13 +689,7 @@ mod tests {
             d.zstd_segment_cores,
             stowage_actors::engine::zstd_frames::segment_cores()
         );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(&path, "zstd_segment_cores = 4\n").unwrap();
-        let file = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
+        let (_dir, file) = with_file("zstd_segment_cores = 4\n");
         assert_eq!(Config::resolve(&file).unwrap().zstd_segment_cores, 4);
         for (flag, want) in [(2, 2), (0, 1), (64, 8)] {
             let args = ServeArgs {
@@ -709,13 +709,7 @@ mod tests {
             Config::resolve(&ServeArgs::default()).unwrap().zstd_frames,
             ZstdFrames::Auto
         );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(&path, "zstd_frames = \"reencode\"\n").unwrap();
-        let file = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
+        let (_dir, file) = with_file("zstd_frames = \"reencode\"\n");
         let cfg = Config::resolve(&file).unwrap();
         assert_eq!(cfg.zstd_frames, ZstdFrames::Reencode);
         let flag = ServeArgs {
@@ -753,17 +747,11 @@ mod tests {
         assert_eq!(HotBudget::Bytes(42).resolve(1_000_000), 42);
         assert!("lots".parse::<HotBudget>().is_err());
         assert!("-5%".parse::<HotBudget>().is_err());
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stowage.toml");
         for (text, want) in [
             ("restore_cache_bytes = 1000\n", HotBudget::Bytes(1000)),
             ("restore_cache_bytes = \"25%\"\n", HotBudget::Percent(25.0)),
         ] {
-            std::fs::write(&path, text).unwrap();
-            let args = ServeArgs {
-                config: Some(path.clone()),
-                ..Default::default()
-            };
+            let (_dir, args) = with_file(text);
             assert_eq!(Config::resolve(&args).unwrap().restore_cache_bytes, want);
         }
     }
@@ -783,19 +771,11 @@ mod tests {
         assert!(RepoPolicy::parse("x=raw@soon").is_err());
         assert!(RepoPolicy::parse("nothing").is_err());
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(
-            &path,
+        let (_dir, args) = with_file(
             "similarity_super_features = 4\nsimilarity_features = 8\n\n\
              [[repo_policy]]\nrepositories = \"hot/*\"\ndedup = \"raw\"\n\n\
              [[repo_policy]]\nrepositories = \"*\"\ndedup = \"full\"\nmin_age = \"10m\"\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
+        );
         let cfg = Config::resolve(&args).unwrap();
         assert_eq!(cfg.similarity.features.super_features, 4);
         assert_eq!(cfg.repo_policies.len(), 2);
@@ -811,13 +791,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stowage.toml");
-        std::fs::write(&path, "rot = \"/x\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
+        let (_dir, args) = with_file("rot = \"/x\"\n");
         let err = Config::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
     }
