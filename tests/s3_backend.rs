@@ -720,6 +720,51 @@ fn collected_objects_stay_in_the_bucket_for_the_grace_period() {
     assert_pulls(&s, &c, &v2);
 }
 
+/// With no grace period, a pass empties the trash it fills, however long it takes: the trash is
+/// aged by the grace period itself, not by the time since the pass began (which counts the
+/// pass's own duration). The pass is slowed by two seconds after its chunk removals commit, as
+/// a loaded machine would slow it, before it removes containers.
+#[test]
+fn a_slow_pass_with_no_grace_period_empties_the_trash_it_fills() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let prefix = "slow";
+    let args = flags(&g, prefix);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = g.env();
+    env.push(("STOWAGE_FAILPOINT", "gc-chunks-committed:pause=2000".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with_env(&dir.path().join("node"), &args, &env);
+    let (v1, v2) = (image(&[1, 2, 3]), image(&[7, 8, 9]));
+    let m1 = push(&s, &c, "v1", &v1);
+    push(&s, &c, "v2", &v2);
+    let before = objects(&g, prefix);
+    let r = c
+        .delete(s.url(&format!("/v2/s3/app/manifests/{m1}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    let report: Value = c.post(s.url("/_gc")).send().unwrap().json().unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "the pass was not slowed: {report}"
+    );
+    assert!(
+        report["containers_removed"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    assert!(objects_under(&g, prefix, "trash").is_empty());
+    assert!(objects_under(&g, prefix, "blobs").is_empty());
+    let after = objects(&g, prefix);
+    assert!(
+        before.iter().any(|k| !after.contains(k)),
+        "the removed containers are gone from the bucket"
+    );
+    assert_pulls(&s, &c, &v2);
+}
+
 /// An upload session outlives its node: half a blob acknowledged, the node killed and its data
 /// directory lost, a new node on an empty one reports the same offset and takes the rest.
 #[test]

@@ -224,20 +224,33 @@ impl JobCtx {
     }
 }
 
-/// Crash-test hook: when the environment variable `STOWAGE_FAILPOINT` names this point, the
-/// process aborts here, as `kill -9` would at that instant. Used by the crash tests to stop the
-/// pipeline deterministically between its durable steps; unset in normal operation.
-/// Abort the process here, as `kill -9` would, when `STOWAGE_FAILPOINT` names this point (crash
-/// tests). Unset in production.
+/// Test hook, unset in normal operation. When the environment variable `STOWAGE_FAILPOINT`
+/// names this point (`NAME`), the process aborts here, as `kill -9` would at that instant: the
+/// crash tests stop the pipeline and garbage collection deterministically between their
+/// durable steps. `NAME:pause=MS` instead pauses this thread for MS milliseconds here and goes
+/// on, as a step slowed by a loaded machine would (tests of what a slow step must not change).
 pub fn failpoint(name: &str) {
-    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if POINT
-        .get_or_init(|| std::env::var("STOWAGE_FAILPOINT").ok())
-        .as_deref()
-        == Some(name)
-    {
-        tracing::warn!(failpoint = name, "aborting at failpoint");
-        std::process::abort();
+    static POINT: std::sync::OnceLock<Option<(String, Option<u64>)>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| {
+        let v = std::env::var("STOWAGE_FAILPOINT").ok()?;
+        Some(match v.split_once(":pause=") {
+            Some((n, ms)) => (
+                n.to_string(),
+                Some(ms.parse().expect("STOWAGE_FAILPOINT pause in ms")),
+            ),
+            None => (v, None),
+        })
+    });
+    match point {
+        Some((n, None)) if n == name => {
+            tracing::warn!(failpoint = name, "aborting at failpoint");
+            std::process::abort();
+        }
+        Some((n, Some(ms))) if n == name => {
+            tracing::warn!(failpoint = name, ms, "pausing at failpoint");
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+        _ => {}
     }
 }
 
