@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use stowage_actors::engine::chunk::ChunkId;
 use stowage_actors::engine::container::{read_index, ChunkEncoding, ChunkLoc};
-use stowage_actors::restore::{restore_layer, ChunkReader};
+use stowage_actors::restore::{restore_layer_proving, ChunkReader};
 
 use crate::meta::{BlobState, ChunkRecord, Meta};
 use crate::names::Digest;
@@ -153,7 +153,7 @@ pub fn run(
                     meta.recipe(&t, d)?
                 }
                 .ok_or_else(|| anyhow::anyhow!("no recipe"))?;
-                restore_layer(&recipe, &reader, &mut |b| {
+                restore_layer_proving(&recipe, &reader, &mut |b| {
                     h.update(b);
                     n += b.len() as u64;
                     bar.inc(b.len() as u64);

@@ -29,7 +29,7 @@ use crate::engine::tar::FileEntry;
 use crate::pipeline::{
     background_priority, failpoint, Batch, Body, JobCtx, Outcome, PipelineConfig, StageStats,
 };
-use crate::restore::{restore_layer, ChunkReader};
+use crate::restore::{restore_layer_proving, ChunkReader};
 
 /// Verify-before-discard: restores the layer from its committed chunks, compares the digest,
 /// then commits the recipe and removes the raw blob. A layer that fails any step stays raw.
@@ -169,7 +169,7 @@ impl Commit {
         let mut hasher = job.digest.algorithm().hasher();
         let mut n = 0u64;
         let mut expect = Vec::new();
-        let restored = restore_layer(recipe, reader, &mut |b| {
+        let restored = restore_layer_proving(recipe, reader, &mut |b| {
             expect.resize(b.len(), 0);
             match pushed.read_exact(&mut expect) {
                 Ok(()) if expect == b => {}

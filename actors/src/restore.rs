@@ -415,6 +415,17 @@ pub fn restore_layer(
     restore_layer_timed(recipe, reader, &StageTimes::default(), out)
 }
 
+/// [`restore_layer`] through [`Reencoder::proving`]: for verify-before-discard and fsck,
+/// which prove a recipe as pulls use it.
+pub fn restore_layer_proving(
+    recipe: &Recipe,
+    reader: &ChunkReader,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let enc = Reencoder::proving(&recipe.encoding);
+    restore_tail_timed(recipe, 0, enc, false, reader, &StageTimes::default(), out)
+}
+
 /// [`restore_layer`], adding the time spent reading, decoding, waiting for chunks and
 /// re-encoding to `times` (the caller times what `out` does; the re-encode is what remains).
 pub fn restore_layer_timed(

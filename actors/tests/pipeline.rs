@@ -673,4 +673,10 @@ fn a_long_klauspost_layer_is_deduplicated_with_segments_and_restores_exactly() {
     };
     assert_eq!(parts[0].splits().len(), 1, "{parts:?}");
     assert!(restored(&cat, &containers, &staged.0) == blob);
+    // In segments, not whole: the process's segment threads are not limited here.
+    let segments = stowage_actors::engine::zstd_frames::SEGMENT_THREADS.reading();
+    assert!(
+        segments.segmented >= 1 && segments.whole == 0,
+        "{segments:?}"
+    );
 }

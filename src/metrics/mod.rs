@@ -518,6 +518,28 @@ pub fn render(
         }
         r.register(Box::new(g)).expect("register");
     }
+    {
+        let g = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "stowage_restore_zstd_long_frames_total",
+                "Long zstd frames planned in segments, by how they were re-encoded: in \
+                 segments, or whole because the --zstd-segment-cores threads were busy",
+            ),
+            &["how"],
+        )
+        .expect("valid metric");
+        g.with_label_values(&["segments"])
+            .inc_by(stats.restore.zstd_frames_segmented);
+        g.with_label_values(&["whole"])
+            .inc_by(stats.restore.zstd_frames_whole);
+        r.register(Box::new(g)).expect("register");
+    }
+    gauge(
+        &r,
+        "stowage_restore_zstd_segment_threads",
+        "Threads re-encoding segments of long zstd frames now (at most --zstd-segment-cores)",
+        stats.restore.zstd_segment_threads as i64,
+    );
     gauge(
         &r,
         "stowage_hot_bytes",

@@ -231,6 +231,12 @@ pub struct RestoreCounts {
     pub resumed_skipped_bytes: u64,
     /// Busy time by stage, in seconds (read, decode, wait, encode, hash, send).
     pub stage_seconds: std::collections::BTreeMap<&'static str, f64>,
+    /// Long zstd frames planned in segments that pulls re-encoded in segments, and whole
+    /// because the `--zstd-segment-cores` threads were busy; the pulls' segment threads
+    /// running now (verification and fsck always re-encode the segments, outside the budget).
+    pub zstd_frames_segmented: u64,
+    pub zstd_frames_whole: u64,
+    pub zstd_segment_threads: u64,
 }
 
 #[derive(Serialize)]
@@ -386,6 +392,9 @@ impl Registry {
                     )
                 })
                 .transpose()?;
+            // Segment threads beside the restore threads, across all pulls.
+            stowage_actors::engine::zstd_frames::SEGMENT_THREADS
+                .set_limit(cfg.zstd_segment_cores.max(1));
             let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers.clone());
             (p, Some(r), rs)
         } else {
@@ -868,6 +877,7 @@ impl Registry {
                 restore: {
                     use std::sync::atomic::Ordering::Relaxed;
                     let r = &inner.restore_stats;
+                    let segments = stowage_actors::engine::zstd_frames::SEGMENT_THREADS.reading();
                     RestoreCounts {
                         layers: r.layers.load(Relaxed),
                         bytes: r.bytes.load(Relaxed),
@@ -884,6 +894,9 @@ impl Registry {
                         resumed: r.resumed.load(Relaxed),
                         resumed_skipped_bytes: r.resumed_skipped_bytes.load(Relaxed),
                         stage_seconds: r.times.seconds().into_iter().collect(),
+                        zstd_frames_segmented: segments.segmented,
+                        zstd_frames_whole: segments.whole,
+                        zstd_segment_threads: segments.in_use,
                     }
                 },
             })

@@ -364,6 +364,21 @@ impl Reencoder {
         Reencoder { st }
     }
 
+    /// [`Reencoder::new`] for a re-encode that proves the recipe as pulls will use it
+    /// (verify-before-discard, fsck): a long zstd frame planned in segments is re-encoded in
+    /// them even when the process's segment threads are busy (a pull would then re-encode it
+    /// whole, which is always exact; its segments are what must be proven).
+    pub fn proving(e: &Encoding) -> Reencoder {
+        match Reencoder::new(e) {
+            Reencoder {
+                st: ReState::ZstdFrames(f),
+            } => Reencoder {
+                st: ReState::ZstdFrames(Box::new(f.proving())),
+            },
+            r => r,
+        }
+    }
+
     /// A re-encoder of the stream from as close before compressed byte `at` as a block
     /// boundary recorded at ingest allows, to serve a range without re-encoding what comes
     /// before it. An uncompressed stream, or zstd frames stored as they are, resumes at `at`

@@ -70,6 +70,7 @@ pub use header::{parse_header, FrameHeader};
 pub use ingest::{segment_cores, ZstdDecoder};
 pub use pull::FramesEncoder;
 pub use scan::{scan_frames, FrameSpan};
+pub use segmented::{SegmentBudget, SegmentReading, SEGMENT_THREADS};
 pub use stored::{StoredFrames, ZstdFrames, STORE_FRAMES_BELOW};
 
 /// A zstd data frame's magic number.

@@ -3,7 +3,7 @@
 //! requests.
 
 use super::encoders::{encode_frame, FrameWriter, ZstdEncoder};
-use super::segmented::SegmentedFrame;
+use super::segmented::{SegmentBudget, SegmentedFrame, PROVING, SEGMENT_THREADS};
 use super::ZstdPart;
 
 /// Frames this large or larger are written as they stream in; smaller ones are gathered and
@@ -23,6 +23,8 @@ pub struct FramesEncoder {
     partial: usize,
     /// A large frame being streamed, and the plaintext it still takes.
     streaming: Option<(Streaming, u64)>,
+    /// Where a frame planned in segments gets threads for them.
+    budget: &'static SegmentBudget,
 }
 
 /// A large frame as it streams in: written by one encoder, or in segments on threads of
@@ -62,7 +64,22 @@ impl FramesEncoder {
             queued_raw: Vec::new(),
             partial: 0,
             streaming: None,
+            budget: &SEGMENT_THREADS,
         }
+    }
+
+    /// Segment threads from `budget` instead of the process's.
+    #[cfg(test)]
+    pub(super) fn with_budget(mut self, budget: &'static SegmentBudget) -> FramesEncoder {
+        self.budget = budget;
+        self
+    }
+
+    /// Frames planned in segments are always re-encoded in them, outside the process's
+    /// budget: for the re-encodes that prove the segments pulls will use.
+    pub fn proving(mut self) -> FramesEncoder {
+        self.budget = &PROVING;
+        self
     }
 
     /// A re-encoder starting at the frame that holds compressed byte `at`, with that frame's
@@ -114,16 +131,20 @@ impl FramesEncoder {
                 Some(shape) if len >= BATCH as u64 => {
                     let (splits, comp_len) = (part.splits().to_vec(), part.comp_len());
                     self.drain(out);
-                    let w = if splits.is_empty() {
-                        Streaming::Whole(FrameWriter::new(&self.encoder, len, shape))
-                    } else {
-                        Streaming::Segments(Box::new(SegmentedFrame::new(
+                    let threads = match splits.len() {
+                        0 => None,
+                        n => self.budget.take(n as u64 + 1),
+                    };
+                    let w = match threads {
+                        None => Streaming::Whole(FrameWriter::new(&self.encoder, len, shape)),
+                        Some(threads) => Streaming::Segments(Box::new(SegmentedFrame::new(
                             self.encoder,
                             shape,
                             len,
                             comp_len,
                             &splits,
-                        )))
+                            threads,
+                        ))),
                     };
                     self.streaming = Some((w, len));
                     self.next += 1;

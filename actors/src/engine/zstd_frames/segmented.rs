@@ -12,9 +12,15 @@
 //!
 //! The segments' threads are plain threads, not the rayon pool's: they wait for plaintext
 //! that the restore may gather on the pool. A frame has at most
-//! [`MAX_SEGMENTS`](super::splits::MAX_SEGMENTS) of them.
+//! [`MAX_SEGMENTS`](super::splits::MAX_SEGMENTS) of them, and the process at most its
+//! [`SegmentBudget`] (the server's `--zstd-segment-cores`): a frame gets a thread for every
+//! segment or none, and with none it is re-encoded whole on its restore's thread, as if no
+//! segments had been planned (always exact). So concurrent pulls of such layers use their
+//! restore threads and at most the budget beside them, not a frame's segments each. The
+//! re-encodes that prove segments (verify-before-discard, fsck) always get their threads.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
@@ -22,6 +28,90 @@ use xxhash_rust::xxh64::Xxh64;
 
 use super::encoders::{FrameWriter, ZstdEncoder};
 use super::{FrameShape, FLAG_CHECKSUM, FLAG_FLUSHED};
+
+/// How many segment threads may run at once, across the frames of every restore; with the
+/// frames given their segments and those re-encoded whole for want of threads.
+#[derive(Debug)]
+pub struct SegmentBudget {
+    limit: AtomicU64,
+    in_use: AtomicU64,
+    segmented: AtomicU64,
+    whole: AtomicU64,
+}
+
+/// What a [`SegmentBudget`] reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentReading {
+    /// Segment threads allowed at once, and running now.
+    pub limit: u64,
+    pub in_use: u64,
+    /// Frames planned in segments that were re-encoded in them, and whole because the budget
+    /// had too few threads free.
+    pub segmented: u64,
+    pub whole: u64,
+}
+
+/// The process's budget (unlimited until [`SegmentBudget::set_limit`]).
+pub static SEGMENT_THREADS: SegmentBudget = SegmentBudget::new(u64::MAX);
+
+/// Threads for re-encodes that prove the segments (verification, fsck): never refused, since
+/// segments re-encoded whole would prove nothing about the segments later pulls use.
+pub(super) static PROVING: SegmentBudget = SegmentBudget::new(u64::MAX);
+
+impl SegmentBudget {
+    pub const fn new(limit: u64) -> SegmentBudget {
+        SegmentBudget {
+            limit: AtomicU64::new(limit),
+            in_use: AtomicU64::new(0),
+            segmented: AtomicU64::new(0),
+            whole: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_limit(&self, n: u64) {
+        self.limit.store(n, Relaxed);
+    }
+
+    pub fn reading(&self) -> SegmentReading {
+        SegmentReading {
+            limit: self.limit.load(Relaxed),
+            in_use: self.in_use.load(Relaxed),
+            segmented: self.segmented.load(Relaxed),
+            whole: self.whole.load(Relaxed),
+        }
+    }
+
+    /// Threads for all `n` segments of a frame, or None (counted either way).
+    pub(super) fn take(&'static self, n: u64) -> Option<Threads> {
+        let limit = self.limit.load(Relaxed);
+        let got = self
+            .in_use
+            .fetch_update(Relaxed, Relaxed, |used| {
+                used.checked_add(n).filter(|&after| after <= limit)
+            })
+            .is_ok();
+        if got {
+            self.segmented.fetch_add(1, Relaxed);
+            Some(Threads { budget: self, n })
+        } else {
+            self.whole.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+/// Segment threads taken from a budget, given back when dropped (with the frame).
+#[derive(Debug)]
+pub(super) struct Threads {
+    budget: &'static SegmentBudget,
+    n: u64,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.budget.in_use.fetch_sub(self.n, Relaxed);
+    }
+}
 
 /// One segment: where its encoder starts, where its output starts (plaintext and compressed),
 /// where it ends.
@@ -63,17 +153,22 @@ pub(super) struct SegmentedFrame {
     crc: Xxh64,
     /// A segment came out wrong: the output stops there.
     failed: bool,
+    /// The threads' share of the budget, given back with the frame.
+    _threads: Threads,
 }
 
 impl SegmentedFrame {
-    /// `splits` as recorded (`[warm, start, comp_start]`, increasing).
+    /// `splits` as recorded (`[warm, start, comp_start]`, increasing); `threads`, one for
+    /// each segment (`splits.len() + 1`).
     pub(super) fn new(
         encoder: ZstdEncoder,
         shape: FrameShape,
         raw_len: u64,
         comp_len: u64,
         splits: &[[u64; 3]],
+        threads: Threads,
     ) -> SegmentedFrame {
+        debug_assert_eq!(threads.n, splits.len() as u64 + 1);
         tracing::debug!(
             raw_len,
             segments = splits.len() + 1,
@@ -113,6 +208,7 @@ impl SegmentedFrame {
             received: 0,
             crc: Xxh64::new(0),
             failed: false,
+            _threads: threads,
         }
     }
 

@@ -587,3 +587,60 @@ fn the_frame_re_encoded_whole_is_the_first_alternative() {
         })
     );
 }
+
+/// A frame gets a thread for each of its segments from the budget, or none and is re-encoded
+/// whole: told apart here by segments that cannot be right (no warm-up), so only the frame
+/// re-encoded whole comes out exact. A second pull while the first holds the threads goes
+/// whole; the threads come back with the frame. A re-encode that proves the segments is
+/// never sent whole.
+#[test]
+fn segments_take_threads_from_the_budget_or_the_frame_goes_whole() {
+    let raw = varied(30 << 20, 8);
+    let enc = FASTEST;
+    let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let (_, mut parts) = ingest_split(&stream, &raw, 2);
+    let ZstdPart::Split(f) = &mut parts[0] else {
+        panic!("no segments planned: {parts:?}");
+    };
+    f.splits[0][0] = f.splits[0][1];
+    let restore_with = |budget: &'static SegmentBudget| {
+        let mut e = FramesEncoder::new(enc, parts.clone()).with_budget(budget);
+        let mut out = Vec::new();
+        for p in raw.chunks(1 << 20) {
+            e.push(p, &mut out);
+        }
+        e.finish(&mut out);
+        out
+    };
+    let one: &'static SegmentBudget = Box::leak(Box::new(SegmentBudget::new(1)));
+    assert!(restore_with(one) == stream, "one thread: the frame whole");
+    let r = one.reading();
+    assert_eq!((r.segmented, r.whole, r.in_use), (0, 1, 0), "{r:?}");
+
+    let two: &'static SegmentBudget = Box::leak(Box::new(SegmentBudget::new(2)));
+    let mut first = FramesEncoder::new(enc, parts.clone()).with_budget(two);
+    let mut first_out = Vec::new();
+    first.push(&raw[..1 << 20], &mut first_out);
+    assert_eq!(two.reading().in_use, 2, "the first pull holds both threads");
+    assert!(restore_with(two) == stream, "the second pull: whole");
+    for p in raw[1 << 20..].chunks(1 << 20) {
+        first.push(p, &mut first_out);
+    }
+    first.finish(&mut first_out);
+    assert!(first_out != stream, "the first pull: in (wrong) segments");
+    let r = two.reading();
+    assert_eq!((r.segmented, r.whole, r.in_use), (1, 1, 0), "{r:?}");
+    assert!(restore_with(two) != stream, "threads free again: segments");
+
+    // A re-encode that proves the segments (verification, fsck) gets them whatever the budget.
+    let mut e = FramesEncoder::new(enc, parts.clone())
+        .with_budget(one)
+        .proving();
+    let mut out = Vec::new();
+    for p in raw.chunks(1 << 20) {
+        e.push(p, &mut out);
+    }
+    e.finish(&mut out);
+    assert!(out != stream, "proving: in segments");
+    assert_eq!(one.reading().whole, 1, "{:?}", one.reading());
+}
