@@ -449,13 +449,30 @@ fn ingest_split(stream: &[u8], raw: &[u8], parallel: u64) -> (ZstdEncoder, Vec<Z
 }
 
 fn restore(enc: ZstdEncoder, parts: &[ZstdPart], raw: &[u8], piece: usize) -> Vec<u8> {
-    let mut e = FramesEncoder::new(enc, parts.to_vec());
+    re_encode(FramesEncoder::new(enc, parts.to_vec()), raw, piece)
+}
+
+/// `raw` through `e` in pieces of `piece` bytes.
+fn re_encode(mut e: FramesEncoder, raw: &[u8], piece: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for p in raw.chunks(piece) {
         e.push(p, &mut out);
     }
     e.finish(&mut out);
     out
+}
+
+/// A 30 MiB `SpeedFastest` frame planned in two segments, the second then moved to start
+/// without its warm-up, so that it cannot come out right: the plaintext, the frame, the parts.
+fn warmless_segments(seed: u64) -> (Vec<u8>, Vec<u8>, Vec<ZstdPart>) {
+    let raw = varied(30 << 20, seed);
+    let stream = encode_frame(&FASTEST, &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let (_, mut parts) = ingest_split(&stream, &raw, 2);
+    let ZstdPart::Split(f) = &mut parts[0] else {
+        panic!("no segments planned: {parts:?}");
+    };
+    f.splits[0][0] = f.splits[0][1];
+    (raw, stream, parts)
 }
 
 /// A long klauspost frame is planned in segments at ingest (a fresh encoder warmed up on the
@@ -530,16 +547,9 @@ fn long_klauspost_frames_are_re_encoded_in_segments() {
 /// rest does not, and it is the frame without segments that verification keeps.
 #[test]
 fn a_segment_without_its_warm_up_makes_another_stream() {
-    let raw = varied(30 << 20, 5);
-    let enc = FASTEST;
-    let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
-    let (_, mut parts) = ingest_split(&stream, &raw, 2);
-    let ZstdPart::Split(f) = &mut parts[0] else {
-        panic!("no segments planned: {parts:?}");
-    };
-    f.splits[0][0] = f.splits[0][1];
-    let second = f.splits[0][2] as usize;
-    let out = restore(enc, &parts, &raw, 1 << 20);
+    let (raw, stream, parts) = warmless_segments(5);
+    let second = parts[0].splits()[0][2] as usize;
+    let out = restore(FASTEST, &parts, &raw, 1 << 20);
     assert!(out.len() >= second && out[..second] == stream[..second]);
     assert!(out != stream);
 }
@@ -595,22 +605,14 @@ fn the_frame_re_encoded_whole_is_the_first_alternative() {
 /// never sent whole.
 #[test]
 fn segments_take_threads_from_the_budget_or_the_frame_goes_whole() {
-    let raw = varied(30 << 20, 8);
+    let (raw, stream, parts) = warmless_segments(8);
     let enc = FASTEST;
-    let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
-    let (_, mut parts) = ingest_split(&stream, &raw, 2);
-    let ZstdPart::Split(f) = &mut parts[0] else {
-        panic!("no segments planned: {parts:?}");
-    };
-    f.splits[0][0] = f.splits[0][1];
     let restore_with = |budget: &'static SegmentBudget| {
-        let mut e = FramesEncoder::new(enc, parts.clone()).with_budget(budget);
-        let mut out = Vec::new();
-        for p in raw.chunks(1 << 20) {
-            e.push(p, &mut out);
-        }
-        e.finish(&mut out);
-        out
+        re_encode(
+            FramesEncoder::new(enc, parts.clone()).with_budget(budget),
+            &raw,
+            1 << 20,
+        )
     };
     let one: &'static SegmentBudget = Box::leak(Box::new(SegmentBudget::new(1)));
     assert!(restore_with(one) == stream, "one thread: the frame whole");
@@ -633,14 +635,12 @@ fn segments_take_threads_from_the_budget_or_the_frame_goes_whole() {
     assert!(restore_with(two) != stream, "threads free again: segments");
 
     // A re-encode that proves the segments (verification, fsck) gets them whatever the budget.
-    let mut e = FramesEncoder::new(enc, parts.clone())
+    let proving = FramesEncoder::new(enc, parts.clone())
         .with_budget(one)
         .proving();
-    let mut out = Vec::new();
-    for p in raw.chunks(1 << 20) {
-        e.push(p, &mut out);
-    }
-    e.finish(&mut out);
-    assert!(out != stream, "proving: in segments");
+    assert!(
+        re_encode(proving, &raw, 1 << 20) != stream,
+        "proving: in segments"
+    );
     assert_eq!(one.reading().whole, 1, "{:?}", one.reading());
 }
