@@ -1,8 +1,9 @@
 //! Pulls of deduplicated layers under concurrency, through the real binary: concurrent pulls
 //! of one layer share one restore (whole, by range, or leaving midway), a corrupt layer
 //! aborts every reader, slow readers do not hold up other pulls, a manifest GET starts its
-//! layers' restores, the hot tier keeps serving a layer it evicts mid-read, and a kill -9 in
-//! the middle of a restore leaves nothing to serve wrong.
+//! layers' restores, the hot tier keeps serving a layer it evicts mid-read, a kill -9 in
+//! the middle of a restore leaves nothing to serve wrong, and concurrent pulls of long
+//! klauspost zstd frames share one budget of segment threads.
 
 mod common;
 
@@ -380,4 +381,73 @@ fn kill_9_mid_restore_leaves_nothing_served_wrong() {
         assert!(std::fs::read(&hot_path).unwrap() == blob);
     }
     assert!(pull(&s, &c, "k/app", &d) == blob);
+}
+
+/// Long klauspost zstd frames planned in segments take their threads from one budget for the
+/// whole process (`--zstd-segment-cores`): two layers pulled at once both come back exact,
+/// each in its segments or whole, as `/_stats` and the metrics count (here, at least one in
+/// segments; usually one each way, as the pulls overlap).
+#[test]
+fn concurrent_pulls_of_segmented_frames_share_the_segment_threads() {
+    use stowage_actors::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder};
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(
+        root.path(),
+        &["--dedup", "inline", "--zstd-segment-cores", "2"],
+    );
+    let c = client();
+    let text = common::system_files(64 << 20);
+    let layers: Vec<Arc<Vec<u8>>> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mut e = KpStreamEncoder::new(&KpOptions {
+                level: KpLevel::Default,
+                ..KpOptions::default()
+            })
+            .unwrap();
+            let mut blob = Vec::new();
+            e.write(&common::tar_of(name, &text), &mut blob);
+            e.close(&mut blob);
+            Arc::new(blob)
+        })
+        .collect();
+    let digests: Vec<String> = layers.iter().map(|b| push(&s, &c, "ci/zstd", b)).collect();
+    let st = stats(&s, &c);
+    assert_eq!(st["layers"]["encodings"]["zstd-kp-default"], 2, "{st}");
+    let go = Arc::new(Barrier::new(2));
+    let pulls: Vec<_> = layers
+        .iter()
+        .zip(&digests)
+        .map(|(blob, d)| {
+            let (go, blob, c) = (go.clone(), blob.clone(), client());
+            let url = s.url(&format!("/v2/ci/zstd/blobs/{d}"));
+            std::thread::spawn(move || {
+                go.wait();
+                let got = c.get(&url).send().unwrap().bytes().unwrap();
+                assert!(got.as_ref() == blob.as_slice(), "bytes differ");
+            })
+        })
+        .collect();
+    for p in pulls {
+        p.join().unwrap();
+    }
+    let r = &stats(&s, &c)["restore"];
+    let (segmented, whole) = (
+        r["zstd_frames_segmented"].as_u64().unwrap(),
+        r["zstd_frames_whole"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        segmented + whole,
+        2,
+        "both frames were planned in segments: {r}"
+    );
+    assert!(segmented >= 1, "{r}");
+    assert_eq!(r["zstd_segment_threads"], 0, "{r}");
+    let metrics = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "stowage_restore_zstd_long_frames_total{{how=\"segments\"}} {segmented}"
+        )),
+        "{metrics}"
+    );
 }
