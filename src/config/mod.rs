@@ -118,9 +118,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STOWAGE_ZSTD_FRAMES")]
     pub zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
     /// Cores a pull may re-encode one long klauspost zstd frame (a `zstd` layer from skopeo,
-    /// podman, buildah, BuildKit) on, in segments planned at ingest; 1 (or 0): never. Each segment
-    /// after the first re-encodes one window (4-8 MiB) more, and a pull holds up to the
-    /// layer's plaintext while the segments catch up [default: all cores but one, at most 8].
+    /// podman, buildah, BuildKit) on, in segments planned at ingest, and the segment threads
+    /// all pulls together may run (a frame gets all its segments' threads or is re-encoded
+    /// whole); 1 (or 0): never. Each segment after the first re-encodes one window (4-8 MiB)
+    /// more, and a pull holds up to the layer's plaintext while the segments catch up
+    /// [default: all cores but one, at most 8].
     #[arg(long, env = "STOWAGE_ZSTD_SEGMENT_CORES")]
     pub zstd_segment_cores: Option<u64>,
     /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
