@@ -1,6 +1,8 @@
 //! The actor pipeline end to end over an in-memory catalog: layers go in staged, come out
 //! deduplicated (raw blob removed) or raw with a reason, and restore bit for bit.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
@@ -628,35 +630,10 @@ fn a_chunk_read_back_with_other_bytes_fails_a_checked_restore() {
 fn a_long_klauspost_layer_is_deduplicated_with_segments_and_restores_exactly() {
     use stowage_actors::engine::kpzstd::{KpOptions, KpStreamEncoder};
     use stowage_actors::engine::recompress::Encoding;
-    let mut data = Vec::new();
-    let mut stack: Vec<std::path::PathBuf> =
-        ["/usr/share/perl", "/usr/lib/python3", "/usr/lib/python3.11"]
-            .iter()
-            .map(std::path::PathBuf::from)
-            .collect();
-    while let Some(p) = stack.pop() {
-        if data.len() >= 64 << 20 {
-            break;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.is_dir() {
-            let mut entries: Vec<_> = std::fs::read_dir(&p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            entries.sort();
-            stack.extend(entries.into_iter().rev());
-        } else if meta.is_file() {
-            if let Ok(b) = std::fs::read(&p) {
-                data.extend_from_slice(&b);
-            }
-        }
-    }
-    data.truncate(64 << 20);
+    let data = common::files_under(
+        &["/usr/share/perl", "/usr/lib/python3", "/usr/lib/python3.11"],
+        64 << 20,
+    );
     assert!(data.len() >= 60 << 20, "too few files for the layer");
     let tar = tar_of_one("usr/lib/modules.bin", &data);
     let mut e = KpStreamEncoder::new(&KpOptions::default()).unwrap();

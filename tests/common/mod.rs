@@ -4,6 +4,9 @@
 
 pub mod garage;
 
+#[path = "../../actors/tests/common/files.rs"]
+mod files;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -341,38 +344,14 @@ pub fn xorshift_text(x: &mut u64, n: usize, alphabet: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// The first `n` bytes of this machine's Perl and Python modules, file after file in path
-/// order: real files, on which a fresh klauspost encoder falls in line with a long frame's
-/// blocks (synthetic text rarely lets it; see README, *A long klauspost frame in segments*).
+/// The first `n` bytes of this machine's Perl and Python modules, file after file: real
+/// files, on which a fresh klauspost encoder falls in line with a long frame's blocks
+/// (synthetic text rarely lets it; see README, *A long klauspost frame in segments*).
 pub fn system_files(n: usize) -> Vec<u8> {
-    let mut data = Vec::new();
-    let mut stack: Vec<PathBuf> = ["/usr/share/perl", "/usr/lib/python3", "/usr/lib/python3.11"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    while let Some(p) = stack.pop() {
-        if data.len() >= n {
-            break;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.is_dir() {
-            let mut entries: Vec<_> = std::fs::read_dir(&p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            entries.sort();
-            stack.extend(entries.into_iter().rev());
-        } else if meta.is_file() {
-            if let Ok(b) = std::fs::read(&p) {
-                data.extend_from_slice(&b);
-            }
-        }
-    }
-    data.truncate(n);
+    let data = files::files_under(
+        &["/usr/share/perl", "/usr/lib/python3", "/usr/lib/python3.11"],
+        n,
+    );
     assert!(data.len() == n, "too few files here for {n} bytes");
     data
 }

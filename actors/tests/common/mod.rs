@@ -11,6 +11,10 @@ use stowage_actors::engine::inflate::BlockInflate;
 
 use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
 
+mod files;
+#[allow(unused_imports)] // not every test binary reads files
+pub use files::files_under;
+
 pub fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/go")
 }
@@ -129,34 +133,6 @@ pub fn run_gzwrite(bin: &Path, args: &[String], procs: Option<usize>, input: &[u
     writer.join().unwrap();
     assert!(out.status.success(), "{} {args:?} failed", bin.display());
     out.stdout
-}
-
-/// Real files from this machine, concatenated (depth first, sorted) up to `limit` bytes.
-pub fn files_under(dirs: &[&str], limit: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = dirs.iter().rev().map(PathBuf::from).collect();
-    while let Some(p) = stack.pop() {
-        if out.len() >= limit {
-            break;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
-                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            entries.sort();
-            entries.reverse();
-            stack.extend(entries);
-        } else if meta.is_file() {
-            if let Ok(b) = std::fs::read(&p) {
-                out.extend_from_slice(&b);
-            }
-        }
-    }
-    out.truncate(limit);
-    out
 }
 
 /// The plaintext of a raw deflate stream and every block boundary in it, from the inflater.
