@@ -195,6 +195,91 @@ fn layers_are_deduplicated_and_pull_back_exactly() {
     );
 }
 
+/// `zstd -LEVEL -c` of `raw` through a pipe, as a build script writes a layer (the CLI's
+/// defaults: multi-threaded, checksum on, no content size); None without the CLI.
+fn zstd_cli(level: i32, raw: &[u8]) -> Option<Vec<u8>> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("zstd")
+        .args(["-q", "-c", &format!("-{level}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take().unwrap();
+    let input = raw.to_vec();
+    let w = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    assert!(out.status.success());
+    Some(out.stdout)
+}
+
+/// Layers written by the `zstd` CLI, whose libzstd is seldom the one stowage links (Debian
+/// 12's is 1.5.4, stowage's 1.5.7). At -1 and -13 releases 1.5.4-1.5.6 write 1.5.7's bytes with
+/// whole 128 KiB blocks, so those layers are deduplicated and pull back exact; at -3 only 1.5.7
+/// itself is reproduced, and a layer of an older CLI is kept as pushed, with a reason naming the
+/// releases tried. fsck is clean.
+#[test]
+fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
+    let version = std::process::Command::new("zstd")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let Ok(version) = version else {
+        assert!(std::env::var_os("CI").is_none(), "CI installs zstd");
+        eprintln!("NOT RUN: no zstd CLI");
+        return;
+    };
+    let newest = version.contains("v1.5.7");
+    assert!(
+        newest
+            || ["v1.5.4", "v1.5.5", "v1.5.6"]
+                .iter()
+                .any(|v| version.contains(v)),
+        "this test knows zstd 1.5.4-1.5.7, not {version}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let c = Client::new();
+    // Real files (Perl and Python sources and modules): where 1.5.7 cuts blocks short.
+    let raw = common::tar_of("usr/lib/files", &common::system_files(3 << 20));
+    let layers: Vec<(i32, Vec<u8>)> = [1, 13, 3]
+        .into_iter()
+        .map(|level| (level, zstd_cli(level, &raw).unwrap()))
+        .collect();
+    let digests: Vec<String> = layers
+        .iter()
+        .map(|(_, b)| push(&s, &c, "zcli/app", b))
+        .collect();
+    let st = stats(&s, &c);
+    assert_eq!(st["layers"]["pending"], 0, "{st}");
+    let fixed = if newest { "" } else { "-fixed" };
+    // A frame of less than one multi-threaded job may be written as single-threaded.
+    let count = |label: String| st["layers"]["encodings"][label].as_u64().unwrap_or(0);
+    for level in [1, 13] {
+        let n = count(format!("zstd-{level}-mt{fixed}")) + count(format!("zstd-{level}{fixed}"));
+        assert_eq!(n, 1, "zstd -{level}: {st}");
+    }
+    if newest {
+        assert_eq!(st["layers"]["raw"], 0, "{st}");
+    } else {
+        assert_eq!(st["layers"]["raw"], 1, "{st}");
+        let reasons = st["layers"]["raw_reasons"].as_object().unwrap();
+        assert!(
+            reasons.keys().any(|r| r.contains("1.5.4 at 1-2 and 13-15")),
+            "{st}"
+        );
+    }
+    for ((level, b), d) in layers.iter().zip(&digests) {
+        assert!(
+            pull(&s, &c, "zcli/app", d) == *b,
+            "zstd -{level} pulls back bit for bit"
+        );
+    }
+    assert!(s.stop());
+    assert_fsck_clean(root.path(), "zstd CLI layers");
+}
+
 #[test]
 fn pending_layers_resume_after_kill_9() {
     let root = tempfile::tempdir().unwrap();

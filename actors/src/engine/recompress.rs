@@ -959,7 +959,12 @@ mod tests {
         use crate::engine::zstd_frames::ZstdEncoder;
         let rate = |level, long, mt| {
             Encoding::ZstdFrames {
-                encoder: ZstdEncoder::Libzstd { level, long, mt },
+                encoder: ZstdEncoder::Libzstd {
+                    level,
+                    long,
+                    mt,
+                    fixed_blocks: false,
+                },
                 parts: Vec::new(),
             }
             .nominal_restore_rate()

@@ -9,12 +9,11 @@
 //! unless `--single-thread`), and the bytes do not depend on the number of workers, so such a
 //! frame is re-encoded with as many workers as the machine has cores.
 
-use std::io::Write;
-
 use serde::{Deserialize, Serialize};
 
 use super::header::FrameHeader;
 use super::ingest::FrameProbe;
+use super::libzstd::{LibzstdParams, LibzstdWriter};
 use super::{FrameShape, FLAG_CHECKSUM, FLAG_CONTENT_SIZE, FLAG_FLUSHED};
 use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder, KpVersion};
 
@@ -24,13 +23,17 @@ use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder, KpVersion};
 pub enum ZstdEncoder {
     /// The libzstd stowage links (1.5.7), at `level`; `long`: long-distance matching with a
     /// 128 MiB window (`zstd --long`); `mt`: its multi-threaded mode (the `zstd` CLI's
-    /// default), any number of workers.
+    /// default), any number of workers; `fixed_blocks`: whole 128 KiB blocks, as releases
+    /// before 1.5.7 cut them, which writes their bytes at the levels whose match finders did
+    /// not change since (see `zstd_frames/libzstd.rs`).
     Libzstd {
         level: i32,
         #[serde(default, skip_serializing_if = "is_false")]
         long: bool,
         #[serde(default, skip_serializing_if = "is_false")]
         mt: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        fixed_blocks: bool,
     },
     /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
     /// tools leave at their defaults (see [`crate::engine::kpzstd`]).
@@ -86,16 +89,24 @@ impl ZstdEncoder {
             level,
             long: false,
             mt: false,
+            fixed_blocks: false,
         }
     }
 
-    /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, `zstd-3-mt`, ...
+    /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, `zstd-3-mt`,
+    /// `zstd-1-mt-fixed`, ...
     pub fn label(&self) -> String {
         match self {
-            ZstdEncoder::Libzstd { level, long, mt } => format!(
-                "zstd-{level}{}{}",
+            ZstdEncoder::Libzstd {
+                level,
+                long,
+                mt,
+                fixed_blocks,
+            } => format!(
+                "zstd-{level}{}{}{}",
                 if *long { "-long" } else { "" },
-                if *mt { "-mt" } else { "" }
+                if *mt { "-mt" } else { "" },
+                if *fixed_blocks { "-fixed" } else { "" }
             ),
             ZstdEncoder::Klauspost { level, .. } => {
                 format!("zstd-kp-{}", level.kp().name())
@@ -146,10 +157,21 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             .into_iter()
             .map(move |version| ZstdEncoder::Klauspost { level, version })
     });
-    // Single-threaded first (libraries), then the CLI's multi-threaded mode.
-    let libzstd = [false, true]
-        .into_iter()
-        .flat_map(move |mt| levels().map(move |level| ZstdEncoder::Libzstd { level, long, mt }));
+    // Single-threaded first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the
+    // releases before it where fixed blocks write their bytes: not at levels 3-4 (the match
+    // finder changed in 1.5.7), nor with `--long`.
+    let libzstd = [false, true].into_iter().flat_map(move |fixed_blocks| {
+        [false, true].into_iter().flat_map(move |mt| {
+            levels()
+                .filter(move |&level| !fixed_blocks || (!long && !(3..=4).contains(&level)))
+                .map(move |level| ZstdEncoder::Libzstd {
+                    level,
+                    long,
+                    mt,
+                    fixed_blocks,
+                })
+        })
+    });
     klauspost.chain(libzstd).collect()
 }
 
@@ -182,7 +204,7 @@ pub struct FrameWriter {
 }
 
 enum Writer {
-    Libzstd(Box<zstd::stream::write::Encoder<'static, Vec<u8>>>),
+    Libzstd(Box<LibzstdWriter>),
     Klauspost(KpOptions, Box<KpStreamEncoder>),
 }
 
@@ -190,32 +212,21 @@ impl FrameWriter {
     /// A writer of a frame of `raw_len` bytes (used only if the header carries it).
     pub fn new(enc: &ZstdEncoder, raw_len: u64, shape: FrameShape) -> FrameWriter {
         let flags = shape.flags;
-        use zstd::zstd_safe::CParameter;
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
         let inner = match *enc {
-            ZstdEncoder::Libzstd { level, long, mt } => {
-                let mut z =
-                    zstd::stream::write::Encoder::new(Vec::new(), level).expect("zstd encoder");
-                if mt {
-                    z.multithread(libzstd_workers())
-                        .expect("libzstd built with multi-threading");
-                }
-                if long {
-                    z.set_parameter(CParameter::EnableLongDistanceMatching(true))
-                        .expect("zstd parameter");
-                    z.set_parameter(CParameter::WindowLog(LONG_WINDOW_LOG))
-                        .expect("zstd parameter");
-                }
-                z.set_parameter(CParameter::ChecksumFlag(flags & FLAG_CHECKSUM != 0))
-                    .expect("zstd parameter");
-                z.set_parameter(CParameter::ContentSizeFlag(content_size))
-                    .expect("zstd parameter");
-                if content_size {
-                    z.set_pledged_src_size(Some(raw_len))
-                        .expect("zstd pledged size");
-                }
-                Writer::Libzstd(Box::new(z))
-            }
+            ZstdEncoder::Libzstd {
+                level,
+                long,
+                mt,
+                fixed_blocks,
+            } => Writer::Libzstd(Box::new(LibzstdWriter::new(&LibzstdParams {
+                level,
+                long_window_log: long.then_some(LONG_WINDOW_LOG),
+                workers: if mt { libzstd_workers() } else { 0 },
+                checksum: flags & FLAG_CHECKSUM != 0,
+                content_size: content_size.then_some(raw_len),
+                fixed_blocks,
+            }))),
             ZstdEncoder::Klauspost { level, version } => {
                 let crc = flags & FLAG_CHECKSUM != 0;
                 let (opts, mut k) = kp_pool::take(kp_options(level, version, crc));
@@ -256,10 +267,7 @@ impl FrameWriter {
 
     fn flush_block(&mut self, out: &mut Vec<u8>) {
         match &mut self.inner {
-            Writer::Libzstd(z) => {
-                z.flush().expect("flushing in memory");
-                out.append(z.get_mut());
-            }
+            Writer::Libzstd(z) => z.flush(out),
             Writer::Klauspost(_, k) => k.flush(out),
         }
     }
@@ -269,10 +277,7 @@ impl FrameWriter {
             return;
         }
         match &mut self.inner {
-            Writer::Libzstd(z) => {
-                z.write_all(raw).expect("writing to memory");
-                out.append(z.get_mut());
-            }
+            Writer::Libzstd(z) => z.write(raw, out),
             Writer::Klauspost(_, k) => k.write(raw, out),
         }
     }
@@ -281,9 +286,9 @@ impl FrameWriter {
         match self.inner {
             Writer::Libzstd(mut z) => {
                 if self.flushed {
-                    z.flush().expect("flushing in memory");
+                    z.flush(out);
                 }
-                out.extend_from_slice(&z.finish().expect("finishing in memory"));
+                z.finish(out);
             }
             Writer::Klauspost(opts, mut k) => {
                 if self.flushed {

@@ -12,8 +12,8 @@
 //!
 //! Each data frame is decoded with libzstd while its first
 //! [`PROBE`](crate::engine::recompress::PROBE) bytes (plain and compressed) are kept. The
-//! first frame's encoder is found by trying candidates (klauspost's levels, then libzstd's:
-//! `encoders.rs`) on that probe; every later frame must be re-created by the same encoder.
+//! first frame's encoder is found by trying candidates (klauspost's levels, then libzstd's,
+//! then earlier libzstd releases' fixed blocks: `encoders.rs`, `libzstd.rs`) on that probe; every later frame must be re-created by the same encoder.
 //! A frame that ends within the probe is compared whole, including how it ends; a longer one
 //! is compared on its beginning, and verify-before-discard proves the rest. Frame header
 //! facts (checksum, content size) are read from the frame and recorded, not guessed.
@@ -22,7 +22,7 @@
 //!
 //! ```text
 //! { "kind": "zstdframes",
-//!   "encoder": {"lib": "libzstd", "level": 3, "long": true?, "mt": true?}
+//!   "encoder": {"lib": "libzstd", "level": 3, "long": true?, "mt": true?, "fixed_blocks": true?}
 //!            | {"lib": "klauspost", "level": "default", "version": "v1.17.0"} | null,
 //!   "parts": [ [raw_len, compressed_len, flags],     a data frame
 //!              "50 2a 4d 18 ... (hex)",              a skippable frame, whole
@@ -55,6 +55,7 @@
 mod encoders;
 mod header;
 mod ingest;
+mod libzstd;
 mod pull;
 mod scan;
 mod segmented;

@@ -87,6 +87,7 @@ fn long_distance_libzstd() {
             level,
             long: true,
             mt: false,
+            fixed_blocks: false,
         };
         let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
         let (found, _) = roundtrip(&c, &raw).unwrap();
@@ -125,6 +126,7 @@ fn multithreaded_libzstd() {
                     level,
                     long: false,
                     mt: true,
+                    fixed_blocks: false,
                 };
                 assert_eq!(enc, mt, "level {level}, {len} bytes, flags {flags}");
                 assert_eq!(enc.label(), format!("zstd-{level}-mt"));
@@ -135,6 +137,72 @@ fn multithreaded_libzstd() {
     assert!(
         multithreaded >= 2,
         "frames of several jobs differ from single-threaded ones"
+    );
+}
+
+/// Releases before 1.5.7 cut whole 128 KiB blocks; at the levels whose match finders did not
+/// change since, 1.5.7 with its pre-splitter off writes their bytes (`libzstd.rs`). Where the
+/// content changes within blocks such a frame differs from 1.5.7's own, and it is found as
+/// `fixed_blocks` and re-created, single- and multi-threaded. Levels 3-4 are not tried that way
+/// (no release writes those bytes), and a recipe written before the field reads as 1.5.7.
+#[test]
+fn libzstd_fixed_blocks() {
+    // Text and random runs taking turns within blocks: where 1.5.7 cuts them short.
+    let mut raw = Vec::new();
+    for i in 0..36 {
+        raw.extend_from_slice(&text(50_000, i));
+        raw.extend_from_slice(&crate::engine::test_bytes(30_000, i));
+    }
+    let short = &raw[..900_000];
+    let lib = |level, mt, fixed_blocks| ZstdEncoder::Libzstd {
+        level,
+        long: false,
+        mt,
+        fixed_blocks,
+    };
+    // Multi-threaded without the size (the CLI reading stdin) and more than a job (2 MiB at
+    // level 1): other bytes than single-threaded.
+    for (level, mt, raw, flags) in [
+        (1, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        (2, false, short, FLAG_CHECKSUM),
+        (13, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        (1, true, &raw[..], FLAG_CHECKSUM),
+    ] {
+        let fixed = lib(level, mt, true);
+        let c = encode_frame(&fixed, raw, FrameShape::flags(flags));
+        let own = encode_frame(&lib(level, mt, false), raw, FrameShape::flags(flags));
+        assert_ne!(c, own, "level {level}: 1.5.7 splits blocks here");
+        let (enc, _) = roundtrip(&c, raw).unwrap();
+        assert_eq!(enc, fixed, "level {level}, mt {mt}");
+        assert_eq!(
+            enc.label(),
+            format!("zstd-{level}{}-fixed", if mt { "-mt" } else { "" })
+        );
+    }
+    let c = encode_frame(
+        &lib(3, false, true),
+        short,
+        FrameShape::flags(FLAG_CHECKSUM),
+    );
+    match roundtrip(&c, short) {
+        Err(NotExact::UnknownZstdEncoder(why)) => assert!(why.contains("1.5.4 at 1-2"), "{why}"),
+        other => panic!("level 3 with fixed blocks: {other:?}"),
+    }
+    let old: ZstdEncoder =
+        serde_json::from_str(r#"{"lib":"libzstd","level":3,"mt":true}"#).unwrap();
+    assert_eq!(old, lib(3, true, false));
+    assert_eq!(
+        serde_json::to_string(&ZstdEncoder::libzstd(3)).unwrap(),
+        r#"{"lib":"libzstd","level":3}"#
+    );
+    let json = serde_json::to_string(&lib(1, true, true)).unwrap();
+    assert_eq!(
+        json,
+        r#"{"lib":"libzstd","level":1,"mt":true,"fixed_blocks":true}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ZstdEncoder>(&json).unwrap(),
+        lib(1, true, true)
     );
 }
 

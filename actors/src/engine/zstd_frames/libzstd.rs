@@ -1,0 +1,150 @@
+//! libzstd's streaming compressor (`ZSTD_compressStream2`) through its C API, for the one
+//! parameter the `zstd` crate does not set: `ZSTD_c_blockSplitterLevel`.
+//!
+//! libzstd 1.5.7 cuts a full 128 KiB block where its content changes (its "pre-splitter", on at
+//! every level); earlier releases cut whole 128 KiB blocks. With the pre-splitter off
+//! (`blockSplitterLevel` 1), 1.5.7 writes the bytes of those releases wherever its match finders
+//! did not change since. Checked by building each release's library from its tag and
+//! comparing the frames of the same inputs (text, shared libraries, random and zero runs;
+//! single- and multi-threaded, with and without the content size), 2026-12-04:
+//!
+//! | release | levels written alike | what differs at the others |
+//! |---|---|---|
+//! | 1.5.6 | 1, 2, 5-19 | levels 3-4: `dfast` takes a long match at the next position only if longer (1.5.7) |
+//! | 1.5.5 | 1, 2, 5-15 | and the optimal parser (16-19, rewritten in 1.5.6) |
+//! | 1.5.4 (Debian 12's `zstd`) | 1, 2, 13-15 | and the lazy match finders (5-12: row hash salt, skipping incompressible data, 1.5.5) |
+//! | 1.5.2 | 13-15 | and the fast match finder (1-2) |
+//! | 1.5.0, 1.4.8 | none | |
+//!
+//! `--long` frames of none of them are written alike (long-distance matching changed too).
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter};
+
+/// What a frame is written with.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LibzstdParams {
+    pub level: i32,
+    /// Long-distance matching with this window log.
+    pub long_window_log: Option<u32>,
+    /// Multi-threaded mode with this many workers (0: single-threaded).
+    pub workers: u32,
+    pub checksum: bool,
+    /// The frame declares its size, this one.
+    pub content_size: Option<u64>,
+    /// Whole 128 KiB blocks, as releases before 1.5.7 cut them.
+    pub fixed_blocks: bool,
+}
+
+/// One frame being written.
+pub(super) struct LibzstdWriter {
+    cctx: NonNull<sys::ZSTD_CCtx>,
+}
+
+// A compression context belongs to no thread: it is used by one at a time (`&mut self`).
+unsafe impl Send for LibzstdWriter {}
+
+impl Drop for LibzstdWriter {
+    fn drop(&mut self) {
+        // SAFETY: created by ZSTD_createCCtx and freed once, here.
+        unsafe { sys::ZSTD_freeCCtx(self.cctx.as_ptr()) };
+    }
+}
+
+fn check(r: usize, what: &str) -> usize {
+    // SAFETY: plain functions of a return code.
+    if unsafe { sys::ZSTD_isError(r) } != 0 {
+        let name = unsafe { std::ffi::CStr::from_ptr(sys::ZSTD_getErrorName(r)) };
+        panic!("libzstd {what}: {}", name.to_string_lossy());
+    }
+    r
+}
+
+impl LibzstdWriter {
+    pub fn new(p: &LibzstdParams) -> LibzstdWriter {
+        // SAFETY: no arguments; a null return is an allocation failure.
+        let cctx = NonNull::new(unsafe { sys::ZSTD_createCCtx() }).expect("ZSTD_createCCtx");
+        let mut w = LibzstdWriter { cctx };
+        use ZSTD_cParameter::*;
+        w.set(ZSTD_c_compressionLevel, p.level);
+        if p.workers > 0 {
+            w.set(ZSTD_c_nbWorkers, p.workers as i32);
+        }
+        if let Some(log) = p.long_window_log {
+            w.set(ZSTD_c_enableLongDistanceMatching, 1);
+            w.set(ZSTD_c_windowLog, log as i32);
+        }
+        w.set(ZSTD_c_checksumFlag, p.checksum as i32);
+        w.set(ZSTD_c_contentSizeFlag, p.content_size.is_some() as i32);
+        if p.fixed_blocks {
+            // ZSTD_c_blockSplitterLevel: 1 is "no splitting".
+            w.set(ZSTD_c_experimentalParam20, 1);
+        }
+        if let Some(n) = p.content_size {
+            // SAFETY: a live context, before its first byte.
+            check(
+                unsafe { sys::ZSTD_CCtx_setPledgedSrcSize(w.cctx.as_ptr(), n as _) },
+                "pledged size",
+            );
+        }
+        w
+    }
+
+    fn set(&mut self, param: ZSTD_cParameter, value: i32) {
+        // SAFETY: a live context; libzstd checks the value.
+        let r = unsafe { sys::ZSTD_CCtx_setParameter(self.cctx.as_ptr(), param, value) };
+        check(r, &format!("{param:?} = {value}"));
+    }
+
+    /// Compresses `raw` on, appending what comes out to `out`.
+    pub fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        self.run(raw, ZSTD_EndDirective::ZSTD_e_continue, out);
+    }
+
+    /// Ends the current block, as a `flush()` of a streaming writer does.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        self.run(&[], ZSTD_EndDirective::ZSTD_e_flush, out);
+    }
+
+    /// Ends the frame.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        self.run(&[], ZSTD_EndDirective::ZSTD_e_end, out);
+    }
+
+    fn run(&mut self, raw: &[u8], op: ZSTD_EndDirective, out: &mut Vec<u8>) {
+        let mut input = sys::ZSTD_inBuffer {
+            src: raw.as_ptr() as *const c_void,
+            size: raw.len(),
+            pos: 0,
+        };
+        loop {
+            // SAFETY: a constant.
+            out.reserve(unsafe { sys::ZSTD_CStreamOutSize() });
+            let spare = out.spare_capacity_mut();
+            let mut output = sys::ZSTD_outBuffer {
+                dst: spare.as_mut_ptr() as *mut c_void,
+                size: spare.len(),
+                pos: 0,
+            };
+            // SAFETY: a live context; `input` borrows `raw`, `output` the spare capacity of
+            // `out`, and libzstd writes only `output.pos` bytes there.
+            let left = check(
+                unsafe {
+                    sys::ZSTD_compressStream2(self.cctx.as_ptr(), &mut output, &mut input, op)
+                },
+                "compressing",
+            );
+            // SAFETY: libzstd initialised these bytes.
+            unsafe { out.set_len(out.len() + output.pos) };
+            let done = match op {
+                ZSTD_EndDirective::ZSTD_e_continue => input.pos == input.size,
+                _ => left == 0,
+            };
+            if done {
+                return;
+            }
+        }
+    }
+}
