@@ -259,6 +259,46 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
     }
 }
 
+/// The `zstd` CLI's multi-threaded frame (its default) of a release before 1.5.7 at a level
+/// whose jobs (16 MiB at level 13) are longer than the probe: on real files its beginning is
+/// the single-threaded frame's (with fixed blocks the first job is written alike), so
+/// single-threaded (tried first) wins the probe, and the multi-threaded mode, handed on as an
+/// alternative, re-creates the frame where the first does not (verify-before-discard tries
+/// them in turn). Seen on the benchmark's layers written by Debian 12's `zstd -13`.
+#[test]
+fn a_long_multithreaded_libzstd_frame_is_handed_on_from_single_threaded() {
+    use stowage_actors::engine::zstd_frames::{
+        encode_frame, FrameShape, FramesEncoder, ZstdDecoder, ZstdEncoder, FLAG_CHECKSUM,
+    };
+    let raw = corpus(20 << 20);
+    let lib = |mt| ZstdEncoder::Libzstd {
+        level: 13,
+        long: false,
+        mt,
+        fixed_blocks: true,
+    };
+    let c = encode_frame(&lib(true), &raw, FrameShape::flags(FLAG_CHECKSUM));
+    let mut d = ZstdDecoder::default();
+    for piece in c.chunks(100_003) {
+        d.feed(piece, &mut |_| {}).unwrap();
+    }
+    let (first, parts, others) = d.finish().unwrap();
+    let recreate = |e: ZstdEncoder| {
+        let mut f = FramesEncoder::new(e, parts.clone());
+        let mut out = Vec::new();
+        f.push(&raw, &mut out);
+        f.finish(&mut out);
+        out == c
+    };
+    assert_eq!(first, lib(false));
+    assert!(
+        !recreate(first),
+        "single-threaded differs after the first job"
+    );
+    assert!(others.contains(&lib(true)), "{others:?}");
+    assert!(recreate(lib(true)));
+}
+
 /// Long klauspost frames of real files (Python and Perl sources and modules, as in the
 /// images of the benchmark's dataset), written by Go at `SpeedDefault` and `SpeedFastest`:
 /// ingest finds where a fresh encoder takes up the frame's blocks (planned here for two

@@ -347,14 +347,27 @@ impl ZstdDecoder {
             if let Some(shape) = frame_matches(enc, probe, header, complete) {
                 self.encoder = Some(*enc);
                 self.frames_checked = 1;
-                if matches!(enc, ZstdEncoder::Klauspost { .. }) {
-                    self.others = candidates[i + 1..]
-                        .iter()
-                        .filter(|c| matches!(c, ZstdEncoder::Klauspost { .. }))
-                        .filter(|c| frame_matches(c, probe, header, complete) == Some(shape))
-                        .copied()
-                        .collect();
-                }
+                // Who else writes the probe alike: klauspost releases and levels, and for a
+                // frame longer than its probe libzstd at the same level in its other modes
+                // (a multi-threaded frame's first job, 8 MiB or more from level 3 on, is the
+                // single-threaded frame's beginning; fixed blocks differ only where the
+                // content changes within a block).
+                let alike = |c: &ZstdEncoder| match (enc, c) {
+                    (ZstdEncoder::Klauspost { .. }, ZstdEncoder::Klauspost { .. }) => true,
+                    (
+                        ZstdEncoder::Libzstd { level, long, .. },
+                        ZstdEncoder::Libzstd {
+                            level: l, long: g, ..
+                        },
+                    ) => !complete && level == l && long == g,
+                    _ => false,
+                };
+                self.others = candidates[i + 1..]
+                    .iter()
+                    .filter(|c| alike(c))
+                    .filter(|c| frame_matches(c, probe, header, complete) == Some(shape))
+                    .copied()
+                    .collect();
                 return Ok(shape);
             }
         }
