@@ -173,8 +173,9 @@ fn cli_version() -> Option<String> {
 
 /// Debian's `zstd` CLI (1.5.4 on Debian 12): its frames are re-created where its release writes
 /// 1.5.7's bytes with fixed blocks (levels 1-2 and 13-15 for 1.5.4), multi-threaded as the CLI
-/// runs by default and single-threaded; at the other levels they are refused with a reason that
-/// names what was tried, never restored wrong.
+/// runs by default and single-threaded, with `--long` and without, from a pipe and from a file;
+/// at the other levels they are refused with a reason that names what was tried, never
+/// restored wrong.
 #[test]
 fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
     let Some(version) = cli_version() else {
@@ -185,6 +186,11 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
     let expected = cli_levels_reproduced(&version);
     eprintln!("zstd CLI {version}: levels reproduced {expected:?}");
     let data = corpus(3 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("layer.tar");
+    std::fs::write(&file, &data).unwrap();
+    // From a pipe (no content size), except the `FILE` cases: with a file the header holds
+    // its size, and with `--long` the frame is then a single segment without a window.
     for args in [
         &["-1"][..],
         &["-1", "--single-thread"],
@@ -192,17 +198,25 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
         &["-3"],
         &["-13"],
         &["-19"],
+        &["--long", "-1"],
+        &["--long", "-13", "FILE"],
+        &["--long", "-19"],
     ] {
-        let level: i32 = args[0][1..].parse().unwrap();
+        let level: i32 = args
+            .iter()
+            .find_map(|a| a.strip_prefix('-')?.parse().ok())
+            .unwrap();
+        let from_file = args.contains(&"FILE");
         let mut child = Command::new("zstd")
             .args(["-q", "-c"])
-            .args(args)
+            .args(args.iter().filter(|a| **a != "FILE"))
+            .args(from_file.then_some(&file))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        let input = data.clone();
+        let input = if from_file { Vec::new() } else { data.clone() };
         let w = std::thread::spawn(move || {
             use std::io::Write;
             stdin.write_all(&input).unwrap();
@@ -232,10 +246,15 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
                 } else {
                     "-mt"
                 };
+                let long = if args.contains(&"--long") {
+                    "-long"
+                } else {
+                    ""
+                };
                 let fixed = if version == "1.5.7" { "" } else { "-fixed" };
                 assert!(
-                    label == format!("zstd-{level}{mt}{fixed}")
-                        || label == format!("zstd-{level}{fixed}"),
+                    label == format!("zstd-{level}{long}{mt}{fixed}")
+                        || label == format!("zstd-{level}{long}{fixed}"),
                     "zstd {version} {args:?}: {label}"
                 );
                 true

@@ -24,8 +24,9 @@ pub enum ZstdEncoder {
     /// The libzstd stowage links (1.5.7), at `level`; `long`: long-distance matching with a
     /// 128 MiB window (`zstd --long`); `mt`: its multi-threaded mode (the `zstd` CLI's
     /// default), any number of workers; `fixed_blocks`: whole 128 KiB blocks, as releases
-    /// before 1.5.7 cut them, which writes their bytes at the levels whose match finders did
-    /// not change since (see `zstd_frames/libzstd.rs`).
+    /// before 1.5.7 cut them (and their long-distance matching parameters), which writes their
+    /// bytes at the levels whose match finders did not change since (see
+    /// `zstd_frames/libzstd.rs`).
     Libzstd {
         level: i32,
         #[serde(default, skip_serializing_if = "is_false")]
@@ -134,8 +135,14 @@ pub(super) const LIBZSTD_WINDOW_LOG: [u32; 19] = [
 
 /// Encoders to try on a frame, most likely first.
 pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
-    let long = h.window_log == Some(LONG_WINDOW_LOG);
-    let levels = || {
+    // `--long`'s window, or none in the header: a single-segment frame (its size known and
+    // within the window) may have been written with `--long` or without, without first.
+    let longs: &[bool] = match h.window_log {
+        Some(LONG_WINDOW_LOG) => &[true],
+        None => &[false, true],
+        Some(_) => &[false],
+    };
+    let levels = |long: bool| {
         std::iter::once(3)
             .chain((1..=19).filter(|&l| l != 3))
             .filter(move |&level| match (h.content_size, h.window_log) {
@@ -159,17 +166,19 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     });
     // Single-threaded first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the
     // releases before it where fixed blocks write their bytes: not at levels 3-4 (the match
-    // finder changed in 1.5.7), nor with `--long`.
-    let libzstd = [false, true].into_iter().flat_map(move |fixed_blocks| {
-        [false, true].into_iter().flat_map(move |mt| {
-            levels()
-                .filter(move |&level| !fixed_blocks || (!long && !(3..=4).contains(&level)))
-                .map(move |level| ZstdEncoder::Libzstd {
-                    level,
-                    long,
-                    mt,
-                    fixed_blocks,
-                })
+    // finder changed in 1.5.7).
+    let libzstd = longs.iter().flat_map(move |&long| {
+        [false, true].into_iter().flat_map(move |fixed_blocks| {
+            [false, true].into_iter().flat_map(move |mt| {
+                levels(long)
+                    .filter(move |&level| !fixed_blocks || !(3..=4).contains(&level))
+                    .map(move |level| ZstdEncoder::Libzstd {
+                        level,
+                        long,
+                        mt,
+                        fixed_blocks,
+                    })
+            })
         })
     });
     klauspost.chain(libzstd).collect()
@@ -384,7 +393,21 @@ pub(super) fn frame_matches(
         }
         cuts.into_iter()
             .flat_map(|cut| tries.iter().map(move |&flags| FrameShape { flags, cut }))
-            .find(|&shape| encode_frame(enc, &probe.raw, shape) == probe.comp)
+            .find(|&shape| {
+                // Written piece by piece, given up at the first block that differs (most
+                // candidates differ in their first block).
+                let mut w = FrameWriter::new(enc, probe.raw.len() as u64, shape);
+                let mut out = Vec::with_capacity(probe.comp.len() + 64);
+                for piece in probe.raw.chunks(256 << 10) {
+                    w.write(piece, &mut out);
+                    if !probe.comp.starts_with(&out) {
+                        w.abandon();
+                        return false;
+                    }
+                }
+                w.finish(&mut out);
+                out == probe.comp
+            })
     } else {
         // Multi-threaded libzstd holds a job's bytes until the job (larger than the probe) is
         // whole: the beginning is flushed out instead. Flushing ends that job early, but the

@@ -16,7 +16,11 @@
 //! | 1.5.2 | 13-15 | and the fast match finder (1-2) |
 //! | 1.5.0, 1.4.8 | none | |
 //!
-//! `--long` frames of none of them are written alike (long-distance matching changed too).
+//! The same holds with `--long`, once long-distance matching gets the parameters those
+//! releases derived (1.5.7 derives others from the strategy): a hash log of the window log
+//! less 7 (at least 6), a hash rate log of the rest, a minimum match of 64 and buckets of 8,
+//! the window log being 27 or, with the content size in the header, that of the size if
+//! smaller ([`old_ldm`]).
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -34,8 +38,30 @@ pub(super) struct LibzstdParams {
     pub checksum: bool,
     /// The frame declares its size, this one.
     pub content_size: Option<u64>,
-    /// Whole 128 KiB blocks, as releases before 1.5.7 cut them.
+    /// Whole 128 KiB blocks (and, with `long_window_log`, long-distance matching's
+    /// parameters), as releases before 1.5.7 had them.
     pub fixed_blocks: bool,
+}
+
+/// Long-distance matching's hash log, hash rate log, minimum match and bucket size log as
+/// libzstd before 1.5.7 derived them (`ZSTD_ldm_adjustParameters`) from the window log, which
+/// a known content size shrinks to the size's (`ZSTD_adjustCParams_internal`).
+pub(super) fn old_ldm(window_log: u32, content_size: Option<u64>) -> (u32, u32, u32, u32) {
+    let window_log = match content_size {
+        // libzstd resizes windows only for sources up to 1 GiB.
+        Some(n) if n <= 1 << 30 => {
+            let src_log = if n < 64 {
+                6
+            } else {
+                64 - (n - 1).leading_zeros()
+            };
+            window_log.min(src_log)
+        }
+        _ => window_log,
+    };
+    let hash_log = window_log.saturating_sub(7).max(6);
+    let rate_log = window_log.saturating_sub(hash_log);
+    (hash_log, rate_log, 64, 3.min(hash_log))
 }
 
 /// One frame being written.
@@ -75,6 +101,14 @@ impl LibzstdWriter {
         if let Some(log) = p.long_window_log {
             w.set(ZSTD_c_enableLongDistanceMatching, 1);
             w.set(ZSTD_c_windowLog, log as i32);
+            if p.fixed_blocks {
+                let (hash, rate, min_match, bucket) = old_ldm(log, p.content_size);
+                w.set(ZSTD_c_ldmHashLog, hash as i32);
+                // 0 (a frame under 64 bytes, too short for a long match) is the default.
+                w.set(ZSTD_c_ldmHashRateLog, rate as i32);
+                w.set(ZSTD_c_ldmMinMatch, min_match as i32);
+                w.set(ZSTD_c_ldmBucketSizeLog, bucket as i32);
+            }
         }
         w.set(ZSTD_c_checksumFlag, p.checksum as i32);
         w.set(ZSTD_c_contentSizeFlag, p.content_size.is_some() as i32);
@@ -146,5 +180,24 @@ impl LibzstdWriter {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::old_ldm;
+
+    /// What libzstd 1.5.6's `ZSTD_ldm_adjustParameters` derives for `zstd --long` (window log
+    /// 27): from the whole window without a content size or beyond 1 GiB, else from the size's.
+    #[test]
+    fn long_distance_parameters_before_1_5_7() {
+        assert_eq!(old_ldm(27, None), (20, 7, 64, 3));
+        assert_eq!(old_ldm(27, Some(3 << 30)), (20, 7, 64, 3));
+        assert_eq!(old_ldm(27, Some(1 << 30)), (20, 7, 64, 3));
+        assert_eq!(old_ldm(27, Some(1_400_000)), (14, 7, 64, 3));
+        assert_eq!(old_ldm(27, Some(1 << 21)), (14, 7, 64, 3));
+        assert_eq!(old_ldm(27, Some((1 << 21) + 1)), (15, 7, 64, 3));
+        assert_eq!(old_ldm(27, Some(100)), (6, 1, 64, 3));
+        assert_eq!(old_ldm(27, Some(0)), (6, 0, 64, 3));
     }
 }

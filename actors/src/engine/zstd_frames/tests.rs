@@ -143,7 +143,8 @@ fn multithreaded_libzstd() {
 /// Releases before 1.5.7 cut whole 128 KiB blocks; at the levels whose match finders did not
 /// change since, 1.5.7 with its pre-splitter off writes their bytes (`libzstd.rs`). Where the
 /// content changes within blocks such a frame differs from 1.5.7's own, and it is found as
-/// `fixed_blocks` and re-created, single- and multi-threaded. Levels 3-4 are not tried that way
+/// `fixed_blocks` and re-created, single- and multi-threaded, with and without `--long`
+/// (and the long-distance parameters of those releases). Levels 3-4 are not tried that way
 /// (no release writes those bytes), and a recipe written before the field reads as 1.5.7.
 #[test]
 fn libzstd_fixed_blocks() {
@@ -160,23 +161,36 @@ fn libzstd_fixed_blocks() {
         mt,
         fixed_blocks,
     };
+    let any = |level, long, mt, fixed_blocks| ZstdEncoder::Libzstd {
+        level,
+        long,
+        mt,
+        fixed_blocks,
+    };
     // Multi-threaded without the size (the CLI reading stdin) and more than a job (2 MiB at
-    // level 1): other bytes than single-threaded.
-    for (level, mt, raw, flags) in [
-        (1, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
-        (2, false, short, FLAG_CHECKSUM),
-        (13, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
-        (1, true, &raw[..], FLAG_CHECKSUM),
+    // level 1): other bytes than single-threaded. `--long` with the parameters of its day:
+    // from the window without a content size, from the size with it.
+    for (level, long, mt, raw, flags) in [
+        (1, false, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        (2, false, false, short, FLAG_CHECKSUM),
+        (13, false, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        (1, false, true, &raw[..], FLAG_CHECKSUM),
+        (1, true, false, &raw[..], FLAG_CHECKSUM),
+        (5, true, false, short, FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
     ] {
-        let fixed = lib(level, mt, true);
+        let fixed = any(level, long, mt, true);
         let c = encode_frame(&fixed, raw, FrameShape::flags(flags));
-        let own = encode_frame(&lib(level, mt, false), raw, FrameShape::flags(flags));
-        assert_ne!(c, own, "level {level}: 1.5.7 splits blocks here");
-        let (enc, _) = roundtrip(&c, raw).unwrap();
-        assert_eq!(enc, fixed, "level {level}, mt {mt}");
+        let own = encode_frame(&any(level, long, mt, false), raw, FrameShape::flags(flags));
+        assert_ne!(c, own, "{fixed:?}: 1.5.7 writes other bytes here");
+        let (found, _) = roundtrip(&c, raw).unwrap();
+        assert_eq!(found, fixed);
         assert_eq!(
-            enc.label(),
-            format!("zstd-{level}{}-fixed", if mt { "-mt" } else { "" })
+            found.label(),
+            format!(
+                "zstd-{level}{}{}-fixed",
+                if long { "-long" } else { "" },
+                if mt { "-mt" } else { "" }
+            )
         );
     }
     let c = encode_frame(
