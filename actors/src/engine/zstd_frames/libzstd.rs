@@ -12,12 +12,12 @@
 //! |---|---|---|
 //! | 1.5.6 | 1, 2, 5-19 | levels 3-4: `dfast` takes a long match at the next position only if longer (1.5.7) |
 //! | 1.5.5 | 1, 2, 5-15 | and the optimal parser (16-19, rewritten in 1.5.6) |
-//! | 1.5.4 (Debian 12's `zstd`) | 1, 2, 13-15 | and the lazy match finders (5-12: row hash salt, skipping incompressible data, 1.5.5) |
-//! | 1.5.2 | 13-15 | and the fast match finder (1-2) |
+//! | 1.5.4 (Debian 12's `zstd`) | 1, 2, 13-15 | and the lazy match finders (5-12: row hash salt and tags, skipping incompressible data, 1.5.5) |
+//! | 1.5.2 | 13-15 | and levels 1-2 (changed by 1.5.4) |
 //! | 1.5.0, 1.4.8 | none | |
 //!
-//! The same holds with `--long`, once long-distance matching gets the parameters those
-//! releases derived (1.5.7 derives others from the strategy): a hash log of the window log
+//! The same holds with `--long` (checked for 1.5.4-1.5.6), once long-distance matching gets
+//! the parameters those releases derived (1.5.7 derives others from the strategy): a hash log of the window log
 //! less 7 (at least 6), a hash rate log of the rest, a minimum match of 64 and buckets of 8,
 //! the window log being 27 or, with the content size in the header, that of the size if
 //! smaller ([`old_ldm`]).
