@@ -360,6 +360,15 @@ pub fn encode_frame(enc: &ZstdEncoder, raw: &[u8], shape: FrameShape) -> Vec<u8>
     out
 }
 
+/// Writes `raw` through `w` in 256 KiB pieces, as long as what comes out begins `comp`: false
+/// at the first piece whose output differs (most candidates differ in their first block).
+fn writes_alike(w: &mut FrameWriter, raw: &[u8], comp: &[u8], out: &mut Vec<u8>) -> bool {
+    raw.chunks(256 << 10).all(|piece| {
+        w.write(piece, out);
+        comp.starts_with(out)
+    })
+}
+
 /// How `enc` re-creates a frame, judged on its probe: all of it when `complete`, else its
 /// beginning. The flags in the header are the frame's; whether it ends flushed, and (for
 /// klauspost) whether its first block was cut short, are tried.
@@ -394,16 +403,11 @@ pub(super) fn frame_matches(
         cuts.into_iter()
             .flat_map(|cut| tries.iter().map(move |&flags| FrameShape { flags, cut }))
             .find(|&shape| {
-                // Written piece by piece, given up at the first block that differs (most
-                // candidates differ in their first block).
                 let mut w = FrameWriter::new(enc, probe.raw.len() as u64, shape);
                 let mut out = Vec::with_capacity(probe.comp.len() + 64);
-                for piece in probe.raw.chunks(256 << 10) {
-                    w.write(piece, &mut out);
-                    if !probe.comp.starts_with(&out) {
-                        w.abandon();
-                        return false;
-                    }
+                if !writes_alike(&mut w, &probe.raw, &probe.comp, &mut out) {
+                    w.abandon();
+                    return false;
                 }
                 w.finish(&mut out);
                 out == probe.comp
@@ -419,11 +423,8 @@ pub(super) fn frame_matches(
             let shape = FrameShape { flags, cut };
             let mut w = FrameWriter::new(enc, size, shape);
             let mut out = Vec::new();
-            for piece in raw.chunks(256 << 10) {
-                w.write(piece, &mut out);
-                if !probe.comp.starts_with(&out) {
-                    return None;
-                }
+            if !writes_alike(&mut w, raw, &probe.comp, &mut out) {
+                return None;
             }
             if mt {
                 w.flush_block(&mut out);
