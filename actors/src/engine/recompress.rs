@@ -225,7 +225,7 @@ pub enum GoStdVariant {
     Go1_8,
     /// Go 1.27's compress/flate: klauspost/compress's encoder as one stream (not pgzip
     /// blocks), re-encoded by [`super::kpflate`] as [`kpflate::KpVersion::Go1_27`]. Checked
-    /// against the development source, not a release build; a stream is only ever recorded as
+    /// against the Go 1.27.3 release (CI builds with it); a stream is only ever recorded as
     /// this once re-encoding it reproduced it (the probe, then the full restore before the
     /// raw bytes are dropped).
     #[serde(rename = "go1.27")]
@@ -755,10 +755,9 @@ fn unknown_deflate(header: &[u8]) -> NotExact {
          earlier pgzip, or a newer encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
-         and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's as stowage \
-         models it (klauspost's encoder, checked against its development source, not a \
-         release), nor by zlib, pigz or pgzip at any level: a later Go, klauspost/compress \
-         gzip, or another encoder"
+         and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's (1.27.3's \
+         klauspost-derived encoder), nor by zlib, pigz or pgzip at any level: a later Go, \
+         klauspost/compress gzip, or another encoder"
     } else {
         "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
     })
