@@ -1,4 +1,4 @@
-//! Ports `zstd/enc_best.go` (klauspost/compress 1.13.5 to 1.19.1, see
+//! Ports `zstd/enc_best.go` (klauspost/compress 1.13.4 to 1.19.1, see
 //! [`BestRules`]) and the `ShannonEntropyBits` it uses (`compressible.go`),
 //! without dictionaries: `SpeedBestCompression`'s match finder, which scores
 //! candidate matches by their estimated cost under the predefined tables.

@@ -24,6 +24,8 @@ pub(crate) struct BetterFastEncoder {
     /// How far into the match the look for a long match at its end starts: 3 from 1.15.10
     /// ("allow some bytes at the beginning to mismatch"), 0 before.
     pub end_skip: i32,
+    /// 1.12.2 on: look for a long match at the end of the one found at all.
+    pub end_look: bool,
     table: Vec<TableEntry>,
     long_table: Vec<PrevEntry>,
 }
@@ -35,6 +37,7 @@ impl BetterFastEncoder {
             index_from_search: false,
             rle_first: false,
             end_skip: 3,
+            end_look: true,
             table: vec![TableEntry::default(); 1 << BETTER_SHORT_TABLE_BITS],
             long_table: vec![PrevEntry::default(); 1 << BETTER_LONG_TABLE_BITS],
         }
@@ -100,6 +103,7 @@ impl Matcher for BetterFastEncoder {
         let table = &mut self.table[..];
         let long_table = &mut self.long_table[..];
         let index_from_search = self.index_from_search;
+        let end_look = self.end_look;
         blk.size = block.len();
         if self.rle_first && block.len() > ZSTD_MIN_MATCH as usize {
             // Check RLE first.
@@ -269,7 +273,7 @@ impl Matcher for BetterFastEncoder {
             }
 
             // A better match by a long match at the end of the current one?
-            if s + matched < s_limit {
+            if end_look && s + matched < s_limit {
                 let skip_beginning = self.end_skip;
                 let next_hash_l = hl(load64(src, s + matched));
                 let s2 = s + skip_beginning;

@@ -202,11 +202,11 @@ impl KpLevel {
 /// variant's. At a given level several variants may write the same bytes:
 /// [`KpVersion::distinct`] lists, per level, the variants that differ from
 /// each other. Ranges were established by building `tests/go/zstdwrite`
-/// against every tag from v1.15.12 to v1.19.1 and comparing (see
-/// `tests/kpzstd_versions.rs` and `scripts/kpzstd-versions`), and by reading
-/// each release's encoder changes. Every variant implements all four levels
-/// ([`KpVersion::supports`]); [`KpZstdError::Unsupported`] is kept for
-/// combinations a future variant may not implement.
+/// against every tag from v1.11.0 to v1.19.1 and comparing (see
+/// `tests/kpzstd.rs` and `scripts/kpzstd-versions`), and by reading
+/// each release's encoder changes. Every variant from v1.13.5 on implements all four
+/// levels; the earlier ones all but `Best` ([`KpVersion::supports`],
+/// [`KpZstdError::Unsupported`]).
 #[derive(
     Debug,
     Clone,
@@ -221,11 +221,31 @@ impl KpLevel {
     serde::Deserialize,
 )]
 pub enum KpVersion {
-    /// v1.13.5-v1.13.6: as [`KpVersion::V1_14_0`] (the same bytes at `Default`, `Better`
-    /// and `Best`), but `SpeedFastest` measures matches in whole 8-byte words, so one that
-    /// runs into the last few bytes of the history stops short of them. (v1.13.3-v1.13.4
-    /// differ in `enc_best.go` only, by their sources, but need a module this machine does
-    /// not have to build: not checked.)
+    /// v1.11.0-v1.11.7 at `Fastest`, `Default` and `Better` (`Best` is not reproduced):
+    /// as [`KpVersion::V1_11_8`], but `SpeedFastest` skips ahead more slowly where nothing
+    /// matches (search strength 8 with history too; 1.11.8 made it 7, "increase speed on
+    /// incompressible data"). Releases before v1.11.0 are not reproduced (1.10 compresses
+    /// even tiny blocks, and 1.11.0 changed its block encoder).
+    #[serde(rename = "v1.11.0")]
+    V1_11_0,
+    /// v1.11.8-v1.11.12 at `Fastest`, `Default` and `Better` (`Best` is not reproduced): as
+    /// [`KpVersion::V1_11_13`], but closing a frame with no input writes a 13-byte frame
+    /// (header, empty last block, checksum; a second `Close` another checksum), as
+    /// [`KpVersion::V1_18_5`] does again.
+    #[serde(rename = "v1.11.8")]
+    V1_11_8,
+    /// v1.11.13-v1.12.1 at `Better` (at `Fastest` the same as [`KpVersion::V1_13_5`], at
+    /// `Default` as [`KpVersion::V1_14_0`]; `Best` is not reproduced):
+    /// `SpeedBetterCompression` does not look for a long match at the end of the one
+    /// found (1.12.2 added that). From v1.12.2 to v1.13.4 the releases write
+    /// [`KpVersion::V1_13_5`]'s bytes, but v1.12.2-v1.13.3 at `Best`.
+    #[serde(rename = "v1.11.13")]
+    V1_11_13,
+    /// v1.12.2-v1.13.6 (v1.13.4-v1.13.6 at `Best`): as [`KpVersion::V1_14_0`] (the same
+    /// bytes at `Default`, `Better` and `Best`), but `SpeedFastest` measures matches in
+    /// whole 8-byte words, so one that runs into the last few bytes of the history stops
+    /// short of them. (v1.13.3's `Best` compares repeat candidates two bytes on against a
+    /// 16-bit value, which v1.13.4 fixed as writing corrupt frames; not reproduced.)
     #[serde(rename = "v1.13.5")]
     V1_13_5,
     /// v1.14.0-v1.14.1: as [`KpVersion::V1_14_2`] but in blocks of 64 KiB at every level
@@ -333,7 +353,10 @@ pub enum KpVersion {
 
 impl KpVersion {
     /// Every variant, oldest first.
-    pub const ALL: [KpVersion; 17] = [
+    pub const ALL: [KpVersion; 20] = [
+        KpVersion::V1_11_0,
+        KpVersion::V1_11_8,
+        KpVersion::V1_11_13,
         KpVersion::V1_13_5,
         KpVersion::V1_14_0,
         KpVersion::V1_14_2,
@@ -356,6 +379,9 @@ impl KpVersion {
     /// The release the variant is named by (`"v1.17.0"`).
     pub fn name(self) -> &'static str {
         match self {
+            KpVersion::V1_11_0 => "v1.11.0",
+            KpVersion::V1_11_8 => "v1.11.8",
+            KpVersion::V1_11_13 => "v1.11.13",
             KpVersion::V1_13_5 => "v1.13.5",
             KpVersion::V1_14_0 => "v1.14.0",
             KpVersion::V1_14_2 => "v1.14.2",
@@ -376,10 +402,10 @@ impl KpVersion {
         }
     }
 
-    /// Whether [`KpStreamEncoder`] implements this release at `level` (all of them
-    /// at every level).
-    pub fn supports(self, _level: KpLevel) -> bool {
-        true
+    /// Whether [`KpStreamEncoder`] implements this release at `level`: every variant from
+    /// [`KpVersion::V1_13_5`] at every level; the earlier ones but at `Best`.
+    pub fn supports(self, level: KpLevel) -> bool {
+        self >= KpVersion::V1_13_5 || level != KpLevel::Best
     }
 
     /// The supported variants at `level` that write different bytes from each other
@@ -407,6 +433,9 @@ impl KpVersion {
     pub fn same_bytes_as(self, level: KpLevel) -> Option<KpVersion> {
         let best = level == KpLevel::Best;
         match self {
+            KpVersion::V1_11_8 if level != KpLevel::Fastest => Some(KpVersion::V1_11_0),
+            KpVersion::V1_11_13 if level == KpLevel::Default => Some(KpVersion::V1_14_0),
+            KpVersion::V1_11_13 if level == KpLevel::Fastest => Some(KpVersion::V1_13_5),
             KpVersion::V1_13_5 if level != KpLevel::Fastest => Some(KpVersion::V1_14_0),
             KpVersion::V1_14_2 if level == KpLevel::Fastest => Some(KpVersion::V1_14_0),
             KpVersion::V1_14_2 if matches!(level, KpLevel::Default | KpLevel::Best) => {
@@ -434,6 +463,13 @@ impl KpVersion {
         } else {
             Rebase::Fixed
         }
+    }
+
+    /// Whether closing a frame with no input writes a frame (header, empty last block,
+    /// checksum): before 1.11.13 (which added `WithZeroFrames`, off) and from 1.18.5
+    /// (`WithZeroFrames` on by default).
+    pub fn writes_empty_frames(self) -> bool {
+        self < KpVersion::V1_11_13 || self >= KpVersion::V1_18_5
     }
 
     fn block_rules(self) -> BlockRules {
@@ -551,7 +587,9 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
     let mut m: Box<dyn Matcher> = match level {
         KpLevel::Fastest => {
             let mut f = fast::FastEncoder::new(w, r);
-            if version < KpVersion::V1_14_3 {
+            if version < KpVersion::V1_11_8 {
+                f.search_strength = (8, 8);
+            } else if version < KpVersion::V1_14_3 {
                 f.search_strength = (7, 8);
             }
             f.word_matchlen = version < KpVersion::V1_14_0;
@@ -562,6 +600,7 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
             let mut b = better::BetterFastEncoder::new(w, r);
             b.index_from_search = version >= KpVersion::V1_17_3;
             b.end_skip = if version >= KpVersion::V1_15_12 { 3 } else { 0 };
+            b.end_look = version > KpVersion::V1_11_13;
             b.rle_first = version >= KpVersion::V1_17_8;
             Box::new(b)
         }
@@ -772,14 +811,18 @@ impl KpStreamEncoder {
             "block > maxStoreBlockSize"
         );
         if !self.header_written {
-            // 1.18.5 on (`fullZero` by default): an empty frame is still written.
-            if final_ && self.filling.is_empty() && self.version < KpVersion::V1_18_5 {
+            // 1.18.5 on (`fullZero` by default), and before 1.11.13: an empty frame is
+            // still written.
+            if final_ && self.filling.is_empty() && !self.version.writes_empty_frames() {
                 self.header_written = true;
                 self.full_frame_written = true;
                 self.eof_written = true;
                 return;
             }
-            if final_ {
+            // An empty frame before 1.11.13 goes the long way (header, then an empty last
+            // block, the checksum from `Close`: a second `Close` adds another); from 1.18.5
+            // `EncodeAll` writes the same bytes.
+            if final_ && (!self.filling.is_empty() || self.version >= KpVersion::V1_18_5) {
                 let src = std::mem::take(&mut self.filling);
                 self.encode_all(&src, out);
                 self.n_input += src.len() as i64;

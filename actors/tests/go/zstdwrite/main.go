@@ -18,7 +18,9 @@
 //	r     Reset(out): a new, independent frame follows
 //	rs:N  ResetContentSize(out, N)
 //
-// -contentsize starts the stream with ResetContentSize(out, len(stdin)).
+// -contentsize starts the stream with ResetContentSize(out, len(stdin)). Releases before
+// 1.13.2 have no ResetContentSize: build with -tags nocontentsize (contentsize.go), and
+// -contentsize and rs:N then fail.
 // -bench prints the time from NewWriter to the end (stdin already read, output
 // buffered in 1 MiB) to stderr as "zstdwrite: encode-ns N".
 package main
@@ -80,7 +82,7 @@ func main() {
 		fail(err)
 	}
 	if *contentSize {
-		enc.ResetContentSize(out, int64(len(input)))
+		resetContentSize(enc, out, int64(len(input)))
 	}
 
 	write := func(n int) {
@@ -147,7 +149,7 @@ func main() {
 			case "r":
 				enc.Reset(out)
 			case "rs":
-				enc.ResetContentSize(out, int64(n))
+				resetContentSize(enc, out, int64(n))
 			default:
 				fail(fmt.Errorf("unknown op %q", op))
 			}
