@@ -600,7 +600,7 @@ fn new_matcher(level: KpLevel, version: KpVersion, window: usize) -> Box<dyn Mat
             let mut b = better::BetterFastEncoder::new(w, r);
             b.index_from_search = version >= KpVersion::V1_17_3;
             b.end_skip = if version >= KpVersion::V1_15_12 { 3 } else { 0 };
-            b.end_look = version > KpVersion::V1_11_13;
+            b.end_look = version >= KpVersion::V1_13_5;
             b.rle_first = version >= KpVersion::V1_17_8;
             Box::new(b)
         }
