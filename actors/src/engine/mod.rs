@@ -2,6 +2,7 @@
 
 pub mod chunk;
 pub mod container;
+pub mod deflate_probe;
 pub mod delta;
 pub mod features;
 pub mod goflate;
