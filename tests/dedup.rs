@@ -280,6 +280,86 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     assert_fsck_clean(root.path(), "zstd CLI layers");
 }
 
+/// A layer whose first 4 MiB are noise or runs: a tar of a model file, a zeroed image, then
+/// text (`noise`: the model first, else the image).
+fn noise_or_runs_first(noise: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    // Each longer than the probe.
+    let model = common::pseudo_random(5 << 20, 7);
+    let image = vec![0u8; 5 << 20];
+    let text = common::xorshift_text(&mut x, 4 << 20, b"abcdefgh ijklmnop\n");
+    let first: [(&str, &[u8]); 2] = if noise {
+        [("opt/model.bin", &model), ("opt/disk.img", &image)]
+    } else {
+        [("opt/disk.img", &image), ("opt/model.bin", &model)]
+    };
+    for (name, data) in first.into_iter().chain([("opt/notes.txt", &text[..])]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Go's compress/gzip (Go 1.8-1.26's encoder, or 1.27's) at `level`, as stowage re-encodes it.
+fn go_gzip(go127: bool, level: i32, raw: &[u8]) -> Vec<u8> {
+    use stowage_actors::engine::{goflate, kpflate};
+    let mut out = goflate::gzip_header(level).to_vec();
+    out.extend(if go127 {
+        kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap()
+    } else {
+        goflate::deflate(level, raw).unwrap()
+    });
+    let mut crc = flate2::Crc::new();
+    crc.update(raw);
+    out.extend(crc.sum().to_le_bytes());
+    out.extend((raw.len() as u32).to_le_bytes());
+    out
+}
+
+/// Layers whose first 4 MiB (the probe) tell few encoders apart: stored blocks of noise at
+/// every level, or runs of zeros in which Go fills no block. The probe's first guess does not
+/// re-create them; ingest hands on the other encoders and verification finds the one that
+/// does. (Before, all three stayed raw.)
+#[test]
+fn layers_whose_beginning_tells_few_encoders_apart_are_deduplicated() {
+    use stowage_actors::engine::kpflate;
+    let root = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let c = Client::new();
+    let noise = noise_or_runs_first(true);
+    let runs = noise_or_runs_first(false);
+    let layers = [
+        (
+            "gzip-pgzip-3",
+            kpflate::pgzip_gzip_version(kpflate::KpVersion::V1_15_12, 3, 1 << 20, &noise).unwrap(),
+        ),
+        ("gzip-go1.27-6", go_gzip(true, 6, &noise)),
+        ("gzip-go-6", go_gzip(false, 6, &runs)),
+    ];
+    let digests: Vec<String> = layers
+        .iter()
+        .map(|(_, b)| push(&s, &c, "probe/app", b))
+        .collect();
+    let st = stats(&s, &c);
+    assert_eq!(st["layers"]["pending"], 0, "{st}");
+    assert_eq!(st["layers"]["raw"], 0, "{st}");
+    for (label, _) in &layers {
+        assert_eq!(st["layers"]["encodings"][label], 1, "{label}: {st}");
+    }
+    for ((label, b), d) in layers.iter().zip(&digests) {
+        assert!(
+            pull(&s, &c, "probe/app", d) == *b,
+            "{label} pulls back bit for bit"
+        );
+    }
+    assert!(s.stop());
+    assert_fsck_clean(root.path(), "layers the probe could not tell apart");
+}
+
 #[test]
 fn pending_layers_resume_after_kill_9() {
     let root = tempfile::tempdir().unwrap();

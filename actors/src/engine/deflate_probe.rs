@@ -16,31 +16,35 @@ use super::recompress::{GoEncoder, GoStdVariant, NotExact, PgzipVariant};
 /// `complete`), `deflate` a prefix of its deflate stream at least as long as what `raw` encodes
 /// to.
 pub fn probe_zlib_level(raw: &[u8], deflate: &[u8], complete: bool) -> Option<u32> {
-    'level: for level in [6u32, 9, 1, 5, 4, 3, 2, 7, 8] {
-        let mut enc =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level));
-        // Feed in steps and give up on a level at its first differing output, so that probing
-        // a stream from another encoder costs little.
-        for piece in raw.chunks(64 * 1024) {
-            enc.write_all(piece).ok()?;
-            enc.flush_pending();
-            if !deflate.starts_with(enc.get_ref()) {
-                continue 'level;
-            }
+    ZLIB_LEVELS
+        .into_iter()
+        .find(|&level| zlib_writes(level, raw, deflate, complete))
+}
+
+/// zlib's levels in the order tried.
+const ZLIB_LEVELS: [u32; 9] = [6, 9, 1, 5, 4, 3, 2, 7, 8];
+
+/// Whether zlib at `level` writes `deflate` from `raw` (all of it if `complete`, else its
+/// beginning), fed in steps and given up at its first differing output, so that probing a
+/// stream from another encoder costs little.
+fn zlib_writes(level: u32, raw: &[u8], deflate: &[u8], complete: bool) -> bool {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level));
+    for piece in raw.chunks(64 * 1024) {
+        if enc.write_all(piece).is_err() {
+            return false;
         }
-        let ok = if complete {
-            let out = enc.finish().ok()?;
-            out == deflate
-        } else {
-            enc.flush_pending();
-            let out = enc.get_ref();
-            !out.is_empty() && deflate.starts_with(out)
-        };
-        if ok {
-            return Some(level);
+        enc.flush_pending();
+        if !deflate.starts_with(enc.get_ref()) {
+            return false;
         }
     }
-    None
+    if complete {
+        enc.finish().is_ok_and(|out| out == deflate)
+    } else {
+        enc.flush_pending();
+        let out = enc.get_ref();
+        !out.is_empty() && deflate.starts_with(out)
+    }
 }
 
 /// The deflate encoder that reproduces a member.
@@ -51,71 +55,84 @@ pub(crate) struct Deflater {
     pub(crate) go: Option<GoEncoder>,
 }
 
+/// Go's compress/flate levels in the order tried: `xfl` (the gzip header's extra flags, which
+/// Go sets from the level) narrows them.
+fn go_levels(xfl: u8) -> &'static [i32] {
+    match xfl {
+        4 => &[1],
+        2 => &[9],
+        _ => &[6, 5, 4, 7, 8, 3, 2, 0, -2],
+    }
+}
+
 /// Go's compress/flate level that reproduces a deflate stream, judged on its beginning like
 /// [`probe_zlib_level`]. `xfl` (the gzip header's extra flags, which Go sets from the level)
 /// orders the candidates.
 pub fn probe_go_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
-    let order: &[i32] = match xfl {
-        4 => &[1],
-        2 => &[9],
-        _ => &[6, 5, 4, 7, 8, 3, 2, 0, -2],
-    };
-    'level: for &level in order {
-        let mut enc = GoDeflater::new(level).expect("valid Go level");
-        let mut out = Vec::new();
-        for piece in raw.chunks(64 * 1024) {
-            enc.write(piece);
-            enc.take_output(&mut out);
-            if !deflate.starts_with(&out) {
-                continue 'level;
-            }
-        }
-        let ok = if complete {
-            enc.close();
-            enc.take_output(&mut out);
-            out == deflate
-        } else {
-            // Go emits a block at a time: at least one must be out and match.
-            !out.is_empty() && deflate.starts_with(&out)
-        };
-        if ok {
-            return Some(level);
-        }
-    }
-    None
+    (go_levels(xfl).iter().copied())
+        .find(|&level| go_writes(GoStdVariant::Go1_8, level, raw, deflate, complete, false))
 }
 
 /// Go 1.27's compress/flate level (klauspost's encoder, one stream) that reproduces a deflate
 /// stream, judged on its beginning like [`probe_go_level`].
 pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) -> Option<i32> {
-    let order: &[i32] = match xfl {
-        4 => &[1],
-        2 => &[9],
-        _ => &[6, 5, 4, 7, 8, 3, 2, 0, -2],
+    (go_levels(xfl).iter().copied())
+        .find(|&level| go_writes(GoStdVariant::Go1_27, level, raw, deflate, complete, false))
+}
+
+/// Whether Go's compress/flate (`variant`) at `level` writes `deflate` from `raw`: all of it
+/// if `complete`, else its beginning, fed 64 KiB at a time and given up at its first
+/// differing output. Go emits a block at a time, so an incomplete probe must have produced
+/// one block at least, unless `allow_empty` (a probe of long runs that fills no block).
+fn go_writes(
+    variant: GoStdVariant,
+    level: i32,
+    raw: &[u8],
+    deflate: &[u8],
+    complete: bool,
+    allow_empty: bool,
+) -> bool {
+    enum Enc {
+        Go(Box<GoDeflater>),
+        Kp(Box<kpflate::KpDeflater>),
+    }
+    let mut enc = match variant {
+        GoStdVariant::Go1_8 => Enc::Go(Box::new(GoDeflater::new(level).expect("valid Go level"))),
+        GoStdVariant::Go1_27 => Enc::Kp(Box::new(
+            kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, level).expect("valid level"),
+        )),
     };
-    'level: for &level in order {
-        let mut enc =
-            kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, level).expect("valid level");
-        let mut out = Vec::new();
-        for piece in raw.chunks(64 * 1024) {
-            enc.write(piece);
-            enc.take_output(&mut out);
-            if !deflate.starts_with(&out) {
-                continue 'level;
+    let mut out = Vec::new();
+    for piece in raw.chunks(64 * 1024) {
+        match &mut enc {
+            Enc::Go(e) => {
+                e.write(piece);
+                e.take_output(&mut out);
+            }
+            Enc::Kp(e) => {
+                e.write(piece);
+                e.take_output(&mut out);
             }
         }
-        let ok = if complete {
-            enc.close();
-            enc.take_output(&mut out);
-            out == deflate
-        } else {
-            !out.is_empty() && deflate.starts_with(&out)
-        };
-        if ok {
-            return Some(level);
+        if !deflate.starts_with(&out) {
+            return false;
         }
     }
-    None
+    if complete {
+        match &mut enc {
+            Enc::Go(e) => {
+                e.close();
+                e.take_output(&mut out);
+            }
+            Enc::Kp(e) => {
+                e.close();
+                e.take_output(&mut out);
+            }
+        }
+        out == deflate
+    } else {
+        (allow_empty || !out.is_empty()) && deflate.starts_with(&out)
+    }
 }
 
 /// pgzip block sizes seen in the wild, most common first: the library default (podman,
@@ -123,6 +140,15 @@ pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) ->
 const PGZIP_BLOCKS: [usize; 6] = [1 << 20, UMOCI_BLOCK, 512 << 10, 128 << 10, 2 << 20, 4 << 20];
 /// umoci's `SetConcurrency` block size.
 pub(crate) const UMOCI_BLOCK: usize = 256 << 10;
+
+/// pgzip's levels in the order tried (the default first), narrowed by `xfl` as Go's.
+fn pgzip_levels(xfl: u8) -> &'static [i32] {
+    match xfl {
+        4 => &[1],
+        2 => &[9],
+        _ => &[5, 6, 4, 7, 3, 2, 8, 0, -2],
+    }
+}
 
 /// The pgzip level, block size and klauspost version that reproduce a deflate stream, judged
 /// on its first two blocks (all of it if `complete`).
@@ -135,11 +161,7 @@ pub fn probe_pgzip(
     xfl: u8,
     all_blocks: bool,
 ) -> Option<(i32, usize, PgzipVariant)> {
-    let order: &[i32] = match xfl {
-        4 => &[1],
-        2 => &[9],
-        _ => &[5, 6, 4, 7, 3, 2, 8, 0, -2],
-    };
+    let order = pgzip_levels(xfl);
     let blocks = if all_blocks {
         &PGZIP_BLOCKS[..]
     } else {
@@ -148,25 +170,7 @@ pub fn probe_pgzip(
     for &level in order {
         for &block in blocks {
             for variant in PgzipVariant::candidates(level, block, deflate) {
-                let version = variant.kp_version();
-                let ok = if complete {
-                    kpflate::pgzip_deflate_version(version, level, block, raw).ok()? == deflate
-                } else {
-                    let mut out = Vec::new();
-                    let mut ok = true;
-                    for i in 0..(raw.len() / block).min(2) {
-                        let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
-                        let blk = &raw[i * block..(i + 1) * block];
-                        kpflate::pgzip_block_version(version, level, dict, blk, false, &mut out)
-                            .ok()?;
-                        if !deflate.starts_with(&out) {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    ok && !out.is_empty()
-                };
-                if ok {
+                if pgzip_writes(level, block, variant, raw, deflate, complete) {
                     return Some((level, block, variant));
                 }
             }
@@ -175,51 +179,80 @@ pub fn probe_pgzip(
     None
 }
 
+/// Whether pgzip at `level` in blocks of `block` bytes (klauspost `variant`) writes `deflate`
+/// from `raw`: all of it if `complete`, else its first two blocks.
+fn pgzip_writes(
+    level: i32,
+    block: usize,
+    variant: PgzipVariant,
+    raw: &[u8],
+    deflate: &[u8],
+    complete: bool,
+) -> bool {
+    let version = variant.kp_version();
+    if complete {
+        return kpflate::pgzip_deflate_version(version, level, block, raw)
+            .ok()
+            .as_deref()
+            == Some(deflate);
+    }
+    let mut out = Vec::new();
+    for i in 0..(raw.len() / block).min(2) {
+        let dict = &raw[(i * block).saturating_sub(kpflate::PGZIP_TAIL)..i * block];
+        let blk = &raw[i * block..(i + 1) * block];
+        if kpflate::pgzip_block_version(version, level, dict, blk, false, &mut out).is_err()
+            || !deflate.starts_with(&out)
+        {
+            return false;
+        }
+    }
+    !out.is_empty()
+}
+
 /// The MTIME pgzip writes when none is set: `uint32(time.Time{}.Unix())`.
 pub(crate) const PGZIP_MTIME: [u8; 4] = [0x00, 0x09, 0x6e, 0x88];
 
+/// What the probe found for a member: the encoder, and others that write the probe alike.
+#[derive(Debug)]
+pub(crate) struct Probed {
+    pub(crate) deflater: Deflater,
+    /// Other encoders to try, in order, should `deflater` not re-create the whole member (a
+    /// member longer than the probe): a probe of incompressible data (stored blocks at every
+    /// level) or of long runs tells few encoders apart, and what follows it may. Not tried
+    /// here (see `alternatives_to`).
+    pub(crate) alternatives: Vec<Deflater>,
+}
+
+/// At most this many alternatives are handed on; verification tries them in turn, each given
+/// up at its first differing byte.
+const MAX_ALTERNATIVES: usize = 96;
+
 /// Which encoders to try, in an order chosen from the header: pgzip writes a telltale MTIME,
-/// Go writes OS 255 (as Python does), zlib-based tools usually 3 (Unix).
+/// Go writes OS 255 (as Python does), zlib-based tools usually 3 (Unix). For a member longer
+/// than the probe, the other candidates come along as alternatives; and a Go header whose
+/// probe no Go encoder emitted a block of (4 MiB of runs fill none) is taken as the first Go
+/// encoder's whose nothing-yet is consistent, the other such as alternatives.
 pub(crate) fn probe_deflater(
     header: &[u8],
     raw: &[u8],
     deflate: &[u8],
     complete: bool,
-) -> Option<Deflater> {
+) -> Option<Probed> {
     let (xfl, os) = (header[8], header[9]);
     let pgzip_mtime = header[4..8] == PGZIP_MTIME;
     let pgzip = || {
-        probe_pgzip(raw, deflate, complete, xfl, pgzip_mtime).map(|(level, block, variant)| {
-            Deflater {
-                level: 0,
-                pigz_block: None,
-                go: Some(GoEncoder::Pgzip {
-                    level,
-                    block: block as u32,
-                    variant,
-                }),
-            }
-        })
+        probe_pgzip(raw, deflate, complete, xfl, pgzip_mtime)
+            .map(|(level, block, variant)| pgzip_deflater(level, block, variant))
     };
     let go = || {
         probe_go_level(raw, deflate, complete, xfl)
-            .map(|level| (level, GoStdVariant::Go1_8))
+            .map(|level| go_deflater(level, GoStdVariant::Go1_8))
             .or_else(|| {
-                probe_go127_level(raw, deflate, complete, xfl).map(|l| (l, GoStdVariant::Go1_27))
-            })
-            .map(|(level, variant)| Deflater {
-                level: 0,
-                pigz_block: None,
-                go: Some(GoEncoder::Std { level, variant }),
+                probe_go127_level(raw, deflate, complete, xfl)
+                    .map(|l| go_deflater(l, GoStdVariant::Go1_27))
             })
     };
-    let zlib = || {
-        probe_zlib_level(raw, deflate, complete).map(|level| Deflater {
-            level,
-            pigz_block: None,
-            go: None,
-        })
-    };
+    let zlib = || probe_zlib_level(raw, deflate, complete).map(zlib_deflater);
     let pigz = || {
         probe_pigz_level(raw, deflate, complete, DEFAULT_BLOCK).map(|level| Deflater {
             level,
@@ -227,15 +260,163 @@ pub(crate) fn probe_deflater(
             go: None,
         })
     };
-    if pgzip_mtime {
+    let found = if pgzip_mtime {
         // pgzip's telltale header: if pgzip does not reproduce the stream, only another Go
         // encoder plausibly might.
-        return pgzip().or_else(go);
-    }
-    if os == 255 {
+        pgzip().or_else(go)
+    } else if os == 255 {
         go().or_else(zlib).or_else(pigz).or_else(pgzip)
     } else {
         zlib().or_else(pigz).or_else(go).or_else(pgzip)
+    };
+    if complete {
+        return found.map(|deflater| Probed {
+            deflater,
+            alternatives: Vec::new(),
+        });
+    }
+    let cands = candidates(header);
+    if let Some(deflater) = found {
+        let alternatives = alternatives_to(&deflater, &cands);
+        return Some(Probed {
+            deflater,
+            alternatives,
+        });
+    }
+    if os != 255 {
+        return None;
+    }
+    let mut weak = (cands.into_iter())
+        .filter(|d| matches!(d.go, Some(GoEncoder::Std { .. })))
+        .filter(|d| writes(d, raw, deflate, true));
+    let deflater = weak.next()?;
+    Some(Probed {
+        deflater,
+        alternatives: weak.take(MAX_ALTERNATIVES).collect(),
+    })
+}
+
+fn go_deflater(level: i32, variant: GoStdVariant) -> Deflater {
+    Deflater {
+        level: 0,
+        pigz_block: None,
+        go: Some(GoEncoder::Std { level, variant }),
+    }
+}
+
+fn pgzip_deflater(level: i32, block: usize, variant: PgzipVariant) -> Deflater {
+    Deflater {
+        level: 0,
+        pigz_block: None,
+        go: Some(GoEncoder::Pgzip {
+            level,
+            block: block as u32,
+            variant,
+        }),
+    }
+}
+
+fn zlib_deflater(level: u32) -> Deflater {
+    Deflater {
+        level,
+        pigz_block: None,
+        go: None,
+    }
+}
+
+/// Every encoder an ambiguous probe's alternatives are drawn from, in the order
+/// [`probe_deflater`] tries them for this header: Go's levels (1.8-1.26's, then 1.27's), zlib's,
+/// and pgzip's at each level, block size and release (pigz's blocks always tell its levels
+/// apart). Built from what the header says only (`xfl` narrows the levels).
+fn candidates(header: &[u8]) -> Vec<Deflater> {
+    let (xfl, os) = (header[8], header[9]);
+    let pgzip_mtime = header[4..8] == PGZIP_MTIME;
+    let go: Vec<Deflater> = [GoStdVariant::Go1_8, GoStdVariant::Go1_27]
+        .into_iter()
+        .flat_map(|v| go_levels(xfl).iter().map(move |&l| go_deflater(l, v)))
+        .collect();
+    let zlib: Vec<Deflater> = ZLIB_LEVELS.into_iter().map(zlib_deflater).collect();
+    let blocks = if pgzip_mtime {
+        &PGZIP_BLOCKS[..]
+    } else {
+        &PGZIP_BLOCKS[..1]
+    };
+    let mut pgzip = Vec::new();
+    for &level in pgzip_levels(xfl) {
+        for &block in blocks {
+            // Without a stream to look at: every release the level is tried with.
+            for variant in PgzipVariant::candidates(level, block, &[]) {
+                pgzip.push(pgzip_deflater(level, block, variant));
+            }
+        }
+    }
+    if pgzip_mtime {
+        [pgzip, go].concat()
+    } else if os == 255 {
+        [go, zlib, pgzip].concat()
+    } else {
+        [zlib, go, pgzip].concat()
+    }
+}
+
+/// The level a deflater compresses at.
+fn level_of(d: &Deflater) -> i32 {
+    match &d.go {
+        Some(GoEncoder::Std { level, .. }) | Some(GoEncoder::Pgzip { level, .. }) => *level,
+        None => d.level as i32,
+    }
+}
+
+/// The other candidates, most plausible first, without trying them here: the found level's
+/// other releases, then the found encoder's other levels, then the rest in the order tried
+/// (pgzip in the found block size only: the probe tells block sizes apart). Trying them at
+/// ingest made every pgzip layer's ingest several times slower (releases often write a probe
+/// alike), while verification only gets to them when the found one fails, and gives each up
+/// at its first differing byte.
+fn alternatives_to(found: &Deflater, cands: &[Deflater]) -> Vec<Deflater> {
+    let kind = |d: &Deflater| match &d.go {
+        Some(GoEncoder::Std { variant, .. }) => (1, *variant as u32, 0),
+        Some(GoEncoder::Pgzip { variant, block, .. }) => (2, *variant as u32, *block),
+        None => (0, 0, d.pigz_block.unwrap_or(0)),
+    };
+    let family = |d: &Deflater| kind(d).0;
+    let block_ok = |d: &Deflater| match (&found.go, &d.go) {
+        (Some(GoEncoder::Pgzip { block: a, .. }), Some(GoEncoder::Pgzip { block: b, .. })) => {
+            a == b
+        }
+        _ => true,
+    };
+    let rank = |d: &Deflater| {
+        if family(d) == family(found) && level_of(d) == level_of(found) {
+            0
+        } else if kind(d) == kind(found) {
+            1
+        } else {
+            2
+        }
+    };
+    let mut others: Vec<&Deflater> = (cands.iter())
+        .filter(|d| *d != found && block_ok(d))
+        .collect();
+    // Stable: within a rank, the order tried.
+    others.sort_by_key(|d| rank(d));
+    others.into_iter().take(MAX_ALTERNATIVES).cloned().collect()
+}
+
+/// Whether `d` writes the probe: the beginning of `deflate` from `raw` (an incomplete
+/// member). `allow_empty`: Go's encoder may also have emitted nothing yet.
+fn writes(d: &Deflater, raw: &[u8], deflate: &[u8], allow_empty: bool) -> bool {
+    match &d.go {
+        Some(GoEncoder::Std { level, variant }) => {
+            go_writes(*variant, *level, raw, deflate, false, allow_empty)
+        }
+        Some(GoEncoder::Pgzip {
+            level,
+            block,
+            variant,
+        }) => pgzip_writes(*level, *block as usize, *variant, raw, deflate, false),
+        None if d.pigz_block.is_none() => zlib_writes(d.level, raw, deflate, false),
+        None => false,
     }
 }
 
@@ -266,5 +447,120 @@ impl<W: Write> FlushPending for flate2::write::DeflateEncoder<W> {
     fn flush_pending(&mut self) {
         // `write` with an empty buffer only moves finished output to the inner writer.
         let _ = self.write(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::goflate;
+    use crate::engine::recompress::{Compression, LayerDecoder, Reencoder};
+
+    /// 2 MiB of noise, 2 MiB of zeros, then 4 MiB of text: a probe (the first 4 MiB) that
+    /// tells few encoders apart, and a rest that does.
+    fn noise_runs_text() -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut v: Vec<u8> = (0..2 << 20).map(|_| next() as u8).collect();
+        v.resize(4 << 20, 0);
+        let words = ["layer ", "chunk ", "registry ", "delta\n", "tar ", "zstd "];
+        while v.len() < 8 << 20 {
+            v.extend_from_slice(words[(next() % words.len() as u64) as usize].as_bytes());
+        }
+        v
+    }
+
+    /// Zeros, then text: Go's encoder fills no block in the probe.
+    fn runs_text() -> Vec<u8> {
+        let mut v = noise_runs_text();
+        v[..2 << 20].fill(0);
+        v
+    }
+
+    fn go_gzip(variant: GoStdVariant, level: i32, raw: &[u8]) -> Vec<u8> {
+        let mut out = goflate::gzip_header(level).to_vec();
+        out.extend(match variant {
+            GoStdVariant::Go1_8 => goflate::deflate(level, raw).unwrap(),
+            GoStdVariant::Go1_27 => {
+                kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap()
+            }
+        });
+        let mut crc = flate2::Crc::new();
+        crc.update(raw);
+        out.extend(crc.sum().to_le_bytes());
+        out.extend((raw.len() as u32).to_le_bytes());
+        out
+    }
+
+    /// Ingest, then what verification does: the encoding, then each alternative, until one
+    /// re-creates the stream (given up at its first differing output). The label that did,
+    /// and how many were tried.
+    fn verified(compressed: &[u8], raw: &[u8]) -> (String, usize) {
+        let mut d = LayerDecoder::new(Compression::detect(compressed));
+        let mut got = Vec::new();
+        for part in compressed.chunks(100_003) {
+            d.feed(part, &mut |b| got.extend_from_slice(b)).unwrap();
+        }
+        assert!(got == raw, "decompressed bytes");
+        let (first, alternatives) = d.finish_with_alternatives().unwrap();
+        for (i, enc) in std::iter::once(first).chain(alternatives).enumerate() {
+            let mut r = Reencoder::new(&enc);
+            let mut out = Vec::new();
+            let mut differs = false;
+            for part in raw.chunks(1 << 20) {
+                r.push(part, &mut out);
+                if !compressed.starts_with(&out) {
+                    differs = true;
+                    break;
+                }
+            }
+            if !differs {
+                r.finish(&mut out);
+                if out == compressed {
+                    return (enc.label(), i + 1);
+                }
+            }
+        }
+        panic!("no encoding ingest handed on re-creates the stream");
+    }
+
+    /// Before alternatives these stayed raw: the probe matched the first encoder tried (pgzip
+    /// level 5 in 1.18.2's bytes, Go 1.8-1.26's level 0), or none at all (Go filled no block),
+    /// and the full restore then differed.
+    #[test]
+    fn probes_that_tell_few_encoders_apart_hand_on_the_others() {
+        let raw = noise_runs_text();
+        for (level, variant) in [
+            (3, PgzipVariant::Klauspost1_15_12),
+            (5, PgzipVariant::Klauspost1_15_12),
+            (9, PgzipVariant::Klauspost1_18_2),
+        ] {
+            let gz =
+                kpflate::pgzip_gzip_version(variant.kp_version(), level, 1 << 20, &raw).unwrap();
+            let (label, tried) = verified(&gz, &raw);
+            assert_eq!(label, format!("gzip-pgzip-{level}"), "{variant:?}");
+            eprintln!("pgzip {level} {variant:?}: {label} after {tried}");
+        }
+        let gz = go_gzip(GoStdVariant::Go1_27, 6, &raw);
+        assert_eq!(verified(&gz, &raw).0, "gzip-go1.27-6");
+        let runs = runs_text();
+        let gz = go_gzip(GoStdVariant::Go1_8, 6, &runs);
+        assert_eq!(verified(&gz, &runs).0, "gzip-go-6");
+    }
+
+    /// A probe that tells the encoder apart: the alternatives are there for verification only,
+    /// and the found one is first.
+    #[test]
+    fn a_telling_probe_finds_the_encoder_first() {
+        let mut raw = noise_runs_text();
+        raw.rotate_left(4 << 20);
+        let gz =
+            kpflate::pgzip_gzip_version(kpflate::KpVersion::V1_15_12, 3, 1 << 20, &raw).unwrap();
+        assert_eq!(verified(&gz, &raw), ("gzip-pgzip-3".to_string(), 1));
     }
 }

@@ -14,7 +14,7 @@
 //! the whole stream is proven only by the full restore of verify-before-discard. Anything else
 //! is [`NotExact`] and the layer stays raw.
 
-use super::deflate_probe::{probe_deflater, unknown_deflate, Deflater, UMOCI_BLOCK};
+use super::deflate_probe::{probe_deflater, unknown_deflate, Deflater, Probed, UMOCI_BLOCK};
 use super::goflate;
 use super::inflate::BlockInflate;
 use super::kpflate;
@@ -406,7 +406,7 @@ impl LayerDecoder {
     pub fn finish_with_alternatives(self) -> Result<(Encoding, Vec<Encoding>), NotExact> {
         match self {
             LayerDecoder::None => Ok((Encoding::None, Vec::new())),
-            LayerDecoder::Gzip(g) => Ok((g.finish()?, Vec::new())),
+            LayerDecoder::Gzip(g) => g.finish_with_alternatives(),
             LayerDecoder::Zstd(z) => {
                 let (encoder, parts, others) = z.finish()?;
                 // Segments are proven by verification only: the frames re-encoded whole come
@@ -473,7 +473,7 @@ struct MemberProbe {
     deflate_len: u64,
     crc: flate2::Crc,
     /// The encoder found once [`PROBE`] bytes were in (members longer than the probe).
-    level: Option<Deflater>,
+    level: Option<Probed>,
     /// Block boundaries about [`SPLIT_EVERY`] apart, for parallel re-encoding.
     splits: Vec<goflate::Split>,
 }
@@ -499,6 +499,8 @@ pub struct GzipDecoder {
     probe: MemberProbe,
     header: Vec<u8>,
     members: Vec<GzipMember>,
+    /// Per member, the other encoders that wrote its probe alike ([`Probed`]).
+    alternatives: Vec<Vec<Deflater>>,
     trailing: Vec<u8>,
     outbuf: Vec<u8>,
     failed: Option<NotExact>,
@@ -513,6 +515,7 @@ impl Default for GzipDecoder {
             probe: MemberProbe::default(),
             header: Vec::new(),
             members: Vec::new(),
+            alternatives: Vec::new(),
             trailing: Vec::new(),
             outbuf: vec![0; 256 * 1024],
             failed: None,
@@ -634,7 +637,10 @@ impl GzipDecoder {
         if crc != p.crc.sum() || isize != p.raw_len as u32 {
             return Err(NotExact::Corrupt("gzip trailer (crc or size mismatch)"));
         }
-        let found = match p.level {
+        let Probed {
+            deflater: found,
+            alternatives,
+        } = match p.level {
             Some(d) => d,
             None => {
                 let complete = p.raw_len as usize == p.raw.len();
@@ -661,6 +667,7 @@ impl GzipDecoder {
         } else {
             Vec::new()
         };
+        self.alternatives.push(alternatives);
         self.members.push(GzipMember {
             header: std::mem::take(&mut self.header),
             level: found.level,
@@ -675,16 +682,36 @@ impl GzipDecoder {
         Ok(())
     }
 
-    fn finish(self) -> Result<Encoding, NotExact> {
+    /// The encoding, and for a stream of one member whose probe did not tell encoders apart
+    /// the same with each of the others that wrote it alike, in order (re-encoded
+    /// sequentially: the recorded block boundaries are the first encoder's).
+    fn finish_with_alternatives(self) -> Result<(Encoding, Vec<Encoding>), NotExact> {
         if let Some(e) = self.failed {
             return Err(e);
         }
         match self.state {
             GzState::Between | GzState::Trailing if !self.members.is_empty() => {
-                Ok(Encoding::Gzip {
+                let others = match &self.alternatives[..] {
+                    [only] if self.members.len() == 1 => only.as_slice(),
+                    _ => &[],
+                };
+                let alternatives = (others.iter())
+                    .map(|d| Encoding::Gzip {
+                        members: vec![GzipMember {
+                            level: d.level,
+                            pigz_block: d.pigz_block,
+                            go: d.go.clone(),
+                            splits: Vec::new(),
+                            ..self.members[0].clone()
+                        }],
+                        trailing: self.trailing.clone(),
+                    })
+                    .collect();
+                let encoding = Encoding::Gzip {
                     members: self.members,
                     trailing: self.trailing,
-                })
+                };
+                Ok((encoding, alternatives))
             }
             _ => Err(NotExact::Corrupt("truncated gzip stream")),
         }
