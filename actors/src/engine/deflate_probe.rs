@@ -286,9 +286,12 @@ pub(crate) fn probe_deflater(
     if os != 255 {
         return None;
     }
-    let mut weak = (cands.into_iter())
-        .filter(|d| matches!(d.go, Some(GoEncoder::Std { .. })))
-        .filter(|d| writes(d, raw, deflate, true));
+    let mut weak = cands.into_iter().filter(|d| match d.go {
+        Some(GoEncoder::Std { level, variant }) => {
+            go_writes(variant, level, raw, deflate, false, true)
+        }
+        _ => false,
+    });
     let deflater = weak.next()?;
     Some(Probed {
         deflater,
@@ -401,23 +404,6 @@ fn alternatives_to(found: &Deflater, cands: &[Deflater]) -> Vec<Deflater> {
     // Stable: within a rank, the order tried.
     others.sort_by_key(|d| rank(d));
     others.into_iter().take(MAX_ALTERNATIVES).cloned().collect()
-}
-
-/// Whether `d` writes the probe: the beginning of `deflate` from `raw` (an incomplete
-/// member). `allow_empty`: Go's encoder may also have emitted nothing yet.
-fn writes(d: &Deflater, raw: &[u8], deflate: &[u8], allow_empty: bool) -> bool {
-    match &d.go {
-        Some(GoEncoder::Std { level, variant }) => {
-            go_writes(*variant, *level, raw, deflate, false, allow_empty)
-        }
-        Some(GoEncoder::Pgzip {
-            level,
-            block,
-            variant,
-        }) => pgzip_writes(*level, *block as usize, *variant, raw, deflate, false),
-        None if d.pigz_block.is_none() => zlib_writes(d.level, raw, deflate, false),
-        None => false,
-    }
 }
 
 /// Why no encoder reproduces a gzip member, from what its header says of its writer: an
