@@ -499,7 +499,8 @@ pub struct GzipDecoder {
     probe: MemberProbe,
     header: Vec<u8>,
     members: Vec<GzipMember>,
-    /// Per member, the other encoders that wrote its probe alike ([`Probed`]).
+    /// Per member, the other encoders verification may try should the found one not
+    /// re-create it ([`Probed`]).
     alternatives: Vec<Vec<Deflater>>,
     trailing: Vec<u8>,
     outbuf: Vec<u8>,
