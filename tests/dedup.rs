@@ -304,22 +304,6 @@ fn noise_or_runs_first(noise: bool) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Go's compress/gzip (Go 1.8-1.26's encoder, or 1.27's) at `level`, as stowage re-encodes it.
-fn go_gzip(go127: bool, level: i32, raw: &[u8]) -> Vec<u8> {
-    use stowage_actors::engine::{goflate, kpflate};
-    let mut out = goflate::gzip_header(level).to_vec();
-    out.extend(if go127 {
-        kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap()
-    } else {
-        goflate::deflate(level, raw).unwrap()
-    });
-    let mut crc = flate2::Crc::new();
-    crc.update(raw);
-    out.extend(crc.sum().to_le_bytes());
-    out.extend((raw.len() as u32).to_le_bytes());
-    out
-}
-
 /// Layers whose first 4 MiB (the probe) tell few encoders apart: stored blocks of noise at
 /// every level, or runs of zeros in which Go fills no block. The probe's first guess does not
 /// re-create them; ingest hands on the other encoders and verification finds the one that
@@ -327,6 +311,7 @@ fn go_gzip(go127: bool, level: i32, raw: &[u8]) -> Vec<u8> {
 #[test]
 fn layers_whose_beginning_tells_few_encoders_apart_are_deduplicated() {
     use stowage_actors::engine::kpflate;
+    use stowage_actors::engine::recompress::{go_gzip, GoStdVariant};
     let root = tempfile::tempdir().unwrap();
     let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
     let c = Client::new();
@@ -337,8 +322,8 @@ fn layers_whose_beginning_tells_few_encoders_apart_are_deduplicated() {
             "gzip-pgzip-3",
             kpflate::pgzip_gzip_version(kpflate::KpVersion::V1_15_12, 3, 1 << 20, &noise).unwrap(),
         ),
-        ("gzip-go1.27-6", go_gzip(true, 6, &noise)),
-        ("gzip-go-6", go_gzip(false, 6, &runs)),
+        ("gzip-go1.27-6", go_gzip(GoStdVariant::Go1_27, 6, &noise)),
+        ("gzip-go-6", go_gzip(GoStdVariant::Go1_8, 6, &runs)),
     ];
     let digests: Vec<String> = layers
         .iter()

@@ -439,8 +439,7 @@ impl<W: Write> FlushPending for flate2::write::DeflateEncoder<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::goflate;
-    use crate::engine::recompress::{Compression, LayerDecoder, Reencoder};
+    use crate::engine::recompress::{go_gzip, Compression, LayerDecoder, Reencoder};
 
     /// 2 MiB of noise, 2 MiB of zeros, then 4 MiB of text: a probe (the first 4 MiB) that
     /// tells few encoders apart, and a rest that does.
@@ -466,21 +465,6 @@ mod tests {
         let mut v = noise_runs_text();
         v[..2 << 20].fill(0);
         v
-    }
-
-    fn go_gzip(variant: GoStdVariant, level: i32, raw: &[u8]) -> Vec<u8> {
-        let mut out = goflate::gzip_header(level).to_vec();
-        out.extend(match variant {
-            GoStdVariant::Go1_8 => goflate::deflate(level, raw).unwrap(),
-            GoStdVariant::Go1_27 => {
-                kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap()
-            }
-        });
-        let mut crc = flate2::Crc::new();
-        crc.update(raw);
-        out.extend(crc.sum().to_le_bytes());
-        out.extend((raw.len() as u32).to_le_bytes());
-        out
     }
 
     /// Ingest, then what verification does: the encoding, then each alternative, until one

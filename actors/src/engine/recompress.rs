@@ -720,6 +720,24 @@ impl GzipDecoder {
 }
 
 pub use super::deflate_probe::{probe_go127_level, probe_go_level, probe_pgzip, probe_zlib_level};
+
+/// A whole gzip member as Go's compress/gzip (`variant`) writes `raw` at `level` in one
+/// `Write` and `Close`: its header, the deflate stream, the CRC-32 and size (the twin of
+/// [`kpflate::pgzip_gzip_version`]).
+pub fn go_gzip(variant: GoStdVariant, level: i32, raw: &[u8]) -> Vec<u8> {
+    let mut out = goflate::gzip_header(level).to_vec();
+    out.extend(match variant {
+        GoStdVariant::Go1_8 => goflate::deflate(level, raw).expect("a Go level"),
+        GoStdVariant::Go1_27 => {
+            kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).expect("a Go level")
+        }
+    });
+    let mut crc = flate2::Crc::new();
+    crc.update(raw);
+    out.extend(crc.sum().to_le_bytes());
+    out.extend((raw.len() as u32).to_le_bytes());
+    out
+}
 pub use super::reencode::Reencoder;
 
 #[cfg(test)]
@@ -1025,29 +1043,18 @@ mod tests {
         );
     }
 
-    /// A gzip member as Go 1.27's compress/gzip writes it, per the kpflate model.
-    fn go127_gzip(raw: &[u8], level: i32) -> Vec<u8> {
-        let mut out = goflate::gzip_header(level).to_vec();
-        out.extend(kpflate::deflate_version(kpflate::KpVersion::Go1_27, level, raw).unwrap());
-        let mut crc = flate2::Crc::new();
-        crc.update(raw);
-        out.extend(crc.sum().to_le_bytes());
-        out.extend((raw.len() as u32).to_le_bytes());
-        out
-    }
-
     #[test]
     fn go127_streams_are_identified_and_restored() {
         let raw = text(1_200_000);
         for level in [-1, 1, 9] {
-            let gz = go127_gzip(&raw, level);
+            let gz = go_gzip(GoStdVariant::Go1_27, level, &raw);
             let enc = roundtrip(&gz, &raw).unwrap();
             let shown = if level == -1 { 6 } else { level };
             assert_eq!(enc.label(), format!("gzip-go1.27-{shown}"));
         }
         // Longer than the probe: decided early, restored whole, no split points recorded.
         let raw = text(PROBE + 300_000);
-        let enc = roundtrip(&go127_gzip(&raw, 6), &raw).unwrap();
+        let enc = roundtrip(&go_gzip(GoStdVariant::Go1_27, 6, &raw), &raw).unwrap();
         assert_eq!(enc.label(), "gzip-go1.27-6");
         let Encoding::Gzip { members, .. } = &enc else {
             panic!("{enc:?}")

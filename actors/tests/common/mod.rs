@@ -194,12 +194,6 @@ impl Rng {
 
 /// A gzip stream as Go's compress/gzip writes it at `level`, made by our Go encoder.
 pub fn go_gzip(level: i32, input: &[u8]) -> Vec<u8> {
-    use stowage_actors::engine::goflate;
-    let mut out = goflate::gzip_header(level).to_vec();
-    out.extend(goflate::deflate(level, input).unwrap());
-    let mut crc = flate2::Crc::new();
-    crc.update(input);
-    out.extend(crc.sum().to_le_bytes());
-    out.extend((input.len() as u32).to_le_bytes());
-    out
+    use stowage_actors::engine::recompress::{go_gzip, GoStdVariant};
+    go_gzip(GoStdVariant::Go1_8, level, input)
 }
