@@ -686,12 +686,14 @@ fn collected_objects_stay_in_the_bucket_for_the_grace_period() {
     let (v1, v2) = (image(&[1, 2, 3]), image(&[7, 8, 9]));
     let m1 = push(&s, &c, "v1", &v1);
     push(&s, &c, "v2", &v2);
+    wait_dedup_idle(&s.url("/_stats"));
+    let pushed = unix_now();
     let r = c
         .delete(s.url(&format!("/v2/s3/app/manifests/{m1}")))
         .send()
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    std::thread::sleep(grace + std::time::Duration::from_millis(500));
+    wait_past_grace(pushed, grace);
     let before = objects(&g, prefix);
     let report: Value = c.post(s.url("/_gc")).send().unwrap().json().unwrap();
     assert!(
@@ -720,6 +722,23 @@ fn collected_objects_stay_in_the_bucket_for_the_grace_period() {
     assert_pulls(&s, &c, &v2);
 }
 
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Wait until what was written by unix second `at` is past a grace period of `grace` for the
+/// next pass. A pass keeps what is not older than its cutoff, `now - grace` in whole seconds,
+/// so a link made in the pass's own second (pushes and a pass within one second) is kept.
+fn wait_past_grace(at: u64, grace: std::time::Duration) {
+    while unix_now() <= at + grace.as_secs() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// With no grace period, a pass empties the trash it fills, however long it takes: the trash is
 /// aged by the grace period itself, not by the time since the pass began (which counts the
 /// pass's own duration). The pass is slowed by two seconds after its chunk removals commit, as
@@ -739,12 +758,15 @@ fn a_slow_pass_with_no_grace_period_empties_the_trash_it_fills() {
     let (v1, v2) = (image(&[1, 2, 3]), image(&[7, 8, 9]));
     let m1 = push(&s, &c, "v1", &v1);
     push(&s, &c, "v2", &v2);
+    wait_dedup_idle(&s.url("/_stats"));
+    let pushed = unix_now();
     let before = objects(&g, prefix);
     let r = c
         .delete(s.url(&format!("/v2/s3/app/manifests/{m1}")))
         .send()
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
+    wait_past_grace(pushed, std::time::Duration::ZERO);
     let started = std::time::Instant::now();
     let report: Value = c.post(s.url("/_gc")).send().unwrap().json().unwrap();
     assert!(
