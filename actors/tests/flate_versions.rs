@@ -314,26 +314,8 @@ fn go127_writer() -> &'static Path {
             "{} is not Go 1.27: {version}",
             go.display()
         );
-        let dir = common::target_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("gzwrite-go1.27");
-        // GOPATH mode against Debian's klauspost packages, as the other fixture writers.
-        let status = std::process::Command::new(&go)
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg("./tests/go/gzwrite")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOCACHE", dir.join("cache-go1.27"))
-            .status()
+        let bin = common::go_build(&go, "gzwrite", "go1.27")
             .unwrap_or_else(|e| panic!("{}: {e}", go.display()));
-        assert!(
-            status.success(),
-            "go build of gzwrite with {}",
-            go.display()
-        );
         eprintln!("Go 1.27 writer: {}", version.trim());
         bin
     })

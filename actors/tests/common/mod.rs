@@ -60,21 +60,8 @@ pub fn estargzwrite() -> Option<&'static Path> {
 
 /// `go build` of `tests/go/<name>` in GOPATH mode against Debian's packages.
 fn go_tool(name: &str) -> Option<PathBuf> {
-    let dir = target_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join(format!("{name}-{}", env!("CARGO_CRATE_NAME")));
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(format!("./tests/go/{name}"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", dir.join("cache"))
-        .status();
-    match status {
-        Ok(s) if s.success() => Some(bin),
-        Ok(s) => panic!("go build of {name} failed: {s}"),
+    match go_build(Path::new("go"), name, env!("CARGO_CRATE_NAME")) {
+        Ok(bin) => Some(bin),
         Err(e) if std::env::var_os("CI").is_some() => {
             panic!("CI must have Go to check the exact encoders: {e}")
         }
@@ -83,6 +70,31 @@ fn go_tool(name: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// `go build` of `tests/go/<name>` with the toolchain `go` (its own, `GOTOOLCHAIN=local`), in
+/// GOPATH mode against Debian's packages, as `<target>/go/<name>-<suffix>`. Err when `go`
+/// cannot be run; a failed build panics.
+pub fn go_build(go: &Path, name: &str, suffix: &str) -> std::io::Result<PathBuf> {
+    let dir = target_dir();
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join(format!("{name}-{suffix}"));
+    let status = Command::new(go)
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(format!("./tests/go/{name}"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", dir.join("cache"))
+        .status()?;
+    assert!(
+        status.success(),
+        "go build of {name} with {}: {status}",
+        go.display()
+    );
+    Ok(bin)
 }
 
 /// Run the zstdwrite fixture writer with `args` (and GOMAXPROCS if given) on `input`.
