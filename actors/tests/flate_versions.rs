@@ -58,7 +58,8 @@ fn kp_writers(required: &[&str], all_levels: bool) -> Vec<(String, PathBuf)> {
 
 /// The version of the Rust encoder a klauspost/compress tag (vX.Y.Z) writes like at `level`
 /// (`None` for an unknown tag, or a level the tag is not reproduced at), and whether the tag is
-/// reproduced at every level (else at the default level, and level 4 before 1.15.10).
+/// reproduced at every level (else at levels 0-6 and the default; 7-9 from 1.14.2; -2 from
+/// 1.12.3).
 fn kp_version(tag: &str, level: i32) -> Option<(KpVersion, bool)> {
     let v: Vec<u32> = tag
         .trim_start_matches('v')
@@ -66,9 +67,14 @@ fn kp_version(tag: &str, level: i32) -> Option<(KpVersion, bool)> {
         .map(|x| x.parse().ok())
         .collect::<Option<_>>()?;
     let v = (*v.first()?, *v.get(1)?, *v.get(2)?);
-    let default = matches!(level, -1 | 5);
-    if v < (1, 15, 10) && !default && level != 4 || v == (1, 15, 10) && !default {
-        return None;
+    if v < (1, 15, 11) {
+        match level {
+            -1..=6 => {}
+            // Levels 7-9 from 1.14.2, and Huffman-only from 1.12.3, write what 1.15.12 does.
+            7..=9 if v >= (1, 14, 2) => return Some((KpVersion::V1_15_12, false)),
+            -2 if v >= (1, 12, 3) => return Some((KpVersion::V1_15_12, false)),
+            _ => return None,
+        }
     }
     Some(match v {
         (1, 10, _) | (1, 11, 0..=12) => (KpVersion::V1_11_0, false),
@@ -78,6 +84,9 @@ fn kp_version(tag: &str, level: i32) -> Option<(KpVersion, bool)> {
         (1, 14, 0..=2) => (KpVersion::V1_14_0, false),
         (1, 14, 3..=4) => (KpVersion::V1_14_3, false),
         (1, 15, 0..=9) => (KpVersion::V1_15_0, false),
+        // 1.15.10 brought levels 5 and 6 their later end-of-match look; 1.15.11, levels 1-3
+        // their 5-byte hashes.
+        (1, 15, 10) if (1..=3).contains(&level) => (KpVersion::V1_15_0, false),
         (1, 15, 10) => (KpVersion::V1_15_12, false),
         // 1.16.0 brought the lazy levels' changes that 1.18.0 is named for.
         (1, 16, _) | (1, 17, _) if (7..=9).contains(&level) => (KpVersion::V1_18_0, true),
@@ -197,14 +206,16 @@ fn klauspost_1_18_pgzip_default_level() {
     check_kp(&[-1], &["v1.18.1", "v1.18.2"], false);
 }
 
-/// The default level (and 4) of the releases from 2020 to 2022 before 1.15.10 (1.10.3-1.15.9).
+/// Every level of the releases from 2020 to 2022 before 1.15.11 (1.10.3-1.15.10) that they
+/// are reproduced at: the default, 0-6, and 7-9 and -2 from the release that brought what
+/// later ones write.
 #[test]
 #[ignore = "needs klauspost/compress 1.11-1.15.9 builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
-fn klauspost_1_11_to_1_15_pgzip_default_level() {
+fn klauspost_1_11_to_1_15_pgzip_levels() {
     check_kp(
-        &[-1, 4],
+        &[-2, -1, 0, 1, 2, 3, 4, 6, 7, 8, 9],
         &[
-            "v1.11.7", "v1.12.1", "v1.12.2", "v1.13.6", "v1.14.4", "v1.15.9",
+            "v1.11.7", "v1.12.1", "v1.12.2", "v1.13.6", "v1.14.2", "v1.14.4", "v1.15.9", "v1.15.10",
         ],
         false,
     );
@@ -229,7 +240,7 @@ fn klauspost_layers_round_trip() {
     let writers = kp_writers(&["v1.18.1", "v1.18.2"], false);
     let data = files_under(&["/usr/lib/x86_64-linux-gnu"], 5 << 20);
     for (tag, bin) in &writers {
-        let levels: Vec<i32> = [-1, 1, 4, 6, 9]
+        let levels: Vec<i32> = [-1, 1, 3, 4, 6, 9]
             .into_iter()
             .filter(|&l| kp_version(tag, l).is_some())
             .collect();

@@ -411,8 +411,8 @@ fn alternatives_to(found: &Deflater, cands: &[Deflater]) -> Vec<Deflater> {
 pub(crate) fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
-         versions stowage reproduces (1.15.11-1.19.1 at every level, 1.10.3-1.15.10 at the \
-         default level and most at level 4): an earlier release at another level, an \
+         versions stowage reproduces (1.15.11-1.19.1 at every level, 1.10.3-1.15.10 at \
+         levels 0-6, 1.14.2-1.15.10 at 7-9 too): an earlier release at levels 7-9 or -2, an \
          earlier pgzip, or a newer encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \

@@ -237,7 +237,8 @@ pub enum GoStdVariant {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PgzipVariant {
     /// klauspost/compress 1.15.11-1.15.14 at every level; 1.16.0-1.17.11 at every level but
-    /// 7-9; 1.15.10 at the default level (5) and 1.18.0 at every level but 4 and 7-9.
+    /// 7-9; 1.18.0 at every level but 4 and 7-9; 1.15.10 at every level but 1-3; 1.14.2-1.15.9
+    /// at 7-9 and 1.12.3-1.15.9 at -2 (Huffman only).
     #[default]
     #[serde(rename = "klauspost1.15.12")]
     Klauspost1_15_12,
@@ -253,25 +254,25 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.18.2 through 1.19.1 (the latest checked) at every level.
     #[serde(rename = "klauspost1.18.2")]
     Klauspost1_18_2,
-    /// klauspost/compress 1.15.0-1.15.9 at the default level (5) and level 4.
+    /// klauspost/compress 1.15.0-1.15.9 at levels 0-6 (the default is 5), and 1.15.10 at 1-3.
     #[serde(rename = "klauspost1.15.0")]
     Klauspost1_15_0,
-    /// klauspost/compress 1.14.3-1.14.4 at the default level (5) and level 4.
+    /// klauspost/compress 1.14.3-1.14.4 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.14.3")]
     Klauspost1_14_3,
-    /// klauspost/compress 1.14.0-1.14.2 at the default level (5) and level 4.
+    /// klauspost/compress 1.14.0-1.14.2 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.14.0")]
     Klauspost1_14_0,
-    /// klauspost/compress 1.12.3-1.13.6 at the default level (5) and level 4.
+    /// klauspost/compress 1.12.3-1.13.6 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.12.3")]
     Klauspost1_12_3,
-    /// klauspost/compress 1.12.2 at the default level (5) and level 4.
+    /// klauspost/compress 1.12.2 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.12.2")]
     Klauspost1_12_2,
-    /// klauspost/compress 1.11.13-1.12.1 at the default level (5) and level 4.
+    /// klauspost/compress 1.11.13-1.12.1 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.11.13")]
     Klauspost1_11_13,
-    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at the default level (5) and level 4: umoci's
+    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at levels 0-6 (the default is 5): umoci's
     /// `go.mod` pins 1.11.3.
     #[serde(rename = "klauspost1.11.0")]
     Klauspost1_11_0,
@@ -314,10 +315,10 @@ impl PgzipVariant {
         if matches!(level, 4 | 7..=9) {
             v.push(Klauspost1_18_0);
         }
-        // Earlier releases, newest first: at the default level (and 4, where 1.15.12 does not
-        // write their bytes either), in the default blocks or umoci's 256 KiB (umoci pins
-        // 1.11.3), which is what container tools use.
-        if matches!(level, 4 | 5) && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
+        // Earlier releases, newest first: at levels 1-6, where they write other bytes than
+        // 1.15.12 (the default, 5, above all), in the default blocks or umoci's 256 KiB (umoci
+        // pins 1.11.3), which is what container tools use.
+        if matches!(level, 1..=6) && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
             v.extend([
                 Klauspost1_15_0,
                 Klauspost1_14_3,
@@ -959,6 +960,14 @@ mod tests {
                 ][..],
             ),
             (4, &[Klauspost1_18_0, Klauspost1_18_2][..]),
+            // Before 1.15.11 levels 1-3 hashed 4 bytes (level 3 before 1.14.3 another way);
+            // level 6 looked at the end of a match from its start (1.12.2) or not at all.
+            (1, &[Klauspost1_15_12, Klauspost1_15_0][..]),
+            (3, &[Klauspost1_15_12, Klauspost1_15_0, Klauspost1_14_0][..]),
+            (
+                6,
+                &[Klauspost1_15_12, Klauspost1_15_0, Klauspost1_11_13][..],
+            ),
             (
                 9,
                 &[

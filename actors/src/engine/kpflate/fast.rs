@@ -39,6 +39,12 @@ fn hash4(u: u64, bits: u32) -> usize {
     ((u as u32).wrapping_mul(PRIME4) >> (32 - bits)) as usize
 }
 
+/// Level 1's `hash` before 1.15.11: the low 4 bytes, another multiplier.
+#[inline(always)]
+fn hash4_l1(u: u64) -> usize {
+    ((u as u32).wrapping_mul(0x1e35a7bd) >> (32 - TABLE_BITS)) as usize
+}
+
 /// `hashLen(u, bits, 5)`.
 #[inline(always)]
 fn hash5(u: u64, bits: u32) -> usize {
@@ -141,21 +147,29 @@ pub(super) enum FastEnc {
 }
 
 impl FastEnc {
-    /// The encoder of `level` as klauspost `version` writes it: level 4 from 1.18.0 has a
-    /// quirk (see [`L4`]), level 5 checks the end of a match from 2 bytes in from 1.15.10.
+    /// The encoder of `level` as klauspost `version` writes it: levels 1-3 hash 4 bytes
+    /// before 1.15.11 (see [`L1`]), level 4 from 1.18.0 has a quirk (see [`L4`]), level 5
+    /// checks the end of a match from 2 bytes in from 1.15.10.
     pub fn new(level: i32, version: KpVersion) -> Self {
         let g = FastGen::new();
         match level {
             1 => FastEnc::L1(Box::new(L1 {
                 g,
+                hash4: version < KpVersion::V1_15_12,
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
             })),
             2 => FastEnc::L2(Box::new(L2 {
                 g,
+                hash4: version < KpVersion::V1_15_12,
                 table: vec![0; B_TABLE_SIZE].into_boxed_slice(),
             })),
             3 => FastEnc::L3(Box::new(L3 {
                 g,
+                era: match version {
+                    v if v < KpVersion::V1_14_3 => L3Era::Hash15,
+                    v if v < KpVersion::V1_15_12 => L3Era::Hash4,
+                    _ => L3Era::Hash5,
+                },
                 table: vec![EntryPrev::default(); 1 << 16].into_boxed_slice(),
             })),
             4 => FastEnc::L4(Box::new(L4 {
@@ -166,16 +180,13 @@ impl FastEnc {
             })),
             5 => FastEnc::L5(Box::new(L5 {
                 g,
-                end_check: match version {
-                    v if v >= KpVersion::V1_15_12 => Some(2),
-                    v if v >= KpVersion::V1_12_2 => Some(0),
-                    _ => None,
-                },
+                end_check: end_check(version),
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
                 b_table: vec![EntryPrev::default(); TABLE_SIZE].into_boxed_slice(),
             })),
             6 => FastEnc::L6(Box::new(L6 {
                 g,
+                end_check: end_check(version),
                 table: vec![0; TABLE_SIZE].into_boxed_slice(),
                 b_table: vec![EntryPrev::default(); TABLE_SIZE].into_boxed_slice(),
             })),
@@ -203,6 +214,17 @@ impl FastEnc {
             FastEnc::L5(e) => e.g.reset(),
             FastEnc::L6(e) => e.g.reset(),
         }
+    }
+}
+
+/// Whether levels 5 and 6 look for a longer match at the end of one (from 1.12.2), and how far
+/// into the match that look starts: 2 from 1.15.10 ("allow some bytes at the beginning to
+/// mismatch"), 0 before.
+fn end_check(version: KpVersion) -> Option<i32> {
+    match version {
+        v if v >= KpVersion::V1_15_12 => Some(2),
+        v if v >= KpVersion::V1_12_2 => Some(0),
+        _ => None,
     }
 }
 
@@ -251,14 +273,28 @@ fn emit_remainder(dst: &mut Tokens, src: &[u8], next_emit: i32) {
     }
 }
 
+/// Level 1. Before 1.15.11 (`hash4`), levels 1-3 hash the low 4 bytes where later releases
+/// hash 5 (level 1 with its own multiplier) and index the end of the last match when 4 bytes
+/// (not 8) follow it; level 3 also had a smaller input margin, skipped faster and indexed
+/// every 5th position of a match (not every 6th).
 pub(super) struct L1 {
     g: FastGen,
+    hash4: bool,
     table: Box<[i32]>,
 }
 
 impl L1 {
     fn encode(&mut self, dst: &mut Tokens, src_in: &[u8]) {
+        if self.hash4 {
+            self.encode_as::<true>(dst, src_in)
+        } else {
+            self.encode_as::<false>(dst, src_in)
+        }
+    }
+
+    fn encode_as<const HASH4: bool>(&mut self, dst: &mut Tokens, src_in: &[u8]) {
         const HB: u32 = TABLE_BITS;
+        let hash = |u: u64| if HASH4 { hash4_l1(u) } else { hash5(u, HB) };
         protect_plain(&mut self.g, &mut [&mut self.table[..]]);
         let mut s = self.g.add_block(src_in);
         if src_in.len() < MIN_NON_LITERAL_BLOCK_SIZE {
@@ -278,7 +314,7 @@ impl L1 {
             let mut next_s;
             let mut candidate;
             loop {
-                let mut next_hash = hash5(cv, HB);
+                let mut next_hash = hash(cv);
                 candidate = table[next_hash];
                 next_s = s + DO_EVERY + ((s - next_emit) >> SKIP_LOG);
                 if next_s > s_limit {
@@ -286,7 +322,7 @@ impl L1 {
                 }
                 let mut now = load64(src, next_s);
                 table[next_hash] = s + cur;
-                next_hash = hash5(now, HB);
+                next_hash = hash(now);
                 let offset = s - (candidate - cur);
                 if offset < MAX_MATCH_OFFSET && cv as u32 == load32(src, candidate - cur) {
                     table[next_hash] = next_s + cur;
@@ -325,18 +361,18 @@ impl L1 {
                     s = next_s + 1;
                 }
                 if s >= s_limit {
-                    if ((s + l + 8) as usize) < src.len() {
+                    if ((s + l + if HASH4 { 4 } else { 8 }) as usize) < src.len() {
                         let cv = load64(src, s);
-                        table[hash5(cv, HB)] = s + cur;
+                        table[hash(cv)] = s + cur;
                     }
                     break 'main;
                 }
                 let mut x = load64(src, s - 2);
                 let o = cur + s - 2;
-                let prev_hash = hash5(x, HB);
+                let prev_hash = hash(x);
                 table[prev_hash] = o;
                 x >>= 16;
-                let curr_hash = hash5(x, HB);
+                let curr_hash = hash(x);
                 candidate = table[curr_hash];
                 table[curr_hash] = o + 2;
                 let offset = s - (candidate - cur);
@@ -351,14 +387,25 @@ impl L1 {
     }
 }
 
+/// Level 2 (4-byte hashes before 1.15.11, see [`L1`]).
 pub(super) struct L2 {
     g: FastGen,
+    hash4: bool,
     table: Box<[i32]>,
 }
 
 impl L2 {
     fn encode(&mut self, dst: &mut Tokens, src_in: &[u8]) {
+        if self.hash4 {
+            self.encode_as::<true>(dst, src_in)
+        } else {
+            self.encode_as::<false>(dst, src_in)
+        }
+    }
+
+    fn encode_as<const HASH4: bool>(&mut self, dst: &mut Tokens, src_in: &[u8]) {
         const HB: u32 = B_TABLE_BITS;
+        let hash = |u: u64| if HASH4 { hash4(u, HB) } else { hash5(u, HB) };
         protect_plain(&mut self.g, &mut [&mut self.table[..]]);
         let mut s = self.g.add_block(src_in);
         if src_in.len() < MIN_NON_LITERAL_BLOCK_SIZE {
@@ -378,7 +425,7 @@ impl L2 {
             let mut next_s = s;
             let mut candidate;
             loop {
-                let mut next_hash = hash5(cv, HB);
+                let mut next_hash = hash(cv);
                 s = next_s;
                 next_s = s + DO_EVERY + ((s - next_emit) >> SKIP_LOG);
                 if next_s > s_limit {
@@ -387,7 +434,7 @@ impl L2 {
                 candidate = table[next_hash];
                 let mut now = load64(src, next_s);
                 table[next_hash] = s + cur;
-                next_hash = hash5(now, HB);
+                next_hash = hash(now);
                 let offset = s - (candidate - cur);
                 if offset < MAX_MATCH_OFFSET && cv as u32 == load32(src, candidate - cur) {
                     table[next_hash] = next_s + cur;
@@ -424,29 +471,29 @@ impl L2 {
                     s = next_s + 1;
                 }
                 if s >= s_limit {
-                    if ((s + l + 8) as usize) < src.len() {
+                    if ((s + l + if HASH4 { 4 } else { 8 }) as usize) < src.len() {
                         let cv = load64(src, s);
-                        table[hash5(cv, HB)] = s + cur;
+                        table[hash(cv)] = s + cur;
                     }
                     break 'main;
                 }
                 let mut i = s - l + 2;
                 while i < s - 5 {
                     let mut x = load64(src, i);
-                    table[hash5(x, HB)] = cur + i;
+                    table[hash(x)] = cur + i;
                     x >>= 16;
-                    table[hash5(x, HB)] = cur + i + 2;
+                    table[hash(x)] = cur + i + 2;
                     x >>= 16;
-                    table[hash5(x, HB)] = cur + i + 4;
+                    table[hash(x)] = cur + i + 4;
                     i += 7;
                 }
                 let x = load64(src, s - 2);
                 let o = cur + s - 2;
-                let prev_hash = hash5(x, HB);
-                let prev_hash2 = hash5(x >> 8, HB);
+                let prev_hash = hash(x);
+                let prev_hash2 = hash(x >> 8);
                 table[prev_hash] = o;
                 table[prev_hash2] = o + 1;
-                let curr_hash = hash5(x >> 16, HB);
+                let curr_hash = hash(x >> 16);
                 candidate = table[curr_hash];
                 table[curr_hash] = o + 2;
                 let offset = s - (candidate - cur);
@@ -461,14 +508,46 @@ impl L2 {
     }
 }
 
+/// Level 3, as three generations of klauspost write it (`era`, see [`L3Era`]).
 pub(super) struct L3 {
     g: FastGen,
+    era: L3Era,
     table: Box<[EntryPrev]>,
+}
+
+/// Which level 3: the releases that changed it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum L3Era {
+    /// Before 1.14.3: level 1's 4-byte hash into 2^15 entries; after a match the 4
+    /// positions before its end are indexed, and a candidate found there is taken only at the
+    /// older of the two entries (a match at the newer is dropped).
+    Hash15,
+    /// 1.14.3-1.15.10: 4-byte hashes into 2^16 entries, an input margin of 7, a skip of 1/64,
+    /// every 5th position of a match indexed.
+    Hash4,
+    /// 1.15.11 and later: 5-byte hashes, a margin of 11, a skip of 1/128, every 6th position.
+    Hash5,
 }
 
 impl L3 {
     fn encode(&mut self, dst: &mut Tokens, src_in: &[u8]) {
+        match self.era {
+            L3Era::Hash15 => self.encode_as::<0>(dst, src_in),
+            L3Era::Hash4 => self.encode_as::<1>(dst, src_in),
+            L3Era::Hash5 => self.encode_as::<2>(dst, src_in),
+        }
+    }
+
+    /// `ERA`: 0, 1, 2 for [`L3Era`]'s `Hash15`, `Hash4`, `Hash5`.
+    fn encode_as<const ERA: u8>(&mut self, dst: &mut Tokens, src_in: &[u8]) {
         const HB: u32 = 16;
+        let hash4_era = ERA < 2;
+        let hash = |u: u64| match ERA {
+            0 => hash4_l1(u),
+            1 => hash4(u, HB),
+            _ => hash5(u, HB),
+        };
+        let input_margin = if hash4_era { 8 - 1 } else { INPUT_MARGIN };
         while self.g.cur >= BUFFER_RESET {
             if self.g.len == 0 {
                 self.table.fill(EntryPrev::default());
@@ -479,7 +558,7 @@ impl L3 {
             self.g.cur = MAX_MATCH_OFFSET;
         }
         let mut s = self.g.add_block(src_in);
-        if src_in.len() < MIN_NON_LITERAL_BLOCK_SIZE {
+        if src_in.len() < 1 + 1 + input_margin as usize {
             dst.n = src_in.len();
             return;
         }
@@ -487,22 +566,26 @@ impl L3 {
         let src = &self.g.hist[..self.g.len];
         let table = &mut self.table[..1 << HB];
         let mut next_emit = s;
-        let s_limit = src.len() as i32 - INPUT_MARGIN;
+        let s_limit = src.len() as i32 - input_margin;
         let mut cv = load64(src, s);
 
         'main: loop {
-            const SKIP_LOG: i32 = 7;
+            let skip_log: i32 = if hash4_era { 6 } else { 7 };
             let mut next_s = s;
             let mut candidate;
             loop {
-                let next_hash = hash5(cv, HB);
+                let next_hash = hash(cv);
                 s = next_s;
-                next_s = s + 1 + ((s - next_emit) >> SKIP_LOG);
+                next_s = s + 1 + ((s - next_emit) >> skip_log);
                 if next_s > s_limit {
                     break 'main;
                 }
                 let candidates = table[next_hash];
-                let now = load64(src, next_s);
+                let now = if hash4_era {
+                    load32(src, next_s) as u64
+                } else {
+                    load64(src, next_s)
+                };
                 let min_offset = cur + s - (MAX_MATCH_OFFSET - 4);
                 table[next_hash] = EntryPrev {
                     prev: candidates.cur,
@@ -555,9 +638,13 @@ impl L3 {
                 }
                 if s >= s_limit {
                     t += l;
-                    if ((t + 8) as usize) < src.len() && t > 0 {
-                        cv = load64(src, t);
-                        let h = hash5(cv, HB);
+                    if ((t + if hash4_era { 4 } else { 8 }) as usize) < src.len() && t > 0 {
+                        cv = if hash4_era {
+                            load32(src, t) as u64
+                        } else {
+                            load64(src, t)
+                        };
+                        let h = hash(cv);
                         let c = table[h].cur;
                         table[h] = EntryPrev {
                             prev: c,
@@ -566,18 +653,29 @@ impl L3 {
                     }
                     break 'main;
                 }
-                let mut i = s - l + 2;
-                while i < s - 5 {
-                    let h = hash5(load64(src, i), HB);
-                    table[h].push(cur + i);
-                    i += 6;
+                let mut x;
+                if ERA == 0 {
+                    x = load64(src, s - 3);
+                    table[hash(x)].push(cur + s - 3);
+                    x >>= 8;
+                } else {
+                    let mut i = s - l + 2;
+                    while i < s - 5 {
+                        let h = hash(if hash4_era {
+                            load32(src, i) as u64
+                        } else {
+                            load64(src, i)
+                        });
+                        table[h].push(cur + i);
+                        i += if hash4_era { 5 } else { 6 };
+                    }
+                    x = load64(src, s - 2);
                 }
-                let mut x = load64(src, s - 2);
-                table[hash5(x, HB)].push(cur + s - 2);
+                table[hash(x)].push(cur + s - 2);
                 x >>= 8;
-                table[hash5(x, HB)].push(cur + s - 1);
+                table[hash(x)].push(cur + s - 1);
                 x >>= 8;
-                let curr_hash = hash5(x, HB);
+                let curr_hash = hash(x);
                 let candidates = table[curr_hash];
                 cv = x;
                 table[curr_hash] = EntryPrev {
@@ -586,7 +684,18 @@ impl L3 {
                 };
                 candidate = candidates.cur;
                 let min_offset = cur + s - (MAX_MATCH_OFFSET - 4);
-                if candidate > min_offset {
+                if ERA == 0 {
+                    // Only a match at the older entry is taken.
+                    if candidate > min_offset && cv as u32 != load32(src, candidate - cur) {
+                        candidate = candidates.prev;
+                        if candidate > min_offset
+                            && cv as u32 == load32(src, candidate - cur)
+                            && s - (candidate - cur) <= MAX_MATCH_OFFSET
+                        {
+                            continue;
+                        }
+                    }
+                } else if candidate > min_offset {
                     if cv as u32 == load32(src, candidate - cur) {
                         continue;
                     }
@@ -735,9 +844,7 @@ impl L4 {
 
 pub(super) struct L5 {
     g: FastGen,
-    /// Whether a longer match is looked for at the end of one (from 1.12.2), and how far into
-    /// the match that look starts: 2 from 1.15.10, 0 before ("allow some bytes at the
-    /// beginning to mismatch").
+    /// Where a longer match is looked for at the end of a match shorter than 30 ([`end_check`]).
     end_check: Option<i32>,
     table: Box<[i32]>,
     b_table: Box<[EntryPrev]>,
@@ -935,6 +1042,9 @@ impl L5 {
 
 pub(super) struct L6 {
     g: FastGen,
+    /// As [`L5`]'s (without its limit on the match length): from 1.12.2, 2 bytes in from
+    /// 1.15.10.
+    end_check: Option<i32>,
     table: Box<[i32]>,
     b_table: Box<[EntryPrev]>,
 }
@@ -1076,11 +1186,10 @@ impl L6 {
             }
 
             let s_at = s + l;
-            if s_at < s_limit {
-                const SKIP_BEGINNING: i32 = 2;
+            if let Some(skip) = self.end_check.filter(|_| s_at < s_limit) {
                 let e_long = b_table[hash7(load64(src, s_at), HB)];
-                let mut t2 = e_long.cur - cur - l + SKIP_BEGINNING;
-                let s2 = s + SKIP_BEGINNING;
+                let mut t2 = e_long.cur - cur - l + skip;
+                let s2 = s + skip;
                 let off = s2 - t2;
                 if off < MAX_MATCH_OFFSET {
                     if off > 0 && t2 >= 0 {
@@ -1091,7 +1200,7 @@ impl L6 {
                             s = s2;
                         }
                     }
-                    t2 = e_long.prev - cur - l + SKIP_BEGINNING;
+                    t2 = e_long.prev - cur - l + skip;
                     let off = s2 - t2;
                     if off > 0 && off < MAX_MATCH_OFFSET && t2 >= 0 {
                         let l2 = matchlen_long(s2, t2, src);
