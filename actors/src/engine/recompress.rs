@@ -319,8 +319,11 @@ impl PgzipVariant {
         // 1.15.12 (the default, 5, above all), in the default blocks or umoci's 256 KiB (umoci
         // pins 1.11.3), which is what container tools use.
         if matches!(level, 1..=6) && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
+            // 1.15.0-1.15.9 differ from 1.15.12 only at levels 1-3, 5 and 6.
+            if level != 4 {
+                v.push(Klauspost1_15_0);
+            }
             v.extend([
-                Klauspost1_15_0,
                 Klauspost1_14_3,
                 Klauspost1_14_0,
                 Klauspost1_12_3,
