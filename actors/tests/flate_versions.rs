@@ -58,8 +58,8 @@ fn kp_writers(required: &[&str], all_levels: bool) -> Vec<(String, PathBuf)> {
 
 /// The version of the Rust encoder a klauspost/compress tag (vX.Y.Z) writes like at `level`
 /// (`None` for an unknown tag, or a level the tag is not reproduced at), and whether the tag is
-/// reproduced at every level (else at levels 0-6 and the default; 7-9 from 1.14.2; -2 from
-/// 1.12.3).
+/// reproduced at every level (else at levels 0-9 and the default but 7-9 of 1.14.0-1.14.1, and
+/// -2 from 1.12.3).
 fn kp_version(tag: &str, level: i32) -> Option<(KpVersion, bool)> {
     let v: Vec<u32> = tag
         .trim_start_matches('v')
@@ -69,7 +69,9 @@ fn kp_version(tag: &str, level: i32) -> Option<(KpVersion, bool)> {
     let v = (*v.first()?, *v.get(1)?, *v.get(2)?);
     if v < (1, 15, 11) {
         match level {
+            // Levels 7-9 before 1.14.0 are each release's variant (they write alike there).
             -1..=6 => {}
+            7..=9 if v < (1, 14, 0) => {}
             // Levels 7-9 from 1.14.2, and Huffman-only from 1.12.3, write what 1.15.12 does.
             7..=9 if v >= (1, 14, 2) => return Some((KpVersion::V1_15_12, false)),
             -2 if v >= (1, 12, 3) => return Some((KpVersion::V1_15_12, false)),

@@ -272,8 +272,8 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.11.13-1.12.1 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.11.13")]
     Klauspost1_11_13,
-    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at levels 0-6 (the default is 5): umoci's
-    /// `go.mod` pins 1.11.3.
+    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at levels 0-6 (the default is 5), and
+    /// 1.10.3-1.13.6 at levels 7-9: umoci's `go.mod` pins 1.11.3.
     #[serde(rename = "klauspost1.11.0")]
     Klauspost1_11_0,
 }
@@ -331,6 +331,10 @@ impl PgzipVariant {
                 Klauspost1_11_13,
                 Klauspost1_11_0,
             ]);
+        }
+        // Levels 7-9 before 1.14.0 (all releases alike there, named by the first).
+        if matches!(level, 7..=9) && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
+            v.push(Klauspost1_11_0);
         }
         // 1.18.1 differs from 1.18.2 at levels 1-6 only rarely: try it last.
         v.push(Klauspost1_18_1);
@@ -978,6 +982,7 @@ mod tests {
                     Klauspost1_18_0,
                     Klauspost1_18_1,
                     Klauspost1_18_2,
+                    Klauspost1_11_0,
                 ][..],
             ),
         ] {

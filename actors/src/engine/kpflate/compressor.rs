@@ -10,6 +10,8 @@ use super::tokens::{
 };
 use super::{KpError, KpVersion};
 
+mod before_1_14;
+
 const LOG_WINDOW_SIZE: usize = 15;
 const WINDOW_SIZE: usize = 1 << LOG_WINDOW_SIZE;
 const WINDOW_MASK: usize = WINDOW_SIZE - 1;
@@ -69,6 +71,8 @@ pub(super) struct Lazy {
     v1_18: bool,
     /// klauspost 1.18.2+: level 9's literal code is built from at most the next 32 KiB.
     hist_cap: bool,
+    /// klauspost before 1.14.0: the matcher of [`before_1_14`].
+    before_1_14: bool,
 }
 
 enum Kind {
@@ -139,11 +143,16 @@ impl Compressor {
             }
             7..=9 => {
                 w.log_new_table_penalty = 8;
-                // (good, lazy, nice, chain) = levels[level]; "good" is unused by deflateLazy.
-                let (lazy, nice, chain) = match level {
-                    7 => (12, 16, 24),
-                    8 => (30, 40, 64),
-                    _ => (258, 258, 1024),
+                // (good, lazy, nice, chain) = levels[level]; "good" is unused by deflateLazy
+                // (and before 1.14.0 never reached).
+                let before_1_14 = version < KpVersion::V1_14_0;
+                let (lazy, nice, chain) = match (level, before_1_14) {
+                    (7, false) => (12, 16, 24),
+                    (8, false) => (30, 40, 64),
+                    (_, false) => (258, 258, 1024),
+                    (7, true) => (8, 24, 16),
+                    (8, true) => (16, 24, 64),
+                    (_, true) => (258, 258, 4096),
                 };
                 let state = Lazy {
                     lazy,
@@ -162,6 +171,7 @@ impl Compressor {
                     h: None,
                     v1_18: version >= KpVersion::V1_18_0,
                     hist_cap: version >= KpVersion::V1_18_2,
+                    before_1_14,
                 };
                 (Kind::Lazy(Box::new(state)), 2 * WINDOW_SIZE)
             }
@@ -219,7 +229,11 @@ impl Compressor {
                         continue;
                     }
                     let dst_size = tocheck.len() - MIN_MATCH_LENGTH as usize + 1;
-                    bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
+                    if s.before_1_14 {
+                        before_1_14::bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
+                    } else {
+                        bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
+                    }
                     for i in 0..dst_size {
                         let di = i + startindex;
                         let new_h = (s.hash_match[i] & HASH_MASK) as usize;
@@ -356,7 +370,12 @@ impl Compressor {
                 self.block_start = i32::MAX as isize;
             }
             s.hash_offset += WINDOW_SIZE as isize;
-            if s.hash_offset > MAX_HASH_OFFSET {
+            let max_hash_offset = if s.before_1_14 {
+                1 << 24
+            } else {
+                MAX_HASH_OFFSET
+            };
+            if s.hash_offset > max_hash_offset {
                 let delta = s.hash_offset - 1;
                 s.hash_offset -= delta;
                 s.chain_head -= delta;
@@ -384,6 +403,9 @@ impl Compressor {
 
     /// `deflateLazy`: hash-chain matching with lazy evaluation (levels 7-9).
     fn deflate_lazy(&mut self) {
+        if matches!(&self.kind, Kind::Lazy(s) if s.before_1_14) {
+            return self.deflate_lazy_before_1_14();
+        }
         let Kind::Lazy(s) = &mut self.kind else {
             unreachable!()
         };

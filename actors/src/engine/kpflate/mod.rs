@@ -1,9 +1,9 @@
 //! Port of github.com/klauspost/compress/flate 1.15.12 and
 //! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
 //! Authors, Copyright (c) 2015 Klaus Post), with the changes of other
-//! releases that alter output selected by [`KpVersion`] (1.10.3-1.15.10 at levels
-//! 0-6; 1.18.0, 1.18.1, 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and
-//! [`KpDeflater`] for
+//! releases that alter output selected by [`KpVersion`] (1.10.3-1.15.10 at every
+//! level but 7-9 of 1.14.0-1.14.1 and -2 before 1.12.3; 1.18.0, 1.18.1,
+//! 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and [`KpDeflater`] for
 //! klauspost's `flate.Writer` as one stream.
 //!
 //! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
@@ -79,30 +79,33 @@ pub const PGZIP_TAIL: usize = 16384;
 /// which levels is on [`crate::engine::recompress::PgzipVariant`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KpVersion {
-    /// 1.11.0-1.11.12 (and 1.10.3; at levels 0-6): as
+    /// 1.11.0-1.11.12 and 1.10.3 (at every level but -2): as
     /// 1.11.13 but for how unused bytes enter a Huffman-only block's estimate and table, and
     /// a new-table penalty of 1/64 at levels 1-6.
     V1_11_0,
-    /// 1.11.13-1.12.1 (at levels 0-6): as 1.12.2 without
-    /// level 5's look for a longer match at the end of one.
+    /// 1.11.13-1.12.1 (at every level but -2): as 1.12.2 without levels 5 and 6's look for
+    /// a longer match at the end of one.
     V1_11_13,
-    /// 1.12.2 (at levels 0-6): as 1.12.3 but for
+    /// 1.12.2 (at every level but -2): as 1.12.3 but for
     /// Huffman-only blocks sized by byte entropy and unclamped symbol costs in the new-table
     /// estimate.
     V1_12_2,
-    /// 1.12.3-1.13.6 (at levels 0-6): as 1.14.0 but for
-    /// the dynamic block decisions before 1.14.0 (filled histograms, a stored block when
+    /// 1.12.3-1.13.6 (at every level): as 1.14.0 but for levels 7-9 (the lazy matcher before
+    /// 1.14.0, `compressor/before_1_14.rs`, in every variant up to here), the dynamic block
+    /// decisions before 1.14.0 (filled histograms, a stored block when
     /// under a sixteenth larger, no fixed-table preference) and a new-table penalty of 1/256
     /// at levels 1-6 instead of 1/128.
     V1_12_3,
-    /// 1.14.0-1.14.2 (at levels 0-6): as 1.14.3 without its
-    /// quick check for incompressible Huffman-only blocks.
+    /// 1.14.0-1.14.2 (at every level but 7-9 of 1.14.0-1.14.1): as 1.14.3 without its
+    /// quick check for incompressible Huffman-only blocks, and level 3 with level 1's hash
+    /// (see `fast.rs`).
     V1_14_0,
-    /// 1.14.3-1.14.4 (at levels 0-6): as 1.15.0, and a
+    /// 1.14.3-1.14.4 (at every level): as 1.15.0, and a
     /// match longer than 258 is cut into 255s.
     V1_14_3,
-    /// 1.15.0-1.15.9 (at levels 0-6): as 1.15.12, but level
-    /// 5's look for a longer match at the end of one starts at the match's first byte.
+    /// 1.15.0-1.15.9, and 1.15.10 at levels 1-3 (at every level): as 1.15.12, but levels 5
+    /// and 6 look for a longer match at the end of one from its first byte, and levels 1-3
+    /// hash 4 bytes (see `fast.rs`).
     V1_15_0,
     /// 1.15.12: dynamic blocks that may be followed by a reused table get full-size header
     /// counts (HLIT 286, HDIST 30).

@@ -1,6 +1,8 @@
 //! Block decisions of klauspost/compress before 1.14.0 (what pgzip's default level goes
 //! through).
 //!
+//! `writeBlock` up to 1.13.6 (levels 7-9): the smallest of fixed, dynamic and stored.
+//!
 //! `writeBlockDynamic` up to 1.13.6: a block that may be followed by another gets every
 //! histogram entry filled (`tokens.Fill`) so its table can always be reused, the new-table
 //! estimate counts filled entries but not the end-of-block code, a stored block wins when it
@@ -11,11 +13,56 @@
 //! 1.12.2: the block's size is guessed from its byte entropy rather than from a table built
 //! for it; 1.11.13 changed how unused bytes enter that guess and table.
 
+use super::super::huffman::{FIXED_LITERAL_CODES, FIXED_OFFSET_CODES};
 use super::super::tokens::{m_fast_log2, Tokens, END_BLOCK_MARKER};
 use super::super::KpVersion;
 use super::{histogram, BitWriter, LENGTH_CODES_START};
 
 impl BitWriter {
+    /// `writeBlock` up to 1.13.6, what levels 7-9 wrote each block with: the smallest of a
+    /// fixed, a new dynamic and a stored block (a table is never reused), the end-of-block
+    /// code always in the block.
+    pub fn write_block_before_1_14(
+        &mut self,
+        tokens: &mut Tokens,
+        eof: bool,
+        input: Option<&[u8]>,
+    ) {
+        tokens.add_eob();
+        if self.last_header > 0 {
+            self.write_code(self.literal_encoding.codes[END_BLOCK_MARKER]);
+            self.last_header = 0;
+        }
+        let (num_literals, num_offsets) = self.index_tokens(tokens, false, false);
+        self.generate();
+        let (ssize, storable) = Self::stored_size(input);
+        let extra_bits = if storable { self.extra_bit_size() } else { 0 };
+        let mut size = self.fixed_size(extra_bits);
+        self.generate_codegen(num_literals, num_offsets, false);
+        self.codegen_encoding.generate(&self.codegen_freq, 7);
+        let (dsize, num_codegens) = self.dynamic_size(extra_bits);
+        let dynamic = dsize < size;
+        if dynamic {
+            size = dsize;
+        }
+        if storable && ssize < size {
+            self.write_stored_header(input.unwrap().len(), eof);
+            self.write_bytes(input.unwrap());
+            return;
+        }
+        if dynamic {
+            self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
+            self.write_tokens_in_table(tokens);
+        } else {
+            self.write_fixed_header(eof);
+            self.write_tokens(
+                &tokens.tokens[..tokens.n],
+                &FIXED_LITERAL_CODES,
+                &FIXED_OFFSET_CODES,
+            );
+        }
+    }
+
     pub(super) fn write_block_dynamic_before_1_14(
         &mut self,
         tokens: &mut Tokens,
