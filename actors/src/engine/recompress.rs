@@ -238,7 +238,7 @@ pub enum GoStdVariant {
 pub enum PgzipVariant {
     /// klauspost/compress 1.15.11-1.15.14 at every level; 1.16.0-1.17.11 at every level but
     /// 7-9; 1.18.0 at every level but 4 and 7-9; 1.15.10 at every level but 1-3; 1.14.2-1.15.9
-    /// at 7-9 and 1.12.3-1.15.9 at -2 (Huffman only).
+    /// at 7-9 and 1.12.3-1.15.9 at -2 (Huffman only), which they write alike.
     #[default]
     #[serde(rename = "klauspost1.15.12")]
     Klauspost1_15_12,
@@ -269,11 +269,11 @@ pub enum PgzipVariant {
     /// klauspost/compress 1.12.2 at levels 0-6 (the default is 5).
     #[serde(rename = "klauspost1.12.2")]
     Klauspost1_12_2,
-    /// klauspost/compress 1.11.13-1.12.1 at levels 0-6 (the default is 5).
+    /// klauspost/compress 1.11.13-1.12.1 at levels 0-6 (the default is 5), and 1.12.2 at -2.
     #[serde(rename = "klauspost1.11.13")]
     Klauspost1_11_13,
-    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at levels 0-6 (the default is 5), and
-    /// 1.10.3-1.13.6 at levels 7-9: umoci's `go.mod` pins 1.11.3.
+    /// klauspost/compress 1.11.0-1.11.12 (and 1.10.3) at every level (the default is 5), and
+    /// 1.11.13-1.13.6 at levels 7-9: umoci's `go.mod` pins 1.11.3.
     #[serde(rename = "klauspost1.11.0")]
     Klauspost1_11_0,
 }
@@ -332,9 +332,14 @@ impl PgzipVariant {
                 Klauspost1_11_0,
             ]);
         }
-        // Levels 7-9 before 1.14.0 (all releases alike there, named by the first).
-        if matches!(level, 7..=9) && matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
-            v.push(Klauspost1_11_0);
+        // Levels 7-9 before 1.14.0 (all releases alike there, named by the first), Huffman
+        // only before 1.12.3.
+        if matches!(block, kpflate::PGZIP_DEFAULT_BLOCK | UMOCI_BLOCK) {
+            match level {
+                7..=9 => v.push(Klauspost1_11_0),
+                -2 => v.extend([Klauspost1_11_13, Klauspost1_11_0]),
+                _ => {}
+            }
         }
         // 1.18.1 differs from 1.18.2 at levels 1-6 only rarely: try it last.
         v.push(Klauspost1_18_1);
@@ -975,6 +980,12 @@ mod tests {
                 6,
                 &[Klauspost1_15_12, Klauspost1_15_0, Klauspost1_11_13][..],
             ),
+            // Huffman only: 64 KiB blocks before 1.11.13, other new-table penalties before
+            // 1.12.3.
+            (
+                -2,
+                &[Klauspost1_18_2, Klauspost1_11_13, Klauspost1_11_0][..],
+            ),
             (
                 9,
                 &[
@@ -1158,7 +1169,7 @@ mod tests {
         let mut d = LayerDecoder::new(Compression::Gzip);
         let err = d.feed(&pgzip_like, &mut |_| {}).unwrap_err().to_string();
         assert!(
-            err.contains("1.15.11-1.19.1") && err.contains("1.10.3-1.15.10"),
+            err.contains("1.10.3-1.19.1") && err.contains("1.14.0-1.14.1"),
             "{err}"
         );
     }

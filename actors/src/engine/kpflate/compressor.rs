@@ -119,8 +119,15 @@ impl Compressor {
         let (kind, window_len) = match level {
             0 => (Kind::Store, MAX_STORE_BLOCK_SIZE),
             -2 => {
-                w.log_new_table_penalty = 10;
-                (Kind::Huff, 32 << 10)
+                // Huffman only: blocks of 64 KiB with a new-table penalty of 1/16 before
+                // 1.11.13, of 32 KiB with 1/256 until 1.12.2, 1/1024 since.
+                let (penalty, window) = match version {
+                    v if v < KpVersion::V1_11_13 => (4, MAX_STORE_BLOCK_SIZE),
+                    v if v < KpVersion::V1_12_3 => (8, 32 << 10),
+                    _ => (10, 32 << 10),
+                };
+                w.log_new_table_penalty = penalty;
+                (Kind::Huff, window)
             }
             -1 | 1..=6 => {
                 w.log_new_table_penalty = match version {

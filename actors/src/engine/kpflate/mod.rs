@@ -2,8 +2,8 @@
 //! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
 //! Authors, Copyright (c) 2015 Klaus Post), with the changes of other
 //! releases that alter output selected by [`KpVersion`] (1.10.3-1.15.10 at every
-//! level but 7-9 of 1.14.0-1.14.1 and -2 before 1.12.3; 1.18.0, 1.18.1,
-//! 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and [`KpDeflater`] for
+//! level but 7-9 of 1.14.0-1.14.1; 1.18.0, 1.18.1, 1.18.2-1.19.1, and Go 1.27's
+//! copy of the encoder), and [`KpDeflater`] for
 //! klauspost's `flate.Writer` as one stream.
 //!
 //! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
@@ -79,14 +79,14 @@ pub const PGZIP_TAIL: usize = 16384;
 /// which levels is on [`crate::engine::recompress::PgzipVariant`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KpVersion {
-    /// 1.11.0-1.11.12 and 1.10.3 (at every level but -2): as
+    /// 1.11.0-1.11.12 and 1.10.3 (at every level): as
     /// 1.11.13 but for how unused bytes enter a Huffman-only block's estimate and table, and
     /// a new-table penalty of 1/64 at levels 1-6.
     V1_11_0,
-    /// 1.11.13-1.12.1 (at every level but -2): as 1.12.2 without levels 5 and 6's look for
+    /// 1.11.13-1.12.1 (at every level): as 1.12.2 without levels 5 and 6's look for
     /// a longer match at the end of one.
     V1_11_13,
-    /// 1.12.2 (at every level but -2): as 1.12.3 but for
+    /// 1.12.2 (at every level): as 1.12.3 but for
     /// Huffman-only blocks sized by byte entropy and unclamped symbol costs in the new-table
     /// estimate.
     V1_12_2,
