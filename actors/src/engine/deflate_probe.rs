@@ -411,8 +411,8 @@ fn alternatives_to(found: &Deflater, cands: &[Deflater]) -> Vec<Deflater> {
 pub(crate) fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
         "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
-         versions stowage reproduces (1.10.3-1.19.1 at every level, but 7-9 of \
-         1.14.0-1.14.1): one of those, an earlier pgzip, or a newer encoder"
+         versions stowage reproduces (1.10.3-1.19.1 at every level): an earlier pgzip, an \
+         earlier or newer release, or another encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
          and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's (1.27.3's \

@@ -9,6 +9,7 @@ use super::tokens::{
     OFFSET_EXTRA_BITS,
 };
 use super::{KpError, KpVersion};
+use crate::engine::go_entropy::shannon_entropy_bits;
 
 mod before_1_14;
 
@@ -73,6 +74,10 @@ pub(super) struct Lazy {
     hist_cap: bool,
     /// klauspost before 1.14.0: the matcher of [`before_1_14`].
     before_1_14: bool,
+    /// klauspost 1.14.0-1.14.1: a match's gain is its length times the bits per byte the
+    /// window's entropy estimates (`est_bits_per_byte`), less its offset's bit length.
+    bpb_gain: bool,
+    est_bits_per_byte: i64,
 }
 
 enum Kind {
@@ -153,13 +158,17 @@ impl Compressor {
                 // (good, lazy, nice, chain) = levels[level]; "good" is unused by deflateLazy
                 // (and before 1.14.0 never reached).
                 let before_1_14 = version < KpVersion::V1_14_0;
-                let (lazy, nice, chain) = match (level, before_1_14) {
-                    (7, false) => (12, 16, 24),
-                    (8, false) => (30, 40, 64),
-                    (_, false) => (258, 258, 1024),
-                    (7, true) => (8, 24, 16),
-                    (8, true) => (16, 24, 64),
-                    (_, true) => (258, 258, 4096),
+                // 1.14.0-1.14.1 (1.14.2 writes what later releases do at 7-9).
+                let bpb_gain = version == KpVersion::V1_14_0;
+                let (lazy, nice, chain) = match (level, before_1_14, bpb_gain) {
+                    (7, true, _) => (8, 24, 16),
+                    (8, true, _) => (16, 24, 64),
+                    (_, true, _) => (258, 258, 4096),
+                    (7, _, true) => (10, 12, 16),
+                    (8, _, true) => (24, 32, 64),
+                    (7, _, _) => (12, 16, 24),
+                    (8, _, _) => (30, 40, 64),
+                    _ => (258, 258, 1024),
                 };
                 let state = Lazy {
                     lazy,
@@ -179,6 +188,8 @@ impl Compressor {
                     v1_18: version >= KpVersion::V1_18_0,
                     hist_cap: version >= KpVersion::V1_18_2,
                     before_1_14,
+                    bpb_gain,
+                    est_bits_per_byte: 8,
                 };
                 (Kind::Lazy(Box::new(state)), 2 * WINDOW_SIZE)
             }
@@ -426,7 +437,13 @@ impl Compressor {
         if window_end - s.index < MIN_MATCH_LENGTH + MAX_MATCH_LENGTH && !sync {
             return;
         }
-        if window_end != s.index && s.chain > 100 {
+        if s.bpb_gain {
+            s.est_bits_per_byte = 8;
+            if !sync {
+                let bits = shannon_entropy_bits(&window[s.index as usize..window_end as usize]);
+                s.est_bits_per_byte = (1.0 + bits as f64 / (window_end - s.index) as f64) as i64;
+            }
+        } else if window_end != s.index && s.chain > 100 {
             let h = s.h.get_or_insert_with(|| HuffmanEncoder::new(256));
             let mut tmp = [0u16; 256];
             let mut to_index = &window[s.index as usize..window_end as usize];
@@ -672,6 +689,38 @@ fn find_match(
     let mut ok = false;
 
     let mut i = prev_head;
+    if s.bpb_gain {
+        let bpb = s.est_bits_per_byte;
+        let mut c_gain = MIN_MATCH_LENGTH as i64 * bpb - 12;
+        while tries > 0 {
+            if w_end == win[(i + length) as usize] {
+                let n = match_len(&win[i as usize..(i + min_match_look) as usize], w_pos) as isize;
+                if n > length {
+                    let new_gain =
+                        n as i64 * bpb - (32 - ((pos - i) as u32).leading_zeros()) as i64;
+                    if new_gain > c_gain {
+                        length = n;
+                        offset = pos - i;
+                        c_gain = new_gain;
+                        ok = true;
+                        if n >= nice {
+                            break;
+                        }
+                        w_end = win[(pos + n) as usize];
+                    }
+                }
+            }
+            if i <= min_index {
+                break;
+            }
+            i = s.hash_prev[i as usize & WINDOW_MASK] as isize - s.hash_offset;
+            if i < min_index {
+                break;
+            }
+            tries -= 1;
+        }
+        return ok.then_some((length, offset));
+    }
     if s.chain < 100 {
         while tries > 0 {
             if w_end == win[(i + length) as usize] {

@@ -1,9 +1,8 @@
 //! Port of github.com/klauspost/compress/flate 1.15.12 and
 //! github.com/klauspost/pgzip 1.2.5 (BSD-3-Clause, Copyright (c) 2012 The Go
 //! Authors, Copyright (c) 2015 Klaus Post), with the changes of other
-//! releases that alter output selected by [`KpVersion`] (1.10.3-1.15.10 at every
-//! level but 7-9 of 1.14.0-1.14.1; 1.18.0, 1.18.1, 1.18.2-1.19.1, and Go 1.27's
-//! copy of the encoder), and [`KpDeflater`] for
+//! releases that alter output selected by [`KpVersion`] (1.10.3-1.15.10; 1.18.0,
+//! 1.18.1, 1.18.2-1.19.1, and Go 1.27's copy of the encoder), and [`KpDeflater`] for
 //! klauspost's `flate.Writer` as one stream.
 //!
 //! A bit-exact re-encoder for the gzip that pgzip writes (what podman,
@@ -96,9 +95,9 @@ pub enum KpVersion {
     /// under a sixteenth larger, no fixed-table preference) and a new-table penalty of 1/256
     /// at levels 1-6 instead of 1/128.
     V1_12_3,
-    /// 1.14.0-1.14.2 (at every level but 7-9 of 1.14.0-1.14.1): as 1.14.3 without its
-    /// quick check for incompressible Huffman-only blocks, and level 3 with level 1's hash
-    /// (see `fast.rs`).
+    /// 1.14.0-1.14.2 (at every level but 7-9 of 1.14.2): as 1.14.3 without its quick check
+    /// for incompressible Huffman-only blocks, level 3 with level 1's hash (see `fast.rs`),
+    /// and levels 7-9 weighing a match by the window's entropy (`compressor.rs`, `bpb_gain`).
     V1_14_0,
     /// 1.14.3-1.14.4 (at every level): as 1.15.0, and a
     /// match longer than 258 is cut into 255s.
