@@ -80,6 +80,29 @@ pub(super) struct Lazy {
     est_bits_per_byte: i64,
 }
 
+impl Lazy {
+    /// Chain every 4-byte window of `window[start..end]` into the hash table (`bulkHash4`,
+    /// big-endian before 1.14.0).
+    fn insert_hashes(&mut self, window: &[u8], start: usize, end: usize) {
+        let tocheck = &window[start..end];
+        if tocheck.len() < MIN_MATCH_LENGTH as usize {
+            return;
+        }
+        let dst_size = tocheck.len() - MIN_MATCH_LENGTH as usize + 1;
+        if self.before_1_14 {
+            before_1_14::bulk_hash4(tocheck, &mut self.hash_match[..dst_size]);
+        } else {
+            bulk_hash4(tocheck, &mut self.hash_match[..dst_size]);
+        }
+        for i in 0..dst_size {
+            let di = i + start;
+            let new_h = (self.hash_match[i] & HASH_MASK) as usize;
+            self.hash_prev[di & WINDOW_MASK] = self.hash_head[new_h];
+            self.hash_head[new_h] = (di as isize + self.hash_offset) as u32;
+        }
+    }
+}
+
 enum Kind {
     Store,
     Huff,
@@ -242,22 +265,7 @@ impl Compressor {
                 for j in 0..loops {
                     let startindex = j * 256;
                     let end = (startindex + 256 + MIN_MATCH_LENGTH as usize - 1).min(n);
-                    let tocheck = &self.window[startindex..end];
-                    if tocheck.len() < MIN_MATCH_LENGTH as usize {
-                        continue;
-                    }
-                    let dst_size = tocheck.len() - MIN_MATCH_LENGTH as usize + 1;
-                    if s.before_1_14 {
-                        before_1_14::bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
-                    } else {
-                        bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
-                    }
-                    for i in 0..dst_size {
-                        let di = i + startindex;
-                        let new_h = (s.hash_match[i] & HASH_MASK) as usize;
-                        s.hash_prev[di & WINDOW_MASK] = s.hash_head[new_h];
-                        s.hash_head[new_h] = (di as isize + s.hash_offset) as u32;
-                    }
+                    s.insert_hashes(&self.window, startindex, end);
                 }
                 self.window_end += n;
                 s.index = n as isize;
@@ -601,17 +609,7 @@ impl Compressor {
                 let new_index = s.index + prev_length - 1;
                 let end = new_index.min(s.max_insert_index) + MIN_MATCH_LENGTH - 1;
                 let startindex = (s.index + 1).min(s.max_insert_index);
-                let tocheck = &window[startindex as usize..end as usize];
-                if tocheck.len() >= MIN_MATCH_LENGTH as usize {
-                    let dst_size = tocheck.len() - MIN_MATCH_LENGTH as usize + 1;
-                    bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
-                    for i in 0..dst_size {
-                        let di = i + startindex as usize;
-                        let new_h = (s.hash_match[i] & HASH_MASK) as usize;
-                        s.hash_prev[di & WINDOW_MASK] = s.hash_head[new_h];
-                        s.hash_head[new_h] = (di as isize + s.hash_offset) as u32;
-                    }
-                }
+                s.insert_hashes(window, startindex as usize, end as usize);
                 s.index = new_index;
                 self.byte_available = false;
                 s.length = MIN_MATCH_LENGTH - 1;
@@ -670,12 +668,57 @@ impl Compressor {
 }
 
 /// `findMatch`: the best match at `pos` longer than 3 along the hash chain from `prev_head`.
+/// Which is best: the longest (levels 7-8 from 1.14.2), or the one of most gain, weighed by
+/// the window's bits per byte (1.14.0-1.14.1) or by level 9's literal code (1.14.2 on).
 fn find_match(
     s: &Lazy,
     window: &[u8],
     pos: isize,
     prev_head: isize,
     lookahead: isize,
+) -> Option<(isize, isize)> {
+    if s.bpb_gain {
+        let bpb = s.est_bits_per_byte;
+        let base = MIN_MATCH_LENGTH as i64 * bpb - 12;
+        return chain_search(s, window, pos, prev_head, lookahead, base, |n, d, _| {
+            n as i64 * bpb - (32 - (d as u32).leading_zeros()) as i64
+        });
+    }
+    if s.chain < 100 {
+        return chain_search(s, window, pos, prev_head, lookahead, i64::MIN, |n, _, _| {
+            n as i64
+        });
+    }
+    // 1.18.0+ wants a gain of more than 4 bits at a base cost of 3; 1.15.12 more than 0 at 6.
+    let (base_cost, c_gain): (i64, i64) = if s.v1_18 { (3, 4) } else { (6, 0) };
+    let h = s.h.as_ref().expect("level 9 literal code");
+    chain_search(
+        s,
+        window,
+        pos,
+        prev_head,
+        lookahead,
+        c_gain,
+        |n, d, w_pos| {
+            h.bit_length_raw(&w_pos[..n as usize])
+                - OFFSET_EXTRA_BITS[offset_code(d as u32) as usize] as i64
+                - base_cost
+                - LENGTH_EXTRA_BITS[LENGTH_CODES[((n - 3) & 255) as usize] as usize] as i64
+        },
+    )
+}
+
+/// The walk of `findMatch` along the hash chain from `prev_head` (at most `chain` links): a
+/// longer match at `pos` is taken when `gain(length, distance, &window[pos..])` beats the
+/// best so far (`c_gain` at first); a match of `nice` bytes ends the walk.
+fn chain_search(
+    s: &Lazy,
+    window: &[u8],
+    pos: isize,
+    prev_head: isize,
+    lookahead: isize,
+    mut c_gain: i64,
+    gain: impl Fn(isize, isize, &[u8]) -> i64,
 ) -> Option<(isize, isize)> {
     let min_match_look = lookahead.min(MAX_MATCH_LENGTH);
     let win = &window[..(pos + min_match_look) as usize];
@@ -687,77 +730,12 @@ fn find_match(
     let min_index = (pos - WINDOW_SIZE as isize).max(0);
     let mut offset = 0;
     let mut ok = false;
-
     let mut i = prev_head;
-    if s.bpb_gain {
-        let bpb = s.est_bits_per_byte;
-        let mut c_gain = MIN_MATCH_LENGTH as i64 * bpb - 12;
-        while tries > 0 {
-            if w_end == win[(i + length) as usize] {
-                let n = match_len(&win[i as usize..(i + min_match_look) as usize], w_pos) as isize;
-                if n > length {
-                    let new_gain =
-                        n as i64 * bpb - (32 - ((pos - i) as u32).leading_zeros()) as i64;
-                    if new_gain > c_gain {
-                        length = n;
-                        offset = pos - i;
-                        c_gain = new_gain;
-                        ok = true;
-                        if n >= nice {
-                            break;
-                        }
-                        w_end = win[(pos + n) as usize];
-                    }
-                }
-            }
-            if i <= min_index {
-                break;
-            }
-            i = s.hash_prev[i as usize & WINDOW_MASK] as isize - s.hash_offset;
-            if i < min_index {
-                break;
-            }
-            tries -= 1;
-        }
-        return ok.then_some((length, offset));
-    }
-    if s.chain < 100 {
-        while tries > 0 {
-            if w_end == win[(i + length) as usize] {
-                let n = match_len(&win[i as usize..(i + min_match_look) as usize], w_pos) as isize;
-                if n > length {
-                    length = n;
-                    offset = pos - i;
-                    ok = true;
-                    if n >= nice {
-                        break;
-                    }
-                    w_end = win[(pos + n) as usize];
-                }
-            }
-            if i <= min_index {
-                break;
-            }
-            i = s.hash_prev[i as usize & WINDOW_MASK] as isize - s.hash_offset;
-            if i < min_index {
-                break;
-            }
-            tries -= 1;
-        }
-        return ok.then_some((length, offset));
-    }
-
-    // 1.18.0+ wants a gain of more than 4 bits at a base cost of 3; 1.15.12 more than 0 at 6.
-    let (base_cost, mut c_gain): (i64, i64) = if s.v1_18 { (3, 4) } else { (6, 0) };
-    let h = s.h.as_ref().expect("level 9 literal code");
     while tries > 0 {
         if w_end == win[(i + length) as usize] {
             let n = match_len(&win[i as usize..(i + min_match_look) as usize], w_pos) as isize;
             if n > length {
-                let new_gain = h.bit_length_raw(&w_pos[..n as usize])
-                    - OFFSET_EXTRA_BITS[offset_code((pos - i) as u32) as usize] as i64
-                    - base_cost
-                    - LENGTH_EXTRA_BITS[LENGTH_CODES[((n - 3) & 255) as usize] as usize] as i64;
+                let new_gain = gain(n, pos - i, w_pos);
                 if new_gain > c_gain {
                     length = n;
                     offset = pos - i;

@@ -5,9 +5,7 @@
 //! each block written by `writeBlock` ([`BitWriter::write_block_before_1_14`]). A match of 4
 //! bytes is taken only within 4096 bytes.
 
-use super::{
-    Compressor, Kind, Lazy, HASH_MASK, MAX_MATCH_LENGTH, MIN_MATCH_LENGTH, WINDOW_MASK, WINDOW_SIZE,
-};
+use super::{Compressor, Kind, Lazy, MAX_MATCH_LENGTH, MIN_MATCH_LENGTH, WINDOW_MASK, WINDOW_SIZE};
 use crate::engine::kpflate::bitwriter::BitWriter;
 use crate::engine::kpflate::tokens::{match_len, Tokens};
 
@@ -113,17 +111,7 @@ impl Compressor {
                 let new_index = s.index + prev_length - 1;
                 let end = new_index.min(s.max_insert_index) + MIN_MATCH_LENGTH - 1;
                 let startindex = (s.index + 1).min(s.max_insert_index);
-                let tocheck = &window[startindex as usize..end as usize];
-                if tocheck.len() >= MIN_MATCH_LENGTH as usize {
-                    let dst_size = tocheck.len() - MIN_MATCH_LENGTH as usize + 1;
-                    bulk_hash4(tocheck, &mut s.hash_match[..dst_size]);
-                    for i in 0..dst_size {
-                        let di = i + startindex as usize;
-                        let new_h = (s.hash_match[i] & HASH_MASK) as usize;
-                        s.hash_prev[di & WINDOW_MASK] = s.hash_head[new_h];
-                        s.hash_head[new_h] = (di as isize + s.hash_offset) as u32;
-                    }
-                }
+                s.insert_hashes(window, startindex as usize, end as usize);
                 s.index = new_index;
                 self.byte_available = false;
                 s.length = MIN_MATCH_LENGTH - 1;
