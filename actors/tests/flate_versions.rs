@@ -236,7 +236,8 @@ fn klauspost_layers_round_trip() {
 }
 
 /// klauspost/compress/gzip (one flate stream, no pgzip blocks) of each tag against
-/// [`KpDeflater`]: the single-stream path Go 1.27 is reproduced with.
+/// [`KpDeflater`] (the single-stream path Go 1.27 is reproduced with), and identified as such
+/// at ingest and restored exactly.
 #[test]
 #[ignore = "needs klauspost/compress 1.18.x builds of tests/go/gzwrite: set STOWAGE_FLATE_FIXTURES; see scripts/flate-versions"]
 fn klauspost_1_18_single_stream_gzip() {
@@ -260,9 +261,18 @@ fn klauspost_1_18_single_stream_gzip() {
                     go.len(),
                     first_difference(&ours, &go)
                 );
+                let (label, _, out) = ingest_and_restore(&go);
+                assert!(
+                    label.starts_with("gzip-kp-"),
+                    "klauspost/compress/gzip {tag} level {level}, {name}: {label}"
+                );
+                assert!(
+                    out == go,
+                    "{tag} level {level}, {name}: restore differs ({label})"
+                );
             }
         }
-        eprintln!("klauspost/compress/gzip {tag}: one stream exact at every level");
+        eprintln!("klauspost/compress/gzip {tag}: one stream exact at every level, identified");
     }
 }
 

@@ -1,7 +1,7 @@
-//! klauspost/pgzip reproduced bit for bit: every fixture is compressed at test
-//! time by `tests/go/gzwrite -impl pgzip` (built with the machine's Go
-//! toolchain against GOPATH=/usr/share/gocode) and `kpflate` must produce the
-//! identical gzip member.
+//! klauspost/pgzip (and klauspost/compress/gzip) reproduced bit for bit: every
+//! fixture is compressed at test time by `tests/go/gzwrite -impl pgzip` (or
+//! `kpgzip`; built with the machine's Go toolchain against
+//! GOPATH=/usr/share/gocode) and `kpflate` must produce the identical gzip member.
 //!
 //! The throughput comparison is `#[ignore]`d; run it with
 //! `cargo test --release -p stowage-actors --test kpflate -- --ignored --nocapture`.
@@ -477,5 +477,28 @@ fn pgzip_layers_are_identified_and_restored_exactly() {
         let (label, _, out) = ingest_and_restore(&go);
         assert_eq!(label, "gzip-pgzip-5", "{block}-byte blocks");
         assert_same("umoci-style blocks", -1, block, &out, &go);
+    }
+}
+
+/// klauspost/compress/gzip (klauspost's flate as one stream, no pgzip blocks, under pgzip's
+/// header): identified at ingest as such at every level and restored exactly.
+#[test]
+fn kpgzip_layers_are_identified_and_restored_exactly() {
+    let Some(bin) = gzwrite() else { return };
+    let data = tar_of("/usr/lib/x86_64-linux-gnu", "lmnop", 6 << 20);
+    for level in LEVELS {
+        for (name, len) in [("empty", 0), ("100 KB", 100_000), ("whole", data.len())] {
+            let args = ["-impl", "kpgzip", "-level", &level.to_string()].map(String::from);
+            let go = run_gzwrite(bin, &args, None, &data[..len]);
+            let (label, _, out) = ingest_and_restore(&go);
+            if name == "whole" {
+                let shown = if level == -1 { 5 } else { level };
+                assert_eq!(label, format!("gzip-kp-{shown}"), "{name}");
+            } else {
+                // Small inputs can come out the same at several levels, or as pgzip's one block.
+                assert!(label.starts_with("gzip-"), "{name} level {level}: {label}");
+            }
+            assert_same(name, level, 0, &out, &go);
+        }
     }
 }

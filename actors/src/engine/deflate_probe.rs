@@ -80,12 +80,55 @@ pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) ->
         .find(|&level| go_writes(GoStdVariant::Go1_27, level, raw, deflate, complete, false))
 }
 
-/// Whether Go's compress/flate (`variant`) at `level` writes `deflate` from `raw`: all of it
-/// if `complete`, else its beginning, fed 64 KiB at a time and given up at its first
-/// differing output. Go emits a block at a time, so an incomplete probe must have produced
-/// one block at least, unless `allow_empty` (a probe of long runs that fills no block).
+/// The klauspost/compress/gzip level and release (klauspost's flate as one stream) that
+/// reproduce a deflate stream, judged on its beginning like [`probe_go_level`]: pgzip's
+/// levels, and the releases [`PgzipVariant::candidates`] gives for its default blocks.
+pub fn probe_kpgzip(
+    raw: &[u8],
+    deflate: &[u8],
+    complete: bool,
+    xfl: u8,
+) -> Option<(i32, PgzipVariant)> {
+    for &level in pgzip_levels(xfl) {
+        for variant in PgzipVariant::candidates(level, kpflate::PGZIP_DEFAULT_BLOCK, deflate) {
+            let kp = Some(variant.kp_version());
+            if stream_writes(kp, level, raw, deflate, complete, false) {
+                return Some((level, variant));
+            }
+        }
+    }
+    None
+}
+
+/// The klauspost version a Go compress/flate variant is re-encoded with (`None`: Go's own,
+/// [`GoDeflater`]).
+fn std_kp(variant: GoStdVariant) -> Option<kpflate::KpVersion> {
+    match variant {
+        GoStdVariant::Go1_8 => None,
+        GoStdVariant::Go1_27 => Some(kpflate::KpVersion::Go1_27),
+    }
+}
+
+/// Whether Go's compress/flate (`variant`) at `level` writes `deflate` from `raw` (see
+/// [`stream_writes`]).
 fn go_writes(
     variant: GoStdVariant,
+    level: i32,
+    raw: &[u8],
+    deflate: &[u8],
+    complete: bool,
+    allow_empty: bool,
+) -> bool {
+    stream_writes(std_kp(variant), level, raw, deflate, complete, allow_empty)
+}
+
+/// Whether one flate stream, Go 1.8-1.26's (`kp` `None`) or klauspost's at version `kp`, at
+/// `level` writes `deflate` from `raw`: all of it if `complete`, else its beginning, fed 64
+/// KiB at a time and given up at its first differing output. Both emit a block at a time,
+/// so an incomplete probe must have produced one block at least, unless `allow_empty` (a
+/// probe of long runs that fills no block).
+fn stream_writes(
+    kp: Option<kpflate::KpVersion>,
     level: i32,
     raw: &[u8],
     deflate: &[u8],
@@ -96,10 +139,10 @@ fn go_writes(
         Go(Box<GoDeflater>),
         Kp(Box<kpflate::KpDeflater>),
     }
-    let mut enc = match variant {
-        GoStdVariant::Go1_8 => Enc::Go(Box::new(GoDeflater::new(level).expect("valid Go level"))),
-        GoStdVariant::Go1_27 => Enc::Kp(Box::new(
-            kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, level).expect("valid level"),
+    let mut enc = match kp {
+        None => Enc::Go(Box::new(GoDeflater::new(level).expect("valid Go level"))),
+        Some(version) => Enc::Kp(Box::new(
+            kpflate::KpDeflater::new(version, level).expect("valid level"),
         )),
     };
     let mut out = Vec::new();
@@ -252,6 +295,10 @@ pub(crate) fn probe_deflater(
                     .map(|l| go_deflater(l, GoStdVariant::Go1_27))
             })
     };
+    let kpgzip = || {
+        probe_kpgzip(raw, deflate, complete, xfl)
+            .map(|(level, variant)| kpgzip_deflater(level, variant))
+    };
     let zlib = || probe_zlib_level(raw, deflate, complete).map(zlib_deflater);
     let pigz = || {
         probe_pigz_level(raw, deflate, complete, DEFAULT_BLOCK).map(|level| Deflater {
@@ -261,11 +308,21 @@ pub(crate) fn probe_deflater(
         })
     };
     let found = if pgzip_mtime {
-        // pgzip's telltale header: if pgzip does not reproduce the stream, only another Go
-        // encoder plausibly might.
-        pgzip().or_else(go)
+        // pgzip's telltale header, which klauspost/compress/gzip writes too: if neither
+        // reproduces the stream, only another Go encoder plausibly might. pgzip ends each
+        // block with a sync flush (an empty stored block, `00 00 ff ff` once aligned), which
+        // one stream does not have: without one, the stream is tried as one first (pgzip's
+        // block sizes and releases are many trials).
+        if deflate.windows(4).any(|w| w == [0, 0, 0xff, 0xff]) {
+            pgzip().or_else(kpgzip).or_else(go)
+        } else {
+            kpgzip().or_else(pgzip).or_else(go)
+        }
     } else if os == 255 {
-        go().or_else(zlib).or_else(pigz).or_else(pgzip)
+        go().or_else(zlib)
+            .or_else(pigz)
+            .or_else(pgzip)
+            .or_else(kpgzip)
     } else {
         zlib().or_else(pigz).or_else(go).or_else(pgzip)
     };
@@ -319,6 +376,14 @@ fn pgzip_deflater(level: i32, block: usize, variant: PgzipVariant) -> Deflater {
     }
 }
 
+fn kpgzip_deflater(level: i32, variant: PgzipVariant) -> Deflater {
+    Deflater {
+        level: 0,
+        pigz_block: None,
+        go: Some(GoEncoder::Kpgzip { level, variant }),
+    }
+}
+
 fn zlib_deflater(level: u32) -> Deflater {
     Deflater {
         level,
@@ -329,8 +394,9 @@ fn zlib_deflater(level: u32) -> Deflater {
 
 /// Every encoder an ambiguous probe's alternatives are drawn from, in the order
 /// [`probe_deflater`] tries them for this header: Go's levels (1.8-1.26's, then 1.27's), zlib's,
-/// and pgzip's at each level, block size and release (pigz's blocks always tell its levels
-/// apart). Built from what the header says only (`xfl` narrows the levels).
+/// pgzip's at each level, block size and release, and klauspost/compress/gzip's at each level
+/// and release (pigz's blocks always tell its levels apart). Built from what the header says
+/// only (`xfl` narrows the levels).
 fn candidates(header: &[u8]) -> Vec<Deflater> {
     let (xfl, os) = (header[8], header[9]);
     let pgzip_mtime = header[4..8] == PGZIP_MTIME;
@@ -345,6 +411,7 @@ fn candidates(header: &[u8]) -> Vec<Deflater> {
         &PGZIP_BLOCKS[..1]
     };
     let mut pgzip = Vec::new();
+    let mut kpgzip = Vec::new();
     for &level in pgzip_levels(xfl) {
         for &block in blocks {
             // Without a stream to look at: every release the level is tried with.
@@ -352,11 +419,14 @@ fn candidates(header: &[u8]) -> Vec<Deflater> {
                 pgzip.push(pgzip_deflater(level, block, variant));
             }
         }
+        for variant in PgzipVariant::candidates(level, kpflate::PGZIP_DEFAULT_BLOCK, &[]) {
+            kpgzip.push(kpgzip_deflater(level, variant));
+        }
     }
     if pgzip_mtime {
-        [pgzip, go].concat()
+        [pgzip, kpgzip, go].concat()
     } else if os == 255 {
-        [go, zlib, pgzip].concat()
+        [go, zlib, pgzip, kpgzip].concat()
     } else {
         [zlib, go, pgzip].concat()
     }
@@ -365,7 +435,11 @@ fn candidates(header: &[u8]) -> Vec<Deflater> {
 /// The level a deflater compresses at.
 fn level_of(d: &Deflater) -> i32 {
     match &d.go {
-        Some(GoEncoder::Std { level, .. }) | Some(GoEncoder::Pgzip { level, .. }) => *level,
+        Some(
+            GoEncoder::Std { level, .. }
+            | GoEncoder::Pgzip { level, .. }
+            | GoEncoder::Kpgzip { level, .. },
+        ) => *level,
         None => d.level as i32,
     }
 }
@@ -380,6 +454,7 @@ fn alternatives_to(found: &Deflater, cands: &[Deflater]) -> Vec<Deflater> {
     let kind = |d: &Deflater| match &d.go {
         Some(GoEncoder::Std { variant, .. }) => (1, *variant as u32, 0),
         Some(GoEncoder::Pgzip { variant, block, .. }) => (2, *variant as u32, *block),
+        Some(GoEncoder::Kpgzip { variant, .. }) => (3, *variant as u32, 0),
         None => (0, 0, d.pigz_block.unwrap_or(0)),
     };
     let family = |d: &Deflater| kind(d).0;
@@ -410,14 +485,16 @@ fn alternatives_to(found: &Deflater, cands: &[Deflater]) -> Vec<Deflater> {
 /// encoder version stowage does not have is named as such.
 pub(crate) fn unknown_deflate(header: &[u8]) -> NotExact {
     NotExact::UnknownDeflateEncoder(if header[4..8] == PGZIP_MTIME {
-        "gzip with klauspost/pgzip's header, but not written by the klauspost/compress flate \
-         versions stowage reproduces (1.10.3-1.19.1 at every level): an earlier pgzip, an \
-         earlier or newer release, or another encoder"
+        "gzip with klauspost/pgzip's header (klauspost/compress/gzip writes it too), but not \
+         written by the klauspost/compress flate versions stowage reproduces (1.10.3-1.19.1 at \
+         every level, in pgzip's blocks or as one stream): an earlier pgzip, an earlier or \
+         newer release, or another encoder"
     } else if header[9] == 255 {
         "gzip with OS 255 in its header (Go's compress/gzip writes that, as do Rust's flate2 \
          and others), but not written by Go 1.8-1.26's compress/flate, by Go 1.27's (1.27.3's \
-         klauspost-derived encoder), nor by zlib, pigz or pgzip at any level: a later Go, \
-         klauspost/compress gzip, or another encoder"
+         klauspost-derived encoder), nor by zlib, pigz, pgzip or klauspost/compress/gzip \
+         (1.10.3-1.19.1) at any level: a later Go, another klauspost release, or another \
+         encoder"
     } else {
         "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
     })

@@ -108,6 +108,10 @@ impl Encoding {
                     go: Some(GoEncoder::Pgzip { level, .. }),
                     ..
                 }) => format!("gzip-pgzip-{level}"),
+                Some(GzipMember {
+                    go: Some(GoEncoder::Kpgzip { level, .. }),
+                    ..
+                }) => format!("gzip-kp-{level}"),
                 Some(m) if m.pigz_block.is_some() => format!("gzip-pigz-{}", m.level),
                 Some(m) => format!("gzip-zlib-{}", m.level),
                 None => "gzip".into(),
@@ -137,7 +141,8 @@ impl Encoding {
             "zstd-kp-better" => 35.0,
             "zstd-kp-best" => 9.0,
             l if l.starts_with("gzip-pgzip-") => 250.0,
-            l if l.starts_with("gzip-go") => {
+            // One stream of Go's or klauspost's flate, on one core.
+            l if l.starts_with("gzip-go") || l.starts_with("gzip-kp-") => {
                 if level <= 6 {
                     118.0
                 } else {
@@ -210,6 +215,14 @@ pub enum GoEncoder {
         #[serde(default)]
         variant: PgzipVariant,
     },
+    /// klauspost/compress/gzip (the release `variant` names): klauspost's flate as one
+    /// stream, no pgzip blocks, under pgzip's header (the MTIME of the zero `time.Time`)
+    /// unless the writer set one.
+    Kpgzip {
+        level: i32,
+        #[serde(default)]
+        variant: PgzipVariant,
+    },
 }
 
 /// Which releases of Go's compress/flate write the bytes an encoder reproduces. Established by
@@ -231,9 +244,10 @@ pub enum GoStdVariant {
 }
 
 /// Which releases of klauspost/compress write the bytes [`super::kpflate`] reproduces (with
-/// pgzip 1.2.5-1.2.6, whose framing did not change). Established by compressing the same
-/// inputs with pgzip built against each tag (`tests/flate_versions.rs`,
-/// `scripts/flate-versions`); a variant is named by the first release that writes it.
+/// pgzip 1.2.5-1.2.6, whose framing did not change, and as one stream by
+/// klauspost/compress/gzip). Established by compressing the same inputs with pgzip built
+/// against each tag (`tests/flate_versions.rs`, `scripts/flate-versions`); a variant is named
+/// by the first release that writes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PgzipVariant {
     /// klauspost/compress 1.15.11-1.15.14 at every level; 1.16.0-1.17.11 at every level but
@@ -669,7 +683,7 @@ impl GzipDecoder {
                 variant: GoStdVariant::Go1_8,
             }) => goflate::splittable(*level),
             Some(GoEncoder::Std { .. }) => false,
-            Some(GoEncoder::Pgzip { .. }) => false,
+            Some(GoEncoder::Pgzip { .. } | GoEncoder::Kpgzip { .. }) => false,
             None => found.pigz_block.is_none() && (4..=9).contains(&found.level),
         };
         // Keep clear of the stream's end, where the window no longer slides.
@@ -1094,6 +1108,41 @@ mod tests {
             serde_json::to_string(&GoStdVariant::Go1_27).unwrap(),
             "\"go1.27\""
         );
+    }
+
+    /// klauspost/compress/gzip: one stream of klauspost's flate under pgzip's header, from
+    /// releases of several eras, found and restored; its recipe names the library and release.
+    #[test]
+    fn kpgzip_streams_are_identified_and_restored() {
+        let raw = text(PROBE + 300_000);
+        let cases = [
+            (PgzipVariant::Klauspost1_15_12, [1, 5, 6, 9]),
+            (PgzipVariant::Klauspost1_18_2, [1, 3, 6, 9]),
+            (PgzipVariant::Klauspost1_14_0, [2, 5, 6, 7]),
+            (PgzipVariant::Klauspost1_11_0, [1, 3, 4, 8]),
+        ];
+        for (variant, levels) in cases {
+            for level in levels {
+                let mut gz = kpflate::pgzip_header(level).to_vec();
+                gz.extend(kpflate::deflate_version(variant.kp_version(), level, &raw).unwrap());
+                let mut crc = flate2::Crc::new();
+                crc.update(&raw);
+                gz.extend(crc.sum().to_le_bytes());
+                gz.extend((raw.len() as u32).to_le_bytes());
+                let enc = roundtrip(&gz, &raw).unwrap();
+                assert_eq!(enc.label(), format!("gzip-kp-{level}"), "{variant:?}");
+            }
+        }
+        let member = GoEncoder::Kpgzip {
+            level: 6,
+            variant: PgzipVariant::Klauspost1_15_12,
+        };
+        let json = serde_json::to_string(&member).unwrap();
+        assert_eq!(
+            json,
+            r#"{"lib":"kpgzip","level":6,"variant":"klauspost1.15.12"}"#
+        );
+        assert_eq!(serde_json::from_str::<GoEncoder>(&json).unwrap(), member);
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn segment_kind(m: &GzipMember) -> Option<SegmentKind> {
             variant: GoStdVariant::Go1_8,
         }) => Some(SegmentKind::Go(*level)),
         Some(GoEncoder::Std { .. }) => None,
-        Some(GoEncoder::Pgzip { .. }) => None,
+        Some(GoEncoder::Pgzip { .. } | GoEncoder::Kpgzip { .. }) => None,
         None if m.pigz_block.is_none() => Some(SegmentKind::Zlib(m.level as i32)),
         None => None,
     }
@@ -260,6 +260,12 @@ impl MemberEnc {
         {
             return MemberEnc::Kp(Box::new(
                 kpflate::KpDeflater::new(kpflate::KpVersion::Go1_27, *level)
+                    .expect("level checked at ingest"),
+            ));
+        }
+        if let Some(GoEncoder::Kpgzip { level, variant }) = &m.go {
+            return MemberEnc::Kp(Box::new(
+                kpflate::KpDeflater::new(variant.kp_version(), *level)
                     .expect("level checked at ingest"),
             ));
         }
