@@ -83,7 +83,7 @@ pub fn probe_go127_level(raw: &[u8], deflate: &[u8], complete: bool, xfl: u8) ->
 /// The klauspost/compress/gzip level and release (klauspost's flate as one stream) that
 /// reproduce a deflate stream, judged on its beginning like [`probe_go_level`]: pgzip's
 /// levels, and the releases [`PgzipVariant::candidates`] gives for its default blocks.
-pub fn probe_kpgzip(
+fn probe_kpgzip(
     raw: &[u8],
     deflate: &[u8],
     complete: bool,
