@@ -401,7 +401,7 @@ fn check_ranges(c: &Client, url: &str, data: &[u8]) {
             format!("bytes {start}-{end}/{n}"),
             "{range}"
         );
-        let body = r.bytes().unwrap();
+        let body = r.bytes().unwrap_or_else(|e| panic!("{range}: {e}"));
         assert!(body[..] == data[start..=end], "{range}: wrong bytes");
     }
     let r = c

@@ -283,6 +283,21 @@ impl Flights {
         Ok(Some(f))
     }
 
+    /// Whether `f` is abandoned (nobody reads, expects or wants it); if so it leaves the map
+    /// at once. Decided under the lock [`Flights::join`] counts its readers under, so a pull
+    /// arriving as the restore stops starts a flight of its own: checked without the lock, a
+    /// pull could join between the check and [`Flights::finish`] and get the stopping
+    /// restore's error after its response had begun.
+    pub fn leave_if_abandoned(&self, f: &Arc<Flight>) -> bool {
+        let mut map = self.lock();
+        if f.abandoned() {
+            Self::forget(&mut map, f);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether a flight of `d` exists (under way, queued or lingering for its pulls).
     pub fn has(&self, d: &Digest) -> bool {
         self.lock().contains_key(d)
@@ -558,5 +573,37 @@ mod tests {
         assert!(f.abandoned());
         f.wanted.store(true, Relaxed);
         assert!(!f.abandoned(), "the hot tier wants it");
+    }
+
+    /// A pull arriving as a restore nobody reads stops never joins the stopping restore: it
+    /// either counts as a reader before the restore looks (which then goes on), or finds the
+    /// flight gone and starts its own.
+    #[test]
+    fn a_pull_never_joins_a_restore_that_is_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        let flights = Flights::open(dir.path().join("spool")).unwrap();
+        let d = Digest::sha256_of(b"z");
+        let Joined::Started(f, r) = flights.join(&d, 10).unwrap() else {
+            panic!()
+        };
+        drop(r);
+        // A reader joins before the restore looks: it goes on.
+        let Joined::Attached(r2) = flights.join(&d, 10).unwrap() else {
+            panic!("joins the flight under way")
+        };
+        assert!(!flights.leave_if_abandoned(&f));
+        assert!(flights.has(&d));
+        drop(r2);
+        // Nobody reads: the flight leaves at once, and the next pull starts a new one.
+        assert!(flights.leave_if_abandoned(&f));
+        assert!(!flights.has(&d));
+        let Joined::Started(g, _r3) = flights.join(&d, 10).unwrap() else {
+            panic!("a new flight, not the stopping one")
+        };
+        assert!(!Arc::ptr_eq(&f, &g));
+        // The stopped restore's end fails its own flight only.
+        flights.finish(&f, Err("nobody reads it any more".into()), |_| false);
+        assert!(flights.has(&d));
+        assert!(g.path().exists());
     }
 }

@@ -788,9 +788,10 @@ impl Restore {
         &self,
         recipe: &Recipe,
         digest: &crate::digest::Digest,
-        flight: &Flight,
+        job: &SpoolJob,
     ) -> Result<(), String> {
-        if flight.abandoned() {
+        let (flight, flights) = (&*job.flight, &job.flights);
+        if flights.leave_if_abandoned(&job.flight) {
             self.stats.abandoned.fetch_add(1, Relaxed);
             return Err("nobody reads it any more".into());
         }
@@ -840,7 +841,7 @@ impl Restore {
                     ));
                 }
             }
-            if flight.abandoned() {
+            if flights.leave_if_abandoned(&job.flight) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "abandoned"));
             }
             Ok(())
@@ -992,7 +993,7 @@ impl actix::Handler<RestoreLayer> for Restore {
                     .name("restore".into())
                     .spawn(move || {
                         me.permits.acquire();
-                        let r = me.spool(&m.recipe, &m.digest, &job.flight);
+                        let r = me.spool(&m.recipe, &m.digest, &job);
                         me.permits.release();
                         job.finish(r);
                     });
