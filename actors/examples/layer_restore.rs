@@ -4,7 +4,9 @@
 //! (as ingest does), then times the exact re-encoding from the plaintext (as a pull does) and
 //! prints one JSON line per layer: encoding label (or the reason it stays raw), plaintext and
 //! compressed bytes, ingest and restore MB/s (of the first encoding, or of the alternative
-//! ingest found alike that re-creates the layer, as verification picks). `--plain OUT` also
+//! ingest found alike that re-creates the layer, as verification picks). A raw layer's line
+//! has the plaintext read before ingest gave up (`plain_read`) and the seconds that took
+//! (`decided_s`) instead. `--plain OUT` also
 //! writes the last layer's plaintext to OUT (benches/encoder-table times the original encoder
 //! on it). `--segment-cores N` plans long zstd frames' segments for N cores instead of this
 //! machine's default (all cores but one; see `segment_cores`). `--repeat N` times the
@@ -103,9 +105,11 @@ fn main() {
                     "ingest_mbps": mb / ingest, "restore_mbps": mb / restore,
                 })
             }
+            // Ingest stops at what gives the encoder away: the plaintext is not all read, so
+            // how much was and how long deciding took (not a rate of the whole layer).
             Err(reason) => serde_json::json!({
                 "layer": path, "encoding": "raw", "reason": reason, "exact": false,
-                "plain": raw.len(), "compressed": gz.len(), "ingest_mbps": mb / ingest,
+                "plain_read": raw.len(), "compressed": gz.len(), "decided_s": ingest,
             }),
         };
         println!("{line}");
