@@ -496,7 +496,9 @@ pub(crate) fn unknown_deflate(header: &[u8]) -> NotExact {
          (1.10.3-1.19.1) at any level: a later Go, another klauspost release, or another \
          encoder"
     } else {
-        "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it)"
+        "no zlib level reproduces the deflate stream (neither zlib nor pigz wrote it, nor Go \
+         or pgzip at any level): GNU gzip (`tar czf`), zlib-ng, libdeflate or another encoder \
+         stowage does not reproduce"
     })
 }
 
