@@ -75,15 +75,17 @@ fn main() {
                         let t = Instant::now();
                         let mut r = Reencoder::new(&candidate);
                         out = Vec::with_capacity(gz.len());
-                        let mut differs = false;
+                        let (mut differs, mut checked) = (false, 0);
                         for part in raw.chunks(1 << 20) {
                             r.push(part, &mut out);
                             // As verification does: a wrong guess is given up where it
-                            // differs.
-                            if !gz.starts_with(&out) {
+                            // differs (the new bytes only: comparing all of `out` each time
+                            // was quadratic, a third of a fast encoder's measured time).
+                            if !gz[checked.min(gz.len())..].starts_with(&out[checked..]) {
                                 differs = true;
                                 break;
                             }
+                            checked = out.len();
                         }
                         if !differs {
                             r.finish(&mut out);
