@@ -195,18 +195,27 @@ fn layers_are_deduplicated_and_pull_back_exactly() {
     );
 }
 
-/// `zstd -LEVEL -c` of `raw` through a pipe, as a build script writes a layer (the CLI's
-/// defaults: multi-threaded, checksum on, no content size); None without the CLI.
-fn zstd_cli(level: i32, raw: &[u8]) -> Option<Vec<u8>> {
+/// `zstd ARGS -c` of `raw` through a pipe, as a build script writes a layer (the CLI's
+/// defaults: multi-threaded, checksum on, no content size), or of a file holding it with
+/// `FILE` among the arguments (its size in the header); None without the CLI.
+fn zstd_cli(args: &[&str], raw: &[u8]) -> Option<Vec<u8>> {
     use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("layer.tar");
+    let from_file = args.contains(&"FILE");
+    if from_file {
+        std::fs::write(&file, raw).unwrap();
+    }
     let mut child = Command::new("zstd")
-        .args(["-q", "-c", &format!("-{level}")])
+        .args(["-q", "-c"])
+        .args(args.iter().filter(|a| **a != "FILE"))
+        .args(from_file.then_some(&file))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .ok()?;
     let mut stdin = child.stdin.take().unwrap();
-    let input = raw.to_vec();
+    let input = if from_file { Vec::new() } else { raw.to_vec() };
     let w = std::thread::spawn(move || stdin.write_all(&input).unwrap());
     let out = child.wait_with_output().unwrap();
     w.join().unwrap();
@@ -216,9 +225,11 @@ fn zstd_cli(level: i32, raw: &[u8]) -> Option<Vec<u8>> {
 
 /// Layers written by the `zstd` CLI, whose libzstd is seldom the one stowage links (Debian
 /// 12's is 1.5.4, stowage's 1.5.7). At -1 and -13 releases 1.5.4-1.5.6 write 1.5.7's bytes with
-/// whole 128 KiB blocks, so those layers are deduplicated and pull back exact; at -3 only 1.5.7
-/// itself is reproduced, and a layer of an older CLI is kept as pushed, with a reason naming the
-/// releases tried. fsck is clean.
+/// whole 128 KiB blocks; at -3 (the default) their match finder is ported
+/// (`zstd_frames/dfast_writer.rs`). Every layer is deduplicated and pulls back exact, from a
+/// pipe, from a file (its size in the header) and over several multi-threaded jobs (8 MiB at
+/// -3); a layer of a level no release is reproduced at is kept as pushed, with a reason naming
+/// the releases tried. fsck is clean.
 #[test]
 fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     let version = std::process::Command::new("zstd")
@@ -243,10 +254,20 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     let c = Client::new();
     // Real files (Perl and Python sources and modules): where 1.5.7 cuts blocks short.
     let raw = common::tar_of("usr/lib/files", &common::system_files(3 << 20));
-    let layers: Vec<(i32, Vec<u8>)> = [1, 13, 3]
+    let big = common::tar_of("usr/lib/more", &common::system_files(20 << 20));
+    let mut layers: Vec<(i32, Vec<u8>)> = [1, 13, 3]
         .into_iter()
-        .map(|level| (level, zstd_cli(level, &raw).unwrap()))
+        .map(|level| {
+            (
+                level,
+                zstd_cli(&[format!("-{level}").as_str()], &raw).unwrap(),
+            )
+        })
         .collect();
+    layers.push((3, zstd_cli(&["-3"], &big).unwrap()));
+    layers.push((4, zstd_cli(&["-4", "FILE"], &big).unwrap()));
+    // No release before 1.5.7 is reproduced at -7 (1.5.5 changed the lazy match finders).
+    layers.push((7, zstd_cli(&["-7"], &raw).unwrap()));
     let digests: Vec<String> = layers
         .iter()
         .map(|(_, b)| push(&s, &c, "zcli/app", b))
@@ -256,17 +277,18 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     let fixed = if newest { "" } else { "-fixed" };
     // A frame of less than one multi-threaded job may be written as single-threaded.
     let count = |label: String| st["layers"]["encodings"][label].as_u64().unwrap_or(0);
-    for level in [1, 13] {
-        let n = count(format!("zstd-{level}-mt{fixed}")) + count(format!("zstd-{level}{fixed}"));
-        assert_eq!(n, 1, "zstd -{level}: {st}");
+    for (level, n) in [(1, 1), (13, 1), (3, 2), (4, 1)] {
+        let found =
+            count(format!("zstd-{level}-mt{fixed}")) + count(format!("zstd-{level}{fixed}"));
+        assert_eq!(found, n, "zstd -{level}: {st}");
     }
     if newest {
         assert_eq!(st["layers"]["raw"], 0, "{st}");
     } else {
-        assert_eq!(st["layers"]["raw"], 1, "{st}");
+        assert_eq!(st["layers"]["raw"], 1, "zstd -7 {st}");
         let reasons = st["layers"]["raw_reasons"].as_object().unwrap();
         assert!(
-            reasons.keys().any(|r| r.contains("1.5.4 at 1-2 and 13-15")),
+            reasons.keys().any(|r| r.contains("1.5.4 at 1-4 and 13-15")),
             "{st}"
         );
     }

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::dfast_writer::{self, DfastWriter};
 use super::header::FrameHeader;
 use super::ingest::FrameProbe;
 use super::libzstd::{LibzstdParams, LibzstdWriter};
@@ -165,13 +166,17 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             .map(move |version| ZstdEncoder::Klauspost { level, version })
     });
     // Single-threaded first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the
-    // releases before it where fixed blocks write their bytes: not at levels 3-4 (the match
-    // finder changed in 1.5.7).
+    // releases before it with fixed blocks: at levels 3-4 (`dfast`, whose match finder
+    // changed in 1.5.7) through the port of theirs, where it applies (`dfast_writer.rs`).
     let libzstd = longs.iter().flat_map(move |&long| {
         [false, true].into_iter().flat_map(move |fixed_blocks| {
             [false, true].into_iter().flat_map(move |mt| {
                 levels(long)
-                    .filter(move |&level| !fixed_blocks || !(3..=4).contains(&level))
+                    .filter(move |&level| {
+                        !fixed_blocks
+                            || !(3..=4).contains(&level)
+                            || (!long && dfast_writer::reproducible(level, mt, h.content_size))
+                    })
                     .map(move |level| ZstdEncoder::Libzstd {
                         level,
                         long,
@@ -181,6 +186,11 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             })
         })
     });
+    // The CLI's default level first in every mode: a frame of another release at level 3
+    // (Debian 12's `zstd`) is found before the other levels are tried on it.
+    let (mut libzstd, others): (Vec<_>, Vec<_>) =
+        libzstd.partition(|e| matches!(e, ZstdEncoder::Libzstd { level: 3, .. }));
+    libzstd.extend(others);
     klauspost.chain(libzstd).collect()
 }
 
@@ -214,6 +224,8 @@ pub struct FrameWriter {
 
 enum Writer {
     Libzstd(Box<LibzstdWriter>),
+    /// libzstd 1.5.4-1.5.6 at levels 3-4 (`fixed_blocks`).
+    Dfast(Box<DfastWriter>),
     Klauspost(KpOptions, Box<KpStreamEncoder>),
 }
 
@@ -223,6 +235,19 @@ impl FrameWriter {
         let flags = shape.flags;
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
         let inner = match *enc {
+            ZstdEncoder::Libzstd {
+                level: level @ 3..=4,
+                long: false,
+                mt,
+                fixed_blocks: true,
+            } if dfast_writer::dfast_params(level, content_size.then_some(raw_len)).is_some() => {
+                Writer::Dfast(Box::new(DfastWriter::new(
+                    level,
+                    mt,
+                    flags & FLAG_CHECKSUM != 0,
+                    content_size.then_some(raw_len),
+                )))
+            }
             ZstdEncoder::Libzstd {
                 level,
                 long,
@@ -277,6 +302,7 @@ impl FrameWriter {
     fn flush_block(&mut self, out: &mut Vec<u8>) {
         match &mut self.inner {
             Writer::Libzstd(z) => z.flush(out),
+            Writer::Dfast(z) => z.flush(out),
             Writer::Klauspost(_, k) => k.flush(out),
         }
     }
@@ -287,6 +313,7 @@ impl FrameWriter {
         }
         match &mut self.inner {
             Writer::Libzstd(z) => z.write(raw, out),
+            Writer::Dfast(z) => z.write(raw, out),
             Writer::Klauspost(_, k) => k.write(raw, out),
         }
     }
@@ -294,6 +321,12 @@ impl FrameWriter {
     pub fn finish(self, out: &mut Vec<u8>) {
         match self.inner {
             Writer::Libzstd(mut z) => {
+                if self.flushed {
+                    z.flush(out);
+                }
+                z.finish(out);
+            }
+            Writer::Dfast(mut z) => {
                 if self.flushed {
                     z.flush(out);
                 }

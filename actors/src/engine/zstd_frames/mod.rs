@@ -13,7 +13,9 @@
 //! Each data frame is decoded with libzstd while its first
 //! [`PROBE`](crate::engine::recompress::PROBE) bytes (plain and compressed) are kept. The
 //! first frame's encoder is found by trying candidates (klauspost's levels, then libzstd's,
-//! then earlier libzstd releases' fixed blocks: `encoders.rs`, `libzstd.rs`) on that probe; every later frame must be re-created by the same encoder.
+//! then earlier libzstd releases' fixed blocks: `encoders.rs`, `libzstd.rs`, and their levels
+//! 3-4 through a port of their match finder: `dfast.rs`, `dfast_writer.rs`) on that probe;
+//! every later frame must be re-created by the same encoder.
 //! A frame that ends within the probe is compared whole, including how it ends; a longer one
 //! is compared on its beginning, and verify-before-discard proves the rest. Frame header
 //! facts (checksum, content size) are read from the frame and recorded, not guessed.
@@ -52,6 +54,8 @@
 //! `stored.rs`): `scan.rs` finds the frame boundaries from block headers, and the recipe's
 //! stream is then the compressed stream itself.
 
+mod dfast;
+mod dfast_writer;
 mod encoders;
 mod header;
 mod ingest;

@@ -1,0 +1,400 @@
+//! libzstd 1.5.4-1.5.6's double-fast match finder (`dfast`, levels 3-4), ported from
+//! `lib/compress/zstd_double_fast.c` (`ZSTD_compressBlock_doubleFast_noDict_generic` and
+//! `ZSTD_fillDoubleHashTableForCCtx`): the sequences those releases found, which 1.5.7 no
+//! longer finds (it takes the long match at the next position only if it is longer than the
+//! short match at this one). libzstd's own entropy stage writes the block from them
+//! (`dfast_writer.rs`).
+//!
+//! Positions are indices into one buffer, offset by libzstd's first index (2), so the window
+//! tests compare the same numbers libzstd compares. Only the contiguous window
+//! ("noDict") is ported: the multi-threaded mode's jobs (their prefix and data in one buffer)
+//! and a single-threaded frame that fits its window never need another.
+
+/// libzstd's first index (`ZSTD_WINDOW_START_INDEX`).
+const START: u32 = 2;
+/// `kSearchStrength`: positions searched before the step grows.
+const STEP_INCR: usize = 1 << 8;
+/// `HASH_READ_SIZE`.
+const HASH_READ: usize = 8;
+
+/// A repeat of the last offset (libzstd's `REPCODE1_TO_OFFBASE`), as an offset code.
+pub(super) const REPCODE1: u32 = 1;
+/// libzstd's offset codes: 1-3 repeat codes, a plain offset plus 3.
+pub(super) const fn offset_code(offset: u32) -> u32 {
+    offset + 3
+}
+
+/// One sequence: literals, then a match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seq {
+    pub lit_len: u32,
+    /// libzstd's offset code ("offBase").
+    pub off_code: u32,
+    pub match_len: u32,
+}
+
+/// The compression parameters the match finder reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DfastParams {
+    pub window_log: u32,
+    /// The long (8-byte) table's log.
+    pub hash_log: u32,
+    /// The short table's log.
+    pub chain_log: u32,
+    pub min_match: u32,
+}
+
+/// The match finder's state across the blocks of one job (or single-threaded frame).
+pub(super) struct Dfast {
+    p: DfastParams,
+    hash_long: Vec<u32>,
+    hash_small: Vec<u32>,
+    /// libzstd's `window.dictLimit`: the lowest index a match may start at.
+    dict_limit: u32,
+    /// The two repeat offsets the match finder tracks (`rep[0]`, `rep[1]`).
+    pub rep: [u32; 2],
+}
+
+#[inline(always)]
+fn read32(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+}
+
+#[inline(always)]
+fn read64(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
+}
+
+/// `ZSTD_hashPtr` for `mls` bytes (4 for anything but 5-8).
+#[inline(always)]
+fn hash(b: &[u8], i: usize, bits: u32, mls: u32) -> usize {
+    match mls {
+        5 => ((read64(b, i) << 24).wrapping_mul(889523592379) >> (64 - bits)) as usize,
+        6 => ((read64(b, i) << 16).wrapping_mul(227718039650203) >> (64 - bits)) as usize,
+        7 => ((read64(b, i) << 8).wrapping_mul(58295818150454627) >> (64 - bits)) as usize,
+        8 => (read64(b, i).wrapping_mul(0xCF1BBCDCB7A56463) >> (64 - bits)) as usize,
+        _ => (read32(b, i).wrapping_mul(2654435761) >> (32 - bits)) as usize,
+    }
+}
+
+/// `ZSTD_count`: how many bytes at `a` equal those at `b`, not reading past `limit`.
+#[inline(always)]
+fn count(buf: &[u8], mut a: usize, mut b: usize, limit: usize) -> usize {
+    let start = a;
+    while a + 8 <= limit {
+        let diff = read64(buf, a) ^ read64(buf, b);
+        if diff != 0 {
+            return a - start + (diff.trailing_zeros() / 8) as usize;
+        }
+        a += 8;
+        b += 8;
+    }
+    while a < limit && buf[a] == buf[b] {
+        a += 1;
+        b += 1;
+    }
+    a - start
+}
+
+#[inline(always)]
+fn idx(pos: usize) -> u32 {
+    pos as u32 + START
+}
+
+#[inline(always)]
+fn pos(index: u32) -> usize {
+    (index - START) as usize
+}
+
+impl Dfast {
+    /// A fresh match finder; `rep` as the job starts it (`[1, 4]` for a frame's first,
+    /// `[0, 0]`, "invalid", for the multi-threaded mode's later jobs).
+    pub fn new(p: DfastParams, rep: [u32; 2]) -> Dfast {
+        Dfast {
+            p,
+            hash_long: vec![0; 1 << p.hash_log],
+            hash_small: vec![0; 1 << p.chain_log],
+            dict_limit: START,
+            rep,
+        }
+    }
+
+    /// Loads `buf[..len]` (a job's prefix) as libzstd loads a raw-content dictionary
+    /// (`ZSTD_dtlm_fast`): every third position into both tables.
+    pub fn load_prefix(&mut self, buf: &[u8], len: usize) {
+        if len <= HASH_READ {
+            return;
+        }
+        let (hl, hs, mls) = (self.p.hash_log, self.p.chain_log, self.p.min_match);
+        let iend = len - HASH_READ;
+        let mut ip = 0;
+        while ip + 2 <= iend {
+            self.hash_small[hash(buf, ip, hs, mls)] = idx(ip);
+            self.hash_long[hash(buf, ip, hl, 8)] = idx(ip);
+            ip += 3;
+        }
+    }
+
+    /// `ZSTD_getLowestPrefixIndex` (no dictionary).
+    fn lowest_prefix_index(&self, curr: u32) -> u32 {
+        let max_distance = 1u32 << self.p.window_log;
+        if curr - self.dict_limit > max_distance {
+            curr - max_distance
+        } else {
+            self.dict_limit
+        }
+    }
+
+    /// Finds the sequences of the block `buf[start..end]` (at least 7 bytes: libzstd stores
+    /// shorter blocks without looking), appending them to `seqs`; returns the block's last
+    /// literals' length. `rep` is updated as libzstd updates the block's repeat offsets; a
+    /// block written uncompressed must restore them (`libzstd` does not keep them either).
+    pub fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
+        let max_dist = 1u32 << self.p.window_log;
+        // ZSTD_window_enforceMaxDist, called with the block's start.
+        let block_start = idx(start);
+        if block_start > max_dist {
+            self.dict_limit = self.dict_limit.max(block_start - max_dist);
+        }
+        let mls = match self.p.min_match {
+            5 => 5,
+            6 => 6,
+            7 => 7,
+            _ => 4,
+        };
+        let (hbl, hbs) = (self.p.hash_log, self.p.chain_log);
+        let iend = end;
+        let prefix_lowest_index = self.lowest_prefix_index(idx(end));
+        let prefix_lowest = pos(prefix_lowest_index);
+        // `ilimit = iend - HASH_READ_SIZE`; a block shorter than that has no position to try.
+        let ilimit = end.checked_sub(HASH_READ).filter(|&l| l >= start);
+        let mut offset_1 = self.rep[0];
+        let mut offset_2 = self.rep[1];
+        let (mut saved_1, mut saved_2) = (0u32, 0u32);
+        let mut anchor = start;
+        let mut ip = start;
+        if ip == prefix_lowest {
+            ip += 1;
+        }
+        {
+            let current = idx(ip);
+            let max_rep = current - self.lowest_prefix_index(current);
+            if offset_2 > max_rep {
+                saved_2 = offset_2;
+                offset_2 = 0;
+            }
+            if offset_1 > max_rep {
+                saved_1 = offset_1;
+                offset_1 = 0;
+            }
+        }
+        let hash_long = &mut self.hash_long;
+        let hash_small = &mut self.hash_small;
+        let Some(ilimit) = ilimit else {
+            return self.cleanup(offset_1, offset_2, saved_1, saved_2, iend - anchor);
+        };
+
+        'outer: loop {
+            let mut step = 1usize;
+            let mut next_step = ip + STEP_INCR;
+            let mut ip1 = ip + step;
+            if ip1 > ilimit {
+                break 'outer;
+            }
+            let mut hl0 = hash(buf, ip, hbl, 8);
+            let mut idxl0 = hash_long[hl0];
+            let mut curr;
+            let mut m_length;
+            let offset;
+            // Inner loop: one position per turn until a match.
+            loop {
+                let hs0 = hash(buf, ip, hbs, mls);
+                let idxs0 = hash_small[hs0];
+                curr = idx(ip);
+                hash_long[hl0] = curr;
+                hash_small[hs0] = curr;
+
+                // The repeat offset at the next position.
+                if offset_1 > 0 && read32(buf, ip + 1 - offset_1 as usize) == read32(buf, ip + 1) {
+                    m_length = count(buf, ip + 1 + 4, ip + 1 + 4 - offset_1 as usize, iend) + 4;
+                    ip += 1;
+                    seqs.push(Seq {
+                        lit_len: (ip - anchor) as u32,
+                        off_code: REPCODE1,
+                        match_len: m_length as u32,
+                    });
+                    // _match_stored
+                    Self::after_match(
+                        buf,
+                        hash_long,
+                        hash_small,
+                        (hbl, hbs, mls),
+                        curr,
+                        &mut ip,
+                        &mut anchor,
+                        m_length,
+                        ilimit,
+                        iend,
+                        &mut offset_1,
+                        &mut offset_2,
+                        seqs,
+                    );
+                    continue 'outer;
+                }
+
+                let hl1 = hash(buf, ip1, hbl, 8);
+
+                if idxl0 > prefix_lowest_index {
+                    let mut m = pos(idxl0);
+                    if read64(buf, m) == read64(buf, ip) {
+                        m_length = count(buf, ip + 8, m + 8, iend) + 8;
+                        offset = (ip - m) as u32;
+                        while ip > anchor && m > prefix_lowest && buf[ip - 1] == buf[m - 1] {
+                            ip -= 1;
+                            m -= 1;
+                            m_length += 1;
+                        }
+                        // _match_found
+                        if step < 4 {
+                            hash_long[hl1] = idx(ip1);
+                        }
+                        break;
+                    }
+                }
+
+                let idxl1 = hash_long[hl1];
+
+                if idxs0 > prefix_lowest_index && read32(buf, pos(idxs0)) == read32(buf, ip) {
+                    // _search_next_long: a long match at the next position wins outright
+                    // (1.5.7 takes it only if longer).
+                    let (mut m, at) = if idxl1 > prefix_lowest_index
+                        && read64(buf, pos(idxl1)) == read64(buf, ip1)
+                    {
+                        let m = pos(idxl1);
+                        m_length = count(buf, ip1 + 8, m + 8, iend) + 8;
+                        (m, ip1)
+                    } else {
+                        let m = pos(idxs0);
+                        m_length = count(buf, ip + 4, m + 4, iend) + 4;
+                        (m, ip)
+                    };
+                    ip = at;
+                    offset = (ip - m) as u32;
+                    while ip > anchor && m > prefix_lowest && buf[ip - 1] == buf[m - 1] {
+                        ip -= 1;
+                        m -= 1;
+                        m_length += 1;
+                    }
+                    if step < 4 {
+                        hash_long[hl1] = idx(ip1);
+                    }
+                    break;
+                }
+
+                if ip1 >= next_step {
+                    step += 1;
+                    next_step += STEP_INCR;
+                }
+                ip = ip1;
+                ip1 += step;
+                hl0 = hl1;
+                idxl0 = idxl1;
+                if ip1 > ilimit {
+                    break 'outer;
+                }
+            }
+            // _match_found (the hash update for `ip1` is done above, where `hl1` is known).
+            offset_2 = offset_1;
+            offset_1 = offset;
+            seqs.push(Seq {
+                lit_len: (ip - anchor) as u32,
+                off_code: offset_code(offset),
+                match_len: m_length as u32,
+            });
+            Self::after_match(
+                buf,
+                hash_long,
+                hash_small,
+                (hbl, hbs, mls),
+                curr,
+                &mut ip,
+                &mut anchor,
+                m_length,
+                ilimit,
+                iend,
+                &mut offset_1,
+                &mut offset_2,
+                seqs,
+            );
+        }
+        self.cleanup(offset_1, offset_2, saved_1, saved_2, iend - anchor)
+    }
+
+    /// `_match_stored`: past the match, the complementary insertions, then as many
+    /// immediate repeats of the previous offset as follow.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn after_match(
+        buf: &[u8],
+        hash_long: &mut [u32],
+        hash_small: &mut [u32],
+        (hbl, hbs, mls): (u32, u32, u32),
+        curr: u32,
+        ip: &mut usize,
+        anchor: &mut usize,
+        m_length: usize,
+        ilimit: usize,
+        iend: usize,
+        offset_1: &mut u32,
+        offset_2: &mut u32,
+        seqs: &mut Vec<Seq>,
+    ) {
+        *ip += m_length;
+        *anchor = *ip;
+        if *ip > ilimit {
+            return;
+        }
+        let insert = curr + 2;
+        hash_long[hash(buf, pos(insert), hbl, 8)] = insert;
+        hash_long[hash(buf, *ip - 2, hbl, 8)] = idx(*ip - 2);
+        hash_small[hash(buf, pos(insert), hbs, mls)] = insert;
+        hash_small[hash(buf, *ip - 1, hbs, mls)] = idx(*ip - 1);
+        while *ip <= ilimit
+            && *offset_2 > 0
+            && read32(buf, *ip) == read32(buf, *ip - *offset_2 as usize)
+        {
+            let r_length = count(buf, *ip + 4, *ip + 4 - *offset_2 as usize, iend) + 4;
+            std::mem::swap(offset_1, offset_2);
+            hash_small[hash(buf, *ip, hbs, mls)] = idx(*ip);
+            hash_long[hash(buf, *ip, hbl, 8)] = idx(*ip);
+            seqs.push(Seq {
+                lit_len: 0,
+                off_code: REPCODE1,
+                match_len: r_length as u32,
+            });
+            *ip += r_length;
+            *anchor = *ip;
+        }
+    }
+
+    /// `_cleanup`: the repeat offsets saved for the next block; returns `last_literals`.
+    fn cleanup(
+        &mut self,
+        offset_1: u32,
+        offset_2: u32,
+        saved_1: u32,
+        saved_2: u32,
+        last_literals: usize,
+    ) -> usize {
+        let saved_2 = if saved_1 != 0 && offset_1 != 0 {
+            saved_1
+        } else {
+            saved_2
+        };
+        self.rep = [
+            if offset_1 != 0 { offset_1 } else { saved_1 },
+            if offset_2 != 0 { offset_2 } else { saved_2 },
+        ];
+        last_literals
+    }
+}
