@@ -11,7 +11,8 @@
 //! repeats; so does the port.
 //!
 //! The multi-threaded mode (the CLI's default, any number of workers) is re-enacted here, as
-//! the producer cannot run inside libzstd's workers: the input is cut into jobs of
+//! the producer cannot run inside libzstd's workers (and written several jobs at a time, each
+//! on its own core, as libzstd's workers do): the input is cut into jobs of
 //! `2^max(20, windowLog + 2)` bytes; each later job starts a fresh match finder, its repeat
 //! offsets invalid, on a prefix of the previous job's last `2^(windowLog - 3)` bytes
 //! (`ZSTDMT_computeOverlapSize` for `dfast`), and a fresh entropy state; its blocks follow the
@@ -99,36 +100,27 @@ unsafe extern "C" fn produce(
     p.seqs.len()
 }
 
-/// One frame being written.
-pub(super) struct DfastWriter {
-    params: DfastParams,
-    mt: bool,
-    checksum: bool,
-    content_size: Option<u64>,
-    /// A job's length (multi-threaded), or no limit.
-    job_size: usize,
-    prefix_size: usize,
-    /// The current job: its prefix, then its data.
+/// One job being written: its own match finder and libzstd context (jobs after the first are
+/// written several at a time).
+struct JobWriter {
+    /// The job's prefix, then its data.
     buf: Vec<u8>,
     prefix_len: usize,
     /// `buf[..done]` is written.
     done: usize,
-    /// Bytes of the frame so far.
-    total: u64,
-    first_job: bool,
-    /// libzstd has begun the current job's frame (its header is out).
+    first: bool,
+    /// libzstd has begun the job's frame (its header is out).
     session_started: bool,
     dfast: Dfast,
     cctx: NonNull<sys::ZSTD_CCtx>,
     pending: NonNull<Pending>,
-    hash: Xxh64,
     seqs: Vec<Seq>,
 }
 
 // The context and the producer's state belong to no thread; one uses them at a time.
-unsafe impl Send for DfastWriter {}
+unsafe impl Send for JobWriter {}
 
-impl Drop for DfastWriter {
+impl Drop for JobWriter {
     fn drop(&mut self) {
         // SAFETY: created in `new` and freed once, here; the context goes first, so nothing
         // calls the producer afterwards.
@@ -148,48 +140,56 @@ fn check(r: usize, what: &str) -> usize {
     r
 }
 
-impl DfastWriter {
-    /// A writer of a frame at `level` (see [`reproducible`]).
-    pub fn new(level: i32, mt: bool, checksum: bool, content_size: Option<u64>) -> DfastWriter {
-        let params = dfast_params(level, content_size).expect("a dfast level, checked at ingest");
+/// What every job of a frame shares.
+#[derive(Clone, Copy)]
+struct FrameParams {
+    params: DfastParams,
+    level: i32,
+    checksum: bool,
+    content_size: Option<u64>,
+}
+
+impl JobWriter {
+    /// The frame's first job (its header; its checksum if it is the only one), or a later
+    /// one after `prefix` (the previous job's end), its repeat offsets invalid and its header
+    /// to be dropped.
+    fn new(f: &FrameParams, first: bool, prefix: &[u8]) -> JobWriter {
         // SAFETY: no arguments; a null return is an allocation failure.
         let cctx = NonNull::new(unsafe { sys::ZSTD_createCCtx() }).expect("ZSTD_createCCtx");
         let pending = NonNull::from(Box::leak(Box::new(Pending {
             seqs: Vec::new(),
             len: usize::MAX,
         })));
-        let (job_size, prefix_size) = if mt {
-            let job_log = (params.window_log + 2).clamp(20, 30);
-            (1usize << job_log, 1usize << (params.window_log - 3))
-        } else {
-            (usize::MAX, 0)
-        };
-        let mut w = DfastWriter {
-            params,
-            mt,
-            checksum,
-            content_size,
-            job_size,
-            prefix_size,
-            buf: Vec::new(),
-            prefix_len: 0,
-            done: 0,
-            total: 0,
-            first_job: true,
+        let mut dfast = Dfast::new(f.params, if first { [1, 4] } else { [0, 0] });
+        dfast.load_prefix(prefix, prefix.len());
+        let w = JobWriter {
+            buf: prefix.to_vec(),
+            prefix_len: prefix.len(),
+            done: prefix.len(),
+            first,
             session_started: false,
-            dfast: Dfast::new(params, [1, 4]),
+            dfast,
             cctx,
             pending,
-            hash: Xxh64::new(0),
             seqs: Vec::new(),
         };
         use ZSTD_cParameter::*;
-        w.set(ZSTD_c_compressionLevel, level);
-        w.set(ZSTD_c_contentSizeFlag, content_size.is_some() as i32);
+        w.set(ZSTD_c_compressionLevel, f.level);
+        w.set(ZSTD_c_contentSizeFlag, f.content_size.is_some() as i32);
         // ZSTD_c_blockSplitterLevel: 1 is "no splitting" (whole 128 KiB blocks).
         w.set(ZSTD_c_experimentalParam20, 1);
         // ZSTD_c_repcodeResolution: ZSTD_ps_disable, offsets stored as given.
         w.set(ZSTD_c_experimentalParam19, 2);
+        w.set(ZSTD_c_checksumFlag, (first && f.checksum) as i32);
+        if first {
+            if let Some(n) = f.content_size {
+                // SAFETY: a live context, before its first byte.
+                check(
+                    unsafe { sys::ZSTD_CCtx_setPledgedSrcSize(w.cctx.as_ptr(), n as _) },
+                    "pledged size",
+                );
+            }
+        }
         // SAFETY: a live context; `pending` lives as long as it (see Drop).
         unsafe {
             sys::ZSTD_registerSequenceProducer(
@@ -198,111 +198,41 @@ impl DfastWriter {
                 Some(produce),
             )
         };
-        w.begin_session();
         w
     }
 
-    fn set(&mut self, param: ZSTD_cParameter, value: i32) {
+    fn set(&self, param: ZSTD_cParameter, value: i32) {
         // SAFETY: a live context; libzstd checks the value.
         let r = unsafe { sys::ZSTD_CCtx_setParameter(self.cctx.as_ptr(), param, value) };
         check(r, &format!("{param:?} = {value}"));
     }
 
-    /// libzstd's frame for the current job: the first job's is the frame's (its header and,
-    /// if it is the only job, its checksum); a later job's header is dropped and the frame's
-    /// checksum is added here.
-    fn begin_session(&mut self) {
-        // SAFETY: a live context.
-        check(
-            unsafe {
-                sys::ZSTD_CCtx_reset(
-                    self.cctx.as_ptr(),
-                    sys::ZSTD_ResetDirective::ZSTD_reset_session_only,
-                )
-            },
-            "reset",
-        );
-        let checksum = self.first_job && self.checksum;
-        self.set(ZSTD_cParameter::ZSTD_c_checksumFlag, checksum as i32);
-        if self.first_job {
-            if let Some(n) = self.content_size {
-                // SAFETY: a live context, before its first byte.
-                check(
-                    unsafe { sys::ZSTD_CCtx_setPledgedSrcSize(self.cctx.as_ptr(), n as _) },
-                    "pledged size",
-                );
-            }
-        }
-        self.session_started = false;
+    /// The job's data so far.
+    fn data(&self) -> &[u8] {
+        &self.buf[self.prefix_len..]
     }
 
-    /// Compresses `raw` on, appending what comes out to `out`.
-    pub fn write(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
-        while !raw.is_empty() {
-            let room = self.job_size - (self.buf.len() - self.prefix_len);
-            let take = room.min(raw.len());
-            self.buf.extend_from_slice(&raw[..take]);
-            raw = &raw[take..];
-            // A block with more after it is not the frame's last: it can go.
-            while self.buf.len() - self.done > BLOCK {
-                self.block(BLOCK, false, out);
-            }
-            self.total += take as u64;
-            // A full job ends here, unless the frame's declared end is here too: the CLI
-            // hands its file's last piece over with the end of the frame, and the job is the
-            // last (from a pipe the end comes after, and an empty last block follows).
-            if self.buf.len() - self.prefix_len == self.job_size
-                && self.content_size != Some(self.total)
-            {
-                self.end_job(out);
-            }
+    /// Writes every whole block with more after it (not the frame's last, then).
+    fn write_ready(&mut self, out: &mut Vec<u8>) {
+        while self.buf.len() - self.done > BLOCK {
+            self.block(BLOCK, false, out);
         }
     }
 
-    /// Ends the current block (and, multi-threaded, the current job), as a streaming writer's
-    /// `flush()` does.
-    pub fn flush(&mut self, out: &mut Vec<u8>) {
-        if self.mt {
-            self.end_job(out);
-        } else if self.buf.len() > self.done {
-            self.block(self.buf.len() - self.done, false, out);
-        }
-    }
-
-    /// Ends the frame.
-    pub fn finish(mut self, out: &mut Vec<u8>) {
+    /// Writes the rest of the job: its last block ends the frame if `last`.
+    fn end(&mut self, last: bool, out: &mut Vec<u8>) {
+        self.write_ready(out);
         let left = self.buf.len() - self.done;
-        if left == 0 && !self.session_started && !self.first_job {
-            // An empty last job: a last raw block of nothing (ZSTD_writeLastEmptyBlock).
-            out.extend_from_slice(&[1, 0, 0]);
-        } else {
-            self.block(left, true, out);
+        if last {
+            if left == 0 && !self.session_started && !self.first {
+                // An empty last job: a last raw block of nothing (ZSTD_writeLastEmptyBlock).
+                out.extend_from_slice(&[1, 0, 0]);
+            } else {
+                self.block(left, true, out);
+            }
+        } else if left > 0 {
+            self.block(left, false, out);
         }
-        if self.checksum && !self.first_job {
-            // The frame's XXH64 (every job's data), its low 32 bits.
-            self.hash.update(&self.buf[self.prefix_len..]);
-            out.extend_from_slice(&(self.hash.digest() as u32).to_le_bytes());
-        }
-    }
-
-    /// The current job is whole: the next starts on a prefix of its end.
-    fn end_job(&mut self, out: &mut Vec<u8>) {
-        if self.buf.len() == self.prefix_len {
-            return;
-        }
-        while self.buf.len() > self.done {
-            let n = (self.buf.len() - self.done).min(BLOCK);
-            self.block(n, false, out);
-        }
-        self.hash.update(&self.buf[self.prefix_len..]);
-        let keep = self.prefix_size.min(self.buf.len() - self.prefix_len);
-        self.buf.drain(..self.buf.len() - keep);
-        self.prefix_len = keep;
-        self.done = keep;
-        self.first_job = false;
-        self.dfast = Dfast::new(self.params, [0, 0]);
-        self.dfast.load_prefix(&self.buf, keep);
-        self.begin_session();
     }
 
     /// Writes the next `len` bytes of the job as a block (the frame's last if `last`).
@@ -346,7 +276,7 @@ impl DfastWriter {
                 .flatten()
                 .expect("libzstd writes a frame header first");
             from = h.len;
-            if self.first_job {
+            if self.first {
                 out.extend_from_slice(&written[..from]);
             }
             self.session_started = true;
@@ -389,6 +319,172 @@ impl DfastWriter {
             if left == 0 && input.pos == input.size {
                 return;
             }
+        }
+    }
+}
+
+/// One frame being written. The first job is written block by block as its data comes (ingest
+/// compares a frame's beginning as it goes); later jobs are gathered whole and written
+/// `workers` at a time, each on its own core.
+pub(super) struct DfastWriter {
+    f: FrameParams,
+    mt: bool,
+    /// A job's length (multi-threaded), or no limit.
+    job_size: usize,
+    prefix_size: usize,
+    workers: usize,
+    /// The first job, until it is whole.
+    first: Option<JobWriter>,
+    /// The job being gathered after it, with its prefix.
+    next: Option<JobWriter>,
+    /// Whole jobs waiting to be written.
+    queued: Vec<JobWriter>,
+    /// Bytes of the frame so far.
+    total: u64,
+    hash: Xxh64,
+}
+
+impl DfastWriter {
+    /// A writer of a frame at `level` (see [`reproducible`]), multi-threaded jobs written on
+    /// up to `workers` cores.
+    pub fn new(
+        level: i32,
+        mt: bool,
+        checksum: bool,
+        content_size: Option<u64>,
+        workers: usize,
+    ) -> DfastWriter {
+        let params = dfast_params(level, content_size).expect("a dfast level, checked at ingest");
+        let f = FrameParams {
+            params,
+            level,
+            checksum,
+            content_size,
+        };
+        let (job_size, prefix_size) = if mt {
+            let job_log = (params.window_log + 2).clamp(20, 30);
+            (1usize << job_log, 1usize << (params.window_log - 3))
+        } else {
+            (usize::MAX, 0)
+        };
+        DfastWriter {
+            f,
+            mt,
+            job_size,
+            prefix_size,
+            workers: workers.max(1),
+            first: Some(JobWriter::new(&f, true, &[])),
+            next: None,
+            queued: Vec::new(),
+            total: 0,
+            hash: Xxh64::new(0),
+        }
+    }
+
+    /// The job taking data now.
+    fn current(&mut self) -> &mut JobWriter {
+        match self.first.as_mut() {
+            Some(j) => j,
+            None => self.next.as_mut().expect("a job follows the first"),
+        }
+    }
+
+    /// Compresses `raw` on, appending what comes out to `out`.
+    pub fn write(&mut self, mut raw: &[u8], out: &mut Vec<u8>) {
+        while !raw.is_empty() {
+            let job_size = self.job_size;
+            let job = self.current();
+            let take = (job_size - job.data().len()).min(raw.len());
+            job.buf.extend_from_slice(&raw[..take]);
+            let full = job.data().len() == job_size;
+            if job.first {
+                // A block with more after it is not the frame's last: it can go.
+                job.write_ready(out);
+            }
+            raw = &raw[take..];
+            self.total += take as u64;
+            // A full job ends here, unless the frame's declared end is here too: the CLI
+            // hands its file's last piece over with the end of the frame, and the job is the
+            // last (from a pipe the end comes after, and an empty last block follows).
+            if full && self.f.content_size != Some(self.total) {
+                self.end_job(out);
+            }
+        }
+    }
+
+    /// Ends the current block (and, multi-threaded, the current job), as a streaming writer's
+    /// `flush()` does.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        if self.mt {
+            self.end_job(out);
+        } else {
+            // Single-threaded: one job, the first, never queued.
+            let job = self.current();
+            let left = job.buf.len() - job.done;
+            if left > 0 {
+                job.block(left, false, out);
+            }
+        }
+    }
+
+    /// Ends the frame.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        match self.first.take() {
+            Some(mut job) => job.end(true, out),
+            None => {
+                let last = self.next.take().expect("a job follows the first");
+                self.queued.push(last);
+                self.write_queued(true, out);
+                if self.f.checksum {
+                    // The frame's XXH64 (every job's data), its low 32 bits.
+                    out.extend_from_slice(&(self.hash.digest() as u32).to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// The current job is whole (or flushed): the next starts on a prefix of its end.
+    fn end_job(&mut self, out: &mut Vec<u8>) {
+        let prefix_size = self.prefix_size;
+        let job = self.current();
+        if job.data().is_empty() {
+            return;
+        }
+        let keep = prefix_size.min(job.data().len());
+        let prefix = job.buf[job.buf.len() - keep..].to_vec();
+        let next = JobWriter::new(&self.f, false, &prefix);
+        if let Some(mut first) = self.first.take() {
+            self.hash.update(first.data());
+            first.end(false, out);
+        } else {
+            let whole = self.next.replace(next).expect("a job follows the first");
+            self.queued.push(whole);
+            if self.queued.len() >= self.workers {
+                self.write_queued(false, out);
+            }
+            return;
+        }
+        self.next = Some(next);
+    }
+
+    /// Writes the queued jobs, in parallel, in order; the last ends the frame if `last`.
+    fn write_queued(&mut self, last: bool, out: &mut Vec<u8>) {
+        use rayon::prelude::*;
+        for job in &self.queued {
+            self.hash.update(job.data());
+        }
+        let n = self.queued.len();
+        let outs: Vec<Vec<u8>> = std::mem::take(&mut self.queued)
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, mut job)| {
+                let mut o = Vec::with_capacity(job.data().len() / 2);
+                job.end(last && i + 1 == n, &mut o);
+                o
+            })
+            .collect();
+        for o in outs {
+            out.extend_from_slice(&o);
         }
     }
 }

@@ -246,6 +246,7 @@ impl FrameWriter {
                     mt,
                     flags & FLAG_CHECKSUM != 0,
                     content_size.then_some(raw_len),
+                    libzstd_workers() as usize,
                 )))
             }
             ZstdEncoder::Libzstd {
