@@ -1,17 +1,19 @@
 //! libzstd 1.5.4-1.5.6's double-fast match finder (`dfast`, levels 3-4), ported from
-//! `lib/compress/zstd_double_fast.c` (`ZSTD_compressBlock_doubleFast_noDict_generic` and
-//! `ZSTD_fillDoubleHashTableForCCtx`): the sequences those releases found, which 1.5.7 no
-//! longer finds (it takes the long match at the next position only if it is longer than the
-//! short match at this one). libzstd's own entropy stage writes the block from them
-//! (`dfast_writer.rs`).
+//! `lib/compress/zstd_double_fast.c` (`ZSTD_compressBlock_doubleFast_noDict_generic`,
+//! `ZSTD_compressBlock_doubleFast_extDict_generic` and `ZSTD_fillDoubleHashTableForCCtx`): the
+//! sequences those releases found, which 1.5.7 no longer finds (it takes the long match at the
+//! next position only if it is longer than the short match at this one). libzstd's own
+//! entropy stage writes the block from them (`dfast_writer.rs`).
 //!
-//! Positions are indices into one buffer, offset by libzstd's first index (2), so the window
-//! tests compare the same numbers libzstd compares. Only the contiguous window
-//! ("noDict") is ported: the multi-threaded mode's jobs (their prefix and data in one buffer)
-//! and a single-threaded frame that fits its window never need another.
+//! Positions are libzstd's indices (the stream's first byte is 2), so the window tests compare
+//! the same numbers libzstd compares; the bytes are one buffer whose first byte has index
+//! [`Dfast::base`]. libzstd's window is two segments when its streaming input buffer wraps:
+//! the older one (`lowLimit..dictLimit`, the "extDict") is read by the second match finder
+//! here. Matches run on from its end into the newer segment, which in the stream is what
+//! follows, so one buffer serves both.
 
 /// libzstd's first index (`ZSTD_WINDOW_START_INDEX`).
-const START: u32 = 2;
+pub(super) const START: u32 = 2;
 /// `kSearchStrength`: positions searched before the step grows.
 const STEP_INCR: usize = 1 << 8;
 /// `HASH_READ_SIZE`.
@@ -49,8 +51,12 @@ pub(super) struct Dfast {
     p: DfastParams,
     hash_long: Vec<u32>,
     hash_small: Vec<u32>,
-    /// libzstd's `window.dictLimit`: the lowest index a match may start at.
-    dict_limit: u32,
+    /// Index of the buffer's first byte.
+    pub base: u32,
+    /// libzstd's `window.lowLimit` and `window.dictLimit`: the older segment (extDict) is
+    /// `low_limit..dict_limit`, the newer one starts at `dict_limit`.
+    pub low_limit: u32,
+    pub dict_limit: u32,
     /// The two repeat offsets the match finder tracks (`rep[0]`, `rep[1]`).
     pub rep: [u32; 2],
 }
@@ -96,16 +102,6 @@ fn count(buf: &[u8], mut a: usize, mut b: usize, limit: usize) -> usize {
     a - start
 }
 
-#[inline(always)]
-fn idx(pos: usize) -> u32 {
-    pos as u32 + START
-}
-
-#[inline(always)]
-fn pos(index: u32) -> usize {
-    (index - START) as usize
-}
-
 impl Dfast {
     /// A fresh match finder; `rep` as the job starts it (`[1, 4]` for a frame's first,
     /// `[0, 0]`, "invalid", for the multi-threaded mode's later jobs).
@@ -114,6 +110,8 @@ impl Dfast {
             p,
             hash_long: vec![0; 1 << p.hash_log],
             hash_small: vec![0; 1 << p.chain_log],
+            base: START,
+            low_limit: START,
             dict_limit: START,
             rep,
         }
@@ -126,6 +124,7 @@ impl Dfast {
             return;
         }
         let (hl, hs, mls) = (self.p.hash_log, self.p.chain_log, self.p.min_match);
+        let idx = |p: usize| p as u32 + self.base;
         let iend = len - HASH_READ;
         let mut ip = 0;
         while ip + 2 <= iend {
@@ -152,16 +151,39 @@ impl Dfast {
     pub fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
         let max_dist = 1u32 << self.p.window_log;
         // ZSTD_window_enforceMaxDist, called with the block's start.
-        let block_start = idx(start);
+        let block_start = start as u32 + self.base;
         if block_start > max_dist {
-            self.dict_limit = self.dict_limit.max(block_start - max_dist);
+            self.low_limit = self.low_limit.max(block_start - max_dist);
+            self.dict_limit = self.dict_limit.max(self.low_limit);
         }
-        let mls = match self.p.min_match {
+        if self.low_limit < self.dict_limit {
+            self.block_ext_dict(buf, start, end, seqs)
+        } else {
+            self.block_no_dict(buf, start, end, seqs)
+        }
+    }
+
+    fn mls(&self) -> u32 {
+        match self.p.min_match {
             5 => 5,
             6 => 6,
             7 => 7,
             _ => 4,
-        };
+        }
+    }
+
+    /// `ZSTD_compressBlock_doubleFast_noDict_generic`: the window is one segment.
+    fn block_no_dict(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+        seqs: &mut Vec<Seq>,
+    ) -> usize {
+        let base = self.base;
+        let idx = |p: usize| p as u32 + base;
+        let pos = |i: u32| (i - base) as usize;
+        let mls = self.mls();
         let (hbl, hbs) = (self.p.hash_log, self.p.chain_log);
         let iend = end;
         let prefix_lowest_index = self.lowest_prefix_index(idx(end));
@@ -226,6 +248,7 @@ impl Dfast {
                     // _match_stored
                     Self::after_match(
                         buf,
+                        base,
                         hash_long,
                         hash_small,
                         (hbl, hbs, mls),
@@ -313,6 +336,7 @@ impl Dfast {
             });
             Self::after_match(
                 buf,
+                base,
                 hash_long,
                 hash_small,
                 (hbl, hbs, mls),
@@ -330,12 +354,176 @@ impl Dfast {
         self.cleanup(offset_1, offset_2, saved_1, saved_2, iend - anchor)
     }
 
+    /// `ZSTD_compressBlock_doubleFast_extDict_generic`: the window's older segment ends at
+    /// `dict_limit`, where the newer one begins. Its candidates come from one table at a
+    /// time (the long one, then the short one and a long one at the next position).
+    fn block_ext_dict(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+        seqs: &mut Vec<Seq>,
+    ) -> usize {
+        let base = self.base;
+        let idx = |p: usize| p as u32 + base;
+        let pos = |i: u32| (i - base) as usize;
+        let max_distance = 1u32 << self.p.window_log;
+        let end_index = idx(end);
+        // ZSTD_getLowestMatchIndex
+        let dict_start_index = if end_index - self.low_limit > max_distance {
+            end_index - max_distance
+        } else {
+            self.low_limit
+        };
+        let prefix_start_index = self.dict_limit.max(dict_start_index);
+        if prefix_start_index == dict_start_index {
+            // The older segment has left the window.
+            return self.block_no_dict(buf, start, end, seqs);
+        }
+        let mls = self.mls();
+        let (hbl, hbs) = (self.p.hash_log, self.p.chain_log);
+        let hash_long = &mut self.hash_long;
+        let hash_small = &mut self.hash_small;
+        let (dict_start, prefix_start) = (pos(dict_start_index), pos(prefix_start_index));
+        // Where a match in either segment may reach back to.
+        let lowest = |index: u32| {
+            if index < prefix_start_index {
+                dict_start
+            } else {
+                prefix_start
+            }
+        };
+        let iend = end;
+        let ilimit = end as isize - 8;
+        let mut offset_1 = self.rep[0];
+        let mut offset_2 = self.rep[1];
+        let mut ip = start;
+        let mut anchor = start;
+        while (ip as isize) < ilimit {
+            let h_small = hash(buf, ip, hbs, mls);
+            let match_index = hash_small[h_small];
+            let h_long = hash(buf, ip, hbl, 8);
+            let match_long_index = hash_long[h_long];
+            let curr = idx(ip);
+            // May wrap: the tests below refuse such an index.
+            let rep_index = (curr + 1).wrapping_sub(offset_1);
+            hash_small[h_small] = curr;
+            hash_long[h_long] = curr;
+            let m_length;
+            if (prefix_start_index - 1).wrapping_sub(rep_index) >= 3
+                && offset_1 <= curr + 1 - dict_start_index
+                && read32(buf, pos(rep_index)) == read32(buf, ip + 1)
+            {
+                m_length = count(buf, ip + 1 + 4, pos(rep_index) + 4, iend) + 4;
+                ip += 1;
+                seqs.push(Seq {
+                    lit_len: (ip - anchor) as u32,
+                    off_code: REPCODE1,
+                    match_len: m_length as u32,
+                });
+            } else if match_long_index > dict_start_index
+                && read64(buf, pos(match_long_index)) == read64(buf, ip)
+            {
+                let low = lowest(match_long_index);
+                let mut m = pos(match_long_index);
+                let mut len = count(buf, ip + 8, m + 8, iend) + 8;
+                let offset = curr - match_long_index;
+                while ip > anchor && m > low && buf[ip - 1] == buf[m - 1] {
+                    ip -= 1;
+                    m -= 1;
+                    len += 1;
+                }
+                m_length = len;
+                offset_2 = offset_1;
+                offset_1 = offset;
+                seqs.push(Seq {
+                    lit_len: (ip - anchor) as u32,
+                    off_code: offset_code(offset),
+                    match_len: m_length as u32,
+                });
+            } else if match_index > dict_start_index
+                && read32(buf, pos(match_index)) == read32(buf, ip)
+            {
+                let h3 = hash(buf, ip + 1, hbl, 8);
+                let match_index3 = hash_long[h3];
+                hash_long[h3] = curr + 1;
+                let offset;
+                let (mut m, low, mut len);
+                if match_index3 > dict_start_index
+                    && read64(buf, pos(match_index3)) == read64(buf, ip + 1)
+                {
+                    low = lowest(match_index3);
+                    m = pos(match_index3);
+                    len = count(buf, ip + 9, m + 8, iend) + 8;
+                    ip += 1;
+                    offset = curr + 1 - match_index3;
+                } else {
+                    low = lowest(match_index);
+                    m = pos(match_index);
+                    len = count(buf, ip + 4, m + 4, iend) + 4;
+                    offset = curr - match_index;
+                }
+                while ip > anchor && m > low && buf[ip - 1] == buf[m - 1] {
+                    ip -= 1;
+                    m -= 1;
+                    len += 1;
+                }
+                m_length = len;
+                offset_2 = offset_1;
+                offset_1 = offset;
+                seqs.push(Seq {
+                    lit_len: (ip - anchor) as u32,
+                    off_code: offset_code(offset),
+                    match_len: m_length as u32,
+                });
+            } else {
+                ip += ((ip - anchor) >> 8) + 1;
+                continue;
+            }
+
+            ip += m_length;
+            anchor = ip;
+            if ip as isize <= ilimit {
+                let insert = curr + 2;
+                hash_long[hash(buf, pos(insert), hbl, 8)] = insert;
+                hash_long[hash(buf, ip - 2, hbl, 8)] = idx(ip - 2);
+                hash_small[hash(buf, pos(insert), hbs, mls)] = insert;
+                hash_small[hash(buf, ip - 1, hbs, mls)] = idx(ip - 1);
+                while ip as isize <= ilimit {
+                    let current2 = idx(ip);
+                    let rep_index2 = current2.wrapping_sub(offset_2);
+                    if (prefix_start_index - 1).wrapping_sub(rep_index2) >= 3
+                        && offset_2 <= current2 - dict_start_index
+                        && read32(buf, pos(rep_index2)) == read32(buf, ip)
+                    {
+                        let rep_length2 = count(buf, ip + 4, pos(rep_index2) + 4, iend) + 4;
+                        std::mem::swap(&mut offset_1, &mut offset_2);
+                        seqs.push(Seq {
+                            lit_len: 0,
+                            off_code: REPCODE1,
+                            match_len: rep_length2 as u32,
+                        });
+                        hash_small[hash(buf, ip, hbs, mls)] = current2;
+                        hash_long[hash(buf, ip, hbl, 8)] = current2;
+                        ip += rep_length2;
+                        anchor = ip;
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+        self.rep = [offset_1, offset_2];
+        iend - anchor
+    }
+
     /// `_match_stored`: past the match, the complementary insertions, then as many
     /// immediate repeats of the previous offset as follow.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn after_match(
         buf: &[u8],
+        base: u32,
         hash_long: &mut [u32],
         hash_small: &mut [u32],
         (hbl, hbs, mls): (u32, u32, u32),
@@ -349,6 +537,8 @@ impl Dfast {
         offset_2: &mut u32,
         seqs: &mut Vec<Seq>,
     ) {
+        let idx = |p: usize| p as u32 + base;
+        let pos = |i: u32| (i - base) as usize;
         *ip += m_length;
         *anchor = *ip;
         if *ip > ilimit {

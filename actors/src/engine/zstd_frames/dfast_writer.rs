@@ -21,9 +21,12 @@
 //! pipe) ends with an empty last block; with the size in the header (the CLI reading a file)
 //! the job that reaches it is the last.
 //!
-//! Single-threaded frames are re-created when they fit their window (their content size in
-//! the header, at most the window): a longer one wraps libzstd's input buffer, which the
-//! port does not follow (its "extDict" match finder).
+//! A single-threaded frame is written as libzstd's streaming interface writes it: from an
+//! input buffer of a window and a block (2 MiB and 128 KiB at level 3), refilled from its
+//! start when full, so that beyond the first fill the window is two segments and the older
+//! one is searched by the "extDict" match finder ([`InBuffer`]). (A frame written in one call
+//! from a caller's whole buffer, `ZSTD_compress2`, never splits its window; such frames are not
+//! tried.)
 //!
 //! libzstd keeps a block's repeat offsets only if it writes the block compressed: after a
 //! block stored raw or as a run of one byte the match finder restarts from the ones before.
@@ -38,6 +41,8 @@ use super::dfast::{Dfast, DfastParams, Seq};
 use super::header::parse_header;
 
 const BLOCK: usize = 128 << 10;
+/// A single-threaded frame's bytes below the window are dropped this many at a time.
+const TRIM: usize = 16 << 20;
 /// `ZSTD_strategy::ZSTD_dfast`.
 const STRATEGY_DFAST: u32 = 2;
 /// What the producer returns on a mismatch (`ZSTD_SEQUENCE_PRODUCER_ERROR`).
@@ -60,13 +65,9 @@ pub(super) fn dfast_params(level: i32, content_size: Option<u64>) -> Option<Dfas
 }
 
 /// Whether a frame at `level` of these header facts is one this writer re-creates: `dfast`
-/// at its size, and (single-threaded) within its window.
-pub(super) fn reproducible(level: i32, mt: bool, content_size: Option<u64>) -> bool {
-    match dfast_params(level, content_size) {
-        None => false,
-        Some(_) if mt => true,
-        Some(p) => content_size.is_some_and(|n| n <= 1 << p.window_log),
-    }
+/// at its size.
+pub(super) fn reproducible(level: i32, content_size: Option<u64>) -> bool {
+    dfast_params(level, content_size).is_some()
 }
 
 /// The sequences of the block being written, for the producer callback.
@@ -100,6 +101,76 @@ unsafe extern "C" fn produce(
     p.seqs.len()
 }
 
+/// libzstd's streaming input buffer (single-threaded): a window and a block long, refilled
+/// from its start when the next block would not fit. Where each block sits in it decides when
+/// the window becomes two segments (`ZSTD_window_update`) and how much of the older one the
+/// newer has overwritten.
+struct InBuffer {
+    size: usize,
+    block: usize,
+    /// Where the next block starts.
+    pos: usize,
+    /// The next block starts the buffer over.
+    wrapped: bool,
+    started: bool,
+    /// Index of the buffer's first byte in the newer segment and in the older one.
+    seg_start: u32,
+    old_seg_start: u32,
+}
+
+impl InBuffer {
+    fn new(window_size: usize) -> InBuffer {
+        let block = BLOCK.min(window_size);
+        InBuffer {
+            size: window_size + block,
+            block,
+            pos: 0,
+            wrapped: false,
+            started: false,
+            seg_start: 0,
+            old_seg_start: 0,
+        }
+    }
+
+    /// `ZSTD_window_update` for the block of `len` bytes from index `start`.
+    fn before_block(&mut self, d: &mut Dfast, start: u32, len: usize) {
+        if !self.started {
+            self.started = true;
+            self.seg_start = start;
+            return;
+        }
+        if self.wrapped {
+            d.low_limit = d.dict_limit;
+            d.dict_limit = start;
+            self.old_seg_start = self.seg_start;
+            self.seg_start = start;
+            if d.dict_limit - d.low_limit < 8 {
+                d.low_limit = d.dict_limit;
+            }
+        }
+        // The block overwrites the older segment's bytes where it lands.
+        if d.low_limit < d.dict_limit {
+            let (low, high) = (
+                (d.low_limit - self.old_seg_start) as usize,
+                (d.dict_limit - self.old_seg_start) as usize,
+            );
+            if self.pos + len > low && self.pos < high {
+                d.low_limit = d
+                    .dict_limit
+                    .min(self.old_seg_start + (self.pos + len) as u32);
+            }
+        }
+    }
+
+    fn after_block(&mut self, len: usize) {
+        self.pos += len;
+        self.wrapped = self.pos + self.block > self.size;
+        if self.wrapped {
+            self.pos = 0;
+        }
+    }
+}
+
 /// One job being written: its own match finder and libzstd context (jobs after the first are
 /// written several at a time).
 struct JobWriter {
@@ -115,6 +186,8 @@ struct JobWriter {
     cctx: NonNull<sys::ZSTD_CCtx>,
     pending: NonNull<Pending>,
     seqs: Vec<Seq>,
+    /// Single-threaded: libzstd's input buffer (multi-threaded jobs are contiguous).
+    in_buffer: Option<InBuffer>,
 }
 
 // The context and the producer's state belong to no thread; one uses them at a time.
@@ -153,7 +226,7 @@ impl JobWriter {
     /// The frame's first job (its header; its checksum if it is the only one), or a later
     /// one after `prefix` (the previous job's end), its repeat offsets invalid and its header
     /// to be dropped.
-    fn new(f: &FrameParams, first: bool, prefix: &[u8]) -> JobWriter {
+    fn new(f: &FrameParams, first: bool, prefix: &[u8], in_buffer: Option<InBuffer>) -> JobWriter {
         // SAFETY: no arguments; a null return is an allocation failure.
         let cctx = NonNull::new(unsafe { sys::ZSTD_createCCtx() }).expect("ZSTD_createCCtx");
         let pending = NonNull::from(Box::leak(Box::new(Pending {
@@ -172,6 +245,7 @@ impl JobWriter {
             cctx,
             pending,
             seqs: Vec::new(),
+            in_buffer,
         };
         use ZSTD_cParameter::*;
         w.set(ZSTD_c_compressionLevel, f.level);
@@ -243,6 +317,10 @@ impl JobWriter {
         // SAFETY: not borrowed elsewhere while no libzstd call runs.
         let pending = unsafe { self.pending.as_mut() };
         pending.seqs.clear();
+        if let Some(b) = self.in_buffer.as_mut() {
+            let index = start as u32 + self.dfast.base;
+            b.before_block(&mut self.dfast, index, len);
+        }
         if len >= MIN_BLOCK_SEARCHED {
             let last_literals = self.dfast.block(&self.buf, start, end, &mut self.seqs);
             pending
@@ -287,6 +365,16 @@ impl JobWriter {
         }
         out.extend_from_slice(&written[from..]);
         self.done = end;
+        if let Some(b) = self.in_buffer.as_mut() {
+            b.after_block(len);
+            // What is below the window is never read again.
+            let below = (self.dfast.low_limit - self.dfast.base) as usize;
+            if below >= TRIM {
+                self.buf.drain(..below);
+                self.dfast.base += below as u32;
+                self.done -= below;
+            }
+        }
     }
 
     fn compress(&mut self, start: usize, end: usize, op: ZSTD_EndDirective, out: &mut Vec<u8>) {
@@ -373,7 +461,15 @@ impl DfastWriter {
             job_size,
             prefix_size,
             workers: workers.max(1),
-            first: Some(JobWriter::new(&f, true, &[])),
+            first: Some(JobWriter::new(
+                &f,
+                true,
+                &[],
+                (!mt).then(|| {
+                    let window = 1usize << params.window_log;
+                    InBuffer::new(content_size.map_or(window, |n| (n.max(1) as usize).min(window)))
+                }),
+            )),
             next: None,
             queued: Vec::new(),
             total: 0,
@@ -452,7 +548,7 @@ impl DfastWriter {
         }
         let keep = prefix_size.min(job.data().len());
         let prefix = job.buf[job.buf.len() - keep..].to_vec();
-        let next = JobWriter::new(&self.f, false, &prefix);
+        let next = JobWriter::new(&self.f, false, &prefix, None);
         if let Some(mut first) = self.first.take() {
             self.hash.update(first.data());
             first.end(false, out);

@@ -175,7 +175,7 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
                     .filter(move |&level| {
                         !fixed_blocks
                             || !(3..=4).contains(&level)
-                            || (!long && dfast_writer::reproducible(level, mt, h.content_size))
+                            || (!long && dfast_writer::reproducible(level, h.content_size))
                     })
                     .map(move |level| ZstdEncoder::Libzstd {
                         level,

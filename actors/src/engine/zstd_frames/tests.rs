@@ -225,7 +225,7 @@ fn libzstd_fixed_blocks() {
 /// `tests/zstd_layers.rs`), such frames are found as `fixed_blocks` and re-created:
 /// multi-threaded over several jobs, with and without the content size, ending on a job's
 /// edge, flushed, with incompressible blocks between (libzstd drops their repeat offsets),
-/// and single-threaded within the window.
+/// and single-threaded, within the window and beyond it (libzstd's input buffer wrapping).
 #[test]
 fn libzstd_dfast_before_1_5_7() {
     let mut raw = Vec::new();
@@ -257,6 +257,14 @@ fn libzstd_dfast_before_1_5_7() {
             FLAG_CHECKSUM | FLAG_CONTENT_SIZE,
         ),
         (4, false, &raw[..1_200_000], FLAG_CONTENT_SIZE),
+        // Beyond the window: two segments, the random run among the older one's blocks.
+        (3, false, &raw[..], FLAG_CHECKSUM),
+        (
+            4,
+            false,
+            &raw[..7_000_000],
+            FLAG_CHECKSUM | FLAG_CONTENT_SIZE | FLAG_FLUSHED,
+        ),
     ] {
         let enc = lib(level, mt);
         let c = encode_frame(&enc, raw, FrameShape::flags(flags));
