@@ -143,15 +143,11 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
         None => &[false, true],
         Some(_) => &[false],
     };
-    let levels = |long: bool| {
-        std::iter::once(3)
-            .chain((1..=19).filter(|&l| l != 3))
-            .filter(move |&level| match (h.content_size, h.window_log) {
-                _ if long => true,
-                // Without a content size the window is the level's own.
-                (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
-                _ => true,
-            })
+    let level_fits = |level: i32, long: bool| match (h.content_size, h.window_log) {
+        _ if long => true,
+        // Without a content size the window is the level's own.
+        (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
+        _ => true,
     };
     // Each level's releases that write different bytes: 1.15.12 first (Debian 12's skopeo,
     // podman and buildah), then the newest first (upstream BuildKit, containerd and
@@ -163,35 +159,73 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
         versions.sort_by_key(|v| (*v != KpVersion::V1_15_12, std::cmp::Reverse(*v)));
         versions
             .into_iter()
+            .filter(move |&version| kp_header_fits(h, level, version))
             .map(move |version| ZstdEncoder::Klauspost { level, version })
     });
-    // Single-threaded first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the
-    // releases before it with fixed blocks: at levels 3-4 (`dfast`, whose match finder
-    // changed in 1.5.7) through the port of theirs, where it applies (`dfast_writer.rs`).
-    let libzstd = longs.iter().flat_map(move |&long| {
-        [false, true].into_iter().flat_map(move |fixed_blocks| {
-            [false, true].into_iter().flat_map(move |mt| {
-                levels(long)
-                    .filter(move |&level| {
-                        !fixed_blocks
-                            || !(3..=4).contains(&level)
-                            || (!long && dfast_writer::reproducible(level, h.content_size))
-                    })
-                    .map(move |level| ZstdEncoder::Libzstd {
-                        level,
-                        long,
-                        mt,
-                        fixed_blocks,
-                    })
+    // Level by level, the CLI's default first, then from the fastest to write (a candidate
+    // costs a block or two at its level); at each, without `--long` first, single-threaded
+    // first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the releases before
+    // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
+    // through the port of theirs, where it applies (`dfast_writer.rs`).
+    let libzstd: Vec<ZstdEncoder> = std::iter::once(3)
+        .chain((1..=19).filter(|&l| l != 3))
+        .flat_map(|level| {
+            longs.iter().flat_map(move |&long| {
+                [false, true].into_iter().flat_map(move |fixed_blocks| {
+                    [false, true]
+                        .into_iter()
+                        .map(move |mt| ZstdEncoder::Libzstd {
+                            level,
+                            long,
+                            mt,
+                            fixed_blocks,
+                        })
+                })
             })
         })
-    });
-    // The CLI's default level first in every mode: a frame of another release at level 3
-    // (Debian 12's `zstd`) is found before the other levels are tried on it.
-    let (mut libzstd, others): (Vec<_>, Vec<_>) =
-        libzstd.partition(|e| matches!(e, ZstdEncoder::Libzstd { level: 3, .. }));
-    libzstd.extend(others);
+        .filter(|e| {
+            let ZstdEncoder::Libzstd {
+                level,
+                long,
+                fixed_blocks,
+                ..
+            } = *e
+            else {
+                return false;
+            };
+            level_fits(level, long)
+                && (!fixed_blocks
+                    || !(3..=4).contains(&level)
+                    || (!long && dfast_writer::reproducible(level, h.content_size)))
+        })
+        .collect();
     klauspost.chain(libzstd).collect()
+}
+
+/// Whether klauspost's streaming `Encoder` at `level` of `version` writes frames with this
+/// header (trying one costs a block at its level, and `SpeedBestCompression` is slow): it
+/// declares the level's window, or the power of two above a content size below it (1 KiB at
+/// least; a size under 256 bytes goes undeclared), and a single segment only when the whole
+/// frame is one block (`EncodeAll`).
+fn kp_header_fits(h: &FrameHeader, level: KpZstdLevel, version: KpVersion) -> bool {
+    let Ok((window, block)) = crate::engine::kpzstd::geometry(&kp_options(level, version, true))
+    else {
+        return false;
+    };
+    let window = window as u64;
+    match h.window_log {
+        None => h.content_size.is_some_and(|n| n <= block as u64),
+        Some(log) => {
+            // `blockEnc.windowSize` of the declared size (0 when none is declared).
+            let size = h.content_size.unwrap_or(0);
+            let declared = if size > 0 && size < window {
+                (1u64 << (64 - size.leading_zeros())).max(1024)
+            } else {
+                window
+            };
+            1u64.checked_shl(log) == Some(declared) || (log == 10 && h.content_size.is_none())
+        }
+    }
 }
 
 /// Plaintext a long frame is judged on for libzstd's multi-threaded mode.
