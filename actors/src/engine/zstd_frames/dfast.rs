@@ -117,6 +117,22 @@ impl Dfast {
         }
     }
 
+    /// Moves every index down by `delta` (the window's lowest, `low_limit`, becomes
+    /// [`START`]), as libzstd corrects its indices before they overflow
+    /// (`ZSTD_reduceIndex`): entries below it are cleared, which they were as good as (they
+    /// never match), so the sequences found do not change. The buffer must start at
+    /// `low_limit`.
+    pub fn reduce(&mut self) {
+        debug_assert_eq!(self.base, self.low_limit);
+        let delta = self.low_limit - START;
+        for e in self.hash_long.iter_mut().chain(self.hash_small.iter_mut()) {
+            *e = e.saturating_sub(delta);
+        }
+        self.base -= delta;
+        self.low_limit -= delta;
+        self.dict_limit -= delta;
+    }
+
     /// Loads `buf[..len]` (a job's prefix) as libzstd loads a raw-content dictionary
     /// (`ZSTD_dtlm_fast`): every third position into both tables.
     pub fn load_prefix(&mut self, buf: &[u8], len: usize) {

@@ -37,12 +37,24 @@ use std::ptr::NonNull;
 use xxhash_rust::xxh64::Xxh64;
 use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter};
 
-use super::dfast::{Dfast, DfastParams, Seq};
+use super::dfast::{Dfast, DfastParams, Seq, START};
 use super::header::parse_header;
 
 const BLOCK: usize = 128 << 10;
-/// A single-threaded frame's bytes below the window are dropped this many at a time.
-const TRIM: usize = 16 << 20;
+/// When a single-threaded frame's bytes below the window are dropped, and its indices moved
+/// down (see [`Dfast::reduce`]; libzstd corrects them at 3.5 GiB).
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Bytes dropped at a time.
+    trim: usize,
+    /// Index beyond which they are moved down.
+    reduce_at: u32,
+}
+
+const LIMITS: Limits = Limits {
+    trim: 16 << 20,
+    reduce_at: 2 << 30,
+};
 /// `ZSTD_strategy::ZSTD_dfast`.
 const STRATEGY_DFAST: u32 = 2;
 /// What the producer returns on a mismatch (`ZSTD_SEQUENCE_PRODUCER_ERROR`).
@@ -116,10 +128,11 @@ struct InBuffer {
     /// Index of the buffer's first byte in the newer segment and in the older one.
     seg_start: u32,
     old_seg_start: u32,
+    limits: Limits,
 }
 
 impl InBuffer {
-    fn new(window_size: usize) -> InBuffer {
+    fn new(window_size: usize, limits: Limits) -> InBuffer {
         let block = BLOCK.min(window_size);
         InBuffer {
             size: window_size + block,
@@ -129,6 +142,7 @@ impl InBuffer {
             started: false,
             seg_start: 0,
             old_seg_start: 0,
+            limits,
         }
     }
 
@@ -150,14 +164,15 @@ impl InBuffer {
         }
         // The block overwrites the older segment's bytes where it lands.
         if d.low_limit < d.dict_limit {
+            // (Differences wrap: the older segment's start may lie below a reduced index.)
             let (low, high) = (
-                (d.low_limit - self.old_seg_start) as usize,
-                (d.dict_limit - self.old_seg_start) as usize,
+                d.low_limit.wrapping_sub(self.old_seg_start) as usize,
+                d.dict_limit.wrapping_sub(self.old_seg_start) as usize,
             );
             if self.pos + len > low && self.pos < high {
                 d.low_limit = d
                     .dict_limit
-                    .min(self.old_seg_start + (self.pos + len) as u32);
+                    .min(self.old_seg_start.wrapping_add((self.pos + len) as u32));
             }
         }
     }
@@ -369,10 +384,16 @@ impl JobWriter {
             b.after_block(len);
             // What is below the window is never read again.
             let below = (self.dfast.low_limit - self.dfast.base) as usize;
-            if below >= TRIM {
+            if below >= b.limits.trim {
                 self.buf.drain(..below);
                 self.dfast.base += below as u32;
                 self.done -= below;
+                if self.dfast.base > b.limits.reduce_at {
+                    let delta = self.dfast.low_limit - START;
+                    self.dfast.reduce();
+                    b.seg_start = b.seg_start.wrapping_sub(delta);
+                    b.old_seg_start = b.old_seg_start.wrapping_sub(delta);
+                }
             }
         }
     }
@@ -442,6 +463,17 @@ impl DfastWriter {
         content_size: Option<u64>,
         workers: usize,
     ) -> DfastWriter {
+        Self::with_limits(level, mt, checksum, content_size, workers, LIMITS)
+    }
+
+    fn with_limits(
+        level: i32,
+        mt: bool,
+        checksum: bool,
+        content_size: Option<u64>,
+        workers: usize,
+        limits: Limits,
+    ) -> DfastWriter {
         let params = dfast_params(level, content_size).expect("a dfast level, checked at ingest");
         let f = FrameParams {
             params,
@@ -467,7 +499,8 @@ impl DfastWriter {
                 &[],
                 (!mt).then(|| {
                     let window = 1usize << params.window_log;
-                    InBuffer::new(content_size.map_or(window, |n| (n.max(1) as usize).min(window)))
+                    let size = content_size.map_or(window, |n| (n.max(1) as usize).min(window));
+                    InBuffer::new(size, limits)
                 }),
             )),
             next: None,
@@ -582,5 +615,39 @@ impl DfastWriter {
         for o in outs {
             out.extend_from_slice(&o);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dropping the bytes below the window and moving the indices down (done past 16 MiB and
+    /// 2 GiB) changes no byte written: here at 1 and 3 MiB, over a 24 MiB frame of text,
+    /// noise and runs.
+    #[test]
+    fn trimming_and_moving_indices_down_write_the_same_frame() {
+        let mut raw = Vec::new();
+        for i in 0..200u64 {
+            raw.extend_from_slice(&crate::engine::test_bytes(30_000, i % 7));
+            raw.extend_from_slice(&crate::engine::test_bytes(70_000, i));
+            raw.extend(std::iter::repeat_n(i as u8, 20_000));
+        }
+        let write = |limits| {
+            let mut w = DfastWriter::with_limits(3, false, true, None, 1, limits);
+            let mut out = Vec::new();
+            for piece in raw.chunks(777_777) {
+                w.write(piece, &mut out);
+            }
+            w.finish(&mut out);
+            out
+        };
+        let small = Limits {
+            trim: 1 << 20,
+            reduce_at: 3 << 20,
+        };
+        let (a, b) = (write(LIMITS), write(small));
+        assert!(a == b, "the frames differ");
+        assert_eq!(zstd::stream::decode_all(&a[..]).unwrap(), raw);
     }
 }
