@@ -39,6 +39,7 @@ use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter}
 
 use super::dfast::{Dfast, DfastParams, Seq, START};
 use super::header::parse_header;
+use super::libzstd::{check, compress_stream};
 
 const BLOCK: usize = 128 << 10;
 /// When a single-threaded frame's bytes below the window are dropped, and its indices moved
@@ -219,15 +220,6 @@ impl Drop for JobWriter {
     }
 }
 
-fn check(r: usize, what: &str) -> usize {
-    // SAFETY: plain functions of a return code.
-    if unsafe { sys::ZSTD_isError(r) } != 0 {
-        let name = unsafe { std::ffi::CStr::from_ptr(sys::ZSTD_getErrorName(r)) };
-        panic!("libzstd {what}: {}", name.to_string_lossy());
-    }
-    r
-}
-
 /// What every job of a frame shares.
 #[derive(Clone, Copy)]
 struct FrameParams {
@@ -399,36 +391,9 @@ impl JobWriter {
     }
 
     fn compress(&mut self, start: usize, end: usize, op: ZSTD_EndDirective, out: &mut Vec<u8>) {
-        let raw = &self.buf[start..end];
-        let mut input = sys::ZSTD_inBuffer {
-            src: raw.as_ptr() as *const c_void,
-            size: raw.len(),
-            pos: 0,
-        };
-        loop {
-            // SAFETY: a constant.
-            out.reserve(unsafe { sys::ZSTD_CStreamOutSize() });
-            let spare = out.spare_capacity_mut();
-            let mut output = sys::ZSTD_outBuffer {
-                dst: spare.as_mut_ptr() as *mut c_void,
-                size: spare.len(),
-                pos: 0,
-            };
-            // SAFETY: a live context; `input` borrows the job's buffer, `output` the spare
-            // capacity of `out`, and libzstd writes only `output.pos` bytes there; the
-            // producer reads `pending`, not borrowed meanwhile.
-            let left = check(
-                unsafe {
-                    sys::ZSTD_compressStream2(self.cctx.as_ptr(), &mut output, &mut input, op)
-                },
-                "compressing",
-            );
-            // SAFETY: libzstd initialised these bytes.
-            unsafe { out.set_len(out.len() + output.pos) };
-            if left == 0 && input.pos == input.size {
-                return;
-            }
-        }
+        // SAFETY: a live context, used by this job alone; the producer it calls reads
+        // `pending`, not borrowed meanwhile.
+        unsafe { compress_stream(self.cctx, &self.buf[start..end], op, out) }
     }
 }
 

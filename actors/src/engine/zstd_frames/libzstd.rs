@@ -79,7 +79,8 @@ impl Drop for LibzstdWriter {
     }
 }
 
-fn check(r: usize, what: &str) -> usize {
+/// `r`, unless it is a libzstd error (a bug here: the parameters were checked at ingest).
+pub(super) fn check(r: usize, what: &str) -> usize {
     // SAFETY: plain functions of a return code.
     if unsafe { sys::ZSTD_isError(r) } != 0 {
         let name = unsafe { std::ffi::CStr::from_ptr(sys::ZSTD_getErrorName(r)) };
@@ -148,37 +149,48 @@ impl LibzstdWriter {
     }
 
     fn run(&mut self, raw: &[u8], op: ZSTD_EndDirective, out: &mut Vec<u8>) {
-        let mut input = sys::ZSTD_inBuffer {
-            src: raw.as_ptr() as *const c_void,
-            size: raw.len(),
+        // SAFETY: a live context, used by this writer alone.
+        unsafe { compress_stream(self.cctx, raw, op, out) }
+    }
+}
+
+/// `ZSTD_compressStream2` of `raw` with `op` until it is taken in (and, but for
+/// `ZSTD_e_continue`, all of it flushed), appending what comes out to `out`.
+///
+/// # Safety
+/// `cctx` is a live context no other thread uses meanwhile.
+pub(super) unsafe fn compress_stream(
+    cctx: NonNull<sys::ZSTD_CCtx>,
+    raw: &[u8],
+    op: ZSTD_EndDirective,
+    out: &mut Vec<u8>,
+) {
+    let mut input = sys::ZSTD_inBuffer {
+        src: raw.as_ptr() as *const c_void,
+        size: raw.len(),
+        pos: 0,
+    };
+    loop {
+        // SAFETY: a constant.
+        out.reserve(unsafe { sys::ZSTD_CStreamOutSize() });
+        let spare = out.spare_capacity_mut();
+        let mut output = sys::ZSTD_outBuffer {
+            dst: spare.as_mut_ptr() as *mut c_void,
+            size: spare.len(),
             pos: 0,
         };
-        loop {
-            // SAFETY: a constant.
-            out.reserve(unsafe { sys::ZSTD_CStreamOutSize() });
-            let spare = out.spare_capacity_mut();
-            let mut output = sys::ZSTD_outBuffer {
-                dst: spare.as_mut_ptr() as *mut c_void,
-                size: spare.len(),
-                pos: 0,
-            };
-            // SAFETY: a live context; `input` borrows `raw`, `output` the spare capacity of
-            // `out`, and libzstd writes only `output.pos` bytes there.
-            let left = check(
-                unsafe {
-                    sys::ZSTD_compressStream2(self.cctx.as_ptr(), &mut output, &mut input, op)
-                },
-                "compressing",
-            );
-            // SAFETY: libzstd initialised these bytes.
-            unsafe { out.set_len(out.len() + output.pos) };
-            let done = match op {
-                ZSTD_EndDirective::ZSTD_e_continue => input.pos == input.size,
-                _ => left == 0,
-            };
-            if done {
-                return;
-            }
+        // SAFETY: a live context (the caller's word); `input` borrows `raw`, `output` the
+        // spare capacity of `out`, and libzstd writes only `output.pos` bytes there.
+        let left = check(
+            unsafe { sys::ZSTD_compressStream2(cctx.as_ptr(), &mut output, &mut input, op) },
+            "compressing",
+        );
+        // SAFETY: libzstd initialised these bytes.
+        unsafe { out.set_len(out.len() + output.pos) };
+        let done =
+            input.pos == input.size && (op == ZSTD_EndDirective::ZSTD_e_continue || left == 0);
+        if done {
+            return;
         }
     }
 }
