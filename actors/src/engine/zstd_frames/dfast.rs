@@ -243,9 +243,9 @@ impl Dfast {
             let mut idxl0 = hash_long[hl0];
             let mut curr;
             let mut m_length;
-            let offset;
-            // Inner loop: one position per turn until a match.
-            loop {
+            // Inner loop: one position per turn until a match: the repeat offset's (None) or
+            // one at `ip` from the position found (before catching up).
+            let found = loop {
                 let hs0 = hash(buf, ip, hbs, mls);
                 let idxs0 = hash_small[hs0];
                 curr = idx(ip);
@@ -256,48 +256,20 @@ impl Dfast {
                 if offset_1 > 0 && read32(buf, ip + 1 - offset_1 as usize) == read32(buf, ip + 1) {
                     m_length = count(buf, ip + 1 + 4, ip + 1 + 4 - offset_1 as usize, iend) + 4;
                     ip += 1;
-                    seqs.push(Seq {
-                        lit_len: (ip - anchor) as u32,
-                        off_code: REPCODE1,
-                        match_len: m_length as u32,
-                    });
-                    // _match_stored
-                    Self::after_match(
-                        buf,
-                        base,
-                        hash_long,
-                        hash_small,
-                        (hbl, hbs, mls),
-                        curr,
-                        &mut ip,
-                        &mut anchor,
-                        m_length,
-                        ilimit,
-                        iend,
-                        &mut offset_1,
-                        &mut offset_2,
-                        seqs,
-                    );
-                    continue 'outer;
+                    break None;
                 }
 
                 let hl1 = hash(buf, ip1, hbl, 8);
 
                 if idxl0 > prefix_lowest_index {
-                    let mut m = pos(idxl0);
+                    let m = pos(idxl0);
                     if read64(buf, m) == read64(buf, ip) {
                         m_length = count(buf, ip + 8, m + 8, iend) + 8;
-                        offset = (ip - m) as u32;
-                        while ip > anchor && m > prefix_lowest && buf[ip - 1] == buf[m - 1] {
-                            ip -= 1;
-                            m -= 1;
-                            m_length += 1;
-                        }
                         // _match_found
                         if step < 4 {
                             hash_long[hl1] = idx(ip1);
                         }
-                        break;
+                        break Some(m);
                     }
                 }
 
@@ -306,7 +278,7 @@ impl Dfast {
                 if idxs0 > prefix_lowest_index && read32(buf, pos(idxs0)) == read32(buf, ip) {
                     // _search_next_long: a long match at the next position wins outright
                     // (1.5.7 takes it only if longer).
-                    let (mut m, at) = if idxl1 > prefix_lowest_index
+                    let (m, at) = if idxl1 > prefix_lowest_index
                         && read64(buf, pos(idxl1)) == read64(buf, ip1)
                     {
                         let m = pos(idxl1);
@@ -318,16 +290,10 @@ impl Dfast {
                         (m, ip)
                     };
                     ip = at;
-                    offset = (ip - m) as u32;
-                    while ip > anchor && m > prefix_lowest && buf[ip - 1] == buf[m - 1] {
-                        ip -= 1;
-                        m -= 1;
-                        m_length += 1;
-                    }
                     if step < 4 {
                         hash_long[hl1] = idx(ip1);
                     }
-                    break;
+                    break Some(m);
                 }
 
                 if ip1 >= next_step {
@@ -341,15 +307,28 @@ impl Dfast {
                 if ip1 > ilimit {
                     break 'outer;
                 }
-            }
+            };
             // _match_found (the hash update for `ip1` is done above, where `hl1` is known).
-            offset_2 = offset_1;
-            offset_1 = offset;
+            let offset = found.map(|mut m| {
+                let offset = (ip - m) as u32;
+                // Catch up: the match may begin before where it was found.
+                while ip > anchor && m > prefix_lowest && buf[ip - 1] == buf[m - 1] {
+                    ip -= 1;
+                    m -= 1;
+                    m_length += 1;
+                }
+                offset
+            });
+            if let Some(offset) = offset {
+                offset_2 = offset_1;
+                offset_1 = offset;
+            }
             seqs.push(Seq {
                 lit_len: (ip - anchor) as u32,
-                off_code: offset_code(offset),
+                off_code: offset.map_or(REPCODE1, offset_code),
                 match_len: m_length as u32,
             });
+            // _match_stored
             Self::after_match(
                 buf,
                 base,
@@ -437,64 +416,49 @@ impl Dfast {
                     off_code: REPCODE1,
                     match_len: m_length as u32,
                 });
-            } else if match_long_index > dict_start_index
-                && read64(buf, pos(match_long_index)) == read64(buf, ip)
-            {
-                let low = lowest(match_long_index);
-                let mut m = pos(match_long_index);
-                let mut len = count(buf, ip + 8, m + 8, iend) + 8;
-                let offset = curr - match_long_index;
-                while ip > anchor && m > low && buf[ip - 1] == buf[m - 1] {
-                    ip -= 1;
-                    m -= 1;
-                    len += 1;
-                }
-                m_length = len;
-                offset_2 = offset_1;
-                offset_1 = offset;
-                seqs.push(Seq {
-                    lit_len: (ip - anchor) as u32,
-                    off_code: offset_code(offset),
-                    match_len: m_length as u32,
-                });
-            } else if match_index > dict_start_index
-                && read32(buf, pos(match_index)) == read32(buf, ip)
-            {
-                let h3 = hash(buf, ip + 1, hbl, 8);
-                let match_index3 = hash_long[h3];
-                hash_long[h3] = curr + 1;
-                let offset;
-                let (mut m, low, mut len);
-                if match_index3 > dict_start_index
-                    && read64(buf, pos(match_index3)) == read64(buf, ip + 1)
-                {
-                    low = lowest(match_index3);
-                    m = pos(match_index3);
-                    len = count(buf, ip + 9, m + 8, iend) + 8;
-                    ip += 1;
-                    offset = curr + 1 - match_index3;
-                } else {
-                    low = lowest(match_index);
-                    m = pos(match_index);
-                    len = count(buf, ip + 4, m + 4, iend) + 4;
-                    offset = curr - match_index;
-                }
-                while ip > anchor && m > low && buf[ip - 1] == buf[m - 1] {
-                    ip -= 1;
-                    m -= 1;
-                    len += 1;
-                }
-                m_length = len;
-                offset_2 = offset_1;
-                offset_1 = offset;
-                seqs.push(Seq {
-                    lit_len: (ip - anchor) as u32,
-                    off_code: offset_code(offset),
-                    match_len: m_length as u32,
-                });
             } else {
-                ip += ((ip - anchor) >> 8) + 1;
-                continue;
+                // A long match here, else a short one (or a long one at the next position).
+                let (mut m, low, mut len, offset) = if match_long_index > dict_start_index
+                    && read64(buf, pos(match_long_index)) == read64(buf, ip)
+                {
+                    let m = pos(match_long_index);
+                    let len = count(buf, ip + 8, m + 8, iend) + 8;
+                    (m, lowest(match_long_index), len, curr - match_long_index)
+                } else if match_index > dict_start_index
+                    && read32(buf, pos(match_index)) == read32(buf, ip)
+                {
+                    let h3 = hash(buf, ip + 1, hbl, 8);
+                    let match_index3 = hash_long[h3];
+                    hash_long[h3] = curr + 1;
+                    if match_index3 > dict_start_index
+                        && read64(buf, pos(match_index3)) == read64(buf, ip + 1)
+                    {
+                        let m = pos(match_index3);
+                        let len = count(buf, ip + 9, m + 8, iend) + 8;
+                        ip += 1;
+                        (m, lowest(match_index3), len, curr + 1 - match_index3)
+                    } else {
+                        let m = pos(match_index);
+                        let len = count(buf, ip + 4, m + 4, iend) + 4;
+                        (m, lowest(match_index), len, curr - match_index)
+                    }
+                } else {
+                    ip += ((ip - anchor) >> 8) + 1;
+                    continue;
+                };
+                while ip > anchor && m > low && buf[ip - 1] == buf[m - 1] {
+                    ip -= 1;
+                    m -= 1;
+                    len += 1;
+                }
+                m_length = len;
+                offset_2 = offset_1;
+                offset_1 = offset;
+                seqs.push(Seq {
+                    lit_len: (ip - anchor) as u32,
+                    off_code: offset_code(offset),
+                    match_len: m_length as u32,
+                });
             }
 
             ip += m_length;
