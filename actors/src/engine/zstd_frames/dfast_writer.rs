@@ -77,10 +77,10 @@ pub(super) fn dfast_params(level: i32, content_size: Option<u64>) -> Option<Dfas
     })
 }
 
-/// Whether a frame at `level` of these header facts is one this writer re-creates: `dfast`
-/// at its size.
-pub(super) fn reproducible(level: i32, content_size: Option<u64>) -> bool {
-    dfast_params(level, content_size).is_some()
+/// Whether this writer writes a frame of an earlier release (`fixed_blocks`) at `level`
+/// of these facts: levels 3-4, without `--long`, where the strategy at its size is `dfast`.
+pub(super) fn writes(level: i32, long: bool, content_size: Option<u64>) -> bool {
+    (3..=4).contains(&level) && !long && dfast_params(level, content_size).is_some()
 }
 
 /// The sequences of the block being written, for the producer callback.
@@ -419,7 +419,7 @@ pub(super) struct DfastWriter {
 }
 
 impl DfastWriter {
-    /// A writer of a frame at `level` (see [`reproducible`]), multi-threaded jobs written on
+    /// A writer of a frame at `level` (see [`writes`]), multi-threaded jobs written on
     /// up to `workers` cores.
     pub fn new(
         level: i32,

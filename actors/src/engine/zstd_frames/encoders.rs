@@ -167,38 +167,27 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     // first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the releases before
     // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
     // through the port of theirs, where it applies (`dfast_writer.rs`).
-    let libzstd: Vec<ZstdEncoder> = std::iter::once(3)
+    let libzstd = std::iter::once(3)
         .chain((1..=19).filter(|&l| l != 3))
         .flat_map(|level| {
             longs.iter().flat_map(move |&long| {
                 [false, true].into_iter().flat_map(move |fixed_blocks| {
-                    [false, true]
-                        .into_iter()
-                        .map(move |mt| ZstdEncoder::Libzstd {
-                            level,
-                            long,
-                            mt,
-                            fixed_blocks,
-                        })
+                    [false, true].map(move |mt| (level, long, fixed_blocks, mt))
                 })
             })
         })
-        .filter(|e| {
-            let ZstdEncoder::Libzstd {
-                level,
-                long,
-                fixed_blocks,
-                ..
-            } = *e
-            else {
-                return false;
-            };
+        .filter(|&(level, long, fixed_blocks, _)| {
             level_fits(level, long)
                 && (!fixed_blocks
                     || !(3..=4).contains(&level)
-                    || (!long && dfast_writer::reproducible(level, h.content_size)))
+                    || dfast_writer::writes(level, long, h.content_size))
         })
-        .collect();
+        .map(|(level, long, fixed_blocks, mt)| ZstdEncoder::Libzstd {
+            level,
+            long,
+            mt,
+            fixed_blocks,
+        });
     klauspost.chain(libzstd).collect()
 }
 
@@ -270,11 +259,11 @@ impl FrameWriter {
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
         let inner = match *enc {
             ZstdEncoder::Libzstd {
-                level: level @ 3..=4,
-                long: false,
+                level,
+                long,
                 mt,
                 fixed_blocks: true,
-            } if dfast_writer::dfast_params(level, content_size.then_some(raw_len)).is_some() => {
+            } if dfast_writer::writes(level, long, content_size.then_some(raw_len)) => {
                 Writer::Dfast(Box::new(DfastWriter::new(
                     level,
                     mt,
