@@ -630,7 +630,9 @@ fn position_rebasing() {
             eprintln!("{level:?}: {frames} tiny frames, then {last} bytes, exact");
         }
     }
-    // Better and best: the pool encoder's reset path (about 96 and 48 frames).
+    // Better and best: the pool encoder's reset path (about 96 and 48 frames in Go; best
+    // moves `cur` on by 1 instead of a window between frames, so it clears nothing here
+    // and must still write Go's frames).
     for level in [KpLevel::Better, KpLevel::Best] {
         let data = mixture(300 * 3000, 42);
         let script = "w:3000,c,r,".repeat(120) + "w:300000,c,r,w:200000,c";

@@ -131,6 +131,15 @@ pub(crate) struct FastBase {
     rebase_minus_hist: bool,
     /// Go's `cap(e.hist)`, which decides when the history moves down.
     hist_cap: usize,
+    /// How far past a finished frame's history `cur` moves when the next frame starts.
+    /// Go moves it a window on (`maxMatchOff`), so that every table entry is out of reach,
+    /// and clears the tables when `cur` nears `bufferReset`: once every 2^31 / window
+    /// frames, which for zstd:chunked's frames of a few KiB under
+    /// [`super::best::BestFastEncoder`] (34 MB of tables) was a fifth of the re-encode.
+    /// An encoder that also refuses every candidate before its history's start (as Go's
+    /// must: it would index out of bounds) needs only 1; its tables then wrap once in 2^31
+    /// bytes. The frames written are the same.
+    pub frame_gap: i32,
     pub crc: Xxh64,
     pub blk: BlockEnc,
 }
@@ -148,6 +157,7 @@ impl FastBase {
             buffer_reset,
             rebase_minus_hist,
             hist_cap: 0,
+            frame_gap: max_match_off,
             crc: Xxh64::new(0),
             blk: BlockEnc::new(),
         }
@@ -232,7 +242,7 @@ impl FastBase {
         if self.cur < self.buffer_reset {
             self.cur = self
                 .cur
-                .wrapping_add(self.max_match_off)
+                .wrapping_add(self.frame_gap)
                 .wrapping_add(self.hist.len() as i32);
         }
         self.hist.clear();

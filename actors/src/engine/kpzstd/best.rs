@@ -71,8 +71,12 @@ pub(crate) struct BestFastEncoder {
 
 impl BestFastEncoder {
     pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
+        let mut base = FastBase::new(max_match_off, rebase);
+        // Candidates before the history are refused (`offset < 0` in `matchAt` and
+        // `improve`), so entries of earlier frames need no window between.
+        base.frame_gap = 1;
         BestFastEncoder {
-            base: FastBase::new(max_match_off, rebase),
+            base,
             rules: BestRules::default(),
             table: vec![PrevEntry::default(); 1 << BEST_SHORT_TABLE_BITS],
             long_table: vec![PrevEntry::default(); 1 << BEST_LONG_TABLE_BITS],
@@ -257,7 +261,8 @@ impl Improver<'_> {
     ) {
         let src = self.src;
         let delta = s.wrapping_sub(offset);
-        if delta >= self.max_match_off
+        if offset < 0
+            || delta >= self.max_match_off
             || (self.rules.reject_self && delta <= 0)
             || load32(src, offset) != first
         {
@@ -376,7 +381,7 @@ impl BestFastEncoder {
         };
         // `matchAt` (`None`: the check failed), and 1.16.1's `improve` around it.
         let match_at = |offset: i32, s: i32, first: u32, rep: i32| -> Option<Match> {
-            if s.wrapping_sub(offset) >= mmo || load32(src, offset) != first {
+            if offset < 0 || s.wrapping_sub(offset) >= mmo || load32(src, offset) != first {
                 return None;
             }
             let mut m = Match {
