@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use common::{assert_fsck_clean, pull_blob as pull, push_blob as push, Server};
 use reqwest::blocking::Client;
@@ -298,8 +298,59 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
             "zstd -{level} pulls back bit for bit"
         );
     }
+    // A frame libzstd writes alike for megabytes but not to its end, as libzstd 1.5.1-1.5.2
+    // do at -1: ingest takes it for level 1 on its beginning, verification keeps it as pushed,
+    // and the reason names the encoding, not a corrupt restore.
+    let spliced = last_block_raw(&zstd::stream::encode_all(&big[..], 1).unwrap());
+    let d = push(&s, &c, "zcli/spliced", &spliced);
+    let st = stats(&s, &c);
+    let reasons = st["layers"]["raw_reasons"].as_object().unwrap();
+    assert!(
+        reasons
+            .keys()
+            .any(|r| r.contains("zstd-1 wrote the layer's beginning alike but not all of it")),
+        "{st}"
+    );
+    assert!(pull(&s, &c, "zcli/spliced", &d) == spliced);
     assert!(s.stop());
     assert_fsck_clean(root.path(), "zstd CLI layers");
+}
+
+/// `frame` (one zstd frame) with its last block written raw: the same plaintext, in a way its
+/// writer would not have written it.
+fn last_block_raw(frame: &[u8]) -> Vec<u8> {
+    let h = stowage_actors::engine::zstd_frames::parse_header(frame)
+        .unwrap()
+        .unwrap();
+    let mut at = h.len;
+    loop {
+        let b = u32::from_le_bytes([frame[at], frame[at + 1], frame[at + 2], 0]);
+        if b & 1 == 1 {
+            break;
+        }
+        // An RLE block (type 1) holds one byte.
+        at += 3 + if (b >> 1) & 3 == 1 {
+            1
+        } else {
+            (b >> 3) as usize
+        };
+    }
+    let plain = zstd::stream::decode_all(frame).unwrap();
+    // The plaintext before the last block: what a decoder gives of the frame cut there.
+    let mut before = Vec::new();
+    let _ = zstd::stream::read::Decoder::new(&frame[..at])
+        .unwrap()
+        .read_to_end(&mut before);
+    let tail = &plain[before.len()..];
+    let mut out = frame[..at].to_vec();
+    out.extend_from_slice(&(((tail.len() as u32) << 3) | 1).to_le_bytes()[..3]);
+    out.extend_from_slice(tail);
+    if h.checksum {
+        out.extend_from_slice(&frame[frame.len() - 4..]);
+    }
+    assert_eq!(zstd::stream::decode_all(&out[..]).unwrap(), plain);
+    assert_ne!(out, frame);
+    out
 }
 
 /// A layer whose first 4 MiB are noise or runs: a tar of a model file, a zeroed image, then

@@ -122,7 +122,7 @@ impl Commit {
                 alternatives = alternatives.len(),
                 "verify: restore differs"
             );
-            return Err("verify: the restored bytes do not match the digest".to_string());
+            return Err(unproven(&recipe.encoding));
         };
         let recipe = &recipe;
         failpoint("verified-before-recipe-commit");
@@ -207,3 +207,16 @@ impl std::fmt::Display for Differs {
 }
 
 impl std::error::Error for Differs {}
+
+/// The raw reason of a layer no encoder re-created in full. Ingest judges an encoder on the
+/// layer's beginning (a multi-threaded libzstd frame on its first MiB): an encoder that wrote
+/// that alike and the rest otherwise is most often another release of it (libzstd 1.5.1-1.5.2
+/// at levels 1-2 write 1.5.7's bytes for a few MB), so the reason names the encoding. It is a
+/// metric label: the encoding's label, nothing of the layer.
+fn unproven(encoding: &crate::engine::recompress::Encoding) -> String {
+    format!(
+        "verify: the restored bytes do not match the digest: {} wrote the layer's beginning \
+         alike but not all of it (another release of that encoder?)",
+        encoding.label()
+    )
+}
