@@ -11,6 +11,19 @@ use super::{
 };
 use crate::engine::recompress::{NotExact, PROBE};
 
+/// A block's largest plaintext.
+const BLOCK_MAX: u64 = 128 << 10;
+
+thread_local! {
+    /// What [`FrameProbe::first_block_len`] decodes a first block with: one context and
+    /// buffer per thread, not one per frame (a zstd:chunked layer has thousands).
+    static FIRST_BLOCK: std::cell::RefCell<(zstd::stream::raw::Decoder<'static>, Vec<u8>)> =
+        std::cell::RefCell::new((
+            zstd::stream::raw::Decoder::new().expect("zstd decoder"),
+            vec![0u8; BLOCK_MAX as usize],
+        ));
+}
+
 /// The first bytes of a data frame, plain and compressed, and its last compressed bytes.
 #[derive(Default)]
 pub(super) struct FrameProbe {
@@ -52,7 +65,8 @@ impl FrameProbe {
     }
 
     /// The plaintext length of the frame's first block, if the probe holds all of it: read
-    /// from the block header for raw and RLE blocks, by decoding it for compressed ones.
+    /// from the block header for raw and RLE blocks, the frame's for a frame of one block (a
+    /// zstd:chunked file's, most often), by decoding it for other compressed ones.
     pub(super) fn first_block_len(&self, header: &FrameHeader) -> Option<u64> {
         *self
             .first_block
@@ -68,12 +82,19 @@ impl FrameProbe {
             2 => {
                 let end = header.len + 3 + size as usize;
                 let block = self.comp.get(..end)?;
-                let mut d = zstd::stream::raw::Decoder::new().ok()?;
-                let mut plain = vec![0u8; 128 << 10];
-                let mut inb = InBuffer::around(block);
-                let mut outb = OutBuffer::around(&mut plain[..]);
-                d.run(&mut inb, &mut outb).ok()?;
-                Some(outb.pos() as u64)
+                if h & 1 == 1 && self.comp_len >= end as u64 && self.raw_len <= BLOCK_MAX {
+                    // The only block, decoded whole (frames are checked once decoded, or
+                    // once past the probe, which one block never is).
+                    return Some(self.raw_len);
+                }
+                FIRST_BLOCK.with(|cell| {
+                    let (d, plain) = &mut *cell.borrow_mut();
+                    d.reinit().ok()?;
+                    let mut inb = InBuffer::around(block);
+                    let mut outb = OutBuffer::around(&mut plain[..]);
+                    d.run(&mut inb, &mut outb).ok()?;
+                    Some(outb.pos() as u64)
+                })
             }
             _ => None,
         }
