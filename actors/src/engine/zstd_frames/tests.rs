@@ -463,6 +463,53 @@ fn many_frames_and_skippable_frames() {
     assert!(FramesEncoder::resume(enc, &parts, 3).is_none());
 }
 
+/// Past the first frames only the chosen encoder is left, and frames are checked in parallel
+/// batches: each keeps its own shape, and one the encoder does not write (a frame of another
+/// level, late in the stream) still refuses the stream.
+#[test]
+fn frames_checked_in_batches_keep_their_shapes() {
+    let enc = ZstdEncoder::libzstd(1);
+    let shapes = [
+        FrameShape::flags(FLAG_CHECKSUM),
+        FrameShape::flags(FLAG_CONTENT_SIZE),
+        FrameShape::flags(FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        FrameShape::flags(0),
+    ];
+    let frames: Vec<(Vec<u8>, FrameShape)> = (0..700)
+        .map(|i| (text(100 + (i * 37) % 20_000, i as u64), shapes[i % 4]))
+        .collect();
+    let write = |odd: Option<usize>| {
+        let (mut stream, mut raw) = (Vec::new(), Vec::new());
+        for (i, (part, shape)) in frames.iter().enumerate() {
+            let e = if odd == Some(i) {
+                ZstdEncoder::libzstd(19)
+            } else {
+                enc
+            };
+            stream.extend_from_slice(&encode_frame(&e, part, *shape));
+            raw.extend_from_slice(part);
+        }
+        (stream, raw)
+    };
+    let (stream, raw) = write(None);
+    let (_, parts) = roundtrip(&stream, &raw).unwrap();
+    assert_eq!(parts.len(), frames.len());
+    for (p, (_, shape)) in parts.iter().zip(&frames) {
+        assert_eq!(p.shape(), Some(*shape));
+    }
+    // In a batch checked while the stream is fed, and in the last, checked at its end.
+    for odd in [300, 650] {
+        let (stream, raw) = write(Some(odd));
+        let Err(NotExact::UnknownZstdEncoder(why)) = roundtrip(&stream, &raw) else {
+            panic!("frame {odd}, of another level, is refused");
+        };
+        assert!(
+            why.contains("a later zstd frame is not written like the first"),
+            "{why}"
+        );
+    }
+}
+
 #[test]
 fn bad_streams_are_refused() {
     let raw = text(100_000, 3);
