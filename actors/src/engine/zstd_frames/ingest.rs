@@ -7,12 +7,10 @@ use super::encoders::{candidates, frame_matches, ZstdEncoder};
 use super::header::{parse_header, FrameHeader};
 use super::splits::SplitFinder;
 use super::{
-    is_skippable, FrameShape, ZstdPart, FLAG_FLUSHED, MAX_FRAMES, MAX_SKIPPABLE, ZSTD_MAGIC,
+    is_skippable, FrameShape, ZstdPart, FLAG_FLUSHED, MAX_BLOCK, MAX_FRAMES, MAX_SKIPPABLE,
+    ZSTD_MAGIC,
 };
 use crate::engine::recompress::{NotExact, PROBE};
-
-/// A block's largest plaintext.
-const BLOCK_MAX: u64 = 128 << 10;
 
 thread_local! {
     /// What [`FrameProbe::first_block_len`] decodes a first block with: one context and
@@ -20,7 +18,7 @@ thread_local! {
     static FIRST_BLOCK: std::cell::RefCell<(zstd::stream::raw::Decoder<'static>, Vec<u8>)> =
         std::cell::RefCell::new((
             zstd::stream::raw::Decoder::new().expect("zstd decoder"),
-            vec![0u8; BLOCK_MAX as usize],
+            vec![0u8; MAX_BLOCK as usize],
         ));
 }
 
@@ -82,7 +80,7 @@ impl FrameProbe {
             2 => {
                 let end = header.len + 3 + size as usize;
                 let block = self.comp.get(..end)?;
-                if h & 1 == 1 && self.comp_len >= end as u64 && self.raw_len <= BLOCK_MAX {
+                if h & 1 == 1 && self.comp_len >= end as u64 && self.raw_len <= MAX_BLOCK {
                     // The only block, decoded whole (frames are checked once decoded, or
                     // once past the probe, which one block never is).
                     return Some(self.raw_len);
@@ -370,11 +368,7 @@ impl ZstdDecoder {
                     return Ok(shape);
                 }
             }
-            return Err(NotExact::UnknownZstdEncoder(format!(
-                "a later zstd frame is not written like the first ({}; {})",
-                enc.label(),
-                header.describe()
-            )));
+            return Err(later_frame_differs(&enc, header));
         }
         let candidates = candidates(header);
         for (i, enc) in candidates.iter().enumerate() {
@@ -428,29 +422,17 @@ impl ZstdDecoder {
             }
         }
         let complete = probe.raw_len == probe.raw.len() as u64 && probe.checked.is_none();
-        if complete
+        let defer = complete
             && self.encoder.is_some()
             && self.others.is_empty()
-            && self.frames_checked >= WEIGH_FRAMES
-        {
-            let St::Data(_, probe) = std::mem::replace(&mut self.st, St::Between) else {
-                unreachable!("ending a data frame");
-            };
+            && self.frames_checked >= WEIGH_FRAMES;
+        let mut shape = if defer {
+            // Checked with its batch (`check_deferred`), which gives the part its shape.
             self.frames_checked += 1;
-            self.deferred_bytes += probe.raw.len();
-            let shape = FrameShape::flags(header.flags());
-            self.parts
-                .push(ZstdPart::frame(probe.raw_len, probe.comp_len, shape));
-            self.deferred.push((self.parts.len() - 1, header, probe));
-            if self.deferred.len() >= DEFER_FRAMES || self.deferred_bytes >= DEFER_BYTES {
-                self.check_deferred()?;
-            }
-            return self
-                .dec
-                .reinit()
-                .map_err(|_| NotExact::Corrupt("zstd frame"));
-        }
-        let mut shape = self.check_frame(&header, complete)?;
+            FrameShape::flags(header.flags())
+        } else {
+            self.check_frame(&header, complete)?
+        };
         let St::Data(_, probe) = &mut self.st else {
             unreachable!("ending a data frame");
         };
@@ -470,7 +452,16 @@ impl ZstdDecoder {
             shape,
             splits,
         ));
-        self.st = St::Between;
+        let St::Data(_, probe) = std::mem::replace(&mut self.st, St::Between) else {
+            unreachable!("ending a data frame");
+        };
+        if defer {
+            self.deferred_bytes += probe.raw.len();
+            self.deferred.push((self.parts.len() - 1, header, probe));
+            if self.deferred.len() >= DEFER_FRAMES || self.deferred_bytes >= DEFER_BYTES {
+                self.check_deferred()?;
+            }
+        }
         self.dec
             .reinit()
             .map_err(|_| NotExact::Corrupt("zstd frame"))?;
@@ -492,11 +483,7 @@ impl ZstdDecoder {
             .collect();
         for (i, header, shape) in checked {
             let Some(shape) = shape else {
-                return Err(NotExact::UnknownZstdEncoder(format!(
-                    "a later zstd frame is not written like the first ({}; {})",
-                    enc.label(),
-                    header.describe()
-                )));
+                return Err(later_frame_differs(&enc, &header));
             };
             let (raw, comp) = (self.parts[i].raw_len(), self.parts[i].comp_len());
             self.parts[i] = ZstdPart::frame(raw, comp, shape);
@@ -523,4 +510,13 @@ impl ZstdDecoder {
         };
         Ok((encoder, self.parts, self.others))
     }
+}
+
+/// Why a stream is refused whose frame `enc`, chosen on the frames before, does not write.
+fn later_frame_differs(enc: &ZstdEncoder, header: &FrameHeader) -> NotExact {
+    NotExact::UnknownZstdEncoder(format!(
+        "a later zstd frame is not written like the first ({}; {})",
+        enc.label(),
+        header.describe()
+    ))
 }

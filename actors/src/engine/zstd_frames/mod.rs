@@ -90,6 +90,8 @@ pub const FLAG_FLUSHED: u8 = 4;
 const MAX_SKIPPABLE: u64 = 64 << 20;
 /// Largest number of frames in a stream (a zstd:chunked layer has about one per file).
 const MAX_FRAMES: usize = 4 << 20;
+/// Largest block a zstd block header may announce, and a block's largest plaintext (128 KiB).
+const MAX_BLOCK: u64 = 128 << 10;
 
 /// Whether `b` starts with a skippable frame's magic number (`0x184D2A5?`, little-endian).
 pub fn is_skippable(b: &[u8]) -> bool {

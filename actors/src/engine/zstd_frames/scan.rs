@@ -5,11 +5,8 @@
 
 use std::io::{self, Read};
 
-use super::{is_skippable, parse_header, MAX_FRAMES, MAX_SKIPPABLE, ZSTD_MAGIC};
+use super::{is_skippable, parse_header, MAX_BLOCK, MAX_FRAMES, MAX_SKIPPABLE, ZSTD_MAGIC};
 use crate::engine::recompress::NotExact;
-
-/// Largest block a zstd block header may announce (128 KiB).
-const MAX_BLOCK: u64 = 128 << 10;
 
 /// One frame of a stream: its compressed length and whether it is a data frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
