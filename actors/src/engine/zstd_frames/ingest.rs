@@ -122,11 +122,6 @@ enum St {
 /// that the chosen encoder must write every frame.
 pub(super) const WEIGH_FRAMES: usize = 64;
 
-/// Frames checked together, in parallel, once only the chosen encoder is left (see
-/// `ZstdDecoder::deferred`): at most this many, or this much of their plaintext.
-const DEFER_FRAMES: usize = 256;
-const DEFER_BYTES: usize = 16 << 20;
-
 /// Cores a pull of this machine can give a long frame's segments: all but one, which the
 /// restore itself keeps busy (reading containers, decompressing chunks, hashing and sending
 /// the response). Measured
@@ -148,12 +143,6 @@ pub struct ZstdDecoder {
     /// later frame tells them apart. Weighed for the first [`WEIGH_FRAMES`] frames.
     others: Vec<ZstdEncoder>,
     frames_checked: usize,
-    /// Whole frames after the first [`WEIGH_FRAMES`], when only the chosen encoder is left:
-    /// each frame's check is then on its own (does the encoder write it, and how), so they
-    /// are checked in batches on the rayon pool (a zstd:chunked layer has thousands, and each
-    /// check re-encodes the frame). Their parts hold a placeholder shape until then.
-    deferred: Vec<(usize, FrameHeader, Box<FrameProbe>)>,
-    deferred_bytes: usize,
     outbuf: Vec<u8>,
     failed: Option<NotExact>,
     /// The whole stream's compressed length, when known: how long a frame without a content
@@ -173,8 +162,6 @@ impl Default for ZstdDecoder {
             encoder: None,
             others: Vec::new(),
             frames_checked: 0,
-            deferred: Vec::new(),
-            deferred_bytes: 0,
             outbuf: vec![0; 256 * 1024],
             failed: None,
             stream_len: None,
@@ -368,7 +355,11 @@ impl ZstdDecoder {
                     return Ok(shape);
                 }
             }
-            return Err(later_frame_differs(&enc, header));
+            return Err(NotExact::UnknownZstdEncoder(format!(
+                "a later zstd frame is not written like the first ({}; {})",
+                enc.label(),
+                header.describe()
+            )));
         }
         let candidates = candidates(header);
         for (i, enc) in candidates.iter().enumerate() {
@@ -422,17 +413,7 @@ impl ZstdDecoder {
             }
         }
         let complete = probe.raw_len == probe.raw.len() as u64 && probe.checked.is_none();
-        let defer = complete
-            && self.encoder.is_some()
-            && self.others.is_empty()
-            && self.frames_checked >= WEIGH_FRAMES;
-        let mut shape = if defer {
-            // Checked with its batch (`check_deferred`), which gives the part its shape.
-            self.frames_checked += 1;
-            FrameShape::flags(header.flags())
-        } else {
-            self.check_frame(&header, complete)?
-        };
+        let mut shape = self.check_frame(&header, complete)?;
         let St::Data(_, probe) = &mut self.st else {
             unreachable!("ending a data frame");
         };
@@ -452,53 +433,20 @@ impl ZstdDecoder {
             shape,
             splits,
         ));
-        let St::Data(_, probe) = std::mem::replace(&mut self.st, St::Between) else {
-            unreachable!("ending a data frame");
-        };
-        if defer {
-            self.deferred_bytes += probe.raw.len();
-            self.deferred.push((self.parts.len() - 1, header, probe));
-            if self.deferred.len() >= DEFER_FRAMES || self.deferred_bytes >= DEFER_BYTES {
-                self.check_deferred()?;
-            }
-        }
+        self.st = St::Between;
         self.dec
             .reinit()
             .map_err(|_| NotExact::Corrupt("zstd frame"))?;
         Ok(())
     }
 
-    /// Checks the deferred frames, in parallel, against the chosen encoder, and gives their
-    /// parts their shapes: the first that it does not write fails the stream, as it would
-    /// have one by one.
-    fn check_deferred(&mut self) -> Result<(), NotExact> {
-        use rayon::prelude::*;
-        let Some(enc) = self.encoder else {
-            return Ok(());
-        };
-        self.deferred_bytes = 0;
-        let checked: Vec<_> = std::mem::take(&mut self.deferred)
-            .into_par_iter()
-            .map(|(i, header, probe)| (i, header, frame_matches(&enc, &probe, &header, true)))
-            .collect();
-        for (i, header, shape) in checked {
-            let Some(shape) = shape else {
-                return Err(later_frame_differs(&enc, &header));
-            };
-            let (raw, comp) = (self.parts[i].raw_len(), self.parts[i].comp_len());
-            self.parts[i] = ZstdPart::frame(raw, comp, shape);
-        }
-        Ok(())
-    }
-
     /// The stream's encoder and frames, and the other encoders that wrote every byte ingest
     /// compared as that one did (klauspost releases that agree on a long frame's beginning):
     /// the layer's verification tries them in turn if the first does not re-create it.
-    pub fn finish(mut self) -> Result<(ZstdEncoder, Vec<ZstdPart>, Vec<ZstdEncoder>), NotExact> {
-        if let Some(e) = self.failed.take() {
+    pub fn finish(self) -> Result<(ZstdEncoder, Vec<ZstdPart>, Vec<ZstdEncoder>), NotExact> {
+        if let Some(e) = self.failed {
             return Err(e);
         }
-        self.check_deferred()?;
         if !matches!(self.st, St::Between) || !self.pending.is_empty() {
             return Err(NotExact::Corrupt("truncated zstd stream"));
         }
@@ -510,13 +458,4 @@ impl ZstdDecoder {
         };
         Ok((encoder, self.parts, self.others))
     }
-}
-
-/// Why a stream is refused whose frame `enc`, chosen on the frames before, does not write.
-fn later_frame_differs(enc: &ZstdEncoder, header: &FrameHeader) -> NotExact {
-    NotExact::UnknownZstdEncoder(format!(
-        "a later zstd frame is not written like the first ({}; {})",
-        enc.label(),
-        header.describe()
-    ))
 }

@@ -463,11 +463,10 @@ fn many_frames_and_skippable_frames() {
     assert!(FramesEncoder::resume(enc, &parts, 3).is_none());
 }
 
-/// Past the first frames only the chosen encoder is left, and frames are checked in parallel
-/// batches: each keeps its own shape, and one the encoder does not write (a frame of another
-/// level, late in the stream) still refuses the stream.
+/// Hundreds of frames of four shapes each keep their own, and a frame the chosen encoder does
+/// not write (of another level, long after the alternatives were dropped) refuses the stream.
 #[test]
-fn frames_checked_in_batches_keep_their_shapes() {
+fn frames_keep_their_shapes_and_a_late_odd_frame_is_refused() {
     let enc = ZstdEncoder::libzstd(1);
     let shapes = [
         FrameShape::flags(FLAG_CHECKSUM),
@@ -497,7 +496,6 @@ fn frames_checked_in_batches_keep_their_shapes() {
     for (p, (_, shape)) in parts.iter().zip(&frames) {
         assert_eq!(p.shape(), Some(*shape));
     }
-    // In a batch checked while the stream is fed, and in the last, checked at its end.
     for odd in [300, 650] {
         let (stream, raw) = write(Some(odd));
         let Err(NotExact::UnknownZstdEncoder(why)) = roundtrip(&stream, &raw) else {
