@@ -517,12 +517,18 @@ impl DfastWriter {
             self.current.end(true, out);
             return;
         }
-        let last = std::mem::replace(&mut self.current, JobWriter::new(&self.f, false, &[], None));
-        self.queued.push(last);
-        self.write_queued(true, out);
-        if self.f.checksum {
+        let DfastWriter {
+            f,
+            current,
+            mut queued,
+            mut hash,
+            ..
+        } = self;
+        queued.push(current);
+        write_jobs(queued, &mut hash, true, out);
+        if f.checksum {
             // The frame's XXH64 (every job's data), its low 32 bits.
-            out.extend_from_slice(&(self.hash.digest() as u32).to_le_bytes());
+            out.extend_from_slice(&(hash.digest() as u32).to_le_bytes());
         }
     }
 
@@ -543,25 +549,31 @@ impl DfastWriter {
         }
     }
 
-    /// Writes the queued jobs, in parallel, in order; the last ends the frame if `last`.
+    /// Writes the queued jobs (see [`write_jobs`]).
     fn write_queued(&mut self, last: bool, out: &mut Vec<u8>) {
-        use rayon::prelude::*;
-        for job in &self.queued {
-            self.hash.update(job.data());
-        }
-        let n = self.queued.len();
-        let outs: Vec<Vec<u8>> = std::mem::take(&mut self.queued)
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, mut job)| {
-                let mut o = Vec::with_capacity(job.data().len() / 2);
-                job.end(last && i + 1 == n, &mut o);
-                o
-            })
-            .collect();
-        for o in outs {
-            out.extend_from_slice(&o);
-        }
+        write_jobs(std::mem::take(&mut self.queued), &mut self.hash, last, out);
+    }
+}
+
+/// Writes whole jobs, in parallel, in order, their data hashed into the frame's `hash`; the
+/// last ends the frame if `last`.
+fn write_jobs(jobs: Vec<JobWriter>, hash: &mut Xxh64, last: bool, out: &mut Vec<u8>) {
+    use rayon::prelude::*;
+    for job in &jobs {
+        hash.update(job.data());
+    }
+    let n = jobs.len();
+    let outs: Vec<Vec<u8>> = jobs
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, mut job)| {
+            let mut o = Vec::with_capacity(job.data().len() / 2);
+            job.end(last && i + 1 == n, &mut o);
+            o
+        })
+        .collect();
+    for o in outs {
+        out.extend_from_slice(&o);
     }
 }
 
