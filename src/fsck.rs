@@ -19,7 +19,7 @@ use stowage_actors::storage::containers::Containers;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use stowage_actors::engine::chunk::ChunkId;
-use stowage_actors::engine::container::{read_index, ChunkEncoding, ChunkLoc};
+use stowage_actors::engine::container::{read_index, ChunkLoc};
 use stowage_actors::restore::{restore_layer_proving, ChunkReader};
 
 use crate::meta::{BlobState, ChunkRecord, Meta};
@@ -214,7 +214,7 @@ fn check_deltas(
     let deltas: Vec<_> = index
         .iter()
         .filter(|(id, loc)| {
-            loc.encoding == ChunkEncoding::Delta && chunks.get(id).is_some_and(|r| r.loc == *loc)
+            !loc.encoding.is_whole() && chunks.get(id).is_some_and(|r| r.loc == *loc)
         })
         .collect();
     if deltas.is_empty() {

@@ -1154,3 +1154,101 @@ fn zstd_and_zstd_chunked_from_skopeo_podman_buildah() {
     assert!(s.stop(), "server stopped cleanly");
     common::assert_fsck_clean(&s.root, "zstd layers from the clients");
 }
+
+/// A tree of text files (program sources, say) at `dir`; `edits` of them changed a little.
+fn text_tree(dir: &Path, edits: usize) {
+    fs::create_dir_all(dir.join("src")).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..24 {
+        let mut text = common::xorshift_text(&mut x, 24_000, b"abcdefgh ijklmnop\n(){};=");
+        if i < edits {
+            text[12_000..12_016].copy_from_slice(b"changed in v2 ..");
+        }
+        fs::write(dir.join(format!("src/file{i}.c")), text).unwrap();
+    }
+}
+
+/// Frame deltas (`--frame-delta-min-saving`) with skopeo's zstd:chunked: the second version's
+/// changed files' frames are stored as deltas of their plaintext against the first version's
+/// frames, both versions pull back bit for bit, and once the first version is deleted and
+/// collected, the frames the second's deltas are made against are kept: it still pulls, and
+/// fsck finds the store clean.
+#[test]
+fn zstd_chunked_frame_deltas_pull_exactly_and_keep_their_bases_through_gc() {
+    let env = Env::new();
+    let root = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(
+        root.path(),
+        &[
+            "--frame-delta-min-saving",
+            "0",
+            "--gc-interval",
+            "0",
+            "--gc-delay",
+            "0s",
+        ],
+    );
+    let mut layers = Vec::new();
+    for (tag, edits) in [("v1", 0), ("v2", 5)] {
+        let tree = env.path(&format!("tree-{tag}"));
+        text_tree(&tree, edits);
+        let ctr = stdout(&run(env.buildah().args(["from", "scratch"])));
+        run(env.buildah().args(["copy", &ctr]).arg(&tree).arg("/data"));
+        let id = stdout(&run(env.buildah().args(["commit", "-q", &ctr])));
+        let src = env.path(&format!("src-{tag}"));
+        let oci_src = format!("oci:{}:{tag}", src.display());
+        run(env.buildah().args(["push", &id, &oci_src]));
+        run(env.skopeo().args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd:chunked",
+            &oci_src,
+            &docker_ref(&s, &format!("zst/fd:{tag}")),
+        ]));
+        layers.push(first_layer(&s, "zst/fd", tag));
+    }
+    let encodings = assert_all_deduplicated(&s);
+    assert!(
+        encodings.get("zstd-stored-frames").is_some(),
+        "zstd:chunked stored as its frames: {encodings}"
+    );
+    let st: Value = client()
+        .get(s.url("/_stats"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let deltas = st["similarity"]["chunks_delta"].as_u64().unwrap();
+    // zstd:chunked cuts larger files into frames where their content says (a 24 KB file is
+    // one frame or two), so an edit may move a cut: most changed frames find their base.
+    assert!(deltas >= 3, "the 5 changed files' frames as deltas: {st}");
+    assert!(
+        st["similarity"]["delta_saved_bytes"].as_u64().unwrap() > 30_000,
+        "{st}"
+    );
+    for (digest, blob) in &layers {
+        assert!(fetch_blob(&s, "zst/fd", digest) == *blob, "{digest}");
+    }
+
+    // v1 goes; its frames that v2's deltas are made against stay.
+    let (_, v1, _) = fetch_manifest(&s, "zst/fd", "v1");
+    let r = client()
+        .delete(s.url(&format!("/v2/zst/fd/manifests/{v1}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Past the (zero) grace period: links are compared with a cutoff in whole seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = client().post(s.url("/_gc")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: Value = r.json().unwrap();
+    assert!(
+        report["blobs_removed"].as_u64().unwrap() >= 1,
+        "v1's layer collected: {report}"
+    );
+    let (digest, blob) = &layers[1];
+    assert!(fetch_blob(&s, "zst/fd", digest) == *blob, "v2 after GC");
+    assert!(s.stop(), "server stopped cleanly");
+    common::assert_fsck_clean(root.path(), "frame deltas after GC");
+}

@@ -123,6 +123,7 @@ impl Handler<Dedup> for Extract {
             policy: msg.policy,
             reply: std::sync::Mutex::new(Some(msg.reply)),
             alternatives: Default::default(),
+            frame_encoder: Default::default(),
         });
         let end = self.extract(&job);
         self.next.send(Batch {
@@ -154,6 +155,9 @@ impl Extract {
             let plan = StoredFrames::plan(&job.path, self.cfg.zstd_frames)
                 .map_err(|e| format!("reading staged blob: {e}"))?;
             if let Some(plan) = plan {
+                if let Some(enc) = plan.encoder() {
+                    let _ = job.frame_encoder.set(enc);
+                }
                 let stats = &self.stats;
                 let len = f.metadata().map_err(|e| e.to_string())?.len();
                 stats.extract_bytes.fetch_add(len, Ordering::Relaxed);

@@ -42,6 +42,7 @@ use crate::engine::features::FeatureParams;
 use crate::engine::recipe::{NewChunk, Recipe};
 use crate::engine::recompress::Encoding;
 use crate::engine::tar::FileEntry;
+use crate::engine::zstd_frames::ZstdEncoder;
 pub use crate::engine::zstd_frames::{ZstdFrames, STORE_FRAMES_BELOW};
 use crate::extract::Segment;
 use crate::similarity::EncodedChunk;
@@ -92,6 +93,10 @@ pub struct SimilarityConfig {
     pub skip_compressed: bool,
     /// Skip files smaller than this (bytes).
     pub min_file_size: u64,
+    /// Frame deltas (a zstd frame of a layer kept as its frames, stored as a delta of its
+    /// plaintext and re-encoded on every read: see [`crate::engine::frame_delta`]): None, off;
+    /// else the least a frame delta must save, in bytes per byte of plaintext re-encoded.
+    pub frame_delta_min_saving: Option<f64>,
 }
 
 impl Default for SimilarityConfig {
@@ -103,6 +108,7 @@ impl Default for SimilarityConfig {
             candidates: 2,
             skip_compressed: true,
             min_file_size: 0,
+            frame_delta_min_saving: None,
         }
     }
 }
@@ -214,6 +220,9 @@ pub(crate) struct JobCtx {
     ///
     /// [`LayerDecoder::finish_with_alternatives`]: crate::engine::recompress::LayerDecoder::finish_with_alternatives
     pub(crate) alternatives: std::sync::OnceLock<Vec<Encoding>>,
+    /// Set by Extract for a layer kept as its compressed frames whose encoder is known: each
+    /// file is one frame that encoder wrote, which Similarity may keep as a frame delta.
+    pub(crate) frame_encoder: std::sync::OnceLock<ZstdEncoder>,
 }
 
 impl JobCtx {

@@ -17,11 +17,13 @@ use std::time::Instant;
 use crate::catalog::Catalog;
 use crate::engine::chunk::ChunkId;
 use bytes::Bytes;
+use rayon::prelude::*;
 
 use crate::engine::container::{
     decode_chunk, decoded_len, read_span, split_delta, ChunkEncoding, ChunkLoc,
 };
 use crate::engine::delta::DeltaCoder;
+use crate::engine::frame_delta;
 use crate::engine::recipe::{restore_from, Recipe};
 use crate::engine::recompress::Reencoder;
 use crate::flight::{Flight, Flights, AHEAD, ANNOUNCED_HEAD, IDLE, LINGER};
@@ -175,6 +177,8 @@ impl ChunkReader {
         };
         let loc = |k: usize| locs[k].ok_or_else(|| not_indexed(&ids[missing[k]]));
         let (mut read_ns, mut decode_ns) = (elapsed_ns(t), 0);
+        // Frame deltas of the batch, rebuilt together at the end.
+        let mut frames = Vec::new();
         let mut k = 0;
         while k < missing.len() {
             let first = loc(k)?;
@@ -216,6 +220,10 @@ impl ChunkReader {
                         r
                     }
                 };
+                if l.encoding == ChunkEncoding::FrameDelta {
+                    frames.push((missing[j], l, stored));
+                    continue;
+                }
                 let t = Instant::now();
                 let (raw, base_read_ns) = self.decode(id, &l, stored, session)?;
                 // A base's read happens inside the decode span: counted as a read only.
@@ -225,6 +233,29 @@ impl ChunkReader {
             }
             k = end;
         }
+        if !frames.is_empty() {
+            // Re-encoding is the cost of a frame delta: on the rayon pool, its base first.
+            let mut jobs = Vec::with_capacity(frames.len());
+            for (i, l, stored) in frames {
+                let (base_id, _) = split_delta(&stored)?;
+                let (base, ns) = self.whole_base(&ids[i], &base_id, session)?;
+                read_ns += ns;
+                jobs.push((i, l, stored, base));
+            }
+            let t = Instant::now();
+            let rebuilt: Vec<io::Result<Bytes>> = jobs
+                .par_iter()
+                .map(|(i, l, stored, base)| {
+                    rebuild_frame(&ids[*i], l, stored, base, &mut None).map(Bytes::from)
+                })
+                .collect();
+            decode_ns += elapsed_ns(t);
+            for ((i, ..), raw) in jobs.into_iter().zip(rebuilt) {
+                let raw = raw?;
+                session.cache.put(ids[i], raw.clone());
+                out[i] = Some(raw);
+            }
+        }
         if let Some(times) = times {
             times.read.fetch_add(read_ns, Relaxed);
             times.decode.fetch_add(decode_ns, Relaxed);
@@ -233,6 +264,31 @@ impl ChunkReader {
             .into_iter()
             .map(|c| c.expect("every chunk read"))
             .collect())
+    }
+
+    /// The bytes of `base_id`, delta base of chunk `id` (so stored whole), through the
+    /// session's cache, and the nanoseconds spent reading it.
+    fn whole_base(
+        &self,
+        id: &ChunkId,
+        base_id: &ChunkId,
+        session: &mut ReadSession,
+    ) -> io::Result<(Bytes, u64)> {
+        if let Some(b) = session.cache.get(base_id) {
+            return Ok((b, 0));
+        }
+        let t = Instant::now();
+        let (bloc, bstored) = self.record(base_id, &mut session.files)?;
+        let read_ns = elapsed_ns(t);
+        if !bloc.encoding.is_whole() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("chunk {id}: its delta base {base_id} is itself a delta"),
+            ));
+        }
+        let b = session.decode_whole(&bloc, bstored)?;
+        session.cache.put(*base_id, b.clone());
+        Ok((b, read_ns))
     }
 
     /// Chunk `id`'s raw bytes from its stored record, and the nanoseconds spent reading its
@@ -249,31 +305,45 @@ impl ChunkReader {
         let raw = match loc.encoding {
             ChunkEncoding::Stored => return Ok((decoded_len(stored, loc.raw_len)?, 0)),
             ChunkEncoding::Zstd => session.decode_whole(loc, stored)?,
-            ChunkEncoding::Delta => {
-                let (base_id, delta) = split_delta(&stored)?;
-                let base = match session.cache.get(&base_id) {
-                    Some(b) => b,
-                    None => {
-                        let t = Instant::now();
-                        let (bloc, bstored) = self.record(&base_id, &mut session.files)?;
-                        base_read_ns = elapsed_ns(t);
-                        if !bloc.encoding.is_whole() {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("chunk {id}: its delta base {base_id} is itself a delta"),
-                            ));
-                        }
-                        let b = session.decode_whole(&bloc, bstored)?;
-                        session.cache.put(base_id, b.clone());
-                        b
-                    }
+            ChunkEncoding::Delta | ChunkEncoding::FrameDelta => {
+                let (base_id, rest) = split_delta(&stored)?;
+                let base;
+                (base, base_read_ns) = self.whole_base(id, &base_id, session)?;
+                let raw = if loc.encoding == ChunkEncoding::Delta {
+                    session.coder.decode(&base, rest, loc.raw_len)?
+                } else {
+                    rebuild_frame(id, loc, &stored, &base, &mut Some(&mut session.coder))?
                 };
-                Bytes::from(session.coder.decode(&base, delta, loc.raw_len)?)
+                Bytes::from(raw)
             }
         };
         session.cache.put(*id, raw.clone());
         Ok((raw, base_read_ns))
     }
+}
+
+thread_local! {
+    /// A delta decoder for frame deltas rebuilt on the rayon pool.
+    static FRAME_CODER: std::cell::RefCell<DeltaCoder> = std::cell::RefCell::new(DeltaCoder::new(3));
+}
+
+/// Frame delta `id` (record `stored` at `loc`) rebuilt from its `base`'s bytes, with `coder`
+/// or else this thread's own.
+fn rebuild_frame(
+    id: &ChunkId,
+    loc: &ChunkLoc,
+    stored: &[u8],
+    base: &[u8],
+    coder: &mut Option<&mut DeltaCoder>,
+) -> io::Result<Vec<u8>> {
+    let (base_id, rest) = split_delta(stored)?;
+    let r = match coder {
+        Some(c) => frame_delta::rebuild(base, rest, loc.raw_len, c),
+        None => {
+            FRAME_CODER.with(|c| frame_delta::rebuild(base, rest, loc.raw_len, &mut c.borrow_mut()))
+        }
+    };
+    r.map_err(|e| io::Error::new(e.kind(), format!("chunk {id} (base {base_id}): {e}")))
 }
 
 fn not_indexed(id: &ChunkId) -> io::Error {
@@ -312,7 +382,7 @@ impl ReadSession {
                 Bytes::from(self.unzstd.decompress(&stored, loc.raw_len as usize)?),
                 loc.raw_len,
             ),
-            ChunkEncoding::Delta => {
+            ChunkEncoding::Delta | ChunkEncoding::FrameDelta => {
                 decode_chunk(loc.encoding, &stored, loc.raw_len).map(Bytes::from)
             }
         }

@@ -3,6 +3,9 @@
 //! (one level of deltas: a base is always a whole chunk). The selective policies (compressed
 //! data, small files, a repository's policy) keep chunks out of the lookup; one skipped chunk
 //! in [`SKIP_TRIAL_EVERY`] is tried anyway to estimate what the policy saves and costs.
+//! A chunk that is a whole zstd frame of a layer kept as its frames is looked up by the
+//! features of its plaintext instead, and may be kept as a frame delta
+//! ([`crate::engine::frame_delta`]).
 //!
 //! - **In:** `Body::Chunks` and `Body::Finished`, from Chunk.
 //! - **Out:** `Body::Encoded` for each batch of chunks (duplicates marked as already stored),
@@ -30,7 +33,9 @@ use crate::engine::chunk::ChunkId;
 use crate::engine::container::{delta_record, encode_chunk, ChunkEncoding};
 use crate::engine::delta::DeltaCoder;
 use crate::engine::features::{pick_bases, super_features};
+use crate::engine::frame_delta::{self, frame_plaintext, FrameRecipe};
 use crate::engine::recipe::{NewChunk, Origin};
+use crate::engine::zstd_frames::ZstdEncoder;
 use crate::pipeline::{
     background_priority, failpoint, Batch, Body, Bounded, JobCtx, PipelineConfig, SkipReason,
     StageStats, SKIP_TRIAL_EVERY,
@@ -174,12 +179,14 @@ impl Similarity {
 
     /// The smallest delta for chunk `id` against the best-ranked candidate bases. `count`: a
     /// real lookup (false for the policies' trials, which must not skew the hit rate).
+    /// `frames`: `data` is a frame's plaintext, and each base's plaintext is its frame's.
     fn try_delta(
         &mut self,
         id: &ChunkId,
         data: &[u8],
         sf: &[u64],
         count: bool,
+        frames: bool,
     ) -> Option<(ChunkId, Vec<u8>)> {
         if count {
             self.stats
@@ -216,7 +223,15 @@ impl Similarity {
                     continue;
                 }
             };
-            match self.coder.encode(&base_data, data) {
+            let base_plain = if frames {
+                match frame_plaintext(&base_data) {
+                    Some(p) => bytes::Bytes::from(p),
+                    None => continue,
+                }
+            } else {
+                base_data
+            };
+            match self.coder.encode(&base_plain, data) {
                 Ok(d) if best.as_ref().is_none_or(|(_, b)| d.len() < b.len()) => {
                     best = Some((base, d))
                 }
@@ -240,6 +255,9 @@ impl Similarity {
         if !self.cfg.similarity.enabled {
             return plain(whole, None);
         }
+        if let Some(enc) = self.frame_encoder(job, &c) {
+            return self.encode_frame(c, enc, whole);
+        }
         if let Some(reason) = self.skip_reason(job, &c, &whole) {
             let stats = self.stats.clone();
             let st = &stats.skipped[reason as usize];
@@ -250,7 +268,7 @@ impl Similarity {
                 // A trial, stored whole regardless: what would similarity have done here?
                 let t = std::time::Instant::now();
                 let trial = super_features(&c.data, &self.cfg.similarity.features)
-                    .and_then(|sf| self.try_delta(&c.id, &c.data, &sf, false));
+                    .and_then(|sf| self.try_delta(&c.id, &c.data, &sf, false, false));
                 let lost = trial.map_or(0, |(_, d)| {
                     let size = (d.len() + 20) as f64;
                     if size <= whole.1.len() as f64 * self.cfg.similarity.threshold {
@@ -270,7 +288,7 @@ impl Similarity {
         let Some(sf) = super_features(&c.data, &self.cfg.similarity.features) else {
             return plain(whole, None);
         };
-        if let Some((base, d)) = self.try_delta(&c.id, &c.data, &sf, true) {
+        if let Some((base, d)) = self.try_delta(&c.id, &c.data, &sf, true, false) {
             let record = delta_record(&base, &d);
             if record.len() as f64 <= whole.1.len() as f64 * self.cfg.similarity.threshold {
                 failpoint("delta-encoded");
@@ -283,7 +301,12 @@ impl Similarity {
                 };
             }
         }
-        // Stored whole: a future base. Remember it until it is indexed.
+        self.future_base(&c, &sf);
+        plain(whole, Some(sf))
+    }
+
+    /// Chunk `c`, stored whole, is a future base: remember it until it is indexed.
+    fn future_base(&mut self, c: &NewChunk, sf: &[u64]) {
         if self.pending.len() >= PENDING_FEATURES {
             self.pending.clear();
         }
@@ -291,6 +314,72 @@ impl Similarity {
             self.pending.insert((i, *f), c.id);
         }
         self.bases.remember(c.id, &c.data);
-        plain(whole, Some(sf))
+    }
+
+    /// The encoder of chunk `c` if it is a whole frame of a layer kept as its frames (each
+    /// file is a frame; a chunk of all of a file is all of its frame) that may become a
+    /// frame delta.
+    fn frame_encoder(&self, job: &JobCtx, c: &NewChunk) -> Option<ZstdEncoder> {
+        let enc = job.frame_encoder.get()?;
+        let whole_file = matches!(c.origin, Origin::File { size, .. } if size == c.data.len() as u64)
+            && c.data.len() >= frame_delta::MIN_FRAME;
+        let on = self.cfg.similarity.frame_delta_min_saving.is_some();
+        (on && whole_file && job.policy.similarity).then_some(*enc)
+    }
+
+    /// Frame chunk `c`: a frame delta against a stored frame of similar plaintext, when `enc`
+    /// re-creates the frame from its plaintext and the delta saves enough per byte re-encoded
+    /// on read; else stored whole, its plaintext's features registered for later frames.
+    fn encode_frame(
+        &mut self,
+        c: NewChunk,
+        enc: ZstdEncoder,
+        whole: (ChunkEncoding, Vec<u8>),
+    ) -> EncodedChunk {
+        let raw_len = c.data.len() as u32;
+        let mut out = EncodedChunk {
+            id: c.id,
+            raw_len,
+            stored: None,
+            delta: None,
+            features: None,
+        };
+        let sf = frame_plaintext(&c.data).and_then(|plain| {
+            let sf = super_features(&plain, &self.cfg.similarity.features)?;
+            Some((frame_delta::salted(sf), plain))
+        });
+        let Some((sf, plain)) = sf else {
+            out.stored = Some(whole);
+            return out;
+        };
+        let s = &self.cfg.similarity;
+        let (threshold, min_saving) = (s.threshold, s.frame_delta_min_saving.unwrap_or(0.0));
+        let kept = self
+            .try_delta(&c.id, &plain, &sf, true, true)
+            .and_then(|(base, d)| {
+                // The recipe goes in front of the delta: at most 13 bytes.
+                let size = 20 + 13 + d.len();
+                let saved = whole.1.len() as f64 - size as f64;
+                let worth = size as f64 <= whole.1.len() as f64 * threshold
+                    && saved >= min_saving * plain.len() as f64;
+                if !worth {
+                    return None;
+                }
+                let recipe = FrameRecipe::find(enc, &c.data, &plain)?;
+                Some(frame_delta::record(&base, &recipe, &d)).map(|r| (base, r))
+            });
+        match kept {
+            Some((base, record)) => {
+                failpoint("delta-encoded");
+                out.stored = Some((ChunkEncoding::FrameDelta, record));
+                out.delta = Some((base, whole));
+            }
+            None => {
+                self.future_base(&c, &sf);
+                out.stored = Some(whole);
+            }
+        }
+        out.features = Some(sf);
+        out
     }
 }

@@ -540,6 +540,56 @@ fn zstd_chunked_frames_are_stored_as_they_are_and_repeat_across_versions() {
     );
 }
 
+/// With frame deltas on, the frame of the one file that changed between two zstd:chunked
+/// versions is stored as a delta of its plaintext against the first version's frame, and
+/// re-encoded exactly on read; off (the default), it is stored whole.
+#[test]
+fn a_changed_frame_is_a_frame_delta_when_they_are_on() {
+    use stowage_actors::engine::container::ChunkEncoding;
+    for min_saving in [Some(0.05), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let containers = dir.path().join("containers");
+        let cat = Arc::new(MemCatalog::default());
+        let blobs = [chunked_like(&layer(1)), chunked_like(&layer(2))];
+        let staged: Vec<_> = blobs.iter().map(|b| stage(dir.path(), b)).collect();
+        let mut cfg = config(&containers);
+        cfg.similarity.frame_delta_min_saving = min_saving;
+        let (outcomes, stats) = dedup_all(&cat, cfg, &staged, LayerPolicy::default());
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Deduplicated { .. })),
+            "{outcomes:?}"
+        );
+        for ((d, _), blob) in staged.iter().zip(&blobs) {
+            assert!(restored(&cat, &containers, d) == *blob, "bit for bit");
+        }
+        let frame_deltas: Vec<ChunkLoc> = cat
+            .chunks
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|l| l.encoding == ChunkEncoding::FrameDelta)
+            .copied()
+            .collect();
+        if min_saving.is_none() {
+            assert!(frame_deltas.is_empty(), "off by default");
+            assert_eq!(stats.chunks_delta.load(Relaxed), 0);
+            continue;
+        }
+        // File 5 (6000 bytes, one byte changed): its frame, about 3 KB, as a delta of tens.
+        assert_eq!(frame_deltas.len(), 1, "{frame_deltas:?}");
+        let l = frame_deltas[0];
+        assert!(
+            l.stored_len * 20 < l.raw_len,
+            "{} stored for a frame of {}",
+            l.stored_len,
+            l.raw_len
+        );
+        assert_eq!(stats.chunks_delta.load(Relaxed), 1);
+    }
+}
+
 #[test]
 fn zstd_frames_are_reencoded_when_the_policy_says_so() {
     use stowage_actors::engine::recompress::Encoding;

@@ -107,6 +107,13 @@ pub struct ServeArgs {
     /// Skip similarity for files smaller than this many bytes [default: 0].
     #[arg(long, env = "STOWAGE_SIMILARITY_MIN_FILE_SIZE")]
     pub similarity_min_file_size: Option<u64>,
+    /// Frame deltas, off unless given: a zstd:chunked layer's frame (kept as its frames, see
+    /// `--zstd-frames`) may be stored as a delta of its plaintext against a similar stored
+    /// frame's, re-encoded on every pull, when it saves at least this many bytes per byte of
+    /// plaintext re-encoded (0: whenever the delta meets `--delta-threshold`). Smaller stores,
+    /// slower pulls: see the README's zstd:chunked table.
+    #[arg(long, env = "STOWAGE_FRAME_DELTA_MIN_SAVING")]
+    pub frame_delta_min_saving: Option<f64>,
     /// Super-feature entries the in-memory feature index holds, about 30 bytes each; past it
     /// bases are searched among the most recently stored chunks only [default: 2000000].
     #[arg(long, env = "STOWAGE_SIMILARITY_INDEX_ENTRIES")]
@@ -354,6 +361,7 @@ struct FileConfig {
     similarity_candidates: Option<usize>,
     similarity_skip_compressed: Option<bool>,
     similarity_min_file_size: Option<u64>,
+    frame_delta_min_saving: Option<f64>,
     similarity_index_entries: Option<usize>,
     zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
     zstd_segment_cores: Option<u64>,
@@ -547,6 +555,10 @@ impl Config {
                         .similarity_min_file_size
                         .or(file.similarity_min_file_size)
                         .unwrap_or(ds.min_file_size),
+                    frame_delta_min_saving: args
+                        .frame_delta_min_saving
+                        .or(file.frame_delta_min_saving)
+                        .or(ds.frame_delta_min_saving),
                 }
             },
             similarity_index_entries: args
@@ -627,6 +639,12 @@ impl Config {
             "delta_threshold must be in (0, 1] (got {})",
             cfg.similarity.threshold
         );
+        if let Some(m) = cfg.similarity.frame_delta_min_saving {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&m),
+                "frame_delta_min_saving must be in [0, 1] (got {m})"
+            );
+        }
         let c = cfg.chunk;
         anyhow::ensure!(
             (64..=1 << 20).contains(&c.min)

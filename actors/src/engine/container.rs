@@ -1,6 +1,6 @@
 //! Containers: append-only files of encoded chunks, written in arrival (= pull) order.
 //!
-//! # On-disk format (magic `STWGCNT\0`, version 2), little-endian
+//! # On-disk format (magic `STWGCNT\0`, version 3), little-endian
 //!
 //! ```text
 //! header   32 bytes  magic "STWGCNT\0" | version u32 | reserved u32 | container id u64 | reserved u64
@@ -12,8 +12,11 @@
 //! `offset` points at a record's data. Encodings: 0 zstd frame of the chunk, 1 the chunk as
 //! is, 2 (version 2) a delta: the base chunk's id (20 bytes) then a zstd frame made with the base as
 //! reference prefix (see [`super::delta`]); the base is always a chunk stored whole (0 or 1),
-//! so restoring any chunk takes at most two reads. Version 1 containers (no deltas) are read
-//! as well. A container is self-describing: the chunk index can be rebuilt from the records
+//! so restoring any chunk takes at most two reads. 3 (version 3) a frame delta: a chunk that
+//! is one whole zstd frame, stored as the base's id, how the frame was written, and a delta
+//! of its plaintext against the base's, whose chunk is a whole zstd frame too (see
+//! [`super::frame_delta`]); the frame is re-encoded on read. Version 1 containers (no deltas)
+//! and version 2 (no frame deltas) are read as well. A container is self-describing: the chunk index can be rebuilt from the records
 //! or the footer index alone, and a delta names its base by id, not by place, so containers
 //! can be rewritten ([`rewrite`]) without touching the deltas that depend on their chunks. It
 //! is sealed (index and trailer written, file and directory fsynced) before any metadata
@@ -28,7 +31,7 @@ use super::chunk::ChunkId;
 
 pub const MAGIC: &[u8; 8] = b"STWGCNT\0";
 pub const INDEX_MAGIC: &[u8; 8] = b"STWGIDX\0";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Oldest container version still read.
 pub const MIN_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 32;
@@ -45,12 +48,16 @@ pub enum ChunkEncoding {
     Stored = 1,
     /// A zstd delta against a base chunk stored whole; the data starts with the base's id.
     Delta = 2,
+    /// A whole zstd frame kept as a delta of its plaintext against a base chunk stored whole
+    /// that is a zstd frame too, and re-encoded on read; the data starts with the base's id
+    /// (see [`super::frame_delta`]).
+    FrameDelta = 3,
 }
 
 impl ChunkEncoding {
     /// Stored whole (may serve as a delta base).
     pub fn is_whole(self) -> bool {
-        !matches!(self, ChunkEncoding::Delta)
+        !matches!(self, ChunkEncoding::Delta | ChunkEncoding::FrameDelta)
     }
 
     pub fn from_u8(v: u8) -> io::Result<ChunkEncoding> {
@@ -58,6 +65,7 @@ impl ChunkEncoding {
             0 => Ok(ChunkEncoding::Zstd),
             1 => Ok(ChunkEncoding::Stored),
             2 => Ok(ChunkEncoding::Delta),
+            3 => Ok(ChunkEncoding::FrameDelta),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unknown chunk encoding {v}"),
@@ -92,7 +100,8 @@ pub fn delta_record(base: &ChunkId, delta: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Split a delta record's stored data into its base's id and the delta.
+/// Split a delta record's stored data (a [`ChunkEncoding::Delta`] or
+/// [`ChunkEncoding::FrameDelta`]) into its base's id and the rest.
 pub fn split_delta(stored: &[u8]) -> io::Result<(ChunkId, &[u8])> {
     if stored.len() < 20 {
         return Err(bad("delta record shorter than its base id"));
@@ -107,7 +116,9 @@ pub fn decode_chunk(enc: ChunkEncoding, stored: &[u8], raw_len: u32) -> io::Resu
     let raw = match enc {
         ChunkEncoding::Stored => stored.to_vec(),
         ChunkEncoding::Zstd => zstd::bulk::decompress(stored, raw_len as usize)?,
-        ChunkEncoding::Delta => return Err(bad("a delta chunk needs its base to be decoded")),
+        ChunkEncoding::Delta | ChunkEncoding::FrameDelta => {
+            return Err(bad("a delta chunk needs its base to be decoded"))
+        }
     };
     decoded_len(raw, raw_len)
 }

@@ -56,15 +56,31 @@ impl DeltaCoder {
     /// Rebuild the chunk of `raw_len` bytes from `base` and its `delta`.
     pub fn decode(&mut self, base: &[u8], delta: &[u8], raw_len: u32) -> io::Result<Vec<u8>> {
         match zstd_safe::get_frame_content_size(delta) {
-            Ok(Some(n)) if n == raw_len as u64 => {}
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("delta frame does not declare the chunk's {raw_len} bytes"),
-                ))
-            }
+            Ok(Some(n)) if n == raw_len as u64 => self.decode_len(base, delta, raw_len as usize),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("delta frame does not declare the chunk's {raw_len} bytes"),
+            )),
         }
-        let mut out = Vec::with_capacity(raw_len as usize);
+    }
+
+    /// Rebuild the bytes a `delta` against `base` declares, refusing more than `max`.
+    pub fn decode_at_most(&mut self, base: &[u8], delta: &[u8], max: usize) -> io::Result<Vec<u8>> {
+        match zstd_safe::get_frame_content_size(delta) {
+            Ok(Some(n)) if n <= max as u64 => self.decode_len(base, delta, n as usize),
+            Ok(Some(n)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("delta frame declares {n} bytes, more than the {max} allowed"),
+            )),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "delta frame does not declare its size",
+            )),
+        }
+    }
+
+    fn decode_len(&mut self, base: &[u8], delta: &[u8], len: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
         // SAFETY: as in `encode`: the prefix is used by the one `decompress` call below and
         // dropped by the reset before returning.
         let prefix: &'static [u8] =
@@ -75,10 +91,10 @@ impl DeltaCoder {
             .and_then(|_| self.dctx.decompress(&mut out, delta));
         let _ = self.dctx.reset(ResetDirective::SessionOnly);
         r.map_err(|c| zerr("delta decode", c))?;
-        if out.len() != raw_len as usize {
+        if out.len() != len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("delta decoded to {} bytes, expected {raw_len}", out.len()),
+                format!("delta decoded to {} bytes, expected {len}", out.len()),
             ));
         }
         Ok(out)

@@ -5,6 +5,7 @@ pub mod container;
 pub mod deflate_probe;
 pub mod delta;
 pub mod features;
+pub mod frame_delta;
 pub mod go_entropy;
 pub mod goflate;
 pub mod inflate;

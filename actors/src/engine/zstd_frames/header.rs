@@ -15,7 +15,7 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    pub(super) fn flags(&self) -> u8 {
+    pub fn flags(&self) -> u8 {
         let mut f = 0;
         if self.checksum {
             f |= FLAG_CHECKSUM;

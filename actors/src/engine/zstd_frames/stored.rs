@@ -97,6 +97,11 @@ impl StoredFrames {
         Ok(store.then_some(StoredFrames { spans, encoder }))
     }
 
+    /// The encoder of the stream's first frames, if stowage knows it.
+    pub fn encoder(&self) -> Option<ZstdEncoder> {
+        self.encoder
+    }
+
     /// Hand the stream at `path` to `sink` split at its frames (skippable frames as meta, each
     /// data frame as a file), after decompressing it whole for the layer's file index; `raw`
     /// is told of each decompressed piece. Nothing reaches `sink` if the stream does not
