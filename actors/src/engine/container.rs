@@ -9,7 +9,8 @@
 //! trailer  16 bytes  index offset u64 | magic "STWGIDX\0"
 //! ```
 //!
-//! `offset` points at a record's data. Encodings: 0 zstd frame of the chunk, 1 the chunk as
+//! `offset` points at a record's data. A container is written at version 2 unless it holds a
+//! frame delta (encoding 3). Encodings: 0 zstd frame of the chunk, 1 the chunk as
 //! is, 2 (version 2) a delta: the base chunk's id (20 bytes) then a zstd frame made with the base as
 //! reference prefix (see [`super::delta`]); the base is always a chunk stored whole (0 or 1),
 //! so restoring any chunk takes at most two reads. 3 (version 3) a frame delta: a chunk that
@@ -32,6 +33,9 @@ use super::chunk::ChunkId;
 pub const MAGIC: &[u8; 8] = b"STWGCNT\0";
 pub const INDEX_MAGIC: &[u8; 8] = b"STWGIDX\0";
 pub const VERSION: u32 = 3;
+/// The version a container without frame deltas is written at: a stowage from before frame
+/// deltas reads it (an operator can go back a release).
+const VERSION_WITHOUT_FRAME_DELTAS: u32 = 2;
 /// Oldest container version still read.
 pub const MIN_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 32;
@@ -165,7 +169,8 @@ impl ContainerWriter {
             .open(&path)?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
         out.write_all(MAGIC)?;
-        out.write_all(&VERSION.to_le_bytes())?;
+        // Made `VERSION` at sealing if a frame delta went in.
+        out.write_all(&VERSION_WITHOUT_FRAME_DELTAS.to_le_bytes())?;
         out.write_all(&0u32.to_le_bytes())?;
         out.write_all(&id.to_le_bytes())?;
         out.write_all(&0u64.to_le_bytes())?;
@@ -230,6 +235,13 @@ impl ContainerWriter {
         self.out.write_all(&index_offset.to_le_bytes())?;
         self.out.write_all(INDEX_MAGIC)?;
         let f = self.out.into_inner().map_err(|e| e.into_error())?;
+        if self
+            .index
+            .iter()
+            .any(|(_, l)| l.encoding == ChunkEncoding::FrameDelta)
+        {
+            f.write_all_at(&VERSION.to_le_bytes(), MAGIC.len() as u64)?;
+        }
         f.sync_all()?;
         File::open(self.path.parent().expect("container has a directory"))?.sync_all()?;
         Ok(self.index)
@@ -398,6 +410,40 @@ mod tests {
             assert_eq!(&raw, c);
             assert_eq!(ChunkId::of(&raw).unwrap(), *cid);
         }
+    }
+
+    /// A container is written at version 2, which stowage releases before frame deltas read,
+    /// unless it holds one; then at version 3, and compaction writes what is left accordingly.
+    #[test]
+    fn only_a_container_with_a_frame_delta_is_version_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = |id| {
+            let b = std::fs::read(container_path(dir.path(), id)).unwrap();
+            u32::from_le_bytes(b[8..12].try_into().unwrap())
+        };
+        let (a, b) = (b"a whole chunk".to_vec(), b"a frame".to_vec());
+        let (ia, ib) = (ChunkId::of(&a).unwrap(), ChunkId::of(&b).unwrap());
+        let mut w = ContainerWriter::create(dir.path(), 1).unwrap();
+        w.append(ia, ChunkEncoding::Stored, a.len() as u32, &a)
+            .unwrap();
+        w.seal().unwrap();
+        assert_eq!(version(1), 2);
+        let mut w = ContainerWriter::create(dir.path(), 2).unwrap();
+        w.append(ia, ChunkEncoding::Stored, a.len() as u32, &a)
+            .unwrap();
+        let record = delta_record(&ia, b"recipe and delta");
+        w.append(ib, ChunkEncoding::FrameDelta, b.len() as u32, &record)
+            .unwrap();
+        w.seal().unwrap();
+        assert_eq!(version(2), 3);
+        let (_, index) = read_index(&container_path(dir.path(), 2)).unwrap();
+        assert_eq!(index[1].1.encoding, ChunkEncoding::FrameDelta);
+
+        let src = container_path(dir.path(), 2);
+        rewrite(&src, dir.path(), 3, &|id| *id == ia).unwrap();
+        assert_eq!(version(3), 2, "the frame delta was not kept");
+        rewrite(&src, dir.path(), 4, &|_| true).unwrap();
+        assert_eq!(version(4), 3);
     }
 
     #[test]
