@@ -1223,6 +1223,11 @@ fn zstd_chunked_frame_deltas_pull_exactly_and_keep_their_bases_through_gc() {
     // zstd:chunked cuts larger files into frames where their content says (a 24 KB file is
     // one frame or two), so an edit may move a cut: most changed frames find their base.
     assert!(deltas >= 3, "the 5 changed files' frames as deltas: {st}");
+    assert_eq!(
+        st["similarity"]["frame_deltas"].as_u64(),
+        Some(deltas),
+        "{st}"
+    );
     assert!(
         st["similarity"]["delta_saved_bytes"].as_u64().unwrap() > 30_000,
         "{st}"

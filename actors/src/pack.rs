@@ -28,7 +28,7 @@ use actix::prelude::*;
 
 use crate::catalog::{Catalog, SealedContainer};
 use crate::engine::chunk::ChunkId;
-use crate::engine::container::ContainerWriter;
+use crate::engine::container::{ChunkEncoding, ContainerWriter};
 use crate::pipeline::{
     background_priority, failpoint, Batch, Body, Bounded, PipelineConfig, StageStats,
 };
@@ -102,6 +102,9 @@ impl Pack {
         if let Some((b, whole)) = c.delta {
             if self.base_available(&b)? {
                 self.stats.chunks_delta.fetch_add(1, Ordering::Relaxed);
+                if enc == ChunkEncoding::FrameDelta {
+                    self.stats.frame_deltas.fetch_add(1, Ordering::Relaxed);
+                }
                 self.stats.delta_saved_bytes.fetch_add(
                     (whole.1.len() as u64).saturating_sub(data.len() as u64),
                     Ordering::Relaxed,

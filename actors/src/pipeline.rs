@@ -189,6 +189,8 @@ pub struct StageStats {
     /// New chunks stored whole / as deltas (counted when packed).
     pub chunks_whole: AtomicU64,
     pub chunks_delta: AtomicU64,
+    /// Of the deltas, frame deltas (see [`crate::engine::frame_delta`]).
+    pub frame_deltas: AtomicU64,
     /// Bytes the deltas saved over storing the same chunks whole.
     pub delta_saved_bytes: AtomicU64,
     /// Deltas stored whole after all because their base did not make it into a container.

@@ -587,6 +587,7 @@ fn a_changed_frame_is_a_frame_delta_when_they_are_on() {
             l.raw_len
         );
         assert_eq!(stats.chunks_delta.load(Relaxed), 1);
+        assert_eq!(stats.frame_deltas.load(Relaxed), 1);
     }
 }
 

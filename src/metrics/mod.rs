@@ -317,6 +317,8 @@ pub fn render(
             .inc_by(p.chunks_whole.load(Relaxed));
         c.with_label_values(&["delta"])
             .inc_by(p.chunks_delta.load(Relaxed));
+        c.with_label_values(&["frame_delta"])
+            .inc_by(p.frame_deltas.load(Relaxed));
         c.with_label_values(&["delta_fallback"])
             .inc_by(p.delta_fallbacks.load(Relaxed));
         r.register(Box::new(c)).expect("register");

@@ -166,6 +166,8 @@ pub struct SimilarityStats {
     /// New chunks stored whole / as deltas.
     pub chunks_whole: u64,
     pub chunks_delta: u64,
+    /// Of the deltas, zstd frames kept as deltas of their plaintext (`--frame-delta-min-saving`).
+    pub frame_deltas: u64,
     /// Bytes the deltas saved over storing their chunks whole.
     pub delta_saved_bytes: u64,
     /// Deltas stored whole because their base did not make it into a container.
@@ -918,6 +920,7 @@ fn similarity_stats(
     SimilarityStats {
         chunks_whole: p.chunks_whole.load(Relaxed),
         chunks_delta: p.chunks_delta.load(Relaxed),
+        frame_deltas: p.frame_deltas.load(Relaxed),
         delta_saved_bytes: p.delta_saved_bytes.load(Relaxed),
         delta_fallbacks: p.delta_fallbacks.load(Relaxed),
         lookups,
