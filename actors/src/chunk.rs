@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::engine::frame_delta;
 use crate::engine::recipe::{NewChunk, RecipeBuilder};
 use crate::engine::tar::TarSink;
 use crate::extract::Segment;
@@ -41,6 +42,20 @@ impl Actor for Chunk {
     }
 }
 
+/// A layer's recipe builder: a layer kept as its zstd frames whose frames may become frame
+/// deltas (which take a whole frame) gets a chunk per frame, up to
+/// [`frame_delta::MAX_FRAME_CHUNK`], instead of frames cut by content.
+fn builder(cfg: &PipelineConfig, job: &JobCtx) -> RecipeBuilder {
+    let b = RecipeBuilder::new(cfg.chunk);
+    let s = &cfg.similarity;
+    let frame_deltas = s.enabled && s.frame_delta_min_saving.is_some() && job.policy.similarity;
+    if frame_deltas && job.frame_encoder.get().is_some() {
+        b.whole_files_up_to(frame_delta::MAX_FRAME_CHUNK as u64)
+    } else {
+        b
+    }
+}
+
 impl Handler<Batch> for Chunk {
     type Result = ();
 
@@ -51,7 +66,7 @@ impl Handler<Batch> for Chunk {
                 let builder = self
                     .builders
                     .entry(key)
-                    .or_insert_with(|| RecipeBuilder::new(self.cfg.chunk));
+                    .or_insert_with(|| builder(&self.cfg, &b.job));
                 for s in items {
                     match s {
                         Segment::Meta(d) => builder.meta(&d),
@@ -67,7 +82,7 @@ impl Handler<Batch> for Chunk {
                 let builder = self
                     .builders
                     .remove(&key)
-                    .unwrap_or_else(|| RecipeBuilder::new(self.cfg.chunk));
+                    .unwrap_or_else(|| builder(&self.cfg, &b.job));
                 let result = match end {
                     Err(e) => Err(e),
                     Ok((enc, files)) => {

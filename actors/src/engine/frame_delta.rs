@@ -44,6 +44,9 @@ use super::zstd_frames::{
 pub const FORMAT_VERSION: u8 = 1;
 /// Largest plaintext of a frame kept as a frame delta, or of its base.
 pub const MAX_PLAIN: usize = 8 << 20;
+/// Largest frame (compressed bytes) kept as one chunk when frame deltas are on (a larger one
+/// is cut by content, as every frame is when they are off, and is never a frame delta).
+pub const MAX_FRAME_CHUNK: usize = 4 << 20;
 /// Smallest frame (compressed bytes) looked up or registered as a base: a frame delta of a
 /// smaller one saves little (the frames of zstd:chunked's small files, a few hundred bytes,
 /// saved 0.07 bytes per byte re-encoded), and the features of each frame stored whole cost

@@ -305,6 +305,9 @@ pub struct RecipeBuilder {
     /// Size and first bytes of the current file (to recognise compressed formats).
     file_size: u64,
     file_head: Vec<u8>,
+    /// Files up to this size are one chunk each (0: none), gathered here.
+    whole_files_up_to: u64,
+    whole_file: Option<Vec<u8>>,
 }
 
 fn emit(
@@ -343,7 +346,17 @@ impl RecipeBuilder {
             collision: false,
             file_size: 0,
             file_head: Vec::new(),
+            whole_files_up_to: 0,
+            whole_file: None,
         }
+    }
+
+    /// Keep each file of at most `max` bytes as one chunk instead of cutting it by content:
+    /// a layer kept as its zstd frames (a file per frame) whose frames may become frame
+    /// deltas, which take a whole frame.
+    pub fn whole_files_up_to(mut self, max: u64) -> RecipeBuilder {
+        self.whole_files_up_to = max;
+        self
     }
 
     fn file_origin(&self) -> Origin {
@@ -401,6 +414,8 @@ impl TarSink for RecipeBuilder {
         self.in_file = true;
         self.file_size = size;
         self.file_head.clear();
+        self.whole_file =
+            (size > 0 && size <= self.whole_files_up_to).then(|| Vec::with_capacity(size as usize));
     }
 
     fn file_data(&mut self, bytes: &[u8]) {
@@ -409,6 +424,10 @@ impl TarSink for RecipeBuilder {
         if self.file_head.len() < super::features::MAGIC_LEN {
             let take = (super::features::MAGIC_LEN - self.file_head.len()).min(bytes.len());
             self.file_head.extend_from_slice(&bytes[..take]);
+        }
+        if let Some(whole) = &mut self.whole_file {
+            whole.extend_from_slice(bytes);
+            return;
         }
         let origin = self.file_origin();
         let (refs, out, col) = (&mut self.file_refs, &mut self.out, &mut self.collision);
@@ -419,7 +438,11 @@ impl TarSink for RecipeBuilder {
     fn file_end(&mut self) {
         let origin = self.file_origin();
         let (refs, out, col) = (&mut self.file_refs, &mut self.out, &mut self.collision);
-        self.file.finish(&mut |c| emit(refs, out, col, origin, c));
+        match self.whole_file.take() {
+            Some(whole) if !whole.is_empty() => emit(refs, out, col, origin, &whole),
+            Some(_) => {}
+            None => self.file.finish(&mut |c| emit(refs, out, col, origin, c)),
+        }
         self.framing.push(self.run);
         self.run = 0;
         self.in_file = false;
@@ -741,6 +764,37 @@ mod tests {
         assert!(rebuild(&r, &s) == junk);
         let (r, s) = build(b"", ChunkParams::default());
         assert!(rebuild(&r, &s).is_empty());
+    }
+
+    /// With whole files up to a size, such a file is one chunk however long (a frame of a
+    /// zstd:chunked layer, for frame deltas); a larger one is still cut by content.
+    #[test]
+    fn whole_files_are_one_chunk_each_up_to_the_limit() {
+        let data = |n, seed| super::super::test_bytes(n, seed);
+        let files = [data(200_000, 1), data(30_000, 2), data(900_000, 3)];
+        let chunk_lens = |b: &mut RecipeBuilder| {
+            for f in &files {
+                b.file_start(f.len() as u64);
+                for piece in f.chunks(7_000) {
+                    b.file_data(piece);
+                }
+                b.file_end();
+            }
+            let lens: Vec<usize> = b.take_chunks().iter().map(|c| c.data.len()).collect();
+            lens
+        };
+        let cut = chunk_lens(&mut RecipeBuilder::new(ChunkParams::default()));
+        assert!(
+            cut.len() > 6 && cut.iter().all(|&n| n <= 64 << 10),
+            "{cut:?}"
+        );
+        let mut b = RecipeBuilder::new(ChunkParams::default()).whole_files_up_to(300_000);
+        let whole = chunk_lens(&mut b);
+        assert_eq!(&whole[..2], [200_000, 30_000]);
+        assert!(whole[2..].iter().all(|&n| n <= 64 << 10), "{whole:?}");
+        assert_eq!(whole.iter().sum::<usize>(), 1_130_000);
+        let (recipe, _) = b.finish(Encoding::None);
+        assert_eq!(recipe.unwrap().raw_len, 1_130_000);
     }
 
     #[test]
