@@ -47,9 +47,7 @@ impl Actor for Chunk {
 /// [`frame_delta::MAX_FRAME_CHUNK`], instead of frames cut by content.
 fn builder(cfg: &PipelineConfig, job: &JobCtx) -> RecipeBuilder {
     let b = RecipeBuilder::new(cfg.chunk);
-    let s = &cfg.similarity;
-    let frame_deltas = s.enabled && s.frame_delta_min_saving.is_some() && job.policy.similarity;
-    if frame_deltas && job.frame_encoder.get().is_some() {
+    if job.frame_delta_encoder(&cfg.similarity).is_some() {
         b.whole_files_up_to(frame_delta::MAX_FRAME_CHUNK as u64)
     } else {
         b

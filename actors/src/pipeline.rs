@@ -228,6 +228,13 @@ pub(crate) struct JobCtx {
 }
 
 impl JobCtx {
+    /// The encoder of this layer's frames if they may become frame deltas under `s`: a layer
+    /// kept as its frames, of a known encoder, with frame deltas and similarity on for it.
+    pub(crate) fn frame_delta_encoder(&self, s: &SimilarityConfig) -> Option<ZstdEncoder> {
+        let on = s.enabled && s.frame_delta_min_saving.is_some() && self.policy.similarity;
+        on.then(|| self.frame_encoder.get().copied()).flatten()
+    }
+
     pub(crate) fn finish(&self, o: Outcome) {
         if let Some(tx) = self.reply.lock().expect("reply lock").take() {
             let _ = tx.send(o);

@@ -246,7 +246,7 @@ impl ChunkReader {
             let rebuilt: Vec<io::Result<Bytes>> = jobs
                 .par_iter()
                 .map(|(i, l, stored, base)| {
-                    rebuild_frame(&ids[*i], l, stored, base, &mut None).map(Bytes::from)
+                    rebuild_frame(&ids[*i], l, stored, base).map(Bytes::from)
                 })
                 .collect();
             decode_ns += elapsed_ns(t);
@@ -312,7 +312,7 @@ impl ChunkReader {
                 let raw = if loc.encoding == ChunkEncoding::Delta {
                     session.coder.decode(&base, rest, loc.raw_len)?
                 } else {
-                    rebuild_frame(id, loc, &stored, &base, &mut Some(&mut session.coder))?
+                    rebuild_frame(id, loc, &stored, &base)?
                 };
                 Bytes::from(raw)
             }
@@ -323,26 +323,16 @@ impl ChunkReader {
 }
 
 thread_local! {
-    /// A delta decoder for frame deltas rebuilt on the rayon pool.
+    /// A delta decoder for frame deltas (rebuilt on the rayon pool, or by a lone read).
     static FRAME_CODER: std::cell::RefCell<DeltaCoder> = std::cell::RefCell::new(DeltaCoder::new(3));
 }
 
-/// Frame delta `id` (record `stored` at `loc`) rebuilt from its `base`'s bytes, with `coder`
-/// or else this thread's own.
-fn rebuild_frame(
-    id: &ChunkId,
-    loc: &ChunkLoc,
-    stored: &[u8],
-    base: &[u8],
-    coder: &mut Option<&mut DeltaCoder>,
-) -> io::Result<Vec<u8>> {
+/// Frame delta `id` (record `stored` at `loc`) rebuilt from its `base`'s bytes, with this
+/// thread's delta decoder.
+fn rebuild_frame(id: &ChunkId, loc: &ChunkLoc, stored: &[u8], base: &[u8]) -> io::Result<Vec<u8>> {
     let (base_id, rest) = split_delta(stored)?;
-    let r = match coder {
-        Some(c) => frame_delta::rebuild(base, rest, loc.raw_len, c),
-        None => {
-            FRAME_CODER.with(|c| frame_delta::rebuild(base, rest, loc.raw_len, &mut c.borrow_mut()))
-        }
-    };
+    let r =
+        FRAME_CODER.with(|c| frame_delta::rebuild(base, rest, loc.raw_len, &mut c.borrow_mut()));
     r.map_err(|e| io::Error::new(e.kind(), format!("chunk {id} (base {base_id}): {e}")))
 }
 

@@ -320,11 +320,11 @@ impl Similarity {
     /// file is a frame; a chunk of all of a file is all of its frame) that may become a
     /// frame delta.
     fn frame_encoder(&self, job: &JobCtx, c: &NewChunk) -> Option<ZstdEncoder> {
-        let enc = job.frame_encoder.get()?;
         let whole_file = matches!(c.origin, Origin::File { size, .. } if size == c.data.len() as u64)
             && c.data.len() >= frame_delta::MIN_FRAME;
-        let on = self.cfg.similarity.frame_delta_min_saving.is_some();
-        (on && whole_file && job.policy.similarity).then_some(*enc)
+        whole_file
+            .then(|| job.frame_delta_encoder(&self.cfg.similarity))
+            .flatten()
     }
 
     /// Frame chunk `c`: a frame delta against a stored frame of similar plaintext, when `enc`
@@ -366,7 +366,7 @@ impl Similarity {
                     return None;
                 }
                 let recipe = FrameRecipe::find(enc, &c.data, &plain)?;
-                Some(frame_delta::record(&base, &recipe, &d)).map(|r| (base, r))
+                Some((base, frame_delta::record(&base, &recipe, &d)))
             });
         match kept {
             Some((base, record)) => {
