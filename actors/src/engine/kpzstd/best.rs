@@ -11,8 +11,8 @@
 //! ([`BestFastEncoder::encode_v1_16_4`]).
 
 use super::base::{
-    hash4, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry, Rebase,
-    MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash4, hash8, load32, load64, match_table, matchlen, shift_prev_table, FastBase, Matcher,
+    PrevEntry, Rebase, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::{ml_code, of_code, Seq};
 use super::fse::predefined;
@@ -78,8 +78,8 @@ impl BestFastEncoder {
         BestFastEncoder {
             base,
             rules: BestRules::default(),
-            table: vec![PrevEntry::default(); 1 << BEST_SHORT_TABLE_BITS],
-            long_table: vec![PrevEntry::default(); 1 << BEST_LONG_TABLE_BITS],
+            table: match_table(1 << BEST_SHORT_TABLE_BITS),
+            long_table: match_table(1 << BEST_LONG_TABLE_BITS),
         }
     }
 }

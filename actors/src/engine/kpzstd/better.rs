@@ -4,8 +4,8 @@
 //! lazy checks at s+1 and a search from the end of the match).
 
 use super::base::{
-    hash5, hash8, load32, load64, matchlen, shift_prev_table, FastBase, Matcher, PrevEntry, Rebase,
-    TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash5, hash8, load32, load64, match_table, matchlen, shift_prev_table, FastBase, Matcher,
+    PrevEntry, Rebase, TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -38,8 +38,8 @@ impl BetterFastEncoder {
             rle_first: false,
             end_skip: 3,
             end_look: true,
-            table: vec![TableEntry::default(); 1 << BETTER_SHORT_TABLE_BITS],
-            long_table: vec![PrevEntry::default(); 1 << BETTER_LONG_TABLE_BITS],
+            table: match_table(1 << BETTER_SHORT_TABLE_BITS),
+            long_table: match_table(1 << BETTER_LONG_TABLE_BITS),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! table hashing 8 bytes and the short table hashing 5).
 
 use super::base::{
-    hash5, hash8, load32, load64, matchlen, FastBase, Matcher, Rebase, TableEntry,
+    hash5, hash8, load32, load64, match_table, matchlen, FastBase, Matcher, Rebase, TableEntry,
     MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
@@ -24,8 +24,8 @@ impl DoubleFastEncoder {
     pub fn new(max_match_off: i32, rebase: Rebase) -> Self {
         DoubleFastEncoder {
             base: FastBase::new(max_match_off, rebase),
-            table: vec![TableEntry::default(); D_FAST_SHORT_TABLE_SIZE],
-            long_table: vec![TableEntry::default(); D_FAST_LONG_TABLE_SIZE],
+            table: match_table(D_FAST_SHORT_TABLE_SIZE),
+            long_table: match_table(D_FAST_LONG_TABLE_SIZE),
         }
     }
 }

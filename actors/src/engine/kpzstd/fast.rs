@@ -3,8 +3,8 @@
 //! hashes, checking two positions per step).
 
 use super::base::{
-    hash6, load32, load64, matchlen, matchlen_words, FastBase, Matcher, Rebase, TableEntry,
-    MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash6, load32, load64, match_table, matchlen, matchlen_words, FastBase, Matcher, Rebase,
+    TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -28,7 +28,7 @@ impl FastEncoder {
             base: FastBase::new(max_match_off, rebase),
             search_strength: (6, 6),
             word_matchlen: false,
-            table: vec![TableEntry::default(); TABLE_SIZE],
+            table: match_table(TABLE_SIZE),
         }
     }
 }

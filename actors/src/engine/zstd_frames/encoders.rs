@@ -367,30 +367,42 @@ impl FrameWriter {
     }
 }
 
-/// klauspost encoders kept per thread between frames: a zstd:chunked layer is thousands of
-/// small frames, and an encoder's match tables are 1-34 MiB to allocate and clear. Go's own
-/// writer reuses one encoder across frames (`Reset`): entries left from an earlier frame
-/// are more than a window behind and never match, so the bytes are a new encoder's.
+/// klauspost encoders kept between frames, shared by every thread: a zstd:chunked layer is
+/// thousands of small frames, and an encoder's match tables are 1-34 MiB to allocate and
+/// clear. Go's own writer reuses one encoder across frames (`Reset`): entries left from an
+/// earlier frame are more than a window behind and never match, so the bytes are a new
+/// encoder's. Not per thread: each restore runs on a thread of its own, and an encoder kept
+/// there would die with it, so each pull would allocate its tables anew.
 mod kp_pool {
-    use std::cell::RefCell;
+    use std::sync::{Mutex, OnceLock};
 
     use super::KpStreamEncoder;
     use crate::engine::kpzstd::KpOptions;
 
-    thread_local! {
-        static POOL: RefCell<Vec<(KpOptions, Box<KpStreamEncoder>)>> =
-            const { RefCell::new(Vec::new()) };
+    type Idle = Vec<(KpOptions, Box<KpStreamEncoder>)>;
+
+    static POOL: Mutex<Idle> = Mutex::new(Vec::new());
+
+    /// At most this many idle encoders: one per core that may be re-encoding, and a few
+    /// more for the kinds of encoder in use (34 MiB each at `SpeedBestCompression`).
+    fn keep() -> usize {
+        static KEEP: OnceLock<usize> = OnceLock::new();
+        *KEEP.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)) + 2)
     }
 
-    /// At most this many idle encoders per thread.
-    const KEEP: usize = 3;
+    fn idle() -> std::sync::MutexGuard<'static, Idle> {
+        // An encoder is put back only after a frame ended: a panic elsewhere leaves the
+        // list whole.
+        POOL.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     pub(super) fn take(opts: KpOptions) -> (KpOptions, Box<KpStreamEncoder>) {
-        let pooled = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let i = p.iter().position(|(o, _)| *o == opts)?;
-            Some(p.swap_remove(i).1)
-        });
+        let pooled = {
+            let mut p = idle();
+            p.iter()
+                .rposition(|(o, _)| *o == opts)
+                .map(|i| p.remove(i).1)
+        };
         let k = pooled.unwrap_or_else(|| {
             Box::new(KpStreamEncoder::new(&opts).expect("level and version checked at ingest"))
         });
@@ -398,13 +410,14 @@ mod kp_pool {
     }
 
     pub(super) fn put(opts: KpOptions, k: Box<KpStreamEncoder>) {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() >= KEEP {
-                p.remove(0);
-            }
+        let dropped = {
+            let mut p = idle();
+            let dropped = (p.len() >= keep()).then(|| p.remove(0));
             p.push((opts, k));
-        });
+            dropped
+        };
+        // Freed outside the lock.
+        drop(dropped);
     }
 }
 
