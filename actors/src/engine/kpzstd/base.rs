@@ -275,6 +275,22 @@ pub(crate) fn match_table<T: Copy + Default>(n: usize) -> Vec<T> {
     t
 }
 
+/// Asks the cache for `t[i]`, an entry a later step will look up. A hint only: what the
+/// encoder writes does not change.
+#[inline(always)]
+pub(crate) fn prefetch<T>(t: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(e) = t.get(i) {
+        // SAFETY: a prefetch reads nothing and cannot fault; `e` is a live element, and SSE
+        // is part of every x86_64 target.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (e as *const T).cast::<i8>(),
+            )
+        }
+    }
+}
+
 /// `prevEntry`: a table entry that remembers the one it replaced (a chain of 2).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct PrevEntry {

@@ -11,8 +11,8 @@
 //! ([`BestFastEncoder::encode_v1_16_4`]).
 
 use super::base::{
-    hash4, hash8, load32, load64, match_table, matchlen, shift_prev_table, FastBase, Matcher,
-    PrevEntry, Rebase, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash4, hash8, load32, load64, match_table, matchlen, prefetch, shift_prev_table, FastBase,
+    Matcher, PrevEntry, Rebase, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::{ml_code, of_code, Seq};
 use super::fse::predefined;
@@ -92,6 +92,14 @@ fn hl(u: u64) -> usize {
 #[inline(always)]
 fn hs(u: u64) -> usize {
     hash4(u, BEST_SHORT_TABLE_BITS)
+}
+
+/// Asks for the entries the next search looks up first, at the position whose bytes are
+/// `cv`: while the table is indexed over the match just found, they come in.
+#[inline(always)]
+fn prefetch_next(long_table: &[PrevEntry], table: &[PrevEntry], cv: u64) {
+    prefetch(long_table, hl(cv));
+    prefetch(table, hs(cv));
 }
 
 /// `match`.
@@ -466,6 +474,11 @@ impl BestFastEncoder {
 
             let next_hash_l = hl(cv);
             let next_hash_s = hs(cv);
+            // The next steps look up s+1 (and s+2 when there is a match to improve): ask
+            // for those entries now, while the ones for s come in.
+            prefetch(long_table, hl(load64(src, s + 1)));
+            prefetch(table, hs(cv >> 8));
+            prefetch(long_table, hl(load64(src, s + 2)));
             let mut candidate_l = long_table[next_hash_l];
             let mut candidate_s = table[next_hash_s];
 
@@ -480,6 +493,11 @@ impl BestFastEncoder {
                 cv as u32,
             );
 
+            // Where this match ends is looked up below: most often it is still the best.
+            let s_at = best.s + best.length;
+            if best.length > 0 && s_at < s_limit {
+                prefetch(long_table, hl(load64(src, s_at)));
+            }
             if can_repeat && best.length < GOOD_ENOUGH {
                 let offs = [offset1, offset2, offset3];
                 best = reps(best, offs, s + 1, (cv >> 8) as u32);
@@ -646,6 +664,7 @@ impl BestFastEncoder {
                 if s >= s_limit {
                     break 'encode_loop;
                 }
+                prefetch_next(long_table, table, load64(src, s));
                 let mut off = index0.wrapping_add(cur);
                 while index0 < s - 1 {
                     let cv0 = load64(src, index0);
@@ -705,6 +724,7 @@ impl BestFastEncoder {
             if s >= s_limit {
                 break 'encode_loop;
             }
+            prefetch_next(long_table, table, load64(src, s));
 
             let mut index0 = s - l + 1;
             while index0 < s - 1 {
