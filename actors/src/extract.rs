@@ -152,7 +152,8 @@ impl Extract {
             job,
         };
         if compression == Compression::Zstd {
-            let plan = StoredFrames::plan(&job.path, self.cfg.zstd_frames)
+            let deltas = job.frame_deltas_on(&self.cfg.similarity);
+            let plan = StoredFrames::plan(&job.path, self.cfg.zstd_frames, deltas)
                 .map_err(|e| format!("reading staged blob: {e}"))?;
             if let Some(plan) = plan {
                 if let Some(enc) = plan.encoder() {

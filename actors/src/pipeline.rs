@@ -39,6 +39,7 @@ use actix::prelude::*;
 use crate::digest::Digest;
 use crate::engine::chunk::ChunkParams;
 use crate::engine::features::FeatureParams;
+use crate::engine::frame_delta;
 use crate::engine::recipe::{NewChunk, Recipe};
 use crate::engine::recompress::Encoding;
 use crate::engine::tar::FileEntry;
@@ -95,7 +96,9 @@ pub struct SimilarityConfig {
     pub min_file_size: u64,
     /// Frame deltas (a zstd frame of a layer kept as its frames, stored as a delta of its
     /// plaintext and re-encoded on every read: see [`crate::engine::frame_delta`]): None, off;
-    /// else the least a frame delta must save, in bytes per byte of plaintext re-encoded.
+    /// else the least a frame delta must save, in bytes per byte of plaintext re-encoded by an
+    /// encoder of [`frame_delta::REFERENCE_RATE`] (slower ones must save proportionally more:
+    /// [`frame_delta::required_saving`]).
     pub frame_delta_min_saving: Option<f64>,
 }
 
@@ -108,7 +111,7 @@ impl Default for SimilarityConfig {
             candidates: 2,
             skip_compressed: true,
             min_file_size: 0,
-            frame_delta_min_saving: None,
+            frame_delta_min_saving: Some(frame_delta::DEFAULT_MIN_SAVING),
         }
     }
 }
@@ -228,10 +231,16 @@ pub(crate) struct JobCtx {
 }
 
 impl JobCtx {
+    /// Whether frame deltas are on for this layer under `s`: they are, and so is similarity,
+    /// for the registry and the layer's repository.
+    pub(crate) fn frame_deltas_on(&self, s: &SimilarityConfig) -> bool {
+        s.enabled && s.frame_delta_min_saving.is_some() && self.policy.similarity
+    }
+
     /// The encoder of this layer's frames if they may become frame deltas under `s`: a layer
-    /// kept as its frames, of a known encoder, with frame deltas and similarity on for it.
+    /// kept as its frames, of a known encoder, with frame deltas on for it.
     pub(crate) fn frame_delta_encoder(&self, s: &SimilarityConfig) -> Option<ZstdEncoder> {
-        let on = s.enabled && s.frame_delta_min_saving.is_some() && self.policy.similarity;
+        let on = self.frame_deltas_on(s);
         on.then(|| self.frame_encoder.get().copied()).flatten()
     }
 

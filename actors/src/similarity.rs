@@ -353,7 +353,8 @@ impl Similarity {
             return out;
         };
         let s = &self.cfg.similarity;
-        let (threshold, min_saving) = (s.threshold, s.frame_delta_min_saving.unwrap_or(0.0));
+        let threshold = s.threshold;
+        let min_saving = frame_delta::required_saving(enc, s.frame_delta_min_saving.unwrap_or(0.0));
         let kept = self
             .try_delta(&c.id, &plain, &sf, true, true)
             .and_then(|(base, d)| {

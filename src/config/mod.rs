@@ -107,13 +107,14 @@ pub struct ServeArgs {
     /// Skip similarity for files smaller than this many bytes [default: 0].
     #[arg(long, env = "STOWAGE_SIMILARITY_MIN_FILE_SIZE")]
     pub similarity_min_file_size: Option<u64>,
-    /// Frame deltas, off unless given: a zstd:chunked layer's frame (kept as its frames, see
-    /// `--zstd-frames`) may be stored as a delta of its plaintext against a similar stored
-    /// frame's, re-encoded on every pull, when it saves at least this many bytes per byte of
-    /// plaintext re-encoded (0: whenever the delta meets `--delta-threshold`). Smaller stores,
-    /// slower pulls: see the README's zstd:chunked table.
+    /// Frame deltas: a zstd:chunked layer's frame (kept as its frames, see `--zstd-frames`)
+    /// may be stored as a delta of its plaintext against a similar stored frame's, re-encoded
+    /// on every pull, when it saves at least this many bytes per byte of plaintext re-encoded
+    /// by an encoder of 100 MB/s (a slower encoder's must save proportionally more; 0:
+    /// whenever the delta meets `--delta-threshold`), or `off`. Smaller stores, slower pulls:
+    /// see the README's zstd:chunked table [default: 0.1].
     #[arg(long, env = "STOWAGE_FRAME_DELTA_MIN_SAVING")]
-    pub frame_delta_min_saving: Option<f64>,
+    pub frame_delta_min_saving: Option<FrameDeltaSaving>,
     /// Super-feature entries the in-memory feature index holds, about 30 bytes each; past it
     /// bases are searched among the most recently stored chunks only [default: 2000000].
     #[arg(long, env = "STOWAGE_SIMILARITY_INDEX_ENTRIES")]
@@ -313,6 +314,46 @@ impl<'de> Deserialize<'de> for HotBudget {
     }
 }
 
+/// `--frame-delta-min-saving`: off, or the least a frame delta saves per byte re-encoded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FrameDeltaSaving {
+    Off,
+    MinSaving(f64),
+}
+
+impl std::str::FromStr for FrameDeltaSaving {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(FrameDeltaSaving::Off);
+        }
+        match s.parse::<f64>() {
+            Ok(m) if (0.0..=1.0).contains(&m) => Ok(FrameDeltaSaving::MinSaving(m)),
+            _ => Err(format!(
+                "{s:?}: expected off or bytes saved per byte, from 0 to 1"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FrameDeltaSaving {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DedupMode {
@@ -361,7 +402,7 @@ struct FileConfig {
     similarity_candidates: Option<usize>,
     similarity_skip_compressed: Option<bool>,
     similarity_min_file_size: Option<u64>,
-    frame_delta_min_saving: Option<f64>,
+    frame_delta_min_saving: Option<FrameDeltaSaving>,
     similarity_index_entries: Option<usize>,
     zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
     zstd_segment_cores: Option<u64>,
@@ -555,10 +596,14 @@ impl Config {
                         .similarity_min_file_size
                         .or(file.similarity_min_file_size)
                         .unwrap_or(ds.min_file_size),
-                    frame_delta_min_saving: args
+                    frame_delta_min_saving: match args
                         .frame_delta_min_saving
                         .or(file.frame_delta_min_saving)
-                        .or(ds.frame_delta_min_saving),
+                    {
+                        Some(FrameDeltaSaving::Off) => None,
+                        Some(FrameDeltaSaving::MinSaving(m)) => Some(m),
+                        None => ds.frame_delta_min_saving,
+                    },
                 }
             },
             similarity_index_entries: args
@@ -719,6 +764,47 @@ mod tests {
             };
             assert_eq!(Config::resolve(&args).unwrap().zstd_segment_cores, want);
         }
+    }
+
+    #[test]
+    fn frame_deltas_on_by_default_off_or_a_saving_from_flag_and_file() {
+        use clap::Parser;
+        let min = |a: &ServeArgs| {
+            Config::resolve(a)
+                .unwrap()
+                .similarity
+                .frame_delta_min_saving
+        };
+        assert_eq!(
+            min(&ServeArgs::default()),
+            Some(stowage_actors::engine::frame_delta::DEFAULT_MIN_SAVING)
+        );
+        let (_dir, file) = with_file("frame_delta_min_saving = \"off\"\n");
+        assert_eq!(min(&file), None);
+        let (_dir2, file) = with_file("frame_delta_min_saving = 0.25\n");
+        assert_eq!(min(&file), Some(0.25));
+        let (_dir3, file) = with_file("frame_delta_min_saving = 0\n");
+        assert_eq!(min(&file), Some(0.0), "an integer in the file");
+        let flag = ServeArgs {
+            frame_delta_min_saving: Some("off".parse().unwrap()),
+            ..file
+        };
+        assert_eq!(min(&flag), None, "the flag over the file");
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            _args: ServeArgs,
+        }
+        for bad in ["1.5", "-0.1", "never"] {
+            let flag = format!("--frame-delta-min-saving={bad}");
+            let e = Cli::try_parse_from(["serve", flag.as_str()]);
+            assert!(e
+                .unwrap_err()
+                .to_string()
+                .contains("expected off or bytes saved"));
+        }
+        let (_dir4, file) = with_file("frame_delta_min_saving = 2\n");
+        assert!(Config::resolve(&file).is_err());
     }
 
     #[test]

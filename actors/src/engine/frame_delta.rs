@@ -9,9 +9,9 @@
 //! super-features of plaintext (kept apart from those of ordinary chunks by [`FRAME_SALT`]),
 //! and keeps the delta only when the frame's encoder re-creates the frame from the plaintext
 //! byte for byte. Reading it costs that re-encode, at the encoder's speed, on every pull of
-//! every layer that holds the frame: frame deltas are off unless the operator turns them on,
-//! and then kept only where they save enough per byte re-encoded
-//! ([`crate::pipeline::SimilarityConfig::frame_delta_min_saving`]).
+//! every layer that holds the frame: a frame delta is kept only where it saves enough per
+//! byte re-encoded ([`crate::pipeline::SimilarityConfig::frame_delta_min_saving`], scaled by
+//! the encoder's speed: [`required_saving`]).
 //!
 //! # Stored data (container encoding 3, [`ChunkEncoding::FrameDelta`]), little-endian
 //!
@@ -52,6 +52,29 @@ pub const MAX_FRAME_CHUNK: usize = 4 << 20;
 /// saved 0.07 bytes per byte re-encoded), and the features of each frame stored whole cost
 /// the feature index about 50 bytes.
 pub const MIN_FRAME: usize = 512;
+/// The least a frame delta saves by default, in bytes per byte of plaintext re-encoded at
+/// [`REFERENCE_RATE`]. Chosen on registry-bench's zstd:chunked datasets (README, *Frame
+/// deltas*): their stored bytes within 0.02 of the gzip dataset's, pulls at most 2x
+/// docker-registry's, at level 3 and at zstd:chunked's own level 10.
+pub const DEFAULT_MIN_SAVING: f64 = 0.1;
+/// Re-encoding speed (plaintext bytes per second, [`Encoding::nominal_restore_rate`]) at
+/// which a frame delta must save the configured bytes per byte; a slower encoder's must save
+/// proportionally more, so that each second a pull spends re-encoding saves as much.
+///
+/// [`Encoding::nominal_restore_rate`]: super::recompress::Encoding::nominal_restore_rate
+pub const REFERENCE_RATE: f64 = 100e6;
+
+/// The least a frame delta of a frame `enc` wrote must save, in bytes per byte of plaintext,
+/// under `min_saving` (at [`REFERENCE_RATE`]): no less than it for a faster encoder.
+pub fn required_saving(enc: ZstdEncoder, min_saving: f64) -> f64 {
+    let rate = super::recompress::Encoding::ZstdFrames {
+        encoder: enc,
+        parts: Vec::new(),
+    }
+    .nominal_restore_rate();
+    min_saving * (REFERENCE_RATE / rate).max(1.0)
+}
+
 /// Mixed into the super-features of a frame's plaintext, so that frames find frames and
 /// ordinary chunks ordinary chunks in the one feature index.
 pub const FRAME_SALT: u64 = 0x5a53_5444_4652_4d31;

@@ -139,7 +139,7 @@ impl Encoding {
             "zstd-kp-fastest" => 187.0,
             "zstd-kp-default" => 122.0,
             "zstd-kp-better" => 35.0,
-            "zstd-kp-best" => 9.0,
+            "zstd-kp-best" => 28.0,
             l if l.starts_with("gzip-pgzip-") => 250.0,
             // One stream of Go's or klauspost's flate, on one core.
             l if l.starts_with("gzip-go") || l.starts_with("gzip-kp-") => {

@@ -28,14 +28,18 @@ const PIECE: usize = 1 << 20;
 /// compressed frames, deduplicated frame by frame and pulled without re-encoding
 /// ([`Encoding::ZstdStoredFrames`]),
 /// or decompressed, deduplicated by content and re-encoded exactly on pull. The first stores
-/// a little more (an unchanged file's frame repeats, a changed file's frame is stored whole)
-/// and pulls at file-read speed; the second stores less and pulls at the encoder's speed.
+/// a little more (an unchanged file's frame repeats, a changed file's frame is stored whole
+/// unless it becomes a frame delta) and pulls at file-read speed; the second stores less and
+/// pulls at the encoder's speed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ZstdFrames {
     /// Store the frames when the stream's encoder re-encodes slower than
     /// [`STORE_FRAMES_BELOW`] (klauspost's `SpeedBetterCompression` and
-    /// `SpeedBestCompression`, zstd:chunked's level; libzstd above level 9) or is unknown.
+    /// `SpeedBestCompression`, zstd:chunked's level; libzstd above level 9) or is unknown;
+    /// and, when frame deltas are on for the layer, when its frames are files' frames (a
+    /// median frame of at most [`FILE_FRAMES_UP_TO`] bytes): a changed file's frame then
+    /// costs only a delta, and a pull re-encodes only the changed frames, not the layer.
     #[default]
     Auto,
     /// Always store the frames of a stream of two or more data frames.
@@ -47,6 +51,11 @@ pub enum ZstdFrames {
 /// Re-encoding speed (plaintext bytes per second, [`Encoding::nominal_restore_rate`]) below
 /// which [`ZstdFrames::Auto`] stores a many-framed layer's frames.
 pub const STORE_FRAMES_BELOW: f64 = 100e6;
+
+/// The median compressed data frame up to which a stream's frames are taken for files'
+/// (zstd:chunked writes one per file: a few hundred bytes in the median) rather than for
+/// pieces of one stream (pzstd's, megabytes each), under [`ZstdFrames::Auto`].
+pub const FILE_FRAMES_UP_TO: u64 = 64 << 10;
 
 impl std::str::FromStr for ZstdFrames {
     type Err = String;
@@ -71,28 +80,36 @@ pub struct StoredFrames {
 impl StoredFrames {
     /// Whether the zstd stream at `path` keeps its compressed frames under `policy`: it must
     /// have two data frames or more, and under [`ZstdFrames::Auto`] an encoder that re-encodes
-    /// slower than [`STORE_FRAMES_BELOW`] or that stowage does not know. `None` also for a
-    /// stream that is not a sequence of whole frames: the regular path says what is wrong.
-    pub fn plan(path: &Path, policy: ZstdFrames) -> io::Result<Option<StoredFrames>> {
+    /// slower than [`STORE_FRAMES_BELOW`] or that stowage does not know, or (when
+    /// `frame_deltas` are on for the layer) frames of files. `None` also for a stream that is
+    /// not a sequence of whole frames: the regular path says what is wrong.
+    pub fn plan(
+        path: &Path,
+        policy: ZstdFrames,
+        frame_deltas: bool,
+    ) -> io::Result<Option<StoredFrames>> {
         if policy == ZstdFrames::Reencode {
             return Ok(None);
         }
         let Ok(spans) = scan_frames(&mut File::open(path)?) else {
             return Ok(None);
         };
-        if spans.iter().filter(|s| s.data).count() < 2 {
+        let mut data: Vec<u64> = spans.iter().filter(|s| s.data).map(|s| s.len).collect();
+        if data.len() < 2 {
             return Ok(None);
         }
         let encoder = identify(path, &spans)?;
-        let store = match policy {
-            ZstdFrames::Store => true,
-            _ => encoder.is_none_or(|encoder| {
+        let store = match (policy, encoder) {
+            (ZstdFrames::Store, _) | (_, None) => true,
+            (_, Some(encoder)) => {
                 let enc = Encoding::ZstdFrames {
                     encoder,
                     parts: Vec::new(),
                 };
-                enc.nominal_restore_rate() < STORE_FRAMES_BELOW
-            }),
+                let slow = enc.nominal_restore_rate() < STORE_FRAMES_BELOW;
+                let mid = data.len() / 2;
+                slow || (frame_deltas && *data.select_nth_unstable(mid).1 <= FILE_FRAMES_UP_TO)
+            }
         };
         Ok(store.then_some(StoredFrames { spans, encoder }))
     }
@@ -284,7 +301,7 @@ mod tests {
             .flat_map(|w| odd(&tar[w[0]..w[1]]))
             .collect();
         let unknown = staged(dir.path(), "unknown", &unknown);
-        let plan = |p: &Path, policy| StoredFrames::plan(p, policy).unwrap();
+        let plan = |p: &Path, policy| StoredFrames::plan(p, policy, false).unwrap();
 
         let stored = plan(&slow, ZstdFrames::Auto).expect("SpeedBest frames are stored");
         assert_eq!(stored.encoder, Some(best));
@@ -309,12 +326,54 @@ mod tests {
     }
 
     #[test]
+    fn with_frame_deltas_a_fast_encoders_files_frames_are_stored_a_streams_pieces_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let z3 = ZstdEncoder::libzstd(3);
+        let (tar, starts) = tar_of(4);
+        let files = staged(dir.path(), "files", &frames(&z3, &tar, &starts));
+        // Three pieces of a stream of words in no order: about 150 KB a frame.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let words: Vec<u8> = (0..120_000)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("w{} ", x % 50_000).into_bytes()
+            })
+            .collect();
+        let third = words.len() / 3;
+        let pieces = staged(
+            dir.path(),
+            "pieces",
+            &frames(&z3, &words, &[0, third, 2 * third, words.len()]),
+        );
+        let plan = |p: &Path, fd| StoredFrames::plan(p, ZstdFrames::Auto, fd).unwrap();
+
+        let stored = plan(&files, true).expect("files' frames, frame deltas on");
+        assert_eq!(stored.encoder, Some(z3));
+        assert!(
+            plan(&files, false).is_none(),
+            "frame deltas off: re-encoded"
+        );
+        let spans = scan_frames(&mut File::open(&pieces).unwrap()).unwrap();
+        assert!(spans
+            .iter()
+            .filter(|s| s.data)
+            .all(|s| s.len > FILE_FRAMES_UP_TO));
+        assert_eq!(identify(&pieces, &spans).unwrap(), Some(z3));
+        assert!(
+            plan(&pieces, true).is_none(),
+            "a stream's pieces: re-encoded"
+        );
+    }
+
+    #[test]
     fn the_split_hands_on_every_byte_and_a_frame_per_file() {
         let dir = tempfile::tempdir().unwrap();
         let (tar, starts) = tar_of(5);
         let blob = frames(&ZstdEncoder::libzstd(3), &tar, &starts);
         let path = staged(dir.path(), "blob", &blob);
-        let plan = StoredFrames::plan(&path, ZstdFrames::Store)
+        let plan = StoredFrames::plan(&path, ZstdFrames::Store, false)
             .unwrap()
             .unwrap();
         let (mut sink, mut plain) = (Collect::default(), 0);
@@ -340,7 +399,7 @@ mod tests {
         let first = scan_frames(&mut &blob[..]).unwrap()[0].len as usize;
         bad[first - 1] ^= 0x55;
         let path = staged(dir.path(), "bad", &bad);
-        let plan = StoredFrames::plan(&path, ZstdFrames::Store)
+        let plan = StoredFrames::plan(&path, ZstdFrames::Store, false)
             .unwrap()
             .unwrap();
         let mut sink = Collect::default();
