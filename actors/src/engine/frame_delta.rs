@@ -299,6 +299,30 @@ mod tests {
     }
 
     #[test]
+    fn a_slower_encoders_frame_delta_must_save_more() {
+        let kp = |level| ZstdEncoder::Klauspost {
+            level,
+            version: Default::default(),
+        };
+        // At the reference speed or faster: the setting itself.
+        for enc in [kp(KpZstdLevel::Fastest), kp(KpZstdLevel::Default)] {
+            assert_eq!(required_saving(enc, 0.1), 0.1, "{enc:?}");
+        }
+        assert_eq!(required_saving(ZstdEncoder::libzstd(3), 0.1), 0.1);
+        // Slower: as much saved per second of re-encoding.
+        let better = required_saving(kp(KpZstdLevel::Better), 0.1);
+        let best = required_saving(kp(KpZstdLevel::Best), 0.1);
+        assert!(0.1 < better && better < best, "{better} {best}");
+        assert!((best - 0.1 * 100.0 / 28.0).abs() < 1e-9, "{best}");
+        assert!(required_saving(ZstdEncoder::libzstd(19), 0.1) > 0.1);
+        assert_eq!(
+            required_saving(kp(KpZstdLevel::Best), 0.0),
+            0.0,
+            "0: any delta"
+        );
+    }
+
+    #[test]
     fn a_changed_frame_is_rebuilt_from_its_bases_plaintext_byte_for_byte() {
         let mut coder = DeltaCoder::new(3);
         let old = text(3000, 1);
