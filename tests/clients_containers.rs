@@ -1168,7 +1168,8 @@ fn text_tree(dir: &Path, edits: usize) {
     }
 }
 
-/// Frame deltas (`--frame-delta-min-saving`) with skopeo's zstd:chunked: the second version's
+/// Frame deltas, with the defaults, with skopeo's zstd:chunked at level 3 (`SpeedDefault`
+/// frames, which `auto` keeps as frames because frame deltas are on): the second version's
 /// changed files' frames are stored as deltas of their plaintext against the first version's
 /// frames, both versions pull back bit for bit, and once the first version is deleted and
 /// collected, the frames the second's deltas are made against are kept: it still pulls, and
@@ -1177,17 +1178,7 @@ fn text_tree(dir: &Path, edits: usize) {
 fn zstd_chunked_frame_deltas_pull_exactly_and_keep_their_bases_through_gc() {
     let env = Env::new();
     let root = tempfile::tempdir().unwrap();
-    let mut s = Server::start_at(
-        root.path(),
-        &[
-            "--frame-delta-min-saving",
-            "0",
-            "--gc-interval",
-            "0",
-            "--gc-delay",
-            "0s",
-        ],
-    );
+    let mut s = Server::start_at(root.path(), &["--gc-interval", "0", "--gc-delay", "0s"]);
     let mut layers = Vec::new();
     for (tag, edits) in [("v1", 0), ("v2", 5)] {
         let tree = env.path(&format!("tree-{tag}"));
@@ -1203,6 +1194,8 @@ fn zstd_chunked_frame_deltas_pull_exactly_and_keep_their_bases_through_gc() {
             "--dest-tls-verify=false",
             "--dest-compress-format",
             "zstd:chunked",
+            "--dest-compress-level",
+            "3",
             &oci_src,
             &docker_ref(&s, &format!("zst/fd:{tag}")),
         ]));
