@@ -155,11 +155,13 @@ pub fn restore_tail_timed(
         s.spawn(move || {
             let mut session = ReadSession::new(CHUNK_CACHE_BYTES);
             let mut ahead = reader.prefetch_ahead(&order);
-            // Batches read whose frame deltas are still being rebuilt, oldest first.
+            // Batches read whose frame deltas are still being rebuilt, oldest first. A batch
+            // goes on as soon as it and those before it are done: without frame deltas at
+            // once, as if read one by one.
             let mut in_flight = std::collections::VecDeque::new();
             let mut i = 0;
             while i < order.len() || !in_flight.is_empty() {
-                if i < order.len() {
+                if i < order.len() && in_flight.len() < BATCHES_IN_FLIGHT {
                     ahead.reached(i);
                     let (mut end, mut bytes) = (i, 0);
                     while end < order.len() && bytes < HANDOFF_BYTES {
@@ -170,25 +172,31 @@ pub fn restore_tail_timed(
                     let started = reader.start_many(&ids, &mut session, Some(times));
                     in_flight.push_back((ids, started));
                     i = end;
-                    if in_flight.len() < BATCHES_IN_FLIGHT && i < order.len() {
-                        continue;
-                    }
                 }
-                let (ids, started) = in_flight.pop_front().expect("a batch in flight");
-                let r = started
-                    .and_then(|p| p.finish(&mut session, Some(times)))
-                    .and_then(|chunks| {
-                        let batch: Vec<(ChunkId, Bytes)> = ids.into_iter().zip(chunks).collect();
-                        if check_read {
-                            for (id, data) in &batch {
-                                check(*id, data)?;
+                while let Some((_, started)) = in_flight.front_mut() {
+                    let ready = started.as_mut().map_or(true, |p| p.ready());
+                    // With nothing more to read now, the oldest batch is waited for.
+                    let wait = i >= order.len() || in_flight.len() >= BATCHES_IN_FLIGHT;
+                    if !ready && !wait {
+                        break;
+                    }
+                    let (ids, started) = in_flight.pop_front().expect("a batch in flight");
+                    let r = started
+                        .and_then(|p| p.finish(&mut session, Some(times)))
+                        .and_then(|chunks| {
+                            let batch: Vec<(ChunkId, Bytes)> =
+                                ids.into_iter().zip(chunks).collect();
+                            if check_read {
+                                for (id, data) in &batch {
+                                    check(*id, data)?;
+                                }
                             }
-                        }
-                        Ok(batch)
-                    });
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    return;
+                            Ok(batch)
+                        });
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
                 }
             }
         });

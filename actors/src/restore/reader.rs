@@ -258,8 +258,10 @@ impl ChunkReader {
         }
         Ok(PendingBatch {
             out,
+            waiting: rebuilding.len(),
             rebuilding,
             rebuilt: rx,
+            failed: None,
         })
     }
 
@@ -327,9 +329,44 @@ pub struct PendingBatch {
     /// Position in the batch and id of each frame delta being rebuilt.
     rebuilding: Vec<(usize, ChunkId)>,
     rebuilt: std::sync::mpsc::Receiver<(usize, io::Result<Bytes>)>,
+    /// Rebuilds not yet taken in.
+    waiting: usize,
+    /// The first rebuild that failed.
+    failed: Option<io::Error>,
 }
 
 impl PendingBatch {
+    /// Whether every frame delta of the batch is rebuilt (taking in those that are), so that
+    /// [`PendingBatch::finish`] will not wait.
+    pub fn ready(&mut self) -> bool {
+        while self.waiting > 0 {
+            match self.rebuilt.try_recv() {
+                Ok(r) => self.take(r),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.lost(),
+            }
+        }
+        true
+    }
+
+    fn take(&mut self, (i, raw): (usize, io::Result<Bytes>)) {
+        self.waiting -= 1;
+        match raw {
+            Ok(raw) => self.out[i] = Some(raw),
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Every sender is gone with rebuilds not taken in (cannot happen: each rebuild sends).
+    fn lost(&mut self) {
+        self.waiting = 0;
+        self.failed.get_or_insert_with(|| {
+            io::Error::other("a frame delta's rebuild ended without a result")
+        });
+    }
+
     /// The batch's chunks in order, once its frame deltas are rebuilt (they go into
     /// `session`'s cache); the wait counts as decoding in `times`.
     pub fn finish(
@@ -337,21 +374,24 @@ impl PendingBatch {
         session: &mut ReadSession,
         times: Option<&StageTimes>,
     ) -> io::Result<Vec<Bytes>> {
-        if !self.rebuilding.is_empty() {
+        if self.waiting > 0 {
             let t = Instant::now();
-            for _ in 0..self.rebuilding.len() {
-                let (i, raw) = self.rebuilt.recv().map_err(|_| {
-                    io::Error::other("a frame delta's rebuild ended without a result")
-                })?;
-                self.out[i] = Some(raw?);
+            while self.waiting > 0 {
+                match self.rebuilt.recv() {
+                    Ok(r) => self.take(r),
+                    Err(_) => self.lost(),
+                }
             }
             if let Some(times) = times {
                 times.decode.fetch_add(elapsed_ns(t), Relaxed);
             }
-            for (i, id) in &self.rebuilding {
-                let raw = self.out[*i].clone().expect("rebuilt");
-                session.cache.put(*id, raw);
-            }
+        }
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        for (i, id) in &self.rebuilding {
+            let raw = self.out[*i].clone().expect("rebuilt");
+            session.cache.put(*id, raw);
         }
         Ok(self
             .out
