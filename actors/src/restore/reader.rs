@@ -176,7 +176,7 @@ impl ChunkReader {
         };
         let loc = |k: usize| locs[k].ok_or_else(|| not_indexed(&ids[missing[k]]));
         let (mut read_ns, mut decode_ns) = (elapsed_ns(t), 0);
-        // Frame deltas of the batch, rebuilt together at the end.
+        // Frame deltas of the batch: started on the rayon pool once the batch is read.
         let mut frames = Vec::new();
         let mut k = 0;
         while k < missing.len() {
