@@ -67,12 +67,7 @@ pub const REFERENCE_RATE: f64 = 100e6;
 /// The least a frame delta of a frame `enc` wrote must save, in bytes per byte of plaintext,
 /// under `min_saving` (at [`REFERENCE_RATE`]): no less than it for a faster encoder.
 pub fn required_saving(enc: ZstdEncoder, min_saving: f64) -> f64 {
-    let rate = super::recompress::Encoding::ZstdFrames {
-        encoder: enc,
-        parts: Vec::new(),
-    }
-    .nominal_restore_rate();
-    min_saving * (REFERENCE_RATE / rate).max(1.0)
+    min_saving * (REFERENCE_RATE / super::zstd_frames::reencode_rate(enc)).max(1.0)
 }
 
 /// Mixed into the super-features of a frame's plaintext, so that frames find frames and

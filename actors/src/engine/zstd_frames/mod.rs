@@ -76,7 +76,7 @@ pub use ingest::{segment_cores, ZstdDecoder};
 pub use pull::FramesEncoder;
 pub use scan::{scan_frames, FrameSpan};
 pub use segmented::{SegmentBudget, SegmentReading, SEGMENT_THREADS};
-pub use stored::{StoredFrames, ZstdFrames, STORE_FRAMES_BELOW};
+pub use stored::{reencode_rate, StoredFrames, ZstdFrames, STORE_FRAMES_BELOW};
 
 /// A zstd data frame's magic number.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];

@@ -70,6 +70,16 @@ impl std::str::FromStr for ZstdFrames {
     }
 }
 
+/// How fast frames `encoder` wrote are re-encoded on pull, in plaintext bytes per second
+/// ([`Encoding::nominal_restore_rate`]).
+pub fn reencode_rate(encoder: ZstdEncoder) -> f64 {
+    Encoding::ZstdFrames {
+        encoder,
+        parts: Vec::new(),
+    }
+    .nominal_restore_rate()
+}
+
 /// A stream whose frames are to be stored: its frames and (when known) its encoder.
 #[derive(Debug)]
 pub struct StoredFrames {
@@ -102,11 +112,7 @@ impl StoredFrames {
         let store = match (policy, encoder) {
             (ZstdFrames::Store, _) | (_, None) => true,
             (_, Some(encoder)) => {
-                let enc = Encoding::ZstdFrames {
-                    encoder,
-                    parts: Vec::new(),
-                };
-                let slow = enc.nominal_restore_rate() < STORE_FRAMES_BELOW;
+                let slow = reencode_rate(encoder) < STORE_FRAMES_BELOW;
                 let mid = data.len() / 2;
                 slow || (frame_deltas && *data.select_nth_unstable(mid).1 <= FILE_FRAMES_UP_TO)
             }
