@@ -684,12 +684,6 @@ impl Config {
             "delta_threshold must be in (0, 1] (got {})",
             cfg.similarity.threshold
         );
-        if let Some(m) = cfg.similarity.frame_delta_min_saving {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&m),
-                "frame_delta_min_saving must be in [0, 1] (got {m})"
-            );
-        }
         let c = cfg.chunk;
         anyhow::ensure!(
             (64..=1 << 20).contains(&c.min)
