@@ -262,17 +262,67 @@ pub(crate) trait Matcher: Send {
     fn reset(&mut self) {
         self.base().reset_base();
     }
+    /// Maps its match tables' pages now ([`populate`]), before it re-creates frames.
+    fn populate_tables(&mut self);
 }
 
-/// A match table of `n` empty entries, every page of it written now. A table of fresh
-/// (calloc'd) pages maps the shared zero page on its first reads; the first write to each
-/// page then faults and flushes the TLB of every core the process runs on. Scattered over
-/// `SpeedBestCompression`'s 34 MiB, those faults were a third of a frame-delta pull.
-pub(crate) fn match_table<T: Copy + Default>(n: usize) -> Vec<T> {
-    // Hidden from the optimiser, the allocation cannot become a calloc.
-    let mut t: Vec<T> = std::hint::black_box(Vec::with_capacity(n));
-    t.resize(n, T::default());
-    t
+/// Match-table entries whose all-zero bytes are the empty entry (`Default`).
+///
+/// # Safety
+/// An implementor's `T::default()` must be all zero bytes, with no padding that matters.
+pub(crate) unsafe trait ZeroIsEmpty: Copy + Default {}
+
+// SAFETY: two integers each, zero by default.
+unsafe impl ZeroIsEmpty for TableEntry {}
+// SAFETY: as above.
+unsafe impl ZeroIsEmpty for PrevEntry {}
+
+/// A match table of `n` empty entries, from zeroed (calloc'd) memory: a page costs memory
+/// only once used. Most encoders see small frames only (ingest tries each level on a frame's
+/// start, and gives most of them up within a block), and `SpeedBestCompression`'s tables
+/// are 34 MiB. An encoder about to re-create frames populates its tables first
+/// ([`populate`]).
+pub(crate) fn match_table<T: ZeroIsEmpty>(n: usize) -> Vec<T> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return vec![T::default(); n];
+    }
+    let layout = std::alloc::Layout::array::<T>(n).expect("a match table fits in memory");
+    // SAFETY: the layout is not empty; zeroed memory is `n` valid empty entries
+    // (`ZeroIsEmpty`); the allocation is the global allocator's with `Vec`'s layout for a
+    // capacity of `n`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
+    }
+}
+
+/// Maps every page of table `t` writable now, its entries unchanged, in one call
+/// (`MADV_POPULATE_WRITE`, Linux 5.14). Left lazy, a fresh page is mapped on its first read
+/// to the shared zero page, and its first write then faults again and flushes the TLB of
+/// every core the process runs on: scattered over `SpeedBestCompression`'s 34 MiB, those
+/// faults were a third of a frame-delta pull. A hint: where the kernel refuses it, pages stay
+/// lazy and the bytes written are the same.
+pub(crate) fn populate<T>(t: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let start = t.as_mut_ptr() as usize;
+        let first = start.next_multiple_of(page);
+        let end = (start + std::mem::size_of_val(t)) / page * page;
+        if end > first {
+            // SAFETY: the pages lie inside `t`, which we borrow mutably; populating them
+            // for writing changes no byte.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, MADV_POPULATE_WRITE) };
+        }
+    }
 }
 
 /// Asks the cache for `t[i]`, an entry a later step will look up. A hint only: what the
@@ -318,5 +368,27 @@ pub(crate) fn shift_prev_table(t: &mut [PrevEntry], cur: i32, min_off: i32, max_
             offset: v,
             prev: v2,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_starts_empty_and_populating_it_changes_no_entry() {
+        let mut t: Vec<PrevEntry> = match_table(1 << 16);
+        assert_eq!(t.len(), 1 << 16);
+        assert!(t.iter().all(|e| e.offset == 0 && e.prev == 0));
+        for (i, e) in t.iter_mut().enumerate().step_by(999) {
+            e.offset = i as i32 + 1;
+            e.prev = -(i as i32);
+        }
+        let before: Vec<(i32, i32)> = t.iter().map(|e| (e.offset, e.prev)).collect();
+        populate(&mut t);
+        populate(&mut t[3..60001]);
+        assert!(t.iter().map(|e| (e.offset, e.prev)).eq(before));
+        let empty: Vec<TableEntry> = match_table(0);
+        assert!(empty.is_empty());
     }
 }

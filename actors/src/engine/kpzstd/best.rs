@@ -11,8 +11,8 @@
 //! ([`BestFastEncoder::encode_v1_16_4`]).
 
 use super::base::{
-    hash4, hash8, load32, load64, match_table, matchlen, prefetch, shift_prev_table, FastBase,
-    Matcher, PrevEntry, Rebase, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash4, hash8, load32, load64, match_table, matchlen, populate, prefetch, shift_prev_table,
+    FastBase, Matcher, PrevEntry, Rebase, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::{ml_code, of_code, Seq};
 use super::fse::predefined;
@@ -148,6 +148,11 @@ impl Matcher for BestFastEncoder {
 
     fn base_ref(&self) -> &FastBase {
         &self.base
+    }
+
+    fn populate_tables(&mut self) {
+        populate(&mut self.table);
+        populate(&mut self.long_table);
     }
 
     fn encode(&mut self, block: &[u8]) {

@@ -4,8 +4,8 @@
 //! lazy checks at s+1 and a search from the end of the match).
 
 use super::base::{
-    hash5, hash8, load32, load64, match_table, matchlen, shift_prev_table, FastBase, Matcher,
-    PrevEntry, Rebase, TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash5, hash8, load32, load64, match_table, matchlen, populate, shift_prev_table, FastBase,
+    Matcher, PrevEntry, Rebase, TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -61,6 +61,11 @@ impl Matcher for BetterFastEncoder {
 
     fn base_ref(&self) -> &FastBase {
         &self.base
+    }
+
+    fn populate_tables(&mut self) {
+        populate(&mut self.table);
+        populate(&mut self.long_table);
     }
 
     fn encode(&mut self, block: &[u8]) {

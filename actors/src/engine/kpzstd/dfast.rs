@@ -3,8 +3,8 @@
 //! table hashing 8 bytes and the short table hashing 5).
 
 use super::base::{
-    hash5, hash8, load32, load64, match_table, matchlen, FastBase, Matcher, Rebase, TableEntry,
-    MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash5, hash8, load32, load64, match_table, matchlen, populate, FastBase, Matcher, Rebase,
+    TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -47,6 +47,11 @@ impl Matcher for DoubleFastEncoder {
 
     fn base_ref(&self) -> &FastBase {
         &self.base
+    }
+
+    fn populate_tables(&mut self) {
+        populate(&mut self.table);
+        populate(&mut self.long_table);
     }
 
     fn encode(&mut self, block: &[u8]) {

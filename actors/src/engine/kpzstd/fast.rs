@@ -3,8 +3,8 @@
 //! hashes, checking two positions per step).
 
 use super::base::{
-    hash6, load32, load64, match_table, matchlen, matchlen_words, FastBase, Matcher, Rebase,
-    TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
+    hash6, load32, load64, match_table, matchlen, matchlen_words, populate, FastBase, Matcher,
+    Rebase, TableEntry, MAX_MATCH_LENGTH, ZSTD_MIN_MATCH,
 };
 use super::block::Seq;
 
@@ -57,6 +57,10 @@ impl Matcher for FastEncoder {
 
     fn base_ref(&self) -> &FastBase {
         &self.base
+    }
+
+    fn populate_tables(&mut self) {
+        populate(&mut self.table);
     }
 
     fn encode(&mut self, block: &[u8]) {

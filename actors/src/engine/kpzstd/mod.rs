@@ -666,6 +666,8 @@ pub struct KpStreamEncoder {
     full_frame_written: bool,
     /// 1.17.11 on: `s.err = ErrEncoderClosed` after a successful `Close`.
     closed: bool,
+    /// Whether its match tables' pages were mapped at once ([`KpStreamEncoder::populate`]).
+    populated: bool,
 }
 
 impl KpStreamEncoder {
@@ -696,9 +698,24 @@ impl KpStreamEncoder {
             eof_written: false,
             full_frame_written: false,
             closed: false,
+            populated: false,
         };
         e.reset(None);
         Ok(e)
+    }
+
+    /// Maps all the pages of its match tables now (`base::populate`), once: for an encoder
+    /// about to re-create frames, which would touch nearly all of them, each faulting twice.
+    /// Until then they are mapped as used, so an encoder that only tries frames' beginnings
+    /// (ingest) costs only the pages it touched. The bytes written do not change.
+    pub fn populate(&mut self) {
+        if !self.populated {
+            self.enc.populate_tables();
+            if let Some(single) = &mut self.single {
+                single.populate_tables();
+            }
+            self.populated = true;
+        }
     }
 
     /// The level it encodes at.
@@ -895,8 +912,14 @@ impl KpStreamEncoder {
         let enc = if version >= KpVersion::V1_17_10 {
             &mut self.enc
         } else {
-            self.single
-                .get_or_insert_with(|| new_matcher(level, version, window))
+            let populated = self.populated;
+            self.single.get_or_insert_with(|| {
+                let mut m = new_matcher(level, version, window);
+                if populated {
+                    m.populate_tables();
+                }
+                m
+            })
         };
         let ws = enc.base_ref().window_size(src.len() as i64);
         append_frame_header(out, src.len() as u64, ws as u32, single, self.crc);
@@ -936,6 +959,7 @@ impl KpStreamEncoder {
 /// If [`KpStreamEncoder::new`] refuses the options.
 pub fn encode_stream(opts: &KpOptions, data: &[u8]) -> Vec<u8> {
     let mut e = KpStreamEncoder::new(opts).expect("kpzstd options");
+    e.populate();
     let mut out = Vec::with_capacity(data.len() / 2 + 64);
     e.write(data, &mut out);
     e.close(&mut out);

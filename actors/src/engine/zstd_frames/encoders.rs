@@ -253,8 +253,20 @@ enum Writer {
 }
 
 impl FrameWriter {
-    /// A writer of a frame of `raw_len` bytes (used only if the header carries it).
+    /// A writer of a frame of `raw_len` bytes (used only if the header carries it), to
+    /// re-create it: a klauspost encoder's match tables are mapped at once
+    /// ([`KpStreamEncoder::populate`]).
     pub fn new(enc: &ZstdEncoder, raw_len: u64, shape: FrameShape) -> FrameWriter {
+        FrameWriter::make(enc, raw_len, shape, true)
+    }
+
+    /// The same, to try whether `enc` wrote a frame: most tries stop within the first block,
+    /// so a klauspost encoder's tables (34 MiB at `SpeedBestCompression`) stay mapped as used.
+    fn trial(enc: &ZstdEncoder, raw_len: u64, shape: FrameShape) -> FrameWriter {
+        FrameWriter::make(enc, raw_len, shape, false)
+    }
+
+    fn make(enc: &ZstdEncoder, raw_len: u64, shape: FrameShape, populate: bool) -> FrameWriter {
         let flags = shape.flags;
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
         let inner = match *enc {
@@ -290,6 +302,9 @@ impl FrameWriter {
                 let (opts, mut k) = kp_pool::take(kp_options(level, version, crc));
                 // Reset, or ResetContentSize: a streamed frame that declares its size.
                 k.reset(content_size.then_some(raw_len));
+                if populate {
+                    k.populate();
+                }
                 Writer::Klauspost(opts, k)
             }
         };
@@ -473,7 +488,7 @@ pub(super) fn frame_matches(
         cuts.into_iter()
             .flat_map(|cut| tries.iter().map(move |&flags| FrameShape { flags, cut }))
             .find(|&shape| {
-                let mut w = FrameWriter::new(enc, probe.raw.len() as u64, shape);
+                let mut w = FrameWriter::trial(enc, probe.raw.len() as u64, shape);
                 let mut out = Vec::with_capacity(probe.comp.len() + 64);
                 if !writes_alike(&mut w, &probe.raw, &probe.comp, &mut out) {
                     w.abandon();
@@ -491,7 +506,7 @@ pub(super) fn frame_matches(
         let raw = &probe.raw[..probe.raw.len().min(if mt { MT_PROBE } else { usize::MAX })];
         cuts.into_iter().find_map(|cut| {
             let shape = FrameShape { flags, cut };
-            let mut w = FrameWriter::new(enc, size, shape);
+            let mut w = FrameWriter::trial(enc, size, shape);
             let mut out = Vec::new();
             if !writes_alike(&mut w, raw, &probe.comp, &mut out) {
                 return None;
