@@ -9,12 +9,13 @@
 //! (`decided_s`) instead. `--plain OUT` also
 //! writes the last layer's plaintext to OUT (benches/encoder-table times the original encoder
 //! on it). `--segment-cores N` plans long zstd frames' segments for N cores instead of this
-//! machine's default (all cores but one; see `segment_cores`). `--repeat N` times the
+//! machine's default (`SegmentCores::Auto`). `--repeat N` times the
 //! re-encode N times and reports the median (this machine is noisy; also what a profiler
 //! of the re-encoder wants).
 use std::time::Instant;
 
-use stowage_actors::engine::recompress::{Compression, LayerDecoder, Reencoder};
+use stowage_actors::engine::recompress::{Compression, Encoding, LayerDecoder, Reencoder};
+use stowage_actors::engine::zstd_frames::SegmentCores;
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,7 +46,7 @@ fn main() {
         // As ingest does: the blob's length lets a long zstd frame be planned in segments.
         d.set_stream_len(gz.len() as u64);
         if let Some(n) = cores {
-            d.set_segment_cores(n);
+            d.set_segments(SegmentCores::Fixed(n));
         }
         let mut raw = Vec::new();
         let mut failed = None;
@@ -101,8 +102,18 @@ fn main() {
                         break;
                     }
                 }
+                // Segments planned for the frames (a long klauspost frame's).
+                let segments: usize = match &enc {
+                    Encoding::ZstdFrames { parts, .. } => parts
+                        .iter()
+                        .map(|p| p.splits().len())
+                        .filter(|&n| n > 0)
+                        .map(|n| n + 1)
+                        .sum(),
+                    _ => 0,
+                };
                 serde_json::json!({
-                    "layer": path, "encoding": enc.label(), "exact": out == gz,
+                    "layer": path, "encoding": enc.label(), "exact": out == gz, "segments": segments,
                     "plain": raw.len(), "compressed": gz.len(),
                     "ingest_mbps": mb / ingest, "restore_mbps": mb / restore,
                 })

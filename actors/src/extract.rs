@@ -175,7 +175,7 @@ impl Extract {
         if let Ok(m) = f.metadata() {
             decoder.set_stream_len(m.len());
         }
-        decoder.set_segment_cores(self.cfg.zstd_segment_cores);
+        decoder.set_segments(self.cfg.zstd_segment_cores);
         let mut split = TarSplitter::new(inline_below);
         let mut failure = None;
         while n > 0 {

@@ -75,9 +75,8 @@ pub struct PipelineConfig {
     pub hot: Option<Arc<crate::cache::LayerCache>>,
     /// Which zstd layers of many frames keep their compressed frames.
     pub zstd_frames: ZstdFrames,
-    /// Cores a long klauspost zstd frame's segments are planned for (1: none; see
-    /// [`segment_cores`](crate::engine::zstd_frames::segment_cores) for the default).
-    pub zstd_segment_cores: u64,
+    /// Cores a long klauspost zstd frame's segments are planned for.
+    pub zstd_segment_cores: crate::engine::zstd_frames::SegmentCores,
 }
 
 /// Near-duplicate detection and its selective policies.

@@ -138,7 +138,7 @@ fn config(containers: &Path) -> PipelineConfig {
         similarity: Default::default(),
         hot: None,
         zstd_frames: Default::default(),
-        zstd_segment_cores: 1,
+        zstd_segment_cores: stowage_actors::engine::zstd_frames::SegmentCores::Fixed(1),
     }
 }
 
@@ -692,7 +692,7 @@ fn a_long_klauspost_layer_is_deduplicated_with_segments_and_restores_exactly() {
     e.write(&tar, &mut blob);
     e.close(&mut blob);
     let (_dir, containers, cat, staged) = deduplicate_one(&blob, |containers| PipelineConfig {
-        zstd_segment_cores: 2,
+        zstd_segment_cores: stowage_actors::engine::zstd_frames::SegmentCores::Fixed(2),
         ..config(containers)
     });
     let recipe = cat.recipes.lock().unwrap()[&staged.0].0.clone();

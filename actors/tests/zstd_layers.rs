@@ -347,7 +347,7 @@ fn a_long_multithreaded_libzstd_frame_is_handed_on_from_single_threaded() {
 /// such a frame is re-encoded whole.)
 #[test]
 fn long_klauspost_frames_in_segments() {
-    use stowage_actors::engine::zstd_frames::{FramesEncoder, ZstdDecoder, ZstdPart};
+    use stowage_actors::engine::zstd_frames::{FramesEncoder, SegmentCores, ZstdDecoder, ZstdPart};
     let Some(bin) = zstdwrite() else { return };
     let input = files_under(
         &["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl"],
@@ -359,7 +359,7 @@ fn long_klauspost_frames_in_segments() {
         let z = go(bin, level, None, &input);
         let mut d = ZstdDecoder::default();
         d.set_stream_len(z.len() as u64);
-        d.set_segment_cores(2);
+        d.set_segments(SegmentCores::Fixed(2));
         let mut raw = Vec::new();
         for piece in z.chunks(100_003) {
             d.feed(piece, &mut |b| raw.extend_from_slice(b)).unwrap();
@@ -387,4 +387,51 @@ fn long_klauspost_frames_in_segments() {
         }
     }
     assert!(!split.is_empty(), "no segments planned at either level");
+}
+
+/// `SpeedBestCompression` re-encodes at 20-30 MB/s a core, nearly all of its pull, so by
+/// default (`SegmentCores::Auto`) its long frames are planned for every core, where a faster
+/// level's get all but one (none on two cores). A frame of real files as klauspost 1.17.11
+/// writes it (an 8 MiB window; the port writes Go's bytes, `tests/kpzstd.rs`), ingested with
+/// the defaults: segments on a machine of two cores or more, none on one, and the frame
+/// re-encoded exactly either way.
+#[test]
+fn a_long_best_frame_is_planned_for_every_core_by_default() {
+    use stowage_actors::engine::kpzstd::{encode_stream, KpLevel, KpOptions, KpVersion};
+    use stowage_actors::engine::zstd_frames::{FramesEncoder, ZstdDecoder, ZstdPart};
+    let input = files_under(
+        &["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl"],
+        64 << 20,
+    );
+    assert!(input.len() >= 60 << 20, "too few files for the corpus");
+    let z = encode_stream(
+        &KpOptions {
+            level: KpLevel::Best,
+            version: KpVersion::V1_17_11,
+            ..KpOptions::default()
+        },
+        &input,
+    );
+    let mut d = ZstdDecoder::default();
+    d.set_stream_len(z.len() as u64);
+    let mut raw = Vec::new();
+    for piece in z.chunks(100_003) {
+        d.feed(piece, &mut |b| raw.extend_from_slice(b)).unwrap();
+    }
+    let (enc, parts, _) = d.finish().unwrap();
+    assert!(raw == input);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        assert!(matches!(&parts[..], [ZstdPart::Split(_)]), "{parts:?}");
+        assert!(!parts[0].splits().is_empty());
+    } else {
+        assert!(matches!(&parts[..], [ZstdPart::Frame(..)]), "{parts:?}");
+    }
+    let mut e = FramesEncoder::new(enc, parts);
+    let mut out = Vec::new();
+    for piece in raw.chunks(1 << 20) {
+        e.push(piece, &mut out);
+    }
+    e.finish(&mut out);
+    assert!(out == z, "re-encoded frame differs");
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
+use stowage_actors::engine::zstd_frames::SegmentCores;
 
 mod retention;
 mod storage;
@@ -128,9 +129,11 @@ pub struct ServeArgs {
     /// Cores a pull may re-encode one long klauspost zstd frame (a `zstd` layer from skopeo,
     /// podman, buildah, BuildKit) on, in segments planned at ingest, and the segment threads
     /// all pulls together may run (a frame gets all its segments' threads or is re-encoded
-    /// whole); 1 (or 0): never. Each segment after the first re-encodes one window (4-8 MiB)
+    /// whole); 1 (or 0): never. Each segment after the first re-encodes one window (4-32 MiB)
     /// more, and a pull holds up to the layer's plaintext while the segments catch up
-    /// [default: all cores but one, at most 8].
+    /// [default: all cores (at most 8) for a `SpeedBestCompression` frame, whose re-encode is
+    /// nearly all of its pull; all but one for a faster level's, the restore keeping one
+    /// busy].
     #[arg(long, env = "STOWAGE_ZSTD_SEGMENT_CORES")]
     pub zstd_segment_cores: Option<u64>,
     /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
@@ -452,7 +455,7 @@ pub struct Config {
     pub similarity: stowage_actors::pipeline::SimilarityConfig,
     pub similarity_index_entries: usize,
     pub zstd_frames: stowage_actors::pipeline::ZstdFrames,
-    pub zstd_segment_cores: u64,
+    pub zstd_segment_cores: stowage_actors::engine::zstd_frames::SegmentCores,
     pub repo_policies: Vec<RepoPolicy>,
     /// Zero: no background collection.
     pub gc_interval: Duration,
@@ -492,7 +495,7 @@ impl Default for Config {
             similarity: Default::default(),
             similarity_index_entries: 2_000_000,
             zstd_frames: Default::default(),
-            zstd_segment_cores: stowage_actors::engine::zstd_frames::segment_cores(),
+            zstd_segment_cores: SegmentCores::Auto,
             repo_policies: Vec::new(),
             gc_interval: Duration::from_secs(3600),
             gc_delay: Duration::from_secs(3600),
@@ -617,8 +620,7 @@ impl Config {
             zstd_segment_cores: args
                 .zstd_segment_cores
                 .or(file.zstd_segment_cores)
-                .unwrap_or(d.zstd_segment_cores)
-                .clamp(1, 8),
+                .map_or(d.zstd_segment_cores, |n| SegmentCores::Fixed(n.clamp(1, 8))),
             repo_policies: if args.repo_policy.is_empty() {
                 file.repo_policy
             } else {
@@ -744,19 +746,22 @@ mod tests {
     #[test]
     fn zstd_segment_cores_from_flag_and_file() {
         let d = Config::resolve(&ServeArgs::default()).unwrap();
-        assert_eq!(
-            d.zstd_segment_cores,
-            stowage_actors::engine::zstd_frames::segment_cores()
-        );
+        assert_eq!(d.zstd_segment_cores, SegmentCores::Auto);
         let (_dir, file) = with_file("zstd_segment_cores = 4\n");
-        assert_eq!(Config::resolve(&file).unwrap().zstd_segment_cores, 4);
+        assert_eq!(
+            Config::resolve(&file).unwrap().zstd_segment_cores,
+            SegmentCores::Fixed(4)
+        );
         for (flag, want) in [(2, 2), (0, 1), (64, 8)] {
             let args = ServeArgs {
                 config: file.config.clone(),
                 zstd_segment_cores: Some(flag),
                 ..Default::default()
             };
-            assert_eq!(Config::resolve(&args).unwrap().zstd_segment_cores, want);
+            assert_eq!(
+                Config::resolve(&args).unwrap().zstd_segment_cores,
+                SegmentCores::Fixed(want)
+            );
         }
     }
 

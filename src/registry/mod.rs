@@ -396,7 +396,7 @@ impl Registry {
                 .transpose()?;
             // Segment threads beside the restore threads, across all pulls.
             stowage_actors::engine::zstd_frames::SEGMENT_THREADS
-                .set_limit(cfg.zstd_segment_cores.max(1));
+                .set_limit(cfg.zstd_segment_cores.most());
             let (r, rs) = Restore::start(cfg.restore_threads, catalog, containers.clone());
             (p, Some(r), rs)
         } else {

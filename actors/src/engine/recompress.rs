@@ -420,11 +420,11 @@ impl LayerDecoder {
         }
     }
 
-    /// Plan a long zstd frame's segments for `n` cores (default:
-    /// [`segment_cores`](super::zstd_frames::segment_cores)).
-    pub fn set_segment_cores(&mut self, n: u64) {
+    /// Plan a long zstd frame's segments as `cores` says (default:
+    /// [`SegmentCores::Auto`](super::zstd_frames::SegmentCores::Auto)).
+    pub fn set_segments(&mut self, cores: super::zstd_frames::SegmentCores) {
         if let LayerDecoder::Zstd(z) = self {
-            z.set_segment_cores(n);
+            z.set_segments(cores);
         }
     }
 

@@ -3,7 +3,7 @@
 
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
-use super::encoders::{candidates, frame_matches, ZstdEncoder};
+use super::encoders::{candidates, frame_matches, KpZstdLevel, ZstdEncoder};
 use super::header::{parse_header, FrameHeader};
 use super::splits::SplitFinder;
 use super::{
@@ -122,13 +122,56 @@ enum St {
 /// that the chosen encoder must write every frame.
 pub(super) const WEIGH_FRAMES: usize = 64;
 
-/// Cores a pull of this machine can give a long frame's segments: all but one, which the
-/// restore itself keeps busy (reading containers, decompressing chunks, hashing and sending
-/// the response). Measured
-/// on 2 cores (README, *Benchmark*): a pull restoring 77 MB already kept 1.3 cores busy, and
-/// two segments made it use 1.6 without finishing sooner, so there a frame gets none.
-pub fn segment_cores() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() as u64 - 1).clamp(1, 8))
+/// Cores a pull may re-encode one long klauspost frame on, in segments planned at ingest; the
+/// same number bounds the segment threads of all pulls together ([`SEGMENT_THREADS`]).
+///
+/// [`SEGMENT_THREADS`]: super::SEGMENT_THREADS
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegmentCores {
+    /// This machine's cores (at most 8) for a `SpeedBestCompression` frame: its re-encode
+    /// (about 20-30 MB/s a core) is nearly all of its pull, and on 2 cores two segments
+    /// pulled a 77 MB layer in 2.9 s instead of 4.3. All but one for a faster level's frame:
+    /// the restore keeps one core busy reading containers, decompressing chunks, hashing and
+    /// sending. Measured on 2 cores (README, *Benchmark*): a `SpeedDefault` pull of 77 MB kept
+    /// 1.3 cores busy, and two segments made it use 1.6 without finishing sooner; a
+    /// `SpeedBetterCompression` one (8 MiB window) took 1.04 s instead of 1.08.
+    #[default]
+    Auto,
+    /// This many for every frame (1: never in segments).
+    Fixed(u64),
+}
+
+impl SegmentCores {
+    fn cores() -> u64 {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() as u64).clamp(1, 8))
+    }
+
+    /// Segments to plan for a frame `encoder` wrote (below 2: none).
+    pub fn for_encoder(self, encoder: &ZstdEncoder) -> u64 {
+        match self {
+            SegmentCores::Fixed(n) => n,
+            SegmentCores::Auto
+                if matches!(
+                    encoder,
+                    ZstdEncoder::Klauspost {
+                        level: KpZstdLevel::Best,
+                        ..
+                    }
+                ) =>
+            {
+                Self::cores()
+            }
+            SegmentCores::Auto => (Self::cores() - 1).max(1),
+        }
+    }
+
+    /// The most segments any frame is planned (and segment threads run at once).
+    pub fn most(self) -> u64 {
+        match self {
+            SegmentCores::Fixed(n) => n.max(1),
+            SegmentCores::Auto => Self::cores(),
+        }
+    }
 }
 
 /// Streaming decompressor of a zstd layer that records how to re-create it.
@@ -148,8 +191,8 @@ pub struct ZstdDecoder {
     /// The whole stream's compressed length, when known: how long a frame without a content
     /// size may be, to plan its segments.
     stream_len: Option<u64>,
-    /// Cores a pull may re-encode a long frame's segments on ([`segment_cores`]).
-    parallel: u64,
+    /// Cores a pull may re-encode a long frame's segments on.
+    parallel: SegmentCores,
 }
 
 impl Default for ZstdDecoder {
@@ -165,7 +208,7 @@ impl Default for ZstdDecoder {
             outbuf: vec![0; 256 * 1024],
             failed: None,
             stream_len: None,
-            parallel: segment_cores(),
+            parallel: SegmentCores::Auto,
         }
     }
 }
@@ -176,9 +219,9 @@ impl ZstdDecoder {
         self.stream_len = Some(len);
     }
 
-    /// Plan segments for this many cores (default: [`segment_cores`]; 1 for none).
-    pub fn set_segment_cores(&mut self, n: u64) {
-        self.parallel = n;
+    /// Plan segments as `cores` says (default: [`SegmentCores::Auto`]).
+    pub fn set_segments(&mut self, cores: SegmentCores) {
+        self.parallel = cores;
     }
 
     pub fn feed(&mut self, input: &[u8], out: &mut dyn FnMut(&[u8])) -> Result<(), NotExact> {
@@ -238,7 +281,7 @@ impl ZstdDecoder {
                     let before = head.len() - take;
                     let head = std::mem::take(head);
                     let probe = FrameProbe {
-                        finder: (self.parallel >= 2).then(|| SplitFinder::new(h.len as u64)),
+                        finder: (self.parallel.most() >= 2).then(|| SplitFinder::new(h.len as u64)),
                         ..FrameProbe::default()
                     };
                     self.st = St::Data(h, Box::new(probe));
@@ -270,7 +313,13 @@ impl ZstdDecoder {
                             p.raw = Vec::new();
                             p.comp = Vec::new();
                             if let Some(f) = &mut p.finder {
-                                f.start(enc, shape, h.content_size, comp_left, self.parallel);
+                                f.start(
+                                    enc,
+                                    shape,
+                                    h.content_size,
+                                    comp_left,
+                                    self.parallel.for_encoder(enc),
+                                );
                             }
                         }
                     }

@@ -72,7 +72,7 @@ use serde::{Deserialize, Serialize};
 
 pub use encoders::{encode_frame, FrameWriter, KpZstdLevel, ZstdEncoder};
 pub use header::{parse_header, FrameHeader};
-pub use ingest::{segment_cores, ZstdDecoder};
+pub use ingest::{SegmentCores, ZstdDecoder};
 pub use pull::FramesEncoder;
 pub use scan::{scan_frames, FrameSpan};
 pub use segmented::{SegmentBudget, SegmentReading, SEGMENT_THREADS};

@@ -642,7 +642,7 @@ const FASTEST: ZstdEncoder = ZstdEncoder::Klauspost {
 fn ingest_split(stream: &[u8], raw: &[u8], parallel: u64) -> (ZstdEncoder, Vec<ZstdPart>) {
     let mut d = ZstdDecoder::default();
     d.set_stream_len(stream.len() as u64);
-    d.set_segment_cores(parallel);
+    d.set_segments(SegmentCores::Fixed(parallel));
     let mut got = Vec::new();
     for piece in stream.chunks(100_003) {
         d.feed(piece, &mut |b| got.extend_from_slice(b)).unwrap();
@@ -781,7 +781,7 @@ fn the_frame_re_encoded_whole_is_the_first_alternative() {
     let enc = FASTEST;
     let stream = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
     let mut z = Box::<ZstdDecoder>::default();
-    z.set_segment_cores(2);
+    z.set_segments(SegmentCores::Fixed(2));
     let mut d = LayerDecoder::Zstd(z);
     d.set_stream_len(stream.len() as u64);
     for piece in stream.chunks(1 << 20) {
@@ -847,4 +847,35 @@ fn segments_take_threads_from_the_budget_or_the_frame_goes_whole() {
         "proving: in segments"
     );
     assert_eq!(one.reading().whole, 1, "{:?}", one.reading());
+}
+
+/// By default a `SpeedBestCompression` frame is planned for every core, a faster level's for
+/// all but one; a fixed number holds for every encoder.
+#[test]
+fn auto_segments_give_a_slow_encoders_frame_every_core() {
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() as u64)
+        .clamp(1, 8);
+    let kp = |level| ZstdEncoder::Klauspost {
+        level,
+        version: KpVersion::V1_15_12,
+    };
+    let auto = SegmentCores::Auto;
+    assert_eq!(auto.for_encoder(&kp(KpZstdLevel::Best)), cores);
+    assert_eq!(
+        auto.for_encoder(&kp(KpZstdLevel::Better)),
+        (cores - 1).max(1)
+    );
+    assert_eq!(
+        auto.for_encoder(&kp(KpZstdLevel::Default)),
+        (cores - 1).max(1)
+    );
+    assert_eq!(auto.for_encoder(&FASTEST), (cores - 1).max(1));
+    assert_eq!(auto.most(), cores);
+    assert_eq!(
+        SegmentCores::Fixed(3).for_encoder(&kp(KpZstdLevel::Best)),
+        3
+    );
+    assert_eq!(SegmentCores::Fixed(3).for_encoder(&FASTEST), 3);
+    assert_eq!(SegmentCores::Fixed(0).most(), 1);
 }
