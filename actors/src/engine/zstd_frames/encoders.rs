@@ -387,16 +387,23 @@ impl FrameWriter {
 /// clear. Go's own writer reuses one encoder across frames (`Reset`): entries left from an
 /// earlier frame are more than a window behind and never match, so the bytes are a new
 /// encoder's. Not per thread: each restore runs on a thread of its own, and an encoder kept
-/// there would die with it, so each pull would allocate its tables anew.
+/// there would die with it, so each pull would allocate its tables anew. An encoder idle for
+/// [`kp_pool::IDLE_FOR`] is dropped (a thread looks every half of that), so the memory a
+/// burst of pulls took goes back once they are over.
 mod kp_pool {
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::{Mutex, Once, OnceLock};
+    use std::time::{Duration, Instant};
 
     use super::KpStreamEncoder;
     use crate::engine::kpzstd::KpOptions;
 
-    type Idle = Vec<(KpOptions, Box<KpStreamEncoder>)>;
+    /// Idle encoders, the least recently put first, and when each was put.
+    type Idle = Vec<(KpOptions, Box<KpStreamEncoder>, Instant)>;
 
     static POOL: Mutex<Idle> = Mutex::new(Vec::new());
+
+    /// How long an idle encoder is kept.
+    pub(super) const IDLE_FOR: Duration = Duration::from_secs(60);
 
     /// At most this many idle encoders: one per core that may be re-encoding, and a few
     /// more for the kinds of encoder in use (34 MiB each at `SpeedBestCompression`).
@@ -415,7 +422,7 @@ mod kp_pool {
         let pooled = {
             let mut p = idle();
             p.iter()
-                .rposition(|(o, _)| *o == opts)
+                .rposition(|(o, _, _)| *o == opts)
                 .map(|i| p.remove(i).1)
         };
         let k = pooled.unwrap_or_else(|| {
@@ -428,11 +435,70 @@ mod kp_pool {
         let dropped = {
             let mut p = idle();
             let dropped = (p.len() >= keep()).then(|| p.remove(0));
-            p.push((opts, k));
+            p.push((opts, k, Instant::now()));
             dropped
         };
         // Freed outside the lock.
         drop(dropped);
+        static TRIMMER: Once = Once::new();
+        TRIMMER.call_once(|| {
+            let spawned = std::thread::Builder::new()
+                .name("kp-pool-trim".into())
+                .spawn(|| loop {
+                    std::thread::sleep(IDLE_FOR / 2);
+                    let old = expired(&mut idle(), Instant::now());
+                    drop(old);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "idle klauspost encoders will not be dropped");
+            }
+        });
+    }
+
+    /// Takes out of `pool` the encoders idle for [`IDLE_FOR`] at `now` (to be freed outside
+    /// the lock).
+    pub(super) fn expired(pool: &mut Idle, now: Instant) -> Idle {
+        let (old, kept) = std::mem::take(pool)
+            .into_iter()
+            .partition(|(_, _, put)| now.saturating_duration_since(*put) >= IDLE_FOR);
+        *pool = kept;
+        old
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::engine::kpzstd::KpLevel;
+
+        #[test]
+        fn encoders_idle_for_a_while_are_dropped_the_others_kept_in_order() {
+            let opts = |level| KpOptions {
+                level,
+                ..KpOptions::default()
+            };
+            let t0 = Instant::now();
+            let mut pool: Idle = [KpLevel::Fastest, KpLevel::Default, KpLevel::Fastest]
+                .into_iter()
+                .zip([
+                    Duration::ZERO,
+                    Duration::from_secs(10),
+                    Duration::from_secs(50),
+                ])
+                .map(|(l, at)| {
+                    let k = Box::new(KpStreamEncoder::new(&opts(l)).unwrap());
+                    (opts(l), k, t0 + at)
+                })
+                .collect();
+            assert!(expired(&mut pool, t0 + Duration::from_secs(59)).is_empty());
+            let old = expired(&mut pool, t0 + IDLE_FOR + Duration::from_secs(10));
+            assert_eq!(old.len(), 2);
+            assert_eq!(pool.len(), 1);
+            assert!(
+                pool[0].0 == opts(KpLevel::Fastest) && pool[0].2 == t0 + Duration::from_secs(50)
+            );
+            assert_eq!(expired(&mut pool, t0 + Duration::from_secs(200)).len(), 1);
+            assert!(pool.is_empty());
+        }
     }
 }
 
