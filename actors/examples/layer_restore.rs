@@ -3,7 +3,8 @@
 //! `layer_restore [--plain OUT] LAYER...` inflates each layer while identifying its encoder
 //! (as ingest does), then times the exact re-encoding from the plaintext (as a pull does) and
 //! prints one JSON line per layer: encoding label (or the reason it stays raw), plaintext and
-//! compressed bytes, ingest and restore MB/s (of the first encoding, or of the alternative
+//! compressed bytes, segments planned for long zstd frames, ingest and restore MB/s (of the
+//! first encoding, or of the alternative
 //! ingest found alike that re-creates the layer, as verification picks). A raw layer's line
 //! has the plaintext read before ingest gave up (`plain_read`) and the seconds that took
 //! (`decided_s`) instead. `--plain OUT` also
