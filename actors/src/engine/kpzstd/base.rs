@@ -308,7 +308,6 @@ pub(crate) fn match_table<T: ZeroIsEmpty>(n: usize) -> Vec<T> {
 pub(crate) fn populate<T>(t: &mut [T]) {
     #[cfg(target_os = "linux")]
     {
-        const MADV_POPULATE_WRITE: libc::c_int = 23;
         // SAFETY: sysconf has no preconditions.
         let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
             p if p > 0 => p as usize,
@@ -320,7 +319,13 @@ pub(crate) fn populate<T>(t: &mut [T]) {
         if end > first {
             // SAFETY: the pages lie inside `t`, which we borrow mutably; populating them
             // for writing changes no byte.
-            unsafe { libc::madvise(first as *mut libc::c_void, end - first, MADV_POPULATE_WRITE) };
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    end - first,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
         }
     }
 }
