@@ -347,7 +347,7 @@ fn a_long_multithreaded_libzstd_frame_is_handed_on_from_single_threaded() {
 /// such a frame is re-encoded whole.)
 #[test]
 fn long_klauspost_frames_in_segments() {
-    use stowage_actors::engine::zstd_frames::{FramesEncoder, SegmentCores, ZstdDecoder, ZstdPart};
+    use stowage_actors::engine::zstd_frames::{SegmentCores, ZstdDecoder, ZstdPart};
     let Some(bin) = zstdwrite() else { return };
     let input = files_under(
         &["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl"],
@@ -377,13 +377,10 @@ fn long_klauspost_frames_in_segments() {
         }
         let unsplit: Vec<ZstdPart> = parts.iter().map(ZstdPart::unsplit).collect();
         for parts in [parts, unsplit] {
-            let mut e = FramesEncoder::new(enc, parts);
-            let mut out = Vec::new();
-            for piece in raw.chunks(1 << 20) {
-                e.push(piece, &mut out);
-            }
-            e.finish(&mut out);
-            assert!(out == z, "{level}: re-encoded frame differs");
+            assert!(
+                pulled(enc, parts, &raw) == z,
+                "{level}: re-encoded frame differs"
+            );
         }
     }
     assert!(!split.is_empty(), "no segments planned at either level");
@@ -398,7 +395,7 @@ fn long_klauspost_frames_in_segments() {
 #[test]
 fn a_long_best_frame_is_planned_for_every_core_by_default() {
     use stowage_actors::engine::kpzstd::{encode_stream, KpLevel, KpOptions, KpVersion};
-    use stowage_actors::engine::zstd_frames::{FramesEncoder, ZstdDecoder, ZstdPart};
+    use stowage_actors::engine::zstd_frames::{ZstdDecoder, ZstdPart};
     let input = files_under(
         &["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/perl"],
         64 << 20,
@@ -427,11 +424,21 @@ fn a_long_best_frame_is_planned_for_every_core_by_default() {
     } else {
         assert!(matches!(&parts[..], [ZstdPart::Frame(..)]), "{parts:?}");
     }
-    let mut e = FramesEncoder::new(enc, parts);
+    assert!(pulled(enc, parts, &raw) == z, "re-encoded frame differs");
+}
+
+/// The frames `enc` writes from `raw` as `parts` describe them, fed a MiB at a time as a pull
+/// gathers the plaintext (segments, if planned, on threads of their own).
+fn pulled(
+    enc: stowage_actors::engine::zstd_frames::ZstdEncoder,
+    parts: Vec<stowage_actors::engine::zstd_frames::ZstdPart>,
+    raw: &[u8],
+) -> Vec<u8> {
+    let mut e = stowage_actors::engine::zstd_frames::FramesEncoder::new(enc, parts);
     let mut out = Vec::new();
     for piece in raw.chunks(1 << 20) {
         e.push(piece, &mut out);
     }
     e.finish(&mut out);
-    assert!(out == z, "re-encoded frame differs");
+    out
 }
