@@ -226,7 +226,8 @@ fn zstd_cli(args: &[&str], raw: &[u8]) -> Option<Vec<u8>> {
 /// Layers written by the `zstd` CLI, whose libzstd is seldom the one stowage links (Debian
 /// 12's is 1.5.4, stowage's 1.5.7). At -1 and -13 releases 1.5.4-1.5.6 write 1.5.7's bytes with
 /// whole 128 KiB blocks; at -3 (the default) their match finder is ported
-/// (`zstd_frames/dfast_writer.rs`). Every layer is deduplicated and pulls back exact, from a
+/// (`zstd_frames/dfast_writer.rs`), at -19 1.5.4-1.5.5's optimal parser (`zstd_frames/opt.rs`;
+/// 1.5.6 writes 1.5.7's bytes with whole blocks there). Every layer is deduplicated and pulls back exact, from a
 /// pipe, from a file (its size in the header) and over several multi-threaded jobs (8 MiB at
 /// -3); a layer of a level no release is reproduced at is kept as pushed, with a reason naming
 /// the releases tried. fsck is clean.
@@ -266,6 +267,7 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
         .collect();
     layers.push((3, zstd_cli(&["-3"], &big).unwrap()));
     layers.push((4, zstd_cli(&["-4", "FILE"], &big).unwrap()));
+    layers.push((19, zstd_cli(&["-19"], &raw).unwrap()));
     // No release before 1.5.7 is reproduced at -7 (1.5.5 changed the lazy match finders).
     layers.push((7, zstd_cli(&["-7"], &raw).unwrap()));
     let digests: Vec<String> = layers
@@ -277,7 +279,13 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     let fixed = if newest { "" } else { "-fixed" };
     // A frame of less than one multi-threaded job may be written as single-threaded.
     let count = |label: String| st["layers"]["encodings"][label].as_u64().unwrap_or(0);
-    for (level, n) in [(1, 1), (13, 1), (3, 2), (4, 1)] {
+    let parser_1_5_5 = ["v1.5.4", "v1.5.5"].iter().any(|v| version.contains(v));
+    for (level, n) in [(1, 1), (13, 1), (3, 2), (4, 1), (19, 1)] {
+        let fixed = if level == 19 && parser_1_5_5 {
+            "-1.5.5"
+        } else {
+            fixed
+        };
         let found =
             count(format!("zstd-{level}-mt{fixed}")) + count(format!("zstd-{level}{fixed}"));
         assert_eq!(found, n, "zstd -{level}: {st}");

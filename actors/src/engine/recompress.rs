@@ -785,6 +785,7 @@ mod tests {
                     long,
                     mt,
                     fixed_blocks: false,
+                    parser_1_5_5: false,
                 },
                 parts: Vec::new(),
             }

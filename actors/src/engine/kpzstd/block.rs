@@ -698,7 +698,7 @@ const ML_CODE_TABLE: [u8; 128] = {
 
 /// `llCode`.
 #[inline(always)]
-fn ll_code(lit_length: u32) -> u8 {
+pub(crate) fn ll_code(lit_length: u32) -> u8 {
     if lit_length <= 63 {
         return LL_CODE_TABLE[(lit_length & 63) as usize];
     }

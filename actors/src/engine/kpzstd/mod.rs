@@ -151,6 +151,9 @@ mod huff0;
 
 use base::{Matcher, Rebase};
 use block::{encode_raw_to, BlockError, BlockRules};
+/// The zstd format's length codes and their extra bits, for libzstd's parser (`zstd_frames`).
+pub(crate) use block::{ll_code, ml_code};
+pub(crate) use fse::{LL_BITS_TABLE, ML_BITS_TABLE};
 
 /// `maxCompressedBlockSize`: the largest block (128 KiB).
 pub(crate) const MAX_COMPRESSED_BLOCK_SIZE: usize = 128 << 10;

@@ -62,7 +62,7 @@ pub(super) struct Dfast {
 }
 
 #[inline(always)]
-fn read32(b: &[u8], i: usize) -> u32 {
+pub(super) fn read32(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(b[i..i + 4].try_into().unwrap())
 }
 
@@ -73,7 +73,7 @@ fn read64(b: &[u8], i: usize) -> u64 {
 
 /// `ZSTD_hashPtr` for `mls` bytes (4 for anything but 5-8).
 #[inline(always)]
-fn hash(b: &[u8], i: usize, bits: u32, mls: u32) -> usize {
+pub(super) fn hash(b: &[u8], i: usize, bits: u32, mls: u32) -> usize {
     match mls {
         5 => ((read64(b, i) << 24).wrapping_mul(889523592379) >> (64 - bits)) as usize,
         6 => ((read64(b, i) << 16).wrapping_mul(227718039650203) >> (64 - bits)) as usize,
@@ -85,7 +85,7 @@ fn hash(b: &[u8], i: usize, bits: u32, mls: u32) -> usize {
 
 /// `ZSTD_count`: how many bytes at `a` equal those at `b`, not reading past `limit`.
 #[inline(always)]
-fn count(buf: &[u8], mut a: usize, mut b: usize, limit: usize) -> usize {
+pub(super) fn count(buf: &[u8], mut a: usize, mut b: usize, limit: usize) -> usize {
     let start = a;
     while a + 8 <= limit {
         let diff = read64(buf, a) ^ read64(buf, b);

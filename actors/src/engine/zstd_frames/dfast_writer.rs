@@ -1,5 +1,6 @@
-//! Frames of libzstd 1.5.4-1.5.6 at levels 3-4 (Debian 12's `zstd` default is 3): the match
-//! finder of those releases in Rust (`dfast.rs`), libzstd 1.5.7's entropy stage through its
+//! Frames of libzstd 1.5.4-1.5.6 at levels 3-4 (Debian 12's `zstd` default is 3) and of
+//! 1.5.4-1.5.5 at levels 16-19 (`zstd -19`): the match finder of those releases in Rust
+//! (`dfast.rs`; the optimal parser, `opt.rs`), libzstd 1.5.7's entropy stage through its
 //! external sequence producer (`ZSTD_registerSequenceProducer`), which writes a block from
 //! given sequences exactly as from its own match finder's. Those releases' entropy stage,
 //! block cutting (whole 128 KiB blocks) and frame header are 1.5.7's with its pre-splitter
@@ -15,7 +16,8 @@
 //! on its own core, as libzstd's workers do): the input is cut into jobs of
 //! `2^max(20, windowLog + 2)` bytes; each later job starts a fresh match finder, its repeat
 //! offsets invalid, on a prefix of the previous job's last `2^(windowLog - 3)` bytes
-//! (`ZSTDMT_computeOverlapSize` for `dfast`), and a fresh entropy state; its blocks follow the
+//! (`ZSTDMT_computeOverlapSize` for `dfast`; `2^(windowLog - 1)` for `btopt` and `btultra`,
+//! the whole window for `btultra2`), and a fresh entropy state; its blocks follow the
 //! previous job's without a header; the frame's checksum covers all of it. A job that fills
 //! ends there, so a stream without its size that ends on a job's edge (the CLI reading a
 //! pipe) ends with an empty last block; with the size in the header (the CLI reading a file)
@@ -26,10 +28,12 @@
 //! start when full, so that beyond the first fill the window is two segments and the older
 //! one is searched by the "extDict" match finder ([`InBuffer`]). (A frame written in one call
 //! from a caller's whole buffer, `ZSTD_compress2`, never splits its window; such frames are not
-//! tried.)
+//! tried.) The optimal parser's port searches one segment only: its single-threaded frames
+//! are written within one window, where the buffer is never refilled ([`writes_opt`]).
 //!
 //! libzstd keeps a block's repeat offsets only if it writes the block compressed: after a
-//! block stored raw or as a run of one byte the match finder restarts from the ones before.
+//! block stored raw or as a run of one byte the match finder restarts from the ones before
+//! (and after a block cut in partitions, from a decoder's: `reps.rs`).
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -40,6 +44,8 @@ use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter}
 use super::dfast::{Dfast, DfastParams, Seq, START};
 use super::header::parse_header;
 use super::libzstd::{check, compress_stream};
+use super::opt::{opt_params, Opt, OptParams, OptStrategy};
+use super::reps::reps_after;
 
 const BLOCK: usize = 128 << 10;
 /// When a single-threaded frame's bytes below the window are dropped, and its indices moved
@@ -81,6 +87,93 @@ pub(super) fn dfast_params(level: i32, content_size: Option<u64>) -> Option<Dfas
 /// of these facts: levels 3-4, without `--long`, where the strategy at its size is `dfast`.
 pub(super) fn writes(level: i32, long: bool, content_size: Option<u64>) -> bool {
     (3..=4).contains(&level) && !long && dfast_params(level, content_size).is_some()
+}
+
+/// Whether this writer writes a frame of libzstd 1.5.4-1.5.5 at `level` (see `opt.rs`):
+/// without `--long`, where the strategy at its size is an optimal parser's, multi-threaded
+/// (the CLI's default) or, single-threaded, a frame within one window (beyond, libzstd's
+/// input buffer splits the window in two, which the port does not search).
+pub(super) fn writes_opt(level: i32, long: bool, mt: bool, content_size: Option<u64>) -> bool {
+    !long
+        && opt_params(level, content_size)
+            .is_some_and(|p| mt || content_size.is_some_and(|n| n <= 1u64 << p.window_log))
+}
+
+/// The match finder a frame's jobs use, and its parameters.
+#[derive(Clone, Copy)]
+enum FinderParams {
+    Dfast(DfastParams),
+    Opt(OptParams),
+}
+
+impl FinderParams {
+    fn window_log(&self) -> u32 {
+        match self {
+            FinderParams::Dfast(p) => p.window_log,
+            FinderParams::Opt(p) => p.window_log,
+        }
+    }
+
+    /// `ZSTDMT_computeOverlapSize`'s log: how much of the previous job a job starts on (the
+    /// strategy's default overlap log, 6 for `dfast`, 8 for `btopt` and `btultra`, 9 for
+    /// `btultra2`: a window less 9 minus it).
+    fn overlap_log(&self) -> u32 {
+        let overlap = match self {
+            FinderParams::Dfast(_) => 6,
+            FinderParams::Opt(p) if p.strategy == OptStrategy::Btultra2 => 9,
+            FinderParams::Opt(_) => 8,
+        };
+        self.window_log() - (9 - overlap)
+    }
+}
+
+/// A job's match finder.
+enum Finder {
+    Dfast(Dfast),
+    Opt(Box<Opt>),
+}
+
+impl Finder {
+    fn new(p: FinderParams, first: bool) -> Finder {
+        match p {
+            FinderParams::Dfast(p) => {
+                Finder::Dfast(Dfast::new(p, if first { [1, 4] } else { [0, 0] }))
+            }
+            FinderParams::Opt(p) => Finder::Opt(Box::new(Opt::new(
+                p,
+                if first { [1, 4, 8] } else { [0, 0, 0] },
+            ))),
+        }
+    }
+
+    fn load_prefix(&mut self, prefix: &[u8]) {
+        match self {
+            Finder::Dfast(d) => d.load_prefix(prefix, prefix.len()),
+            Finder::Opt(o) => o.load_prefix(prefix, prefix.len()),
+        }
+    }
+
+    /// The repeat offsets the next block starts from (`dfast` tracks two).
+    fn rep(&self) -> [u32; 3] {
+        match self {
+            Finder::Dfast(d) => [d.rep[0], d.rep[1], 0],
+            Finder::Opt(o) => o.rep,
+        }
+    }
+
+    fn set_rep(&mut self, rep: [u32; 3]) {
+        match self {
+            Finder::Dfast(d) => d.rep = [rep[0], rep[1]],
+            Finder::Opt(o) => o.rep = rep,
+        }
+    }
+
+    fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
+        match self {
+            Finder::Dfast(d) => d.block(buf, start, end, seqs),
+            Finder::Opt(o) => o.block(buf, start, end, seqs),
+        }
+    }
 }
 
 /// The sequences of the block being written, for the producer callback.
@@ -198,7 +291,7 @@ struct JobWriter {
     first: bool,
     /// libzstd has begun the job's frame (its header is out).
     session_started: bool,
-    dfast: Dfast,
+    finder: Finder,
     cctx: NonNull<sys::ZSTD_CCtx>,
     pending: NonNull<Pending>,
     seqs: Vec<Seq>,
@@ -223,7 +316,7 @@ impl Drop for JobWriter {
 /// What every job of a frame shares.
 #[derive(Clone, Copy)]
 struct FrameParams {
-    params: DfastParams,
+    params: FinderParams,
     level: i32,
     checksum: bool,
     content_size: Option<u64>,
@@ -240,15 +333,15 @@ impl JobWriter {
             seqs: Vec::new(),
             len: usize::MAX,
         })));
-        let mut dfast = Dfast::new(f.params, if first { [1, 4] } else { [0, 0] });
-        dfast.load_prefix(prefix, prefix.len());
+        let mut finder = Finder::new(f.params, first);
+        finder.load_prefix(prefix);
         let w = JobWriter {
             buf: prefix.to_vec(),
             prefix_len: prefix.len(),
             done: prefix.len(),
             first,
             session_started: false,
-            dfast,
+            finder,
             cctx,
             pending,
             seqs: Vec::new(),
@@ -319,17 +412,20 @@ impl JobWriter {
     /// Writes the next `len` bytes of the job as a block (the frame's last if `last`).
     fn block(&mut self, len: usize, last: bool, out: &mut Vec<u8>) {
         let (start, end) = (self.done, self.done + len);
-        let rep_before = self.dfast.rep;
+        let rep_before = self.finder.rep();
         self.seqs.clear();
         // SAFETY: not borrowed elsewhere while no libzstd call runs.
         let pending = unsafe { self.pending.as_mut() };
         pending.seqs.clear();
         if let Some(b) = self.in_buffer.as_mut() {
-            let index = start as u32 + self.dfast.base;
-            b.before_block(&mut self.dfast, index, len);
+            let Finder::Dfast(d) = &mut self.finder else {
+                unreachable!("only dfast frames are written through libzstd's input buffer")
+            };
+            let index = start as u32 + d.base;
+            b.before_block(d, index, len);
         }
         if len >= MIN_BLOCK_SEARCHED {
-            let last_literals = self.dfast.block(&self.buf, start, end, &mut self.seqs);
+            let last_literals = self.finder.block(&self.buf, start, end, &mut self.seqs);
             pending
                 .seqs
                 .extend(self.seqs.iter().map(|s| sys::ZSTD_Sequence {
@@ -366,23 +462,22 @@ impl JobWriter {
             }
             self.session_started = true;
         }
-        // Block type: 0 raw, 1 one byte repeated, 2 compressed.
-        if written.len() > from && (written[from] >> 1) & 3 != 2 {
-            self.dfast.rep = rep_before;
-        }
+        let rep = reps_after(rep_before, &self.seqs, &written[from..])
+            .expect("libzstd writes whole blocks");
+        self.finder.set_rep(rep);
         out.extend_from_slice(&written[from..]);
         self.done = end;
-        if let Some(b) = self.in_buffer.as_mut() {
+        if let (Some(b), Finder::Dfast(d)) = (self.in_buffer.as_mut(), &mut self.finder) {
             b.after_block(len);
             // What is below the window is never read again.
-            let below = (self.dfast.low_limit - self.dfast.base) as usize;
+            let below = (d.low_limit - d.base) as usize;
             if below >= b.limits.trim {
                 self.buf.drain(..below);
-                self.dfast.base += below as u32;
+                d.base += below as u32;
                 self.done -= below;
-                if self.dfast.base > b.limits.reduce_at {
-                    let delta = self.dfast.low_limit - START;
-                    self.dfast.reduce();
+                if d.base > b.limits.reduce_at {
+                    let delta = d.low_limit - START;
+                    d.reduce();
                     b.seg_start = b.seg_start.wrapping_sub(delta);
                     b.old_seg_start = b.old_seg_start.wrapping_sub(delta);
                 }
@@ -419,19 +514,28 @@ pub(super) struct DfastWriter {
 }
 
 impl DfastWriter {
-    /// A writer of a frame at `level` (see [`writes`]), multi-threaded jobs written on
-    /// up to `workers` cores.
+    /// A writer of a frame at `level` (see [`writes`]; with `parser_1_5_5`, of 1.5.4-1.5.5's
+    /// optimal parser, see [`writes_opt`]), multi-threaded jobs written on up to `workers`
+    /// cores.
     pub fn new(
         level: i32,
+        parser_1_5_5: bool,
         mt: bool,
         checksum: bool,
         content_size: Option<u64>,
         workers: usize,
     ) -> DfastWriter {
-        Self::with_limits(level, mt, checksum, content_size, workers, LIMITS)
+        let params = if parser_1_5_5 {
+            opt_params(level, content_size).map(FinderParams::Opt)
+        } else {
+            dfast_params(level, content_size).map(FinderParams::Dfast)
+        };
+        let params = params.expect("a level of the ported match finders, checked at ingest");
+        Self::with_limits(params, level, mt, checksum, content_size, workers, LIMITS)
     }
 
     fn with_limits(
+        params: FinderParams,
         level: i32,
         mt: bool,
         checksum: bool,
@@ -439,7 +543,6 @@ impl DfastWriter {
         workers: usize,
         limits: Limits,
     ) -> DfastWriter {
-        let params = dfast_params(level, content_size).expect("a dfast level, checked at ingest");
         let f = FrameParams {
             params,
             level,
@@ -447,13 +550,13 @@ impl DfastWriter {
             content_size,
         };
         let (job_size, prefix_size) = if mt {
-            let job_log = (params.window_log + 2).clamp(20, 30);
-            (1usize << job_log, 1usize << (params.window_log - 3))
+            let job_log = (params.window_log() + 2).clamp(20, 30);
+            (1usize << job_log, 1usize << params.overlap_log())
         } else {
             (usize::MAX, 0)
         };
-        let in_buffer = (!mt).then(|| {
-            let window = 1usize << params.window_log;
+        let in_buffer = (!mt && matches!(params, FinderParams::Dfast(_))).then(|| {
+            let window = 1usize << params.window_log();
             let size = content_size.map_or(window, |n| (n.max(1) as usize).min(window));
             InBuffer::new(size, limits)
         });
@@ -593,7 +696,8 @@ mod tests {
             raw.extend(std::iter::repeat_n(i as u8, 20_000));
         }
         let write = |limits| {
-            let mut w = DfastWriter::with_limits(3, false, true, None, 1, limits);
+            let p = FinderParams::Dfast(dfast_params(3, None).unwrap());
+            let mut w = DfastWriter::with_limits(p, 3, false, true, None, 1, limits);
             let mut out = Vec::new();
             for piece in raw.chunks(777_777) {
                 w.write(piece, &mut out);

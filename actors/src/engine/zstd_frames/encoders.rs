@@ -36,6 +36,10 @@ pub enum ZstdEncoder {
         mt: bool,
         #[serde(default, skip_serializing_if = "is_false")]
         fixed_blocks: bool,
+        /// With `fixed_blocks`, at levels 16-22: the optimal parser of 1.5.4-1.5.5, which
+        /// 1.5.6 rewrote (`zstd_frames/opt.rs`), so their bytes (Debian 12's `zstd -19`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        parser_1_5_5: bool,
     },
     /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
     /// tools leave at their defaults (see [`crate::engine::kpzstd`]).
@@ -92,11 +96,12 @@ impl ZstdEncoder {
             long: false,
             mt: false,
             fixed_blocks: false,
+            parser_1_5_5: false,
         }
     }
 
     /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, `zstd-3-mt`,
-    /// `zstd-1-mt-fixed`, ...
+    /// `zstd-1-mt-fixed`, `zstd-19-mt-1.5.5`, ...
     pub fn label(&self) -> String {
         match self {
             ZstdEncoder::Libzstd {
@@ -104,11 +109,18 @@ impl ZstdEncoder {
                 long,
                 mt,
                 fixed_blocks,
+                parser_1_5_5,
             } => format!(
                 "zstd-{level}{}{}{}",
                 if *long { "-long" } else { "" },
                 if *mt { "-mt" } else { "" },
-                if *fixed_blocks { "-fixed" } else { "" }
+                if *parser_1_5_5 {
+                    "-1.5.5"
+                } else if *fixed_blocks {
+                    "-fixed"
+                } else {
+                    ""
+                }
             ),
             ZstdEncoder::Klauspost { level, .. } => {
                 format!("zstd-kp-{}", level.kp().name())
@@ -166,27 +178,44 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     // costs a block or two at its level); at each, without `--long` first, single-threaded
     // first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the releases before
     // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
-    // through the port of theirs, where it applies (`dfast_writer.rs`).
+    // through the port of theirs, where it applies (`dfast_writer.rs`); last, at levels
+    // 16-19, 1.5.4-1.5.5 through the port of their optimal parser (`opt.rs`).
     let libzstd = std::iter::once(3)
         .chain((1..=19).filter(|&l| l != 3))
         .flat_map(|level| {
             longs.iter().flat_map(move |&long| {
-                [false, true].into_iter().flat_map(move |fixed_blocks| {
-                    [false, true].map(move |mt| (level, long, fixed_blocks, mt))
-                })
+                [(false, false), (true, false), (true, true)]
+                    .into_iter()
+                    .flat_map(move |(fixed_blocks, parser_1_5_5)| {
+                        [false, true].map(move |mt| ZstdEncoder::Libzstd {
+                            level,
+                            long,
+                            mt,
+                            fixed_blocks,
+                            parser_1_5_5,
+                        })
+                    })
             })
         })
-        .filter(|&(level, long, fixed_blocks, _)| {
+        .filter(|enc| {
+            let &ZstdEncoder::Libzstd {
+                level,
+                long,
+                mt,
+                fixed_blocks,
+                parser_1_5_5,
+            } = enc
+            else {
+                unreachable!()
+            };
             level_fits(level, long)
-                && (!fixed_blocks
-                    || !(3..=4).contains(&level)
-                    || dfast_writer::writes(level, long, h.content_size))
-        })
-        .map(|(level, long, fixed_blocks, mt)| ZstdEncoder::Libzstd {
-            level,
-            long,
-            mt,
-            fixed_blocks,
+                && if parser_1_5_5 {
+                    dfast_writer::writes_opt(level, long, mt, h.content_size)
+                } else {
+                    !fixed_blocks
+                        || !(3..=4).contains(&level)
+                        || dfast_writer::writes(level, long, h.content_size)
+                }
         });
     klauspost.chain(libzstd).collect()
 }
@@ -275,9 +304,13 @@ impl FrameWriter {
                 long,
                 mt,
                 fixed_blocks: true,
-            } if dfast_writer::writes(level, long, content_size.then_some(raw_len)) => {
+                parser_1_5_5,
+            } if parser_1_5_5
+                || dfast_writer::writes(level, long, content_size.then_some(raw_len)) =>
+            {
                 Writer::Dfast(Box::new(DfastWriter::new(
                     level,
+                    parser_1_5_5,
                     mt,
                     flags & FLAG_CHECKSUM != 0,
                     content_size.then_some(raw_len),
@@ -289,6 +322,7 @@ impl FrameWriter {
                 long,
                 mt,
                 fixed_blocks,
+                ..
             } => Writer::Libzstd(Box::new(LibzstdWriter::new(&LibzstdParams {
                 level,
                 long_window_log: long.then_some(LONG_WINDOW_LOG),

@@ -13,8 +13,9 @@
 //! Each data frame is decoded with libzstd while its first
 //! [`PROBE`](crate::engine::recompress::PROBE) bytes (plain and compressed) are kept. The
 //! first frame's encoder is found by trying candidates (klauspost's levels, then libzstd's,
-//! then earlier libzstd releases' fixed blocks: `encoders.rs`, `libzstd.rs`, and their levels
-//! 3-4 through a port of their match finder: `dfast.rs`, `dfast_writer.rs`) on that probe;
+//! then earlier libzstd releases' fixed blocks: `encoders.rs`, `libzstd.rs`, their levels
+//! 3-4 through a port of their match finder: `dfast.rs`, `dfast_writer.rs`, and 1.5.4-1.5.5's
+//! levels 16-19 through a port of their optimal parser: `opt.rs`) on that probe;
 //! every later frame must be re-created by the same encoder.
 //! A frame that ends within the probe is compared whole, including how it ends; a longer one
 //! is compared on its beginning, and verify-before-discard proves the rest. Frame header
@@ -24,7 +25,8 @@
 //!
 //! ```text
 //! { "kind": "zstdframes",
-//!   "encoder": {"lib": "libzstd", "level": 3, "long": true?, "mt": true?, "fixed_blocks": true?}
+//!   "encoder": {"lib": "libzstd", "level": 3, "long": true?, "mt": true?, "fixed_blocks": true?,
+//!               "parser_1_5_5": true?}
 //!            | {"lib": "klauspost", "level": "default", "version": "v1.17.0"} | null,
 //!   "parts": [ [raw_len, compressed_len, flags],     a data frame
 //!              "50 2a 4d 18 ... (hex)",              a skippable frame, whole
@@ -60,7 +62,9 @@ mod encoders;
 mod header;
 mod ingest;
 mod libzstd;
+mod opt;
 mod pull;
+mod reps;
 mod scan;
 mod segmented;
 mod splits;

@@ -88,6 +88,7 @@ fn long_distance_libzstd() {
             long: true,
             mt: false,
             fixed_blocks: false,
+            parser_1_5_5: false,
         };
         let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
         let (found, _) = roundtrip(&c, &raw).unwrap();
@@ -127,6 +128,7 @@ fn multithreaded_libzstd() {
                     long: false,
                     mt: true,
                     fixed_blocks: false,
+                    parser_1_5_5: false,
                 };
                 assert_eq!(enc, mt, "level {level}, {len} bytes, flags {flags}");
                 assert_eq!(enc.label(), format!("zstd-{level}-mt"));
@@ -160,12 +162,14 @@ fn libzstd_fixed_blocks() {
         long: false,
         mt,
         fixed_blocks,
+        parser_1_5_5: false,
     };
     let any = |level, long, mt, fixed_blocks| ZstdEncoder::Libzstd {
         level,
         long,
         mt,
         fixed_blocks,
+        parser_1_5_5: false,
     };
     // Multi-threaded without the size (the CLI reading stdin) and more than a job (2 MiB at
     // level 1): other bytes than single-threaded. `--long` with the parameters of its day:
@@ -219,6 +223,55 @@ fn libzstd_fixed_blocks() {
     );
 }
 
+/// libzstd 1.5.4-1.5.5 at levels 16-19 (`opt.rs`, checked against Debian 12's `zstd` in
+/// `tests/zstd_layers.rs`): their optimal parser's frames differ from 1.5.6's and 1.5.7's, and
+/// are found as `parser_1_5_5` and re-created: multi-threaded over two jobs at level 16 (the
+/// second on a prefix of the first), with an incompressible run between (the post-splitter
+/// stores it raw), and single-threaded within the window at each strategy.
+#[test]
+fn libzstd_optimal_parser_before_1_5_6() {
+    let mut raw = Vec::new();
+    for i in 0..40 {
+        raw.extend_from_slice(&text(40_000, i % 9));
+        raw.extend_from_slice(&crate::engine::test_bytes(
+            if i == 5 { 300_000 } else { 3_000 },
+            i,
+        ));
+    }
+    let enc = |level, mt, parser_1_5_5| ZstdEncoder::Libzstd {
+        level,
+        long: false,
+        mt,
+        fixed_blocks: true,
+        parser_1_5_5,
+    };
+    let job = 16 << 20; // level 16: 2^(window log 22 + 2)
+    let mut two_jobs = Vec::new();
+    while two_jobs.len() < job + (1 << 20) {
+        two_jobs.extend_from_slice(&raw);
+    }
+    for (level, mt, raw, flags) in [
+        (19, false, &raw[..], FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        (18, true, &raw[..], FLAG_CHECKSUM),
+        (17, false, &raw[..1_000_000], FLAG_CONTENT_SIZE),
+        (16, true, &two_jobs[..], FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+    ] {
+        let new = enc(level, mt, true);
+        let c = encode_frame(&new, raw, FrameShape::flags(flags));
+        assert!(
+            c != encode_frame(&enc(level, mt, false), raw, FrameShape::flags(flags)),
+            "{level}: 1.5.6 writes other bytes here"
+        );
+        let (found, parts) = roundtrip(&c, raw).unwrap();
+        assert_eq!(found, new, "{level} {flags}");
+        assert_eq!(
+            found.label(),
+            format!("zstd-{level}{}-1.5.5", if mt { "-mt" } else { "" })
+        );
+        assert_eq!(parts.len(), 1);
+    }
+}
+
 /// libzstd 1.5.4-1.5.6 at levels 3-4 (`dfast_writer.rs`): their match finder takes a long
 /// match at the next position where 1.5.7 keeps a longer short one, so on varied input their
 /// frames differ from 1.5.7's. Written by the port (checked against those releases' CLIs in
@@ -241,6 +294,7 @@ fn libzstd_dfast_before_1_5_7() {
         long: false,
         mt,
         fixed_blocks: true,
+        parser_1_5_5: false,
     };
     let job = 8 << 20; // 2^(window log 21 + 2)
     for (level, mt, raw, flags) in [
@@ -273,6 +327,7 @@ fn libzstd_dfast_before_1_5_7() {
             long: false,
             mt,
             fixed_blocks: false,
+            parser_1_5_5: false,
         };
         assert!(
             c != encode_frame(&new, raw, FrameShape::flags(flags)),
