@@ -121,8 +121,8 @@ impl Dfast {
     /// [`START`]), as libzstd corrects its indices before they overflow
     /// (`ZSTD_reduceIndex`): entries below it are cleared, which they were as good as (they
     /// never match), so the sequences found do not change. The buffer must start at
-    /// `low_limit`.
-    pub fn reduce(&mut self) {
+    /// `low_limit`. Returns by how much.
+    pub fn reduce(&mut self) -> u32 {
         debug_assert_eq!(self.base, self.low_limit);
         let delta = self.low_limit - START;
         for e in self.hash_long.iter_mut().chain(self.hash_small.iter_mut()) {
@@ -131,6 +131,7 @@ impl Dfast {
         self.base -= delta;
         self.low_limit -= delta;
         self.dict_limit -= delta;
+        delta
     }
 
     /// Loads `buf[..len]` (a job's prefix) as libzstd loads a raw-content dictionary

@@ -28,8 +28,7 @@
 //! start when full, so that beyond the first fill the window is two segments and the older
 //! one is searched by the "extDict" match finder ([`InBuffer`]). (A frame written in one call
 //! from a caller's whole buffer, `ZSTD_compress2`, never splits its window; such frames are not
-//! tried.) The optimal parser's port searches one segment only: its single-threaded frames
-//! are written within one window, where the buffer is never refilled ([`writes_opt`]).
+//! tried.) After a refill libzstd resumes the optimal parser's insertions at the new segment.
 //!
 //! libzstd keeps a block's repeat offsets only if it writes the block compressed: after a
 //! block stored raw or as a run of one byte the match finder restarts from the ones before
@@ -41,7 +40,7 @@ use std::ptr::NonNull;
 use xxhash_rust::xxh64::Xxh64;
 use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter};
 
-use super::dfast::{Dfast, DfastParams, Seq, START};
+use super::dfast::{Dfast, DfastParams, Seq};
 use super::header::parse_header;
 use super::libzstd::{check, compress_stream};
 use super::opt::{opt_params, Opt, OptParams, OptStrategy};
@@ -90,13 +89,9 @@ pub(super) fn writes(level: i32, long: bool, content_size: Option<u64>) -> bool 
 }
 
 /// Whether this writer writes a frame of libzstd 1.5.4-1.5.5 at `level` (see `opt.rs`):
-/// without `--long`, where the strategy at its size is an optimal parser's, multi-threaded
-/// (the CLI's default) or, single-threaded, a frame within one window (beyond, libzstd's
-/// input buffer splits the window in two, which the port does not search).
-pub(super) fn writes_opt(level: i32, long: bool, mt: bool, content_size: Option<u64>) -> bool {
-    !long
-        && opt_params(level, content_size)
-            .is_some_and(|p| mt || content_size.is_some_and(|n| n <= 1u64 << p.window_log))
+/// without `--long`, where the strategy at its size is an optimal parser's.
+pub(super) fn writes_opt(level: i32, long: bool, content_size: Option<u64>) -> bool {
+    !long && opt_params(level, content_size).is_some()
 }
 
 /// The match finder a frame's jobs use, and its parameters.
@@ -174,6 +169,31 @@ impl Finder {
             Finder::Opt(o) => o.block(buf, start, end, seqs),
         }
     }
+
+    /// The index of the buffer's first byte, and the window's: `lowLimit` and `dictLimit`
+    /// (the older segment is `lowLimit..dictLimit`, the newer starts at `dictLimit`).
+    fn window(&mut self) -> (&mut u32, &mut u32, &mut u32) {
+        match self {
+            Finder::Dfast(d) => (&mut d.base, &mut d.low_limit, &mut d.dict_limit),
+            Finder::Opt(o) => (&mut o.base, &mut o.low_limit, &mut o.dict_limit),
+        }
+    }
+
+    /// libzstd's input buffer was refilled from its start (`ZSTD_compressContinue_internal`
+    /// on a non-contiguous input): insertions resume at the new segment.
+    fn new_segment(&mut self) {
+        if let Finder::Opt(o) = self {
+            o.new_segment();
+        }
+    }
+
+    /// Moves every index down (see [`Dfast::reduce`], [`Opt::reduce`]); by how much.
+    fn reduce(&mut self) -> u32 {
+        match self {
+            Finder::Dfast(d) => d.reduce(),
+            Finder::Opt(o) => o.reduce(),
+        }
+    }
 }
 
 /// The sequences of the block being written, for the producer callback.
@@ -241,34 +261,37 @@ impl InBuffer {
     }
 
     /// `ZSTD_window_update` for the block of `len` bytes from index `start`.
-    fn before_block(&mut self, d: &mut Dfast, start: u32, len: usize) {
+    /// Whether the block begins a new segment (libzstd then resumes the match finder's
+    /// insertions there).
+    fn before_block(&mut self, f: &mut Finder, start: u32, len: usize) -> bool {
+        let (_, low_limit, dict_limit) = f.window();
         if !self.started {
             self.started = true;
             self.seg_start = start;
-            return;
+            return false;
         }
         if self.wrapped {
-            d.low_limit = d.dict_limit;
-            d.dict_limit = start;
+            *low_limit = *dict_limit;
+            *dict_limit = start;
             self.old_seg_start = self.seg_start;
             self.seg_start = start;
-            if d.dict_limit - d.low_limit < 8 {
-                d.low_limit = d.dict_limit;
+            if *dict_limit - *low_limit < 8 {
+                *low_limit = *dict_limit;
             }
         }
         // The block overwrites the older segment's bytes where it lands.
-        if d.low_limit < d.dict_limit {
+        if *low_limit < *dict_limit {
             // (Differences wrap: the older segment's start may lie below a reduced index.)
             let (low, high) = (
-                d.low_limit.wrapping_sub(self.old_seg_start) as usize,
-                d.dict_limit.wrapping_sub(self.old_seg_start) as usize,
+                low_limit.wrapping_sub(self.old_seg_start) as usize,
+                dict_limit.wrapping_sub(self.old_seg_start) as usize,
             );
             if self.pos + len > low && self.pos < high {
-                d.low_limit = d
-                    .dict_limit
-                    .min(self.old_seg_start.wrapping_add((self.pos + len) as u32));
+                *low_limit =
+                    (*dict_limit).min(self.old_seg_start.wrapping_add((self.pos + len) as u32));
             }
         }
+        self.wrapped
     }
 
     fn after_block(&mut self, len: usize) {
@@ -418,11 +441,10 @@ impl JobWriter {
         let pending = unsafe { self.pending.as_mut() };
         pending.seqs.clear();
         if let Some(b) = self.in_buffer.as_mut() {
-            let Finder::Dfast(d) = &mut self.finder else {
-                unreachable!("only dfast frames are written through libzstd's input buffer")
-            };
-            let index = start as u32 + d.base;
-            b.before_block(d, index, len);
+            let index = start as u32 + *self.finder.window().0;
+            if b.before_block(&mut self.finder, index, len) {
+                self.finder.new_segment();
+            }
         }
         if len >= MIN_BLOCK_SEARCHED {
             let last_literals = self.finder.block(&self.buf, start, end, &mut self.seqs);
@@ -467,17 +489,17 @@ impl JobWriter {
         self.finder.set_rep(rep);
         out.extend_from_slice(&written[from..]);
         self.done = end;
-        if let (Some(b), Finder::Dfast(d)) = (self.in_buffer.as_mut(), &mut self.finder) {
+        if let Some(b) = self.in_buffer.as_mut() {
             b.after_block(len);
             // What is below the window is never read again.
-            let below = (d.low_limit - d.base) as usize;
+            let (base, low_limit, _) = self.finder.window();
+            let below = (*low_limit - *base) as usize;
             if below >= b.limits.trim {
                 self.buf.drain(..below);
-                d.base += below as u32;
+                *base += below as u32;
                 self.done -= below;
-                if d.base > b.limits.reduce_at {
-                    let delta = d.low_limit - START;
-                    d.reduce();
+                if *base > b.limits.reduce_at {
+                    let delta = self.finder.reduce();
                     b.seg_start = b.seg_start.wrapping_sub(delta);
                     b.old_seg_start = b.old_seg_start.wrapping_sub(delta);
                 }
@@ -555,7 +577,7 @@ impl DfastWriter {
         } else {
             (usize::MAX, 0)
         };
-        let in_buffer = (!mt && matches!(params, FinderParams::Dfast(_))).then(|| {
+        let in_buffer = (!mt).then(|| {
             let window = 1usize << params.window_log();
             let size = content_size.map_or(window, |n| (n.max(1) as usize).min(window));
             InBuffer::new(size, limits)
@@ -686,7 +708,7 @@ mod tests {
 
     /// Dropping the bytes below the window and moving the indices down (done past 16 MiB and
     /// 2 GiB) changes no byte written: here at 1 and 3 MiB, over a 24 MiB frame of text,
-    /// noise and runs.
+    /// noise and runs at level 3 (`dfast`), over 12 MiB at level 16 (`btopt`).
     #[test]
     fn trimming_and_moving_indices_down_write_the_same_frame() {
         let mut raw = Vec::new();
@@ -695,9 +717,18 @@ mod tests {
             raw.extend_from_slice(&crate::engine::test_bytes(70_000, i));
             raw.extend(std::iter::repeat_n(i as u8, 20_000));
         }
-        let write = |limits| {
-            let p = FinderParams::Dfast(dfast_params(3, None).unwrap());
-            let mut w = DfastWriter::with_limits(p, 3, false, true, None, 1, limits);
+        let write = |level, limits| {
+            let p = if level == 3 {
+                FinderParams::Dfast(dfast_params(3, None).unwrap())
+            } else {
+                FinderParams::Opt(opt_params(level, None).unwrap())
+            };
+            let raw = if level == 3 {
+                &raw[..]
+            } else {
+                &raw[..12 << 20]
+            };
+            let mut w = DfastWriter::with_limits(p, level, false, true, None, 1, limits);
             let mut out = Vec::new();
             for piece in raw.chunks(777_777) {
                 w.write(piece, &mut out);
@@ -709,8 +740,10 @@ mod tests {
             trim: 1 << 20,
             reduce_at: 3 << 20,
         };
-        let (a, b) = (write(LIMITS), write(small));
-        assert!(a == b, "the frames differ");
-        assert_eq!(zstd::stream::decode_all(&a[..]).unwrap(), raw);
+        for (level, len) in [(3, raw.len()), (16, 12 << 20)] {
+            let (a, b) = (write(level, LIMITS), write(level, small));
+            assert!(a == b, "level {level}: the frames differ");
+            assert!(zstd::stream::decode_all(&a[..]).unwrap() == raw[..len]);
+        }
     }
 }

@@ -179,7 +179,8 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     // first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the releases before
     // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
     // through the port of theirs, where it applies (`dfast_writer.rs`); last, at levels
-    // 16-19, 1.5.4-1.5.5 through the port of their optimal parser (`opt.rs`).
+    // 16-19, 1.5.4-1.5.5 through the port of their optimal parser (`opt.rs`), multi-threaded
+    // first.
     let libzstd = std::iter::once(3)
         .chain((1..=19).filter(|&l| l != 3))
         .flat_map(|level| {
@@ -187,7 +188,15 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
                 [(false, false), (true, false), (true, true)]
                     .into_iter()
                     .flat_map(move |(fixed_blocks, parser_1_5_5)| {
-                        [false, true].map(move |mt| ZstdEncoder::Libzstd {
+                        // The ported parser is slow to write: the CLI's multi-threaded mode
+                        // first, whose frames begin as single-threaded ones do for a window
+                        // (4-8 MiB, beyond the probe) and, within one job, end alike.
+                        let mts = if parser_1_5_5 {
+                            [true, false]
+                        } else {
+                            [false, true]
+                        };
+                        mts.map(move |mt| ZstdEncoder::Libzstd {
                             level,
                             long,
                             mt,
@@ -201,16 +210,16 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             let &ZstdEncoder::Libzstd {
                 level,
                 long,
-                mt,
                 fixed_blocks,
                 parser_1_5_5,
+                ..
             } = enc
             else {
                 unreachable!()
             };
             level_fits(level, long)
                 && if parser_1_5_5 {
-                    dfast_writer::writes_opt(level, long, mt, h.content_size)
+                    dfast_writer::writes_opt(level, long, h.content_size)
                 } else {
                     !fixed_blocks
                         || !(3..=4).contains(&level)

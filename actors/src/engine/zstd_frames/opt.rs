@@ -8,12 +8,15 @@
 //! releases differ from 1.5.7's at these levels; libzstd 1.5.7's entropy stage writes the
 //! blocks from these sequences (`dfast_writer.rs`, through its sequence producer).
 //!
-//! Only a window of one segment is searched (libzstd's "noDict" mode): the multi-threaded
-//! mode's jobs (the CLI's default) and frames written from one buffer. No dictionary, no
+//! The window is one segment (libzstd's "noDict" mode: the multi-threaded mode's jobs, the
+//! CLI's default) or two (its "extDict" mode: a single-threaded stream beyond its first
+//! window, once libzstd's input buffer is refilled from its start). No dictionary, no
 //! long-distance matching.
 //!
 //! Positions are libzstd's indices, as in `dfast.rs`: the bytes are one buffer whose first
-//! byte has index [`Opt::base`].
+//! byte has index [`Opt::base`]. With two segments the older one's end is followed in the
+//! stream by the newer's start, so in one buffer `ZSTD_count_2segments` is a plain count and
+//! the two modes differ only in which repeat offsets they try.
 
 use super::dfast::{count, hash, read32, Seq, START};
 use crate::engine::kpzstd::{ll_code, ml_code, LL_BITS_TABLE, ML_BITS_TABLE};
@@ -424,6 +427,35 @@ impl Opt {
         self.next_to_update = self.base + len as u32;
     }
 
+    /// libzstd's input buffer was refilled from its start: insertions resume at the new
+    /// segment (`ZSTD_compressContinue_internal` on a non-contiguous input).
+    pub fn new_segment(&mut self) {
+        self.next_to_update = self.dict_limit;
+    }
+
+    /// Moves every index down, as libzstd corrects them before they overflow
+    /// (`ZSTD_window_correctOverflow`): by a whole number of the binary tree's cycles (its
+    /// nodes sit at an index's low bits), as far as `low_limit` allows; returns by how much.
+    /// Entries below the window are cleared, which changes no search (they end one, as the
+    /// window's bound does).
+    pub fn reduce(&mut self) -> u32 {
+        let cycle = 1u32 << (self.p.chain_log - 1);
+        let delta = (self.low_limit - START) & !(cycle - 1);
+        for e in self
+            .hash
+            .iter_mut()
+            .chain(&mut self.bt)
+            .chain(&mut self.hash3)
+        {
+            *e = if *e < self.low_limit { 0 } else { *e - delta };
+        }
+        self.base -= delta;
+        self.low_limit -= delta;
+        self.dict_limit -= delta;
+        self.next_to_update = self.next_to_update.saturating_sub(delta).max(START);
+        delta
+    }
+
     /// `ZSTD_getLowestMatchIndex` (no dictionary).
     fn lowest_match_index(&self, curr: u32) -> u32 {
         let max_distance = 1u32 << self.p.window_log;
@@ -606,6 +638,7 @@ impl Opt {
         let mut match_index = self.hash[h];
         let bt_mask = (1u32 << (self.p.chain_log - 1)) - 1;
         let dict_limit = self.dict_limit;
+        let ext_dict = self.low_limit < dict_limit;
         let bt_low = curr.saturating_sub(bt_mask);
         let window_low = self.lowest_match_index(curr);
         let match_low = if window_low != 0 { window_low } else { 1 };
@@ -623,9 +656,16 @@ impl Opt {
                 rep[rep_code as usize]
             };
             let rep_index = curr.wrapping_sub(rep_offset);
+            // In the newer segment; with two, in the older, not within 3 bytes of its end.
+            let usable = if rep_offset.wrapping_sub(1) < curr - dict_limit {
+                rep_index >= window_low
+            } else {
+                ext_dict
+                    && rep_offset.wrapping_sub(1) < curr - window_low
+                    && (dict_limit - 1).wrapping_sub(rep_index) >= 3
+            };
             let mut rep_len = 0usize;
-            if rep_offset.wrapping_sub(1) < curr - dict_limit
-                && rep_index >= window_low
+            if usable
                 && read_minmatch(buf, ip, min_match)
                     == read_minmatch(buf, ip - rep_offset as usize, min_match)
             {
