@@ -226,11 +226,12 @@ fn zstd_cli(args: &[&str], raw: &[u8]) -> Option<Vec<u8>> {
 /// Layers written by the `zstd` CLI, whose libzstd is seldom the one stowage links (Debian
 /// 12's is 1.5.4, stowage's 1.5.7). At -1 and -13 releases 1.5.4-1.5.6 write 1.5.7's bytes with
 /// whole 128 KiB blocks; at -3 (the default) their match finder is ported
-/// (`zstd_frames/dfast_writer.rs`), at -19 1.5.4-1.5.5's optimal parser (`zstd_frames/opt.rs`;
-/// 1.5.6 writes 1.5.7's bytes with whole blocks there). Every layer is deduplicated and pulls back exact, from a
+/// (`zstd_frames/dfast_writer.rs`), at -7 1.5.4's lazy ones (`zstd_frames/lazy.rs`) and at
+/// -19 1.5.4-1.5.5's optimal parser (`zstd_frames/opt.rs`; 1.5.5 and 1.5.6 write 1.5.7's bytes
+/// with whole blocks at -7, 1.5.6 at -19). Every layer is deduplicated and pulls back exact, from a
 /// pipe, from a file (its size in the header) and over several multi-threaded jobs (8 MiB at
-/// -3); a layer of a level no release is reproduced at is kept as pushed, with a reason naming
-/// the releases tried. fsck is clean.
+/// -3); a layer no release is reproduced for (`--long -3`) is kept as pushed, with a reason
+/// naming the releases tried. fsck is clean.
 #[test]
 fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     let version = std::process::Command::new("zstd")
@@ -268,8 +269,12 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     layers.push((3, zstd_cli(&["-3"], &big).unwrap()));
     layers.push((4, zstd_cli(&["-4", "FILE"], &big).unwrap()));
     layers.push((19, zstd_cli(&["-19"], &raw).unwrap()));
-    // No release before 1.5.7 is reproduced at -7 (1.5.5 changed the lazy match finders).
+    // 1.5.4's lazy match finders are ported (`zstd_frames/lazy.rs`); 1.5.5 and 1.5.6 write
+    // 1.5.7's bytes with whole blocks at -7.
     layers.push((7, zstd_cli(&["-7"], &raw).unwrap()));
+    // No release before 1.5.7 is reproduced at -3 with --long (the ported match finder does
+    // not combine with long-distance matching).
+    layers.push((3, zstd_cli(&["--long", "-3"], &raw).unwrap()));
     let digests: Vec<String> = layers
         .iter()
         .map(|(_, b)| push(&s, &c, "zcli/app", b))
@@ -279,12 +284,13 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     let fixed = if newest { "" } else { "-fixed" };
     // A frame of less than one multi-threaded job may be written as single-threaded.
     let count = |label: String| st["layers"]["encodings"][label].as_u64().unwrap_or(0);
-    let parser_1_5_5 = ["v1.5.4", "v1.5.5"].iter().any(|v| version.contains(v));
-    for (level, n) in [(1, 1), (13, 1), (3, 2), (4, 1), (19, 1)] {
-        let fixed = if level == 19 && parser_1_5_5 {
-            "-1.5.5"
-        } else {
-            fixed
+    let v154 = version.contains("v1.5.4");
+    let v155 = version.contains("v1.5.5");
+    for (level, n) in [(1, 1), (13, 1), (3, 2), (4, 1), (19, 1), (7, 1)] {
+        let fixed = match level {
+            19 if v154 || v155 => "-1.5.5",
+            7 if v154 => "-1.5.4",
+            _ => fixed,
         };
         let found =
             count(format!("zstd-{level}-mt{fixed}")) + count(format!("zstd-{level}{fixed}"));
@@ -293,7 +299,7 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     if newest {
         assert_eq!(st["layers"]["raw"], 0, "{st}");
     } else {
-        assert_eq!(st["layers"]["raw"], 1, "zstd -7 {st}");
+        assert_eq!(st["layers"]["raw"], 1, "zstd --long -3 {st}");
         let reasons = st["layers"]["raw_reasons"].as_object().unwrap();
         assert!(
             reasons.keys().any(|r| r.contains("1.5.4 at 1-4 and 13-15")),

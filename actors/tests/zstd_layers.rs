@@ -153,8 +153,9 @@ fn multithreaded_libzstd_frames_of_real_files() {
 /// Whether a `zstd` CLI of this libzstd release writes bytes stowage re-creates at `level`
 /// (see `actors/src/engine/zstd_frames/libzstd.rs`); None for a release not checked. Levels
 /// 3-4 of the releases before 1.5.7 go through the port of their match finder
-/// (`dfast_writer.rs`): not with `--long`. Levels 16-19 of 1.5.4-1.5.5 go through the port of
-/// their optimal parser (`opt.rs`): not with `--long`.
+/// (`dfast_writer.rs`): not with `--long`. Levels 5-12 of 1.5.4 and 16-19 of 1.5.4-1.5.5 go
+/// through the ports of their lazy match finders (`lazy.rs`) and optimal parser (`opt.rs`): not
+/// with `--long`.
 fn cli_reproduced(version: &str, level: i32, args: &[&str]) -> Option<bool> {
     let levels: Vec<i32> = match version {
         "1.5.7" => return Some(true),
@@ -165,16 +166,20 @@ fn cli_reproduced(version: &str, level: i32, args: &[&str]) -> Option<bool> {
         _ => return None,
     };
     let long = args.contains(&"--long");
-    if cli_parser_1_5_5(version, level) {
+    if cli_ported(version, level).is_some() {
         return Some(!long);
     }
     Some(levels.contains(&level) && !((3..=4).contains(&level) && long))
 }
 
-/// Whether frames of this release at `level` are re-created by the port of its optimal
-/// parser (labelled `-1.5.5`, not `-fixed`).
-fn cli_parser_1_5_5(version: &str, level: i32) -> bool {
-    ["1.5.4", "1.5.5"].contains(&version) && (16..=19).contains(&level)
+/// The label's suffix (`-1.5.4`, `-1.5.5`, not `-fixed`) where frames of this release at
+/// `level` are re-created by the port of its match finder.
+fn cli_ported(version: &str, level: i32) -> Option<&'static str> {
+    match level {
+        5..=12 if version == "1.5.4" => Some("-1.5.4"),
+        16..=19 if ["1.5.4", "1.5.5"].contains(&version) => Some("-1.5.5"),
+        _ => None,
+    }
 }
 
 /// The `zstd` CLI's libzstd release, from `zstd --version` ("... v1.5.4, by Yann Collet ***").
@@ -215,6 +220,10 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
         &["-18", "--single-thread", "FILE"],
         &["-17", "--single-thread"],
         &["-19", "--single-thread", "BIG"],
+        &["-5"],
+        &["-8", "FILE", "BIG"],
+        &["-12", "--single-thread", "FILE", "BIG"],
+        &["-6", "--single-thread"],
         &["--long", "-1"],
         &["--long", "-13", "FILE"],
         &["--long", "-19"],
@@ -305,16 +314,14 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
                 };
                 let fixed = if version == "1.5.7" {
                     ""
-                } else if cli_parser_1_5_5(&version, level) {
-                    "-1.5.5"
                 } else {
-                    "-fixed"
+                    cli_ported(&version, level).unwrap_or("-fixed")
                 };
                 assert!(
                     label == format!("zstd-{level}{long}{mt}{fixed}")
                         || label == format!("zstd-{level}{long}{fixed}")
                         // Single-threaded within one window: one job's frame.
-                        || (cli_parser_1_5_5(&version, level)
+                        || (cli_ported(&version, level).is_some()
                             && label == format!("zstd-{level}{long}-mt{fixed}")),
                     "zstd {version} {args:?}: {label}"
                 );
@@ -352,7 +359,7 @@ fn a_long_multithreaded_libzstd_frame_is_handed_on_from_single_threaded() {
         long: false,
         mt,
         fixed_blocks: true,
-        parser_1_5_5: false,
+        ported: false,
     };
     let c = encode_frame(&lib(true), &raw, FrameShape::flags(FLAG_CHECKSUM));
     let mut d = ZstdDecoder::default();

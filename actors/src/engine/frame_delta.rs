@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! base id [20] | version u8 (1) | frame flags u8 (zstd_frames FLAG_*) | writer | delta
-//! writer  0 | level i8 | bits u8 (1 long, 2 mt, 4 fixed_blocks, 8 parser_1_5_5)  libzstd
+//! writer  0 | level i8 | bits u8 (1 long, 2 mt, 4 fixed_blocks, 8 ported)  libzstd
 //!         1 | level u8 (0 fastest, 1 default, 2 better, 3 best) | n u8 | release [n] (ASCII)
 //!                                                                       klauspost/compress
 //! delta   a zstd frame declaring the plaintext's size, made with the base frame's plaintext
@@ -95,7 +95,7 @@ impl FrameRecipe {
                 long,
                 mt,
                 fixed_blocks,
-                parser_1_5_5,
+                ported,
             } => {
                 out.push(0);
                 out.push(level as i8 as u8);
@@ -103,7 +103,7 @@ impl FrameRecipe {
                     u8::from(long)
                         | u8::from(mt) << 1
                         | u8::from(fixed_blocks) << 2
-                        | u8::from(parser_1_5_5) << 3,
+                        | u8::from(ported) << 3,
                 );
             }
             ZstdEncoder::Klauspost { level, version } => {
@@ -141,7 +141,7 @@ impl FrameRecipe {
                     long: bits & 1 != 0,
                     mt: bits & 2 != 0,
                     fixed_blocks: bits & 4 != 0,
-                    parser_1_5_5: bits & 8 != 0,
+                    ported: bits & 8 != 0,
                 };
                 (enc, rest)
             }
@@ -296,7 +296,7 @@ mod tests {
                 long: false,
                 mt: false,
                 fixed_blocks: false,
-                parser_1_5_5: false,
+                ported: false,
             },
         ]
     }

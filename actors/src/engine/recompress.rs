@@ -785,7 +785,7 @@ mod tests {
                     long,
                     mt,
                     fixed_blocks: false,
-                    parser_1_5_5: false,
+                    ported: false,
                 },
                 parts: Vec::new(),
             }

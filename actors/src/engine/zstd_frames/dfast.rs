@@ -12,6 +12,8 @@
 //! here. Matches run on from its end into the newer segment, which in the stream is what
 //! follows, so one buffer serves both.
 
+use super::window::{lowest_index, restored, set_aside};
+
 /// libzstd's first index (`ZSTD_WINDOW_START_INDEX`).
 pub(super) const START: u32 = 2;
 /// `kSearchStrength`: positions searched before the step grows.
@@ -153,12 +155,7 @@ impl Dfast {
 
     /// `ZSTD_getLowestPrefixIndex` (no dictionary).
     fn lowest_prefix_index(&self, curr: u32) -> u32 {
-        let max_distance = 1u32 << self.p.window_log;
-        if curr - self.dict_limit > max_distance {
-            curr - max_distance
-        } else {
-            self.dict_limit
-        }
+        lowest_index(curr, self.dict_limit, self.p.window_log)
     }
 
     /// Finds the sequences of the block `buf[start..end]` (at least 7 bytes: libzstd stores
@@ -207,30 +204,19 @@ impl Dfast {
         let prefix_lowest = pos(prefix_lowest_index);
         // `ilimit = iend - HASH_READ_SIZE`; a block shorter than that has no position to try.
         let ilimit = end.checked_sub(HASH_READ).filter(|&l| l >= start);
-        let mut offset_1 = self.rep[0];
-        let mut offset_2 = self.rep[1];
-        let (mut saved_1, mut saved_2) = (0u32, 0u32);
         let mut anchor = start;
         let mut ip = start;
         if ip == prefix_lowest {
             ip += 1;
         }
-        {
-            let current = idx(ip);
-            let max_rep = current - self.lowest_prefix_index(current);
-            if offset_2 > max_rep {
-                saved_2 = offset_2;
-                offset_2 = 0;
-            }
-            if offset_1 > max_rep {
-                saved_1 = offset_1;
-                offset_1 = 0;
-            }
-        }
+        let current = idx(ip);
+        let ([mut offset_1, mut offset_2], saved) =
+            set_aside(self.rep, current - self.lowest_prefix_index(current));
         let hash_long = &mut self.hash_long;
         let hash_small = &mut self.hash_small;
         let Some(ilimit) = ilimit else {
-            return self.cleanup(offset_1, offset_2, saved_1, saved_2, iend - anchor);
+            self.rep = restored([offset_1, offset_2], saved);
+            return iend - anchor;
         };
 
         'outer: loop {
@@ -347,7 +333,8 @@ impl Dfast {
                 seqs,
             );
         }
-        self.cleanup(offset_1, offset_2, saved_1, saved_2, iend - anchor)
+        self.rep = restored([offset_1, offset_2], saved);
+        iend - anchor
     }
 
     /// `ZSTD_compressBlock_doubleFast_extDict_generic`: the window's older segment ends at
@@ -546,26 +533,5 @@ impl Dfast {
             *ip += r_length;
             *anchor = *ip;
         }
-    }
-
-    /// `_cleanup`: the repeat offsets saved for the next block; returns `last_literals`.
-    fn cleanup(
-        &mut self,
-        offset_1: u32,
-        offset_2: u32,
-        saved_1: u32,
-        saved_2: u32,
-        last_literals: usize,
-    ) -> usize {
-        let saved_2 = if saved_1 != 0 && offset_1 != 0 {
-            saved_1
-        } else {
-            saved_2
-        };
-        self.rep = [
-            if offset_1 != 0 { offset_1 } else { saved_1 },
-            if offset_2 != 0 { offset_2 } else { saved_2 },
-        ];
-        last_literals
     }
 }

@@ -1,6 +1,6 @@
-//! Frames of libzstd 1.5.4-1.5.6 at levels 3-4 (Debian 12's `zstd` default is 3) and of
-//! 1.5.4-1.5.5 at levels 16-19 (`zstd -19`): the match finder of those releases in Rust
-//! (`dfast.rs`; the optimal parser, `opt.rs`), libzstd 1.5.7's entropy stage through its
+//! Frames of libzstd 1.5.4-1.5.6 at levels 3-4 (Debian 12's `zstd` default is 3), of 1.5.4 at
+//! 5-12 and of 1.5.4-1.5.5 at 16-19 (`zstd -19`): the match finder of those releases in Rust
+//! (`dfast.rs`, `lazy.rs`, `opt.rs`), libzstd 1.5.7's entropy stage through its
 //! external sequence producer (`ZSTD_registerSequenceProducer`), which writes a block from
 //! given sequences exactly as from its own match finder's. Those releases' entropy stage,
 //! block cutting (whole 128 KiB blocks) and frame header are 1.5.7's with its pre-splitter
@@ -42,6 +42,7 @@ use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter}
 
 use super::dfast::{Dfast, DfastParams, Seq};
 use super::header::parse_header;
+use super::lazy::{lazy_params, Lazy, LazyParams};
 use super::libzstd::{check, compress_stream};
 use super::opt::{opt_params, Opt, OptParams, OptStrategy};
 use super::reps::reps_after;
@@ -88,16 +89,36 @@ pub(super) fn writes(level: i32, long: bool, content_size: Option<u64>) -> bool 
     (3..=4).contains(&level) && !long && dfast_params(level, content_size).is_some()
 }
 
-/// Whether this writer writes a frame of libzstd 1.5.4-1.5.5 at `level` (see `opt.rs`):
-/// without `--long`, where the strategy at its size is an optimal parser's.
-pub(super) fn writes_opt(level: i32, long: bool, content_size: Option<u64>) -> bool {
-    !long && opt_params(level, content_size).is_some()
+/// Whether this writer writes a frame of an earlier release whose match finder it ports at
+/// `level` (`ported`): 1.5.4's lazy ones (`lazy.rs`) at 5-12, 1.5.4-1.5.5's optimal parser
+/// (`opt.rs`) at 16-19; without `--long`, where the strategy at the frame's size is theirs.
+pub(super) fn writes_ported(level: i32, long: bool, content_size: Option<u64>) -> bool {
+    !long && ported_params(level, content_size).is_some()
+}
+
+/// The ported match finder's parameters at `level`, if there is one.
+fn ported_params(level: i32, content_size: Option<u64>) -> Option<FinderParams> {
+    match level {
+        5..=12 => lazy_params(level, content_size).map(FinderParams::Lazy),
+        16..=19 => opt_params(level, content_size).map(FinderParams::Opt),
+        _ => None,
+    }
+}
+
+/// The release whose bytes a `ported` frame at `level` has, for its label.
+pub(super) fn ported_release(level: i32) -> &'static str {
+    if level <= 12 {
+        "-1.5.4"
+    } else {
+        "-1.5.5"
+    }
 }
 
 /// The match finder a frame's jobs use, and its parameters.
 #[derive(Clone, Copy)]
 enum FinderParams {
     Dfast(DfastParams),
+    Lazy(LazyParams),
     Opt(OptParams),
 }
 
@@ -105,16 +126,18 @@ impl FinderParams {
     fn window_log(&self) -> u32 {
         match self {
             FinderParams::Dfast(p) => p.window_log,
+            FinderParams::Lazy(p) => p.window_log,
             FinderParams::Opt(p) => p.window_log,
         }
     }
 
     /// `ZSTDMT_computeOverlapSize`'s log: how much of the previous job a job starts on (the
-    /// strategy's default overlap log, 6 for `dfast`, 8 for `btopt` and `btultra`, 9 for
-    /// `btultra2`: a window less 9 minus it).
+    /// strategy's default overlap log, 6 for `dfast`, `greedy` and `lazy`, 7 for `lazy2`, 8
+    /// for `btopt` and `btultra`, 9 for `btultra2`: a window less 9 minus it).
     fn overlap_log(&self) -> u32 {
         let overlap = match self {
             FinderParams::Dfast(_) => 6,
+            FinderParams::Lazy(p) => 6 + u32::from(p.depth == 2),
             FinderParams::Opt(p) if p.strategy == OptStrategy::Btultra2 => 9,
             FinderParams::Opt(_) => 8,
         };
@@ -125,6 +148,7 @@ impl FinderParams {
 /// A job's match finder.
 enum Finder {
     Dfast(Dfast),
+    Lazy(Box<Lazy>),
     Opt(Box<Opt>),
 }
 
@@ -133,6 +157,9 @@ impl Finder {
         match p {
             FinderParams::Dfast(p) => {
                 Finder::Dfast(Dfast::new(p, if first { [1, 4] } else { [0, 0] }))
+            }
+            FinderParams::Lazy(p) => {
+                Finder::Lazy(Box::new(Lazy::new(p, if first { [1, 4] } else { [0, 0] })))
             }
             FinderParams::Opt(p) => Finder::Opt(Box::new(Opt::new(
                 p,
@@ -144,6 +171,7 @@ impl Finder {
     fn load_prefix(&mut self, prefix: &[u8]) {
         match self {
             Finder::Dfast(d) => d.load_prefix(prefix, prefix.len()),
+            Finder::Lazy(l) => l.load_prefix(prefix, prefix.len()),
             Finder::Opt(o) => o.load_prefix(prefix, prefix.len()),
         }
     }
@@ -152,6 +180,7 @@ impl Finder {
     fn rep(&self) -> [u32; 3] {
         match self {
             Finder::Dfast(d) => [d.rep[0], d.rep[1], 0],
+            Finder::Lazy(l) => [l.rep[0], l.rep[1], 0],
             Finder::Opt(o) => o.rep,
         }
     }
@@ -159,6 +188,7 @@ impl Finder {
     fn set_rep(&mut self, rep: [u32; 3]) {
         match self {
             Finder::Dfast(d) => d.rep = [rep[0], rep[1]],
+            Finder::Lazy(l) => l.rep = [rep[0], rep[1]],
             Finder::Opt(o) => o.rep = rep,
         }
     }
@@ -166,6 +196,7 @@ impl Finder {
     fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
         match self {
             Finder::Dfast(d) => d.block(buf, start, end, seqs),
+            Finder::Lazy(l) => l.block(buf, start, end, seqs),
             Finder::Opt(o) => o.block(buf, start, end, seqs),
         }
     }
@@ -175,6 +206,7 @@ impl Finder {
     fn window(&mut self) -> (&mut u32, &mut u32, &mut u32) {
         match self {
             Finder::Dfast(d) => (&mut d.base, &mut d.low_limit, &mut d.dict_limit),
+            Finder::Lazy(l) => (&mut l.base, &mut l.low_limit, &mut l.dict_limit),
             Finder::Opt(o) => (&mut o.base, &mut o.low_limit, &mut o.dict_limit),
         }
     }
@@ -182,8 +214,10 @@ impl Finder {
     /// libzstd's input buffer was refilled from its start (`ZSTD_compressContinue_internal`
     /// on a non-contiguous input): insertions resume at the new segment.
     fn new_segment(&mut self) {
-        if let Finder::Opt(o) = self {
-            o.new_segment();
+        match self {
+            Finder::Dfast(_) => {}
+            Finder::Lazy(l) => l.new_segment(),
+            Finder::Opt(o) => o.new_segment(),
         }
     }
 
@@ -191,6 +225,7 @@ impl Finder {
     fn reduce(&mut self) -> u32 {
         match self {
             Finder::Dfast(d) => d.reduce(),
+            Finder::Lazy(l) => l.reduce(),
             Finder::Opt(o) => o.reduce(),
         }
     }
@@ -536,19 +571,19 @@ pub(super) struct DfastWriter {
 }
 
 impl DfastWriter {
-    /// A writer of a frame at `level` (see [`writes`]; with `parser_1_5_5`, of 1.5.4-1.5.5's
-    /// optimal parser, see [`writes_opt`]), multi-threaded jobs written on up to `workers`
-    /// cores.
+    /// A writer of a frame at `level` (see [`writes`]; with `ported`, of the earlier release
+    /// whose match finder is ported at that level, see [`writes_ported`]), multi-threaded jobs
+    /// written on up to `workers` cores.
     pub fn new(
         level: i32,
-        parser_1_5_5: bool,
+        ported: bool,
         mt: bool,
         checksum: bool,
         content_size: Option<u64>,
         workers: usize,
     ) -> DfastWriter {
-        let params = if parser_1_5_5 {
-            opt_params(level, content_size).map(FinderParams::Opt)
+        let params = if ported {
+            ported_params(level, content_size)
         } else {
             dfast_params(level, content_size).map(FinderParams::Dfast)
         };
@@ -708,7 +743,7 @@ mod tests {
 
     /// Dropping the bytes below the window and moving the indices down (done past 16 MiB and
     /// 2 GiB) changes no byte written: here at 1 and 3 MiB, over a 24 MiB frame of text,
-    /// noise and runs at level 3 (`dfast`), over 12 MiB at level 16 (`btopt`).
+    /// noise and runs at level 3 (`dfast`), over 12 MiB at levels 8 (`lazy2`) and 16 (`btopt`).
     #[test]
     fn trimming_and_moving_indices_down_write_the_same_frame() {
         let mut raw = Vec::new();
@@ -721,7 +756,7 @@ mod tests {
             let p = if level == 3 {
                 FinderParams::Dfast(dfast_params(3, None).unwrap())
             } else {
-                FinderParams::Opt(opt_params(level, None).unwrap())
+                ported_params(level, None).unwrap()
             };
             let raw = if level == 3 {
                 &raw[..]
@@ -740,7 +775,7 @@ mod tests {
             trim: 1 << 20,
             reduce_at: 3 << 20,
         };
-        for (level, len) in [(3, raw.len()), (16, 12 << 20)] {
+        for (level, len) in [(3, raw.len()), (8, 12 << 20), (16, 12 << 20)] {
             let (a, b) = (write(level, LIMITS), write(level, small));
             assert!(a == b, "level {level}: the frames differ");
             assert!(zstd::stream::decode_all(&a[..]).unwrap() == raw[..len]);

@@ -36,10 +36,12 @@ pub enum ZstdEncoder {
         mt: bool,
         #[serde(default, skip_serializing_if = "is_false")]
         fixed_blocks: bool,
-        /// With `fixed_blocks`, at levels 16-22: the optimal parser of 1.5.4-1.5.5, which
-        /// 1.5.6 rewrote (`zstd_frames/opt.rs`), so their bytes (Debian 12's `zstd -19`).
+        /// With `fixed_blocks`, where an earlier release's match finder wrote other bytes than
+        /// 1.5.7's with fixed blocks: its port. At levels 5-12, 1.5.4's lazy match finders
+        /// (`zstd_frames/lazy.rs`, changed in 1.5.5); at 16-19 1.5.4-1.5.5's optimal parser
+        /// (`zstd_frames/opt.rs`, rewritten in 1.5.6). Labelled `-1.5.4` and `-1.5.5`.
         #[serde(default, skip_serializing_if = "is_false")]
-        parser_1_5_5: bool,
+        ported: bool,
     },
     /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
     /// tools leave at their defaults (see [`crate::engine::kpzstd`]).
@@ -96,7 +98,7 @@ impl ZstdEncoder {
             long: false,
             mt: false,
             fixed_blocks: false,
-            parser_1_5_5: false,
+            ported: false,
         }
     }
 
@@ -109,13 +111,13 @@ impl ZstdEncoder {
                 long,
                 mt,
                 fixed_blocks,
-                parser_1_5_5,
+                ported,
             } => format!(
                 "zstd-{level}{}{}{}",
                 if *long { "-long" } else { "" },
                 if *mt { "-mt" } else { "" },
-                if *parser_1_5_5 {
-                    "-1.5.5"
+                if *ported {
+                    dfast_writer::ported_release(*level)
                 } else if *fixed_blocks {
                     "-fixed"
                 } else {
@@ -187,21 +189,18 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             longs.iter().flat_map(move |&long| {
                 [(false, false), (true, false), (true, true)]
                     .into_iter()
-                    .flat_map(move |(fixed_blocks, parser_1_5_5)| {
-                        // The ported parser is slow to write: the CLI's multi-threaded mode
-                        // first, whose frames begin as single-threaded ones do for a window
-                        // (4-8 MiB, beyond the probe) and, within one job, end alike.
-                        let mts = if parser_1_5_5 {
-                            [true, false]
-                        } else {
-                            [false, true]
-                        };
+                    .flat_map(move |(fixed_blocks, ported)| {
+                        // Ported match finders: the CLI's multi-threaded mode first, whose
+                        // frames begin as single-threaded ones do for a window (2-8 MiB, beyond
+                        // the probe) and, within one job, end alike (the optimal parser is
+                        // slow to try).
+                        let mts = if ported { [true, false] } else { [false, true] };
                         mts.map(move |mt| ZstdEncoder::Libzstd {
                             level,
                             long,
                             mt,
                             fixed_blocks,
-                            parser_1_5_5,
+                            ported,
                         })
                     })
             })
@@ -211,15 +210,15 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
                 level,
                 long,
                 fixed_blocks,
-                parser_1_5_5,
+                ported,
                 ..
             } = enc
             else {
                 unreachable!()
             };
             level_fits(level, long)
-                && if parser_1_5_5 {
-                    dfast_writer::writes_opt(level, long, h.content_size)
+                && if ported {
+                    dfast_writer::writes_ported(level, long, h.content_size)
                 } else {
                     !fixed_blocks
                         || !(3..=4).contains(&level)
@@ -313,13 +312,11 @@ impl FrameWriter {
                 long,
                 mt,
                 fixed_blocks: true,
-                parser_1_5_5,
-            } if parser_1_5_5
-                || dfast_writer::writes(level, long, content_size.then_some(raw_len)) =>
-            {
+                ported,
+            } if ported || dfast_writer::writes(level, long, content_size.then_some(raw_len)) => {
                 Writer::Dfast(Box::new(DfastWriter::new(
                     level,
-                    parser_1_5_5,
+                    ported,
                     mt,
                     flags & FLAG_CHECKSUM != 0,
                     content_size.then_some(raw_len),

@@ -444,7 +444,8 @@ impl ZstdDecoder {
              at its four levels, SpeedBestCompression from 1.13.4, libzstd 1.5.7 at levels 1-19, and the releases before it \
              where their bytes are 1.5.7's with fixed blocks or their level 3-4 match finder \
              (1.5.6 at 1-19, 1.5.5 at 1-15, 1.5.4 at 1-4 and 13-15, 1.5.1-1.5.2 at 3-4 and \
-             13-15) or their optimal parser (1.5.4-1.5.5 at 16-19), single- and \
+             13-15) or their ported match finders (1.5.4 at 5-12, 1.5.4-1.5.5 at 16-19), \
+             single- and \
              multi-threaded, with and without --long, tried; libzstd before 1.5.7 at \
              another level, or another writer?): {}",
             header.describe()

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | 1.5.6 | 1, 2, 5-19 | levels 3-4: `dfast` takes a long match at the next position only if longer (1.5.7); written by the port of theirs (`dfast_writer.rs`) |
 //! | 1.5.5 | 1, 2, 5-15 | and the optimal parser (16-19, rewritten in 1.5.6); written by the port of theirs (`opt.rs`) |
-//! | 1.5.4 (Debian 12's `zstd`) | 1, 2, 13-15 | and the lazy match finders (5-12: row hash salt and tags, skipping incompressible data, 1.5.5); 3-4 and 16-19 through the ports |
+//! | 1.5.4 (Debian 12's `zstd`) | 1, 2, 13-15 | and the lazy match finders (5-12: row hash salt and tags, skipping incompressible data, 1.5.5); 3-4, 5-12 (`lazy.rs`) and 16-19 through the ports |
 //! | 1.5.1, 1.5.2 | 13-15 | and levels 1-2 (changed by 1.5.4: written alike for a few MB, so told apart only by verify-before-discard); at 3-4 1.5.4's bytes, written by the port (checked 2026-12-05 with their CLIs on a 43.7 MB tar: pipe, file, `--single-thread`, `-T2`, `--no-check`) |
 //! | 1.5.0, 1.4.8 | none | |
 //!

@@ -14,8 +14,9 @@
 //! [`PROBE`](crate::engine::recompress::PROBE) bytes (plain and compressed) are kept. The
 //! first frame's encoder is found by trying candidates (klauspost's levels, then libzstd's,
 //! then earlier libzstd releases' fixed blocks: `encoders.rs`, `libzstd.rs`, their levels
-//! 3-4 through a port of their match finder: `dfast.rs`, `dfast_writer.rs`, and 1.5.4-1.5.5's
-//! levels 16-19 through a port of their optimal parser: `opt.rs`) on that probe;
+//! 3-4 through a port of their match finder: `dfast.rs`, `dfast_writer.rs`, 1.5.4's levels 5-12
+//! through a port of its lazy ones, `lazy.rs`, and 1.5.4-1.5.5's levels 16-19 through a port
+//! of their optimal parser, `opt.rs`) on that probe;
 //! every later frame must be re-created by the same encoder.
 //! A frame that ends within the probe is compared whole, including how it ends; a longer one
 //! is compared on its beginning, and verify-before-discard proves the rest. Frame header
@@ -26,7 +27,7 @@
 //! ```text
 //! { "kind": "zstdframes",
 //!   "encoder": {"lib": "libzstd", "level": 3, "long": true?, "mt": true?, "fixed_blocks": true?,
-//!               "parser_1_5_5": true?}
+//!               "ported": true?}
 //!            | {"lib": "klauspost", "level": "default", "version": "v1.17.0"} | null,
 //!   "parts": [ [raw_len, compressed_len, flags],     a data frame
 //!              "50 2a 4d 18 ... (hex)",              a skippable frame, whole
@@ -61,6 +62,7 @@ mod dfast_writer;
 mod encoders;
 mod header;
 mod ingest;
+mod lazy;
 mod libzstd;
 mod opt;
 mod pull;
@@ -71,6 +73,7 @@ mod splits;
 mod stored;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use serde::{Deserialize, Serialize};
 

@@ -19,6 +19,7 @@
 //! the two modes differ only in which repeat offsets they try.
 
 use super::dfast::{count, hash, read32, Seq, START};
+use super::window::{before_block, lowest_index};
 use crate::engine::kpzstd::{ll_code, ml_code, LL_BITS_TABLE, ML_BITS_TABLE};
 
 /// `ZSTD_OPT_NUM`: positions the parser looks ahead.
@@ -458,30 +459,21 @@ impl Opt {
 
     /// `ZSTD_getLowestMatchIndex` (no dictionary).
     fn lowest_match_index(&self, curr: u32) -> u32 {
-        let max_distance = 1u32 << self.p.window_log;
-        if curr - self.low_limit > max_distance {
-            curr - max_distance
-        } else {
-            self.low_limit
-        }
+        lowest_index(curr, self.low_limit, self.p.window_log)
     }
 
     /// Finds the sequences of the block `buf[start..end]` (at least 7 bytes: libzstd stores
     /// shorter blocks without looking), appending them to `seqs`; returns the block's last
     /// literals' length. `rep` is updated as libzstd updates the block's repeat offsets.
     pub fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
-        let max_dist = 1u32 << self.p.window_log;
         let curr = start as u32 + self.base;
-        // ZSTD_window_enforceMaxDist, called with the block's start.
-        if curr > max_dist {
-            self.low_limit = self.low_limit.max(curr - max_dist);
-            self.dict_limit = self.dict_limit.max(self.low_limit);
-        }
-        self.next_to_update = self.next_to_update.max(self.low_limit);
-        // ZSTD_buildSeqStore: a limited update after a very long match.
-        if curr > self.next_to_update + 384 {
-            self.next_to_update = curr - 192.min(curr - self.next_to_update - 384);
-        }
+        before_block(
+            curr,
+            self.p.window_log,
+            &mut self.low_limit,
+            &mut self.dict_limit,
+            &mut self.next_to_update,
+        );
         let opt_level = self.p.opt_level();
         if self.p.strategy == OptStrategy::Btultra2
             && self.stats.lit_length_sum == 0

@@ -88,7 +88,7 @@ fn long_distance_libzstd() {
             long: true,
             mt: false,
             fixed_blocks: false,
-            parser_1_5_5: false,
+            ported: false,
         };
         let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
         let (found, _) = roundtrip(&c, &raw).unwrap();
@@ -128,7 +128,7 @@ fn multithreaded_libzstd() {
                     long: false,
                     mt: true,
                     fixed_blocks: false,
-                    parser_1_5_5: false,
+                    ported: false,
                 };
                 assert_eq!(enc, mt, "level {level}, {len} bytes, flags {flags}");
                 assert_eq!(enc.label(), format!("zstd-{level}-mt"));
@@ -162,14 +162,14 @@ fn libzstd_fixed_blocks() {
         long: false,
         mt,
         fixed_blocks,
-        parser_1_5_5: false,
+        ported: false,
     };
     let any = |level, long, mt, fixed_blocks| ZstdEncoder::Libzstd {
         level,
         long,
         mt,
         fixed_blocks,
-        parser_1_5_5: false,
+        ported: false,
     };
     // Multi-threaded without the size (the CLI reading stdin) and more than a job (2 MiB at
     // level 1): other bytes than single-threaded. `--long` with the parameters of its day:
@@ -223,9 +223,71 @@ fn libzstd_fixed_blocks() {
     );
 }
 
+/// libzstd 1.5.4 at levels 5-12 (`lazy.rs`, checked against Debian 12's `zstd` in
+/// `tests/zstd_layers.rs`): its lazy match finders' frames differ from 1.5.5's and 1.5.7's,
+/// and are found as `ported` and re-created at each strategy (`greedy`, `lazy`, `lazy2` with
+/// rows of 16, 32 and 64): multi-threaded over three jobs at level 5 (8 MiB each, the later
+/// ones on a prefix), single-threaded within the window and beyond it (libzstd's input buffer
+/// refilled, the older segment searched).
+#[test]
+fn libzstd_lazy_match_finders_of_1_5_4() {
+    let mut raw = Vec::new();
+    while raw.len() < 18 << 20 {
+        let i = raw.len() as u64;
+        raw.extend_from_slice(&text(50_000, i % 11));
+        raw.extend_from_slice(&crate::engine::test_bytes(40_000, i));
+    }
+    let enc = |level, mt, ported| ZstdEncoder::Libzstd {
+        level,
+        long: false,
+        mt,
+        fixed_blocks: true,
+        ported,
+    };
+    for (level, mt, raw, flags) in [
+        (5, true, &raw[..], FLAG_CHECKSUM),
+        (
+            7,
+            false,
+            &raw[..1_500_000],
+            FLAG_CHECKSUM | FLAG_CONTENT_SIZE,
+        ),
+        (10, false, &raw[..], FLAG_CHECKSUM | FLAG_CONTENT_SIZE),
+        (12, true, &raw[..3_000_000], FLAG_CONTENT_SIZE),
+    ] {
+        let new = enc(level, mt, true);
+        let c = encode_frame(&new, raw, FrameShape::flags(flags));
+        // Here with 40 KB runs of noise between texts, where the two releases differ.
+        assert!(
+            c != encode_frame(&enc(level, mt, false), raw, FrameShape::flags(flags)),
+            "{level}: 1.5.5 writes other bytes here"
+        );
+        assert_eq!(zstd::stream::decode_all(&c[..]).unwrap(), raw);
+        // As verify-before-discard: the encoder found on the frame's beginning, else the
+        // others that wrote it alike. Multi-threaded is tried first: within one window and one
+        // job a single-threaded frame is its frame; beyond, the single-threaded one follows.
+        let mut d = ZstdDecoder::default();
+        d.feed(&c, &mut |_| {}).unwrap();
+        let (first, parts, others) = d.finish().unwrap();
+        let found = std::iter::once(first)
+            .chain(others)
+            .find(|e| {
+                let mut f = FramesEncoder::new(*e, parts.clone());
+                let mut out = Vec::new();
+                f.push(raw, &mut out);
+                f.finish(&mut out);
+                out == c
+            })
+            .expect("re-created");
+        let beyond = !mt && raw.len() > 4 << 20;
+        assert_eq!(found, enc(level, !beyond, true), "{level} {flags}");
+    }
+    assert_eq!(enc(5, true, true).label(), "zstd-5-mt-1.5.4");
+}
+
 /// libzstd 1.5.4-1.5.5 at levels 16-19 (`opt.rs`, checked against Debian 12's `zstd` in
 /// `tests/zstd_layers.rs`): their optimal parser's frames differ from 1.5.6's and 1.5.7's, and
-/// are found as `parser_1_5_5` and re-created: multi-threaded over two jobs at level 16 (the
+/// are found as `ported` and re-created: multi-threaded over two jobs at level 16 (the
 /// second on a prefix of the first), with an incompressible run between (the post-splitter
 /// stores it raw), and single-threaded within the window at each strategy (beyond it, from
 /// Debian's CLI in `tests/zstd_layers.rs`).
@@ -239,12 +301,12 @@ fn libzstd_optimal_parser_before_1_5_6() {
             i,
         ));
     }
-    let enc = |level, mt, parser_1_5_5| ZstdEncoder::Libzstd {
+    let enc = |level, mt, ported| ZstdEncoder::Libzstd {
         level,
         long: false,
         mt,
         fixed_blocks: true,
-        parser_1_5_5,
+        ported,
     };
     let job = 16 << 20; // level 16: 2^(window log 22 + 2)
     let mut two_jobs = Vec::new();
@@ -295,7 +357,7 @@ fn libzstd_dfast_before_1_5_7() {
         long: false,
         mt,
         fixed_blocks: true,
-        parser_1_5_5: false,
+        ported: false,
     };
     let job = 8 << 20; // 2^(window log 21 + 2)
     for (level, mt, raw, flags) in [
@@ -328,7 +390,7 @@ fn libzstd_dfast_before_1_5_7() {
             long: false,
             mt,
             fixed_blocks: false,
-            parser_1_5_5: false,
+            ported: false,
         };
         assert!(
             c != encode_frame(&new, raw, FrameShape::flags(flags)),
