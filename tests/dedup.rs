@@ -195,6 +195,43 @@ fn layers_are_deduplicated_and_pull_back_exactly() {
     );
 }
 
+/// `--min-restore-rate`: a layer whose encoder re-creates it slower than the operator allows
+/// (zlib level 9, about 20 MB/s nominal, against 30) is kept as pushed, with a reason naming
+/// the encoder and the setting; a faster one (zlib level 1, about 60) is deduplicated; both
+/// pull back bit for bit.
+#[test]
+fn layers_slower_to_re_create_than_allowed_are_kept_as_pushed() {
+    let root = tempfile::tempdir().unwrap();
+    let s = Server::start_at(
+        root.path(),
+        &["--dedup", "inline", "--min-restore-rate", "30"],
+    );
+    let c = Client::new();
+    let slow = gzip(&layer(1, 24), 9);
+    let fast = gzip(&layer(2, 24), 1);
+    let digests: Vec<String> = [&slow, &fast]
+        .iter()
+        .map(|b| push(&s, &c, "rate/app", b))
+        .collect();
+    let st = stats(&s, &c);
+    assert_eq!(st["layers"]["pending"], 0, "{st}");
+    assert_eq!(st["layers"]["raw"], 1, "{st}");
+    assert_eq!(st["layers"]["encodings"]["gzip-zlib-1"], 1, "{st}");
+    let reasons = st["layers"]["raw_reasons"].as_object().unwrap();
+    assert!(
+        reasons
+            .keys()
+            .any(|r| r.contains("gzip-zlib-9") && r.contains("--min-restore-rate 30")),
+        "{st}"
+    );
+    for (b, d) in [&slow, &fast].iter().zip(&digests) {
+        assert!(
+            pull(&s, &c, "rate/app", d) == **b,
+            "{d} pulls back bit for bit"
+        );
+    }
+}
+
 /// `zstd ARGS -c` of `raw` through a pipe, as a build script writes a layer (the CLI's
 /// defaults: multi-threaded, checksum on, no content size), or of a file holding it with
 /// `FILE` among the arguments (its size in the header); None without the CLI.

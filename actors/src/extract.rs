@@ -202,6 +202,15 @@ impl Extract {
         let (enc, alternatives) = decoder
             .finish_with_alternatives()
             .map_err(|e| e.to_string())?;
+        let rate = enc.nominal_restore_rate() / 1e6;
+        if rate < self.cfg.min_restore_rate {
+            return Err(format!(
+                "{} re-creates the layer at about {rate} MB/s, under --min-restore-rate {}: \
+                 kept as pushed",
+                enc.label(),
+                self.cfg.min_restore_rate
+            ));
+        }
         let _ = job.alternatives.set(alternatives);
         Ok((enc, summary.files))
     }

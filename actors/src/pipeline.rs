@@ -77,6 +77,9 @@ pub struct PipelineConfig {
     pub zstd_frames: ZstdFrames,
     /// Cores a long klauspost zstd frame's segments are planned for.
     pub zstd_segment_cores: crate::engine::zstd_frames::SegmentCores,
+    /// Layers whose encoder re-creates them slower than this (MB/s, its nominal speed) are
+    /// kept as pushed; 0: none.
+    pub min_restore_rate: f64,
 }
 
 /// Near-duplicate detection and its selective policies.

@@ -139,6 +139,7 @@ fn config(containers: &Path) -> PipelineConfig {
         hot: None,
         zstd_frames: Default::default(),
         zstd_segment_cores: stowage_actors::engine::zstd_frames::SegmentCores::Fixed(1),
+        min_restore_rate: 0.0,
     }
 }
 
@@ -693,6 +694,7 @@ fn a_long_klauspost_layer_is_deduplicated_with_segments_and_restores_exactly() {
     e.close(&mut blob);
     let (_dir, containers, cat, staged) = deduplicate_one(&blob, |containers| PipelineConfig {
         zstd_segment_cores: stowage_actors::engine::zstd_frames::SegmentCores::Fixed(2),
+        min_restore_rate: 0.0,
         ..config(containers)
     });
     let recipe = cat.recipes.lock().unwrap()[&staged.0].0.clone();

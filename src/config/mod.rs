@@ -136,6 +136,13 @@ pub struct ServeArgs {
     /// busy].
     #[arg(long, env = "STOWAGE_ZSTD_SEGMENT_CORES")]
     pub zstd_segment_cores: Option<u64>,
+    /// Keep a layer as pushed when its encoder re-creates it slower than this many MB/s (the
+    /// encoder's nominal speed on one core: about 3 for libzstd levels 16-19, 20 for libzstd
+    /// 10-15 and gzip 7-9, 28 for klauspost's `SpeedBestCompression`): every pull of such a
+    /// layer that the hot tier does not serve re-encodes it. 0: deduplicate whatever is
+    /// re-created exactly [default: 0].
+    #[arg(long, env = "STOWAGE_MIN_RESTORE_RATE")]
+    pub min_restore_rate: Option<f64>,
     /// A repository policy, `PATTERN=MODE[@MIN_AGE]` (repeatable; in the environment,
     /// separated by `;`): repositories matching PATTERN (`*` matches anything) are stored
     /// `full` (chunks and deltas), `chunks` (no deltas) or `raw` (kept as pushed: hot
@@ -409,6 +416,7 @@ struct FileConfig {
     similarity_index_entries: Option<usize>,
     zstd_frames: Option<stowage_actors::pipeline::ZstdFrames>,
     zstd_segment_cores: Option<u64>,
+    min_restore_rate: Option<f64>,
     #[serde(default)]
     repo_policy: Vec<RepoPolicy>,
     #[serde(default, with = "humantime_serde")]
@@ -456,6 +464,8 @@ pub struct Config {
     pub similarity_index_entries: usize,
     pub zstd_frames: stowage_actors::pipeline::ZstdFrames,
     pub zstd_segment_cores: stowage_actors::engine::zstd_frames::SegmentCores,
+    /// MB/s; 0: off.
+    pub min_restore_rate: f64,
     pub repo_policies: Vec<RepoPolicy>,
     /// Zero: no background collection.
     pub gc_interval: Duration,
@@ -496,6 +506,7 @@ impl Default for Config {
             similarity_index_entries: 2_000_000,
             zstd_frames: Default::default(),
             zstd_segment_cores: SegmentCores::Auto,
+            min_restore_rate: 0.0,
             repo_policies: Vec::new(),
             gc_interval: Duration::from_secs(3600),
             gc_delay: Duration::from_secs(3600),
@@ -621,6 +632,11 @@ impl Config {
                 .zstd_segment_cores
                 .or(file.zstd_segment_cores)
                 .map_or(d.zstd_segment_cores, |n| SegmentCores::Fixed(n.clamp(1, 8))),
+            min_restore_rate: args
+                .min_restore_rate
+                .or(file.min_restore_rate)
+                .unwrap_or(d.min_restore_rate)
+                .max(0.0),
             repo_policies: if args.repo_policy.is_empty() {
                 file.repo_policy
             } else {
@@ -763,6 +779,24 @@ mod tests {
                 SegmentCores::Fixed(want)
             );
         }
+    }
+
+    #[test]
+    fn min_restore_rate_off_by_default_from_flag_and_file() {
+        assert_eq!(
+            Config::resolve(&ServeArgs::default())
+                .unwrap()
+                .min_restore_rate,
+            0.0
+        );
+        let (_dir, file) = with_file("min_restore_rate = 10.0\n");
+        assert_eq!(Config::resolve(&file).unwrap().min_restore_rate, 10.0);
+        let args = ServeArgs {
+            config: file.config.clone(),
+            min_restore_rate: Some(2.5),
+            ..Default::default()
+        };
+        assert_eq!(Config::resolve(&args).unwrap().min_restore_rate, 2.5);
     }
 
     #[test]

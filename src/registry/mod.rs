@@ -390,6 +390,7 @@ impl Registry {
                             hot: Some(layer_cache.clone()),
                             zstd_frames: cfg.zstd_frames,
                             zstd_segment_cores: cfg.zstd_segment_cores,
+                            min_restore_rate: cfg.min_restore_rate,
                         },
                     )
                 })
