@@ -60,6 +60,8 @@ pub(super) struct Lazy {
     next_to_update: u32,
     /// The two repeat offsets the match finder tracks.
     pub rep: [u32; 2],
+    /// A search's candidates (kept to save an allocation a search).
+    candidates: Vec<u32>,
 }
 
 /// The match found by a search: its length and offset code.
@@ -82,6 +84,7 @@ impl Lazy {
             dict_limit: START,
             next_to_update: START,
             rep,
+            candidates: Vec::with_capacity(64),
         }
     }
 
@@ -138,7 +141,9 @@ impl Lazy {
             (limit - at + 1) as u32
         };
         for i in idx..idx + room.min(CACHE as u32) {
-            self.hash_cache[i as usize & (CACHE - 1)] = self.row_hash(buf, self.pos(i));
+            let h = self.row_hash(buf, self.pos(i));
+            self.prefetch_row(h);
+            self.hash_cache[i as usize & (CACHE - 1)] = h;
         }
     }
 
@@ -146,7 +151,24 @@ impl Lazy {
     /// `idx + 8` in its place.
     fn next_cached_hash(&mut self, buf: &[u8], idx: u32) -> u32 {
         let new = self.row_hash(buf, self.pos(idx) + CACHE);
+        self.prefetch_row(new);
         std::mem::replace(&mut self.hash_cache[idx as usize & (CACHE - 1)], new)
+    }
+
+    /// `ZSTD_row_prefetch`: the row of hash `h` and its tags on their way to the cache, 8
+    /// positions before they are read (speed only).
+    #[inline(always)]
+    fn prefetch_row(&self, h: u32) {
+        let row_log = self.p.row_log();
+        let row = ((h >> TAG_BITS) << row_log) as usize;
+        prefetch(self.hash.as_ptr().wrapping_add(row) as *const u8);
+        if row_log >= 5 {
+            prefetch(self.hash.as_ptr().wrapping_add(row + 16) as *const u8);
+        }
+        prefetch(self.tags.as_ptr().wrapping_add(2 * row));
+        if row_log == 6 {
+            prefetch(self.tags.as_ptr().wrapping_add(2 * row + 64));
+        }
     }
 
     /// `ZSTD_row_nextIndex`: the row's next slot (its head moves back one).
@@ -209,23 +231,20 @@ impl Lazy {
         let head = self.tags[2 * row] as u32 & mask;
         // ZSTD_row_getMatchMask: a bit for each slot holding the tag, from the head on.
         let tags = &self.tags[2 * row + TAG_OFFSET..2 * row + TAG_OFFSET + entries as usize];
-        let mut bits = tags
-            .iter()
-            .enumerate()
-            .fold(0u64, |m, (i, &t)| m | (u64::from(t == tag) << i));
+        let mut bits = tag_mask(tags, tag);
         if head > 0 {
             bits = (bits >> head | bits << (entries - head)) & (u64::MAX >> (64 - entries));
         }
-        let mut candidates = [0u32; 64];
-        let mut n = 0;
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
         while bits > 0 && attempts > 0 {
             let slot = (head + bits.trailing_zeros()) & mask;
             let index = self.hash[row + slot as usize];
             if index < low {
                 break;
             }
-            candidates[n] = index;
-            n += 1;
+            prefetch(buf.as_ptr().wrapping_add(self.pos(index)));
+            candidates.push(index);
             attempts -= 1;
             bits &= bits - 1;
         }
@@ -235,7 +254,7 @@ impl Lazy {
         self.hash[row + slot] = self.next_to_update;
         self.next_to_update += 1;
 
-        for &index in &candidates[..n] {
+        for &index in &candidates {
             let m = self.pos(index);
             let len = if !ext_dict || index >= self.dict_limit {
                 // 4 bytes ending where the best so far ends: potentially better.
@@ -260,6 +279,7 @@ impl Lazy {
                 }
             }
         }
+        self.candidates = candidates;
         best
     }
 
@@ -453,6 +473,46 @@ struct Candidate {
     len: usize,
     off: u32,
     begin: usize,
+}
+
+/// Asks for the cache line at `p` (a hint: never read, never faults).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// A bit for each of `tags` (16, 32 or 64) equal to `tag`, the first the lowest: libzstd's
+/// SSE2 comparison (`ZSTD_row_getSSEMask`), 16 tags at a time.
+#[inline(always)]
+fn tag_mask(tags: &[u8], tag: u8) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+        };
+        let mut bits = 0u64;
+        for (i, chunk) in tags.chunks_exact(16).enumerate() {
+            // SAFETY: SSE2 is part of x86-64; the load reads the 16 bytes of `chunk`.
+            let m = unsafe {
+                let v = _mm_loadu_si128(chunk.as_ptr() as *const _);
+                _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(tag as i8)))
+            };
+            bits |= u64::from(m as u16) << (16 * i);
+        }
+        bits
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        tags.iter()
+            .enumerate()
+            .fold(0u64, |m, (i, &t)| m | (u64::from(t == tag) << i))
+    }
 }
 
 #[inline(always)]
