@@ -180,9 +180,9 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     // costs a block or two at its level); at each, without `--long` first, single-threaded
     // first (libraries), then the CLI's multi-threaded mode; 1.5.7, then the releases before
     // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
-    // through the port of theirs, where it applies (`dfast_writer.rs`); last, at levels
-    // 16-19, 1.5.4-1.5.5 through the port of their optimal parser (`opt.rs`), multi-threaded
-    // first.
+    // through the port of theirs, where it applies (`dfast_writer.rs`); last, the releases
+    // whose match finders are ported at the level (`ported`: 1.5.4's lazy ones at 5-12,
+    // `lazy.rs`; 1.5.4-1.5.5's optimal parser at 16-19, `opt.rs`), multi-threaded first.
     let libzstd = std::iter::once(3)
         .chain((1..=19).filter(|&l| l != 3))
         .flat_map(|level| {
