@@ -367,6 +367,49 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     assert_fsck_clean(root.path(), "zstd CLI layers");
 }
 
+/// Layers the `zstd` of Debian 11 and Ubuntu 22.04 (libzstd 1.4.8) wrote from a pipe, at its
+/// default level 3 (the ported double-fast loop) and at 9 (the linked libzstd with 1.4.8's
+/// parameters and the vendored patch's switch), are deduplicated as that release's and pull
+/// back bit for bit. The layers are kept in `actors/testdata` (a tar of two licence texts and
+/// a file whose equal byte counts exercise 1.4.8's Huffman sort): CI has no such CLI.
+#[test]
+fn layers_libzstd_1_4_8_wrote_are_deduplicated() {
+    let root = tempfile::tempdir().unwrap();
+    let mut s = Server::start_at(root.path(), &["--dedup", "inline"]);
+    let c = Client::new();
+    let layers: [(&[u8], &str); 2] = [
+        (
+            include_bytes!("../actors/testdata/layer-zstd-1.4.8-level3.tar.zst"),
+            "zstd-3",
+        ),
+        (
+            include_bytes!("../actors/testdata/layer-zstd-1.4.8-level9.tar.zst"),
+            "zstd-9",
+        ),
+    ];
+    let digests: Vec<String> = layers
+        .iter()
+        .map(|(b, _)| push(&s, &c, "z148/app", b))
+        .collect();
+    let st = stats(&s, &c);
+    assert_eq!(st["layers"]["pending"], 0, "{st}");
+    assert_eq!(st["layers"]["raw"], 0, "{st}");
+    let count = |label: String| st["layers"]["encodings"][label].as_u64().unwrap_or(0);
+    for (_, level) in &layers {
+        // One block's frame: the CLI's multi-threaded mode writes what one thread would.
+        let found = count(format!("{level}-1.4.8")) + count(format!("{level}-mt-1.4.8"));
+        assert_eq!(found, 1, "{level}: {st}");
+    }
+    for ((b, level), d) in layers.iter().zip(&digests) {
+        assert!(
+            pull(&s, &c, "z148/app", d) == *b,
+            "{level} pulls back bit for bit"
+        );
+    }
+    assert!(s.stop());
+    assert_fsck_clean(root.path(), "libzstd 1.4.8 layers");
+}
+
 /// `frame` (one zstd frame) with its last block written raw: the same plaintext, in a way its
 /// writer would not have written it.
 fn last_block_raw(frame: &[u8]) -> Vec<u8> {

@@ -234,12 +234,18 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
         &["-4", "--single-thread", "FILE", "BIG"],
         &["-4", "--single-thread", "FILE", "SMALL"],
         &["--long", "-3"],
+        // One block from a pipe: the CLI hands the data over, then the end.
+        &["-3", "TINY"],
+        &["-3", "--single-thread", "TINY"],
+        &["-7", "TINY"],
     ] {
-        // 3 MiB, 20 MiB (several multi-threaded jobs at -3) or 1.5 MiB.
+        // 3 MiB, 20 MiB (several multi-threaded jobs at -3), 1.5 MiB or 100 kB.
         let len = if args.contains(&"BIG") {
             20 << 20
         } else if args.contains(&"SMALL") {
             1_500_000
+        } else if args.contains(&"TINY") {
+            100_000
         } else {
             3 << 20
         };
@@ -256,7 +262,7 @@ fn zstd_cli_frames_are_reproduced_or_refused_with_a_reason() {
             .args(["-q", "-c"])
             .args(
                 args.iter()
-                    .filter(|a| !["FILE", "BIG", "SMALL"].contains(a)),
+                    .filter(|a| !["FILE", "BIG", "SMALL", "TINY"].contains(a)),
             )
             .args(from_file.then_some(&file))
             .stdin(Stdio::piped())
@@ -360,6 +366,7 @@ fn a_long_multithreaded_libzstd_frame_is_handed_on_from_single_threaded() {
         mt,
         fixed_blocks: true,
         ported: false,
+        before_1_5_1: false,
     };
     let c = encode_frame(&lib(true), &raw, FrameShape::flags(FLAG_CHECKSUM));
     let mut d = ZstdDecoder::default();

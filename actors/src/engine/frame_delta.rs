@@ -17,7 +17,8 @@
 //!
 //! ```text
 //! base id [20] | version u8 (1) | frame flags u8 (zstd_frames FLAG_*) | writer | delta
-//! writer  0 | level i8 | bits u8 (1 long, 2 mt, 4 fixed_blocks, 8 ported)  libzstd
+//! writer  0 | level i8 | bits u8 (1 long, 2 mt, 4 fixed_blocks, 8 ported,
+//!                                 16 before_1_5_1)                     libzstd
 //!         1 | level u8 (0 fastest, 1 default, 2 better, 3 best) | n u8 | release [n] (ASCII)
 //!                                                                       klauspost/compress
 //! delta   a zstd frame declaring the plaintext's size, made with the base frame's plaintext
@@ -96,6 +97,7 @@ impl FrameRecipe {
                 mt,
                 fixed_blocks,
                 ported,
+                before_1_5_1,
             } => {
                 out.push(0);
                 out.push(level as i8 as u8);
@@ -103,7 +105,8 @@ impl FrameRecipe {
                     u8::from(long)
                         | u8::from(mt) << 1
                         | u8::from(fixed_blocks) << 2
-                        | u8::from(ported) << 3,
+                        | u8::from(ported) << 3
+                        | u8::from(before_1_5_1) << 4,
                 );
             }
             ZstdEncoder::Klauspost { level, version } => {
@@ -142,6 +145,7 @@ impl FrameRecipe {
                     mt: bits & 2 != 0,
                     fixed_blocks: bits & 4 != 0,
                     ported: bits & 8 != 0,
+                    before_1_5_1: bits & 16 != 0,
                 };
                 (enc, rest)
             }
@@ -297,6 +301,7 @@ mod tests {
                 mt: false,
                 fixed_blocks: false,
                 ported: false,
+                before_1_5_1: false,
             },
         ]
     }

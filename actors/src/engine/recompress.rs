@@ -785,6 +785,7 @@ mod tests {
                     mt,
                     fixed_blocks: false,
                     ported: false,
+                    before_1_5_1: false,
                 },
                 parts: Vec::new(),
             }

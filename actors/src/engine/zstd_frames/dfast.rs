@@ -5,6 +5,13 @@
 //! next position only if it is longer than the short match at this one). libzstd's own
 //! entropy stage writes the block from them (`dfast_writer.rs`).
 //!
+//! And the loop of 1.4.8-1.5.0 ([`DfastRelease::V1_4_8`]; Debian 11's and Ubuntu 22.04's
+//! `zstd`), which 1.5.1 rewrote: one position at a time, the step growing with the literals
+//! since the last match; a long match at the next position looked for only after a short one
+//! here, and taken outright; one repeat offset set aside at a block's start, not two; and in
+//! the older window segment a repeat offset tried wherever its index lies above the window's
+//! start.
+//!
 //! Positions are libzstd's indices (the stream's first byte is 2), so the window tests compare
 //! the same numbers libzstd compares; the bytes are one buffer whose first byte has index
 //! [`Dfast::base`]. libzstd's window is two segments when its streaming input buffer wraps:
@@ -12,7 +19,10 @@
 //! here. Matches run on from its end into the newer segment, which in the stream is what
 //! follows, so one buffer serves both.
 
-use super::window::{lowest_index, restored, set_aside};
+use super::window::{
+    enforce_max_dist, lowest_index, reduce_indices, restored, restored_one, set_aside,
+    set_aside_one,
+};
 
 /// libzstd's first index (`ZSTD_WINDOW_START_INDEX`).
 pub(super) const START: u32 = 2;
@@ -46,6 +56,16 @@ pub(super) struct DfastParams {
     /// The short table's log.
     pub chain_log: u32,
     pub min_match: u32,
+    pub release: DfastRelease,
+}
+
+/// Whose loop the match finder runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DfastRelease {
+    /// libzstd 1.4.8-1.5.0 (checked against both built from their tags).
+    V1_4_8,
+    /// libzstd 1.5.1-1.5.6.
+    V1_5_4,
 }
 
 /// The match finder's state across the blocks of one job (or single-threaded frame).
@@ -82,6 +102,16 @@ pub(super) fn hash(b: &[u8], i: usize, bits: u32, mls: u32) -> usize {
         7 => ((read64(b, i) << 8).wrapping_mul(58295818150454627) >> (64 - bits)) as usize,
         8 => (read64(b, i).wrapping_mul(0xCF1BBCDCB7A56463) >> (64 - bits)) as usize,
         _ => (read32(b, i).wrapping_mul(2654435761) >> (32 - bits)) as usize,
+    }
+}
+
+/// The bytes hashed for a minimum match of `min_match` (the fast finders' template: 4-7).
+pub(super) fn hash_len(min_match: u32) -> u32 {
+    match min_match {
+        5 => 5,
+        6 => 6,
+        7 => 7,
+        _ => 4,
     }
 }
 
@@ -125,15 +155,12 @@ impl Dfast {
     /// never match), so the sequences found do not change. The buffer must start at
     /// `low_limit`. Returns by how much.
     pub fn reduce(&mut self) -> u32 {
-        debug_assert_eq!(self.base, self.low_limit);
-        let delta = self.low_limit - START;
-        for e in self.hash_long.iter_mut().chain(self.hash_small.iter_mut()) {
-            *e = e.saturating_sub(delta);
-        }
-        self.base -= delta;
-        self.low_limit -= delta;
-        self.dict_limit -= delta;
-        delta
+        reduce_indices(
+            self.hash_long.iter_mut().chain(self.hash_small.iter_mut()),
+            &mut self.base,
+            &mut self.low_limit,
+            &mut self.dict_limit,
+        )
     }
 
     /// Loads `buf[..len]` (a job's prefix) as libzstd loads a raw-content dictionary
@@ -163,27 +190,134 @@ impl Dfast {
     /// literals' length. `rep` is updated as libzstd updates the block's repeat offsets; a
     /// block written uncompressed must restore them (`libzstd` does not keep them either).
     pub fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
-        let max_dist = 1u32 << self.p.window_log;
-        // ZSTD_window_enforceMaxDist, called with the block's start.
         let block_start = start as u32 + self.base;
-        if block_start > max_dist {
-            self.low_limit = self.low_limit.max(block_start - max_dist);
-            self.dict_limit = self.dict_limit.max(self.low_limit);
-        }
+        enforce_max_dist(
+            block_start,
+            self.p.window_log,
+            &mut self.low_limit,
+            &mut self.dict_limit,
+        );
         if self.low_limit < self.dict_limit {
             self.block_ext_dict(buf, start, end, seqs)
         } else {
-            self.block_no_dict(buf, start, end, seqs)
+            self.block_one_segment(buf, start, end, seqs)
         }
     }
 
-    fn mls(&self) -> u32 {
-        match self.p.min_match {
-            5 => 5,
-            6 => 6,
-            7 => 7,
-            _ => 4,
+    fn block_one_segment(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+        seqs: &mut Vec<Seq>,
+    ) -> usize {
+        match self.p.release {
+            DfastRelease::V1_4_8 => self.block_no_dict_1_4_8(buf, start, end, seqs),
+            DfastRelease::V1_5_4 => self.block_no_dict(buf, start, end, seqs),
         }
+    }
+
+    /// 1.4.8's `ZSTD_compressBlock_doubleFast_generic` for `ZSTD_noDict`.
+    fn block_no_dict_1_4_8(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        end: usize,
+        seqs: &mut Vec<Seq>,
+    ) -> usize {
+        let base = self.base;
+        let idx = |p: usize| p as u32 + base;
+        let pos = |i: u32| (i - base) as usize;
+        let mls = self.mls();
+        let (hbl, hbs) = (self.p.hash_log, self.p.chain_log);
+        let iend = end;
+        let prefix_lowest_index = self.lowest_prefix_index(idx(end));
+        let prefix_lowest = pos(prefix_lowest_index);
+        let mut anchor = start;
+        let mut ip = start;
+        if ip == prefix_lowest {
+            ip += 1;
+        }
+        let current = idx(ip);
+        let ([mut offset_1, mut offset_2], saved) =
+            set_aside_one(self.rep, current - self.lowest_prefix_index(current));
+        let hash_long = &mut self.hash_long;
+        let hash_small = &mut self.hash_small;
+        // `while (ip < ilimit)`, `ilimit = iend - HASH_READ_SIZE`.
+        let ilimit = end.saturating_sub(HASH_READ);
+        while ip < ilimit {
+            let h2 = hash(buf, ip, hbl, 8);
+            let h = hash(buf, ip, hbs, mls);
+            let curr = idx(ip);
+            let match_index_l = hash_long[h2];
+            let match_index_s = hash_small[h];
+            hash_long[h2] = curr;
+            hash_small[h] = curr;
+            let mut m_length;
+            let found;
+            if offset_1 > 0 && read32(buf, ip + 1 - offset_1 as usize) == read32(buf, ip + 1) {
+                m_length = count(buf, ip + 1 + 4, ip + 1 + 4 - offset_1 as usize, iend) + 4;
+                ip += 1;
+                found = None;
+            } else if match_index_l > prefix_lowest_index
+                && read64(buf, pos(match_index_l)) == read64(buf, ip)
+            {
+                let m = pos(match_index_l);
+                m_length = count(buf, ip + 8, m + 8, iend) + 8;
+                found = Some(m);
+            } else if match_index_s > prefix_lowest_index
+                && read32(buf, pos(match_index_s)) == read32(buf, ip)
+            {
+                // _search_next_long: a long match at the next position wins outright.
+                let hl3 = hash(buf, ip + 1, hbl, 8);
+                let match_index_l3 = hash_long[hl3];
+                hash_long[hl3] = curr + 1;
+                if match_index_l3 > prefix_lowest_index
+                    && read64(buf, pos(match_index_l3)) == read64(buf, ip + 1)
+                {
+                    let m = pos(match_index_l3);
+                    m_length = count(buf, ip + 9, m + 8, iend) + 8;
+                    ip += 1;
+                    found = Some(m);
+                } else {
+                    let m = pos(match_index_s);
+                    m_length = count(buf, ip + 4, m + 4, iend) + 4;
+                    found = Some(m);
+                }
+            } else {
+                ip += ((ip - anchor) >> 8) + 1;
+                continue;
+            }
+            let m = Found {
+                at: found,
+                ip,
+                anchor,
+                len: m_length,
+            };
+            (ip, m_length) = m.store(buf, prefix_lowest, [&mut offset_1, &mut offset_2], seqs);
+            Self::after_match(
+                buf,
+                base,
+                hash_long,
+                hash_small,
+                (hbl, hbs, mls),
+                curr,
+                &mut ip,
+                &mut anchor,
+                m_length,
+                ilimit,
+                iend,
+                &mut offset_1,
+                &mut offset_2,
+                seqs,
+            );
+        }
+        self.rep = restored_one([offset_1, offset_2], saved);
+        iend - anchor
+    }
+
+    fn mls(&self) -> u32 {
+        hash_len(self.p.min_match)
     }
 
     /// `ZSTD_compressBlock_doubleFast_noDict_generic`: the window is one segment.
@@ -296,25 +430,13 @@ impl Dfast {
                 }
             };
             // _match_found (the hash update for `ip1` is done above, where `hl1` is known).
-            let offset = found.map(|mut m| {
-                let offset = (ip - m) as u32;
-                // Catch up: the match may begin before where it was found.
-                while ip > anchor && m > prefix_lowest && buf[ip - 1] == buf[m - 1] {
-                    ip -= 1;
-                    m -= 1;
-                    m_length += 1;
-                }
-                offset
-            });
-            if let Some(offset) = offset {
-                offset_2 = offset_1;
-                offset_1 = offset;
-            }
-            seqs.push(Seq {
-                lit_len: (ip - anchor) as u32,
-                off_code: offset.map_or(REPCODE1, offset_code),
-                match_len: m_length as u32,
-            });
+            let m = Found {
+                at: found,
+                ip,
+                anchor,
+                len: m_length,
+            };
+            (ip, m_length) = m.store(buf, prefix_lowest, [&mut offset_1, &mut offset_2], seqs);
             // _match_stored
             Self::after_match(
                 buf,
@@ -361,7 +483,7 @@ impl Dfast {
         let prefix_start_index = self.dict_limit.max(dict_start_index);
         if prefix_start_index == dict_start_index {
             // The older segment has left the window.
-            return self.block_no_dict(buf, start, end, seqs);
+            return self.block_one_segment(buf, start, end, seqs);
         }
         let mls = self.mls();
         let (hbl, hbs) = (self.p.hash_log, self.p.chain_log);
@@ -374,6 +496,17 @@ impl Dfast {
                 dict_start
             } else {
                 prefix_start
+            }
+        };
+        // Whether a repeat offset may be tried at `index`, from position `curr` (1.4.8 reads it
+        // wherever the index lies above the window's start; an offset past the stream's start,
+        // which it would read before the buffer, is not tried here).
+        let v1_4_8 = self.p.release == DfastRelease::V1_4_8;
+        let rep_in_window = move |offset: u32, index: u32, curr: u32| {
+            if v1_4_8 {
+                index > dict_start_index && index <= curr
+            } else {
+                offset <= curr - dict_start_index
             }
         };
         let iend = end;
@@ -394,7 +527,7 @@ impl Dfast {
             hash_long[h_long] = curr;
             let m_length;
             if (prefix_start_index - 1).wrapping_sub(rep_index) >= 3
-                && offset_1 <= curr + 1 - dict_start_index
+                && rep_in_window(offset_1, rep_index, curr + 1)
                 && read32(buf, pos(rep_index)) == read32(buf, ip + 1)
             {
                 m_length = count(buf, ip + 1 + 4, pos(rep_index) + 4, iend) + 4;
@@ -461,7 +594,7 @@ impl Dfast {
                     let current2 = idx(ip);
                     let rep_index2 = current2.wrapping_sub(offset_2);
                     if (prefix_start_index - 1).wrapping_sub(rep_index2) >= 3
-                        && offset_2 <= current2 - dict_start_index
+                        && rep_in_window(offset_2, rep_index2, current2)
                         && read32(buf, pos(rep_index2)) == read32(buf, ip)
                     {
                         let rep_length2 = count(buf, ip + 4, pos(rep_index2) + 4, iend) + 4;
@@ -484,7 +617,58 @@ impl Dfast {
         self.rep = [offset_1, offset_2];
         iend - anchor
     }
+}
 
+/// A match about to be stored: found at `at` (None: at the repeat offset) for `ip`, `len`
+/// bytes, after the literals since `anchor`.
+struct Found {
+    at: Option<usize>,
+    ip: usize,
+    anchor: usize,
+    len: usize,
+}
+
+impl Found {
+    /// `_match_found`: a match from the tables caught up backwards (it may begin before where
+    /// it was found, down to `lowest`) and its offset made the latest; then the sequence
+    /// stored. Returns where the match begins and its length.
+    #[inline(always)]
+    fn store(
+        self,
+        buf: &[u8],
+        lowest: usize,
+        [offset_1, offset_2]: [&mut u32; 2],
+        seqs: &mut Vec<Seq>,
+    ) -> (usize, usize) {
+        let Found {
+            at,
+            mut ip,
+            anchor,
+            mut len,
+        } = self;
+        let offset = at.map(|mut m| {
+            let offset = (ip - m) as u32;
+            while ip > anchor && m > lowest && buf[ip - 1] == buf[m - 1] {
+                ip -= 1;
+                m -= 1;
+                len += 1;
+            }
+            offset
+        });
+        if let Some(offset) = offset {
+            *offset_2 = *offset_1;
+            *offset_1 = offset;
+        }
+        seqs.push(Seq {
+            lit_len: (ip - anchor) as u32,
+            off_code: offset.map_or(REPCODE1, offset_code),
+            match_len: len as u32,
+        });
+        (ip, len)
+    }
+}
+
+impl Dfast {
     /// `_match_stored`: past the match, the complementary insertions, then as many
     /// immediate repeats of the previous offset as follow.
     #[allow(clippy::too_many_arguments)]

@@ -40,10 +40,11 @@ use std::ptr::NonNull;
 use xxhash_rust::xxh64::Xxh64;
 use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter};
 
-use super::dfast::{Dfast, DfastParams, Seq};
+use super::dfast::{Dfast, DfastParams, DfastRelease, Seq};
+use super::fast::{Fast, FastParams};
 use super::header::parse_header;
 use super::lazy::{lazy_params, Lazy, LazyParams};
-use super::libzstd::{check, compress_stream};
+use super::libzstd::{check, compress_stream, set_before_1_5_1};
 use super::opt::{opt_params, Opt, OptParams, OptStrategy};
 use super::reps::reps_after;
 
@@ -62,7 +63,8 @@ const LIMITS: Limits = Limits {
     trim: 16 << 20,
     reduce_at: 2 << 30,
 };
-/// `ZSTD_strategy::ZSTD_dfast`.
+/// `ZSTD_strategy::ZSTD_fast` and `ZSTD_dfast`.
+const STRATEGY_FAST: u32 = 1;
 const STRATEGY_DFAST: u32 = 2;
 /// What the producer returns on a mismatch (`ZSTD_SEQUENCE_PRODUCER_ERROR`).
 const PRODUCER_ERROR: usize = usize::MAX;
@@ -80,7 +82,43 @@ pub(super) fn dfast_params(level: i32, content_size: Option<u64>) -> Option<Dfas
         hash_log: c.hashLog,
         chain_log: c.chainLog,
         min_match: c.minMatch,
+        release: DfastRelease::V1_5_4,
     })
+}
+
+/// The fast match finder's parameters at `level` for a frame of `content_size`, as libzstd
+/// derives them (1.4.8's are 1.5.7's at levels 1-4); None where the strategy is not `fast`.
+fn fast_params(level: i32, content_size: Option<u64>) -> Option<FastParams> {
+    // SAFETY: a pure function of its arguments.
+    let c = unsafe { sys::ZSTD_getCParams(level, content_size.unwrap_or(u64::MAX) as _, 0) };
+    (c.strategy as u32 == STRATEGY_FAST).then_some(FastParams {
+        window_log: c.windowLog,
+        hash_log: c.hashLog,
+        min_match: c.minMatch,
+        target_length: c.targetLength,
+    })
+}
+
+/// Whether this writer writes 1.4.8-1.5.0's frame at `level` (`before_1_5_1`): levels 1-4
+/// without `--long`, where the strategy at the frame's size is `fast` or `dfast`.
+pub(super) fn writes_1_4_8(level: i32, long: bool, content_size: Option<u64>) -> bool {
+    (1..=4).contains(&level)
+        && !long
+        && (fast_params(level, content_size).is_some()
+            || dfast_params(level, content_size).is_some())
+}
+
+/// Which earlier release's bytes a writer writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Earlier {
+    /// 1.5.1-1.5.6 at levels 3-4 (`fixed_blocks`): their double-fast loop.
+    Dfast,
+    /// The release whose match finder is ported at the level (`ported`, see
+    /// [`writes_ported`]).
+    Ported,
+    /// 1.4.8-1.5.0 at levels 1-4 (`before_1_5_1`): their fast or double-fast loop, and their
+    /// Huffman symbol sort in libzstd's entropy stage (`ZSTD_c_stowageBefore151`).
+    V1_4_8,
 }
 
 /// Whether this writer writes a frame of an earlier release (`fixed_blocks`) at `level`
@@ -114,9 +152,25 @@ pub(super) fn ported_release(level: i32) -> &'static str {
     }
 }
 
+/// The match finder `earlier`'s frame at `level` has, and its parameters.
+fn finder_params(level: i32, earlier: Earlier, content_size: Option<u64>) -> Option<FinderParams> {
+    let dfast = |release| {
+        let p = dfast_params(level, content_size)?;
+        Some(FinderParams::Dfast(DfastParams { release, ..p }))
+    };
+    match earlier {
+        Earlier::Dfast => dfast(DfastRelease::V1_5_4),
+        Earlier::Ported => ported_params(level, content_size),
+        Earlier::V1_4_8 => fast_params(level, content_size)
+            .map(FinderParams::Fast)
+            .or_else(|| dfast(DfastRelease::V1_4_8)),
+    }
+}
+
 /// The match finder a frame's jobs use, and its parameters.
 #[derive(Clone, Copy)]
 enum FinderParams {
+    Fast(FastParams),
     Dfast(DfastParams),
     Lazy(LazyParams),
     Opt(OptParams),
@@ -125,6 +179,7 @@ enum FinderParams {
 impl FinderParams {
     fn window_log(&self) -> u32 {
         match self {
+            FinderParams::Fast(p) => p.window_log,
             FinderParams::Dfast(p) => p.window_log,
             FinderParams::Lazy(p) => p.window_log,
             FinderParams::Opt(p) => p.window_log,
@@ -132,11 +187,11 @@ impl FinderParams {
     }
 
     /// `ZSTDMT_computeOverlapSize`'s log: how much of the previous job a job starts on (the
-    /// strategy's default overlap log, 6 for `dfast`, `greedy` and `lazy`, 7 for `lazy2`, 8
+    /// strategy's default overlap log, 6 for `fast`, `dfast`, `greedy` and `lazy`, 7 for `lazy2`, 8
     /// for `btopt` and `btultra`, 9 for `btultra2`: a window less 9 minus it).
     fn overlap_log(&self) -> u32 {
         let overlap = match self {
-            FinderParams::Dfast(_) => 6,
+            FinderParams::Fast(_) | FinderParams::Dfast(_) => 6,
             FinderParams::Lazy(p) => 6 + u32::from(p.depth == 2),
             FinderParams::Opt(p) if p.strategy == OptStrategy::Btultra2 => 9,
             FinderParams::Opt(_) => 8,
@@ -147,6 +202,7 @@ impl FinderParams {
 
 /// A job's match finder.
 enum Finder {
+    Fast(Fast),
     Dfast(Dfast),
     Lazy(Box<Lazy>),
     Opt(Box<Opt>),
@@ -155,6 +211,9 @@ enum Finder {
 impl Finder {
     fn new(p: FinderParams, first: bool) -> Finder {
         match p {
+            FinderParams::Fast(p) => {
+                Finder::Fast(Fast::new(p, if first { [1, 4] } else { [0, 0] }))
+            }
             FinderParams::Dfast(p) => {
                 Finder::Dfast(Dfast::new(p, if first { [1, 4] } else { [0, 0] }))
             }
@@ -170,6 +229,7 @@ impl Finder {
 
     fn load_prefix(&mut self, prefix: &[u8]) {
         match self {
+            Finder::Fast(f) => f.load_prefix(prefix, prefix.len()),
             Finder::Dfast(d) => d.load_prefix(prefix, prefix.len()),
             Finder::Lazy(l) => l.load_prefix(prefix, prefix.len()),
             Finder::Opt(o) => o.load_prefix(prefix, prefix.len()),
@@ -179,6 +239,7 @@ impl Finder {
     /// The repeat offsets the next block starts from (`dfast` tracks two).
     fn rep(&self) -> [u32; 3] {
         match self {
+            Finder::Fast(f) => [f.rep[0], f.rep[1], 0],
             Finder::Dfast(d) => [d.rep[0], d.rep[1], 0],
             Finder::Lazy(l) => [l.rep[0], l.rep[1], 0],
             Finder::Opt(o) => o.rep,
@@ -187,6 +248,7 @@ impl Finder {
 
     fn set_rep(&mut self, rep: [u32; 3]) {
         match self {
+            Finder::Fast(f) => f.rep = [rep[0], rep[1]],
             Finder::Dfast(d) => d.rep = [rep[0], rep[1]],
             Finder::Lazy(l) => l.rep = [rep[0], rep[1]],
             Finder::Opt(o) => o.rep = rep,
@@ -195,6 +257,7 @@ impl Finder {
 
     fn block(&mut self, buf: &[u8], start: usize, end: usize, seqs: &mut Vec<Seq>) -> usize {
         match self {
+            Finder::Fast(f) => f.block(buf, start, end, seqs),
             Finder::Dfast(d) => d.block(buf, start, end, seqs),
             Finder::Lazy(l) => l.block(buf, start, end, seqs),
             Finder::Opt(o) => o.block(buf, start, end, seqs),
@@ -205,6 +268,7 @@ impl Finder {
     /// (the older segment is `lowLimit..dictLimit`, the newer starts at `dictLimit`).
     fn window(&mut self) -> (&mut u32, &mut u32, &mut u32) {
         match self {
+            Finder::Fast(f) => (&mut f.base, &mut f.low_limit, &mut f.dict_limit),
             Finder::Dfast(d) => (&mut d.base, &mut d.low_limit, &mut d.dict_limit),
             Finder::Lazy(l) => (&mut l.base, &mut l.low_limit, &mut l.dict_limit),
             Finder::Opt(o) => (&mut o.base, &mut o.low_limit, &mut o.dict_limit),
@@ -215,7 +279,7 @@ impl Finder {
     /// on a non-contiguous input): insertions resume at the new segment.
     fn new_segment(&mut self) {
         match self {
-            Finder::Dfast(_) => {}
+            Finder::Fast(_) | Finder::Dfast(_) => {}
             Finder::Lazy(l) => l.new_segment(),
             Finder::Opt(o) => o.new_segment(),
         }
@@ -224,6 +288,7 @@ impl Finder {
     /// Moves every index down (see [`Dfast::reduce`], [`Opt::reduce`]); by how much.
     fn reduce(&mut self) -> u32 {
         match self {
+            Finder::Fast(f) => f.reduce(),
             Finder::Dfast(d) => d.reduce(),
             Finder::Lazy(l) => l.reduce(),
             Finder::Opt(o) => o.reduce(),
@@ -353,6 +418,8 @@ struct JobWriter {
     cctx: NonNull<sys::ZSTD_CCtx>,
     pending: NonNull<Pending>,
     seqs: Vec<Seq>,
+    /// The frame's size was given to libzstd (a first job's, with a content size).
+    pledged: bool,
     /// Single-threaded: libzstd's input buffer (multi-threaded jobs are contiguous).
     in_buffer: Option<InBuffer>,
 }
@@ -375,6 +442,8 @@ impl Drop for JobWriter {
 #[derive(Clone, Copy)]
 struct FrameParams {
     params: FinderParams,
+    /// 1.4.8-1.5.0's Huffman symbol sort.
+    stable_huf_sort: bool,
     level: i32,
     checksum: bool,
     content_size: Option<u64>,
@@ -403,6 +472,7 @@ impl JobWriter {
             cctx,
             pending,
             seqs: Vec::new(),
+            pledged: first && f.content_size.is_some(),
             in_buffer,
         };
         use ZSTD_cParameter::*;
@@ -413,6 +483,8 @@ impl JobWriter {
         // ZSTD_c_repcodeResolution: ZSTD_ps_disable, offsets stored as given.
         w.set(ZSTD_c_experimentalParam19, 2);
         w.set(ZSTD_c_checksumFlag, (first && f.checksum) as i32);
+        // SAFETY: a live context, before its first byte.
+        unsafe { set_before_1_5_1(w.cctx, f.stable_huf_sort) };
         if first {
             if let Some(n) = f.content_size {
                 // SAFETY: a live context, before its first byte.
@@ -506,7 +578,15 @@ impl JobWriter {
             ZSTD_EndDirective::ZSTD_e_flush
         };
         let mut written = Vec::with_capacity(len + 64);
-        self.compress(start, end, op, &mut written);
+        if last && !self.session_started && !self.pledged {
+            // All of a stream of unknown size in one block: the `zstd` CLI hands its data
+            // over, then the end. Both at once, libzstd would take the size as known and fit
+            // the declared window to it.
+            self.compress(start, end, ZSTD_EndDirective::ZSTD_e_continue, &mut written);
+            self.compress(end, end, op, &mut written);
+        } else {
+            self.compress(start, end, op, &mut written);
+        }
         let mut from = 0;
         if !self.session_started {
             let h = parse_header(&written)
@@ -571,41 +651,29 @@ pub(super) struct DfastWriter {
 }
 
 impl DfastWriter {
-    /// A writer of a frame at `level` (see [`writes`]; with `ported`, of the earlier release
-    /// whose match finder is ported at that level, see [`writes_ported`]), multi-threaded jobs
-    /// written on up to `workers` cores.
+    /// A writer of `earlier`'s frame at `level` (see [`writes`] and [`writes_ported`]),
+    /// multi-threaded jobs written on up to `workers` cores.
     pub fn new(
         level: i32,
-        ported: bool,
+        earlier: Earlier,
         mt: bool,
         checksum: bool,
         content_size: Option<u64>,
         workers: usize,
     ) -> DfastWriter {
-        let params = if ported {
-            ported_params(level, content_size)
-        } else {
-            dfast_params(level, content_size).map(FinderParams::Dfast)
-        };
-        let params = params.expect("a level of the ported match finders, checked at ingest");
-        Self::with_limits(params, level, mt, checksum, content_size, workers, LIMITS)
-    }
-
-    fn with_limits(
-        params: FinderParams,
-        level: i32,
-        mt: bool,
-        checksum: bool,
-        content_size: Option<u64>,
-        workers: usize,
-        limits: Limits,
-    ) -> DfastWriter {
+        let params = finder_params(level, earlier, content_size);
         let f = FrameParams {
-            params,
+            params: params.expect("a level of the ported match finders, checked at ingest"),
+            stable_huf_sort: earlier == Earlier::V1_4_8,
             level,
             checksum,
             content_size,
         };
+        Self::with_limits(f, mt, workers, LIMITS)
+    }
+
+    fn with_limits(f: FrameParams, mt: bool, workers: usize, limits: Limits) -> DfastWriter {
+        let (params, content_size) = (f.params, f.content_size);
         let (job_size, prefix_size) = if mt {
             let job_log = (params.window_log() + 2).clamp(20, 30);
             (1usize << job_log, 1usize << params.overlap_log())
@@ -763,7 +831,14 @@ mod tests {
             } else {
                 &raw[..12 << 20]
             };
-            let mut w = DfastWriter::with_limits(p, level, false, true, None, 1, limits);
+            let f = FrameParams {
+                params: p,
+                stable_huf_sort: false,
+                level,
+                checksum: true,
+                content_size: None,
+            };
+            let mut w = DfastWriter::with_limits(f, false, 1, limits);
             let mut out = Vec::new();
             for piece in raw.chunks(777_777) {
                 w.write(piece, &mut out);
@@ -779,6 +854,54 @@ mod tests {
             let (a, b) = (write(level, LIMITS), write(level, small));
             assert!(a == b, "level {level}: the frames differ");
             assert!(zstd::stream::decode_all(&a[..]).unwrap() == raw[..len]);
+        }
+    }
+
+    /// Frames the `zstd` of Debian 11 and Ubuntu 22.04 (libzstd 1.4.8) wrote, at level 3 from
+    /// a pipe, at 1 and 4 from a file (`actors/testdata`: runs of 100 symbols 200 times each
+    /// in random order, whose equal counts 1.5.1's Huffman sort orders otherwise, and licence
+    /// texts), are written again by 1.4.8's fast and double-fast loops and libzstd 1.5.7 with
+    /// 1.4.8's sort, and not without that sort.
+    #[test]
+    fn libzstd_1_4_8_frames_with_their_huffman_sort() {
+        let fixtures: [(&[u8], i32, bool); 3] = [
+            (
+                include_bytes!("../../../testdata/zstd-1.4.8-level3-pipe.zst"),
+                3,
+                false,
+            ),
+            (
+                include_bytes!("../../../testdata/zstd-1.4.8-level1-file.zst"),
+                1,
+                true,
+            ),
+            (
+                include_bytes!("../../../testdata/zstd-1.4.8-level4-file.zst"),
+                4,
+                true,
+            ),
+        ];
+        for (frame, level, sized) in fixtures {
+            let raw = zstd::stream::decode_all(frame).unwrap();
+            let content_size = sized.then_some(raw.len() as u64);
+            let write = |stable_huf_sort| {
+                let f = FrameParams {
+                    params: finder_params(level, Earlier::V1_4_8, content_size).unwrap(),
+                    stable_huf_sort,
+                    level,
+                    checksum: true,
+                    content_size,
+                };
+                let mut w = DfastWriter::with_limits(f, false, 1, LIMITS);
+                let mut out = Vec::new();
+                for piece in raw.chunks(10_007) {
+                    w.write(piece, &mut out);
+                }
+                w.finish(&mut out);
+                out
+            };
+            assert!(write(true) == frame, "level {level}: 1.4.8's frame");
+            assert!(write(false) != frame, "level {level}: the sort mattered");
         }
     }
 }

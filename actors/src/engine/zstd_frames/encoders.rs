@@ -11,10 +11,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dfast_writer::{self, DfastWriter};
+use super::dfast_writer::{self, DfastWriter, Earlier};
 use super::header::FrameHeader;
 use super::ingest::FrameProbe;
-use super::libzstd::{LibzstdParams, LibzstdWriter};
+use super::libzstd::{self, LibzstdParams, LibzstdWriter};
+use super::v1_4_8;
 use super::{FrameShape, FLAG_CHECKSUM, FLAG_CONTENT_SIZE, FLAG_FLUSHED};
 use crate::engine::kpzstd::{KpLevel, KpOptions, KpStreamEncoder, KpVersion};
 
@@ -42,6 +43,13 @@ pub enum ZstdEncoder {
         /// (`zstd_frames/opt.rs`, rewritten in 1.5.6). Labelled `-1.5.4` and `-1.5.5`.
         #[serde(default, skip_serializing_if = "is_false")]
         ported: bool,
+        /// With `fixed_blocks`, at levels 1-15: the bytes of 1.4.8-1.5.0 (Debian 11's and
+        /// Ubuntu 22.04's `zstd`), whose fast and double-fast loops (ported: `fast.rs`,
+        /// `dfast.rs`), level table (`v1_4_8.rs`), lazy finders and Huffman symbol sort
+        /// (`ZSTD_c_stowageBefore151`, `vendor/README.md`) later releases changed. Labelled
+        /// `-1.4.8`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        before_1_5_1: bool,
     },
     /// klauspost/compress/zstd's streaming `Encoder` at `level`, with the options container
     /// tools leave at their defaults (see [`crate::engine::kpzstd`]).
@@ -99,11 +107,12 @@ impl ZstdEncoder {
             mt: false,
             fixed_blocks: false,
             ported: false,
+            before_1_5_1: false,
         }
     }
 
     /// A short name for metrics and logs: `zstd-3`, `zstd-19-long`, `zstd-3-mt`,
-    /// `zstd-1-mt-fixed`, `zstd-19-mt-1.5.5`, ...
+    /// `zstd-1-mt-fixed`, `zstd-19-mt-1.5.5`, `zstd-3-mt-1.4.8`, ...
     pub fn label(&self) -> String {
         match self {
             ZstdEncoder::Libzstd {
@@ -112,12 +121,15 @@ impl ZstdEncoder {
                 mt,
                 fixed_blocks,
                 ported,
+                before_1_5_1,
             } => format!(
                 "zstd-{level}{}{}{}",
                 if *long { "-long" } else { "" },
                 if *mt { "-mt" } else { "" },
                 if *ported {
                     dfast_writer::ported_release(*level)
+                } else if *before_1_5_1 {
+                    "-1.4.8"
                 } else if *fixed_blocks {
                     "-fixed"
                 } else {
@@ -157,12 +169,16 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
         None => &[false, true],
         Some(_) => &[false],
     };
-    let level_fits = |level: i32, long: bool| match (h.content_size, h.window_log) {
-        _ if long => true,
-        // Without a content size the window is the level's own.
-        (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
-        _ => true,
-    };
+    let level_fits =
+        |level: i32, long: bool, before_1_5_1: bool| match (h.content_size, h.window_log) {
+            _ if long => true,
+            // Without a content size the window is the level's own (1.4.8-1.5.0's table differs).
+            (None, Some(w)) if before_1_5_1 => {
+                v1_4_8::cparams(level, None).map(|c| c.window_log) == Some(w)
+            }
+            (None, Some(w)) => LIBZSTD_WINDOW_LOG[level as usize - 1] == w,
+            _ => true,
+        };
     // Each level's releases that write different bytes: 1.15.12 first (Debian 12's skopeo,
     // podman and buildah), then the newest first (upstream BuildKit, containerd and
     // containers/image pin recent releases). Where several write a frame's probe alike, the
@@ -182,27 +198,34 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
     // through the port of theirs, where it applies (`dfast_writer.rs`); last, the releases
     // whose match finders are ported at the level (`ported`: 1.5.4's lazy ones at 5-12,
-    // `lazy.rs`; 1.5.4-1.5.5's optimal parser at 16-19, `opt.rs`), multi-threaded first.
+    // `lazy.rs`; 1.5.4-1.5.5's optimal parser at 16-19, `opt.rs`), multi-threaded first;
+    // at levels 1-15, 1.4.8-1.5.0 after all of them (`before_1_5_1`).
     let libzstd = std::iter::once(3)
         .chain((1..=19).filter(|&l| l != 3))
         .flat_map(|level| {
             longs.iter().flat_map(move |&long| {
-                [(false, false), (true, false), (true, true)]
-                    .into_iter()
-                    .flat_map(move |(fixed_blocks, ported)| {
-                        // Ported match finders: the CLI's multi-threaded mode first, whose
-                        // frames begin as single-threaded ones do for a window (2-8 MiB, beyond
-                        // the probe) and, within one job, end alike (the optimal parser is
-                        // slow to try).
-                        let mts = if ported { [true, false] } else { [false, true] };
-                        mts.map(move |mt| ZstdEncoder::Libzstd {
-                            level,
-                            long,
-                            mt,
-                            fixed_blocks,
-                            ported,
-                        })
+                [
+                    (false, false, false),
+                    (true, false, false),
+                    (true, true, false),
+                    (true, false, true),
+                ]
+                .into_iter()
+                .flat_map(move |(fixed_blocks, ported, before_1_5_1)| {
+                    // Ported match finders: the CLI's multi-threaded mode first, whose
+                    // frames begin as single-threaded ones do for a window (2-8 MiB, beyond
+                    // the probe) and, within one job, end alike (the optimal parser is
+                    // slow to try).
+                    let mts = if ported { [true, false] } else { [false, true] };
+                    mts.map(move |mt| ZstdEncoder::Libzstd {
+                        level,
+                        long,
+                        mt,
+                        fixed_blocks,
+                        ported,
+                        before_1_5_1,
                     })
+                })
             })
         })
         .filter(|enc| {
@@ -211,14 +234,18 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
                 long,
                 fixed_blocks,
                 ported,
+                before_1_5_1,
                 ..
             } = enc
             else {
                 unreachable!()
             };
-            level_fits(level, long)
+            level_fits(level, long, before_1_5_1)
                 && if ported {
                     dfast_writer::writes_ported(level, long, h.content_size)
+                } else if before_1_5_1 {
+                    dfast_writer::writes_1_4_8(level, long, h.content_size)
+                        || libzstd::writes_1_4_8_chains(level, long, h.content_size)
                 } else {
                     !fixed_blocks
                         || !(3..=4).contains(&level)
@@ -313,10 +340,27 @@ impl FrameWriter {
                 mt,
                 fixed_blocks: true,
                 ported,
-            } if ported || dfast_writer::writes(level, long, content_size.then_some(raw_len)) => {
+                before_1_5_1,
+            } if ported
+                || (before_1_5_1
+                    && dfast_writer::writes_1_4_8(
+                        level,
+                        long,
+                        content_size.then_some(raw_len),
+                    ))
+                || (!before_1_5_1
+                    && dfast_writer::writes(level, long, content_size.then_some(raw_len))) =>
+            {
+                let earlier = if ported {
+                    Earlier::Ported
+                } else if before_1_5_1 {
+                    Earlier::V1_4_8
+                } else {
+                    Earlier::Dfast
+                };
                 Writer::Dfast(Box::new(DfastWriter::new(
                     level,
-                    ported,
+                    earlier,
                     mt,
                     flags & FLAG_CHECKSUM != 0,
                     content_size.then_some(raw_len),
@@ -328,6 +372,7 @@ impl FrameWriter {
                 long,
                 mt,
                 fixed_blocks,
+                before_1_5_1,
                 ..
             } => Writer::Libzstd(Box::new(LibzstdWriter::new(&LibzstdParams {
                 level,
@@ -336,6 +381,7 @@ impl FrameWriter {
                 checksum: flags & FLAG_CHECKSUM != 0,
                 content_size: content_size.then_some(raw_len),
                 fixed_blocks,
+                before_1_5_1,
             }))),
             ZstdEncoder::Klauspost { level, version } => {
                 let crc = flags & FLAG_CHECKSUM != 0;

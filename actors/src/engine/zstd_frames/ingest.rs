@@ -419,15 +419,25 @@ impl ZstdDecoder {
                 // frame longer than its probe libzstd at the same level in its other modes
                 // (with fixed blocks a multi-threaded frame's first job, 16 MiB at level 13,
                 // is written as the single-threaded frame begins: Debian 12's `zstd -13`;
-                // fixed blocks differ from 1.5.7's only where content changes within a block).
+                // fixed blocks differ from 1.5.7's only where content changes within a block;
+                // and 1.4.8's levels 13-15, whose tables differ a little, write the first
+                // hundreds of kB alike).
                 let alike = |c: &ZstdEncoder| match (enc, c) {
                     (ZstdEncoder::Klauspost { .. }, ZstdEncoder::Klauspost { .. }) => true,
                     (
-                        ZstdEncoder::Libzstd { level, long, .. },
                         ZstdEncoder::Libzstd {
-                            level: l, long: g, ..
+                            level,
+                            long,
+                            before_1_5_1,
+                            ..
                         },
-                    ) => !complete && level == l && long == g,
+                        ZstdEncoder::Libzstd {
+                            level: l,
+                            long: g,
+                            before_1_5_1: b,
+                            ..
+                        },
+                    ) => !complete && long == g && (level == l || (*before_1_5_1 && *b)),
                     _ => false,
                 };
                 self.others = candidates[i + 1..]
@@ -444,10 +454,10 @@ impl ZstdDecoder {
              at its four levels, SpeedBestCompression from 1.13.4, libzstd 1.5.7 at levels 1-19, and the releases before it \
              where their bytes are 1.5.7's with fixed blocks or their level 3-4 match finder \
              (1.5.6 at 1-19, 1.5.5 at 1-15, 1.5.4 at 1-4 and 13-15, 1.5.1-1.5.2 at 3-4 and \
-             13-15) or their ported match finders (1.5.4 at 5-12, 1.5.4-1.5.5 at 16-19), \
-             single- and \
-             multi-threaded, with and without --long, tried; libzstd before 1.5.7 at \
-             another level, or another writer?): {}",
+             13-15) or their ported match finders (1.5.4 at 5-12, 1.5.4-1.5.5 at 16-19, \
+             1.4.8-1.5.0 at 1-15), single- and multi-threaded, with and without --long, \
+             tried; libzstd before 1.5.7 at another level (1.4.8-1.5.0 at 16-19: Debian 11, \
+             Ubuntu 22.04), or another writer?): {}",
             header.describe()
         )))
     }

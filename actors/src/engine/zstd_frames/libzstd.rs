@@ -22,10 +22,12 @@
 //! the window log being 27 or, with the content size in the header, that of the size if
 //! smaller ([`old_ldm`]).
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
 
 use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_EndDirective, ZSTD_cParameter};
+
+use super::v1_4_8;
 
 /// What a frame is written with.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +43,19 @@ pub(super) struct LibzstdParams {
     /// Whole 128 KiB blocks (and, with `long_window_log`, long-distance matching's
     /// parameters), as releases before 1.5.7 had them.
     pub fixed_blocks: bool,
+    /// With `fixed_blocks`, the bytes of 1.4.8-1.5.0 where 1.5.7 still has their match finder
+    /// (greedy to btlazy2): their level's parameters (`v1_4_8.rs`), the hash-chain finders
+    /// (not the row-based ones), and `ZSTD_c_stowageBefore151`.
+    pub before_1_5_1: bool,
+}
+
+/// Whether this writer writes 1.4.8-1.5.0's frame at `level` through the linked libzstd
+/// (`before_1_5_1`): without `--long`, where those releases' strategy at the frame's size is
+/// one of the hash-chain finders 1.5.7 keeps (greedy to btlazy2).
+pub(super) fn writes_1_4_8_chains(level: i32, long: bool, content_size: Option<u64>) -> bool {
+    !long
+        && v1_4_8::cparams(level, content_size)
+            .is_some_and(|c| (3..=v1_4_8::STRATEGY_BTLAZY2).contains(&c.strategy))
 }
 
 /// Long-distance matching's hash log, hash rate log, minimum match and bucket size log as
@@ -117,6 +132,22 @@ impl LibzstdWriter {
             // ZSTD_c_blockSplitterLevel: 1 is "no splitting".
             w.set(ZSTD_c_experimentalParam20, 1);
         }
+        if p.before_1_5_1 {
+            let c = v1_4_8::cparams(p.level, p.content_size)
+                .filter(|c| c.strategy <= v1_4_8::STRATEGY_BTLAZY2)
+                .expect("a level of 1.4.8's hash-chain finders, checked at ingest");
+            w.set(ZSTD_c_windowLog, c.window_log as i32);
+            w.set(ZSTD_c_chainLog, c.chain_log as i32);
+            w.set(ZSTD_c_hashLog, c.hash_log as i32);
+            w.set(ZSTD_c_searchLog, c.search_log as i32);
+            w.set(ZSTD_c_minMatch, c.min_match as i32);
+            w.set(ZSTD_c_targetLength, c.target_length as i32);
+            w.set(ZSTD_c_strategy, c.strategy as i32);
+            // ZSTD_c_useRowMatchFinder: ZSTD_ps_disable.
+            w.set(ZSTD_c_experimentalParam14, 2);
+            // SAFETY: a live context, before its first byte.
+            unsafe { set_before_1_5_1(w.cctx, true) };
+        }
         if let Some(n) = p.content_size {
             // SAFETY: a live context, before its first byte.
             check(
@@ -152,6 +183,27 @@ impl LibzstdWriter {
         // SAFETY: a live context, used by this writer alone.
         unsafe { compress_stream(self.cctx, raw, op, out) }
     }
+}
+
+extern "C" {
+    /// `ZSTD_CCtx_setParameter` for a parameter the bindings do not name.
+    #[link_name = "ZSTD_CCtx_setParameter"]
+    fn set_parameter_by_number(cctx: *mut sys::ZSTD_CCtx, param: c_int, value: c_int) -> usize;
+}
+
+/// `ZSTD_c_stowageBefore151`, the parameter stowage's patch adds to libzstd
+/// (`vendor/README.md`): 1.4.8-1.5.0's Huffman symbol sort (equal counts in symbol order;
+/// 1.5.1 quicksorts counts of 166 and over) and lazy match finders without 1.5.5's skipping.
+const STOWAGE_BEFORE_1_5_1: c_int = 1018;
+
+/// Sets `ZSTD_c_stowageBefore151` on `cctx`.
+///
+/// # Safety
+/// `cctx` is a live context no other thread uses meanwhile.
+pub(super) unsafe fn set_before_1_5_1(cctx: NonNull<sys::ZSTD_CCtx>, on: bool) {
+    // SAFETY: the caller's word; libzstd checks the parameter and value.
+    let r = unsafe { set_parameter_by_number(cctx.as_ptr(), STOWAGE_BEFORE_1_5_1, on as c_int) };
+    check(r, "ZSTD_c_stowageBefore151");
 }
 
 /// `ZSTD_compressStream2` of `raw` with `op` until it is taken in (and, but for

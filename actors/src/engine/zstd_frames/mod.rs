@@ -60,6 +60,7 @@
 mod dfast;
 mod dfast_writer;
 mod encoders;
+mod fast;
 mod header;
 mod ingest;
 mod lazy;
@@ -73,6 +74,7 @@ mod splits;
 mod stored;
 #[cfg(test)]
 mod tests;
+mod v1_4_8;
 mod window;
 
 use serde::{Deserialize, Serialize};

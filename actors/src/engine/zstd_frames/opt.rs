@@ -300,17 +300,25 @@ pub(super) fn new_rep(rep: [u32; 3], off_base: u32, ll0: bool) -> [u32; 3] {
     } else {
         let code = off_base - 1 + ll0 as u32;
         if code > 0 {
-            let current = if code == 3 {
-                r[0].wrapping_sub(1)
-            } else {
-                r[code as usize]
-            };
+            let current = raw_offset(&rep, off_base, ll0);
             r[2] = if code >= 2 { r[1] } else { r[2] };
             r[1] = r[0];
             r[0] = current;
         }
     }
     r
+}
+
+/// The offset a repeat code (`off_base` 1-3) stands for after `rep`
+/// (`ZSTD_resolveRepcodeToRawOffset`): after no literals, codes shift by one and the last
+/// means the latest offset less one.
+pub(super) fn raw_offset(rep: &[u32; 3], off_base: u32, ll0: bool) -> u32 {
+    let code = off_base - 1 + ll0 as u32;
+    if code == 3 {
+        rep[0].wrapping_sub(1)
+    } else {
+        rep[code as usize]
+    }
 }
 
 /// `ZSTD_readMINMATCH`, for comparisons.

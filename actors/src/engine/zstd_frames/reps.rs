@@ -4,7 +4,7 @@
 //! release re-enacted) starts it from, which depend on how the block was stored.
 
 use super::dfast::Seq;
-use super::opt::new_rep;
+use super::opt::{new_rep, raw_offset};
 
 /// The repeat offsets libzstd starts the block after this one from, having written this one
 /// (`written`: its blocks, the frame's header and checksum cut off) from `seqs`, starting
@@ -19,14 +19,12 @@ pub(super) fn reps_after(before: [u32; 3], seqs: &[Seq], written: &[u8]) -> Opti
     let (mut d, mut c) = (before, before);
     let mut next = seqs.iter();
     let mut at = 0;
-    let mut any_compressed = false;
     while at + 3 <= written.len() {
         let h = u32::from_le_bytes([written[at], written[at + 1], written[at + 2], 0]);
         let (last, kind, size) = (h & 1 == 1, (h >> 1) & 3, (h >> 3) as usize);
         at += 3;
         match kind {
             2 => {
-                any_compressed = true;
                 let n = sequences_in(written.get(at..at + size)?)?;
                 for s in next.by_ref().take(n) {
                     let ll0 = s.lit_len == 0;
@@ -45,17 +43,15 @@ pub(super) fn reps_after(before: [u32; 3], seqs: &[Seq], written: &[u8]) -> Opti
             0 | 1 => {
                 // A stored partition: the sequences whose bytes it holds leave `d` alone.
                 let mut left = size;
-                let mut rest = next.clone();
-                while let Some(s) = rest.clone().next() {
+                for s in next.as_slice() {
                     let len = (s.lit_len + s.match_len) as usize;
                     if len > left {
                         break;
                     }
                     left -= len;
                     c = new_rep(c, s.off_code, s.lit_len == 0);
-                    rest.next();
+                    next.next();
                 }
-                next = rest;
                 at += if kind == 0 { size } else { 1 };
             }
             _ => return None,
@@ -64,20 +60,8 @@ pub(super) fn reps_after(before: [u32; 3], seqs: &[Seq], written: &[u8]) -> Opti
             break;
         }
     }
-    if !any_compressed {
-        return Some(before);
-    }
+    // Only compressed partitions move `d`: a block stored whole leaves `before`.
     Some(d)
-}
-
-/// `ZSTD_resolveRepcodeToRawOffset`.
-fn raw_offset(rep: &[u32; 3], off_base: u32, ll0: bool) -> u32 {
-    let code = off_base - 1 + ll0 as u32;
-    if code == 3 {
-        rep[0].wrapping_sub(1)
-    } else {
-        rep[code as usize]
-    }
 }
 
 /// How many sequences a compressed block holds: its literals section skipped, the sequences

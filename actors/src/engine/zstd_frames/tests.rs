@@ -89,6 +89,7 @@ fn long_distance_libzstd() {
             mt: false,
             fixed_blocks: false,
             ported: false,
+            before_1_5_1: false,
         };
         let c = encode_frame(&enc, &raw, FrameShape::flags(FLAG_CHECKSUM));
         let (found, _) = roundtrip(&c, &raw).unwrap();
@@ -129,6 +130,7 @@ fn multithreaded_libzstd() {
                     mt: true,
                     fixed_blocks: false,
                     ported: false,
+                    before_1_5_1: false,
                 };
                 assert_eq!(enc, mt, "level {level}, {len} bytes, flags {flags}");
                 assert_eq!(enc.label(), format!("zstd-{level}-mt"));
@@ -163,6 +165,7 @@ fn libzstd_fixed_blocks() {
         mt,
         fixed_blocks,
         ported: false,
+        before_1_5_1: false,
     };
     let any = |level, long, mt, fixed_blocks| ZstdEncoder::Libzstd {
         level,
@@ -170,6 +173,7 @@ fn libzstd_fixed_blocks() {
         mt,
         fixed_blocks,
         ported: false,
+        before_1_5_1: false,
     };
     // Multi-threaded without the size (the CLI reading stdin) and more than a job (2 MiB at
     // level 1): other bytes than single-threaded. `--long` with the parameters of its day:
@@ -243,6 +247,7 @@ fn libzstd_lazy_match_finders_of_1_5_4() {
         mt,
         fixed_blocks: true,
         ported,
+        before_1_5_1: false,
     };
     for (level, mt, raw, flags) in [
         (5, true, &raw[..], FLAG_CHECKSUM),
@@ -307,6 +312,7 @@ fn libzstd_optimal_parser_before_1_5_6() {
         mt,
         fixed_blocks: true,
         ported,
+        before_1_5_1: false,
     };
     let job = 16 << 20; // level 16: 2^(window log 22 + 2)
     let mut two_jobs = Vec::new();
@@ -358,6 +364,7 @@ fn libzstd_dfast_before_1_5_7() {
         mt,
         fixed_blocks: true,
         ported: false,
+        before_1_5_1: false,
     };
     let job = 8 << 20; // 2^(window log 21 + 2)
     for (level, mt, raw, flags) in [
@@ -391,6 +398,7 @@ fn libzstd_dfast_before_1_5_7() {
             mt,
             fixed_blocks: false,
             ported: false,
+            before_1_5_1: false,
         };
         assert!(
             c != encode_frame(&new, raw, FrameShape::flags(flags)),
@@ -413,6 +421,46 @@ fn libzstd_dfast_before_1_5_7() {
     );
     assert_eq!(&piped[piped.len() - 7..piped.len() - 4], &[1, 0, 0]);
     assert_ne!(&sized[sized.len() - 7..sized.len() - 4], &[1, 0, 0]);
+}
+
+/// libzstd 1.4.8-1.5.0's frames at levels 1-15 (Debian 11's and Ubuntu 22.04's `zstd`) are
+/// found as `before_1_5_1` and re-created (the fixtures: see `dfast_writer.rs`
+/// `libzstd_1_4_8_frames_with_their_huffman_sort`; level 8's is the same input from a pipe).
+#[test]
+fn libzstd_1_4_8_frames() {
+    let fixtures: [(&[u8], &str); 4] = [
+        (
+            include_bytes!("../../../testdata/zstd-1.4.8-level3-pipe.zst"),
+            "zstd-3-1.4.8",
+        ),
+        (
+            include_bytes!("../../../testdata/zstd-1.4.8-level1-file.zst"),
+            "zstd-1-1.4.8",
+        ),
+        // Through the linked libzstd with 1.4.8's parameters and the patch's switch.
+        (
+            include_bytes!("../../../testdata/zstd-1.4.8-level8-pipe.zst"),
+            "zstd-8-1.4.8",
+        ),
+        (
+            include_bytes!("../../../testdata/zstd-1.4.8-level4-file.zst"),
+            "zstd-4-1.4.8",
+        ),
+    ];
+    for (frame, label) in fixtures {
+        let raw = zstd::stream::decode_all(frame).unwrap();
+        let (found, parts) = roundtrip(frame, &raw).unwrap();
+        assert_eq!(found.label(), label);
+        assert!(matches!(
+            found,
+            ZstdEncoder::Libzstd {
+                fixed_blocks: true,
+                before_1_5_1: true,
+                ..
+            }
+        ));
+        assert_eq!(parts.len(), 1);
+    }
 }
 
 #[test]
