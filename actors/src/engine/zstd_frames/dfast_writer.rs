@@ -44,7 +44,7 @@ use super::dfast::{Dfast, DfastParams, DfastRelease, Seq};
 use super::fast::{Fast, FastParams};
 use super::header::parse_header;
 use super::lazy::{lazy_params, Lazy, LazyParams};
-use super::libzstd::{check, compress_stream, set_before_1_5_1};
+use super::libzstd::{check, compress_stream, set_before_1_5_1, BEFORE_1_5_1, LIBZSTD_1_5_7};
 use super::opt::{opt_params, Opt, OptParams, OptStrategy};
 use super::reps::reps_after;
 
@@ -128,24 +128,36 @@ pub(super) fn writes(level: i32, long: bool, content_size: Option<u64>) -> bool 
 }
 
 /// Whether this writer writes a frame of an earlier release whose match finder it ports at
-/// `level` (`ported`): 1.5.4's lazy ones (`lazy.rs`) at 5-12, 1.5.4-1.5.5's optimal parser
-/// (`opt.rs`) at 16-19; without `--long`, where the strategy at the frame's size is theirs.
+/// `level` (`ported`): 1.5.4's lazy ones (`lazy.rs`), 1.5.4-1.5.5's optimal parser (`opt.rs`)
+/// or 1.5.1-1.5.6's double-fast loop, whichever the strategy at the frame's size is (see
+/// [`ported_params`]); not with `--long`.
 pub(super) fn writes_ported(level: i32, long: bool, content_size: Option<u64>) -> bool {
     !long && ported_params(level, content_size).is_some()
 }
 
-/// The ported match finder's parameters at `level`, if there is one.
+/// Whether the release a `ported` frame at `level` has (1.5.4; at 16-19, 1.5.4-1.5.5) has a
+/// match finder of its own, ported, at the strategy a frame of `content_size` gets: its lazy
+/// ones (greedy, lazy, lazy2, where 1.5.7 has rows) or its optimal parser (btopt to btultra2).
+/// Elsewhere 1.5.7 with fixed blocks writes its bytes, or at `dfast` the port of its loop.
+pub(super) fn ports_lazy_or_opt(level: i32, content_size: Option<u64>) -> bool {
+    lazy_params(level, content_size).is_some() || opt_params(level, content_size).is_some()
+}
+
+/// The ported match finder's parameters at `level` for a frame of `content_size`, chosen by
+/// the strategy at that size (a stream of frames, one per file, has frames of every size: at
+/// level 4, a 140 kB file's is `greedy`, a 3 MB file's `dfast`); None where 1.5.7 with fixed
+/// blocks writes the release's bytes. (Before 2026-12-06 only levels 5-12 and 16-19 had a
+/// `ported` encoder, and only at the level's own strategy: those frames are written as before.)
 fn ported_params(level: i32, content_size: Option<u64>) -> Option<FinderParams> {
-    match level {
-        5..=12 => lazy_params(level, content_size).map(FinderParams::Lazy),
-        16..=19 => opt_params(level, content_size).map(FinderParams::Opt),
-        _ => None,
-    }
+    lazy_params(level, content_size)
+        .map(FinderParams::Lazy)
+        .or_else(|| opt_params(level, content_size).map(FinderParams::Opt))
+        .or_else(|| dfast_params(level, content_size).map(FinderParams::Dfast))
 }
 
 /// The release whose bytes a `ported` frame at `level` has, for its label.
 pub(super) fn ported_release(level: i32) -> &'static str {
-    if level <= 12 {
+    if level <= 15 {
         "-1.5.4"
     } else {
         "-1.5.5"
@@ -484,7 +496,16 @@ impl JobWriter {
         w.set(ZSTD_c_experimentalParam19, 2);
         w.set(ZSTD_c_checksumFlag, (first && f.checksum) as i32);
         // SAFETY: a live context, before its first byte.
-        unsafe { set_before_1_5_1(w.cctx, f.stable_huf_sort) };
+        unsafe {
+            set_before_1_5_1(
+                w.cctx,
+                if f.stable_huf_sort {
+                    BEFORE_1_5_1
+                } else {
+                    LIBZSTD_1_5_7
+                },
+            )
+        };
         if first {
             if let Some(n) = f.content_size {
                 // SAFETY: a live context, before its first byte.

@@ -242,13 +242,23 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
             };
             level_fits(level, long, before_1_5_1)
                 && if ported {
-                    dfast_writer::writes_ported(level, long, h.content_size)
+                    // Where the level's strategy is one whose match finder is ported; and
+                    // at any level a frame with its size in its header: in a stream of
+                    // frames, one per file, a later frame's size may give another strategy
+                    // (`FrameWriter::make` picks the writer frame by frame), so the ported
+                    // encoder stays in the running until a larger frame tells.
+                    !long
+                        && (h.content_size.is_some()
+                            || dfast_writer::ports_lazy_or_opt(level, h.content_size))
                 } else if before_1_5_1 {
                     dfast_writer::writes_1_4_8(level, long, h.content_size)
                         || libzstd::writes_1_4_8_chains(level, long, h.content_size)
                 } else {
+                    // (At levels 3-4 a frame too small for `dfast` is written as 1.5.7
+                    // with fixed blocks writes it, as by the ported encoders above.)
                     !fixed_blocks
                         || !(3..=4).contains(&level)
+                        || h.content_size.is_some()
                         || dfast_writer::writes(level, long, h.content_size)
                 }
         });
@@ -333,31 +343,29 @@ impl FrameWriter {
     fn make(enc: &ZstdEncoder, raw_len: u64, shape: FrameShape, populate: bool) -> FrameWriter {
         let flags = shape.flags;
         let content_size = flags & FLAG_CONTENT_SIZE != 0;
-        let inner = match *enc {
+        let size = content_size.then_some(raw_len);
+        // A release's own match finder, ported, where the frame's strategy has one.
+        let earlier = match *enc {
             ZstdEncoder::Libzstd {
                 level,
                 long,
-                mt,
                 fixed_blocks: true,
                 ported,
                 before_1_5_1,
-            } if ported
-                || (before_1_5_1
-                    && dfast_writer::writes_1_4_8(
-                        level,
-                        long,
-                        content_size.then_some(raw_len),
-                    ))
-                || (!before_1_5_1
-                    && dfast_writer::writes(level, long, content_size.then_some(raw_len))) =>
-            {
-                let earlier = if ported {
-                    Earlier::Ported
-                } else if before_1_5_1 {
-                    Earlier::V1_4_8
+                ..
+            } => {
+                if before_1_5_1 {
+                    dfast_writer::writes_1_4_8(level, long, size).then_some(Earlier::V1_4_8)
+                } else if ported {
+                    dfast_writer::writes_ported(level, long, size).then_some(Earlier::Ported)
                 } else {
-                    Earlier::Dfast
-                };
+                    dfast_writer::writes(level, long, size).then_some(Earlier::Dfast)
+                }
+            }
+            _ => None,
+        };
+        let inner = match (*enc, earlier) {
+            (ZstdEncoder::Libzstd { level, mt, .. }, Some(earlier)) => {
                 Writer::Dfast(Box::new(DfastWriter::new(
                     level,
                     earlier,
@@ -367,23 +375,30 @@ impl FrameWriter {
                     libzstd_workers() as usize,
                 )))
             }
-            ZstdEncoder::Libzstd {
-                level,
-                long,
-                mt,
-                fixed_blocks,
-                before_1_5_1,
-                ..
-            } => Writer::Libzstd(Box::new(LibzstdWriter::new(&LibzstdParams {
+            // (A `ported` encoder's frame too where its release's strategy at the frame's
+            // size is one 1.5.7 has as well, with fixed blocks and, as 1.5.4, without lazy
+            // skipping: a stream of frames, one per file, has small ones.)
+            (
+                ZstdEncoder::Libzstd {
+                    level,
+                    long,
+                    mt,
+                    fixed_blocks,
+                    ported,
+                    before_1_5_1,
+                },
+                None,
+            ) => Writer::Libzstd(Box::new(LibzstdWriter::new(&LibzstdParams {
                 level,
                 long_window_log: long.then_some(LONG_WINDOW_LOG),
                 workers: if mt { libzstd_workers() } else { 0 },
                 checksum: flags & FLAG_CHECKSUM != 0,
-                content_size: content_size.then_some(raw_len),
+                content_size: size,
                 fixed_blocks,
                 before_1_5_1,
+                no_lazy_skipping: ported,
             }))),
-            ZstdEncoder::Klauspost { level, version } => {
+            (ZstdEncoder::Klauspost { level, version }, _) => {
                 let crc = flags & FLAG_CHECKSUM != 0;
                 let (opts, mut k) = kp_pool::take(kp_options(level, version, crc));
                 // Reset, or ResetContentSize: a streamed frame that declares its size.

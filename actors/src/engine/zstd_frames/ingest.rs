@@ -119,8 +119,12 @@ enum St {
 }
 
 /// How many frames alternative encoders are checked on (see `ZstdDecoder::others`); after
-/// that the chosen encoder must write every frame.
+/// that they are tried only on a frame the chosen encoder does not write.
 pub(super) const WEIGH_FRAMES: usize = 64;
+
+/// A first frame this small (whole) is weighed against libzstd at every level, not only at
+/// the level that wrote it first.
+const ALIKE_ANY_LEVEL: u64 = 16 << 10;
 
 /// Cores a pull may re-encode one long klauspost frame on, in segments planned at ingest; the
 /// same number bounds the segment threads of all pulls together ([`SEGMENT_THREADS`]).
@@ -183,7 +187,8 @@ pub struct ZstdDecoder {
     encoder: Option<ZstdEncoder>,
     /// Other encoders that wrote every frame so far exactly as `encoder` did (small frames
     /// come out the same from several klauspost releases and levels): one takes over if a
-    /// later frame tells them apart. Weighed for the first [`WEIGH_FRAMES`] frames.
+    /// later frame tells them apart. Weighed for the first [`WEIGH_FRAMES`] frames; after
+    /// that, tried (in order) only on a frame the encoder does not write.
     others: Vec<ZstdEncoder>,
     frames_checked: usize,
     outbuf: Vec<u8>,
@@ -383,17 +388,18 @@ impl ZstdDecoder {
         }
         if let Some(enc) = self.encoder {
             let mut others = std::mem::take(&mut self.others);
-            if self.frames_checked >= WEIGH_FRAMES {
-                others.clear();
-            }
+            let weigh = self.frames_checked < WEIGH_FRAMES;
             self.frames_checked += 1;
             if let Some(shape) = frame_matches(&enc, probe, header, complete) {
-                others.retain(|o| frame_matches(o, probe, header, complete) == Some(shape));
+                if weigh {
+                    others.retain(|o| frame_matches(o, probe, header, complete) == Some(shape));
+                }
                 self.others = others;
                 return Ok(shape);
             }
             // The encoder chosen so far does not write this frame: the first alternative that
-            // does (and wrote every earlier frame alike) takes over.
+            // does (and wrote the first `WEIGH_FRAMES` frames alike; the frames after those
+            // are left to verify-before-discard) takes over.
             let mut rest = others.into_iter();
             while let Some(alt) = rest.next() {
                 if let Some(shape) = frame_matches(&alt, probe, header, complete) {
@@ -415,13 +421,16 @@ impl ZstdDecoder {
             if let Some(shape) = frame_matches(enc, probe, header, complete) {
                 self.encoder = Some(*enc);
                 self.frames_checked = 1;
-                // Who else writes the probe alike: klauspost releases and levels, and for a
-                // frame longer than its probe libzstd at the same level in its other modes
-                // (with fixed blocks a multi-threaded frame's first job, 16 MiB at level 13,
-                // is written as the single-threaded frame begins: Debian 12's `zstd -13`;
-                // fixed blocks differ from 1.5.7's only where content changes within a block;
-                // and 1.4.8's levels 13-15, whose tables differ a little, write the first
-                // hundreds of kB alike).
+                // Who else writes the probe alike: klauspost releases and levels, and libzstd
+                // at the same level in its other modes (with fixed blocks a multi-threaded
+                // frame's first job, 16 MiB at level 13, is written as the single-threaded
+                // frame begins: Debian 12's `zstd -13`; fixed blocks and earlier releases'
+                // match finders differ from 1.5.7's only here and there, so a stream of
+                // small frames, one per file, may show it only frames later), and also at
+                // other levels for a small complete frame (most levels write a few hundred
+                // bytes alike) or for a frame longer than its probe, 1.4.8's levels 13-15
+                // (whose tables differ a little: the first hundreds of kB come out alike).
+                let small = complete && probe.raw_len <= ALIKE_ANY_LEVEL;
                 let alike = |c: &ZstdEncoder| match (enc, c) {
                     (ZstdEncoder::Klauspost { .. }, ZstdEncoder::Klauspost { .. }) => true,
                     (
@@ -437,7 +446,7 @@ impl ZstdDecoder {
                             before_1_5_1: b,
                             ..
                         },
-                    ) => !complete && long == g && (level == l || (*before_1_5_1 && *b)),
+                    ) => long == g && (level == l || small || (!complete && *before_1_5_1 && *b)),
                     _ => false,
                 };
                 self.others = candidates[i + 1..]

@@ -47,6 +47,9 @@ pub(super) struct LibzstdParams {
     /// (greedy to btlazy2): their level's parameters (`v1_4_8.rs`), the hash-chain finders
     /// (not the row-based ones), and `ZSTD_c_stowageBefore151`.
     pub before_1_5_1: bool,
+    /// The lazy match finders without 1.5.5's skipping through incompressible data, as
+    /// 1.5.1-1.5.4 have them (`ZSTD_c_stowageBefore151` = 2).
+    pub no_lazy_skipping: bool,
 }
 
 /// Whether this writer writes 1.4.8-1.5.0's frame at `level` through the linked libzstd
@@ -132,10 +135,15 @@ impl LibzstdWriter {
             // ZSTD_c_blockSplitterLevel: 1 is "no splitting".
             w.set(ZSTD_c_experimentalParam20, 1);
         }
-        if p.before_1_5_1 {
-            let c = v1_4_8::cparams(p.level, p.content_size)
-                .filter(|c| c.strategy <= v1_4_8::STRATEGY_BTLAZY2)
-                .expect("a level of 1.4.8's hash-chain finders, checked at ingest");
+        if p.no_lazy_skipping && !p.before_1_5_1 {
+            // SAFETY: a live context, before its first byte.
+            unsafe { set_before_1_5_1(w.cctx, NO_LAZY_SKIPPING) };
+        }
+        // (Where 1.4.8's strategy at this size is not one of those, a frame of a stream
+        // whose first frames were: written with this level's own, it will not match.)
+        if let Some(c) = v1_4_8::cparams(p.level, p.content_size)
+            .filter(|c| p.before_1_5_1 && c.strategy <= v1_4_8::STRATEGY_BTLAZY2)
+        {
             w.set(ZSTD_c_windowLog, c.window_log as i32);
             w.set(ZSTD_c_chainLog, c.chain_log as i32);
             w.set(ZSTD_c_hashLog, c.hash_log as i32);
@@ -146,7 +154,7 @@ impl LibzstdWriter {
             // ZSTD_c_useRowMatchFinder: ZSTD_ps_disable.
             w.set(ZSTD_c_experimentalParam14, 2);
             // SAFETY: a live context, before its first byte.
-            unsafe { set_before_1_5_1(w.cctx, true) };
+            unsafe { set_before_1_5_1(w.cctx, BEFORE_1_5_1) };
         }
         if let Some(n) = p.content_size {
             // SAFETY: a live context, before its first byte.
@@ -195,14 +203,18 @@ extern "C" {
 /// (`vendor/README.md`): 1.4.8-1.5.0's Huffman symbol sort (equal counts in symbol order;
 /// 1.5.1 quicksorts counts of 166 and over) and lazy match finders without 1.5.5's skipping.
 const STOWAGE_BEFORE_1_5_1: c_int = 1018;
+/// Its values: 1.4.8-1.5.0 (both), 1.5.1-1.5.4 (no lazy skipping only), 1.5.7 (neither).
+pub(super) const BEFORE_1_5_1: c_int = 1;
+pub(super) const NO_LAZY_SKIPPING: c_int = 2;
+pub(super) const LIBZSTD_1_5_7: c_int = 0;
 
 /// Sets `ZSTD_c_stowageBefore151` on `cctx`.
 ///
 /// # Safety
 /// `cctx` is a live context no other thread uses meanwhile.
-pub(super) unsafe fn set_before_1_5_1(cctx: NonNull<sys::ZSTD_CCtx>, on: bool) {
+pub(super) unsafe fn set_before_1_5_1(cctx: NonNull<sys::ZSTD_CCtx>, value: c_int) {
     // SAFETY: the caller's word; libzstd checks the parameter and value.
-    let r = unsafe { set_parameter_by_number(cctx.as_ptr(), STOWAGE_BEFORE_1_5_1, on as c_int) };
+    let r = unsafe { set_parameter_by_number(cctx.as_ptr(), STOWAGE_BEFORE_1_5_1, value) };
     check(r, "ZSTD_c_stowageBefore151");
 }
 

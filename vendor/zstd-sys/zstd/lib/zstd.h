@@ -2237,7 +2237,7 @@ ZSTDLIB_STATIC_API size_t ZSTD_CCtx_refPrefix_advanced(ZSTD_CCtx* cctx, const vo
  * 1 writes what releases 1.4.8-1.5.0 write where the only differences left are inside
  * libzstd: their stable Huffman symbol sort (1.5.1 quicksorts counts >= 166, ordering equal
  * counts otherwise), and the lazy match finders without 1.5.5's skipping through
- * incompressible data. Default 0: libzstd 1.5.7. */
+ * incompressible data. 2 only the latter: releases 1.5.1-1.5.4. Default 0: libzstd 1.5.7. */
 #define ZSTD_c_stowageBefore151 ZSTD_c_experimentalParam21
 
 /* ZSTD_c_splitAfterSequences

@@ -597,7 +597,7 @@ ZSTD_bounds ZSTD_cParam_getBounds(ZSTD_cParameter param)
 
     case ZSTD_c_stowageBefore151:
         bounds.lowerBound = 0;
-        bounds.upperBound = 1;
+        bounds.upperBound = 2;
         return bounds;
 
     case ZSTD_c_blockSplitterLevel:
@@ -2940,7 +2940,7 @@ ZSTD_entropyCompressSeqStore_internal(
 
         /* stowage: the Huffman sort of the releases this context writes, on this thread
          * (a worker's, multi-threaded) */
-        ZSTD_stowage_setStableHufSort(cctxParams->stowageBefore151);
+        ZSTD_stowage_setStableHufSort(cctxParams->stowageBefore151 == 1);
         size_t const cSize = ZSTD_compressLiterals(
                                     op, dstCapacity,
                                     literals, litSize,
@@ -4818,7 +4818,7 @@ static size_t ZSTD_compressContinue_internal (ZSTD_CCtx* cctx,
     DEBUGLOG(5, "ZSTD_compressContinue_internal, stage: %u, srcSize: %u",
                 cctx->stage, (unsigned)srcSize);
     /* stowage: every block this call writes, on this thread, with the context's sort */
-    ZSTD_stowage_setStableHufSort(cctx->appliedParams.stowageBefore151);
+    ZSTD_stowage_setStableHufSort(cctx->appliedParams.stowageBefore151 == 1);
     RETURN_ERROR_IF(cctx->stage==ZSTDcs_created, stage_wrong,
                     "missing init (ZSTD_compressBegin)");
 

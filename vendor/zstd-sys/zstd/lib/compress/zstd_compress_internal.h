@@ -312,7 +312,7 @@ struct ZSTD_MatchState_t {
      * at a small cost to compression ratio.
      */
     int lazySkipping;
-    /* stowage: ZSTD_c_stowageBefore151, no lazy skipping */
+    /* stowage: ZSTD_c_stowageBefore151 (1 or 2), no lazy skipping */
     int stowageBefore151;
 };
 
