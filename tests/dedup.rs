@@ -367,6 +367,104 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
     assert_fsck_clean(root.path(), "zstd CLI layers");
 }
 
+/// A layer of frames, one per file, as `zstd -c FILE...` writes it (each frame declares its
+/// size, and the size picks the strategy: at level 4 a 140 kB file's frame is `greedy`, a
+/// 1.2 MB one's `dfast`), from the machine's `zstd` CLI at levels 4 and 12: with
+/// `--zstd-frames reencode` every frame is re-encoded and the layer is deduplicated as
+/// written by that CLI's release (1.5.4's ported finders on Debian 12); with the default
+/// (`auto`, frame deltas on) its frames are stored. Either way it pulls back bit for bit and
+/// fsck is clean. Before 2026-12-06 Debian 12's such layers were kept raw when re-encoded.
+#[test]
+fn zstd_cli_layers_of_a_frame_per_file_are_deduplicated() {
+    let version = std::process::Command::new("zstd")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let Ok(version) = version else {
+        assert!(std::env::var_os("CI").is_none(), "CI installs zstd");
+        eprintln!("NOT RUN: no zstd CLI");
+        return;
+    };
+    // Release label of the encodings expected (1.5.7 is the linked one: no suffix).
+    let release = if version.contains("v1.5.7") {
+        ""
+    } else if version.contains("v1.5.4") {
+        "-1.5.4"
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs Debian 12's zstd 1.5.4"
+        );
+        eprintln!("NOT RUN: this test knows zstd 1.5.4 and 1.5.7, not {version}");
+        return;
+    };
+    // 70 small files first (more than the 64 frames ingest weighs), then larger ones.
+    let data = common::system_files(2 << 20);
+    let mut sizes: Vec<usize> = (0..70)
+        .map(|i| [138, 3_040, 700, 11_861, 60][i % 5])
+        .collect();
+    sizes.extend([142_384, 300_000, 1_200_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut at = 0;
+    let files: Vec<std::path::PathBuf> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let f = dir.path().join(format!("f{i:03}"));
+            std::fs::write(&f, &data[at..at + n]).unwrap();
+            at += n;
+            f
+        })
+        .collect();
+    let layers: Vec<(i32, Vec<u8>)> = [4, 12]
+        .into_iter()
+        .map(|level| {
+            let out = std::process::Command::new("zstd")
+                .args(["-q", "-c", &format!("-{level}")])
+                .args(&files)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            (level, out.stdout)
+        })
+        .collect();
+    for (mode, args) in [
+        ("reencode", &["--zstd-frames", "reencode"][..]),
+        ("auto", &[][..]),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let mut args = args.to_vec();
+        args.extend(["--dedup", "inline"]);
+        let mut s = Server::start_at(root.path(), &args);
+        let c = Client::new();
+        let digests: Vec<String> = layers
+            .iter()
+            .map(|(_, b)| push(&s, &c, "zfiles/app", b))
+            .collect();
+        let st = stats(&s, &c);
+        assert_eq!(st["layers"]["pending"], 0, "{mode}: {st}");
+        assert_eq!(st["layers"]["raw"], 0, "{mode}: {st}");
+        let count = |label: String| st["layers"]["encodings"][label].as_u64().unwrap_or(0);
+        if mode == "reencode" {
+            for (level, _) in &layers {
+                let found = count(format!("zstd-{level}-mt{release}"))
+                    + count(format!("zstd-{level}{release}"));
+                assert_eq!(found, 1, "zstd -{level}: {st}");
+            }
+        } else {
+            assert_eq!(count("zstd-stored-frames".into()), 2, "{st}");
+        }
+        for ((level, b), d) in layers.iter().zip(&digests) {
+            assert!(
+                pull(&s, &c, "zfiles/app", d) == *b,
+                "{mode}: zstd -{level} pulls back bit for bit"
+            );
+        }
+        assert!(s.stop());
+        assert_fsck_clean(root.path(), "zstd CLI layers of a frame per file");
+    }
+}
+
 /// Layers the `zstd` of Debian 11 and Ubuntu 22.04 (libzstd 1.4.8) wrote from a pipe, at its
 /// default level 3 (the ported double-fast loop) and at 9 (the linked libzstd with 1.4.8's
 /// parameters and the vendored patch's switch), are deduplicated as that release's and pull
