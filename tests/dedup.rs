@@ -260,6 +260,17 @@ fn zstd_cli(args: &[&str], raw: &[u8]) -> Option<Vec<u8>> {
     Some(out.stdout)
 }
 
+/// `zstd --version`'s line; None (and a note) without the CLI, which CI installs.
+fn zstd_cli_version() -> Option<String> {
+    let out = std::process::Command::new("zstd").arg("--version").output();
+    let Ok(out) = out else {
+        assert!(std::env::var_os("CI").is_none(), "CI installs zstd");
+        eprintln!("NOT RUN: no zstd CLI");
+        return None;
+    };
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Layers written by the `zstd` CLI, whose libzstd is seldom the one stowage links (Debian
 /// 12's is 1.5.4, stowage's 1.5.7). At -1 and -13 releases 1.5.4-1.5.6 write 1.5.7's bytes with
 /// whole 128 KiB blocks; at -3 (the default) their match finder is ported
@@ -271,13 +282,7 @@ fn zstd_cli(args: &[&str], raw: &[u8]) -> Option<Vec<u8>> {
 /// naming the releases tried. fsck is clean.
 #[test]
 fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
-    let version = std::process::Command::new("zstd")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let Ok(version) = version else {
-        assert!(std::env::var_os("CI").is_none(), "CI installs zstd");
-        eprintln!("NOT RUN: no zstd CLI");
+    let Some(version) = zstd_cli_version() else {
         return;
     };
     let newest = version.contains("v1.5.7");
@@ -376,13 +381,7 @@ fn zstd_cli_layers_are_deduplicated_where_their_release_is_reproduced() {
 /// fsck is clean. Before 2026-12-06 Debian 12's such layers were kept raw when re-encoded.
 #[test]
 fn zstd_cli_layers_of_a_frame_per_file_are_deduplicated() {
-    let version = std::process::Command::new("zstd")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let Ok(version) = version else {
-        assert!(std::env::var_os("CI").is_none(), "CI installs zstd");
-        eprintln!("NOT RUN: no zstd CLI");
+    let Some(version) = zstd_cli_version() else {
         return;
     };
     // Release label of the encodings expected (1.5.7 is the linked one: no suffix).
