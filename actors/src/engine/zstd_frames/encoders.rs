@@ -38,9 +38,12 @@ pub enum ZstdEncoder {
         #[serde(default, skip_serializing_if = "is_false")]
         fixed_blocks: bool,
         /// With `fixed_blocks`, where an earlier release's match finder wrote other bytes than
-        /// 1.5.7's with fixed blocks: its port. At levels 5-12, 1.5.4's lazy match finders
-        /// (`zstd_frames/lazy.rs`, changed in 1.5.5); at 16-19 1.5.4-1.5.5's optimal parser
-        /// (`zstd_frames/opt.rs`, rewritten in 1.5.6). Labelled `-1.5.4` and `-1.5.5`.
+        /// 1.5.7's with fixed blocks: its port, chosen by the strategy at the frame's size.
+        /// 1.5.4's lazy match finders (`zstd_frames/lazy.rs`, changed in 1.5.5: levels 5-12,
+        /// and smaller levels' frames of some sizes), 1.5.4-1.5.5's optimal parser
+        /// (`zstd_frames/opt.rs`, rewritten in 1.5.6: levels 16-19, and 12-15's small frames),
+        /// their double-fast loop; at other strategies 1.5.7 without lazy skipping (since
+        /// 2026-12-06, for streams of a frame per file). Labelled `-1.5.4` (`-1.5.5` at 16-19).
         #[serde(default, skip_serializing_if = "is_false")]
         ported: bool,
         /// With `fixed_blocks`, at levels 1-15: the bytes of 1.4.8-1.5.0 (Debian 11's and
@@ -198,7 +201,8 @@ pub(super) fn candidates(h: &FrameHeader) -> Vec<ZstdEncoder> {
     // it with fixed blocks: at levels 3-4 (`dfast`, whose match finder changed in 1.5.7)
     // through the port of theirs, where it applies (`dfast_writer.rs`); last, the releases
     // whose match finders are ported at the level (`ported`: 1.5.4's lazy ones at 5-12,
-    // `lazy.rs`; 1.5.4-1.5.5's optimal parser at 16-19, `opt.rs`), multi-threaded first;
+    // `lazy.rs`; 1.5.4-1.5.5's optimal parser at 16-19, `opt.rs`; at any level for a frame
+    // whose header holds its size, see below), multi-threaded first;
     // at levels 1-15, 1.4.8-1.5.0 after all of them (`before_1_5_1`).
     let libzstd = std::iter::once(3)
         .chain((1..=19).filter(|&l| l != 3))

@@ -139,8 +139,9 @@ impl LibzstdWriter {
             // SAFETY: a live context, before its first byte.
             unsafe { set_before_1_5_1(w.cctx, NO_LAZY_SKIPPING) };
         }
-        // (Where 1.4.8's strategy at this size is not one of those, a frame of a stream
-        // whose first frames were: written with this level's own, it will not match.)
+        // (A 1.4.8 frame whose strategy at its size is not one of those, as a later frame
+        // of a stream may be, is written with 1.5.7's parameters: it does not match, and
+        // ingest tries the stream's other encoders or keeps it raw.)
         if let Some(c) = v1_4_8::cparams(p.level, p.content_size)
             .filter(|c| p.before_1_5_1 && c.strategy <= v1_4_8::STRATEGY_BTLAZY2)
         {
